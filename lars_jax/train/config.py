@@ -1,0 +1,335 @@
+"""Training configuration: one flat dataclass, validated before any compute.
+
+Every field has a default; the defaults are the README's main job (ResNet-20 on
+Fashion-MNIST with LARS, sized to finish on a 2-core CPU). Each field carries its help
+text in `field(metadata={"help": ...})`, from which the command line interface builds its
+flags and `--help`.
+
+Batch-norm statistics span (`bn_span`), which changes results at large batch:
+
+* ``"device"``: each device normalises over its own slice of the global batch
+  (``batch_size / num_devices / grad_accum_steps`` examples); the usual data-parallel
+  default (Goyal et al. use 32 examples per worker).
+* ``"global"``: statistics are averaged over all devices (cross-device BN through the
+  model's ``bn_axis_name``), i.e. over one whole micro-batch; what a single device with the
+  same micro-batch computes.
+* ``"ghost"``: fixed-size ghost groups of ``bn_ghost_size`` examples, independent of the
+  number of devices (as MLPerf's ``bn_span``; Masters & Luschi find 4-8 best on CIFAR).
+
+With gradient accumulation, statistics never span micro-batches: each micro-batch is
+normalised on its own.
+
+References:
+  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
+  (arXiv 1708.03888).
+  Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
+  (arXiv 1706.02677).
+  Masters, Luschi, "Revisiting Small Batch Training for Deep Neural Networks", 2018
+  (arXiv 1804.07612).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet9", "resnet18", "resnet50")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet2012")
+OPTIMIZERS = ("sgd", "lars", "larc", "clars")
+NORMS = ("batch", "group", "none")
+BN_SPANS = ("device", "global", "ghost")
+LR_SCALINGS = ("linear", "sqrt", "none")
+WARMUP_STARTS = ("base", "zero")
+SCHEDULES = ("cosine", "poly2", "linear", "constant", "step", "onecycle", "mlperf")
+DENOMINATORS = ("paper", "optax")
+CLARS_GRANULARITIES = ("example", "device", "micro_batch")
+DTYPES = ("float32", "bfloat16")
+PARALLELS = ("jit", "pmap")
+NAN_POLICIES = ("stop", "skip")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default.copy(), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run (see the module docstring for `bn_span`)."""
+
+    # Model.
+    model: str = _f("resnet20", f"Model name, one of {', '.join(MODELS)}.")
+    width: float = _f(1.0, "Width multiplier of the model's channels.")
+    norm: str = _f("batch", "Normalisation layers: batch, group or none.")
+    bn_span: str = _f(
+        "device",
+        "Batch-norm statistics span: device (each device's slice), global (whole micro-batch "
+        "across devices) or ghost (groups of bn_ghost_size examples). Changes results at "
+        "large batch.",
+    )
+    bn_ghost_size: int = _f(32, "Ghost batch size for bn_span=ghost.")
+    zero_init_last_bn: bool = _f(False, "Zero-initialise the last BN scale of each block.")
+
+    # Data.
+    dataset: str = _f("fashion_mnist", f"Data set, one of {', '.join(DATASETS)}.")
+    data_dir: str | None = _f(None, "Data directory (default: the data module's search path).")
+    train_subset: int | None = _f(
+        None, "Use only the first N training examples (None: all), for fast experiments."
+    )
+    test_subset: int | None = _f(None, "Evaluate on only the first N test examples.")
+    crop_padding: int = _f(2, "Random-crop padding in pixels (0: no crop augmentation).")
+    flip: bool = _f(True, "Random horizontal flips.")
+    cutout: int = _f(0, "Cutout square size in pixels (0: off).")
+
+    # Optimizer.
+    optimizer: str = _f("lars", f"Optimizer, one of {', '.join(OPTIMIZERS)}.")
+    learning_rate: float = _f(
+        0.1, "Base (peak) learning rate at base_batch_size, before scaling."
+    )
+    base_batch_size: int = _f(256, "Batch size at which learning_rate is given.")
+    lr_scaling: str = _f(
+        "linear",
+        "Scale the learning rate from base_batch_size to batch_size: linear (x B/B0, "
+        "Goyal et al.), sqrt (x sqrt(B/B0)) or none.",
+    )
+    warmup_epochs: float = _f(1.0, "Gradual warmup length in epochs (0: no warmup).")
+    warmup_start: str = _f(
+        "zero",
+        "Warmup starts from: base (the unscaled learning_rate, Goyal et al.) or zero (MLPerf).",
+    )
+    schedule: str = _f(
+        "cosine",
+        "Decay after warmup: cosine, poly2 (LARS paper), linear, constant, step "
+        "(/10 at 50% and 75%), onecycle, mlperf (poly2 to end_learning_rate).",
+    )
+    end_learning_rate: float = _f(0.0, "Final learning rate of the decaying schedules.")
+    momentum: float = _f(0.9, "Momentum coefficient.")
+    nesterov: bool = _f(False, "Nesterov momentum.")
+    weight_decay: float = _f(5e-4, "Weight decay (L2) coefficient.")
+    trust_coefficient: float = _f(0.001, "LARS/LARC/CLARS trust coefficient (eta in the paper).")
+    denominator: str = _f(
+        "paper",
+        "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
+    )
+    clip: bool = _f(False, "Clip the LARS trust ratio at 1 (LARC) when optimizer is lars.")
+    clars_granularity: str = _f(
+        "example",
+        "CLARS gradient norms: example (exact per-example), device (each device's local "
+        "gradient, free), micro_batch (each accumulation micro-batch).",
+    )
+    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.")
+
+    # Batch and length.
+    batch_size: int = _f(256, "Global batch size (all devices, all accumulation steps).")
+    grad_accum_steps: int = _f(
+        1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches)."
+    )
+    epochs: float = _f(1.0, "Training length in epochs (may be fractional).")
+    dtype: str = _f("float32", "Compute dtype (float32 or bfloat16); params stay float32.")
+
+    # Parallelism.
+    parallel: str = _f(
+        "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean)."
+    )
+    num_devices: int | None = _f(None, "Number of local devices to use (None: all).")
+    coordinator_address: str | None = _f(
+        None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS)."
+    )
+    num_processes: int | None = _f(None, "Multi-host: number of processes.")
+    process_id: int | None = _f(None, "Multi-host: this process's id.")
+
+    # Run management.
+    seed: int = _f(0, "Random seed (init, data order and augmentation derive from it).")
+    workdir: str = _f("runs/default", "Output folder: metrics, checkpoints, summary, plots.")
+    checkpoint_every_steps: int = _f(
+        200, "Save a checkpoint every N steps (0: only at the end; -1: never)."
+    )
+    keep_checkpoints: int = _f(3, "Number of checkpoints to keep.")
+    resume: bool = _f(True, "Resume from the latest good checkpoint in workdir, if any.")
+    nan_policy: str = _f(
+        "stop", "On NaN/Inf loss or gradients: stop (with a clear error) or skip the step."
+    )
+    eval_every_epochs: float = _f(1.0, "Evaluate on the test set every N epochs (0: only at end).")
+    eval_batch_size: int = _f(1000, "Evaluation batch size.")
+    log_every_steps: int = _f(10, "Write a metrics row every N steps.")
+    log_layer_stats: bool = _f(
+        False, "Log per-layer trust ratios, weight norms and gradient norms."
+    )
+    log_diagnostics: bool = _f(
+        False, "Log lars_jax.diagnostics.layer_diagnostics (weight-norm equilibrium)."
+    )
+    tensorboard: bool = _f(False, "Also write TensorBoard summaries (needs tensorboardX).")
+    plot: bool = _f(True, "Write an end-of-run plot (PNG) of the loss/accuracy curves.")
+    progress: bool = _f(True, "Show a tqdm progress bar.")
+
+    # ------------------------------------------------------------------ helpers
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Builds a config from a dict; unknown keys raise ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> TrainConfig:
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+    def micro_batch_size(self, device_count: int) -> int:
+        """Examples per device per accumulation micro-batch."""
+        return self.batch_size // (device_count * self.grad_accum_steps)
+
+    def validate(self, device_count: int | None = None) -> TrainConfig:
+        """Checks every field; raises ValueError naming the field. Returns self.
+
+        Args:
+          device_count: the number of devices the run will use (global across processes);
+            when given, the global batch must be divisible by it times grad_accum_steps.
+            Defaults to `num_devices` when that is set.
+        """
+        def bad(name: str, msg: str) -> None:
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}")
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            if getattr(self, name) not in options:
+                bad(name, f"must be one of {', '.join(options)}")
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f.name, "must be finite")
+
+        if self.model not in MODELS:
+            try:  # the models module may know more names than this list
+                from lars_jax import models as _models
+
+                known = getattr(_models, "MODEL_NAMES", None) or getattr(_models, "MODELS", None)
+            except ImportError:
+                known = None
+            if not known or self.model not in known:
+                bad("model", f"unknown model; known: {', '.join(known or MODELS)}")
+        if self.dataset not in DATASETS:
+            ok = False
+            try:
+                from lars_jax.data import dataset_info
+
+                dataset_info(self.dataset)
+                ok = True
+            except Exception:
+                ok = False
+            if not ok:
+                bad("dataset", f"unknown data set; known: {', '.join(DATASETS)}")
+        choice("optimizer", OPTIMIZERS)
+        choice("norm", NORMS)
+        choice("bn_span", BN_SPANS)
+        choice("lr_scaling", LR_SCALINGS)
+        choice("warmup_start", WARMUP_STARTS)
+        choice("schedule", SCHEDULES)
+        choice("denominator", DENOMINATORS)
+        choice("clars_granularity", CLARS_GRANULARITIES)
+        choice("dtype", DTYPES)
+        choice("parallel", PARALLELS)
+        choice("nan_policy", NAN_POLICIES)
+
+        if self.width <= 0:
+            bad("width", "must be > 0")
+        if self.bn_ghost_size < 1:
+            bad("bn_ghost_size", "must be >= 1")
+        if self.norm != "batch" and self.bn_span == "ghost":
+            bad("bn_span", "ghost batch norm needs norm='batch'")
+        for name in ("train_subset", "test_subset", "num_devices", "num_processes"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad(name, "must be >= 1 or None")
+        if self.process_id is not None and self.process_id < 0:
+            bad("process_id", "must be >= 0")
+        if (self.num_processes is not None and self.process_id is not None
+                and self.process_id >= self.num_processes):
+            bad("process_id", f"must be < num_processes={self.num_processes}")
+        if self.crop_padding < 0:
+            bad("crop_padding", "must be >= 0")
+        if self.cutout < 0:
+            bad("cutout", "must be >= 0")
+        if self.learning_rate <= 0:
+            bad("learning_rate", "must be > 0")
+        if self.end_learning_rate < 0:
+            bad("end_learning_rate", "must be >= 0")
+        if self.base_batch_size < 1:
+            bad("base_batch_size", "must be >= 1")
+        if self.epochs <= 0:
+            bad("epochs", "must be > 0")
+        if self.warmup_epochs < 0:
+            bad("warmup_epochs", "must be >= 0")
+        if self.warmup_epochs > self.epochs:
+            bad("warmup_epochs", f"must be <= epochs={self.epochs}")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", "must be in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            bad("nesterov", "needs momentum > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.trust_coefficient <= 0:
+            bad("trust_coefficient", "must be > 0")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", "must be in [0, 1)")
+        if self.batch_size < 1:
+            bad("batch_size", "must be >= 1")
+        if self.grad_accum_steps < 1:
+            bad("grad_accum_steps", "must be >= 1")
+        if self.checkpoint_every_steps < -1:
+            bad("checkpoint_every_steps", "must be >= -1")
+        if self.keep_checkpoints < 1:
+            bad("keep_checkpoints", "must be >= 1")
+        if self.eval_every_epochs < 0:
+            bad("eval_every_epochs", "must be >= 0")
+        if self.eval_batch_size < 1:
+            bad("eval_batch_size", "must be >= 1")
+        if self.log_every_steps < 1:
+            bad("log_every_steps", "must be >= 1")
+        if not self.workdir:
+            bad("workdir", "must be a non-empty path")
+        if self.clars_granularity == "micro_batch" and self.optimizer == "clars" \
+                and self.grad_accum_steps < 2:
+            bad("clars_granularity", "micro_batch needs grad_accum_steps >= 2")
+
+        n = device_count if device_count is not None else self.num_devices
+        if n is not None:
+            if self.batch_size % (n * self.grad_accum_steps):
+                bad(
+                    "batch_size",
+                    f"global batch must be divisible by devices x grad_accum_steps = "
+                    f"{n} x {self.grad_accum_steps} = {n * self.grad_accum_steps}",
+                )
+            mb = self.micro_batch_size(n)
+            if self.norm == "batch" and self.bn_span == "ghost" and mb % self.bn_ghost_size:
+                bad(
+                    "bn_ghost_size",
+                    f"must divide the per-device micro-batch of {mb} examples",
+                )
+            if (self.optimizer == "clars" and self.clars_granularity == "device" and n < 2):
+                bad("clars_granularity", "device needs >= 2 devices (use example)")
+        if self.train_subset is not None and self.train_subset < self.batch_size:
+            bad("train_subset", f"must be >= batch_size={self.batch_size}")
+        return self
