@@ -5,7 +5,6 @@ The public API is re-exported here; see each module for references.
 """
 
 __version__ = "0.1.0"
-)
 
 # diagnostics (helper "experiments"): lars_jax.diagnostics
 from lars_jax.diagnostics import (  # noqa: F401
