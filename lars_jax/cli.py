@@ -1,0 +1,568 @@
+"""The ``lars-jax`` command: ``train``, ``sweep`` and ``report``.
+
+Every field of :class:`lars_jax.train.TrainConfig` is a flag of ``train`` and
+``sweep`` (``--batch-size 1024``; ``--batch_size`` works too; booleans as
+``--flip``/``--no-flip``; ``none`` for optional fields), generated from the
+dataclass: its type, its default and its ``metadata["help"]`` text. Settings can
+also come from a TOML or JSON file (``--config run.toml``), flags overriding the
+file. The resolved config is validated before any compute: a bad value stops
+the command with a one-line message naming the field and exit status 2.
+
+Examples::
+
+    lars-jax train                                   # the README's main job
+    lars-jax train --config my.toml --epochs 5 --print-config
+    lars-jax sweep --grid batch_size=128,1024 --grid optimizer=sgd,lars --out runs/s1
+    lars-jax report runs/s1
+
+See ``docs/cli.md`` for the config file format and the sweep layout.
+
+References:
+  Python ``argparse`` documentation (BooleanOptionalAction, sub-commands);
+  TOML v1.0.0, https://toml.io/en/v1.0.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import json
+import os
+import re
+import sys
+import textwrap
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lars_jax.config_io import (
+    SWEEP_TABLE,
+    FieldSpec,
+    coerce,
+    coerce_dict,
+    field_specs,
+    load_config_file,
+    to_toml,
+)
+
+PROG = "lars-jax"
+EXIT_BAD_CONFIG = 2
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class ConfigError(ValueError):
+    """A bad command line, config file or config value (exit status 2)."""
+
+
+def _config_class() -> type:
+    from lars_jax.train.config import TrainConfig
+
+    return TrainConfig
+
+
+def _train_fn() -> Callable[[Any], Mapping[str, Any]]:
+    from lars_jax.train import train
+
+    return train
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (not the long usage) and exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(
+            EXIT_BAD_CONFIG,
+            f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n",
+        )
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")
+
+
+def _field_groups(cls: type) -> dict[str, str]:
+    """Field -> group title, from the ``# Title.`` comments in the class source."""
+    groups: dict[str, str] = {}
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return groups
+    current = "Options"
+    for line in source.splitlines():
+        m = re.match(r"^\s{4}#\s*([A-Z][\w ,/-]*)\.?\s*$", line)
+        if m:
+            current = m.group(1).strip()
+            continue
+        m = re.match(r"^\s{4}(\w+)\s*:", line)
+        if m:
+            groups[m.group(1)] = current
+    return groups
+
+
+def _metavar(spec: FieldSpec) -> str | None:
+    if spec.type is bool:
+        return None
+    if spec.choices:
+        text = "{" + ",".join(str(c) for c in spec.choices) + "}"
+    else:
+        text = {int: "INT", float: "FLOAT", str: "STR", list: "LIST"}.get(spec.type, "VALUE")
+    return text + ("|none" if spec.optional else "")
+
+
+def _default_text(spec: FieldSpec) -> str:
+    d = spec.default
+    if d is None:
+        return "none"
+    if isinstance(d, bool):
+        return "true" if d else "false"
+    return str(getattr(d, "value", d))
+
+
+def _help_text(spec: FieldSpec) -> str:
+    text = spec.help.strip() or spec.name.replace("_", " ")
+    text = text.replace("%", "%%")
+    if "(default" in text:
+        return text
+    return f"{text} (default: {_default_text(spec)})"
+
+
+def _type_fn(spec: FieldSpec, cls_name: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return coerce(spec, text, cls_name=cls_name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    parse.__name__ = spec.type.__name__
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Adds one flag per field of a config dataclass to a parser.
+
+    Flags default to ``argparse.SUPPRESS``, so the parsed namespace holds only the
+    fields given on the command line (which then override a config file).
+
+    Args:
+      parser: the parser (or sub-parser) to extend.
+      cls: the config dataclass.
+    """
+    groups = _field_groups(cls)
+    arg_groups: dict[str, Any] = {}
+    for spec in field_specs(cls):
+        title = groups.get(spec.name, "Options")
+        if title not in arg_groups:
+            arg_groups[title] = parser.add_argument_group(f"{title} ({cls.__name__})")
+        group = arg_groups[title]
+        kwargs: dict[str, Any] = {
+            "dest": spec.name,
+            "default": argparse.SUPPRESS,
+            "help": _help_text(spec),
+        }
+        if spec.type is bool:
+            group.add_argument(
+                flag_name(spec.name), action=argparse.BooleanOptionalAction, **kwargs
+            )
+        else:
+            group.add_argument(
+                flag_name(spec.name),
+                type=_type_fn(spec, cls.__name__),
+                metavar=_metavar(spec),
+                **kwargs,
+            )
+
+
+def _fields_epilog(cls: type) -> str:
+    lines = [f"{cls.__name__} options (flags of `{PROG} train` and `{PROG} sweep`):"]
+    for spec in field_specs(cls):
+        flag = flag_name(spec.name)
+        if spec.type is bool:
+            flag += f"/--no-{flag[2:]}"
+        else:
+            flag += f" {_metavar(spec)}"
+        first = re.split(r"(?<=\.)\s", spec.help.strip(), maxsplit=1)[0]
+        if "(default" not in first:
+            first += f" (default: {_default_text(spec)})"
+        lines.append(f"  {flag}")
+        lines.append(textwrap.fill(first, 88, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
+def build_parser(cls: type | None = None) -> argparse.ArgumentParser:
+    """The ``lars-jax`` argument parser (sub-commands train, sweep, report).
+
+    Args:
+      cls: the config dataclass; default :class:`lars_jax.train.TrainConfig`.
+
+    Returns:
+      The parser.
+    """
+    cls = cls or _config_class()
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="Large-batch training with LARS, LARC and CLARS: train, sweep, report.",
+        epilog=_fields_epilog(cls)
+        + f"\n\nRun `{PROG} <command> --help` for each command's options; docs/cli.md has more.",
+        formatter_class=raw,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,sweep,report}")
+
+    train = sub.add_parser(
+        "train",
+        allow_abbrev=False,
+        help="train one model (no arguments: the README's main job)",
+        description="Train one model. With no arguments: the default config (ResNet-20 on "
+        "Fashion-MNIST with LARS). Flags override the --config file.",
+    )
+    train.add_argument(
+        "--config", metavar="FILE", help="TOML or JSON file of config fields (flags override it)"
+    )
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as TOML (reusable with --config) and exit",
+    )
+    add_config_arguments(train, cls)
+
+    sweep = sub.add_parser(
+        "sweep",
+        allow_abbrev=False,
+        help="run a grid of configs one after another (resumable)",
+        description="Run the cartesian product of --grid values one after another, each in "
+        "<out>/<name> named from its values; one row per run in <out>/results.jsonl. Run the "
+        "same command again to resume: finished runs are skipped, an interrupted run resumes "
+        "from its last checkpoint. Flags set the base config (overriding --config).",
+    )
+    sweep.add_argument(
+        "--config",
+        "--base",
+        dest="config",
+        metavar="FILE",
+        help="TOML/JSON base config; may hold a [sweep] table with `out` and a [sweep.grid] table",
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help="values of one field to sweep (repeatable; a JSON list also works: "
+        "FIELD='[1, 2]'); overrides the same field of the file's grid",
+    )
+    sweep.add_argument("--out", metavar="DIR", help="output folder (or `out` in [sweep])")
+    sweep.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    sweep.add_argument(
+        "--stop-on-error", action="store_true", help="stop the sweep at the first failed run"
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their status, run nothing"
+    )
+    sweep.add_argument(
+        "--no-report", action="store_true", help="do not write <out>/report.md at the end"
+    )
+    add_config_arguments(sweep, cls)
+
+    report = sub.add_parser(
+        "report",
+        allow_abbrev=False,
+        help="write report.md (table and plots) for a results folder",
+        description="Turn a results folder (a sweep's output, or a folder of run folders) into "
+        "<folder>/report.md with a markdown table of the runs and PNG plots in <folder>/plots.",
+    )
+    report.add_argument("folder", help="the results folder")
+    report.add_argument("--title", help="report title (default: 'Results: <folder name>')")
+    report.add_argument(
+        "--metric", help="summary metric to plot (default: the first accuracy metric)"
+    )
+    report.add_argument("--x", help="swept field on the x axis (default: batch_size if swept)")
+    report.add_argument("--output", default="report.md", help="file name (default: report.md)")
+    return parser
+
+
+def _normalize_argv(argv: Sequence[str]) -> list[str]:
+    """``--batch_size=8`` -> ``--batch-size=8`` (underscores accepted in flag names)."""
+    out = []
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok.partition("=")
+            tok = name.replace("_", "-") + eq + value
+        out.append(tok)
+    return out
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def resolve_config(
+    cls: type, config_file: str | None, overrides: Mapping[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Builds a config from defaults, a config file and command-line overrides.
+
+    Args:
+      cls: the config dataclass.
+      config_file: a TOML/JSON file, or ``None``.
+      overrides: field -> value from the command line (already typed).
+
+    Returns:
+      ``(config, sweep_table)``: the config (not yet validated) and the file's
+      ``[sweep]`` table (empty when absent).
+
+    Raises:
+      ConfigError: unreadable file, unknown field or wrongly typed value.
+    """
+    values: dict[str, Any] = {}
+    sweep_table: dict[str, Any] = {}
+    if config_file:
+        try:
+            data = load_config_file(config_file)
+            table = data.pop(SWEEP_TABLE, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"config file {config_file!r}: [sweep] must be a table")
+            sweep_table = table
+            values.update(coerce_dict(cls, data))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    values.update(overrides)
+    try:
+        return cls(**values), sweep_table
+    except TypeError as e:  # a config whose __init__/__post_init__ rejects a value
+        raise ConfigError(str(e)) from e
+
+
+def _validate(config: Any, device_count: int | None = None) -> None:
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return
+    try:
+        if device_count is not None and "device_count" in inspect.signature(validate).parameters:
+            validate(device_count=device_count)
+        else:
+            validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def initialize_distributed(config: Any) -> bool:
+    """Calls ``jax.distributed.initialize`` for multi-host runs.
+
+    Multi-host mode is on when the config sets ``coordinator_address`` or
+    ``num_processes``, or the environment sets ``JAX_COORDINATOR_ADDRESS``;
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` fill in the missing values. Does
+    nothing when JAX's distributed runtime is already initialized.
+
+    Args:
+      config: the run's config (fields ``coordinator_address``, ``num_processes``,
+        ``process_id`` when it has them).
+
+    Returns:
+      Whether this call initialized the distributed runtime.
+    """
+    env = os.environ
+    addr = getattr(config, "coordinator_address", None) or env.get("JAX_COORDINATOR_ADDRESS")
+    nproc = getattr(config, "num_processes", None)
+    pid = getattr(config, "process_id", None)
+    if nproc is None and env.get("JAX_NUM_PROCESSES"):
+        nproc = int(env["JAX_NUM_PROCESSES"])
+    if pid is None and env.get("JAX_PROCESS_ID"):
+        pid = int(env["JAX_PROCESS_ID"])
+    if addr is None and nproc is None:
+        return False
+    import jax
+
+    if jax.distributed.is_initialized():
+        return False
+    jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
+    return True
+
+
+def _device_count(config: Any) -> int:
+    import jax
+
+    local = getattr(config, "num_devices", None) or jax.local_device_count()
+    return int(local) * jax.process_count()
+
+
+def _print_config(config: Any, cls: type) -> None:
+    helps = {s.name: s.help for s in field_specs(cls)}
+    to_dict = getattr(config, "to_dict", None)
+    values = to_dict() if callable(to_dict) else vars(config)
+    print(f"# {cls.__name__} (resolved); reuse with: {PROG} train --config FILE")
+    print(to_toml(values, comments=helps), end="")
+
+
+def _parse_grid(cls: type, items: Sequence[str]) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip() or not text.strip():
+            raise ConfigError(f"--grid {item!r}: expected FIELD=V1,V2,...")
+        key = key.strip().replace("-", "_")
+        text = text.strip()
+        if text.startswith("["):
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"--grid {item!r}: not a JSON list: {e}") from e
+            if not isinstance(values, list):
+                raise ConfigError(f"--grid {item!r}: expected a JSON list")
+        else:
+            values = [v.strip() for v in text.split(",")]
+        grid[key] = values
+    return grid
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _summary_line(summary: Mapping[str, Any]) -> str:
+    keys = [
+        k
+        for k, v in summary.items()
+        if isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and any(w in k for w in ("accuracy", "loss", "time", "images", "steps", "epochs"))
+    ]
+    return ", ".join(
+        f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
+        for k in keys[:8]
+    )
+
+
+def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
+    config, _ = resolve_config(cls, args.config, overrides)
+    _validate(config)
+    if args.print_config:
+        _print_config(config, cls)
+        return 0
+    initialize_distributed(config)
+    _validate(config, _device_count(config))
+    summary = _train_fn()(config)
+    workdir = getattr(config, "workdir", None)
+    line = _summary_line(summary or {})
+    print(f"{PROG} train: finished{': ' + line if line else ''}")
+    if workdir:
+        print(f"{PROG} train: results in {workdir}/ (summary.json, metrics.jsonl, curves.png)")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
+    from lars_jax.report import summary_report
+    from lars_jax.sweep import plan_sweep, run_sweep
+
+    base, table = resolve_config(cls, args.config, overrides)
+    file_grid = table.get("grid", {})
+    if not isinstance(file_grid, dict):
+        raise ConfigError("[sweep.grid] must be a table of FIELD = [values]")
+    unknown = sorted(set(table) - {"grid", "out"})
+    if unknown:
+        raise ConfigError(f"[sweep] has unknown key(s) {', '.join(unknown)} (known: out, grid)")
+    grid = {k.replace("-", "_"): v for k, v in file_grid.items()}
+    grid.update(_parse_grid(cls, args.grid))
+    both = sorted(set(grid) & set(overrides))
+    if both:
+        raise ConfigError(f"{', '.join(both)}: both swept (--grid) and set by a flag")
+    out = args.out or table.get("out")
+    if not out:
+        raise ConfigError("--out: the sweep needs an output folder (--out DIR or out in [sweep])")
+    _validate(base)
+    try:
+        planned = plan_sweep(base, grid, out)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if args.dry_run:
+        for run in planned:
+            print(f"{run.status:8s} {run.name}")
+        print(f"{len(planned)} runs in {out}")
+        return 0
+    initialize_distributed(base)
+    for run in planned:
+        _validate(run.config, _device_count(run.config))
+    rows = run_sweep(
+        base,
+        grid,
+        out,
+        train_fn=_train_fn(),
+        retry_failed=args.retry_failed,
+        stop_on_error=args.stop_on_error,
+    )
+    if not args.no_report:
+        path = summary_report(out)
+        print(f"{PROG} sweep: report written to {path}")
+    failed = [r["run"] for r in rows if r.get("status") == "failed"]
+    if failed:
+        print(
+            f"{PROG} sweep: {len(failed)} of {len(rows)} runs failed ({', '.join(failed)}); "
+            "they are recorded in results.jsonl; --retry-failed reruns them",
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lars_jax.report import summary_report
+
+    try:
+        path = summary_report(
+            args.folder, title=args.title, metric=args.metric, x=args.x, filename=args.output
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    print(f"{PROG} report: wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lars-jax`` console script.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+      The exit status: 0 success, 1 a run failed, 2 bad command line or config,
+      130 interrupted (rerun the same command to resume).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cls = _config_class()
+    parser = build_parser(cls)
+    args, extra = parser.parse_known_args(_normalize_argv(argv))
+    if extra:
+        flags = [f for spec in field_specs(cls) for f in (flag_name(spec.name),)]
+        bad = next((t for t in extra if t.startswith("-")), extra[0])
+        close = difflib.get_close_matches(bad.partition("=")[0], flags, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        where = f"{PROG} {args.command}" if args.command else PROG
+        print(f"{where}: error: unrecognized argument(s): {' '.join(extra)}{hint}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_CONFIG
+    names = {s.name for s in field_specs(cls)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    try:
+        if args.command == "train":
+            return _cmd_train(args, cls, overrides)
+        if args.command == "sweep":
+            return _cmd_sweep(args, cls, overrides)
+        return _cmd_report(args)
+    except ConfigError as e:
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except KeyboardInterrupt:
+        print(
+            f"\n{PROG} {args.command}: interrupted; run the same command again to resume "
+            "from the last checkpoint",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

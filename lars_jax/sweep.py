@@ -1,0 +1,382 @@
+"""Grids of training runs, run one after another, resumable, one results row per run.
+
+``run_sweep(base_config, grid, out_dir)`` expands ``grid`` (field -> list of values)
+into the cartesian product of configs, gives each run its own folder
+``<out_dir>/<name>`` named from its varied values (``batch_size=1024__optimizer=lars``),
+and trains the runs in grid order. Each finished run appends one JSON row to
+``<out_dir>/results.jsonl``::
+
+    {"run": ..., "workdir": ..., "status": "done" | "failed", "varied": {...},
+     "config": {...}, "summary": {...}, "error": ..., "time_s": ..., "finished_at": ...}
+
+Running the same sweep again is how it resumes:
+
+* a run with a ``done`` row (or a ``summary.json`` in its folder) is skipped;
+* a run with a ``failed`` row (e.g. it diverged and the trainer stopped it) is
+  skipped too unless ``retry_failed=True``: a failure is a result;
+* any other run is (re)started; an interrupted one resumes from the last checkpoint
+  in its folder, through the trainer's own ``resume``.
+
+A finished run whose recorded config differs from the one the sweep now asks for
+(the base config changed) is an error, so results from different settings are never
+mixed in one folder.
+
+References:
+  Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017,
+  arXiv 1706.02677 (batch size x learning-rate rule x warmup grids).
+  Shallue et al., "Measuring the Effects of Data Parallelism on Neural Network
+  Training", JMLR 20, 2019 (sweeps over batch size, one tuned run per point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lars_jax.config_io import coerce, spec_by_name, unknown_field_error
+from lars_jax.plotting import read_jsonl
+
+PathLike = str | os.PathLike[str]
+TrainFn = Callable[[Any], Mapping[str, Any]]
+
+RESULTS_FILE = "results.jsonl"
+SWEEP_FILE = "sweep.json"
+SUMMARY_FILE = "summary.json"
+# Config fields that name where a run writes, not what it computes.
+_LOCATION_FIELDS = ("workdir",)
+_MAX_NAME = 120
+
+
+class PlannedRun(NamedTuple):
+    """One point of a sweep.
+
+    Attributes:
+      name: the run's folder name under the sweep's output folder.
+      varied: the swept fields and their values for this run.
+      config: the run's full config (``workdir`` set to the run's folder).
+      status: ``done``, ``failed``, ``partial`` (folder exists, no result) or ``pending``.
+    """
+
+    name: str
+    varied: dict[str, Any]
+    config: Any
+    status: str
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of a grid, the last key varying fastest.
+
+    Args:
+      grid: field -> non-empty list of values. An empty grid is one run.
+
+    Returns:
+      One ``{field: value}`` dict per combination.
+
+    Raises:
+      ValueError: a value list is empty, is a string, or repeats a value.
+
+    Example:
+      >>> expand_grid({"batch_size": [128, 1024], "optimizer": ["sgd", "lars"]})
+      ... # doctest: +NORMALIZE_WHITESPACE
+      [{'batch_size': 128, 'optimizer': 'sgd'}, {'batch_size': 128, 'optimizer': 'lars'},
+       {'batch_size': 1024, 'optimizer': 'sgd'}, {'batch_size': 1024, 'optimizer': 'lars'}]
+    """
+    keys = list(grid)
+    for k in keys:
+        values = grid[k]
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise ValueError(f"grid[{k!r}]: must be a list of values, got {values!r}")
+        if not values:
+            raise ValueError(f"grid[{k!r}]: needs at least one value")
+        seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"grid[{k!r}]: repeated value in {list(values)!r}")
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "none"
+    elif isinstance(value, float):
+        text = f"{value:g}" if math.isfinite(value) else str(value)
+    elif isinstance(value, list | tuple):
+        text = "-".join(_format(v) for v in value)
+    else:
+        text = str(getattr(value, "value", value))
+    return "".join(c if c.isalnum() or c in "._+-" else "-" for c in text)
+
+
+def run_name(varied: Mapping[str, Any]) -> str:
+    """A folder name for a run from its varied values.
+
+    ``key=value`` pairs in grid order joined by ``__``; characters other than
+    letters, digits and ``._+-`` in values become ``-``. Names longer than 120
+    characters are cut and end with a hash of the full name, so they stay unique.
+
+    Args:
+      varied: field -> value of the swept fields.
+
+    Returns:
+      The name (``"base"`` for an empty grid).
+
+    Example:
+      >>> run_name({"batch_size": 1024, "optimizer": "lars", "warmup_epochs": 2.0})
+      'batch_size=1024__optimizer=lars__warmup_epochs=2'
+    """
+    if not varied:
+        return "base"
+    name = "__".join(f"{k}={_format(v)}" for k, v in varied.items())
+    if len(name) > _MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name[: _MAX_NAME - 11] + "_" + digest
+    return name
+
+
+def normalize_grid(config_cls: type, grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Checks a grid's keys against the config and converts its values to the field types.
+
+    Args:
+      config_cls: the config dataclass.
+      grid: field -> values (values may be strings, as typed on a command line).
+
+    Returns:
+      field -> list of typed values.
+
+    Raises:
+      ValueError: an unknown field, a location field (``workdir``), or a value of the
+        wrong type; the message names the field.
+    """
+    specs = spec_by_name(config_cls)
+    out: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        name = key.replace("-", "_")
+        if name not in specs:
+            raise unknown_field_error(config_cls, key)
+        if name in _LOCATION_FIELDS:
+            raise ValueError(f"grid[{key!r}]: the sweep sets each run's {name} itself")
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise ValueError(f"grid[{key!r}]: must be a list of values, got {values!r}")
+        out[name] = [coerce(specs[name], v, cls_name=config_cls.__name__) for v in values]
+    expand_grid(out)  # checks empty and repeated values
+    return out
+
+
+def _comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config_dict.items() if k not in _LOCATION_FIELDS}
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    to_dict = getattr(config, "to_dict", None)
+    return dict(to_dict()) if callable(to_dict) else dataclasses.asdict(config)
+
+
+def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
+    path = out / RESULTS_FILE
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for row in read_jsonl(path):
+            if "run" in row:
+                rows[str(row["run"])] = row  # the last row of a run wins
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy / jax scalars
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else str(value)
+
+
+def _append_row(out: Path, row: Mapping[str, Any]) -> None:
+    with open(out / RESULTS_FILE, "a") as f:
+        f.write(json.dumps(row, default=_jsonable) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _base_config(base_config: Any) -> Any:
+    if dataclasses.is_dataclass(base_config) and not isinstance(base_config, type):
+        return base_config
+    if isinstance(base_config, Mapping):
+        from lars_jax.train import TrainConfig
+
+        return TrainConfig.from_dict(dict(base_config))
+    raise TypeError(f"base_config: expected a config dataclass or a dict, got {base_config!r}")
+
+
+def plan_sweep(
+    base_config: Any,
+    grid: Mapping[str, Sequence[Any]],
+    out_dir: PathLike,
+) -> list[PlannedRun]:
+    """Expands a sweep and reports each run's status without running anything.
+
+    Every run's config is validated here (``config.validate()`` when the config
+    has it), so a bad value fails before any compute.
+
+    Args:
+      base_config: the config every run starts from (a dataclass such as
+        :class:`lars_jax.train.TrainConfig`, or a dict of its fields).
+      grid: field -> list of values.
+      out_dir: the sweep's output folder.
+
+    Returns:
+      One :class:`PlannedRun` per grid point, in grid order.
+
+    Raises:
+      ValueError: a bad grid, an invalid run config (message names the run and the
+        field), two grid points with the same folder name, or a finished run whose
+        recorded config differs from the one planned now.
+    """
+    base = _base_config(base_config)
+    cls = type(base)
+    grid = normalize_grid(cls, grid)
+    out = Path(out_dir)
+    rows = _read_rows(out)
+    planned: list[PlannedRun] = []
+    names: set[str] = set()
+    for varied in expand_grid(grid):
+        name = run_name(varied)
+        if name in names:
+            raise ValueError(f"grid: two runs would share the folder name {name!r}")
+        names.add(name)
+        workdir = out / name
+        config = dataclasses.replace(base, **varied, workdir=str(workdir))
+        validate = getattr(config, "validate", None)
+        if callable(validate):
+            try:
+                validate()
+            except ValueError as e:
+                raise ValueError(f"sweep run {name}: {e}") from e
+        row = rows.get(name)
+        if row is not None and row.get("status") in ("done", "failed"):
+            recorded = _comparable(row.get("config") or {})
+            wanted = _comparable(_config_dict(config))
+            diff = sorted(
+                k for k in wanted.keys() | recorded.keys() if wanted.get(k) != recorded.get(k)
+            )
+            if recorded and diff:
+                raise ValueError(
+                    f"sweep run {name}: {out / RESULTS_FILE} records it with a different config "
+                    f"(fields {', '.join(diff)}); use another output folder or remove the run"
+                )
+            status = row["status"]
+        elif (workdir / SUMMARY_FILE).exists():
+            status = "done"
+        elif workdir.exists():
+            status = "partial"
+        else:
+            status = "pending"
+        planned.append(PlannedRun(name, dict(varied), config, status))
+    return planned
+
+
+def run_sweep(
+    base_config: Any,
+    grid: Mapping[str, Sequence[Any]],
+    out_dir: PathLike,
+    *,
+    train_fn: TrainFn | None = None,
+    retry_failed: bool = False,
+    stop_on_error: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Runs every config of a grid one after another; resumable.
+
+    Args:
+      base_config: the config every run starts from (a dataclass such as
+        :class:`lars_jax.train.TrainConfig`, or a dict of its fields); its
+        ``workdir`` is replaced by each run's folder.
+      grid: field -> list of values; the runs are the cartesian product, the last
+        field varying fastest.
+      out_dir: the sweep's folder: ``results.jsonl``, ``sweep.json`` and one
+        subfolder per run.
+      train_fn: ``config -> summary dict``; default :func:`lars_jax.train.train`.
+      retry_failed: rerun runs recorded as failed (default: a failure is a result).
+      stop_on_error: re-raise a run's exception instead of recording it and going
+        on with the next run.
+      log: called with one line per run (default: print to stderr).
+
+    Returns:
+      One results row per grid point, in grid order (rows of runs finished in an
+      earlier invocation included).
+
+    Raises:
+      ValueError: see :func:`plan_sweep`; raised before any run starts.
+      KeyboardInterrupt: passed through; run the sweep again to resume.
+    """
+    base = _base_config(base_config)
+    out = Path(out_dir)
+    planned = plan_sweep(base, grid, out)
+    if train_fn is None:
+        from lars_jax.train import train as train_fn
+    if log is None:
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = normalize_grid(type(base), grid)
+    (out / SWEEP_FILE).write_text(
+        json.dumps(
+            {"base": _comparable(_config_dict(base)), "grid": grid}, indent=2, default=_jsonable
+        )
+    )
+    rows = _read_rows(out)
+    results: list[dict[str, Any]] = []
+    for i, run in enumerate(planned):
+        tag = f"[{i + 1}/{len(planned)}] {run.name}"
+        row = rows.get(run.name)
+        if run.status == "done" and row is not None and row.get("status") == "done":
+            log(f"{tag}: done, skipped")
+            results.append(row)
+            continue
+        if run.status == "failed" and not retry_failed and row is not None:
+            log(f"{tag}: failed earlier ({row.get('error', '?')}), skipped")
+            results.append(row)
+            continue
+        row = {
+            "run": run.name,
+            "workdir": run.name,
+            "status": "done",
+            "varied": run.varied,
+            "config": _config_dict(run.config),
+            "summary": {},
+        }
+        summary_path = Path(run.config.workdir) / SUMMARY_FILE
+        if run.status == "done" and summary_path.exists():
+            # Finished, but the process died before the results row was written.
+            row["summary"] = json.loads(summary_path.read_text())
+            log(f"{tag}: done (summary.json found), recorded")
+        else:
+            verb = "resuming" if run.status == "partial" else "starting"
+            log(f"{tag}: {verb}")
+            t0 = time.perf_counter()
+            try:
+                row["summary"] = dict(train_fn(run.config))
+            except Exception as e:
+                if stop_on_error:
+                    raise
+                row["status"] = "failed"
+                row["error"] = f"{type(e).__name__}: {e}"
+                log(f"{tag}: failed: {row['error']}")
+            row["time_s"] = round(time.perf_counter() - t0, 3)
+        row["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        _append_row(out, row)
+        results.append(row)
+    failed = sum(r.get("status") == "failed" for r in results)
+    log(f"sweep {out}: {len(results) - failed} done, {failed} failed")
+    return results
