@@ -1,0 +1,167 @@
+"""Data parallelism: the same per-device step under ``jax.jit`` + ``jax.shard_map`` or ``jax.pmap``.
+
+* jit path (`jit_train_step`): a `jax.sharding.Mesh` with one axis ``"data"``; the global
+  batch (and the index vector that selects it) is sharded along ``"data"``, parameters and
+  optimizer state are replicated. Batch selection and augmentation run on the global batch
+  inside the same compiled program (XLA partitions them), then ``jax.shard_map`` runs the
+  per-device step, whose collectives (gradient ``pmean``, cross-device BatchNorm, CLARS
+  norm gathering, noise-scale statistics) use the ``"data"`` axis. Works unchanged across
+  processes (multi-host): the mesh spans all global devices and every process feeds its own
+  devices' shards.
+* pmap path (`pmap_train_step`): ``jax.pmap(step, axis_name="data")`` over replicated state
+  (leading device axis); the global batch is prepared by a small jitted function and
+  reshaped to ``(devices, B / devices, ...)``.
+
+Both paths augment the *global* batch with a key that depends only on ``(seed, step)``, so
+a run on 1, 2 or 8 devices sees exactly the same examples.
+
+References:
+  JAX documentation, "Distributed arrays and automatic parallelization" and
+  "Manual parallelism with shard_map".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "data"
+
+PrepareFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over the first `num_devices` (global) devices."""
+    devs = list(devices) if devices is not None else jax.devices()
+    if num_devices is not None:
+        if num_devices > len(devs):
+            raise ValueError(f"num_devices={num_devices} but only {len(devs)} devices exist")
+        devs = devs[:num_devices]
+    return Mesh(np.asarray(devs), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds in full (multi-host safe)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Replicates a pytree (host or device arrays, identical on all processes) over the mesh."""
+    sh = replicated(mesh)
+    return jax.tree.map(lambda v: put_global(np.asarray(jax.device_get(v)), sh), tree)
+
+
+def jit_train_step(
+    step_fn: Callable[..., Any],
+    prepare: PrepareFn,
+    mesh: Mesh,
+) -> Callable[..., Any]:
+    """Compiles ``(state, images, labels, idx, step) -> (state, metrics)`` for the jit path.
+
+    Args:
+      step_fn: the per-device step from `make_train_step` with ``axis_name="data"``.
+      prepare: ``prepare(images, labels, idx, step) -> (x, y)`` selecting, augmenting and
+        normalising the global batch ``images[idx]`` (a pure JAX function).
+      mesh: the data mesh.
+
+    Returns:
+      A jitted function; ``state`` is donated.
+    """
+    # check_vma=False: the step averages its per-device gradients itself (lax.pmean), exactly
+    # as under pmap. With varying-axis checking on, jax.grad with respect to the replicated
+    # parameters would already psum the gradients over devices.
+    sm = jax.shard_map(
+        step_fn, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P()),
+        check_vma=False)
+    sharded = batch_sharded(mesh)
+
+    def run(state, images, labels, idx, step):
+        x, y = prepare(images, labels, idx, step)
+        x = jax.lax.with_sharding_constraint(x, sharded)
+        y = jax.lax.with_sharding_constraint(y, sharded)
+        return sm(state, x, y)
+
+    return jax.jit(run, donate_argnums=0)
+
+
+def pmap_train_step(
+    step_fn: Callable[..., Any],
+    prepare: PrepareFn,
+    devices: Sequence[Any],
+) -> Callable[..., Any]:
+    """The pmap path: ``(replicated_state, images, labels, idx, step) -> (state, metrics)``.
+
+    ``state`` carries a leading device axis (see `replicate` / `unreplicate`); the metrics
+    returned are those of device 0 (they are identical on all devices).
+    """
+    n = len(devices)
+    pstep = jax.pmap(step_fn, axis_name=AXIS, devices=devices, donate_argnums=0)
+
+    @jax.jit
+    def prep(images, labels, idx, step):
+        x, y = prepare(images, labels, idx, step)
+        return x.reshape(n, -1, *x.shape[1:]), y.reshape(n, -1, *y.shape[1:])
+
+    def run(state, images, labels, idx, step):
+        x, y = prep(images, labels, idx, step)
+        state, metrics = pstep(state, x, y)
+        return state, jax.tree.map(lambda m: m[0], metrics)
+
+    return run
+
+
+def replicate(tree: Any, devices: Sequence[Any]) -> Any:
+    """Adds a leading device axis for the pmap path (one copy per device)."""
+    devices = list(devices)
+    sh = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
+    n = len(devices)
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), sh), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    """Removes the leading device axis (takes device 0's copy)."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def make_prepare(
+    *,
+    seed: int,
+    mean: Any,
+    std: Any,
+    dtype: Any,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None,
+) -> PrepareFn:
+    """``prepare(images_uint8, labels, idx, step) -> (x, y)`` for the global batch.
+
+    The augmentation key is ``fold_in(key(seed), step)``, so the batch of a step depends
+    only on ``(seed, step)``.
+    """
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+
+    def prepare(images, labels, idx, step):
+        imgs = jnp.take(images, idx, axis=0)
+        y = jnp.take(labels, idx, axis=0)
+        if augment is not None:
+            key = jax.random.fold_in(jax.random.key(seed), step)
+            imgs = augment(key, imgs)
+        x = ((imgs.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+        return x, y
+
+    return prepare

@@ -1,0 +1,308 @@
+"""The pure train step: loss, gradients (accumulated over micro-batches), optimizer update,
+BatchNorm statistics, non-finite guard and metrics.
+
+`make_train_step` returns ONE per-device function ``step(state, x, y) -> (state, metrics)``.
+Its collectives use the mapped axis ``axis_name`` (``"data"``), so the same function runs
+under ``jax.shard_map`` inside ``jax.jit`` (the jit path), under ``jax.pmap`` (the pmap
+path), or unmapped on one device (``axis_name=None``); see `lars_jax.train.parallel`.
+
+Inside the step, the local batch of ``B_local`` examples is split into ``grad_accum_steps``
+contiguous micro-batches of ``m = B_local / k`` examples, processed one after another by a
+``lax.scan`` (so a global batch of 32k fits in one device's memory); the gradient is the mean
+of the micro-batch gradients, then averaged over devices with ``lax.pmean``. BatchNorm
+statistics are taken per micro-batch (per device, across devices through the model's
+``bn_axis_name``, or over ghost groups, as the model was built) and the running averages are
+threaded through the micro-batches and averaged over devices.
+
+Every gradient "group" (one micro-batch on one device) has the same size, so the groups also
+give the gradient-noise-scale statistics for free (McCandlish et al.): ``grad_sqnorm_small``
+(mean over groups of each group gradient's squared norm), ``grad_sqnorm_big`` (squared norm
+of the mean gradient), ``batch_small`` and ``batch_big``.
+
+References:
+  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
+  (arXiv 1708.03888).
+  Huo, Gu, Huang, "Large Batch Training Does Not Need Warmup", 2020 (arXiv 2002.01576).
+  McCandlish, Kaplan, Amodei et al., "An Empirical Model of Large-Batch Training", 2018
+  (arXiv 1812.06162).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries from step to step (and checkpoints).
+
+    Attributes:
+      step: number of completed steps (int32 scalar); the data of step ``s`` is a function
+        of ``(seed, s)`` only.
+      params: model parameters (float32).
+      batch_stats: BatchNorm running statistics (an empty dict without BatchNorm).
+      opt_state: optimizer state (float32).
+      skipped: steps skipped because of non-finite loss or gradients (nan_policy="skip").
+      nonfinite_step: -1, or the step at which a non-finite loss or gradient stopped the run
+        (nan_policy="stop"; from then on the state no longer changes).
+    """
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    skipped: jax.Array
+    nonfinite_step: jax.Array
+
+
+def init_train_state(params: PyTree, batch_stats: PyTree, tx: optax.GradientTransformation
+                     ) -> TrainState:
+    """A fresh TrainState at step 0."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats if batch_stats is not None else {},
+        opt_state=tx.init(params),
+        skipped=jnp.zeros((), jnp.int32),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """Static options of the train step.
+
+    Attributes:
+      num_classes: number of classes (for label smoothing).
+      axis_name: mapped axis of the data-parallel devices (None: one device, no collectives).
+      num_devices: size of that axis (1 without it).
+      grad_accum_steps: micro-batches per device per step.
+      label_smoothing: label smoothing of the cross-entropy.
+      sync_batch_stats: average the running BN statistics over devices after the step (needed
+        when statistics were per device or per ghost group; with a model that already reduces
+        over ``axis_name`` they are identical on all devices).
+      clars_granularity: None (optimizer takes no norms), "example", "device" or
+        "micro_batch": which gradient norms are passed to the optimizer's update as
+        ``per_example_norms``.
+      nan_policy: "stop" or "skip".
+      log_layer_stats: return per-layer trust ratios, weight and gradient norms.
+      log_diagnostics: return `lars_jax.diagnostics.layer_diagnostics` scalars.
+      weight_decay: for the diagnostics.
+      momentum: for the diagnostics.
+    """
+
+    num_classes: int
+    axis_name: str | None = None
+    num_devices: int = 1
+    grad_accum_steps: int = 1
+    label_smoothing: float = 0.0
+    sync_batch_stats: bool = True
+    clars_granularity: str | None = None
+    nan_policy: str = "stop"
+    log_layer_stats: bool = False
+    log_diagnostics: bool = False
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    if label_smoothing:
+        onehot = optax.smooth_labels(onehot, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+
+
+def _sqnorm(tree: PyTree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def _leaf_norms(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))), tree)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _flat_names(prefix: str, tree: PyTree) -> Metrics:
+    from lars_jax.diagnostics import path_to_name
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out[f"{prefix}/{path_to_name(path)}"] = leaf
+    return out
+
+
+def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable[..., Any]:
+    """``loss_fn(params, batch_stats, x, y) -> (mean loss, (new_batch_stats, accuracy))``."""
+
+    def loss_fn(params, batch_stats, x, y):
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+            logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+            new_stats = updates["batch_stats"]
+        else:
+            logits = model.apply(variables, x, train=True)
+            new_stats = batch_stats
+        loss = jnp.mean(cross_entropy(logits, y, opts.num_classes, opts.label_smoothing))
+        acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+        return loss, (new_stats, acc)
+
+    return loss_fn
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    opts: StepOptions,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+    """Builds the per-device train step ``step(state, x, y) -> (state, metrics)``.
+
+    Args:
+      model: a Flax model applied as ``model.apply(variables, x, train=True,
+        mutable=["batch_stats"])``; build it with ``bn_axis_name=opts.axis_name`` for
+        cross-device BatchNorm statistics.
+      tx: the optimizer (an optax transformation; with ``clars_granularity`` set it must
+        accept ``per_example_norms`` in ``update``).
+      opts: static options.
+
+    Returns:
+      The step function. ``x`` holds this device's examples (already augmented and
+      normalised, in the compute dtype), ``y`` their int labels; the number of examples must
+      be divisible by ``opts.grad_accum_steps``. Metrics are scalars identical on all
+      devices: ``loss``, ``accuracy``, ``grad_norm``, ``param_norm``, ``finite``, ``lr`` (when
+      the optimizer was built with ``optax.inject_hyperparams``), the noise-scale statistics
+      when there are >= 2 gradient groups, and per-layer statistics on request.
+    """
+    loss_fn = make_loss_fn(model, opts)
+    k = opts.grad_accum_steps
+    ax = opts.axis_name
+    n = opts.num_devices if ax is not None else 1
+    gran = opts.clars_granularity
+    groups = n * k
+
+    def micro_grads(params, batch_stats, x, y):
+        """Loss, grads, new stats, accuracy and (per-example) norms of one micro-batch."""
+        if gran == "example":
+            from lars_jax.per_example import value_grad_and_norms
+
+            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy)
+            (loss, (stats, acc)), grads, norms = value_grad_and_norms(
+                fn, params, x, y, has_aux=True)
+        else:
+            (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch_stats, x, y)
+            norms = None
+            if gran == "micro_batch":
+                norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
+        return loss, grads, stats, acc, norms
+
+    def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Metrics]:
+        params = state.params
+        if k == 1:
+            loss, grads, stats, acc, norms = micro_grads(params, state.batch_stats, x, y)
+            sq_small = _sqnorm(grads) if groups >= 2 else None
+        else:
+            m = x.shape[0] // k
+            xs = x.reshape(k, m, *x.shape[1:])
+            ys = y.reshape(k, m, *y.shape[1:])
+
+            def body(carry, xy):
+                stats, gsum = carry
+                loss, g, stats, acc, norms = micro_grads(params, stats, *xy)
+                gsum = jax.tree.map(jnp.add, gsum, g)
+                return (stats, gsum), (loss, acc, norms, _sqnorm(g))
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (stats, gsum), (losses, accs, norms, sqs) = jax.lax.scan(
+                body, (state.batch_stats, zeros), (xs, ys))
+            grads = jax.tree.map(lambda g: g / k, gsum)
+            loss, acc = jnp.mean(losses), jnp.mean(accs)
+            sq_small = jnp.mean(sqs)
+            if norms is not None:  # (k, m) or (k, 1) -> (k*m,) or (k,)
+                norms = jax.tree.map(lambda v: v.reshape(-1), norms)
+
+        if gran == "device":
+            norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
+        if ax is not None:
+            grads = jax.lax.pmean(grads, ax)
+            loss, acc = jax.lax.pmean((loss, acc), ax)
+            if sq_small is not None:
+                sq_small = jax.lax.pmean(sq_small, ax)
+            if norms is not None:
+                norms = jax.lax.all_gather(norms, ax, tiled=True)
+            if opts.sync_batch_stats and stats:
+                stats = jax.lax.pmean(stats, ax)
+
+        extra = {} if gran is None else {"per_example_norms": norms}
+        updates, opt_state = tx.update(grads, state.opt_state, params, **extra)
+        new_params = optax.apply_updates(params, updates)
+
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        if opts.nan_policy == "skip":
+            ok = finite
+            step_inc = jnp.ones((), jnp.int32)
+            skipped = state.skipped + (~finite).astype(jnp.int32)
+            nonfinite_step = state.nonfinite_step
+        else:
+            running = state.nonfinite_step < 0
+            ok = finite & running
+            step_inc = ok.astype(jnp.int32)
+            skipped = state.skipped
+            nonfinite_step = jnp.where(running & ~finite, state.step, state.nonfinite_step)
+        sel = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + step_inc,
+            params=sel(new_params, params),
+            batch_stats=sel(stats, state.batch_stats),
+            opt_state=sel(opt_state, state.opt_state),
+            skipped=skipped,
+            nonfinite_step=nonfinite_step,
+        )
+
+        metrics: Metrics = {
+            "loss": loss,
+            "accuracy": acc,
+            "grad_norm": jnp.sqrt(_sqnorm(grads)),
+            "param_norm": jnp.sqrt(_sqnorm(params)),
+            "finite": finite.astype(jnp.float32),
+        }
+        hp = getattr(opt_state, "hyperparams", None)
+        if isinstance(hp, dict) and "learning_rate" in hp:
+            metrics["lr"] = jnp.asarray(hp["learning_rate"], jnp.float32)
+        if groups >= 2:
+            metrics["grad_sqnorm_small"] = sq_small
+            metrics["grad_sqnorm_big"] = _sqnorm(grads)
+            metrics["batch_small"] = jnp.asarray(x.shape[0] // k, jnp.float32)
+            metrics["batch_big"] = jnp.asarray(x.shape[0] * n, jnp.float32)
+        if opts.log_layer_stats:
+            metrics.update(_flat_names("weight_norm", _leaf_norms(params)))
+            metrics.update(_flat_names("grad_norm", _leaf_norms(grads)))
+            from lars_jax.trust_ratio import trust_ratio_stats
+
+            tr = trust_ratio_stats(opt_state)
+            if tr is not None:
+                metrics.update(_flat_names("trust_ratio", tr["trust_ratio"]))
+        if opts.log_diagnostics:
+            from lars_jax.diagnostics import layer_diagnostics
+
+            lr = metrics.get("lr", jnp.zeros((), jnp.float32))
+            diag = layer_diagnostics(params, grads, state.opt_state, lr, opts.weight_decay,
+                                     opts.momentum, updates=updates)
+            metrics.update({f"diag/{name}": v for name, v in diag.items()})
+        return new_state, metrics
+
+    return step

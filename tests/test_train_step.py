@@ -1,0 +1,132 @@
+"""The train step: jit (Mesh + shard_map), pmap and one device agree; gradient accumulation;
+BatchNorm span; non-finite guard; noise-scale statistics."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lars_jax.train import parallel as par
+from lars_jax.train.step import StepOptions, init_train_state, make_train_step
+
+N_DEV = 8
+B = 64
+
+
+class TinyNet(nn.Module):
+    """Conv -> (BatchNorm) -> relu -> mean pool -> Dense: small enough for fast tests."""
+
+    norm: bool = True
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        x = nn.Conv(4, (3, 3))(x)
+        if self.norm:
+            x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+        x = nn.relu(x).mean((1, 2))
+        return nn.Dense(10)(x)
+
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (256, 8, 8, 1), dtype=np.uint8)
+LABELS = RNG.integers(0, 10, 256).astype(np.int32)
+PREPARE = par.make_prepare(seed=0, mean=0.5, std=0.25, dtype=jnp.float32, augment=None)
+
+
+def _idx(step):
+    return np.random.default_rng(step).permutation(len(IMAGES))[:B].astype(np.int32)
+
+
+@functools.cache
+def _run(n, path, *, steps=3, accum=1, norm=True, sync_stats=False, axis=True,
+         nan_policy="stop", lr=0.1):
+    ax = "data" if axis else None
+    model = TinyNet(norm=norm, axis_name=ax)
+    variables = TinyNet(norm=norm).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
+    state = init_train_state(variables["params"], variables.get("batch_stats", {}), tx)
+    opts = StepOptions(num_classes=10, axis_name=ax, num_devices=n, grad_accum_steps=accum,
+                       sync_batch_stats=sync_stats, nan_policy=nan_policy)
+    step_fn = make_train_step(model, tx, opts)
+    mesh = par.make_mesh(n)
+    images = par.put_global(IMAGES, par.replicated(mesh))
+    labels = par.put_global(LABELS, par.replicated(mesh))
+    if path == "jit":
+        fn = par.jit_train_step(step_fn, PREPARE, mesh)
+        state = par.put_replicated(state, mesh)
+    else:
+        devices = mesh.devices.tolist()
+        fn = par.pmap_train_step(step_fn, PREPARE, devices)
+        state = par.replicate(state, devices)
+    history = []
+    for s in range(steps):
+        idx = par.put_global(_idx(s), par.batch_sharded(mesh))
+        state, m = fn(state, images, labels, idx, s)
+        history.append(jax.device_get(m))
+    if path == "pmap":
+        state = par.unreplicate(state)
+    return jax.device_get(state), history, jax.device_get(variables)
+
+
+def _maxdiff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_jit_pmap_and_one_device_agree_with_global_bn():
+    """Cross-device BN (bn_span="global"): 8-device jit, 8-device pmap and 1 device give the
+    same parameters and BN statistics after 3 steps on the same global batches.
+    Tolerance: 1e-5 absolute (float32 reduction order differs between the paths)."""
+    one, h1, init = _run(1, "jit")
+    jit8, h8, _ = _run(N_DEV, "jit")
+    pmap8, hp, _ = _run(N_DEV, "pmap")
+    for other in (jit8, pmap8):
+        assert int(other.step) == 3
+        assert _maxdiff(one.params, other.params) < 1e-5
+        assert _maxdiff(one.batch_stats, other.batch_stats) < 1e-5
+    np.testing.assert_allclose(h1[-1]["loss"], h8[-1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(h8[-1]["loss"], hp[-1]["loss"], rtol=1e-6)
+    # the parameters really moved
+    assert _maxdiff(one.params, init["params"]) > 1e-3
+
+
+def test_per_device_bn_differs_from_global():
+    """bn_span="device": statistics over each device's 8 examples change the result."""
+    dev8 = _run(N_DEV, "jit", axis=False, sync_stats=True)[0]
+    glob8 = _run(N_DEV, "jit")[0]
+    assert _maxdiff(dev8.params, glob8.params) > 1e-4  # the span changes the result
+
+
+def test_gradient_accumulation_equals_one_large_batch_without_bn():
+    big, hb, _ = _run(1, "jit", norm=False, accum=1)
+    acc, ha, _ = _run(1, "jit", norm=False, accum=4)
+    acc8 = _run(N_DEV, "jit", norm=False, accum=2)[0]
+    assert _maxdiff(big.params, acc.params) < 1e-6
+    assert _maxdiff(big.params, acc8.params) < 1e-6
+    np.testing.assert_allclose(hb[-1]["loss"], ha[-1]["loss"], rtol=1e-6)
+    # noise-scale statistics exist with >= 2 groups, and a group's gradient is noisier
+    assert "grad_sqnorm_small" not in hb[-1]
+    assert ha[-1]["batch_small"] == B // 4 and ha[-1]["batch_big"] == B
+    assert ha[-1]["grad_sqnorm_small"] > ha[-1]["grad_sqnorm_big"] > 0
+    np.testing.assert_allclose(ha[-1]["grad_sqnorm_big"], ha[-1]["grad_norm"] ** 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_step_is_not_applied(policy):
+    """An infinite learning rate makes the params non-finite at step 1: the guard must keep
+    the last finite params (stop: freeze and record the step; skip: count and go on)."""
+    state, hist, _ = _run(1, "jit", steps=3, lr=1e38, nan_policy=policy, norm=False)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    bad = [i for i, m in enumerate(hist) if m["finite"] == 0]
+    assert bad, "the test needs a non-finite step"
+    if policy == "stop":
+        assert int(state.nonfinite_step) == bad[0]
+        assert int(state.step) == bad[0]
+    else:
+        assert int(state.skipped) == len(bad)
+        assert int(state.step) == 3
