@@ -25,11 +25,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib import ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # matplotlib is imported lazily: `import lars_jax` stays light
+    from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike[str]
 
@@ -95,10 +94,19 @@ def _series(
     return xs, ys
 
 
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure on an Agg canvas, without touching pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained", **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save(fig: Figure, out: PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
     tmp = out.with_name(out.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=110)
     os.replace(tmp, out)
@@ -141,7 +149,7 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
     if not train_rows and not eval_rows:
         raise ValueError(f"{workdir / 'metrics.jsonl'}: no row with a loss or an accuracy")
 
-    fig = Figure(figsize=(13, 4.0), layout="constrained")
+    fig = _figure(figsize=(13, 4.0))
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     xlabel = x_key
 
@@ -154,6 +162,8 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
     finite = [v for v in ty + ey if math.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) > 20 * min(finite):
         ax_loss.set_yscale("log")  # losses spanning decades: log scale shows the late phase
+        from matplotlib import ticker
+
         ax_loss.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax_loss.set(xlabel=xlabel, ylabel="cross-entropy loss", title="Loss")
 
@@ -233,7 +243,7 @@ def plot_lines(
     """
     if not series:
         raise ValueError("series: at least one series is needed")
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    fig = _figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     for label, (xs, ys) in series.items():
         if len(xs) != len(ys):
@@ -322,9 +332,7 @@ def plot_heatmap(
     finite = [v for row in grid for v in row if math.isfinite(v)]
     lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
     hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
-    fig = Figure(
-        figsize=(max(4.5, 1.5 + 0.9 * n_cols), max(3.2, 1.2 + 0.55 * n_rows)), layout="constrained"
-    )
+    fig = _figure(figsize=(max(4.5, 1.5 + 0.9 * n_cols), max(3.2, 1.2 + 0.55 * n_rows)))
     ax = fig.subplots()
     ax.set_facecolor("0.9")  # missing / non-finite cells show as light gray
     masked = [[v if math.isfinite(v) else math.nan for v in row] for row in grid]
