@@ -454,7 +454,7 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
 
 def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
     from lars_jax.report import summary_report
-    from lars_jax.sweep import plan_sweep, run_sweep
+    from lars_jax.sweep import _is_primary, plan_sweep, run_sweep
 
     base, table = resolve_config(cls, args.config, overrides)
     file_grid = table.get("grid", {})
@@ -492,7 +492,7 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
         retry_failed=args.retry_failed,
         stop_on_error=args.stop_on_error,
     )
-    if not args.no_report:
+    if not args.no_report and _is_primary():
         path = summary_report(out)
         print(f"{PROG} sweep: report written to {path}")
     failed = [r["run"] for r in rows if r.get("status") == "failed"]

@@ -48,6 +48,8 @@ from lars_jax.plotting import read_jsonl
 
 PathLike = str | os.PathLike[str]
 TrainFn = Callable[[Any], Mapping[str, Any]]
+# A grid: field -> values (cartesian product), or an explicit list of points.
+Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 RESULTS_FILE = "results.jsonl"
 SWEEP_FILE = "sweep.json"
@@ -73,24 +75,43 @@ class PlannedRun(NamedTuple):
     status: str
 
 
-def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """The cartesian product of a grid, the last key varying fastest.
+def expand_grid(grid: Grid) -> list[dict[str, Any]]:
+    """The points of a grid: a cartesian product, or an explicit list of points.
 
     Args:
-      grid: field -> non-empty list of values. An empty grid is one run.
+      grid: field -> non-empty list of values (the product, the last key varying
+        fastest; an empty mapping is one run), or a list of ``{field: value}`` dicts
+        run as given (for points that are not a product, e.g. each optimizer with
+        its own learning rate).
 
     Returns:
-      One ``{field: value}`` dict per combination.
+      One ``{field: value}`` dict per run.
 
     Raises:
-      ValueError: a value list is empty, is a string, or repeats a value.
+      ValueError: a value list is empty, is a string, or repeats a value; or a
+        point is repeated.
 
     Example:
       >>> expand_grid({"batch_size": [128, 1024], "optimizer": ["sgd", "lars"]})
       ... # doctest: +NORMALIZE_WHITESPACE
       [{'batch_size': 128, 'optimizer': 'sgd'}, {'batch_size': 128, 'optimizer': 'lars'},
        {'batch_size': 1024, 'optimizer': 'sgd'}, {'batch_size': 1024, 'optimizer': 'lars'}]
+      >>> expand_grid([{"optimizer": "sgd", "learning_rate": 0.1}, {"optimizer": "lars"}])
+      [{'optimizer': 'sgd', 'learning_rate': 0.1}, {'optimizer': 'lars'}]
     """
+    if not isinstance(grid, Mapping):
+        if isinstance(grid, str | bytes) or not isinstance(grid, Sequence):
+            raise ValueError(f"grid: expected a mapping or a list of points, got {grid!r}")
+        points = []
+        for i, point in enumerate(grid):
+            if not isinstance(point, Mapping):
+                raise ValueError(f"grid[{i}]: a point must be a dict of field values")
+            points.append(dict(point))
+        seen = [json.dumps(p, sort_keys=True, default=str) for p in points]
+        dup = next((p for p in seen if seen.count(p) > 1), None)
+        if dup is not None:
+            raise ValueError(f"grid: repeated point {dup}")
+        return points
     keys = list(grid)
     for k in keys:
         values = grid[k]
@@ -144,31 +165,45 @@ def run_name(varied: Mapping[str, Any]) -> str:
     return name
 
 
-def normalize_grid(config_cls: type, grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
-    """Checks a grid's keys against the config and converts its values to the field types.
+def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[dict[str, Any]]:
+    """Checks a grid's fields against the config and converts values to the field types.
 
     Args:
       config_cls: the config dataclass.
-      grid: field -> values (values may be strings, as typed on a command line).
+      grid: field -> values (values may be strings, as typed on a command line), or a
+        list of points (see :func:`expand_grid`).
 
     Returns:
-      field -> list of typed values.
+      The same grid with field names checked (``-`` read as ``_``) and typed values.
 
     Raises:
-      ValueError: an unknown field, a location field (``workdir``), or a value of the
-        wrong type; the message names the field.
+      ValueError: an unknown field, a location field (``workdir``), a value of the
+        wrong type (the message names the field), or a bad grid shape.
     """
     specs = spec_by_name(config_cls)
-    out: dict[str, list[Any]] = {}
-    for key, values in grid.items():
+
+    def field(key: str) -> str:
         name = key.replace("-", "_")
         if name not in specs:
             raise unknown_field_error(config_cls, key)
         if name in _LOCATION_FIELDS:
             raise ValueError(f"grid[{key!r}]: the sweep sets each run's {name} itself")
+        return name
+
+    def typed(name: str, value: Any) -> Any:
+        return coerce(specs[name], value, cls_name=config_cls.__name__)
+
+    if not isinstance(grid, Mapping):
+        points = expand_grid(grid)  # checks the shape
+        out_points = [{field(k): typed(field(k), v) for k, v in p.items()} for p in points]
+        expand_grid(out_points)  # repeated points after typing
+        return out_points
+    out: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        name = field(key)
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
             raise ValueError(f"grid[{key!r}]: must be a list of values, got {values!r}")
-        out[name] = [coerce(specs[name], v, cls_name=config_cls.__name__) for v in values]
+        out[name] = [typed(name, v) for v in values]
     expand_grid(out)  # checks empty and repeated values
     return out
 
@@ -190,6 +225,17 @@ def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
             if "run" in row:
                 rows[str(row["run"])] = row  # the last row of a run wins
     return rows
+
+
+def _is_primary() -> bool:
+    """False on processes other than 0 of a multi-host run (only process 0 writes rows)."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return True
+    try:
+        return jax.process_index() == 0
+    except Exception:  # no backend: a single process
+        return True
 
 
 def _jsonable(value: Any) -> Any:
@@ -222,7 +268,7 @@ def _base_config(base_config: Any) -> Any:
 
 def plan_sweep(
     base_config: Any,
-    grid: Mapping[str, Sequence[Any]],
+    grid: Grid,
     out_dir: PathLike,
 ) -> list[PlannedRun]:
     """Expands a sweep and reports each run's status without running anything.
@@ -233,7 +279,7 @@ def plan_sweep(
     Args:
       base_config: the config every run starts from (a dataclass such as
         :class:`lars_jax.train.TrainConfig`, or a dict of its fields).
-      grid: field -> list of values.
+      grid: field -> list of values, or a list of points (see :func:`expand_grid`).
       out_dir: the sweep's output folder.
 
     Returns:
@@ -289,7 +335,7 @@ def plan_sweep(
 
 def run_sweep(
     base_config: Any,
-    grid: Mapping[str, Sequence[Any]],
+    grid: Grid,
     out_dir: PathLike,
     *,
     train_fn: TrainFn | None = None,
@@ -303,8 +349,8 @@ def run_sweep(
       base_config: the config every run starts from (a dataclass such as
         :class:`lars_jax.train.TrainConfig`, or a dict of its fields); its
         ``workdir`` is replaced by each run's folder.
-      grid: field -> list of values; the runs are the cartesian product, the last
-        field varying fastest.
+      grid: field -> list of values (the runs are the cartesian product, the last
+        field varying fastest), or an explicit list of ``{field: value}`` points.
       out_dir: the sweep's folder: ``results.jsonl``, ``sweep.json`` and one
         subfolder per run.
       train_fn: ``config -> summary dict``; default :func:`lars_jax.train.train`.
@@ -326,15 +372,17 @@ def run_sweep(
     planned = plan_sweep(base, grid, out)
     if train_fn is None:
         from lars_jax.train import train as train_fn
+    primary = _is_primary()
     if log is None:
-        log = lambda msg: print(msg, file=sys.stderr, flush=True)
+        log = lambda msg: print(msg, file=sys.stderr, flush=True) if primary else None
     out.mkdir(parents=True, exist_ok=True)
     grid = normalize_grid(type(base), grid)
-    (out / SWEEP_FILE).write_text(
-        json.dumps(
-            {"base": _comparable(_config_dict(base)), "grid": grid}, indent=2, default=_jsonable
+    if primary:
+        (out / SWEEP_FILE).write_text(
+            json.dumps(
+                {"base": _comparable(_config_dict(base)), "grid": grid}, indent=2, default=_jsonable
+            )
         )
-    )
     rows = _read_rows(out)
     results: list[dict[str, Any]] = []
     for i, run in enumerate(planned):
@@ -375,7 +423,8 @@ def run_sweep(
                 log(f"{tag}: failed: {row['error']}")
             row["time_s"] = round(time.perf_counter() - t0, 3)
         row["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        _append_row(out, row)
+        if primary:
+            _append_row(out, row)
         results.append(row)
     failed = sum(r.get("status") == "failed" for r in results)
     log(f"sweep {out}: {len(results) - failed} done, {failed} failed")

@@ -287,6 +287,23 @@ def test_sweep_records_failures_and_retries(tmp_path):
         )
 
 
+def test_sweep_explicit_points(tmp_path):
+    points = [
+        {"optimizer": "sgd", "learning_rate": "0.1"},
+        {"optimizer": "lars", "learning_rate": 2, "warmup_epochs": 0.5},
+    ]
+    trainer = TinyTrainer()
+    rows = run_sweep(_base(), points, tmp_path, train_fn=trainer, log=lambda m: None)
+    assert [c[0] for c in trainer.calls] == [
+        "optimizer=sgd__learning_rate=0.1",
+        "optimizer=lars__learning_rate=2__warmup_epochs=0.5",
+    ]
+    assert rows[1]["config"]["learning_rate"] == 2.0 and rows[1]["config"]["warmup_epochs"] == 0.5
+    assert rows[0]["config"]["warmup_epochs"] == _base().warmup_epochs
+    with pytest.raises(ValueError, match="repeated point"):
+        run_sweep(_base(), [{"seed": 1}, {"seed": "1"}], tmp_path, train_fn=trainer)
+
+
 def test_sweep_validates_before_running(tmp_path):
     trainer = TinyTrainer()
     with pytest.raises(ValueError, match="batch_size=1000.*train_subset"):
