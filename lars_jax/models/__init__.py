@@ -1,0 +1,33 @@
+"""Flax ResNets (CIFAR ResNet-8/20/32/56, ResNet-18, ResNet-9, ResNet-50 v1.5) and MAC counts."""
+
+from lars_jax.models.flops import count_fn_macs, count_macs, flops_per_example, jaxpr_macs
+from lars_jax.models.normalization import NORM_KINDS, GhostBatchNorm, group_count, make_norm
+from lars_jax.models.resnet import (
+    MODEL_NAMES,
+    BasicBlock,
+    BottleneckBlock,
+    CifarResNet,
+    ResNet9,
+    ResNet18,
+    ResNet50,
+    create_model,
+)
+
+__all__ = [
+    "MODEL_NAMES",
+    "NORM_KINDS",
+    "BasicBlock",
+    "BottleneckBlock",
+    "CifarResNet",
+    "GhostBatchNorm",
+    "ResNet9",
+    "ResNet18",
+    "ResNet50",
+    "count_fn_macs",
+    "count_macs",
+    "create_model",
+    "flops_per_example",
+    "group_count",
+    "jaxpr_macs",
+    "make_norm",
+]
