@@ -171,9 +171,11 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
     ex, ey = _series(eval_rows, _TEST_ACC_KEYS, x_key)
     if ty:
         ax_acc.plot(tx, ty, lw=1, alpha=0.8, label="train")
+    finite_acc = [v for v in ey if math.isfinite(v)]
     if ey:
         ax_acc.plot(ex, ey, "o-", ms=3, lw=1.5, label="test")
-        best = max(ey)
+    if finite_acc:
+        best = max(finite_acc)
         ax_acc.axhline(best, color="gray", lw=0.6, ls=":")
         ax_acc.annotate(
             f"best test {best:.4f}",

@@ -125,3 +125,13 @@ def test_plot_heatmap(tmp_path):
             xlabel="x",
             ylabel="y",
         )
+
+
+def test_plot_run_diverged_run(tmp_path):
+    rows = [
+        {"step": s, "loss": (1.0 / s if s < 5 else float("nan")), "lr": 0.1} for s in range(1, 9)
+    ]
+    rows.append({"step": 8, "test_accuracy": float("nan"), "test_loss": float("inf")})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert "NaN" in (tmp_path / "metrics.jsonl").read_text()
+    _assert_png(plot_run(tmp_path))
