@@ -6,26 +6,21 @@ The public API is re-exported here; see each module for references.
 
 __version__ = "0.1.0"
 
-# diagnostics (helper "experiments"): lars_jax.diagnostics
-from lars_jax.diagnostics import (  # noqa: F401
-    NoiseScaleState,
-    layer_diagnostics,
-    noise_scale_estimates,
-    noise_scale_from_metrics,
-    noise_scale_init,
-    noise_scale_series,
-    noise_scale_update,
+# optimizers (helper "optim"): lars_jax.trust_ratio, lars_jax.alias, lars_jax.masks,
+# lars_jax.schedules
+from lars_jax.alias import clars, larc, lars, sgd  # noqa: F401
+from lars_jax.masks import default_mask  # noqa: F401
+from lars_jax.schedules import (  # noqa: F401
+    gradual_warmup,
+    linear_scaling,
+    mlperf_lars_schedule,
+    onecycle,
+    piecewise_linear,
+    sqrt_scaling,
 )
-
-# isort: split
-# command line, sweeps, reports, plots (helper "cli"): lars_jax.sweep, lars_jax.report,
-# lars_jax.plotting (lars_jax.cli is the `lars-jax` console script)
-from lars_jax.plotting import plot_heatmap, plot_lines, plot_run  # noqa: F401
-from lars_jax.report import (  # noqa: F401
-    Section,
-    load_results,
-    markdown_table,
-    summary_report,
-    write_report,
+from lars_jax.trust_ratio import (  # noqa: F401
+    LarsTrustRatioState,
+    scale_by_clars_trust_ratio,
+    scale_by_lars_trust_ratio,
+    trust_ratio_stats,
 )
-from lars_jax.sweep import expand_grid, plan_sweep, run_sweep  # noqa: F401

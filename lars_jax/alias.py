@@ -1,0 +1,373 @@
+"""Ready-made optimizers: LARS, LARC, CLARS and momentum SGD, with You et al.'s semantics.
+
+Algorithm 1 of You, Gitman and Ginsburg (2017), per parameter tensor ``w``::
+
+    for t = 0, 1, ...:
+        g      = gradient of the mini-batch loss at w
+        if mask(w):                                   # kernels (ndim > 1) by default
+            ratio = tc * ||w|| / (||g|| + wd * ||w|| + eps)   (1 if a norm is 0)
+            u     = ratio * (g + wd * w)
+        else:                                         # biases, BatchNorm scale/offset
+            u     = g                                  # no weight decay, no trust ratio
+        v      = m * v + lr_t * u                     # lr inside the momentum buffer
+        w      = w - v                                # (Nesterov: w - (m * v + lr_t * u))
+
+built as ``optax.chain(optax.masked(trust ratio, mask), optax.scale_by_learning_rate,
+optax.trace)``: the learning rate is applied *before* the momentum trace, as in
+``optax.lars`` and the paper (so a changing ``lr_t`` only affects new gradients).
+:func:`larc` clips the ratio at 1 and :func:`clars` replaces ``||g||`` by the mean of
+per-example gradient norms (exact rule unverified, see
+:func:`lars_jax.scale_by_clars_trust_ratio`).
+
+All optimizers work under :func:`jax.jit` and :func:`optax.inject_hyperparams`
+(e.g. ``optax.inject_hyperparams(lars)(learning_rate=schedule, weight_decay=schedule)``).
+Pass a callable ``mask`` to ``inject_hyperparams`` as a static argument
+(``static_args=("mask",)``), otherwise optax takes it for a schedule.
+
+References:
+  You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+  <https://arxiv.org/abs/1708.03888>`_, 2017.
+
+  Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
+  <https://arxiv.org/abs/2002.01576>`_, 2020.
+
+  Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
+  <https://arxiv.org/abs/1706.02677>`_, 2017.
+
+  MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7, Google JAX).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from lars_jax.masks import MaskOrFn, resolve_mask
+from lars_jax.trust_ratio import (
+    check_momentum,
+    check_non_negative,
+    scale_by_clars_trust_ratio,
+    scale_by_lars_trust_ratio,
+)
+
+
+def _momentum_and_lr(
+    learning_rate: optax.ScalarOrSchedule, momentum: Any, nesterov: bool
+) -> list[optax.GradientTransformation]:
+    check_non_negative("learning_rate", learning_rate)
+    check_momentum(momentum)
+    return [
+        optax.scale_by_learning_rate(learning_rate),
+        optax.trace(decay=momentum, nesterov=nesterov),
+    ]
+
+
+def lars(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 0.001,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    eps: jax.typing.ArrayLike = 0.0,
+    denominator: str = "paper",
+    clip: jax.typing.ArrayLike | None = None,
+    mask: MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """LARS: layer-wise adaptive rate scaling with momentum (You et al., Algorithm 1).
+
+    Per parameter tensor ``w`` (see the module docstring for the full loop)::
+
+        masked tensors:    v = m * v + lr_t * ratio * (g + wd * w)
+                           ratio = tc * ||w|| / (||g|| + wd * ||w|| + eps)
+        other tensors:     v = m * v + lr_t * g
+        all tensors:       w = w - v
+
+    Args:
+      learning_rate: global rate ``lr_t >= 0``, a float or an optax schedule (e.g.
+        :func:`lars_jax.mlperf_lars_schedule`).
+      weight_decay: coupled weight decay ``>= 0`` for the masked tensors (float or
+        schedule).
+      trust_coefficient: ``tc >= 0`` (0.001 in the paper; the MLPerf recipe uses 0.001
+        with base rates of 10 to 29).
+      momentum: ``m`` in ``[0, 1)``.
+      nesterov: Nesterov momentum (``optax.trace(nesterov=True)``).
+      eps: ``>= 0``, added to the ratio's denominator.
+      denominator: ``"paper"`` (above) or ``"optax"`` (``||g + wd * w||`` in the
+        denominator). With ``denominator="optax"`` and ``mask=True`` this equals
+        ``optax.lars(learning_rate, weight_decay, trust_coefficient=tc, eps=eps,
+        momentum=m, nesterov=nesterov)``, whose masks default to all tensors.
+      clip: ``None`` or ``> 0``: LARC clipping of the ratio (see :func:`larc`).
+      mask: which tensors get BOTH weight decay and the trust ratio: ``None`` (the
+        default, :func:`lars_jax.default_mask`: tensors with ``ndim > 1``), a pytree
+        of booleans like the params (or a prefix of them, e.g. ``True``), or a callable
+        returning one. The other tensors get plain momentum SGD, as in MLPerf.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`. Its state contains a
+      :class:`lars_jax.LarsTrustRatioState`; read it with
+      :func:`lars_jax.trust_ratio_stats`.
+
+    Raises:
+      ValueError: negative ``learning_rate`` (or schedule value at step 0),
+        ``weight_decay``, ``trust_coefficient`` or ``eps``; ``momentum`` outside
+        ``[0, 1)``; unknown ``denominator``; ``clip <= 0``.
+
+    Examples:
+      Least squares with a weight matrix and a bias; the loss drops quickly:
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lars_jax
+      >>> x = jax.random.normal(jax.random.key(0), (64, 8))
+      >>> y = x @ jax.random.normal(jax.random.key(1), (8, 2)) + 1.0
+      >>> params = {"kernel": 0.1 * jax.random.normal(jax.random.key(2), (8, 2)),
+      ...           "bias": jnp.zeros(2)}
+      >>> loss = lambda p: jnp.mean((x @ p["kernel"] + p["bias"] - y) ** 2)
+      >>> tx = lars_jax.lars(learning_rate=1.0, trust_coefficient=0.1, momentum=0.5)
+      >>> state = tx.init(params)
+      >>> loss_before = loss(params)
+      >>> for _ in range(50):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(params) < 0.1 * loss_before)
+      True
+
+    References:
+      You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+      <https://arxiv.org/abs/1708.03888>`_, 2017.
+
+      MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7).
+    """
+    tail = _momentum_and_lr(learning_rate, momentum, nesterov)
+    ratio = scale_by_lars_trust_ratio(
+        weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+        denominator=denominator, clip=clip,
+    )
+    return optax.chain(optax.masked(ratio, resolve_mask(mask)), *tail)
+
+
+def larc(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 0.001,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    eps: jax.typing.ArrayLike = 0.0,
+    denominator: str = "paper",
+    clip: jax.typing.ArrayLike | None = 1.0,
+    mask: MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """LARC: LARS whose per-tensor rate never exceeds the global rate.
+
+    Same as :func:`lars` with ``clip=1.0``::
+
+        v = m * v + lr_t * min(ratio, clip) * (g + wd * w)      (masked tensors)
+
+    i.e. the per-tensor rate is ``min(lr_t * ratio, lr_t)``. NVIDIA apex's
+    ``LARC(clip=True)`` instead uses ``min(ratio, lr_t)``; the two agree only when
+    ``lr_t = 1`` (see :mod:`lars_jax.trust_ratio`).
+
+    Args:
+      learning_rate: as in :func:`lars`.
+      weight_decay: as in :func:`lars`.
+      trust_coefficient: as in :func:`lars`.
+      momentum: as in :func:`lars`.
+      nesterov: as in :func:`lars`.
+      eps: as in :func:`lars`.
+      denominator: as in :func:`lars`.
+      clip: upper bound ``> 0`` of the ratio (default 1.0).
+      mask: as in :func:`lars`.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+
+    Raises:
+      ValueError: as :func:`lars`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lars_jax
+      >>> x = jax.random.normal(jax.random.key(0), (64, 8))
+      >>> y = x @ jax.random.normal(jax.random.key(1), (8, 2))
+      >>> params = {"kernel": 0.1 * jax.random.normal(jax.random.key(2), (8, 2))}
+      >>> loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
+      >>> tx = lars_jax.larc(learning_rate=0.5, trust_coefficient=0.2, momentum=0.5)
+      >>> state, loss_before = tx.init(params), loss(params)
+      >>> for _ in range(50):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(params) < 0.1 * loss_before)
+      True
+
+    References:
+      You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+      <https://arxiv.org/abs/1708.03888>`_, 2017.
+
+      NVIDIA apex, ``apex.parallel.LARC``.
+    """
+    return lars(
+        learning_rate, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+        momentum=momentum, nesterov=nesterov, eps=eps, denominator=denominator,
+        clip=clip, mask=mask,
+    )
+
+
+def clars(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 0.001,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    eps: jax.typing.ArrayLike = 0.0,
+    denominator: str = "paper",
+    clip: jax.typing.ArrayLike | None = None,
+    mask: MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """CLARS: LARS with the mean per-example gradient norm in the ratio (UNVERIFIED rule).
+
+    As :func:`lars`, but for the masked tensors::
+
+        ratio = tc * ||w|| / (mean_i ||g_i|| + wd * ||w|| + eps)
+
+    where ``||g_i||`` are that tensor's per-example (or per-micro-batch) gradient
+    norms, passed to ``update`` as ``per_example_norms=`` (a pytree like the params
+    with leaves of shape ``(n,)``; :mod:`lars_jax.per_example` computes them). The
+    exact CLARS rule of Huo, Gu and Huang is UNVERIFIED: see
+    :func:`lars_jax.scale_by_clars_trust_ratio`.
+
+    Args:
+      learning_rate: as in :func:`lars`.
+      weight_decay: as in :func:`lars`.
+      trust_coefficient: as in :func:`lars`.
+      momentum: as in :func:`lars`.
+      nesterov: as in :func:`lars`.
+      eps: as in :func:`lars`.
+      denominator: only ``"paper"``.
+      clip: as in :func:`lars`.
+      mask: as in :func:`lars`; the norms of masked-out tensors are ignored (they
+        must still be present).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` whose ``update`` requires the
+      keyword argument ``per_example_norms``.
+
+    Raises:
+      ValueError: as :func:`lars`; also ``denominator != "paper"`` and, at ``update``,
+        missing or mis-shaped ``per_example_norms``.
+
+    Examples:
+      Per-example gradient norms of a least-squares problem, by ``vmap``:
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lars_jax
+      >>> x = jax.random.normal(jax.random.key(0), (64, 8))
+      >>> y = x @ jax.random.normal(jax.random.key(1), (8, 2))
+      >>> params = {"kernel": 0.1 * jax.random.normal(jax.random.key(2), (8, 2))}
+      >>> loss_i = lambda p, xi, yi: jnp.sum((xi @ p["kernel"] - yi) ** 2)
+      >>> loss = lambda p: jnp.mean(jax.vmap(loss_i, (None, 0, 0))(p, x, y))
+      >>> def norms(p):
+      ...     g_i = jax.vmap(jax.grad(loss_i), (None, 0, 0))(p, x, y)
+      ...     return jax.tree.map(lambda g: jnp.sqrt(jnp.sum(g ** 2, axis=(1, 2))), g_i)
+      >>> tx = lars_jax.clars(learning_rate=1.0, trust_coefficient=0.1, momentum=0.5)
+      >>> state, loss_before = tx.init(params), loss(params)
+      >>> for _ in range(50):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params,
+      ...                                per_example_norms=norms(params))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(params) < 0.1 * loss_before)
+      True
+
+    References:
+      Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
+      <https://arxiv.org/abs/2002.01576>`_, 2020.
+    """
+    tail = _momentum_and_lr(learning_rate, momentum, nesterov)
+    ratio = scale_by_clars_trust_ratio(
+        weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+        denominator=denominator, clip=clip,
+    )
+    masked = optax.masked(ratio, resolve_mask(mask), mask_compatible_extra_args=True)
+    return optax.chain(masked, *tail)
+
+
+def _times(a: optax.ScalarOrSchedule, b: optax.ScalarOrSchedule, sign: float):
+    """``sign * a * b`` where either factor may be a schedule."""
+    if not callable(a) and not callable(b):
+        return sign * a * b
+    at = lambda s, count: s(count) if callable(s) else s
+    return lambda count: sign * at(a, count) * at(b, count)
+
+
+def sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    decoupled_weight_decay: bool = False,
+    mask: MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Momentum SGD with coupled or decoupled weight decay on masked tensors.
+
+    Per parameter tensor, with ``d = wd`` on masked tensors and 0 elsewhere::
+
+        coupled   (default):   v = m * v + lr_t * (g + d * w);   w = w - v
+        decoupled:             v = m * v + lr_t * g;             w = w - v - lr_t * d * w
+
+    The learning rate sits inside the momentum buffer (as in :func:`lars` and
+    Goyal et al.'s eq. 10); with a constant rate this is the same as ``optax.sgd``.
+    When the rate changes, Goyal et al.'s "momentum correction" is implicit here.
+
+    Args:
+      learning_rate: ``lr_t >= 0``, float or schedule.
+      momentum: ``m`` in ``[0, 1)``.
+      nesterov: Nesterov momentum.
+      weight_decay: ``>= 0``, float or schedule.
+      decoupled_weight_decay: apply ``lr_t * wd * w`` outside the momentum buffer
+        (SGDW) instead of adding ``wd * w`` to the gradient.
+      mask: tensors that get weight decay; as in :func:`lars` (default: ``ndim > 1``).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+
+    Raises:
+      ValueError: negative ``learning_rate`` or ``weight_decay``, ``momentum``
+        outside ``[0, 1)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lars_jax
+      >>> x = jax.random.normal(jax.random.key(0), (64, 8))
+      >>> y = x @ jax.random.normal(jax.random.key(1), (8, 2))
+      >>> params = {"kernel": jnp.zeros((8, 2))}
+      >>> loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
+      >>> tx = lars_jax.sgd(learning_rate=0.05, momentum=0.9, weight_decay=1e-4)
+      >>> state, loss_before = tx.init(params), loss(params)
+      >>> for _ in range(50):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(params) < 0.1 * loss_before)
+      True
+
+    References:
+      Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
+      <https://arxiv.org/abs/1706.02677>`_, 2017.
+
+      Loshchilov, Hutter, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`_, 2019.
+    """
+    check_non_negative("weight_decay", weight_decay)
+    tail = _momentum_and_lr(learning_rate, momentum, nesterov)
+    no_decay = not callable(weight_decay) and _is_python_zero(weight_decay)
+    if no_decay:
+        return optax.chain(*tail)
+    m = resolve_mask(mask)
+    if decoupled_weight_decay:
+        decay = optax.add_decayed_weights(_times(learning_rate, weight_decay, -1.0))
+        return optax.chain(*tail, optax.masked(decay, m))
+    decay = optax.add_decayed_weights(weight_decay)
+    return optax.chain(optax.masked(decay, m), *tail)
+
+
+def _is_python_zero(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0

@@ -1,0 +1,471 @@
+"""Layer-wise trust ratios of LARS, LARC and CLARS as Optax gradient transformations.
+
+For every parameter tensor ``w`` with gradient ``g`` the transformations here return
+``ratio * (g + wd * w)`` where ``ratio`` is a per-tensor scalar (the "local learning
+rate" of You et al.)::
+
+    paper form (default, You et al. 2017, eq. 6 / Algorithm 1):
+        ratio = tc * ||w|| / (||g|| + wd * ||w|| + eps)
+    optax form (what optax.lars computes, add_decayed_weights then scale_by_trust_ratio):
+        ratio = tc * ||w|| / (||g + wd * w|| + eps)
+    CLARS (Huo, Gu, Huang 2020; exact rule UNVERIFIED, see scale_by_clars_trust_ratio):
+        ratio = tc * ||w|| / (mean_i ||g_i|| + wd * ||w|| + eps)
+
+    ratio = 1                 where ||w|| == 0 or the gradient-norm term == 0
+    ratio = min(ratio, clip)  when clip is given (LARC), see below
+
+The learning rate and momentum are *not* applied here: chain these transformations
+with :func:`optax.scale_by_learning_rate` and :func:`optax.trace` (or use the aliases
+in :mod:`lars_jax.alias`). Norms are always computed in float32, whatever the
+parameter dtype, and the output keeps the dtype of the incoming update. The state
+keeps the last step's per-tensor ratios and norms so that they can be logged; use
+:func:`trust_ratio_stats` to find them inside any optimizer state.
+
+LARC clipping (``clip``). This library clips the *trust ratio*: the per-tensor rate is
+``lr * min(ratio, clip)``; with ``clip=1`` (the default of :func:`lars_jax.larc`) that
+is ``min(lr * ratio, lr)``: adaptation may slow a layer down but never speed it up
+beyond the global rate. NVIDIA apex's ``LARC(clip=True)`` differs: it uses
+``min(ratio, lr)`` as the per-layer rate, i.e. ``lr * min(ratio / lr, 1)``, so a
+layer whose ratio is below ``lr`` moves at ``ratio`` (not ``lr * ratio``). The two
+coincide only when ``lr == 1``. The fallback ratio 1 (zero norms) is never clipped.
+
+References:
+  You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+  <https://arxiv.org/abs/1708.03888>`_, 2017 (LARS, LARC as "clipping" in later versions).
+
+  Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
+  <https://arxiv.org/abs/2002.01576>`_, 2020 (CLARS).
+
+  NVIDIA apex, ``apex.parallel.LARC`` (the LARC variant described above).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+DENOMINATORS = ("paper", "optax")
+_F32 = jnp.float32
+
+
+class LarsTrustRatioState(NamedTuple):
+    """Last step's per-tensor statistics of a (C)LARS trust-ratio transformation.
+
+    Every field is a pytree with the structure of the (masked) parameters whose leaves
+    are float32 scalars. Tensors excluded by an enclosing :func:`optax.masked` hold
+    :class:`optax.MaskedNode` instead, an empty pytree node that ``jax.tree.leaves``
+    and ``jax.tree_util.tree_flatten_with_path`` skip.
+
+    Attributes:
+      trust_ratio: the ratio actually applied (after LARC clipping; 1 where a norm is 0).
+        Before the first update it is 1.
+      param_norm: ``||w||`` (float32).
+      grad_norm: the gradient-norm term of the denominator: ``||g||`` for the paper
+        form, ``||g + wd * w||`` for the optax form, ``mean_i ||g_i||`` for CLARS.
+    """
+
+    trust_ratio: Any
+    param_norm: Any
+    grad_norm: Any
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    """Returns ``value`` as a NumPy array, or None when it is traced (checked later)."""
+    try:
+        return np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _value_at_step_zero(name: str, value: Any) -> Any:
+    if callable(value):
+        try:
+            return value(0)
+        except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
+            raise ValueError(f"`{name}` is callable but calling it at step 0 failed: {e}") from e
+    return value
+
+
+def check_non_negative(name: str, value: Any, *, schedule_ok: bool = True) -> None:
+    """Raises ValueError naming ``name`` if ``value`` (or a schedule's value at step 0) < 0.
+
+    Traced values cannot be checked at trace time and are accepted.
+    """
+    if callable(value) and not schedule_ok:
+        raise ValueError(f"`{name}` must be a number, got a callable {value!r}.")
+    v = _concrete(_value_at_step_zero(name, value))
+    if v is None:
+        return
+    if not np.issubdtype(v.dtype, np.number) and v.dtype != np.bool_:
+        raise ValueError(f"`{name}` must be a number, got {value!r}.")
+    v = v.astype(np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        at0 = " (schedule value at step 0)" if callable(value) else ""
+        raise ValueError(f"`{name}` must be finite and >= 0, got {v.tolist()}{at0}.")
+
+
+def check_momentum(value: Any, name: str = "momentum") -> None:
+    """Raises ValueError naming ``name`` unless ``0 <= value < 1`` (traced values pass)."""
+    if callable(value):
+        raise ValueError(
+            f"`{name}` must be a number; to schedule it wrap the optimizer in "
+            "optax.inject_hyperparams."
+        )
+    v = _concrete(value)
+    if v is None:
+        return
+    v = v.astype(np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v < 0) or np.any(v >= 1):
+        raise ValueError(f"`{name}` must be in [0, 1), got {v.tolist()}.")
+
+
+def check_clip(clip: Any) -> None:
+    """Raises ValueError naming ``clip`` unless it is None or a number > 0."""
+    if clip is None:
+        return
+    if callable(clip):
+        raise ValueError("`clip` must be None or a number > 0, got a callable.")
+    v = _concrete(clip)
+    if v is None:
+        return
+    v = v.astype(np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"`clip` must be None or a number > 0, got {v.tolist()}.")
+
+
+def check_denominator(denominator: Any, allowed: tuple[str, ...] = DENOMINATORS) -> None:
+    """Raises ValueError naming ``denominator`` unless it is one of ``allowed``."""
+    if denominator not in allowed:
+        raise ValueError(f"`denominator` must be one of {allowed}, got {denominator!r}.")
+
+
+# --------------------------------------------------------------------------- math
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    return jnp.linalg.norm(x.astype(_F32))
+
+
+def _is_zero_constant(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
+
+
+def _as_f32(x: Any) -> Any:
+    return x if isinstance(x, (int, float)) else jnp.asarray(x, _F32)
+
+
+def _finish(
+    g: jax.Array, u: jax.Array, numer: jax.Array, denom: jax.Array,
+    param_norm: jax.Array, grad_norm: jax.Array, clip: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """Applies ``ratio = numer / denom`` (1 where a norm is 0, clipped) to ``u``."""
+    ok = jnp.logical_and(param_norm > 0, grad_norm > 0)
+    ratio = numer / jnp.where(ok, denom, 1.0)
+    if clip is not None:
+        ratio = jnp.minimum(ratio, clip)
+    ratio = jnp.where(ok, ratio, jnp.ones((), _F32))
+    out = (u * ratio).astype(g.dtype)
+    return out, ratio
+
+
+def _paper_tensor(g, w, wd, tc, eps, clip, grad_norm=None):
+    """Paper (and CLARS, when ``grad_norm`` is given) form for one tensor."""
+    w32 = w.astype(_F32)
+    g32 = g.astype(_F32)
+    param_norm = _norm(w32)
+    if grad_norm is None:
+        grad_norm = _norm(g32)
+    if _is_zero_constant(wd):
+        u, denom = g32, grad_norm + eps
+    else:
+        u, denom = g32 + wd * w32, grad_norm + wd * param_norm + eps
+    out, ratio = _finish(g, u, tc * param_norm, denom, param_norm, grad_norm, clip)
+    return out, ratio, param_norm, grad_norm
+
+
+def _optax_tensor(g, w, wd, tc, eps, clip):
+    """optax.lars's form for one tensor: ratio from ``||g + wd * w||``."""
+    w32 = w.astype(_F32)
+    u = g.astype(_F32) if _is_zero_constant(wd) else g.astype(_F32) + wd * w32
+    param_norm = _norm(w32)
+    grad_norm = _norm(u)
+    # Same operation order as optax.scale_by_trust_ratio: (tc * ||w||) / (||u|| + eps).
+    out, ratio = _finish(g, u, tc * param_norm, grad_norm + eps, param_norm, grad_norm, clip)
+    return out, ratio, param_norm, grad_norm
+
+
+def _init_state(params: optax.Params) -> LarsTrustRatioState:
+    ones = jax.tree.map(lambda _: jnp.ones((), _F32), params)
+    zeros = jax.tree.map(lambda _: jnp.zeros((), _F32), params)
+    return LarsTrustRatioState(trust_ratio=ones, param_norm=zeros, grad_norm=zeros)
+
+
+def _apply_per_tensor(fn: Callable, updates, params, *extra_trees):
+    """Maps ``fn(g, w, *extra) -> (out, ratio, pnorm, gnorm)`` and unzips the results."""
+    leaves, treedef = jax.tree.flatten(updates)
+    p_leaves = treedef.flatten_up_to(params)
+    extra_leaves = [treedef.flatten_up_to(t) for t in extra_trees]
+    results = [fn(g, w, *ex) for g, w, *ex in zip(leaves, p_leaves, *extra_leaves, strict=True)]
+    out, ratio, pn, gn = (
+        treedef.unflatten([r[i] for r in results]) for i in range(4)
+    )
+    return out, LarsTrustRatioState(trust_ratio=ratio, param_norm=pn, grad_norm=gn)
+
+
+def _with_weight_decay_schedule(factory: Callable, weight_decay: Callable, **kwargs: Any):
+    """Lets ``weight_decay`` be a schedule by reusing optax.inject_hyperparams."""
+    check_non_negative("weight_decay", weight_decay)
+    return optax.inject_hyperparams(
+        factory, static_args=tuple(kwargs), hyperparam_dtype=_F32
+    )(weight_decay=weight_decay, **kwargs)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def scale_by_lars_trust_ratio(
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 0.001,
+    eps: jax.typing.ArrayLike = 0.0,
+    denominator: str = "paper",
+    clip: jax.typing.ArrayLike | None = None,
+) -> optax.GradientTransformation:
+    """Adds weight decay and scales each tensor's update by its LARS trust ratio.
+
+    Per parameter tensor ``w`` with incoming gradient ``g``::
+
+        u     = g + weight_decay * w
+        ratio = tc * ||w|| / (||g|| + weight_decay * ||w|| + eps)   denominator="paper"
+        ratio = tc * ||w|| / (||u|| + eps)                          denominator="optax"
+        ratio = 1 if ||w|| == 0 or the gradient norm above == 0
+        ratio = min(ratio, clip)                                    if clip is not None
+        out   = ratio * u
+
+    ``denominator="optax"`` reproduces ``optax.add_decayed_weights`` followed by
+    ``optax.scale_by_trust_ratio(trust_coefficient=tc, eps=eps)`` (the core of
+    ``optax.lars``), except that norms are taken in float32 for low-precision params.
+    Apply the learning rate and momentum afterwards, or use :func:`lars_jax.lars`.
+
+    Args:
+      weight_decay: coupled weight decay ``wd >= 0`` (added to the gradient before
+        scaling, as in You et al.'s Algorithm 1). A schedule is accepted: it is then
+        evaluated through :func:`optax.inject_hyperparams` (the state is wrapped in an
+        ``InjectHyperparamsState``).
+      trust_coefficient: ``tc >= 0`` (0.001 in the paper).
+      eps: ``eps >= 0`` added to the denominator.
+      denominator: ``"paper"`` or ``"optax"``, see above.
+      clip: ``None`` (LARS) or a number ``> 0``; the ratio is clipped to at most
+        ``clip`` (LARC with ``clip=1``; see the module docstring for how this differs
+        from NVIDIA apex's LARC).
+
+    Returns:
+      An :class:`optax.GradientTransformation` whose state is a
+      :class:`LarsTrustRatioState` holding the last step's ratios and norms.
+
+    Raises:
+      ValueError: for a negative ``weight_decay``/``trust_coefficient``/``eps``, an
+        unknown ``denominator``, a ``clip <= 0``, or when ``update`` gets no params.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_lars_trust_ratio(trust_coefficient=1.0)
+      >>> w, g = {"k": jnp.full((2, 2), 3.0)}, {"k": jnp.full((2, 2), 0.5)}
+      >>> out, state = tx.update(g, tx.init(w), w)
+      >>> print(f"{float(state.trust_ratio['k']):.1f} {float(out['k'][0, 0]):.1f}")
+      6.0 3.0
+
+    References:
+      You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+      <https://arxiv.org/abs/1708.03888>`_, 2017.
+    """
+    check_denominator(denominator)
+    check_clip(clip)
+    check_non_negative("trust_coefficient", trust_coefficient, schedule_ok=False)
+    check_non_negative("eps", eps, schedule_ok=False)
+    if callable(weight_decay):
+        return _with_weight_decay_schedule(
+            scale_by_lars_trust_ratio, weight_decay, trust_coefficient=trust_coefficient,
+            eps=eps, denominator=denominator, clip=clip,
+        )
+    check_non_negative("weight_decay", weight_decay)
+
+    def update_fn(updates, state, params=None):
+        del state
+        if params is None:
+            raise ValueError("scale_by_lars_trust_ratio needs `params` in update().")
+        wd, tc, ep = _as_f32(weight_decay), _as_f32(trust_coefficient), _as_f32(eps)
+        cl = None if clip is None else _as_f32(clip)
+        tensor_fn = _paper_tensor if denominator == "paper" else _optax_tensor
+        return _apply_per_tensor(
+            lambda g, w: tensor_fn(g, w, wd, tc, ep, cl), updates, params
+        )
+
+    return optax.GradientTransformation(_init_state, update_fn)
+
+
+def _check_per_example_norms(per_example_norms: Any, updates: Any) -> None:
+    if per_example_norms is None:
+        raise ValueError(
+            "scale_by_clars_trust_ratio.update needs the keyword argument "
+            "`per_example_norms`: a pytree like params whose leaves have shape (n,)."
+        )
+    want = jax.tree.structure(updates)
+    got = jax.tree.structure(per_example_norms)
+    if want != got:
+        raise ValueError(
+            "`per_example_norms` must have the structure of the params/updates "
+            f"(leaves of shape (n,)); expected {want}, got {got}."
+        )
+    for path, leaf in jax.tree_util.tree_flatten_with_path(per_example_norms)[0]:
+        shape = np.shape(leaf)
+        if len(shape) != 1 or shape[0] < 1:
+            raise ValueError(
+                f"`per_example_norms` leaves must have shape (n,) with n >= 1; the leaf at "
+                f"{jax.tree_util.keystr(path)} has shape {shape}."
+            )
+
+
+def scale_by_clars_trust_ratio(
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 0.001,
+    eps: jax.typing.ArrayLike = 0.0,
+    denominator: str = "paper",
+    clip: jax.typing.ArrayLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """CLARS: the LARS trust ratio with the mean of per-example gradient norms.
+
+    Per parameter tensor ``w`` with batch gradient ``g = (1/n) sum_i g_i``::
+
+        u     = g + weight_decay * w
+        ratio = tc * ||w|| / (mean_i ||g_i|| + weight_decay * ||w|| + eps)
+        ratio = 1 if ||w|| == 0 or mean_i ||g_i|| == 0
+        ratio = min(ratio, clip)               if clip is not None
+        out   = ratio * u
+
+    By the triangle inequality ``mean_i ||g_i|| >= ||g||``, so the CLARS ratio never
+    exceeds the LARS (paper form) ratio, with equality when all ``g_i`` are equal:
+    while per-example gradients disagree (early in training) CLARS takes smaller steps.
+
+    UNVERIFIED: Huo, Gu and Huang's paper body could not be checked; the rule above is
+    the form this project implements from the paper's abstract and secondary sources
+    (see ``claims.md`` section 2), not a verified transcription of their algorithm.
+    ``g_i`` may be per-example gradients (exact) or per-micro-batch gradients (e.g.
+    one per device; a cheaper approximation): report which one a result used.
+
+    Args:
+      weight_decay: coupled weight decay ``>= 0`` (float or schedule, as in
+        :func:`scale_by_lars_trust_ratio`).
+      trust_coefficient: ``tc >= 0``.
+      eps: ``eps >= 0`` added to the denominator.
+      denominator: only ``"paper"`` is defined for CLARS (the optax form needs the
+        per-example norms of ``g_i + wd * w``, which norms alone do not give).
+      clip: ``None`` or a number ``> 0``: LARC-style clipping of the ratio.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`; its ``update`` takes the
+      keyword argument ``per_example_norms``: a pytree with the structure of the
+      params whose leaves have shape ``(n,)`` (the norms ``||g_i||`` of that tensor's
+      per-example or per-micro-batch gradients). State: :class:`LarsTrustRatioState`
+      with ``grad_norm = mean_i ||g_i||``.
+
+    Raises:
+      ValueError: for bad hyperparameters (as :func:`scale_by_lars_trust_ratio`),
+        ``denominator != "paper"``, or when ``per_example_norms`` is missing or does
+        not match the structure of the updates with leaves of shape ``(n,)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_clars_trust_ratio(trust_coefficient=1.0)
+      >>> w, g = {"k": jnp.full((2, 2), 3.0)}, {"k": jnp.full((2, 2), 0.5)}
+      >>> norms = {"k": jnp.array([1.0, 3.0])}  # ||g|| = 1 <= mean = 2
+      >>> out, state = tx.update(g, tx.init(w), w, per_example_norms=norms)
+      >>> print(f"{float(state.trust_ratio['k']):.1f}")
+      3.0
+
+    References:
+      Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
+      <https://arxiv.org/abs/2002.01576>`_, 2020 (AAAI 2021: "Large Batch Optimization
+      for Deep Learning Using New Complete Layer-Wise Adaptive Rate Scaling").
+
+      You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+      <https://arxiv.org/abs/1708.03888>`_, 2017.
+    """
+    check_denominator(denominator, allowed=("paper",))
+    check_clip(clip)
+    check_non_negative("trust_coefficient", trust_coefficient, schedule_ok=False)
+    check_non_negative("eps", eps, schedule_ok=False)
+    if callable(weight_decay):
+        return _with_weight_decay_schedule(
+            scale_by_clars_trust_ratio, weight_decay, trust_coefficient=trust_coefficient,
+            eps=eps, denominator=denominator, clip=clip,
+        )
+    check_non_negative("weight_decay", weight_decay)
+
+    def update_fn(updates, state, params=None, *, per_example_norms=None, **extra_args):
+        del state, extra_args
+        if params is None:
+            raise ValueError("scale_by_clars_trust_ratio needs `params` in update().")
+        _check_per_example_norms(per_example_norms, updates)
+        wd, tc, ep = _as_f32(weight_decay), _as_f32(trust_coefficient), _as_f32(eps)
+        cl = None if clip is None else _as_f32(clip)
+
+        def tensor_fn(g, w, norms):
+            mean_norm = jnp.mean(jnp.asarray(norms, _F32))
+            return _paper_tensor(g, w, wd, tc, ep, cl, grad_norm=mean_norm)
+
+        return _apply_per_tensor(tensor_fn, updates, params, per_example_norms)
+
+    return optax.GradientTransformationExtraArgs(_init_state, update_fn)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def trust_ratio_stats(opt_state: Any) -> dict[str, Any] | None:
+    """Finds the last step's (C)LARS ratios and norms anywhere inside an optimizer state.
+
+    Searches through chain tuples, ``MaskedState``, ``InjectHyperparamsState`` and any
+    other pytree node for the first :class:`LarsTrustRatioState`.
+
+    Args:
+      opt_state: the state of an optimizer built with this library (or any chain
+        containing :func:`scale_by_lars_trust_ratio` / :func:`scale_by_clars_trust_ratio`).
+
+    Returns:
+      ``None`` when the state holds no trust-ratio state; otherwise a dict with keys
+      ``"trust_ratio"``, ``"param_norm"``, ``"grad_norm"``, each a pytree like the params
+      with float32 scalar leaves. Tensors excluded by the mask hold
+      :class:`optax.MaskedNode` (an empty pytree node, skipped by ``jax.tree.leaves``
+      and ``jax.tree_util.tree_flatten_with_path``). If several trust-ratio states
+      exist (e.g. in ``optax.multi_transform``), the first in pytree order is returned.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import lars_jax
+      >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+      >>> tx = lars_jax.lars(0.1)
+      >>> stats = trust_ratio_stats(tx.init(params))
+      >>> sorted(stats), jax.tree.leaves(stats["trust_ratio"])
+      (['grad_norm', 'param_norm', 'trust_ratio'], [Array(1., dtype=float32)])
+
+    References:
+      You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+      <https://arxiv.org/abs/1708.03888>`_, 2017.
+    """
+    is_state = lambda x: isinstance(x, LarsTrustRatioState)
+    for node in jax.tree.leaves(opt_state, is_leaf=is_state):
+        if is_state(node):
+            return {
+                "trust_ratio": node.trust_ratio,
+                "param_norm": node.param_norm,
+                "grad_norm": node.grad_norm,
+            }
+    return None

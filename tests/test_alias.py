@@ -1,0 +1,428 @@
+"""Tests of the optimizers lars, larc, clars, sgd against a float64 reference and optax."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _reference import SHAPES, lars_run, lars_step, random_tree
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+import lars_jax
+
+# No shrinking: a failing example is reported as found (shrinking JAX code is slow).
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, phases=PHASES)
+
+shape_ids = st.lists(st.integers(0, len(SHAPES) - 1), min_size=1, max_size=4)
+hparams = st.fixed_dictionaries({
+    "lr": st.floats(0.01, 2.0),
+    "wd": st.sampled_from([0.0, 1e-4, 5e-3, 0.1]),
+    "tc": st.sampled_from([1e-3, 0.02, 1.0]),
+    "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+    "nesterov": st.booleans(),
+    "eps": st.sampled_from([0.0, 1e-6]),
+})
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+def _to_jax(tree, dtype=jnp.float32):
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def _run(tx, params, grads_per_step, use_jit: bool, **extra):
+    update = jax.jit(tx.update) if use_jit else tx.update
+    state = tx.init(params)
+    for grads in grads_per_step:
+        updates, state = update(grads, state, params, **extra)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def _assert_tree_close(actual, expected_leaves, rtol, atol):
+    for a, e in zip(_leaves(actual), expected_leaves, strict=True):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------- float64 reference
+
+
+@SETTINGS
+@given(ids=shape_ids, seed=st.integers(0, 2**16), hp=hparams, use_jit=st.booleans(),
+       clip=st.sampled_from([None, 1.0]))
+def test_lars_matches_float64_reference_float32(ids, seed, hp, use_jit, clip):
+    params = random_tree(seed, ids)
+    steps = [random_tree(seed + 1 + t, ids, scale=0.3) for t in range(4)]
+    tx = lars_jax.lars(hp["lr"], weight_decay=hp["wd"], trust_coefficient=hp["tc"],
+                       momentum=hp["momentum"], nesterov=hp["nesterov"], eps=hp["eps"],
+                       clip=clip)
+    got, _ = _run(tx, _to_jax(params), [_to_jax(g) for g in steps], use_jit)
+    mask = [np.ndim(x) > 1 for x in jax.tree.leaves(params)]
+    want = lars_run(_leaves(params), [_leaves(g) for g in steps], lrs=[hp["lr"]] * 4,
+                    wds=[hp["wd"]] * 4, tc=hp["tc"], momentum=hp["momentum"],
+                    nesterov=hp["nesterov"], eps=hp["eps"], mask=mask, clip=clip)
+    _assert_tree_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, phases=PHASES)
+@given(ids=shape_ids, seed=st.integers(0, 2**16), hp=hparams)
+def test_lars_bfloat16_params_match_reference_step_by_step(ids, seed, hp):
+    """bf16 params and grads: each step's update matches float64 math on the same inputs."""
+    tx = lars_jax.lars(hp["lr"], weight_decay=hp["wd"], trust_coefficient=hp["tc"],
+                       momentum=hp["momentum"], nesterov=hp["nesterov"], eps=hp["eps"])
+    params = _to_jax(random_tree(seed, ids), jnp.bfloat16)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    mask = [np.ndim(x) > 1 for x in jax.tree.leaves(params)]
+    vs = [np.zeros(np.shape(x)) for x in jax.tree.leaves(params)]
+    for t in range(3):
+        grads = _to_jax(random_tree(seed + 1 + t, ids, scale=0.3), jnp.bfloat16)
+        updates, state = update(grads, state, params)
+        assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+        _, vs, want = lars_step(_leaves(params), _leaves(grads), vs, lr=hp["lr"],
+                                wd=hp["wd"], tc=hp["tc"], momentum=hp["momentum"],
+                                nesterov=hp["nesterov"], eps=hp["eps"], mask=mask)
+        for got, w in zip(_leaves(updates), want, strict=True):
+            scale = np.max(np.abs(w)) + 1e-30
+            np.testing.assert_allclose(got, w, rtol=0, atol=0.03 * scale)
+        params = optax.apply_updates(params, updates)
+        stats = lars_jax.trust_ratio_stats(state)
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(stats))
+
+
+def test_bfloat16_norms_are_accumulated_in_float32():
+    # 4096 entries of 1.0 + 2^-8: a bf16 sum of squares would stall long before 4096.
+    w = jnp.full((64, 64), 1.0 + 2**-7, jnp.bfloat16)
+    g = jnp.full((64, 64), 2**-7, jnp.bfloat16)
+    tx = lars_jax.lars(1.0, trust_coefficient=1.0, momentum=0.0)
+    _, state = tx.update({"k": g}, tx.init({"k": w}), {"k": w})
+    stats = lars_jax.trust_ratio_stats(state)
+    want_pn = 64 * float(jnp.asarray(w[0, 0], jnp.float32))
+    np.testing.assert_allclose(float(stats["param_norm"]["k"]), want_pn, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["grad_norm"]["k"]), 64 * 2**-7, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- optax parity
+
+
+@SETTINGS
+@given(ids=shape_ids, seed=st.integers(0, 2**16), hp=hparams)
+def test_optax_form_with_all_true_mask_equals_optax_lars(ids, seed, hp):
+    params = _to_jax(random_tree(seed, ids))
+    steps = [_to_jax(random_tree(seed + 1 + t, ids, scale=0.3)) for t in range(4)]
+    kw = dict(weight_decay=hp["wd"], trust_coefficient=hp["tc"], eps=hp["eps"],
+              momentum=hp["momentum"], nesterov=hp["nesterov"])
+    ours, _ = _run(lars_jax.lars(hp["lr"], denominator="optax", mask=True, **kw),
+                   params, steps, use_jit=True)
+    ref, _ = _run(optax.lars(hp["lr"], **kw), params, steps, use_jit=True)
+    # Float32 rounding only: 1e-6 is a few ulps of the O(1) weights.
+    chex.assert_trees_all_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+@SETTINGS
+@given(ids=shape_ids, seed=st.integers(0, 2**16), hp=hparams)
+def test_all_false_mask_is_momentum_sgd(ids, seed, hp):
+    params = _to_jax(random_tree(seed, ids))
+    steps = [_to_jax(random_tree(seed + 1 + t, ids, scale=0.3)) for t in range(4)]
+    tx = lars_jax.lars(hp["lr"], weight_decay=hp["wd"], trust_coefficient=hp["tc"],
+                       momentum=hp["momentum"], nesterov=hp["nesterov"],
+                       mask=jax.tree.map(lambda _: False, params))
+    ours, state = _run(tx, params, steps, use_jit=True)
+    ref, _ = _run(optax.sgd(hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"]),
+                  params, steps, use_jit=True)
+    # optax.sgd applies lr after the trace, lars before it: equal up to rounding.
+    chex.assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-6)
+    same, _ = _run(lars_jax.sgd(hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"]),
+                   params, steps, use_jit=True)
+    chex.assert_trees_all_equal(ours, same)
+    assert jax.tree.leaves(lars_jax.trust_ratio_stats(state)["trust_ratio"]) == []
+
+
+# ----------------------------------------------------------------- properties
+
+
+@SETTINGS
+@given(ids=shape_ids, seed=st.integers(0, 2**16), hp=hparams)
+def test_larc_rate_never_exceeds_lars_rate(ids, seed, hp):
+    params = _to_jax(random_tree(seed, ids))
+    grads = _to_jax(random_tree(seed + 1, ids, scale=0.3))
+    kw = dict(weight_decay=hp["wd"], trust_coefficient=hp["tc"], eps=hp["eps"], momentum=0.0)
+    u_lars, s_lars = lars_jax.lars(hp["lr"], **kw).update(
+        grads, lars_jax.lars(hp["lr"], **kw).init(params), params)
+    larc = lars_jax.larc(hp["lr"], **kw)
+    u_larc, s_larc = larc.update(grads, larc.init(params), params)
+    r_lars = jax.tree.leaves(lars_jax.trust_ratio_stats(s_lars)["trust_ratio"])
+    r_larc = jax.tree.leaves(lars_jax.trust_ratio_stats(s_larc)["trust_ratio"])
+    for a, b in zip(r_larc, r_lars, strict=True):
+        assert float(a) <= float(b) + 1e-7
+        assert float(a) <= 1.0 + 1e-7
+        np.testing.assert_allclose(float(a), min(float(b), 1.0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(u_larc), jax.tree.leaves(u_lars), strict=True):
+        assert float(jnp.linalg.norm(a)) <= float(jnp.linalg.norm(b)) * (1 + 1e-6) + 1e-12
+
+
+@SETTINGS
+@given(ids=shape_ids, seed=st.integers(0, 2**16), hp=hparams,
+       c=st.sampled_from([0.01, 0.5, 4.0, 100.0]))
+def test_scale_invariance_of_paper_form(ids, seed, hp, c):
+    """w -> c*w and g -> g/c scale every LARS update by c (paper form, wd = eps = 0)."""
+    params = random_tree(seed, ids)
+    steps = [random_tree(seed + 1 + t, ids, scale=0.3) for t in range(3)]
+    tx = lars_jax.lars(hp["lr"], trust_coefficient=hp["tc"], momentum=hp["momentum"],
+                       nesterov=hp["nesterov"], mask=True)
+    update = jax.jit(tx.update)
+    p1, p2 = _to_jax(params), _to_jax(jax.tree.map(lambda x: c * x, params))
+    s1, s2 = tx.init(p1), tx.init(p2)
+    for g in steps:
+        u1, s1 = update(_to_jax(g), s1, p1)
+        u2, s2 = update(_to_jax(jax.tree.map(lambda x: x / c, g)), s2, p2)
+        for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
+            np.testing.assert_allclose(np.asarray(b), c * np.asarray(a), rtol=1e-4,
+                                       atol=1e-6 * c * float(jnp.max(jnp.abs(a))))
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+
+
+@pytest.mark.parametrize("denominator", ["paper", "optax"])
+@pytest.mark.parametrize("wd", [0.0, 1e-3])
+def test_zero_weights_and_zero_grads_give_finite_updates(denominator, wd):
+    params = {"w0": jnp.zeros((3, 4)), "w1": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+    grads = {"w0": jnp.ones((3, 4)), "w1": jnp.zeros((3, 4)), "b": jnp.zeros(4)}
+    for tx in (lars_jax.lars(0.1, weight_decay=wd, denominator=denominator),
+               lars_jax.larc(0.1, weight_decay=wd, denominator=denominator),
+               lars_jax.lars(0.1, weight_decay=wd, denominator=denominator, clip=0.5)):
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = jax.jit(tx.update)(grads, state, params)
+            chex.assert_tree_all_finite(updates)
+        stats = lars_jax.trust_ratio_stats(state)
+        # Zero norm -> ratio 1, so the update is the plain (decayed) SGD step.
+        assert float(stats["trust_ratio"]["w0"]) == 1.0
+        if denominator == "paper" or wd == 0.0:
+            assert float(stats["trust_ratio"]["w1"]) == 1.0
+    zero = {"w": jnp.zeros((2, 2))}
+    tx = lars_jax.clars(0.1, weight_decay=wd)
+    updates, _ = tx.update(zero, tx.init(zero), zero, per_example_norms={"w": jnp.zeros(3)})
+    chex.assert_tree_all_finite(updates)
+
+
+def test_default_mask_excludes_vectors_and_scalars():
+    params = {"conv": jnp.ones((3, 3, 2, 4)), "dense": jnp.ones((4, 2)),
+              "bias": jnp.ones(2), "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+              "scalar": jnp.ones(())}
+    grads = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
+    lr, wd = 0.1, 0.01
+    tx = lars_jax.lars(lr, weight_decay=wd, trust_coefficient=0.01)
+    updates, state = tx.update(grads, tx.init(params), params)
+    for path in (("bias",), ("bn", "scale"), ("bn", "bias"), ("scalar",)):
+        node_u, node_g = updates, grads
+        for k in path:
+            node_u, node_g = node_u[k], node_g[k]
+        # Plain SGD: no weight decay, no trust ratio.
+        np.testing.assert_allclose(node_u, -lr * node_g, rtol=1e-6)
+    ratios = lars_jax.trust_ratio_stats(state)["trust_ratio"]
+    assert isinstance(ratios["bias"], optax.MaskedNode)
+    assert isinstance(ratios["bn"]["scale"], optax.MaskedNode)
+    assert set(jax.tree_util.keystr(p) for p, _ in
+               jax.tree_util.tree_flatten_with_path(ratios)[0]) == {"['conv']", "['dense']"}
+    for k in ("conv", "dense"):
+        assert not np.allclose(updates[k], -lr * grads[k])
+    assert lars_jax.default_mask(params) == {
+        "conv": True, "dense": True, "bias": False,
+        "bn": {"scale": False, "bias": False}, "scalar": False}
+
+
+def test_callable_and_prefix_masks():
+    params = {"a": {"k": jnp.ones((2, 3))}, "b": {"k": jnp.ones((2, 3))}}
+    grads = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
+    tx = lars_jax.lars(0.1, mask={"a": True, "b": False}, trust_coefficient=0.01)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["b"]["k"], -0.1 * grads["b"]["k"])
+    assert not np.allclose(updates["a"]["k"], -0.1 * grads["a"]["k"])
+    tx2 = lars_jax.lars(0.1, mask=lambda p: {"a": True, "b": False}, trust_coefficient=0.01)
+    updates2, _ = tx2.update(grads, tx2.init(params), params)
+    chex.assert_trees_all_equal(updates, updates2)
+
+
+# ----------------------------------------------------------------- jit, schedules
+
+
+class JitTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_same_results_with_and_without_jit(self):
+        params = _to_jax(random_tree(0, [1, 3, 5, 0]))
+        grads = _to_jax(random_tree(1, [1, 3, 5, 0], scale=0.3))
+        norms = jax.tree.map(lambda x: jnp.linspace(1.0, 2.0, 4), params)
+        for tx in (lars_jax.lars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+                   lars_jax.larc(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+                   lars_jax.clars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+                   lars_jax.sgd(0.5, weight_decay=1e-3, decoupled_weight_decay=True)):
+            update = self.variant(tx.update)
+            state = tx.init(params)
+            p = params
+            for _ in range(2):
+                u, state = update(grads, state, p, per_example_norms=norms)
+                p = optax.apply_updates(p, u)
+            ref_state = tx.init(params)
+            q = params
+            for _ in range(2):
+                u, ref_state = jax.jit(tx.update)(grads, ref_state, q, per_example_norms=norms)
+                q = optax.apply_updates(q, u)
+            chex.assert_trees_all_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("factory", [lars_jax.lars, lars_jax.larc])
+def test_inject_hyperparams_with_lr_and_weight_decay_schedules(factory):
+    ids = [2, 3, 5, 1]
+    params = random_tree(3, ids)
+    steps = [random_tree(10 + t, ids, scale=0.3) for t in range(5)]
+    lr_sched = optax.linear_schedule(0.1, 1.0, 4)
+    wd_sched = optax.linear_schedule(0.0, 0.05, 4)
+    tx = optax.inject_hyperparams(factory)(learning_rate=lr_sched, weight_decay=wd_sched,
+                                           trust_coefficient=0.02)
+    got, state = _run(tx, _to_jax(params), [_to_jax(g) for g in steps], use_jit=True)
+    assert lars_jax.trust_ratio_stats(state) is not None
+    np.testing.assert_allclose(float(state.hyperparams["learning_rate"]), 1.0)
+    mask = [np.ndim(x) > 1 for x in jax.tree.leaves(params)]
+    clip = 1.0 if factory is lars_jax.larc else None
+    want = lars_run(_leaves(params), [_leaves(g) for g in steps],
+                    lrs=[float(lr_sched(t)) for t in range(5)],
+                    wds=[float(wd_sched(t)) for t in range(5)],
+                    tc=0.02, momentum=0.9, mask=mask, clip=clip)
+    _assert_tree_close(got, want, rtol=1e-5, atol=1e-6)
+    # The same schedules passed directly (no inject_hyperparams) give the same result.
+    direct, _ = _run(factory(lr_sched, weight_decay=wd_sched, trust_coefficient=0.02),
+                     _to_jax(params), [_to_jax(g) for g in steps], use_jit=True)
+    chex.assert_trees_all_close(direct, got, rtol=1e-6, atol=1e-7)
+
+
+def test_inject_hyperparams_clars_and_sgd():
+    params = _to_jax(random_tree(4, [2, 3]))
+    grads = _to_jax(random_tree(5, [2, 3], scale=0.3))
+    norms = jax.tree.map(lambda x: jnp.array([1.0, 2.0]), params)
+    sched = optax.linear_schedule(0.1, 1.0, 4)
+    tx = optax.inject_hyperparams(lars_jax.clars)(learning_rate=sched, weight_decay=sched)
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)(grads, state, params, per_example_norms=norms)
+    chex.assert_tree_all_finite(u)
+    np.testing.assert_allclose(
+        float(lars_jax.trust_ratio_stats(state)["grad_norm"]["layer0"]["p1"]), 1.5)
+    for decoupled in (False, True):
+        tx = optax.inject_hyperparams(lars_jax.sgd, static_args=("decoupled_weight_decay",))(
+            learning_rate=sched, weight_decay=sched, decoupled_weight_decay=decoupled)
+        u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        chex.assert_tree_all_finite(u)
+
+
+# ----------------------------------------------------------------- sgd
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_coupled_and_decoupled_weight_decay(nesterov):
+    ids = [2, 1, 5]
+    params = random_tree(7, ids)
+    steps = [random_tree(20 + t, ids, scale=0.3) for t in range(3)]
+    lr, wd, m = 0.3, 0.05, 0.8
+    mask = [np.ndim(x) > 1 for x in jax.tree.leaves(params)]
+    # Coupled: the reference with ratio forced to 1 on masked tensors (tc irrelevant).
+    got, _ = _run(lars_jax.sgd(lr, momentum=m, nesterov=nesterov, weight_decay=wd),
+                  _to_jax(params), [_to_jax(g) for g in steps], use_jit=True)
+    ws = _leaves(params)
+    vs = [np.zeros_like(w) for w in ws]
+    for gs in steps:
+        new_ws, new_vs = [], []
+        for w, g, v, mk in zip(ws, _leaves(gs), vs, mask, strict=True):
+            u = lr * (g + (wd * w if mk else 0.0))
+            v = m * v + u
+            new_ws.append(w - (m * v + u if nesterov else v))
+            new_vs.append(v)
+        ws, vs = new_ws, new_vs
+    _assert_tree_close(got, ws, rtol=1e-5, atol=1e-6)
+    # Decoupled: w <- w - v - lr * wd * w with v = m v + lr g.
+    got, _ = _run(lars_jax.sgd(lr, momentum=m, nesterov=nesterov, weight_decay=wd,
+                               decoupled_weight_decay=True),
+                  _to_jax(params), [_to_jax(g) for g in steps], use_jit=True)
+    ws = _leaves(params)
+    vs = [np.zeros_like(w) for w in ws]
+    for gs in steps:
+        new_ws, new_vs = [], []
+        for w, g, v, mk in zip(ws, _leaves(gs), vs, mask, strict=True):
+            v = m * v + lr * g
+            step = m * v + lr * g if nesterov else v
+            new_ws.append(w - step - (lr * wd * w if mk else 0.0))
+            new_vs.append(v)
+        ws, vs = new_ws, new_vs
+    _assert_tree_close(got, ws, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("factory", [lars_jax.lars, lars_jax.larc, lars_jax.clars])
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(learning_rate=-0.1), "learning_rate"),
+    (dict(learning_rate=optax.linear_schedule(-1.0, 1.0, 10)), "learning_rate"),
+    (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(momentum=-0.1), "momentum"),
+    (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(weight_decay=optax.constant_schedule(-1.0)), "weight_decay"),
+    (dict(trust_coefficient=-1.0), "trust_coefficient"),
+    (dict(eps=-1.0), "eps"),
+    (dict(denominator="nope"), "denominator"),
+    (dict(clip=0.0), "clip"),
+    (dict(clip=-1.0), "clip"),
+])
+def test_bad_hyperparameters_raise_value_error_naming_them(factory, kwargs, name):
+    kwargs = {"learning_rate": 0.1, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        factory(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(learning_rate=-0.1), "learning_rate"),
+    (dict(learning_rate=0.1, momentum=1.5), "momentum"),
+    (dict(learning_rate=0.1, weight_decay=-0.1), "weight_decay"),
+])
+def test_sgd_bad_hyperparameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        lars_jax.sgd(**kwargs)
+
+
+def test_bad_values_under_inject_hyperparams_raise_at_init():
+    params = {"k": jnp.ones((2, 2))}
+    tx = optax.inject_hyperparams(lars_jax.lars)(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        tx.init(params)
+    tx = optax.inject_hyperparams(lars_jax.lars)(
+        learning_rate=0.1, weight_decay=optax.linear_schedule(-1.0, 0.0, 5))
+    with pytest.raises(ValueError, match="weight_decay"):
+        tx.init(params)
+
+
+def test_clars_requires_matching_per_example_norms():
+    params = {"k": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = lars_jax.clars(0.1)
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="per_example_norms"):
+        tx.update(grads, state, params)
+    with pytest.raises(ValueError, match="per_example_norms"):
+        tx.update(grads, state, params, per_example_norms={"k": jnp.ones(3)})
+    with pytest.raises(ValueError, match="per_example_norms"):
+        tx.update(grads, state, params,
+                  per_example_norms={"k": jnp.ones((3, 1)), "b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="per_example_norms"):
+        jax.jit(tx.update)(grads, state, params,
+                           per_example_norms={"k": jnp.ones(()), "b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="denominator"):
+        lars_jax.clars(0.1, denominator="optax")
+    u, _ = tx.update(grads, state, params,
+                     per_example_norms={"k": jnp.ones(3), "b": jnp.ones(3)})
+    chex.assert_tree_all_finite(u)
