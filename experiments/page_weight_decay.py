@@ -1,0 +1,367 @@
+"""Experiment 3: weight decay, weight-norm equilibrium and LARS (Page, seed 001).
+
+Claims (Page, "How to train your ResNet 6"; formulas in claims.md section 3), for conv
+layers followed by BatchNorm (scale invariant, so ``w . g = 0``):
+
+(a) per layer, the per-step shrink of ``|w|^2`` from weight decay and its growth from the
+    gradient step balance after a relaxation time of about ``(1-rho)/(2*lr*wd)`` steps;
+(b) ``lr*|g|/|w|`` tracks ``sqrt(2*lr*wd)`` without momentum and
+    ``sqrt(2*lr*wd*(1-rho))`` with momentum (SGD behaves like LARS);
+(c) if the batch grows n-fold and gradients are noise dominated (``|g| ~ 1/sqrt(n)``),
+    the matching learning-rate rule is ``lr ~ sqrt(n)``, not ``n``;
+(d) ``g_t`` and the momentum buffer ``v_{t-1}`` are nearly uncorrelated.
+
+Runs (all with ``log_diagnostics``): SGD+momentum at batch B (the reference), plain SGD at
+batch B with the same effective rate ``lr/(1-rho)``, and SGD+momentum at batch n*B with the
+learning rate scaled by sqrt(n) and by n.
+
+Usage:
+  python experiments/page_weight_decay.py --preset cpu
+  python experiments/page_weight_decay.py --preset full
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from lars_jax import experiment_utils as xu  # noqa: E402
+from lars_jax.diagnostics import page_lars_rate  # noqa: E402
+from lars_jax.plotting import plot_lines  # noqa: E402
+from lars_jax.report import Section, write_report  # noqa: E402
+from lars_jax.train import TrainConfig  # noqa: E402
+
+NAME = "page_weight_decay"
+BALANCE_TOL = 0.25  # |shrink/growth - 1| below this counts as balanced
+N_SCALE = 4  # batch multiplier for the sqrt(n) check
+
+SETTINGS = {  # batch B, lr (momentum run), wd, rho
+    "smoke": dict(batch=32, lr=0.1, wd=1e-2, rho=0.9),
+    "cpu": dict(batch=128, lr=0.1, wd=1e-2, rho=0.9),
+    "full": dict(batch=512, lr=0.4, wd=5e-4, rho=0.9),
+}
+
+
+def base_config(preset: str) -> TrainConfig:
+    s = SETTINGS[preset]
+    common = dict(optimizer="sgd", lr_scaling="none", base_batch_size=s["batch"],
+                  weight_decay=s["wd"], schedule="linear", warmup_start="zero",
+                  checkpoint_every_steps=-1, plot=False, progress=False, log_diagnostics=True,
+                  nesterov=False)
+    if preset == "full":  # Page's setting: ResNet-9, 24 epochs, 5 of warmup
+        return TrainConfig(model="resnet9", dataset="cifar10", epochs=24, warmup_epochs=5,
+                           eval_every_epochs=1, log_every_steps=5, **common)
+    if preset == "smoke":
+        return TrainConfig(model="resnet8", width=0.25, dataset="fashion_mnist",
+                           train_subset=128, test_subset=128, epochs=2, warmup_epochs=0.5,
+                           eval_every_epochs=1, crop_padding=0, flip=False, num_devices=1,
+                           log_every_steps=1, **common)
+    return TrainConfig(model="resnet8", width=0.5, dataset="fashion_mnist", train_subset=8192,
+                       test_subset=2000, epochs=3, warmup_epochs=0.5, eval_every_epochs=0.5,
+                       crop_padding=0, flip=False, num_devices=1, log_every_steps=2, **common)
+
+
+def runs(preset: str) -> dict[str, dict]:
+    s = SETTINGS[preset]
+    b, lr, rho = s["batch"], s["lr"], s["rho"]
+    return {
+        "momentum": dict(batch_size=b, learning_rate=lr, momentum=rho),
+        "plain": dict(batch_size=b, learning_rate=lr / (1 - rho), momentum=0.0),
+        "sqrt_n": dict(batch_size=N_SCALE * b, learning_rate=lr * math.sqrt(N_SCALE),
+                       momentum=rho),
+        "linear_n": dict(batch_size=N_SCALE * b, learning_rate=lr * N_SCALE, momentum=rho),
+    }
+
+
+def _is_conv(layer: str) -> bool:
+    low = layer.lower()
+    return "conv" in low and "dense" not in low
+
+
+def _norm_series(metrics: list[dict], q: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return xu.layer_series([m for m in metrics if m.get("kind") == "train"], q)
+
+
+def _short(layer: str) -> str:
+    return layer.replace("diag/", "").replace("/kernel", "").replace("BasicBlock_", "B")
+
+
+def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
+            timer: xu.Timer) -> dict:
+    s = SETTINGS[preset]
+    spec = runs(preset)
+    by_name: dict[str, dict] = {}
+    for r in rows:
+        c = xu.config_of(r)
+        for name, o in spec.items():
+            if all(xu._same(c.get(k), v) for k, v in o.items()):
+                by_name[name] = r
+    metrics = {k: xu.read_metrics(r, out / "runs") for k, r in by_name.items()}
+    images: dict[str, list[Path]] = {}
+    result: dict = {"preset": preset}
+
+    def per_layer_plot(name: str, q: str, fname: str, ylabel: str, title: str,
+                       normalise: dict | None = None, logy: bool = False) -> Path | None:
+        series = _norm_series(metrics.get(name, []), q)
+        if not series:
+            return None
+        data = {}
+        for layer, (xs, ys) in series.items():
+            if normalise is not None:
+                ys = ys / normalise[layer]
+            data[_short(layer)] = (xs.tolist(), ys.tolist())
+        return plot_lines(data, out / fname, xlabel="step", ylabel=ylabel, title=title,
+                          markers=False, logy=logy)
+
+    ref = "momentum"
+    rm = metrics.get(ref, [])
+    w2 = _norm_series(rm, "w_sqnorm")
+    init = {k: v[1][0] for k, v in w2.items() if len(v[1])}
+    imgs = []
+    for q, fname, label in (("wd_shrink", "wd_shrink.png", "shrink of |w|^2 per step"),
+                            ("grad_growth", "grad_growth.png", "growth of |w|^2 per step")):
+        p = per_layer_plot(ref, q, fname, f"{label} / initial |w|^2",
+                           f"{label} (SGD+momentum, lifetime form)", init, logy=True)
+        if p:
+            imgs.append(p)
+    # overlay, conv layers: shrink solid vs growth (both normalised)
+    shr, gro = _norm_series(rm, "wd_shrink"), _norm_series(rm, "grad_growth")
+    if shr:
+        overlay = {}
+        for layer in [k for k in shr if _is_conv(k)][:4]:
+            overlay[f"{_short(layer)} shrink"] = (shr[layer][0].tolist(),
+                                                  (shr[layer][1] / init[layer]).tolist())
+            overlay[f"{_short(layer)} growth"] = (gro[layer][0].tolist(),
+                                                  (gro[layer][1] / init[layer]).tolist())
+        imgs.append(plot_lines(overlay, out / "shrink_vs_growth.png", xlabel="step",
+                               ylabel="change of |w|^2 per step / initial |w|^2",
+                               title="Weight-decay shrink vs gradient growth (4 conv layers)",
+                               markers=False, logy=True))
+    p = per_layer_plot(ref, "w_sqnorm", "w_sqnorm.png", "|w|^2 / initial |w|^2",
+                       "Squared weight norm over training", init)
+    if p:
+        imgs.append(p)
+    images["norms"] = imgs
+
+    # balance statistic per layer: ratio of mean shrink to mean growth after burn-in
+    relax = (1 - s["rho"]) / (2 * s["lr"] * s["wd"])
+    balance = {}
+    for layer in shr:
+        xs = shr[layer][0]
+        total = xs.max() if len(xs) else 0
+        sel = (xs > 3 * relax) & (xs < 0.8 * total)  # after relaxation, before lr -> 0
+        if sel.sum() >= 3:
+            balance[_short(layer)] = float(shr[layer][1][sel].mean() / gro[layer][1][sel].mean())
+    result["shrink_over_growth"] = balance
+    result["relaxation_steps"] = relax
+
+    # lr|g|/|w| vs Page's prediction, momentum and plain runs
+    ratio_imgs = []
+    ratio_stats = {}
+    for name, pred_fn, title in (
+        ("plain", lambda lr: page_lars_rate(lr, s["wd"]), "plain SGD: lr|g|/|w| vs sqrt(2 lr wd)"),
+        ("momentum", lambda lr: page_lars_rate(lr, s["wd"], s["rho"]) * (1 - s["rho"]),
+         "SGD+momentum: lr|g|/|w| vs sqrt(2 lr wd (1-rho))"),
+    ):
+        m = metrics.get(name, [])
+        ser = _norm_series(m, "lr_g_over_w")
+        lr_x, lr_y = xu.curve([r for r in m if r.get("kind") == "train"], "lr", x="step")
+        if not ser or not len(lr_x):
+            continue
+        data = {_short(k): (v[0].tolist(), v[1].tolist()) for k, v in ser.items() if _is_conv(k)}
+        pred = np.asarray([pred_fn(max(float(v), 0.0)) for v in lr_y])
+        data["prediction"] = (lr_x.tolist(), pred.tolist())
+        ratio_imgs.append(plot_lines(data, out / f"lr_g_over_w_{name}.png", xlabel="step",
+                                     ylabel="lr |g| / |w|", title=title, markers=False,
+                                     logy=True))
+        # median ratio measured/predicted over the middle of training, conv layers
+        rs = []
+        for k, (xs, ys) in ser.items():
+            if not _is_conv(k):
+                continue
+            predk = np.interp(xs, lr_x, pred)
+            sel = (xs > 3 * relax) & (xs < 0.8 * xs.max()) & (predk > 0)
+            if sel.sum():
+                rs.append(float(np.median(ys[sel] / predk[sel])))
+        if rs:
+            ratio_stats[name] = {"median_over_layers": float(np.median(rs)),
+                                 "min": float(min(rs)), "max": float(max(rs))}
+    images["ratio"] = ratio_imgs
+    result["measured_over_predicted"] = ratio_stats
+
+    # cos(g_t, v_{t-1})
+    cos = _norm_series(rm, "cos_g_v")
+    cos_stats = {}
+    if cos:
+        data = {_short(k): (v[0].tolist(), v[1].tolist()) for k, v in cos.items()}
+        images["cos"] = [plot_lines(data, out / "cos_g_v.png", xlabel="step",
+                                    ylabel="cos(g_t, v_{t-1})",
+                                    title="Correlation of the gradient with the momentum buffer",
+                                    markers=False, hlines={"0": 0.0})]
+        for k, (xs, ys) in cos.items():
+            sel = xs > 3 * relax
+            if sel.sum():
+                cos_stats[_short(k)] = float(np.median(ys[sel]))
+    result["median_cos_g_v"] = cos_stats
+
+    # sqrt(n) batch scaling
+    gb = {n: _norm_series(metrics.get(n, []), "g_sqnorm") for n in ("momentum", "sqrt_n")}
+    gratio = {}
+    if gb["momentum"] and gb["sqrt_n"]:
+        base_steps_per_epoch = None
+        for n_, r in by_name.items():
+            if n_ == "momentum":
+                base_steps_per_epoch = (r.get("summary") or {}).get("steps_per_epoch")
+        for k in gb["momentum"]:
+            if k not in gb["sqrt_n"] or not _is_conv(k):
+                continue
+            xa, ya = gb["momentum"][k]
+            xb, yb = gb["sqrt_n"][k]
+            # compare at equal epochs: step of the big run * N_SCALE
+            if base_steps_per_epoch:
+                ya_at = np.interp(xb * N_SCALE, xa, ya)
+                sel = (xb * N_SCALE > 3 * relax) & (xb < 0.8 * xb.max())
+                if sel.sum():
+                    gratio[_short(k)] = float(np.median(np.sqrt(yb[sel] / ya_at[sel])))
+    result["grad_norm_ratio_nB_over_B"] = gratio
+    curves = {}
+    finals = {}
+    for name, label in (("momentum", f"B={s['batch']}, lr={s['lr']:g}"),
+                        ("sqrt_n", f"B={N_SCALE * s['batch']}, lr x sqrt({N_SCALE})"),
+                        ("linear_n", f"B={N_SCALE * s['batch']}, lr x {N_SCALE}"),
+                        ("plain", f"B={s['batch']}, no momentum, lr={s['lr'] / (1 - s['rho']):g}")):
+        m = metrics.get(name, [])
+        xs, ys = xu.curve([r for r in m if r.get("kind") == "eval"], "test_accuracy")
+        if len(xs):
+            curves[label] = (xs.tolist(), ys.tolist())
+        if name in by_name:
+            finals[name] = xu.final_accuracy(by_name[name])
+    if curves:
+        images["scaling"] = [plot_lines(curves, out / "batch_scaling_curves.png",
+                                        xlabel="epoch", ylabel="test accuracy",
+                                        title=f"sqrt(n) vs linear lr scaling, n={N_SCALE}")]
+    result["final_accuracy"] = finals
+
+    # ---- report text
+    table_bal = "| layer | mean shrink / mean growth |\n| :-- | --: |\n" + "".join(
+        f"| {k} | {v:.2f} |\n" for k, v in balance.items())
+    conv_bal = [v for k, v in balance.items() if "dense" not in k.lower()]
+    n_bal = sum(abs(v - 1) < BALANCE_TOL for v in conv_bal)
+    verdict = []
+    if conv_bal:
+        verdict.append(
+            f"- (a) Balance: after {3 * relax:.0f} steps (3 relaxation times) and before the lr "
+            f"decays to 0, {n_bal} of {len(conv_bal)} conv layers have mean shrink / mean "
+            f"growth within {BALANCE_TOL:.0%} of 1 (median "
+            f"{float(np.median(conv_bal)):.2f}): "
+            + ("**supported**." if n_bal >= 0.75 * len(conv_bal) else "**not clearly**.")
+        )
+    for name, st in ratio_stats.items():
+        ok = 0.67 <= st["median_over_layers"] <= 1.5
+        verdict.append(
+            f"- (b) {name} run: measured lr|g|/|w| / predicted = {st['median_over_layers']:.2f} "
+            f"(median over conv layers; layers range {st['min']:.2f} .. {st['max']:.2f}): "
+            + ("**tracks the formula** (within a factor 1.5)." if ok else
+               "**does not track** the formula within a factor 1.5.")
+        )
+    if gratio:
+        med = float(np.median(list(gratio.values())))
+        pred = 1 / math.sqrt(N_SCALE)
+        closer = "1/sqrt(n)" if abs(med - pred) < abs(med - 1.0) else "1 (signal dominated)"
+        verdict.append(
+            f"- (c) |g| at batch {N_SCALE}x vs 1x at equal epochs: ratio {med:.2f} (median over "
+            f"conv layers; 1/sqrt(n) = {pred:.2f}): closer to {closer}."
+        )
+    if {"momentum", "sqrt_n", "linear_n"} <= set(finals):
+        fm, fs, fl = finals["momentum"], finals["sqrt_n"], finals["linear_n"]
+        if all(math.isfinite(v) for v in (fm, fs, fl)):
+            better = "sqrt" if abs(fs - fm) < abs(fl - fm) else "linear"
+            verdict.append(
+                f"- (c) Final accuracy: B: {xu.fmt_acc(fm)}, {N_SCALE}B with lr x sqrt(n): "
+                f"{xu.fmt_acc(fs)}, with lr x n: {xu.fmt_acc(fl)} -> the **{better}** rule "
+                f"lands closer to the small-batch run."
+            )
+        else:
+            verdict.append(f"- (c) Final accuracy: B {xu.fmt_acc(fm)}, sqrt {xu.fmt_acc(fs)}, "
+                           f"linear {xu.fmt_acc(fl)}.")
+    if cos_stats:
+        conv_cos = [v for k, v in cos_stats.items() if "dense" not in k.lower()]
+        med = float(np.median(conv_cos)) if conv_cos else math.nan
+        verdict.append(
+            f"- (d) Median cos(g_t, v_(t-1)) after relaxation, conv layers: {med:.2f} "
+            + ("(**near 0**, |cos| < 0.2)." if abs(med) < 0.2 else "(**not near 0**).")
+        )
+
+    setup = (
+        f"SGD with coupled weight decay wd={s['wd']}, batch B={s['batch']}, peak lr "
+        f"{s['lr']} with momentum rho={s['rho']} (heavy ball), linear warmup over "
+        f"{base.warmup_epochs:g} epochs then linear decay to 0 over {base.epochs:g} epochs "
+        f"(Page's schedule shape). Relaxation time (1-rho)/(2 lr wd) = {relax:.0f} steps. "
+        f"Runs: {', '.join(f'{k}: {v}' for k, v in spec.items())}. Diagnostics are logged "
+        f"every {base.log_every_steps} steps (means over the window) by "
+        f"`lars_jax.diagnostics.layer_diagnostics`, before each update: shrink = "
+        f"lr_e*wd*(2-lr_e*wd)*|w|^2 and growth = lr_e^2*|g|^2 with lr_e = lr/(1-rho) "
+        f"(Page's lifetime form; exact for rho=0).\n\n"
+        + xu.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",
+                                      "epochs", "schedule", "weight_decay"])
+    )
+    limits_txt = (
+        xu.preset_note(preset) + " "
+        + (f"Reductions: a ResNet-8 of width 0.5 on 8192 Fashion-MNIST images for "
+           f"{base.epochs:g} epochs instead of ResNet-9 on CIFAR-10 for 24; wd raised to "
+           f"{s['wd']} so that the relaxation time fits in the short run; one seed. The "
+           f"balance and ratio statistics use the window between 3 relaxation times and 80% "
+           f"of training. The final Dense layer is not scale invariant; it is plotted but "
+           f"left out of the conv-layer statistics."
+           if preset == "cpu" else "")
+        + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}."
+    )
+    acc_lines = "\n".join(f"- {k}: {xu.fmt_acc(v)}" for k, v in finals.items())
+    write_report(
+        out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
+        intro=("**Claims** (a)-(d) of claims.md section 3 for BN-followed conv layers. Raw "
+               "rows: `runs/results.jsonl` and `runs/<run>/metrics.jsonl` (per-step `diag/*` "
+               "keys); derived numbers in `summary.json`."),
+        sections=[
+            Section("Setup", setup),
+            Section("(a) Shrink vs growth of |w|^2, and |w|^2 over training", table_bal,
+                    images.get("norms", [])),
+            Section("(b) lr|g|/|w| against Page's formula",
+                    json.dumps(ratio_stats, indent=1), images.get("ratio", [])),
+            Section("(c) sqrt(n) batch scaling",
+                    f"Per-layer |g| ratio (batch {N_SCALE}B / B, equal epochs): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in gratio.items())
+                    + f"\n\nFinal test accuracy:\n\n{acc_lines}", images.get("scaling", [])),
+            Section("(d) Correlation of g_t with the momentum buffer",
+                    ", ".join(f"{k}: {v:.2f}" for k, v in cos_stats.items()),
+                    images.get("cos", [])),
+            Section("Verdict", "\n".join(verdict) or "No finished run."),
+            Section("Limits of the evidence", limits_txt),
+        ],
+    )
+    xu.save_json(result, out / "summary.json")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    xu.enable_compilation_cache()
+    timer = xu.Timer()
+    base = base_config(args.preset)
+    if args.report_only:
+        rows = xu.load_rows(out / "runs")
+    else:
+        rows = xu.run_points(base, list(runs(args.preset).values()), out / "runs")
+    return analyse(args.preset, base, rows, out, timer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""Shared machinery of the claim-testing experiments in ``experiments/``.
+
+Each experiment script is thin: it defines its presets (a base
+:class:`lars_jax.train.TrainConfig` and a list of runs), then calls the helpers here to
+run them through :func:`lars_jax.sweep.run_sweep` (resumable, one JSON row per run),
+to read results back (final metrics, curves, per-layer diagnostics), to aggregate over
+seeds, and to write ``report.md`` with :func:`lars_jax.report.write_report`.
+
+Every number a report shows is read from the run folders; verdict sentences are
+computed from those numbers with thresholds the report states.
+
+References:
+  Goyal et al., "Accurate, Large Minibatch SGD", arXiv 1706.02677, 2017.
+  Masters & Luschi, "Revisiting Small Batch Training for Deep Neural Networks",
+  arXiv 1804.07612, 2018.
+  McCandlish et al., "An Empirical Model of Large-Batch Training", arXiv 1812.06162, 2018.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+PathLike = str | os.PathLike[str]
+
+PRESETS = ("smoke", "cpu", "full")
+ACCURACY_KEYS = ("final_test_accuracy", "test_accuracy", "final_eval_accuracy", "eval_accuracy")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Method(NamedTuple):
+    """One line of an experiment's plot: a label and the config fields that define it.
+
+    Attributes:
+      label: the legend label (e.g. ``"SGD, linear, warmup"``).
+      overrides: config fields shared by every run of the method.
+    """
+
+    label: str
+    overrides: Mapping[str, Any]
+
+
+# ------------------------------------------------------------------ command line
+
+
+def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The common command line of an experiment script.
+
+    Options: ``--preset smoke|cpu|full`` (default ``cpu``), ``--out`` (default
+    ``experiments/results/<name>`` for ``cpu``, ``experiments/results/<name>_full`` for
+    ``full``, a ``smoke`` folder otherwise), ``--report-only`` (rebuild the report from
+    the runs already in ``--out``).
+
+    Args:
+      name: the experiment's name (its results folder).
+      description: the ``--help`` text.
+
+    Returns:
+      An :class:`argparse.ArgumentParser`.
+
+    References:
+      Python documentation, ``argparse``.
+    """
+    p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description)
+    p.add_argument("--preset", choices=PRESETS, default="cpu",
+                   help="cpu: <20 min on 2 CPU cores; full: GPU budgets; smoke: seconds.")
+    p.add_argument("--out", default=None, help="Results folder.")
+    p.add_argument("--report-only", action="store_true",
+                   help="Only rebuild report.md and plots from the runs in --out.")
+    return p
+
+
+def default_out(name: str, preset: str) -> Path:
+    """Default results folder of an experiment for a preset."""
+    base = _REPO_ROOT / "experiments" / "results"
+    if preset == "cpu":
+        return base / name
+    if preset == "full":
+        return base / f"{name}_full"
+    return base / "_smoke" / name
+
+
+def enable_compilation_cache(path: PathLike | None = None) -> None:
+    """Turns on JAX's persistent compilation cache (repeated shapes compile once).
+
+    Runs that differ only in seed compile to the same program; with the cache the
+    second one skips compilation, which on a small CPU costs more than training.
+
+    Args:
+      path: the cache folder (default ``$LARS_JAX_CACHE`` or ``~/.cache/lars_jax_xla``).
+
+    References:
+      JAX documentation, "Persistent compilation cache".
+    """
+    import jax
+
+    folder = Path(path or os.environ.get("LARS_JAX_CACHE", Path.home() / ".cache/lars_jax_xla"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except Exception:  # pragma: no cover - older/newer JAX without these options
+        pass
+
+
+# ------------------------------------------------------------------ running
+
+
+def run_points(
+    base: Any,
+    points: Sequence[Mapping[str, Any]],
+    out_dir: PathLike,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Trains an explicit list of runs (resumable) and returns their result rows.
+
+    Args:
+      base: the base :class:`lars_jax.train.TrainConfig`.
+      points: one ``{field: value}`` dict per run.
+      out_dir: the results folder (``results.jsonl`` and one folder per run).
+      log: progress printer (default: stderr with elapsed time).
+
+    Returns:
+      The rows of :func:`lars_jax.sweep.run_sweep`, in ``points`` order.
+
+    References:
+      :mod:`lars_jax.sweep`.
+    """
+    from lars_jax.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    if log is None:
+        def log(msg: str) -> None:
+            print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+    return run_sweep(base, [dict(p) for p in points], out_dir, log=log)
+
+
+def load_rows(out_dir: PathLike) -> list[dict[str, Any]]:
+    """The result rows already in a results folder (for ``--report-only``)."""
+    from lars_jax.report import load_results
+
+    return load_results(out_dir)
+
+
+def expand(methods: Sequence[Method], **axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Run points: every method crossed with the product of ``axes``.
+
+    Args:
+      methods: the methods (their overrides are copied into each point).
+      **axes: field -> values (e.g. ``batch_size=[32, 256]``, ``seed=[0, 1]``).
+
+    Returns:
+      One dict per run; axes fields override method fields of the same name.
+
+    Example:
+      >>> expand([Method("a", {"optimizer": "sgd"})], batch_size=[8, 16])
+      [{'optimizer': 'sgd', 'batch_size': 8}, {'optimizer': 'sgd', 'batch_size': 16}]
+    """
+    import itertools
+
+    keys = list(axes)
+    points = []
+    for m in methods:
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            p = dict(m.overrides)
+            p.update(zip(keys, combo, strict=True))
+            points.append(p)
+    return points
+
+
+# ------------------------------------------------------------------ reading results
+
+
+def config_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The full config dict of a result row (``config`` merged with ``varied``)."""
+    cfg = dict(row.get("config") or {})
+    cfg.update(row.get("varied") or {})
+    return cfg
+
+
+def method_of(row: Mapping[str, Any], methods: Sequence[Method]) -> str | None:
+    """The label of the first method whose overrides all match the row's config."""
+    cfg = config_of(row)
+    for m in methods:
+        if all(_same(cfg.get(k), v) for k, v in m.overrides.items()):
+            return m.label
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def final_accuracy(row: Mapping[str, Any]) -> float:
+    """Final test accuracy of a run; NaN for a failed or diverged run.
+
+    Args:
+      row: a result row (from :func:`run_points` or :func:`lars_jax.report.load_results`).
+
+    Returns:
+      The accuracy in ``[0, 1]``, or NaN when the run failed or logged no accuracy.
+    """
+    if row.get("status") != "done":
+        return math.nan
+    summary = row.get("summary") or {}
+    if summary.get("diverged") or summary.get("stopped_on_nan"):
+        return math.nan
+    for k in ACCURACY_KEYS:
+        v = summary.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v) if math.isfinite(v) else math.nan
+    return math.nan
+
+
+def outcome(row: Mapping[str, Any]) -> str:
+    """``"ok"``, ``"diverged"`` (non-finite loss stopped the run) or ``"failed"``."""
+    if row.get("status") == "done":
+        status = (row.get("summary") or {}).get("status", "ok")
+        return "diverged" if status == "nonfinite" else "ok"
+    err = str(row.get("error", "")).lower()
+    return "diverged" if ("non-finite" in err or "nonfinite" in err) else "failed"
+
+
+def run_dir(row: Mapping[str, Any], out_dir: PathLike) -> Path:
+    """The folder of a run."""
+    wd = Path(str(row.get("workdir", row.get("run", ""))))
+    return wd if wd.is_absolute() else Path(out_dir) / wd
+
+
+def read_metrics(row: Mapping[str, Any], out_dir: PathLike) -> list[dict[str, Any]]:
+    """The metric rows of a run's ``metrics.jsonl`` (empty if it has none)."""
+    path = run_dir(row, out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interrupted run
+    return rows
+
+
+def curve(
+    metrics: Sequence[Mapping[str, Any]], key: str, x: str = "epoch"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(xs, ys)`` of the metric rows that carry both ``x`` and ``key``."""
+    pts = [
+        (float(r[x]), float(r[key])) for r in metrics
+        if isinstance(r.get(key), int | float) and isinstance(r.get(x), int | float)
+    ]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    xs, ys = zip(*pts, strict=True)
+    return np.asarray(xs), np.asarray(ys)
+
+
+def layer_series(
+    metrics: Sequence[Mapping[str, Any]], quantity: str, x: str = "step"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-layer time series of one :func:`lars_jax.diagnostics.layer_diagnostics` quantity.
+
+    Finds every metric key ending in ``"/" + quantity`` (whatever prefix the trainer
+    adds) and returns ``layer name -> (xs, ys)``.
+
+    Args:
+      metrics: the metric rows of a run.
+      quantity: e.g. ``"wd_shrink"``.
+      x: the x key.
+
+    Returns:
+      Mapping from the layer path (the key without the suffix) to its series.
+    """
+    suffix = "/" + quantity
+    layers: dict[str, list[tuple[float, float]]] = {}
+    for r in metrics:
+        xv = r.get(x)
+        if not isinstance(xv, int | float):
+            continue
+        for k, v in r.items():
+            if k.endswith(suffix) and isinstance(v, int | float):
+                layers.setdefault(k[: -len(suffix)], []).append((float(xv), float(v)))
+    out = {}
+    for name, pts in layers.items():
+        xs, ys = zip(*pts, strict=True)
+        out[name] = (np.asarray(xs), np.asarray(ys))
+    return dict(sorted(out.items()))
+
+
+def mean_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min, max and count of the finite values.
+
+    Example:
+      >>> mean_spread([0.8, 0.9, float("nan")])["n"]
+      2
+    """
+    v = np.asarray([x for x in values if isinstance(x, int | float) and math.isfinite(x)])
+    if v.size == 0:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(v.size),
+    }
+
+
+def fmt_acc(x: float) -> str:
+    """An accuracy as a percentage with one decimal, ``diverged`` for NaN."""
+    return "diverged" if not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def fmt_pm(stats: Mapping[str, float]) -> str:
+    """``mean ± std (n=…)`` of accuracies in percent."""
+    if not stats["n"]:
+        return "no finished run"
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}% (n={stats['n']})"
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def environment_note() -> str:
+    """One line naming the machine and software the runs used."""
+    try:
+        import jax
+
+        devs = jax.devices()
+        dev = f"{len(devs)} x {devs[0].platform} ({devs[0].device_kind})"
+        jv = jax.__version__
+    except Exception:  # pragma: no cover
+        dev, jv = "unknown device", "?"
+    return (
+        f"{platform.node() or 'host'}: {os.cpu_count()} CPU cores, {dev}; "
+        f"jax {jv}, python {platform.python_version()}"
+    )
+
+
+class Timer:
+    """Wall-clock timer of an experiment (the report states the time taken)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def save_json(obj: Any, path: PathLike) -> Path:
+    """Writes ``obj`` as indented JSON (NaN/inf as strings) and returns the path."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return str(x)
+        if isinstance(x, np.generic):
+            return clean(x.item())
+        if isinstance(x, np.ndarray):
+            return [clean(v) for v in x.tolist()]
+        if isinstance(x, Mapping):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(clean(obj), indent=2, sort_keys=True) + "\n")
+    return p
+
+
+def run_time_note(rows: Sequence[Mapping[str, Any]], timer: Timer | None = None) -> str:
+    """A sentence with the number of runs, failures and the time they took."""
+    done = sum(r.get("status") == "done" for r in rows)
+    failed = sum(r.get("status") == "failed" for r in rows)
+    train_s = sum(float(r.get("time_s") or 0.0) for r in rows)
+    text = f"{len(rows)} runs ({done} finished, {failed} failed); training time {train_s:.0f} s"
+    if timer is not None:
+        text += f"; this invocation {timer.seconds:.0f} s wall clock"
+    return text + "."
+
+
+def base_config_table(base: Any, fields: Sequence[str]) -> str:
+    """A two-column markdown table of selected base-config fields."""
+    d = dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base)
+    lines = ["| field | value |", "| :-- | :-- |"]
+    for f in fields:
+        lines.append(f"| {f} | {d.get(f)} |")
+    return "\n".join(lines) + "\n"
+
+
+def preset_note(preset: str) -> str:
+    """What each preset means, for the limits section of a report."""
+    if preset == "full":
+        return "Preset `full` (GPU budgets)."
+    if preset == "smoke":
+        return (
+            "Preset `smoke`: a few seconds of training to test the pipeline; the numbers "
+            "say nothing about the claim."
+        )
+    return (
+        "Preset `cpu`: tiny model and data and 1-3 epochs so that the whole experiment runs "
+        "in minutes on a shared 2-core CPU. The `full` preset (GPU, CIFAR-10 where available, "
+        "real budgets) is defined in the script but was NOT run: no GPU was available."
+    )
