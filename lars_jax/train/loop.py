@@ -243,7 +243,8 @@ def _test_batches(data: Data, batch: int, mesh: Any) -> list[tuple[Any, Any, Any
 # ----------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, *, data: Data | None = None, return_state: bool = False
+          ) -> Any:
     """Runs one training job; returns the summary (also written to ``summary.json``).
 
     Args:
@@ -251,13 +252,16 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
         field before any compute).
       data: an in-memory data set to use instead of ``config.dataset`` (for custom data
         and tests).
+      return_state: also return the final `TrainState` (parameters, BatchNorm statistics,
+        optimizer state; replicated global arrays).
 
     Returns:
       The summary dict: ``test_accuracy``, ``test_loss``, ``train_loss``,
       ``train_accuracy`` (last logged), ``steps``, ``epochs``, ``images_per_s`` (training
       throughput after compilation), ``wall_time_s``, ``compile_time_s``,
       ``skipped_steps``, ``resumed_from_step``, ``num_devices``, ``num_processes``,
-      ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``.
+      ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``; with
+      ``return_state``, the pair ``(summary, state)``.
 
     Raises:
       ValueError: a bad config.
@@ -490,7 +494,7 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
                 plot_run(workdir)
             except Exception as e:  # a failed plot must not fail a finished run
                 print(f"lars_jax: plotting failed: {type(e).__name__}: {e}", file=sys.stderr)
-    return summary
+    return (summary, final) if return_state else summary
 
 
 def format_summary(s: dict[str, Any]) -> str:
