@@ -127,9 +127,12 @@ def lars(
       >>> tx = lars_jax.lars(learning_rate=1.0, trust_coefficient=0.1, momentum=0.5)
       >>> state = tx.init(params)
       >>> loss_before = loss(params)
-      >>> for _ in range(50):
+      >>> @jax.jit
+      ... def step(params, state):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
-      ...     params = optax.apply_updates(params, updates)
+      ...     return optax.apply_updates(params, updates), state
+      >>> for _ in range(50):
+      ...     params, state = step(params, state)
       >>> bool(loss(params) < 0.1 * loss_before)
       True
 
@@ -194,9 +197,12 @@ def larc(
       >>> loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
       >>> tx = lars_jax.larc(learning_rate=0.5, trust_coefficient=0.2, momentum=0.5)
       >>> state, loss_before = tx.init(params), loss(params)
-      >>> for _ in range(50):
+      >>> @jax.jit
+      ... def step(params, state):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
-      ...     params = optax.apply_updates(params, updates)
+      ...     return optax.apply_updates(params, updates), state
+      >>> for _ in range(50):
+      ...     params, state = step(params, state)
       >>> bool(loss(params) < 0.1 * loss_before)
       True
 
@@ -271,10 +277,13 @@ def clars(
       ...     return jax.tree.map(lambda g: jnp.sqrt(jnp.sum(g ** 2, axis=(1, 2))), g_i)
       >>> tx = lars_jax.clars(learning_rate=1.0, trust_coefficient=0.1, momentum=0.5)
       >>> state, loss_before = tx.init(params), loss(params)
-      >>> for _ in range(50):
+      >>> @jax.jit
+      ... def step(params, state):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params,
       ...                                per_example_norms=norms(params))
-      ...     params = optax.apply_updates(params, updates)
+      ...     return optax.apply_updates(params, updates), state
+      >>> for _ in range(50):
+      ...     params, state = step(params, state)
       >>> bool(loss(params) < 0.1 * loss_before)
       True
 
@@ -343,9 +352,12 @@ def sgd(
       >>> loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
       >>> tx = lars_jax.sgd(learning_rate=0.05, momentum=0.9, weight_decay=1e-4)
       >>> state, loss_before = tx.init(params), loss(params)
-      >>> for _ in range(50):
+      >>> @jax.jit
+      ... def step(params, state):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
-      ...     params = optax.apply_updates(params, updates)
+      ...     return optax.apply_updates(params, updates), state
+      >>> for _ in range(50):
+      ...     params, state = step(params, state)
       >>> bool(loss(params) < 0.1 * loss_before)
       True
 
