@@ -28,7 +28,6 @@ import argparse
 import difflib
 import inspect
 import json
-import os
 import re
 import sys
 import textwrap
@@ -349,44 +348,29 @@ def _validate(config: Any, device_count: int | None = None) -> None:
         raise ConfigError(str(e)) from e
 
 
-def initialize_distributed(config: Any) -> bool:
-    """Calls ``jax.distributed.initialize`` for multi-host runs.
+def initialize_distributed(config: Any) -> None:
+    """Starts JAX's multi-process runtime when the config or environment asks for it.
 
-    Multi-host mode is on when the config sets ``coordinator_address`` or
-    ``num_processes``, or the environment sets ``JAX_COORDINATOR_ADDRESS``;
-    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` fill in the missing values. Does
-    nothing when JAX's distributed runtime is already initialized.
+    Multi-host mode is on when the config sets ``coordinator_address``,
+    ``num_processes`` or ``process_id``, or the environment sets
+    ``JAX_COORDINATOR_ADDRESS`` (``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` fill in
+    the rest). Delegates to the trainer's
+    ``lars_jax.train.loop.maybe_initialize_distributed`` (which also selects gloo
+    collectives on CPU); does nothing when the runtime is already initialized.
 
     Args:
-      config: the run's config (fields ``coordinator_address``, ``num_processes``,
-        ``process_id`` when it has them).
-
-    Returns:
-      Whether this call initialized the distributed runtime.
+      config: the run's config.
     """
-    env = os.environ
-    addr = getattr(config, "coordinator_address", None) or env.get("JAX_COORDINATOR_ADDRESS")
-    nproc = getattr(config, "num_processes", None)
-    pid = getattr(config, "process_id", None)
-    if nproc is None and env.get("JAX_NUM_PROCESSES"):
-        nproc = int(env["JAX_NUM_PROCESSES"])
-    if pid is None and env.get("JAX_PROCESS_ID"):
-        pid = int(env["JAX_PROCESS_ID"])
-    if addr is None and nproc is None:
-        return False
-    import jax
+    from lars_jax.train.loop import maybe_initialize_distributed
 
-    if jax.distributed.is_initialized():
-        return False
-    jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
-    return True
+    maybe_initialize_distributed(config)
 
 
 def _device_count(config: Any) -> int:
+    """The devices a run will use, as the trainer counts them (``num_devices`` or all)."""
     import jax
 
-    local = getattr(config, "num_devices", None) or jax.local_device_count()
-    return int(local) * jax.process_count()
+    return int(getattr(config, "num_devices", None) or jax.device_count())
 
 
 def _print_config(config: Any, cls: type) -> None:
@@ -421,18 +405,16 @@ def _parse_grid(cls: type, items: Sequence[str]) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- commands
 
 
-def _summary_line(summary: Mapping[str, Any]) -> str:
-    keys = [
-        k
-        for k, v in summary.items()
-        if isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and any(w in k for w in ("accuracy", "loss", "time", "images", "steps", "epochs"))
-    ]
-    return ", ".join(
-        f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
-        for k in keys[:8]
-    )
+def _is_config_error(e: BaseException) -> bool:
+    """A ValueError raised by config validation (its message starts with the class name)."""
+    return isinstance(e, ValueError) and str(e).startswith("TrainConfig.")
+
+
+def _run_error(e: BaseException) -> str | None:
+    """A one-line message for the trainer's expected failures, None for anything else."""
+    if type(e).__name__ in ("NonFiniteError", "CheckpointError"):
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
@@ -443,10 +425,17 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
         return 0
     initialize_distributed(config)
     _validate(config, _device_count(config))
-    summary = _train_fn()(config)
+    try:
+        _train_fn()(config)
+    except (ValueError, RuntimeError) as e:
+        if _is_config_error(e):
+            raise ConfigError(str(e)) from e
+        msg = _run_error(e)
+        if msg is None:
+            raise
+        print(f"{PROG} train: error: {msg}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     workdir = getattr(config, "workdir", None)
-    line = _summary_line(summary or {})
-    print(f"{PROG} train: finished{': ' + line if line else ''}")
     if workdir:
         print(f"{PROG} train: results in {workdir}/ (summary.json, metrics.jsonl, curves.png)")
     return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,7 +202,83 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(True, alpha=0.3)
     fig.suptitle(title if title is not None else workdir.resolve().name)
-    return _save(fig, out if out is not None else workdir / "curves.png")
+    path = _save(fig, out if out is not None else workdir / "curves.png")
+    if any(k.partition("/")[0] in LAYER_STATS for r in train_rows for k in r):
+        plot_layer_stats(workdir, rows=rows)
+    return path
+
+
+LAYER_STATS = ("trust_ratio", "weight_norm", "grad_norm")
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def plot_layer_stats(
+    workdir: PathLike,
+    out: PathLike | None = None,
+    *,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    stats: Sequence[str] = LAYER_STATS,
+) -> Path | None:
+    """Plots per-layer statistics (``<stat>/<layer>`` keys of ``metrics.jsonl``).
+
+    One panel per statistic (by default the LARS trust ratio, the weight norm and
+    the gradient norm), one line per layer coloured by its position in the
+    parameter tree (names sorted with numbers compared as numbers, so
+    ``block_2`` comes before ``block_10``), log-scale y. :func:`plot_run` calls this
+    when the metrics have such keys (the trainer's ``log_layer_stats``).
+
+    Args:
+      workdir: the run's folder.
+      out: the PNG file; default ``<workdir>/layer_stats.png``.
+      rows: the metric rows, when already read.
+      stats: the statistic prefixes to plot.
+
+    Returns:
+      The PNG path, or ``None`` when no row has any of these statistics.
+
+    References:
+      You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks",
+      arXiv 1708.03888, 2017 (the ratio ||w|| / ||g|| varies by orders of magnitude
+      between layers, which motivates per-layer learning rates).
+    """
+    workdir = Path(workdir)
+    if rows is None:
+        rows = read_jsonl(workdir / "metrics.jsonl")
+    x_key = next((k for k in _X_KEYS if any(k in r for r in rows)), "step")
+    present = [st for st in stats if any(k.startswith(st + "/") for r in rows for k in r)]
+    if not present:
+        return None
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig = _figure(figsize=(4.6 * len(present) + 1.0, 4.0))
+    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    colormap = colormaps["viridis"]
+    for ax, st in zip(axes, present, strict=True):
+        layers = sorted({k for r in rows for k in r if k.startswith(st + "/")}, key=_natural_key)
+        norm = Normalize(0, max(1, len(layers) - 1))
+        positive = True
+        for i, key in enumerate(layers):
+            xs, ys = _series(rows, (key,), x_key)
+            positive = positive and all(v > 0 for v in ys if math.isfinite(v))
+            label = key.partition("/")[2]
+            ax.plot(xs, ys, lw=1, color=colormap(norm(i)), label=label)
+        if positive:
+            ax.set_yscale("log")
+        ax.set(xlabel=x_key, ylabel=st.replace("_", " "), title=f"{st.replace('_', ' ')} per layer")
+        ax.grid(True, alpha=0.3)
+        if len(layers) <= 8:
+            ax.legend(fontsize=6)
+        else:
+            sm = ScalarMappable(norm=norm, cmap=colormap)
+            cbar = fig.colorbar(sm, ax=ax, pad=0.01)
+            cbar.set_label("layer (parameter-tree order)", fontsize=8)
+    fig.suptitle(f"{workdir.resolve().name}: per-layer statistics")
+    return _save(fig, out if out is not None else workdir / "layer_stats.png")
 
 
 def plot_lines(

@@ -50,8 +50,10 @@ PREFERRED_METRICS = (
     "final_train_loss",
     "train_loss",
     "final_train_accuracy",
+    "train_accuracy",
     "epochs_to_target",
     "steps",
+    "images_per_s",
     "images_per_sec",
     "wall_time_s",
     "train_time_s",
@@ -85,6 +87,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _status(summary: Mapping[str, Any] | None) -> str:
+    if summary is None:
+        return "incomplete"
+    status = summary.get("status", "ok")
+    return "done" if status == "ok" else str(status)
+
+
 def _run_row(run_dir: Path, root: Path) -> dict[str, Any]:
     summary = _read_json(run_dir / SUMMARY_FILE)
     config = _read_json(run_dir / CONFIG_FILE)
@@ -94,10 +103,10 @@ def _run_row(run_dir: Path, root: Path) -> dict[str, Any]:
     return {
         "run": name,
         "workdir": str(run_dir),
-        "status": "done" if summary is not None else "incomplete",
+        "status": _status(summary),
         "varied": {},
         "config": config or {},
-        "summary": summary or {},
+        "summary": {k: v for k, v in (summary or {}).items() if k != "config"},
     }
 
 
@@ -107,8 +116,10 @@ def load_results(folder: PathLike) -> list[dict[str, Any]]:
     Rows come from ``<folder>/results.jsonl`` when it exists (the last row of each
     run name wins, so a retried run replaces its earlier row), then from every
     subfolder (and the folder itself) holding ``summary.json`` or ``metrics.jsonl``
-    that ``results.jsonl`` does not already name: runs finished outside a sweep
-    get status ``done``, runs without a summary status ``incomplete``.
+    that ``results.jsonl`` does not already name: such a run's status is ``done``
+    when its summary says ``"status": "ok"`` (or has no status), the summary's
+    status otherwise (e.g. ``nonfinite``), and ``incomplete`` without a summary.
+    The config comes from the run's ``config.json`` (or the summary's ``config``).
 
     Args:
       folder: the results folder.

@@ -227,6 +227,20 @@ def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _summary_ok(path: Path) -> bool:
+    """Whether a run's summary.json records a finished run (not e.g. a non-finite stop)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(summary, dict) and summary.get("status", "ok") == "ok"
+
+
+def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary as stored in a results row (the config is stored once, beside it)."""
+    return {k: v for k, v in summary.items() if k != "config"}
+
+
 def _is_primary() -> bool:
     """False on processes other than 0 of a multi-host run (only process 0 writes rows)."""
     jax = sys.modules.get("jax")
@@ -324,7 +338,7 @@ def plan_sweep(
                 )
             status = row["status"]
         elif (workdir / SUMMARY_FILE).exists():
-            status = "done"
+            status = "done" if _summary_ok(workdir / SUMMARY_FILE) else "partial"
         elif workdir.exists():
             status = "partial"
         else:
@@ -407,14 +421,14 @@ def run_sweep(
         summary_path = Path(run.config.workdir) / SUMMARY_FILE
         if run.status == "done" and summary_path.exists():
             # Finished, but the process died before the results row was written.
-            row["summary"] = json.loads(summary_path.read_text())
+            row["summary"] = _summary_row(json.loads(summary_path.read_text()))
             log(f"{tag}: done (summary.json found), recorded")
         else:
             verb = "resuming" if run.status == "partial" else "starting"
             log(f"{tag}: {verb}")
             t0 = time.perf_counter()
             try:
-                row["summary"] = dict(train_fn(run.config))
+                row["summary"] = _summary_row(train_fn(run.config))
             except Exception as e:
                 if stop_on_error:
                     raise

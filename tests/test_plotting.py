@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from lars_jax.plotting import plot_heatmap, plot_lines, plot_run, read_jsonl
+from lars_jax.plotting import plot_heatmap, plot_layer_stats, plot_lines, plot_run, read_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -135,3 +135,20 @@ def test_plot_run_diverged_run(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert "NaN" in (tmp_path / "metrics.jsonl").read_text()
     _assert_png(plot_run(tmp_path))
+
+
+def test_layer_stats_plot(tmp_path):
+    layers = [f"block_{i}/conv/kernel" for i in (0, 2, 10)]
+    rows = []
+    for s in range(1, 11):
+        row = {"kind": "train", "step": s, "loss": 1.0 / s, "lr": 0.1}
+        for i, name in enumerate(layers):
+            row[f"trust_ratio/{name}"] = 1e-3 * (i + 1) * s
+            row[f"grad_norm/{name}"] = 1.0 / s
+        rows.append(row)
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    plot_run(tmp_path)
+    img = _assert_png(tmp_path / "layer_stats.png")
+    assert img.shape[1] > 1.5 * img.shape[0]  # two panels: trust ratio and grad norm
+    assert plot_layer_stats(tmp_path, tmp_path / "tr.png", stats=("trust_ratio",)).exists()
+    assert plot_layer_stats(tmp_path, stats=("weight_norm",)) is None
