@@ -530,9 +530,9 @@ def summary_report(
     }
     if fixed:
         intro += (
-            "\n\nSettings shared by all runs: "
+            f"\n\n<details><summary>Settings shared by all runs ({len(fixed)})</summary>\n\n"
             + ", ".join(f"`{k}={format_value(v)}`" for k, v in fixed.items())
-            + "."
+            + "\n\n</details>"
         )
 
     columns: list[str | tuple[str, str]] = ["run", *varied, "status", *metrics]
