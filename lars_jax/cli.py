@@ -381,7 +381,7 @@ def _print_config(config: Any, cls: type) -> None:
     print(to_toml(values, comments=helps), end="")
 
 
-def _parse_grid(cls: type, items: Sequence[str]) -> dict[str, list[str]]:
+def _parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     grid: dict[str, list[str]] = {}
     for item in items:
         key, eq, text = item.partition("=")
@@ -405,9 +405,9 @@ def _parse_grid(cls: type, items: Sequence[str]) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- commands
 
 
-def _is_config_error(e: BaseException) -> bool:
+def _is_config_error(e: BaseException, cls: type) -> bool:
     """A ValueError raised by config validation (its message starts with the class name)."""
-    return isinstance(e, ValueError) and str(e).startswith("TrainConfig.")
+    return isinstance(e, ValueError) and str(e).startswith(f"{cls.__name__}.")
 
 
 def _run_error(e: BaseException) -> str | None:
@@ -428,7 +428,7 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     try:
         _train_fn()(config)
     except (ValueError, RuntimeError) as e:
-        if _is_config_error(e):
+        if _is_config_error(e, cls):
             raise ConfigError(str(e)) from e
         msg = _run_error(e)
         if msg is None:
@@ -453,15 +453,14 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     if unknown:
         raise ConfigError(f"[sweep] has unknown key(s) {', '.join(unknown)} (known: out, grid)")
     grid = {k.replace("-", "_"): v for k, v in file_grid.items()}
-    grid.update(_parse_grid(cls, args.grid))
+    grid.update(_parse_grid(args.grid))
     both = sorted(set(grid) & set(overrides))
     if both:
         raise ConfigError(f"{', '.join(both)}: both swept (--grid) and set by a flag")
     out = args.out or table.get("out")
     if not out:
         raise ConfigError("--out: the sweep needs an output folder (--out DIR or out in [sweep])")
-    _validate(base)
-    try:
+    try:  # validates every run's config (the base alone may be invalid, e.g. its batch size)
         planned = plan_sweep(base, grid, out)
     except ValueError as e:
         raise ConfigError(str(e)) from e
