@@ -71,7 +71,7 @@ class GhostBatchNorm(nn.BatchNorm):
         xf = xg.astype(jnp.promote_types(jnp.float32, x.dtype))
         mean = jnp.mean(xf, axis=red)  # (num_ghosts, C)
         mean2 = jnp.mean(jnp.square(xf), axis=red)
-        if self.axis_name is not None:
+        if self.axis_name is not None and not self.is_initializing():
             mean, mean2 = jax.lax.pmean(
                 (mean, mean2), self.axis_name, axis_index_groups=self.axis_index_groups
             )

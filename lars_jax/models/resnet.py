@@ -317,10 +317,15 @@ def create_model(
       >>> import jax, jax.numpy as jnp
       >>> model = create_model("resnet8", num_classes=10, width=0.5)
       >>> x = jnp.zeros((2, 28, 28, 1))
-      >>> variables = model.init(jax.random.key(0), x, train=False)
-      >>> logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+      >>> init = jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))
+      >>> variables = init(x)
+      >>> train_fwd = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+      >>> logits, updates = jax.jit(train_fwd)(variables, x)
       >>> logits.shape, logits.dtype
       ((2, 10), dtype('float32'))
+
+      (An "rbg" key only because the default threefry keys make XLA:CPU compile the
+      initialisers slowly; any key works.)
 
     References:
       He et al. 2016, arXiv 1512.03385; Page 2018 (ResNet-9).

@@ -1,0 +1,290 @@
+"""Tests of lars_jax.models: shapes, normalization variants, dtypes, MAC counts."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec
+
+from lars_jax import models
+from lars_jax.models import count_fn_macs, count_macs, create_model
+
+
+def _key(seed=0):
+    # "rbg" keys: the default threefry keys make XLA:CPU compile the initialisers very slowly.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _init(model, shape, key=0):
+    return model.init(_key(key), jnp.zeros(shape, jnp.float32), train=False)
+
+
+def _num_params(name, input_shape=(32, 32, 3), num_classes=10, **kw):
+    model = create_model(name, num_classes=num_classes, **kw)
+    v = jax.eval_shape(lambda: _init(model, (1,) + input_shape))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v["params"]))
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_every_model_traces_to_float32_logits_for_fashion_mnist_shapes(name):
+    model = create_model(name, num_classes=7)
+    x = jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32)
+    v = jax.eval_shape(lambda: _init(model, x.shape))
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), v, x)
+    logits, updates = out
+    assert logits.shape == (4, 7) and logits.dtype == jnp.float32
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(v["batch_stats"])
+
+
+def test_small_model_trains_and_evaluates():
+    model = create_model("resnet8", num_classes=7, width=0.25)
+    x = _normal(1, (4, 12, 12, 1))
+    variables = jax.jit(lambda x: _init(model, x.shape))(x)
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    logits, updates = fwd(variables, x)
+    assert logits.shape == (4, 7) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(logits)))
+    # Training mode changed the running statistics; evaluation mode uses them.
+    old = jax.tree.leaves(variables["batch_stats"])
+    new = jax.tree.leaves(updates["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(old, new, strict=True))
+
+
+@pytest.mark.parametrize(
+    "name,input_shape,num_classes,published,tol",
+    [
+        # He et al. 2016 sec. 4.2: 0.27M / 0.85M parameters; ResNet-50: 25.6M; ResNet-18
+        # (CIFAR stem): 11.17M.
+        ("resnet20", (32, 32, 3), 10, 0.27e6, 0.01),
+        ("resnet56", (32, 32, 3), 10, 0.85e6, 0.01),
+        ("resnet18", (32, 32, 3), 10, 11.17e6, 0.01),
+        ("resnet50", (224, 224, 3), 1000, 25.56e6, 0.01),
+    ],
+)
+def test_parameter_counts_match_published(name, input_shape, num_classes, published, tol):
+    n = _num_params(name, input_shape, num_classes)
+    assert abs(n - published) / published < tol, n
+
+
+@pytest.mark.parametrize(
+    "name,input_shape,num_classes,published",
+    [
+        ("resnet20", (32, 32, 3), 10, 41e6),
+        ("resnet18", (32, 32, 3), 10, 556e6),
+        ("resnet50", (224, 224, 3), 1000, 4.1e9),
+    ],
+)
+def test_count_macs_matches_published_counts(name, input_shape, num_classes, published):
+    macs = count_macs(name, input_shape, num_classes)
+    assert abs(macs - published) / published < 0.03, macs
+    assert models.flops_per_example(name, input_shape, num_classes) == 2 * macs
+
+
+def test_count_fn_macs_is_exact_for_one_conv_and_one_dense():
+    conv = nn.Conv(5, (3, 3), strides=(2, 2), padding="SAME")
+    dense = nn.Dense(4)
+    x = jnp.zeros((2, 8, 8, 3))
+    pc = conv.init(_key(), x)
+    y = conv.apply(pc, x)  # (2, 4, 4, 5)
+    pd = dense.init(_key(), y.reshape(2, -1))
+    macs = count_fn_macs(lambda a, b, x: dense.apply(b, conv.apply(a, x).reshape(2, -1)), pc, pd, x)
+    assert macs == 2 * 4 * 4 * 5 * (3 * 3 * 3) + 2 * (4 * 4 * 5) * 4
+
+
+def test_macs_scale_with_image_area_and_width():
+    base = count_macs("resnet8", (32, 32, 3))
+    # All convolutions scale with the area; only the tiny dense layer does not.
+    assert abs(count_macs("resnet8", (64, 64, 3)) / base - 4) < 0.01
+    half = count_macs("resnet8", (32, 32, 3), width=0.5)
+    assert 0.24 < half / base < 0.30  # interior convs x1/4, the stem conv x1/2
+
+
+class _ConvNorm(nn.Module):
+    """A conv followed by one norm layer from `make_norm` (cheap to compile)."""
+
+    ghost: int | None = None
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        x = nn.Conv(3, (3, 3))(x)
+        norm = models.make_norm(
+            "batch", train=train, ghost_size=self.ghost, axis_name=self.axis_name
+        )
+        return norm(3)(x)
+
+
+def _apply(m, v, x):
+    return jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
+
+
+def _to_ghost(v):
+    """Variables of _ConvNorm() renamed for _ConvNorm(ghost=...)."""
+    new = {"BatchNorm_0": "GhostBatchNorm_0", "Conv_0": "Conv_0"}
+    return {c: {new[k]: w for k, w in d.items()} for c, d in v.items()}
+
+
+def test_ghost_batch_norm_equals_batch_norm_on_each_chunk():
+    x = _normal(3, (8, 5, 5, 2)) * 3 + 1
+    ghost, plain = _ConvNorm(ghost=4), _ConvNorm()
+    v = plain.init(_key(), x)
+    vg = ghost.init(_key(), x)
+    # Same variables, only the layer name differs.
+    assert jax.tree.map(jnp.shape, _to_ghost(v)) == jax.tree.map(jnp.shape, vg)
+    vg = _to_ghost(v)
+    out, upd = _apply(ghost, vg, x)
+    chunks = [_apply(plain, v, x[i : i + 4]) for i in (0, 4)]
+    ref = np.concatenate([c[0] for c in chunks])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(out) - np.asarray(_apply(plain, v, x)[0])).max() > 1e-2
+    # Running statistics: the mean over ghosts of the ghost statistics.
+    for name in ("mean", "var"):
+        g = upd["batch_stats"]["GhostBatchNorm_0"][name]
+        c = [ch[1]["batch_stats"]["BatchNorm_0"][name] for ch in chunks]
+        np.testing.assert_allclose(g, (c[0] + c[1]) / 2, rtol=1e-4, atol=1e-5)
+    # A ghost as large as the batch is plain BatchNorm; evaluation is plain BatchNorm.
+    full = _ConvNorm(ghost=8)
+    np.testing.assert_allclose(_apply(full, vg, x)[0], _apply(plain, v, x)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ghost.apply(vg, x, train=False), plain.apply(v, x, train=False), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="bn_ghost_size"):
+        ghost.apply(vg, x[:6], train=True, mutable=["batch_stats"])
+    # create_model wires the ghost layer in.
+    m = create_model("resnet8", num_classes=3, bn_ghost_size=2)
+    shapes = jax.eval_shape(lambda: _init(m, (2, 8, 8, 1)))
+    assert "GhostBatchNorm_0" in shapes["params"]
+
+
+@pytest.mark.parametrize("ghost", [None, 2])
+def test_bn_axis_name_gives_cross_device_statistics(ghost):
+    devices = np.array(jax.devices()[:2])
+    if len(devices) < 2:
+        pytest.skip("needs 2 devices (conftest sets 8 simulated CPU devices)")
+    mesh = Mesh(devices, ("data",))
+    x = _normal(4, (8, 5, 5, 1)) * 2 + 0.5
+    sharded, local = _ConvNorm(ghost=ghost, axis_name="data"), _ConvNorm()
+    v = local.init(_key(), x)
+    vs = v if ghost is None else _to_ghost(v)
+    assert jax.tree.structure(vs) == jax.tree.structure(sharded.init(_key(), x))
+
+    @jax.jit
+    @functools.partial(
+        jax.shard_map,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec("data")),
+        out_specs=(PartitionSpec("data"), PartitionSpec()),
+    )
+    def fwd(v, x):
+        return sharded.apply(v, x, train=True, mutable=["batch_stats"])
+
+    out, upd = fwd(vs, x)
+    if ghost is None:
+        # Averaging statistics over the 2 devices = statistics of the whole batch.
+        ref, ref_upd = _apply(local, v, x)
+    else:
+        # Ghost k of each device (examples 2k, 2k+1 of each half) forms one group of 4.
+        perm = np.array([0, 1, 4, 5, 2, 3, 6, 7])
+        parts = [_apply(local, v, x[perm[i : i + 4]]) for i in (0, 4)]
+        ref = np.empty_like(np.asarray(out))
+        ref[perm[:4]], ref[perm[4:]] = parts[0][0], parts[1][0]
+        ref_upd = jax.tree.map(lambda a, b: (a + b) / 2, parts[0][1], parts[1][1])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(upd), jax.tree.leaves(ref_upd), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_init_last_bn_makes_blocks_start_as_identity():
+    model = create_model("resnet8", num_classes=3, width=0.5, zero_init_last_bn=True)
+    x = _normal(5, (2, 8, 8, 1))
+    v = jax.jit(lambda x: _init(model, x.shape))(x)
+    p = v["params"]
+    for blk in ("BasicBlock_0", "BasicBlock_1", "BasicBlock_2"):
+        np.testing.assert_array_equal(p[blk]["BatchNorm_1"]["scale"], 0.0)
+        assert np.all(np.asarray(p[blk]["BatchNorm_0"]["scale"]) == 1.0)
+    np.testing.assert_array_equal(p["BatchNorm_0"]["scale"], 1.0)  # the stem's norm
+    # The first block keeps its shape, so its output is relu(input) = its input.
+    _, inter = jax.jit(
+        lambda v, x: model.apply(
+            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+        )
+    )(v, x)
+    stem = nn.relu(inter["intermediates"]["BatchNorm_0"]["__call__"][0])
+    block = inter["intermediates"]["BasicBlock_0"]["__call__"][0]
+    np.testing.assert_allclose(block, stem, rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(stem).max()) > 0
+
+
+def test_group_norm_and_no_norm_variants():
+    x = _normal(6, (2, 8, 8, 3))
+    gn = create_model("resnet8", num_classes=4, norm="group", width=0.5, group_norm_groups=4)
+    v = jax.jit(lambda x: _init(gn, x.shape))(x)
+    assert "batch_stats" not in v
+    assert v["params"]["GroupNorm_0"]["scale"].shape == (8,)
+    # GroupNorm does not couple examples: one example alone gives the same logits.
+    f = jax.jit(lambda v, x: gn.apply(v, x, train=True))
+    np.testing.assert_allclose(f(v, x[:1]), f(v, x)[:1], rtol=1e-5, atol=1e-5)
+    none = create_model("resnet8", num_classes=4, norm="none", width=0.5)
+    v = jax.eval_shape(lambda: _init(none, x.shape))
+    assert "batch_stats" not in v
+    assert "bias" in v["params"]["stem_conv"]
+    assert models.group_count(8, 4) == 4 and models.group_count(12, 8) == 4
+
+
+def test_bfloat16_compute_with_float32_params():
+    model = create_model("resnet8", num_classes=3, width=0.5, dtype=jnp.bfloat16)
+    x = _normal(7, (2, 8, 8, 3))
+    v = jax.jit(lambda x: _init(model, x.shape))(x)
+    assert {a.dtype for a in jax.tree.leaves(v)} == {jnp.dtype(jnp.float32)}
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(v, x)
+    conv_dtypes = {
+        e.outvars[0].aval.dtype
+        for e in jaxpr.jaxpr.eqns
+        if e.primitive.name == "conv_general_dilated"
+    }
+    assert conv_dtypes == {jnp.dtype(jnp.bfloat16)}
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
+    assert out.dtype == jnp.float32
+    f32 = create_model("resnet8", num_classes=3, width=0.5)
+    ref = jax.jit(lambda v, x: f32.apply(v, x, train=False))(v, x)
+    np.testing.assert_allclose(out, ref, rtol=0.1, atol=0.1)
+
+
+def test_cifar_option_a_and_b_shortcuts():
+    a = _num_params("resnet20")
+    b = _num_params("resnet20", shortcut="B")
+    # Option B adds two 1x1 projections (16->32, 32->64) with their BatchNorms.
+    assert b - a == 16 * 32 + 32 * 64 + 2 * (32 + 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="resnet21"), "name"),
+        (dict(name="resnet20", norm="layer"), "norm"),
+        (dict(name="resnet20", width=0.0), "width"),
+        (dict(name="resnet20", dtype=jnp.float16), "dtype"),
+        (dict(name="resnet20", bn_ghost_size=0), "bn_ghost_size"),
+        (dict(name="resnet20", num_classes=0), "num_classes"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    kwargs.setdefault("num_classes", 10)
+    with pytest.raises(ValueError, match=match):
+        create_model(**kwargs)
+
+
+def test_integer_images_are_rejected():
+    model = create_model("resnet8", num_classes=3, width=0.5)
+    x = jnp.zeros((1, 8, 8, 1), jnp.uint8)
+    with pytest.raises(ValueError, match="float"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
