@@ -49,3 +49,8 @@ from lars_jax.report import (  # noqa: F401
     write_report,
 )
 from lars_jax.sweep import expand_grid, plan_sweep, run_sweep  # noqa: F401
+
+# isort: split
+# models (helper "models_data"): lars_jax.models (ResNets, MAC counts)
+from lars_jax import models  # noqa: F401
+from lars_jax.models import MODEL_NAMES, count_macs, create_model, flops_per_example  # noqa: F401
