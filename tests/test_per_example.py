@@ -1,0 +1,403 @@
+"""Tests for lars_jax.per_example: fast per-example gradient norms against vmap(grad)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lars_jax.per_example import (
+    group_gradient_norms,
+    per_example_norms_vmap,
+    value_grad_and_norms,
+)
+
+# ---------------------------------------------------------------------------------------
+# Small models.
+
+
+class MLP(nn.Module):
+    """Dense layers, one applied to a 3-D input (positions), with and without bias."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(6)(x))  # (B, 3, 4) -> (B, 3, 6): Dense on >2-D inputs
+        x = nn.tanh(nn.Dense(5, use_bias=False)(x))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+
+class ConvStack(nn.Module):
+    """Strides 1 and 2, SAME, VALID and explicit padding, 1x1 and 3x3 kernels, biases."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=1, padding="SAME")(x))
+        x = nn.relu(nn.Conv(5, (3, 3), strides=2, padding="SAME", use_bias=False)(x))
+        x = nn.relu(nn.Conv(6, (1, 1), strides=1, padding="VALID")(x))
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2, padding="VALID")(x))
+        x = nn.relu(nn.Conv(4, (2, 3), strides=(1, 2), padding=((1, 0), (1, 1)))(x))
+        x = nn.relu(nn.Conv(3, (1, 1), strides=2, padding="SAME")(x))
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+class Block(nn.Module):
+    """A ResNet basic block (two 3x3 convs, projection shortcut on stride 2)."""
+
+    features: int
+    strides: int
+    norm: str
+
+    def _norm(self, x):
+        if self.norm == "group":
+            return nn.GroupNorm(num_groups=2)(x)
+        if self.norm == "batch":
+            return nn.BatchNorm(use_running_average=False, momentum=0.9)(x)
+        return x
+
+    @nn.compact
+    def __call__(self, x):
+        use_bias = self.norm == "none"
+        y = nn.Conv(self.features, (3, 3), self.strides, padding="SAME", use_bias=use_bias)(x)
+        y = nn.relu(self._norm(y))
+        y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=use_bias)(y)
+        y = self._norm(y)
+        if x.shape[-1] != self.features or self.strides != 1:
+            x = nn.Conv(self.features, (1, 1), self.strides, use_bias=use_bias)(x)
+            x = self._norm(x)
+        return nn.relu(x + y)
+
+
+class TinyResNet20(nn.Module):
+    """ResNet-20-shaped: stem, 3 stages of 3 basic blocks (strides 1, 2, 2), dense head."""
+
+    norm: str = "none"
+    widths: tuple[int, ...] = (4, 6, 8)
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=self.norm == "none")(x)
+        if self.norm == "group":
+            x = nn.GroupNorm(num_groups=2)(x)
+        elif self.norm == "batch":
+            x = nn.BatchNorm(use_running_average=False, momentum=0.9)(x)
+        x = nn.relu(x)
+        for stage, width in enumerate(self.widths):
+            for block in range(3):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = Block(width, strides, self.norm)(x)
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _batch(shape, b, seed=0):
+    kx, _ = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, (b, *shape))
+    y = jnp.arange(b) % 3
+    return x, y
+
+
+def _loss_fn(model):
+    def loss_fn(params, x, y):
+        logits = model.apply({"params": params}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return loss_fn
+
+
+def _per_example_loss_fn(model):
+    loss_fn = _loss_fn(model)
+    return lambda params, x, y: loss_fn(params, x[None], y[None])
+
+
+def _assert_tree_close(actual, expected, rtol=1e-4, atol=1e-6):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True
+    ):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, (jax.tree_util.keystr(path), a.shape, b.shape)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def _check_against_vmap(model, in_shape, b, methods=("auto",), seed=0):
+    """One jitted program computes the references and value_grad_and_norms per method."""
+    x, y = _batch(in_shape, b, seed)
+    params = model.init(jax.random.key(seed + 1), x)["params"]
+    loss_fn = _loss_fn(model)
+
+    @jax.jit
+    def run(p, x, y):
+        expected = per_example_norms_vmap(_per_example_loss_fn(model), p, x, y)
+        reference = jax.value_and_grad(loss_fn)(p, x, y)
+        ours = [value_grad_and_norms(loss_fn, p, x, y, method=m) for m in methods]
+        return expected, reference, ours
+
+    expected, (loss_ref, grads_ref), ours = run(params, x, y)
+    for loss, grads, norms in ours:
+        np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+        _assert_tree_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
+        _assert_tree_close(norms, expected)
+        for leaf in jax.tree.leaves(norms):
+            assert leaf.shape == (b,) and leaf.dtype == jnp.float32
+
+
+# ---------------------------------------------------------------------------------------
+# Equality with vmap(grad).
+
+
+@pytest.mark.parametrize(
+    ("b", "methods"), [(1, ("auto",)), (7, ("ghost", "direct")), (64, ("auto",))]
+)
+def test_dense_matches_vmap(b, methods):
+    _check_against_vmap(MLP(), (3, 4), b, methods=methods)
+
+
+@pytest.mark.parametrize(("b", "methods"), [(1, ("auto",)), (7, ("ghost", "direct"))])
+def test_conv_matches_vmap(b, methods):
+    _check_against_vmap(ConvStack(), (9, 10, 2), b, methods=methods)
+
+
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_resnet20_shaped_matches_vmap(norm):
+    _check_against_vmap(TinyResNet20(norm=norm), (8, 8, 3), 7)
+
+
+def test_layernorm_and_tiny_batch64_matches_vmap():
+    model = nn.Sequential(
+        [
+            nn.Conv(3, (3, 3), strides=2),
+            nn.LayerNorm(),
+            nn.relu,
+            lambda x: x.reshape(x.shape[0], -1),
+            nn.Dense(3),
+        ]
+    )
+    _check_against_vmap(model, (5, 5, 2), 64)
+
+
+# ---------------------------------------------------------------------------------------
+# Micro-batch mode and BatchNorm.
+
+
+@pytest.mark.parametrize("num_groups", [1, 2, 4])
+def test_groups_match_explicit_group_gradients(num_groups):
+    model = TinyResNet20(norm="group", widths=(2, 4, 4))
+    x, y = _batch((6, 6, 2), 8)
+    params = model.init(jax.random.key(1), x)["params"]
+    loss_fn = _loss_fn(model)
+    _, grads, norms = jax.jit(
+        lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y, num_groups=num_groups)
+    )(params, x, y)
+    expected = group_gradient_norms(loss_fn, params, x, y, num_groups=num_groups)
+    for leaf in jax.tree.leaves(norms):
+        assert leaf.shape == (num_groups,)
+    _assert_tree_close(norms, expected)
+    if num_groups == 1:
+        _assert_tree_close(norms, jax.tree.map(lambda g: jnp.linalg.norm(g.ravel())[None], grads))
+
+
+def _bn_setup(b=6):
+    model = TinyResNet20(norm="batch", widths=(2, 4, 4))
+    x, y = _batch((6, 6, 2), b)
+    variables = model.init(jax.random.key(1), x)
+
+    def loss_fn(params, x, y):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+
+    return loss_fn, variables, x, y
+
+
+def test_batchnorm_contributions_sum_to_batch_gradient():
+    loss_fn, variables, x, y = _bn_setup()
+    params = variables["params"]
+    (loss, updates), grads, norms = jax.jit(
+        lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y, has_aux=True, num_groups=1)
+    )(params, x, y)
+    (loss_ref, updates_ref), grads_ref = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    _assert_tree_close(updates, updates_ref, rtol=1e-5)
+    _assert_tree_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
+    # The sum of the per-example contributions is B * g, so one group gives ||g||. Conv biases
+    # followed by BatchNorm have a zero gradient: compare those with an absolute tolerance.
+    _assert_tree_close(
+        norms, jax.tree.map(lambda g: jnp.linalg.norm(g.ravel())[None], grads), atol=1e-5
+    )
+
+
+class BNNet(nn.Module):
+    """Conv -> BatchNorm -> Dense, split in two methods to get the conv output cotangent."""
+
+    def setup(self):
+        self.conv = nn.Conv(4, (3, 3), strides=2)
+        self.bn = nn.BatchNorm(use_running_average=False)
+        self.head = nn.Dense(3)
+
+    def stem(self, x):
+        return self.conv(x)
+
+    def rest(self, z):
+        return self.head(nn.relu(self.bn(z)).mean(axis=(1, 2)))
+
+    def __call__(self, x):
+        return self.rest(self.stem(x))
+
+
+def test_batchnorm_per_example_contributions_are_exact():
+    """Conv kernel norms are those of B * (example i's input x cotangent), BN terms included."""
+    model = BNNet()
+    x, y = _batch((7, 7, 2), 6)
+    b = x.shape[0]
+    variables = model.init(jax.random.key(1), x)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    def loss_fn(p, x, y):
+        logits, _ = model.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    _, grads, norms = value_grad_and_norms(loss_fn, params, x, y)
+    z = model.apply({"params": params}, x, method="stem")
+
+    def loss_of_z(z):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": stats}, z, method="rest", mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    cot = jax.grad(loss_of_z)(z)  # includes BatchNorm's cross-example terms
+
+    def contribution(xi, di):
+        def conv(kernel):
+            p = {**params, "conv": {**params["conv"], "kernel": kernel}}
+            return model.apply({"params": p}, xi[None], method="stem")
+
+        _, vjp = jax.vjp(conv, params["conv"]["kernel"])
+        return vjp(b * di[None])[0]
+
+    contrib = jax.vmap(contribution)(x, cot)
+    np.testing.assert_allclose(contrib.sum(0) / b, grads["conv"]["kernel"], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        norms["conv"]["kernel"], jnp.linalg.norm(contrib.reshape(b, -1), axis=1), rtol=1e-4
+    )
+    # vmap(grad) (BatchNorm over one example) is a different quantity.
+    assert not np.allclose(
+        norms["conv"]["kernel"],
+        per_example_norms_vmap(lambda p, xi, yi: loss_fn(p, xi[None], yi[None]), params, x, y)[
+            "conv"
+        ]["kernel"],
+        rtol=1e-2,
+    )
+
+
+def test_per_example_equals_groups_of_one():
+    loss_fn, variables, x, y = _bn_setup(b=4)
+    params = variables["params"]
+    _, _, a = value_grad_and_norms(loss_fn, params, x, y, has_aux=True)
+    _, _, b = value_grad_and_norms(loss_fn, params, x, y, has_aux=True, num_groups=4)
+    _assert_tree_close(a, b, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Data parallel: inside shard_map over the 8 simulated devices.
+
+
+def test_inside_shard_map_gives_per_device_norms():
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    devices = jax.devices()
+    if len(devices) < 8:
+        pytest.skip("needs 8 devices (conftest sets XLA_FLAGS)")
+    mesh = Mesh(np.array(devices[:8]), ("data",))
+    model = ConvStack()
+    x, y = _batch((9, 10, 2), 16)
+    params = model.init(jax.random.key(1), x)["params"]
+    loss_fn = _loss_fn(model)
+
+    def step(p, x, y):
+        loss, grads, norms = value_grad_and_norms(loss_fn, p, x, y)
+        _, _, local = value_grad_and_norms(loss_fn, p, x, y, num_groups=1)
+        grads = jax.lax.pmean(grads, "data")
+        return jax.lax.pmean(loss, "data"), grads, norms, local
+
+    sharded = jax.jit(
+        jax.shard_map(
+            step,
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data")),
+            out_specs=(P(), P(), P("data"), P("data")),
+        )
+    )
+    loss, grads, norms, local = sharded(params, x, y)
+    loss_ref, grads_ref = jax.value_and_grad(loss_fn)(params, x, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    _assert_tree_close(grads, grads_ref, atol=1e-6)
+    _assert_tree_close(norms, per_example_norms_vmap(_per_example_loss_fn(model), params, x, y))
+    _assert_tree_close(local, group_gradient_norms(loss_fn, params, x, y, num_groups=8))
+
+
+# ---------------------------------------------------------------------------------------
+# Errors.
+
+
+class WithEmbed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Embed(5, 4)(x)
+        return nn.Dense(3)(h)
+
+
+class WithRawParam(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("w", nn.initializers.ones, (x.shape[-1],))
+        return nn.Dense(3)(x * w)
+
+
+def test_unrecognised_layers_raise_naming_the_module():
+    x = jnp.arange(6) % 5
+    model = WithEmbed()
+    params = model.init(jax.random.key(0), x)["params"]
+    loss = lambda p, x: model.apply({"params": p}, x).sum()
+    with pytest.raises(ValueError, match="Embed_0/embedding"):
+        value_grad_and_norms(loss, params, x)
+    x = jnp.ones((4, 3))
+    model = WithRawParam()
+    params = model.init(jax.random.key(0), x)["params"]
+    loss = lambda p, x: model.apply({"params": p}, x).sum()
+    with pytest.raises(ValueError, match="'w'"):
+        value_grad_and_norms(loss, params, x)
+
+
+def test_shared_module_raises():
+    class Shared(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            d = nn.Dense(3)
+            return d(d(x))
+
+    x = jnp.ones((4, 3))
+    model = Shared()
+    params = model.init(jax.random.key(0), x)["params"]
+    with pytest.raises(ValueError, match="more than once"):
+        value_grad_and_norms(lambda p, x: model.apply({"params": p}, x).sum(), params, x)
+
+
+def test_bad_arguments_raise():
+    model = nn.Dense(2)
+    x = jnp.ones((6, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    loss = lambda p, x: model.apply({"params": p}, x).sum()
+    with pytest.raises(ValueError, match="num_groups"):
+        value_grad_and_norms(loss, params, x, num_groups=4)
+    with pytest.raises(ValueError, match="method"):
+        value_grad_and_norms(loss, params, x, method="fast")
