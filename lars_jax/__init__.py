@@ -54,3 +54,15 @@ from lars_jax.sweep import expand_grid, plan_sweep, run_sweep  # noqa: F401
 # models (helper "models_data"): lars_jax.models (ResNets, MAC counts)
 from lars_jax import models  # noqa: F401
 from lars_jax.models import MODEL_NAMES, count_macs, create_model, flops_per_example  # noqa: F401
+
+# isort: split
+# trainer (helper "trainer"): lars_jax.train (TrainConfig, train)
+from lars_jax.train import TrainConfig, train  # noqa: F401
+
+# isort: split
+# per-example gradient norms (helper "per_example"): lars_jax.per_example
+from lars_jax.per_example import (  # noqa: F401
+    group_gradient_norms,
+    per_example_norms_vmap,
+    value_grad_and_norms,
+)
