@@ -66,3 +66,7 @@ from lars_jax.per_example import (  # noqa: F401
     per_example_norms_vmap,
     value_grad_and_norms,
 )
+
+# isort: split
+# data (helper "models_data"): lars_jax.data (TFDS sources, on-device and host pipelines)
+from lars_jax import data  # noqa: F401

@@ -1,0 +1,241 @@
+"""Host input pipeline for data sets that do not fit on the device (ImageNet), via grain.
+
+`host_batches` reads a TFDS data source (array_record, decoded with NumPy/PIL, no
+TensorFlow), and yields batches of uint8 images and int32 labels for this process.
+
+Order and determinism: in training mode (`train=True`) the global batch of step `s` is the
+slice `[(s % spe) * B, (s % spe + 1) * B)` of the permutation of epoch `s // spe`, drawn
+from `np.random.default_rng([seed, epoch])` (the remainder of each epoch is dropped), and
+process `p` of `P` takes the `p`-th contiguous `B / P` of it. Random crops/flips use
+`np.random.default_rng([seed, step, p, 1])`. So batches depend only on (seed, step, process),
+and starting at `start_step` gives exactly the batches of an uninterrupted run. In
+evaluation mode (`train=False`) the split is read once in order, each process gets the
+examples `p, p + P, ...` of every global batch, and the last batch is padded with
+`mask == False` rows.
+
+Batches are built by a grain `MapDataset` over step numbers, read with grain's threads and
+prefetch buffer (`num_threads`, `prefetch`); without grain installed, a small ordered
+thread pool does the same.
+
+Preprocessing: small data sets are passed through unchanged (augment them on the device
+with `augment_batch`); "imagenet2012" is decoded from JPEG by TFDS and, in training,
+random-resized-cropped (area 8%-100%, aspect ratio 3/4-4/3) to `image_size` and flipped; in
+evaluation, resized so that the centre crop of `image_size` covers 87.5% of the shorter side.
+
+References:
+  Szegedy et al., "Going Deeper with Convolutions", CVPR 2015, arXiv 1409.4842
+  (random-resized crops).
+  grain, https://github.com/google/grain.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from lars_jax.data.info import dataset_info
+from lars_jax.data.sources import SMALL_DATASETS, builder, ensure_prepared
+
+Batch = dict[str, np.ndarray]
+
+
+def _data_source(name: str, split: str, data_dir: str | os.PathLike | None) -> Any:
+    if name in SMALL_DATASETS:
+        return ensure_prepared(name, data_dir).as_data_source(split=split)
+    b = builder(name, data_dir)
+    try:
+        return b.as_data_source(split=split)
+    except Exception as err:
+        raise FileNotFoundError(
+            f"TFDS data set {name!r} split {split!r} is not available in {b.data_dir}: "
+            f"prepare it with TFDS (array_record format) first: {err}"
+        ) from err
+
+
+def random_resized_crop(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    size: int,
+    *,
+    area: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> np.ndarray:
+    """Inception-style random crop of `image` (uint8 HxWxC) resized to `size` x `size`."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    for _ in range(10):
+        target = rng.uniform(*area) * h * w
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            break
+    else:  # fall back to the central square
+        ch = cw = min(h, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+    crop = image[top : top + ch, left : left + cw]
+    out = _resize(Image, crop, (size, size))
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
+def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+    """Resize the shorter side to `size / crop_fraction`, then take the central square."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = size / crop_fraction / min(h, w)
+    nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+    resized = _resize(Image, image, (nh, nw))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return resized[top : top + size, left : left + size]
+
+
+def _resize(image_mod: Any, img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    squeeze = img.ndim == 3 and img.shape[-1] == 1
+    pil = image_mod.fromarray(img[..., 0] if squeeze else img)
+    out = np.asarray(pil.resize((hw[1], hw[0]), image_mod.BILINEAR))
+    return out[..., None] if squeeze else out
+
+
+def _ordered_prefetch(
+    fn: Callable[[int], Batch], steps: Iterator[int], num_threads: int, prefetch: int
+) -> Iterator[Batch]:
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        pending: deque[concurrent.futures.Future[Batch]] = deque()
+        for step in steps:
+            pending.append(pool.submit(fn, step))
+            if len(pending) > prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def host_batches(
+    name: str,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    data_dir: str | os.PathLike | None = None,
+    train: bool = True,
+    image_size: int | None = None,
+    num_threads: int = 4,
+    prefetch: int = 4,
+    use_grain: bool = True,
+) -> Iterator[Batch]:
+    """Batches of one process from a TFDS data source, deterministic in (seed, step).
+
+    Args:
+      name: TFDS name ("fashion_mnist", "cifar10", "cifar100", "imagenet2012").
+      split: TFDS split ("train", "test", "validation", "train[:10%]", ...).
+      batch_size: global batch size (over all processes); divisible by `process_count`.
+      seed: seed of the epoch permutations and the random crops.
+      start_step: first step (resume from a checkpoint at this step).
+      num_steps: number of batches (training default: endless; evaluation: one pass).
+      process_index: this process (`jax.process_index()`).
+      process_count: number of processes (`jax.process_count()`).
+      data_dir: TFDS data directory (default `default_data_dir()`).
+      train: shuffled endless epochs with augmentation (True) or one ordered pass (False).
+      image_size: output side for imagenet2012 (default 224); ignored for small data sets.
+      num_threads: reader threads.
+      prefetch: batches read ahead.
+      use_grain: use grain (if installed) for threading and prefetching.
+
+    Yields:
+      {"image": uint8 [batch_size / process_count, H, W, C], "label": int32 [...],
+       "mask": bool [...]} (mask is all True in training).
+    """
+    info = dataset_info(name)
+    if batch_size <= 0 or batch_size % process_count:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of process_count "
+            f"({process_count})"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    src = _data_source(name, split, data_dir)
+    n = len(src)
+    local = batch_size // process_count
+    size = image_size or info.image_shape[0]
+    resize = not info.fits_on_device
+
+    if train:
+        if n < batch_size:
+            raise ValueError(f"batch_size ({batch_size}) > examples in {split!r} ({n})")
+        spe = n // batch_size
+        perms: dict[int, np.ndarray] = {}
+
+        def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
+            epoch, pos = divmod(step, spe)
+            if epoch not in perms:
+                perms.clear()
+                perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+            glob = perms[epoch][pos * batch_size : (pos + 1) * batch_size]
+            idx = glob[process_index * local : (process_index + 1) * local]
+            return idx, np.ones(local, bool)
+
+        stop = None if num_steps is None else start_step + num_steps
+    else:
+        total = math.ceil(n / batch_size)
+
+        def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
+            glob = step * batch_size + np.arange(batch_size)
+            idx = glob[process_index::process_count]
+            mask = idx < n
+            return np.where(mask, idx, 0), mask
+
+        stop = total if num_steps is None else min(total, start_step + num_steps)
+
+    def load(step: int) -> Batch:
+        idx, mask = indices(int(step))
+        examples = src.__getitems__([int(i) for i in idx])
+        rng = np.random.default_rng([seed, int(step), process_index, 1])
+        images = []
+        for ex in examples:
+            img = np.asarray(ex["image"])
+            if resize:
+                img = random_resized_crop(rng, img, size) if train else center_crop(img, size)
+            images.append(img)
+        labels = np.asarray([ex["label"] for ex in examples], np.int32)
+        return {"image": np.stack(images), "label": labels, "mask": mask}
+
+    grain = None
+    if use_grain:
+        try:
+            import grain  # noqa: F811
+        except ImportError:
+            grain = None
+    if grain is not None:
+        hi = stop if stop is not None else 2**62
+        ds = grain.MapDataset.range(start_step, hi).map(load)
+        it = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        )
+        yield from it
+        return
+
+    def steps() -> Iterator[int]:
+        s = start_step
+        while stop is None or s < stop:
+            yield s
+            s += 1
+
+    yield from _ordered_prefetch(load, steps(), num_threads, prefetch)

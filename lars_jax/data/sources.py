@@ -1,0 +1,233 @@
+"""TFDS data sources without TensorFlow: data directory, offline preparation, whole splits.
+
+Every data set comes from TFDS. Reading uses TFDS's TensorFlow-free path (array_record files
+through `tfds.data_source`, images decoded with PIL). Preparing a data set offline from
+local files uses `prepare_with_local_files`: TFDS's real builder (`_split_generators`,
+`_generate_examples`, extractor, shuffler, writer) runs with a `DownloadManager` whose
+`manual_dir` holds the local files, and whose expected checksums are those of the given
+files (which the caller must have verified by other means, e.g. Fashion-MNIST's
+decompressed SHA-256, or which are checked against TFDS's registered checksum with
+`verify_registered_checksum=True`). TFDS 4.9's generation code calls a few TensorFlow
+functions; `tf_free_generation` supplies local-file and PIL stand-ins for exactly those.
+
+The default data directory is `$LARS_JAX_DATA_DIR`, else TFDS's default
+(`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+
+References:
+  TensorFlow Datasets, "tfds.data_source" and "Manual download" guides,
+  https://www.tensorflow.org/datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lars_jax.data._tf_free import tf_free_generation
+from lars_jax.data.info import dataset_info
+
+SMALL_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+
+
+def default_data_dir() -> str:
+    """`$LARS_JAX_DATA_DIR` if set, else TFDS's default data directory."""
+    env = os.environ.get("LARS_JAX_DATA_DIR")
+    if env:
+        return os.path.expanduser(env)
+    from tensorflow_datasets.core import constants
+
+    return os.path.expanduser(constants.DATA_DIR)
+
+
+def builder(name: str, data_dir: str | os.PathLike | None = None) -> Any:
+    """`tfds.builder(name)` in `data_dir` (default `default_data_dir()`), array_record format."""
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(
+        name, data_dir=os.fspath(data_dir or default_data_dir()), file_format="array_record"
+    )
+
+
+def prepare_with_local_files(
+    b: Any,
+    files: Mapping[str, str | os.PathLike],
+    *,
+    verify_registered_checksum: bool = False,
+) -> None:
+    """Runs TFDS builder `b`'s real preparation with its downloads replaced by local files.
+
+    Args:
+      b: a TFDS builder (e.g. from `builder(name, data_dir)`).
+      files: registered file name (the last path component of each URL the builder
+        downloads, e.g. "cifar-10-binary.tar.gz") -> local path of that file.
+      verify_registered_checksum: True: TFDS checks each file against the SHA-256 it
+        registered for the URL (use for pristine upstream archives). False: the expected
+        checksums are those of the given files themselves, i.e. TFDS only guards against
+        changes during preparation; the caller is responsible for having verified the
+        contents (e.g. `verify_fashion_mnist_files`) or for using a test fixture.
+
+    Raises:
+      FileNotFoundError: a file the builder needs is not in `files`.
+      tfds.download.NonMatchingChecksumError: with `verify_registered_checksum`, a mismatch.
+    """
+    import tensorflow_datasets as tfds
+    from etils import epath
+    from tensorflow_datasets.core.download import checksums
+
+    registered = b.url_infos or {}
+    url_infos = {}
+    with tempfile.TemporaryDirectory(prefix="lars_jax_dl_") as tmp:
+        manual = Path(tmp) / "manual"
+        manual.mkdir()
+        for url, info in registered.items():
+            fname = info.filename or url.rsplit("/", 1)[-1]
+            if fname not in files:
+                raise FileNotFoundError(
+                    f"{b.name} needs {fname} (from {url}); files has {sorted(files)}"
+                )
+            src = Path(files[fname])
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} does not exist")
+            os.symlink(src.resolve(), manual / fname)
+            if not verify_registered_checksum:
+                got = checksums.compute_url_info(epath.Path(src))
+                url_infos[url] = dataclasses.replace(got, filename=fname)
+
+        def make_download_manager(download_dir: Any, download_config: Any) -> Any:
+            del download_dir, download_config
+            return tfds.download.DownloadManager(
+                download_dir=epath.Path(tmp) / "downloads",
+                extract_dir=epath.Path(tmp) / "extracted",
+                manual_dir=epath.Path(manual),
+                url_infos=url_infos or None,
+                dataset_name=b.name,
+                force_checksums_validation=True,
+            )
+
+        # The builder's download manager factory is the one hook TFDS offers for this.
+        b._make_download_manager = make_download_manager
+        with tf_free_generation():
+            b.download_and_prepare(file_format="array_record")
+
+
+def prepare_from_archive(
+    name: str,
+    archive: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    verify_registered_checksum: bool = True,
+) -> Path:
+    """Prepares "cifar10" / "cifar100" offline from the upstream binary archive.
+
+    Args:
+      name: "cifar10" (cifar-10-binary.tar.gz) or "cifar100" (cifar-100-binary.tar.gz).
+      archive: path of the archive.
+      data_dir: TFDS data directory (default `default_data_dir()`).
+      verify_registered_checksum: check the archive against TFDS's registered SHA-256
+        (set False only for synthetic test archives).
+
+    Returns:
+      The prepared data set's directory.
+    """
+    if name not in ("cifar10", "cifar100"):
+        raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+    b = builder(name, data_dir)
+    if not b.is_prepared():
+        fname = next(iter(b.url_infos.values())).filename
+        prepare_with_local_files(
+            b, {fname: archive}, verify_registered_checksum=verify_registered_checksum
+        )
+    return Path(b.data_dir)
+
+
+def _not_prepared_help(name: str, data_dir: str) -> str:
+    return (
+        f"TFDS data set {name!r} is not prepared in {data_dir}. Without TensorFlow and "
+        f"internet, prepare it from the upstream archive with "
+        f"lars_jax.data.prepare_from_archive({name!r}, '/path/to/archive'), or copy a "
+        f"prepared array_record data set into {data_dir} (e.g. made elsewhere with "
+        f"`tfds build {name} --file_format=array_record`)."
+    )
+
+
+def ensure_prepared(name: str, data_dir: str | os.PathLike | None = None) -> Any:
+    """The builder of `name`, preparing Fashion-MNIST from local files if needed."""
+    data_dir = os.fspath(data_dir or default_data_dir())
+    b = builder(name, data_dir)
+    if not b.is_prepared():
+        if name == "fashion_mnist":
+            from lars_jax.data.fashion_mnist import prepare_fashion_mnist
+
+            prepare_fashion_mnist(data_dir)
+            b = builder(name, data_dir)
+        else:
+            raise FileNotFoundError(_not_prepared_help(name, data_dir))
+    return b
+
+
+def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Any:
+    """TFDS random-access data source (decodes features with NumPy/PIL; no TensorFlow)."""
+    dataset_info(name)
+    b = ensure_prepared(name, data_dir)
+    return b.as_data_source(split=split)
+
+
+def load_split(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    cache: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split of a small data set as NumPy arrays.
+
+    Fashion-MNIST is prepared automatically on first use (from Debian's files). Decoding all
+    PNG records takes a while, so the arrays are cached as `.npy` files under
+    `<data_dir>/lars_jax_cache/<name>/<version>/` (`cache=False` bypasses the cache).
+
+    Args:
+      name: "fashion_mnist", "cifar10" or "cifar100".
+      split: a TFDS split, e.g. "train", "test", "train[:1000]".
+      data_dir: TFDS data directory (default `default_data_dir()`).
+      cache: read/write the decoded-array cache.
+
+    Returns:
+      (images uint8 [N, H, W, C], labels int32 [N]), in TFDS's order.
+    """
+    if name not in SMALL_DATASETS:
+        raise ValueError(
+            f"name must be one of {SMALL_DATASETS} (use host_batches for larger), got {name!r}"
+        )
+    data_dir = os.fspath(data_dir or default_data_dir())
+    b = ensure_prepared(name, data_dir)
+    label_key = "label"
+    cache_dir = Path(data_dir) / "lars_jax_cache" / name / str(b.version)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split)
+    img_path, lab_path = cache_dir / f"{safe}_images.npy", cache_dir / f"{safe}_labels.npy"
+    if cache and img_path.exists() and lab_path.exists():
+        return np.load(img_path), np.load(lab_path)
+    src = b.as_data_source(split=split)
+    n = len(src)
+    images = np.empty((n,) + dataset_info(name).image_shape, np.uint8)
+    labels = np.empty((n,), np.int32)
+    chunk = 2048
+    for start in range(0, n, chunk):
+        idx = list(range(start, min(n, start + chunk)))
+        for i, ex in zip(idx, src.__getitems__(idx), strict=True):
+            images[i] = ex["image"]
+            labels[i] = ex[label_key]
+    if cache:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for path, arr in ((img_path, images), (lab_path, labels)):
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            shutil.move(tmp, path)
+    return images, labels
