@@ -206,7 +206,7 @@ def host_batches(
 
     def load(step: int) -> Batch:
         idx, mask = indices(int(step))
-        examples = src.__getitems__([int(i) for i in idx])
+        examples = [src[int(i)] for i in idx]
         rng = np.random.default_rng([seed, int(step), process_index, 1])
         images = []
         for ex in examples:

@@ -97,7 +97,9 @@ def prepare_with_local_files(
             if not src.is_file():
                 raise FileNotFoundError(f"{src} does not exist")
             os.symlink(src.resolve(), manual / fname)
-            if not verify_registered_checksum:
+            if verify_registered_checksum:
+                url_infos[url] = info
+            else:
                 got = checksums.compute_url_info(epath.Path(src))
                 url_infos[url] = dataclasses.replace(got, filename=fname)
 
@@ -107,7 +109,7 @@ def prepare_with_local_files(
                 download_dir=epath.Path(tmp) / "downloads",
                 extract_dir=epath.Path(tmp) / "extracted",
                 manual_dir=epath.Path(manual),
-                url_infos=url_infos or None,
+                url_infos=url_infos,
                 dataset_name=b.name,
                 force_checksums_validation=True,
             )
