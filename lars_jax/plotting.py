@@ -227,7 +227,9 @@ def plot_layer_stats(
     One panel per statistic (by default the LARS trust ratio, the weight norm and
     the gradient norm), one line per layer coloured by its position in the
     parameter tree (names sorted with numbers compared as numbers, so
-    ``block_2`` comes before ``block_10``), log-scale y. :func:`plot_run` calls this
+    ``block_2`` comes before ``block_10``), log-scale y (zeros are left out).
+    When trust ratios are logged, the norm panels show the same layers (the ones
+    LARS adapts; biases and BatchNorm parameters have no ratio). :func:`plot_run` calls this
     when the metrics have such keys (the trainer's ``log_layer_stats``).
 
     Args:
@@ -255,28 +257,54 @@ def plot_layer_stats(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    fig = _figure(figsize=(4.6 * len(present) + 1.0, 4.0))
-    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    by_stat = {
+        st: sorted(
+            {k.partition("/")[2] for r in rows for k in r if k.startswith(st + "/")},
+            key=_natural_key,
+        )
+        for st in present
+    }
+    if "trust_ratio" in by_stat:
+        # Norms of the layers LARS adapts (biases and BN parameters have no trust ratio).
+        adapted = set(by_stat["trust_ratio"])
+        by_stat = {st: [n for n in ns if n in adapted] or ns for st, ns in by_stat.items()}
+    layers = sorted({n for ns in by_stat.values() for n in ns}, key=_natural_key)
+    suffix = "/kernel" if all(n.endswith("/kernel") for n in layers) else ""
+    color_of = {n: i for i, n in enumerate(layers)}
+    norm = Normalize(0, max(1, len(layers) - 1))
     colormap = colormaps["viridis"]
+
+    fig = _figure(figsize=(4.6 * len(present) + 2.2, 4.0))
+    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    handles: dict[str, Any] = {}
     for ax, st in zip(axes, present, strict=True):
-        layers = sorted({k for r in rows for k in r if k.startswith(st + "/")}, key=_natural_key)
-        norm = Normalize(0, max(1, len(layers) - 1))
-        positive = True
-        for i, key in enumerate(layers):
-            xs, ys = _series(rows, (key,), x_key)
-            positive = positive and all(v > 0 for v in ys if math.isfinite(v))
-            label = key.partition("/")[2]
-            ax.plot(xs, ys, lw=1, color=colormap(norm(i)), label=label)
-        if positive:
+        any_positive = False
+        for layer in by_stat[st]:
+            xs, ys = _series(rows, (f"{st}/{layer}",), x_key)
+            ys = [v if v > 0 else math.nan for v in ys]  # log scale: drop zeros (e.g. BN bias)
+            any_positive = any_positive or any(math.isfinite(v) for v in ys)
+            label = layer[: -len(suffix)] if suffix else layer
+            (line,) = ax.plot(xs, ys, lw=1, color=colormap(norm(color_of[layer])), label=label)
+            handles.setdefault(label, line)
+        if any_positive:
             ax.set_yscale("log")
         ax.set(xlabel=x_key, ylabel=st.replace("_", " "), title=f"{st.replace('_', ' ')} per layer")
         ax.grid(True, alpha=0.3)
-        if len(layers) <= 8:
-            ax.legend(fontsize=6)
-        else:
-            sm = ScalarMappable(norm=norm, cmap=colormap)
-            cbar = fig.colorbar(sm, ax=ax, pad=0.01)
-            cbar.set_label("layer (parameter-tree order)", fontsize=8)
+    if len(handles) <= 16:
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside right upper",
+            fontsize=7,
+            title=f"layer{suffix and ' (' + suffix[1:] + ')'}",
+            title_fontsize=7,
+        )
+    else:
+        sm = ScalarMappable(norm=norm, cmap=colormap)
+        cbar = fig.colorbar(sm, ax=list(axes), pad=0.01)
+        cbar.set_label(
+            f"layer index, parameter-tree order ({layers[0]} ... {layers[-1]})", fontsize=7
+        )
     fig.suptitle(f"{workdir.resolve().name}: per-layer statistics")
     return _save(fig, out if out is not None else workdir / "layer_stats.png")
 
