@@ -262,9 +262,23 @@ def test_batch_indices_cover_each_epoch_and_resume():
     # Any step, computed alone (e.g. after a resume), equals the one in sequence.
     for s in (0, spe - 1, spe, 2 * spe + 3):
         np.testing.assert_array_equal(data.batch_indices(7, s, bs, n), steps[s])
+        e, p = divmod(s, spe)
+        perm = np.asarray(data.epoch_permutation(7, e, n))
+        np.testing.assert_array_equal(steps[s], perm[p * bs : (p + 1) * bs])
     assert not np.array_equal(data.batch_indices(8, 0, bs, n), steps[0])
     with pytest.raises(ValueError, match="batch_size"):
         data.batch_indices(0, 0, 64, 50)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 60001])
+def test_epoch_permutation_is_a_permutation(n):
+    p = np.asarray(data.epoch_permutation(11, 2, n))
+    np.testing.assert_array_equal(np.sort(p), np.arange(n))
+    if n >= 1000:  # looks shuffled: no trend, few fixed points, differs between epochs
+        assert abs(np.corrcoef(p, np.arange(n))[0, 1]) < 0.1
+        assert (p == np.arange(n)).sum() < 10
+        assert (p == np.asarray(data.epoch_permutation(11, 3, n))).sum() < 10
+        assert (p == np.asarray(data.epoch_permutation(12, 2, n))).sum() < 10
 
 
 def test_device_batch_returns_the_indexed_examples():

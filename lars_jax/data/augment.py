@@ -5,11 +5,13 @@ step then gathers its batch, augments and normalizes it inside the jitted step, 
 no host round trip per step.
 
 Determinism: `batch_indices(seed, step, ...)` depends only on (seed, step): epoch
-`e = step // steps_per_epoch` uses the permutation drawn from `fold_in(key(seed), e)`, and
-step `step % steps_per_epoch` takes the corresponding contiguous slice (the remainder of
-each epoch is dropped). A run resumed at step `s` therefore sees exactly the batches of an
-uninterrupted run. Augmentation draws from `fold_in(key, step)` in `DeviceDataset`, so it
-is reproducible in the same way.
+`e = step // steps_per_epoch` uses the permutation keyed by `fold_in(key(seed), e)`, and
+step `step % steps_per_epoch` takes the corresponding contiguous slice of it (the remainder
+of each epoch is dropped). The permutation is a keyed Feistel network (`permute_indices`),
+so a step costs O(batch) instead of a sort of the whole data set. A run resumed at step
+`s` therefore sees exactly the batches of an uninterrupted run. Augmentation draws from
+`fold_in(fold_in(key(seed), step), 1)` in `device_batch`, so it is reproducible in the same
+way.
 
 References:
   He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, arXiv 1512.03385
@@ -50,15 +52,64 @@ def steps_per_epoch(batch_size: int, num_examples: int) -> int:
     return num_examples // batch_size
 
 
+_FEISTEL_ROUNDS = 6
+
+
+def _mix32(x: Array) -> Array:
+    """A uint32 avalanche function (the MurmurHash3 finalizer)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def permute_indices(key: Array, i: Array, num_examples: int) -> Array:
+    """`perm[i]` for a keyed pseudo-random permutation `perm` of `range(num_examples)`.
+
+    A balanced Feistel network (6 rounds, round function `_mix32(R ^ round_key)`) is a
+    bijection on `[0, 4**h)` with `4**h >= num_examples > 4**(h-1)`; "cycle walking"
+    (re-applying it while the value is `>= num_examples`, at most a few times on average
+    since the domain is < 4x larger) restricts it to a bijection on `range(num_examples)`.
+    Cost is O(len(i)), independent of `num_examples`: no sort of the whole data set.
+
+    References:
+      Black, Rogaway, "Ciphers with Arbitrary Finite Domains", CT-RSA 2002 (cycle walking).
+    """
+    n = int(num_examples)
+    if not 0 < n <= 2**32:
+        raise ValueError(f"num_examples must be in [1, 2**32], got {n}")
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    mask = jnp.uint32((1 << half) - 1)
+    round_keys = jax.random.bits(key, (_FEISTEL_ROUNDS,), jnp.uint32)
+
+    def feistel(x: Array) -> Array:
+        left, right = x >> half, x & mask
+        for r in range(_FEISTEL_ROUNDS):
+            left, right = right, left ^ (_mix32(right ^ round_keys[r]) & mask)
+        return (left << half) | right
+
+    def walk(x: Array) -> Array:
+        return jnp.where(x >= n, feistel(x), x)
+
+    y = feistel(jnp.asarray(i).astype(jnp.uint32))
+    y = jax.lax.while_loop(lambda y: jnp.any(y >= n), walk, y)
+    return y.astype(jnp.int32)
+
+
 def epoch_permutation(seed: int | Array, epoch: int | Array, num_examples: int) -> Array:
-    """The permutation of `range(num_examples)` used in `epoch` (from fold_in(seed, epoch))."""
-    return jax.random.permutation(jax.random.fold_in(_as_key(seed), epoch), num_examples)
+    """The permutation of `range(num_examples)` used in `epoch` (keyed by fold_in(seed, epoch))."""
+    key = jax.random.fold_in(_as_key(seed), epoch)
+    return permute_indices(key, jnp.arange(num_examples, dtype=jnp.uint32), num_examples)
 
 
 def batch_indices(
     seed: int | Array, step: int | Array, batch_size: int, num_examples: int
 ) -> Array:
     """Example indices of batch `step` (int32 [batch_size]); jittable in `seed` and `step`.
+
+    Equals `epoch_permutation(seed, e, n)[p * batch_size:(p + 1) * batch_size]` with
+    `e, p = divmod(step, n // batch_size)`, computed in O(batch_size).
 
     Args:
       seed: an int or a PRNG key.
@@ -74,8 +125,9 @@ def batch_indices(
     """
     spe = steps_per_epoch(batch_size, num_examples)
     epoch, pos = jnp.divmod(jnp.asarray(step, jnp.int32), spe)
-    perm = epoch_permutation(seed, epoch, num_examples)
-    return jax.lax.dynamic_slice(perm, (pos * batch_size,), (batch_size,)).astype(jnp.int32)
+    key = jax.random.fold_in(_as_key(seed), epoch)
+    pos_in_epoch = pos.astype(jnp.uint32) * batch_size + jnp.arange(batch_size, dtype=jnp.uint32)
+    return permute_indices(key, pos_in_epoch, num_examples)
 
 
 def _check_images(images: Array) -> None:
