@@ -7,6 +7,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lars_jax import cli
@@ -358,3 +359,74 @@ def test_report_cli(capsys, tmp_path):
     assert text.startswith("# Tiny") and "| batch_size=256 | 256 | done | 0.5026 |" in text
     rc, _, err = _run_cli(capsys, "report", str(tmp_path / "nope"))
     assert rc == 2 and "does not exist" in err
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+def _tiny_data():
+    """256 + 64 random 12x12 images; the label says which half is brighter."""
+    from lars_jax.train.loop import Data
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
+    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
+    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
+
+
+def test_cli_sweep_real_training_run_then_resume_and_report(capsys, tmp_path, monkeypatch):
+    """`lars-jax sweep` end to end with a real lars_jax.train.train run (ResNet-8 x0.25 on a
+    tiny in-memory data set), then the same command again: nothing is retrained."""
+    from lars_jax.train import train
+
+    calls = []
+
+    def train_on_tiny_data(config):
+        calls.append(config.workdir)
+        return train(config, data=_tiny_data())
+
+    monkeypatch.setattr(cli, "_train_fn", lambda: train_on_tiny_data)
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep",
+        "--model",
+        "resnet8",
+        "--width",
+        "0.25",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--num-devices",
+        "1",
+        "--checkpoint-every-steps",
+        "-1",
+        "--no-progress",
+        "--grid",
+        "optimizer=lars",
+        "--out",
+        str(out),
+    ]
+    rc, stdout, err = _run_cli(capsys, *argv)
+    assert rc == 0, err
+    run_dir = out / "optimizer=lars"
+    assert calls == [str(run_dir)]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["status"] == "done"
+    summary = rows[0]["summary"]
+    assert summary["steps"] == 8  # 256 examples / batch 32, one epoch
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert "config" not in summary and rows[0]["config"]["optimizer"] == "lars"
+    # The trainer's own outputs, including the plot it draws with plot_run.
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("test_accuracy" in m for m in metrics) and any("loss" in m for m in metrics)
+    report = (out / "report.md").read_text()
+    assert f"| optimizer=lars | lars | done | {summary['test_accuracy']:.4g} |" in report
+
+    rc, _, err = _run_cli(capsys, *argv)
+    assert rc == 0 and "done, skipped" in err
+    assert calls == [str(run_dir)]  # nothing retrained
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
