@@ -521,7 +521,9 @@ def summary_report(
     counts: dict[str, int] = {}
     for r in rows:
         counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
-    intro = f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    intro = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(
+        f"{n} {s}" for s, n in sorted(counts.items())
+    )
     intro += "."
     fixed = {
         k: v
@@ -624,11 +626,13 @@ def summary_report(
         )
         sections.append(Section("Test accuracy curves", "", [png]))
 
-    links = [
-        f"- [{r['run']}]({_image_ref(Path(r['workdir']) / 'curves.png', root)})"
-        for r in rows
-        if (Path(r["workdir"]) / "curves.png").exists()
-    ]
+    links = []
+    for r in rows:
+        wd = Path(r["workdir"])
+        pngs = [p for p in ("curves.png", "layer_stats.png") if (wd / p).exists()]
+        if pngs:
+            refs = ", ".join(f"[{p[:-4]}]({_image_ref(wd / p, root)})" for p in pngs)
+            links.append(f"- {r['run']}: {refs}")
     if links:
         sections.append(Section("Per-run curves", "\n".join(links)))
     return write_report(root, title=title, intro=intro, sections=sections, filename=filename)
