@@ -22,10 +22,10 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,7 +43,7 @@ N_SCALE = 4  # batch multiplier for the sqrt(n) check
 
 SETTINGS = {  # batch B, lr (momentum run), wd, rho
     "smoke": dict(batch=32, lr=0.1, wd=1e-2, rho=0.9),
-    "cpu": dict(batch=128, lr=0.1, wd=1e-2, rho=0.9),
+    "cpu": dict(batch=64, lr=0.1, wd=1e-2, rho=0.9),
     "full": dict(batch=512, lr=0.4, wd=5e-4, rho=0.9),
 }
 
@@ -62,8 +62,8 @@ def base_config(preset: str) -> TrainConfig:
                            train_subset=128, test_subset=128, epochs=2, warmup_epochs=0.5,
                            eval_every_epochs=1, crop_padding=0, flip=False, num_devices=1,
                            log_every_steps=1, **common)
-    return TrainConfig(model="resnet8", width=0.5, dataset="fashion_mnist", train_subset=8192,
-                       test_subset=2000, epochs=3, warmup_epochs=0.5, eval_every_epochs=0.5,
+    return TrainConfig(model="resnet8", width=0.25, dataset="fashion_mnist", train_subset=4096,
+                       test_subset=1000, epochs=3, warmup_epochs=0.5, eval_every_epochs=0.5,
                        crop_padding=0, flip=False, num_devices=1, log_every_steps=2, **common)
 
 
@@ -77,6 +77,9 @@ def runs(preset: str) -> dict[str, dict]:
                        momentum=rho),
         "linear_n": dict(batch_size=N_SCALE * b, learning_rate=lr * N_SCALE, momentum=rho),
     }
+
+
+_CMAP = __import__("matplotlib").colormaps["tab10"]
 
 
 def _is_conv(layer: str) -> bool:
@@ -106,18 +109,25 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     images: dict[str, list[Path]] = {}
     result: dict = {"preset": preset}
 
+    colors: dict[str, Any] = {}
+
+    def color(layer: str) -> Any:
+        if layer not in colors:
+            colors[layer] = _CMAP(len(colors) % 10)
+        return colors[layer]
+
     def per_layer_plot(name: str, q: str, fname: str, ylabel: str, title: str,
                        normalise: dict | None = None, logy: bool = False) -> Path | None:
         series = _norm_series(metrics.get(name, []), q)
         if not series:
             return None
-        data = {}
+        lines = []
         for layer, (xs, ys) in series.items():
             if normalise is not None:
                 ys = ys / normalise[layer]
-            data[_short(layer)] = (xs.tolist(), ys.tolist())
-        return plot_lines(data, out / fname, xlabel="step", ylabel=ylabel, title=title,
-                          markers=False, logy=logy)
+            lines.append({"x": xs, "y": ys, "label": _short(layer), "color": color(layer)})
+        return xu.plot_styled(out / fname, lines, xlabel="step", ylabel=ylabel, title=title,
+                              logy=logy, legend_cols=2)
 
     ref = "momentum"
     rm = metrics.get(ref, [])
@@ -130,21 +140,24 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                            f"{label} (SGD+momentum, lifetime form)", init, logy=True)
         if p:
             imgs.append(p)
-    # overlay, conv layers: shrink solid vs growth (both normalised)
+    # overlay, conv layers: shrink solid vs growth dashed, one colour per layer
     shr, gro = _norm_series(rm, "wd_shrink"), _norm_series(rm, "grad_growth")
     if shr:
-        overlay = {}
+        lines = []
         for layer in [k for k in shr if _is_conv(k)][:4]:
-            overlay[f"{_short(layer)} shrink"] = (shr[layer][0].tolist(),
-                                                  (shr[layer][1] / init[layer]).tolist())
-            overlay[f"{_short(layer)} growth"] = (gro[layer][0].tolist(),
-                                                  (gro[layer][1] / init[layer]).tolist())
-        imgs.append(plot_lines(overlay, out / "shrink_vs_growth.png", xlabel="step",
-                               ylabel="change of |w|^2 per step / initial |w|^2",
-                               title="Weight-decay shrink vs gradient growth (4 conv layers)",
-                               markers=False, logy=True))
+            lines.append({"x": shr[layer][0], "y": shr[layer][1] / init[layer],
+                          "label": f"{_short(layer)} shrink (wd)", "color": color(layer),
+                          "lw": 2.0})
+            lines.append({"x": gro[layer][0], "y": gro[layer][1] / init[layer],
+                          "label": f"{_short(layer)} growth (gradient)", "color": color(layer),
+                          "ls": "--", "lw": 1.0})
+        imgs.append(xu.plot_styled(
+            out / "shrink_vs_growth.png", lines, xlabel="step",
+            ylabel="change of |w|^2 per step / initial |w|^2",
+            title="Weight-decay shrink (solid) vs gradient growth (dashed)", logy=True,
+            legend_cols=2))
     p = per_layer_plot(ref, "w_sqnorm", "w_sqnorm.png", "|w|^2 / initial |w|^2",
-                       "Squared weight norm over training", init)
+                       "Squared weight norm over training (initial = 1)", init)
     if p:
         imgs.append(p)
     images["norms"] = imgs
@@ -174,12 +187,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         lr_x, lr_y = xu.curve([r for r in m if r.get("kind") == "train"], "lr", x="step")
         if not ser or not len(lr_x):
             continue
-        data = {_short(k): (v[0].tolist(), v[1].tolist()) for k, v in ser.items() if _is_conv(k)}
         pred = np.asarray([pred_fn(max(float(v), 0.0)) for v in lr_y])
-        data["prediction"] = (lr_x.tolist(), pred.tolist())
-        ratio_imgs.append(plot_lines(data, out / f"lr_g_over_w_{name}.png", xlabel="step",
-                                     ylabel="lr |g| / |w|", title=title, markers=False,
-                                     logy=True))
+        lines = [{"x": v[0], "y": v[1], "label": _short(k), "color": color(k), "ls": "none",
+                  "marker": ".", "ms": 4, "alpha": 0.7} for k, v in ser.items() if _is_conv(k)]
+        lines.append({"x": lr_x, "y": pred, "label": "prediction", "color": "black", "lw": 2.2})
+        ratio_imgs.append(xu.plot_styled(out / f"lr_g_over_w_{name}.png", lines, xlabel="step",
+                                         ylabel="lr |g| / |w|", title=title, logy=True,
+                                         legend_cols=2))
         # median ratio measured/predicted over the middle of training, conv layers
         rs = []
         for k, (xs, ys) in ser.items():
@@ -199,11 +213,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     cos = _norm_series(rm, "cos_g_v")
     cos_stats = {}
     if cos:
-        data = {_short(k): (v[0].tolist(), v[1].tolist()) for k, v in cos.items()}
-        images["cos"] = [plot_lines(data, out / "cos_g_v.png", xlabel="step",
-                                    ylabel="cos(g_t, v_{t-1})",
-                                    title="Correlation of the gradient with the momentum buffer",
-                                    markers=False, hlines={"0": 0.0})]
+        lines = [{"x": v[0], "y": v[1], "label": _short(k), "color": color(k), "lw": 1.0}
+                 for k, v in cos.items()]
+        images["cos"] = [xu.plot_styled(
+            out / "cos_g_v.png", lines, xlabel="step", ylabel="cos(g_t, v_{t-1})",
+            title="Correlation of the gradient with the momentum buffer", hlines={"0": 0.0},
+            legend_cols=2)]
         for k, (xs, ys) in cos.items():
             sel = xs > 3 * relax
             if sel.sum():
@@ -303,7 +318,9 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"{s['lr']} with momentum rho={s['rho']} (heavy ball), linear warmup over "
         f"{base.warmup_epochs:g} epochs then linear decay to 0 over {base.epochs:g} epochs "
         f"(Page's schedule shape). Relaxation time (1-rho)/(2 lr wd) = {relax:.0f} steps. "
-        f"Runs: {', '.join(f'{k}: {v}' for k, v in spec.items())}. Diagnostics are logged "
+        f"Runs: " + "; ".join(f"{k}: batch {v['batch_size']}, lr {v['learning_rate']:.4g}, "
+                              f"momentum {v['momentum']}" for k, v in spec.items())
+        + f". Diagnostics are logged "
         f"every {base.log_every_steps} steps (means over the window) by "
         f"`lars_jax.diagnostics.layer_diagnostics`, before each update: shrink = "
         f"lr_e*wd*(2-lr_e*wd)*|w|^2 and growth = lr_e^2*|g|^2 with lr_e = lr/(1-rho) "
@@ -313,7 +330,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     )
     limits_txt = (
         xu.preset_note(preset) + " "
-        + (f"Reductions: a ResNet-8 of width 0.5 on 8192 Fashion-MNIST images for "
+        + (f"Reductions: a ResNet-8 of width 0.25 on 4096 Fashion-MNIST images for "
            f"{base.epochs:g} epochs instead of ResNet-9 on CIFAR-10 for 24; wd raised to "
            f"{s['wd']} so that the relaxation time fits in the short run; one seed. The "
            f"balance and ratio statistics use the window between 3 relaxation times and 80% "
@@ -333,7 +350,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             Section("(a) Shrink vs growth of |w|^2, and |w|^2 over training", table_bal,
                     images.get("norms", [])),
             Section("(b) lr|g|/|w| against Page's formula",
-                    json.dumps(ratio_stats, indent=1), images.get("ratio", [])),
+                    "| run | measured / predicted, median over conv layers | layer range |\n"
+                    "| :-- | --: | :-- |\n" + "".join(
+                        f"| {k} | {v['median_over_layers']:.2f} | {v['min']:.2f} .. "
+                        f"{v['max']:.2f} |\n" for k, v in ratio_stats.items()),
+                    images.get("ratio", [])),
             Section("(c) sqrt(n) batch scaling",
                     f"Per-layer |g| ratio (batch {N_SCALE}B / B, equal epochs): "
                     + ", ".join(f"{k} {v:.2f}" for k, v in gratio.items())
@@ -341,10 +362,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             Section("(d) Correlation of g_t with the momentum buffer",
                     ", ".join(f"{k}: {v:.2f}" for k, v in cos_stats.items()),
                     images.get("cos", [])),
-            Section("Verdict", "\n".join(verdict) or "No finished run."),
+            Section("Verdict", "\n".join(verdict) or "Not enough steps after the relaxation time "
+                    "in the finished runs to compute the statistics."),
             Section("Limits of the evidence", limits_txt),
         ],
     )
+    result["headline"] = " ".join(v.lstrip("- ") for v in verdict) or "no statistics"
     xu.save_json(result, out / "summary.json")
     return result
 
@@ -356,10 +379,10 @@ def main(argv: list[str] | None = None) -> dict:
     xu.enable_compilation_cache()
     timer = xu.Timer()
     base = base_config(args.preset)
-    if args.report_only:
-        rows = xu.load_rows(out / "runs")
-    else:
-        rows = xu.run_points(base, list(runs(args.preset).values()), out / "runs")
+    pts = list(runs(args.preset).values())
+    pts = pts[:1] if args.preset == "smoke" else pts
+    rows = xu.run_or_load(base, pts, out / "runs", report_only=args.report_only,
+                          max_minutes=args.max_minutes)
     return analyse(args.preset, base, rows, out, timer)
 
 

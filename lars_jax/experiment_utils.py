@@ -78,6 +78,9 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="Results folder.")
     p.add_argument("--report-only", action="store_true",
                    help="Only rebuild report.md and plots from the runs in --out.")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="Start no new run after this many minutes (runs are in priority "
+                        "order; run again to resume the rest). The report covers what ran.")
     return p
 
 
@@ -122,29 +125,42 @@ def run_points(
     points: Sequence[Mapping[str, Any]],
     out_dir: PathLike,
     *,
+    max_minutes: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Trains an explicit list of runs (resumable) and returns their result rows.
 
     Args:
       base: the base :class:`lars_jax.train.TrainConfig`.
-      points: one ``{field: value}`` dict per run.
+      points: one ``{field: value}`` dict per run, in priority order.
       out_dir: the results folder (``results.jsonl`` and one folder per run).
-      log: progress printer (default: stderr with elapsed time).
+      max_minutes: start no new run after this many minutes; the runs not started are
+        left for the next invocation (the sweep resumes) and are missing from the result.
+      log: progress printer (default: stdout with elapsed time).
 
     Returns:
-      The rows of :func:`lars_jax.sweep.run_sweep`, in ``points`` order.
+      The rows of the finished (or failed) runs, in ``points`` order.
 
     References:
       :mod:`lars_jax.sweep`.
     """
-    from lars_jax.sweep import run_sweep
+    from lars_jax.sweep import plan_sweep, run_sweep
 
     t0 = time.perf_counter()
     if log is None:
         def log(msg: str) -> None:
             print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
-    return run_sweep(base, [dict(p) for p in points], out_dir, log=log)
+    pts = [dict(p) for p in points]
+    if max_minutes is None:
+        return run_sweep(base, pts, out_dir, log=log)
+    plan_sweep(base, pts, out_dir)  # validate every run before any compute
+    rows = []
+    for i, p in enumerate(pts):
+        if time.perf_counter() - t0 > 60 * max_minutes:
+            log(f"time budget of {max_minutes:g} min spent: {len(pts) - i} runs not started")
+            break
+        rows += run_sweep(base, [p], out_dir, log=log)
+    return rows
 
 
 def load_rows(out_dir: PathLike) -> list[dict[str, Any]]:
@@ -152,6 +168,34 @@ def load_rows(out_dir: PathLike) -> list[dict[str, Any]]:
     from lars_jax.report import load_results
 
     return load_results(out_dir)
+
+
+def rows_for(points: Sequence[Mapping[str, Any]],
+             rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose config matches one of ``points`` (in ``points`` order).
+
+    Rows of runs that are no longer part of the experiment's grid are left out.
+    """
+    out = []
+    for p in points:
+        for r in rows:
+            c = config_of(r)
+            if all(_same(c.get(k), v) for k, v in p.items()):
+                out.append(dict(r))
+                break
+    return out
+
+
+def run_or_load(
+    base: Any, points: Sequence[Mapping[str, Any]], out_dir: PathLike, *,
+    report_only: bool = False, max_minutes: float | None = None,
+) -> list[dict[str, Any]]:
+    """Runs the points (unless ``report_only``), then returns the rows of those that ran."""
+    if not report_only:
+        run_points(base, points, out_dir, max_minutes=max_minutes)
+    if not Path(out_dir).exists():
+        return []
+    return rows_for(points, load_rows(out_dir))
 
 
 def expand(methods: Sequence[Method], **axes: Sequence[Any]) -> list[dict[str, Any]]:
@@ -324,8 +368,8 @@ def mean_spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def fmt_acc(x: float) -> str:
-    """An accuracy as a percentage with one decimal, ``diverged`` for NaN."""
-    return "diverged" if not math.isfinite(x) else f"{100 * x:.1f}%"
+    """An accuracy as a percentage with one decimal, ``n/a`` for NaN (no finished run)."""
+    return "n/a" if not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def fmt_pm(stats: Mapping[str, float]) -> str:
@@ -422,3 +466,74 @@ def preset_note(preset: str) -> str:
         "in minutes on a shared 2-core CPU. The `full` preset (GPU, CIFAR-10 where available, "
         "real budgets) is defined in the script but was NOT run: no GPU was available."
     )
+
+
+def plot_styled(
+    out: PathLike,
+    lines: Sequence[Mapping[str, Any]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    hlines: Mapping[str, float] | None = None,
+    legend_cols: int = 1,
+) -> Path:
+    """Draws lines with per-line styles (colour, line style, markers) and writes a PNG.
+
+    For the plots :func:`lars_jax.plotting.plot_lines` cannot style: measured points as
+    dots against a black prediction line, or pairs of quantities of one layer in one
+    colour (solid and dashed). Non-positive values are dropped on a log axis.
+
+    Args:
+      out: the PNG file.
+      lines: dicts with ``x``, ``y``, ``label`` and optional matplotlib style keys
+        ``color``, ``ls``, ``marker``, ``lw``, ``ms``, ``alpha``.
+      xlabel: x axis label.
+      ylabel: y axis label.
+      title: axes title.
+      logx: log-scale x axis.
+      logy: log-scale y axis.
+      hlines: label -> y of grey dashed reference lines.
+      legend_cols: columns of the legend.
+
+    Returns:
+      The path written.
+
+    References:
+      Hunter, "Matplotlib: A 2D graphics environment", 2007.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for ln in lines:
+        x = np.asarray(ln["x"], float)
+        y = np.asarray(ln["y"], float)
+        keep = np.isfinite(x) & np.isfinite(y)
+        if logy:
+            keep &= y > 0
+        if logx:
+            keep &= x > 0
+        style = {k: ln[k] for k in ("color", "ls", "marker", "lw", "ms", "alpha") if k in ln}
+        style.setdefault("lw", 1.3)
+        ax.plot(x[keep], y[keep], label=ln.get("label"), **style)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="gray", ls="--", lw=1)
+        ax.annotate(label, xy=(0.01, y), xycoords=("axes fraction", "data"), fontsize=8,
+                    color="dimgray", va="bottom")
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(True, alpha=0.3)
+    if any(ln.get("label") for ln in lines):
+        ax.legend(fontsize=7, ncol=legend_cols)
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    return p

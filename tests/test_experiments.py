@@ -1,0 +1,125 @@
+"""End-to-end smoke tests of the five experiment scripts through the real library.
+
+Each script runs its ``smoke`` preset (one tiny training run on a Fashion-MNIST subset)
+into a temporary folder and must write report.md, at least one PNG and the raw JSONL rows.
+The numbers are meaningless at this size; the structure and the pipeline are tested.
+The helpers of lars_jax.experiment_utils are tested on hand-made rows.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from lars_jax import experiment_utils as xu
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ["linear_scaling_warmup", "clars_no_warmup", "page_weight_decay", "small_batch",
+               "gradient_noise_scale"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" /
+                                                  f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _data_available():
+    try:
+        from lars_jax.data import load_split  # noqa: F401
+    except ImportError:
+        return False
+    return Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke(name, tmp_path, monkeypatch):
+    if not _data_available():
+        pytest.skip("lars_jax.data or the Fashion-MNIST files are not available")
+    monkeypatch.setenv("LARS_JAX_CACHE", str(tmp_path / "xla_cache"))
+    mod = _load(name)
+    out = tmp_path / name
+    argv = ["--preset", "smoke", "--out", str(out)]
+    if name == "gradient_noise_scale":
+        argv += ["--exp1", str(tmp_path / "missing_exp1")]
+    mod.main(argv)
+    report = (out / "report.md").read_text()
+    for heading in ("## Setup", "## Verdict", "## Limits of the evidence"):
+        assert heading in report, (name, heading)
+    assert "Preset `smoke`" in report
+    assert list(out.glob("*.png")), f"{name}: no plot written"
+    results = [json.loads(line) for line in (out / "runs" / "results.jsonl").read_text()
+               .splitlines()]
+    assert len(results) == 1 and results[0]["status"] == "done", results
+    assert (out / "summary.json").exists()
+    # every image the report links exists
+    for line in report.splitlines():
+        if line.startswith("!["):
+            assert (out / line[line.index("(") + 1: -1]).exists(), line
+    # a second invocation resumes: nothing is retrained, the report is rebuilt
+    mod.main(argv)
+    results2 = (out / "runs" / "results.jsonl").read_text().splitlines()
+    assert len(results2) == 1
+
+
+def test_method_matching_and_outcomes():
+    methods = [xu.Method("sgd-lin", {"optimizer": "sgd", "lr_scaling": "linear"}),
+               xu.Method("lars", {"optimizer": "lars"})]
+    row = {"status": "done", "varied": {"optimizer": "lars"}, "config": {"optimizer": "sgd"},
+           "summary": {"status": "ok", "test_accuracy": 0.75}}
+    assert xu.method_of(row, methods) == "lars"  # varied overrides config
+    assert xu.final_accuracy(row) == 0.75
+    assert xu.outcome(row) == "ok"
+    bad = {"status": "failed", "error": "NonFiniteError: non-finite loss or gradients at step 3"}
+    assert xu.outcome(bad) == "diverged" and math.isnan(xu.final_accuracy(bad))
+    assert xu.outcome({"status": "failed", "error": "ValueError: x"}) == "failed"
+    assert xu.method_of({"config": {"optimizer": "clars"}}, methods) is None
+
+
+def test_mean_spread_and_curves():
+    st = xu.mean_spread([0.5, 0.7, float("nan")])
+    assert st["n"] == 2 and math.isclose(st["mean"], 0.6)
+    assert math.isclose(st["std"], math.sqrt(0.02))
+    assert xu.fmt_pm(xu.mean_spread([])) == "no finished run"
+    metrics = [{"kind": "train", "step": 1, "diag/a/kernel/w_sqnorm": 2.0},
+               {"kind": "eval", "epoch": 0.5, "test_accuracy": 0.3},
+               {"kind": "train", "step": 2, "diag/a/kernel/w_sqnorm": 1.5,
+                "diag/b/kernel/w_sqnorm": 4.0}]
+    xs, ys = xu.curve(metrics, "test_accuracy")
+    assert xs.tolist() == [0.5] and ys.tolist() == [0.3]
+    ser = xu.layer_series(metrics, "w_sqnorm")
+    assert list(ser) == ["diag/a/kernel", "diag/b/kernel"]
+    assert ser["diag/a/kernel"][1].tolist() == [2.0, 1.5]
+
+
+def test_expand_and_save_json(tmp_path):
+    pts = xu.expand([xu.Method("a", {"optimizer": "sgd", "seed": 9})], seed=[0, 1])
+    assert pts == [{"optimizer": "sgd", "seed": 0}, {"optimizer": "sgd", "seed": 1}]
+    p = xu.save_json({"x": float("nan"), "y": [1.0]}, tmp_path / "s.json")
+    assert json.loads(p.read_text()) == {"x": "nan", "y": [1.0]}
+
+
+def test_presets_are_valid_configs():
+    """Every preset's run list builds valid TrainConfigs (validated before any compute)."""
+    from lars_jax.sweep import plan_sweep
+
+    for name in EXPERIMENTS:
+        mod = _load(name)
+        for preset in ("smoke", "cpu", "full"):
+            base = mod.base_config(preset)
+            if name == "page_weight_decay":
+                pts = list(mod.runs(preset).values())
+            elif name in ("small_batch", "gradient_noise_scale"):
+                pts = mod.points(preset)
+            else:
+                pts = mod.points(preset, base)
+            assert pts, (name, preset)
+            planned = plan_sweep(base, pts, Path("/nonexistent") / name / preset)
+            assert len(planned) == len(pts)
