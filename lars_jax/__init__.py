@@ -40,7 +40,13 @@ from lars_jax.diagnostics import (  # noqa: F401
 # isort: split
 # command line, sweeps, reports, plots (helper "cli"): lars_jax.sweep, lars_jax.report,
 # lars_jax.plotting (lars_jax.cli is the `lars-jax` console script)
-from lars_jax.plotting import plot_heatmap, plot_layer_stats, plot_lines, plot_run  # noqa: F401
+from lars_jax.plotting import (  # noqa: F401
+    plot_bars,
+    plot_heatmap,
+    plot_layer_stats,
+    plot_lines,
+    plot_run,
+)
 from lars_jax.report import (  # noqa: F401
     Section,
     load_results,

@@ -6,6 +6,8 @@ Three functions cover what the trainer and the experiments need:
     the training loss, train/test accuracy and the effective learning rate.
 * :func:`plot_lines` draws one line per series (for example final test accuracy
     against batch size, one line per optimizer, on a log-x axis).
+* :func:`plot_bars` draws one bar per label (a metric per run of a sweep over
+  non-numeric values).
 * :func:`plot_heatmap` draws a 2-D grid of values (for example final accuracy over
     batch size x base learning rate) with the numbers written in the cells.
 
@@ -381,6 +383,52 @@ def plot_lines(
     ax.grid(True, which="major", alpha=0.3)
     if len(series) > 1 or (len(series) == 1 and next(iter(series))):
         ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_bars(
+    values: Mapping[str, float | None],
+    out: PathLike,
+    *,
+    xlabel: str,
+    title: str = "",
+    fmt: str = "{:.4g}",
+) -> Path:
+    """Draws one horizontal bar per label (e.g. a metric per run) and writes a PNG.
+
+    Args:
+      values: label -> value, drawn top to bottom in this order; ``None`` and
+        non-finite values get no bar and are labelled ``n/a``/``nan``.
+      out: the PNG file to write.
+      xlabel: the value axis label.
+      title: axes title.
+      fmt: format of the numbers written beside the bars.
+
+    Returns:
+      The path of the PNG file written.
+
+    Raises:
+      ValueError: ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("values: at least one bar is needed")
+    labels = [str(k) for k in values]
+    nums = [math.nan if v is None else float(v) for v in values.values()]
+    fig = _figure(figsize=(6.4, max(2.2, 0.9 + 0.32 * len(labels))))
+    ax = fig.subplots()
+    ys = list(range(len(labels)))
+    ax.barh(ys, [v if math.isfinite(v) else 0.0 for v in nums], color="tab:blue", alpha=0.8)
+    finite = [v for v in nums if math.isfinite(v)]
+    span = max(finite) if finite else 1.0
+    for y, v, raw in zip(ys, nums, values.values(), strict=True):
+        text = "n/a" if raw is None else (fmt.format(v) if math.isfinite(v) else "nan")
+        ax.text(max(v, 0.0) if math.isfinite(v) else 0.0, y, " " + text, va="center", fontsize=8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, span * 1.15 if span > 0 else 1.0)
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, out)
 
 

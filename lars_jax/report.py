@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lars_jax.plotting import plot_heatmap, plot_lines, read_jsonl
+from lars_jax.plotting import plot_bars, plot_heatmap, plot_lines, read_jsonl
 
 PathLike = str | os.PathLike[str]
 Formatter = str | Callable[[Any], str]
@@ -486,7 +486,8 @@ def summary_report(
     Sections: a table of every run (swept values, status and the summary metrics);
     ``metric`` against the numeric swept key ``x`` (one line per combination of
     the other swept keys; log-2 x axis when the values span a factor of 8 or more);
-    a heatmap when two numeric keys are swept; test accuracy curves of every run
+    a heatmap when two numeric keys are swept; a bar per run when no swept key is
+    numeric; test accuracy curves of every run
     from its ``metrics.jsonl``; links to each run's ``curves.png``. Plots are
     written to ``<folder>/plots/``.
 
@@ -604,6 +605,14 @@ def summary_report(
                     colorbar_label=metric,
                 )
                 sections.append(Section(f"{metric} over {y} x {x}: {label}", "", [png]))
+
+    if metric is not None and x is None and len(rows) > 1:
+        bars = {
+            (_label({k: lookup(r, k) for k in varied}) if varied else r["run"]): lookup(r, metric)
+            for r in sorted(rows, key=lambda r: tuple(_sort_key(lookup(r, k)) for k in varied))
+        }
+        png = plot_bars(bars, plots / f"{metric}_by_run.png", xlabel=metric, title=metric)
+        sections.append(Section(f"{metric} by run", "", [png]))
 
     curves: dict[str, tuple[list[float], list[float]]] = {}
     xk = "epoch"

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from lars_jax.plotting import plot_heatmap, plot_layer_stats, plot_lines, plot_run, read_jsonl
+from lars_jax.plotting import (
+    plot_bars,
+    plot_heatmap,
+    plot_layer_stats,
+    plot_lines,
+    plot_run,
+    read_jsonl,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -152,3 +159,15 @@ def test_layer_stats_plot(tmp_path):
     assert img.shape[1] > 1.5 * img.shape[0]  # two panels: trust ratio and grad norm
     assert plot_layer_stats(tmp_path, tmp_path / "tr.png", stats=("trust_ratio",)).exists()
     assert plot_layer_stats(tmp_path, stats=("weight_norm",)) is None
+
+
+def test_plot_bars(tmp_path):
+    out = plot_bars(
+        {"sgd": 0.9, "lars": None, "larc": float("nan"), "clars": 0.5},
+        tmp_path / "bars.png",
+        xlabel="test accuracy",
+        title="by run",
+    )
+    _assert_png(out)
+    with pytest.raises(ValueError, match="values"):
+        plot_bars({}, tmp_path / "b.png", xlabel="x")

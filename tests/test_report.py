@@ -213,3 +213,25 @@ def test_summary_report_heatmap_for_two_numeric_keys(tmp_path):
         summary_report(out, metric="nope")
     with pytest.raises(ValueError, match="x: 'epochs'"):
         summary_report(out, x="epochs")
+
+
+def test_summary_report_categorical_sweep_has_bars(tmp_path):
+    out = tmp_path / "cat"
+    lines = []
+    for opt, acc in (("sgd", 0.8), ("lars", 0.85)):
+        name = f"optimizer={opt}"
+        s = _run(out, name, {}, acc, metrics=False)
+        lines.append(
+            {
+                "run": name,
+                "workdir": name,
+                "varied": {"optimizer": opt},
+                "config": {"optimizer": opt},
+                "summary": s,
+            }
+        )
+    (out / "results.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    text = summary_report(out).read_text()
+    assert "## final_test_accuracy by run" in text
+    assert (out / "plots" / "final_test_accuracy_by_run.png").stat().st_size > 1000
+    assert "vs" not in text.split("## Runs")[1].split("##")[1]  # no line plot without numbers
