@@ -361,6 +361,37 @@ def test_report_cli(capsys, tmp_path):
     assert rc == 2 and "does not exist" in err
 
 
+def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
+    """How `lars-jax train` reports the trainer's failures (exceptions of the real classes)."""
+    from lars_jax.train.loop import NonFiniteError
+
+    def raising(exc):
+        def run(config):
+            raise exc
+
+        return run
+
+    argv = ["train", "--workdir", str(tmp_path / "w"), "--num-devices", "1"]
+    monkeypatch.setattr(
+        cli, "_train_fn", lambda: raising(NonFiniteError("non-finite loss at step 3"))
+    )
+    rc, _, err = _run_cli(capsys, *argv)
+    assert (
+        rc == 1
+        and err.strip() == "lars-jax train: error: NonFiniteError: non-finite loss at step 3"
+    )
+    late = ValueError("TrainConfig.batch_size=256: larger than the 100 training examples")
+    monkeypatch.setattr(cli, "_train_fn", lambda: raising(late))
+    rc, _, err = _run_cli(capsys, *argv)
+    assert rc == 2 and "larger than the 100 training examples" in err and "Traceback" not in err
+    monkeypatch.setattr(cli, "_train_fn", lambda: raising(KeyboardInterrupt()))
+    rc, _, err = _run_cli(capsys, *argv)
+    assert rc == 130 and "run the same command again to resume" in err
+    monkeypatch.setattr(cli, "_train_fn", lambda: raising(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # unexpected errors keep their traceback
+        cli.main(argv)
+
+
 # --------------------------------------------------------------------------- a real run
 
 
