@@ -78,10 +78,9 @@ def make_variant(model: str, batch: int, dtype: str, optimizer: str, parallel: s
                        sync_batch_stats=True,
                        clars_granularity="example" if optimizer == "clars" else None)
     step_fn = make_train_step(net, tx, opts)
-    prepare = par.make_prepare(seed=0, mean=0.5, std=0.25, dtype=dt, augment=None)
+    prepare = par.make_prepare(seed=0, batch_size=batch, mean=0.5, std=0.25, dtype=dt)
     rep = par.replicated(mesh)
     images_d, labels_d = par.put_global(images, rep), par.put_global(labels, rep)
-    idx = par.put_global(np.arange(batch, dtype=np.int32), par.batch_sharded(mesh))
     if parallel == "jit":
         fn = par.jit_train_step(step_fn, prepare, mesh)
         holder = [par.put_replicated(state, mesh)]
@@ -91,7 +90,7 @@ def make_variant(model: str, batch: int, dtype: str, optimizer: str, parallel: s
         holder = [par.replicate(jax.device_get(state), devices)]
 
     def run():
-        holder[0], metrics = fn(holder[0], images_d, labels_d, idx, 0)
+        holder[0], metrics = fn(holder[0], images_d, labels_d, np.int32(0))
         return metrics["loss"]
 
     return run

@@ -35,11 +35,8 @@ class TinyNet(nn.Module):
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (256, 8, 8, 1), dtype=np.uint8)
 LABELS = RNG.integers(0, 10, 256).astype(np.int32)
-PREPARE = par.make_prepare(seed=0, mean=0.5, std=0.25, dtype=jnp.float32, augment=None)
-
-
-def _idx(step):
-    return np.random.default_rng(step).permutation(len(IMAGES))[:B].astype(np.int32)
+PREPARE = par.make_prepare(seed=0, batch_size=B, mean=0.5, std=0.25, dtype=jnp.float32,
+                           augment={"crop_padding": 1, "flip": True})
 
 
 @functools.cache
@@ -65,8 +62,7 @@ def _run(n, path, *, steps=3, accum=1, norm=True, sync_stats=False, axis=True,
         state = par.replicate(state, devices)
     history = []
     for s in range(steps):
-        idx = par.put_global(_idx(s), par.batch_sharded(mesh))
-        state, m = fn(state, images, labels, idx, s)
+        state, m = fn(state, images, labels, np.int32(s))
         history.append(jax.device_get(m))
     if path == "pmap":
         state = par.unreplicate(state)

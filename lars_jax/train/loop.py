@@ -95,7 +95,8 @@ def load_data(config: TrainConfig) -> Data:
 
     info = data_lib.dataset_info(config.dataset)
     xtr, ytr = data_lib.load_split(config.dataset, "train", data_dir=config.data_dir)
-    xte, yte = data_lib.load_split(config.dataset, "test", data_dir=config.data_dir)
+    test_split = getattr(info, "test_split", "test")
+    xte, yte = data_lib.load_split(config.dataset, test_split, data_dir=config.data_dir)
     if config.train_subset:
         xtr, ytr = xtr[: config.train_subset], ytr[: config.train_subset]
     if config.test_subset:
@@ -177,19 +178,10 @@ def build_model(config: TrainConfig, num_classes: int, *, axis_name: str | None)
         zero_init_last_bn=config.zero_init_last_bn)
 
 
-def _augment_fn(config: TrainConfig):
+def _augment_kwargs(config: TrainConfig) -> dict[str, Any] | None:
     if config.crop_padding == 0 and not config.flip and config.cutout == 0:
         return None
-    from lars_jax.data import augment_batch
-
-    return lambda key, imgs: augment_batch(
-        key, imgs, crop_padding=config.crop_padding, flip=config.flip, cutout=config.cutout)
-
-
-def _batch_indices(config: TrainConfig, step: int, num_train: int) -> np.ndarray:
-    from lars_jax.data import batch_indices
-
-    return np.asarray(batch_indices(config.seed, step, config.batch_size, num_train), np.int32)
+    return {"crop_padding": config.crop_padding, "flip": config.flip, "cutout": config.cutout}
 
 
 def init_variables(model: Any, seed: int, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -210,16 +202,17 @@ def init_variables(model: Any, seed: int, shape: tuple[int, ...], dtype: Any) ->
 
 def make_eval_fn(model: Any, mesh: Any, num_classes: int, mean: Any, std: Any, dtype: Any):
     """``eval_fn(variables, images_u8, labels, mask) -> (loss_sum, correct_sum)`` (jitted)."""
+    from lars_jax.data import normalize
     from lars_jax.train.step import cross_entropy
 
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
+    mean = tuple(float(m) for m in np.atleast_1d(mean))
+    std = tuple(float(s) for s in np.atleast_1d(std))
     sharded = par.batch_sharded(mesh)
 
     @jax.jit
     def eval_fn(variables, images, labels, mask):
         images = jax.lax.with_sharding_constraint(images, sharded)
-        x = ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+        x = normalize(images, mean, std, dtype)
         logits = model.apply(variables, x, train=False)
         loss = cross_entropy(logits, labels, num_classes)
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -332,8 +325,8 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
         momentum=config.momentum)
     step_fn = make_train_step(model, tx, opts)
-    prepare = par.make_prepare(seed=config.seed, mean=data.mean, std=data.std, dtype=dtype,
-                               augment=_augment_fn(config))
+    prepare = par.make_prepare(seed=config.seed, batch_size=config.batch_size, mean=data.mean,
+                               std=data.std, dtype=dtype, augment=_augment_kwargs(config))
 
     # Checkpoints: restore the newest usable one.
     meta = {f: getattr(config, f) for f in STRUCTURE_FIELDS}
@@ -415,13 +408,11 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     steps_since_log = 0
     train_time = 0.0  # seconds of timed training steps (compilation and pauses excluded)
     train_images = 0
-    sharded = par.batch_sharded(mesh)
     step = start_step
     try:
         while step < total_steps:
-            idx = par.put_global(_batch_indices(config, step, num_train), sharded)
             t0 = time.perf_counter()
-            state, metrics = run_step(state, images, labels, idx, step)
+            state, metrics = run_step(state, images, labels, np.int32(step))
             step += 1
             steps_since_log += 1
             pending.append(metrics)

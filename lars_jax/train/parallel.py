@@ -22,18 +22,18 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 
-PrepareFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+PrepareFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = None) -> Mesh:
@@ -71,12 +71,12 @@ def jit_train_step(
     prepare: PrepareFn,
     mesh: Mesh,
 ) -> Callable[..., Any]:
-    """Compiles ``(state, images, labels, idx, step) -> (state, metrics)`` for the jit path.
+    """Compiles ``(state, images, labels, step) -> (state, metrics)`` for the jit path.
 
     Args:
       step_fn: the per-device step from `make_train_step` with ``axis_name="data"``.
-      prepare: ``prepare(images, labels, idx, step) -> (x, y)`` selecting, augmenting and
-        normalising the global batch ``images[idx]`` (a pure JAX function).
+      prepare: ``prepare(images, labels, step) -> (x, y)`` selecting, augmenting and
+        normalising the global batch of `step` (a pure JAX function, see `make_prepare`).
       mesh: the data mesh.
 
     Returns:
@@ -90,8 +90,8 @@ def jit_train_step(
         check_vma=False)
     sharded = batch_sharded(mesh)
 
-    def run(state, images, labels, idx, step):
-        x, y = prepare(images, labels, idx, step)
+    def run(state, images, labels, step):
+        x, y = prepare(images, labels, step)
         x = jax.lax.with_sharding_constraint(x, sharded)
         y = jax.lax.with_sharding_constraint(y, sharded)
         return sm(state, x, y)
@@ -104,7 +104,7 @@ def pmap_train_step(
     prepare: PrepareFn,
     devices: Sequence[Any],
 ) -> Callable[..., Any]:
-    """The pmap path: ``(replicated_state, images, labels, idx, step) -> (state, metrics)``.
+    """The pmap path: ``(replicated_state, images, labels, step) -> (state, metrics)``.
 
     ``state`` carries a leading device axis (see `replicate` / `unreplicate`); the metrics
     returned are those of device 0 (they are identical on all devices).
@@ -112,13 +112,15 @@ def pmap_train_step(
     n = len(devices)
     pstep = jax.pmap(step_fn, axis_name=AXIS, devices=devices, donate_argnums=0)
 
-    @jax.jit
-    def prep(images, labels, idx, step):
-        x, y = prepare(images, labels, idx, step)
+    split = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
+
+    @functools.partial(jax.jit, out_shardings=(split, split))
+    def prep(images, labels, step):
+        x, y = prepare(images, labels, step)
         return x.reshape(n, -1, *x.shape[1:]), y.reshape(n, -1, *y.shape[1:])
 
-    def run(state, images, labels, idx, step):
-        x, y = prep(images, labels, idx, step)
+    def run(state, images, labels, step):
+        x, y = prep(images, labels, step)
         state, metrics = pstep(state, x, y)
         return state, jax.tree.map(lambda m: m[0], metrics)
 
@@ -142,26 +144,33 @@ def unreplicate(tree: Any) -> Any:
 def make_prepare(
     *,
     seed: int,
+    batch_size: int,
     mean: Any,
     std: Any,
     dtype: Any,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None,
+    augment: dict[str, Any] | None = None,
 ) -> PrepareFn:
-    """``prepare(images_uint8, labels, idx, step) -> (x, y)`` for the global batch.
+    """``prepare(images_uint8, labels, step) -> (x, y)``: the global batch of `step`.
 
-    The augmentation key is ``fold_in(key(seed), step)``, so the batch of a step depends
-    only on ``(seed, step)``.
+    `lars_jax.data.device_batch`: example indices from ``batch_indices(seed, step)`` (a
+    fresh permutation each epoch), augmentation keyed by ``(seed, step)``, normalisation to
+    `dtype`. The batch of a step therefore depends only on ``(seed, step)``.
+
+    Args:
+      seed: data seed.
+      batch_size: global batch size.
+      mean: per-channel mean on the [0, 1] scale.
+      std: per-channel standard deviation on the [0, 1] scale.
+      dtype: compute dtype of the returned images.
+      augment: keyword arguments of `lars_jax.data.augment_batch` (None: no augmentation).
     """
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
+    from lars_jax.data import device_batch
 
-    def prepare(images, labels, idx, step):
-        imgs = jnp.take(images, idx, axis=0)
-        y = jnp.take(labels, idx, axis=0)
-        if augment is not None:
-            key = jax.random.fold_in(jax.random.key(seed), step)
-            imgs = augment(key, imgs)
-        x = ((imgs.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
-        return x, y
+    mean = tuple(float(m) for m in np.atleast_1d(mean))
+    std = tuple(float(s) for s in np.atleast_1d(std))
+
+    def prepare(images, labels, step):
+        return device_batch(images, labels, step, seed=seed, batch_size=batch_size, mean=mean,
+                            std=std, augment=augment, dtype=dtype)
 
     return prepare
