@@ -435,8 +435,10 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
             raise
         print(f"{PROG} train: error: {msg}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    from lars_jax.sweep import _is_primary
+
     workdir = getattr(config, "workdir", None)
-    if workdir:
+    if workdir and _is_primary():
         print(f"{PROG} train: results in {workdir}/ (summary.json, metrics.jsonl, curves.png)")
     return 0
 
