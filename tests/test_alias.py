@@ -81,17 +81,21 @@ def test_lars_bfloat16_params_match_reference_step_by_step(ids, seed, hp):
     state = tx.init(params)
     update = jax.jit(tx.update)
     mask = [np.ndim(x) > 1 for x in jax.tree.leaves(params)]
-    vs = [np.zeros(np.shape(x)) for x in jax.tree.leaves(params)]
     for t in range(3):
         grads = _to_jax(random_tree(seed + 1 + t, ids, scale=0.3), jnp.bfloat16)
+        # The reference starts from the optimizer's own (bf16) momentum buffer, so that
+        # only this step's rounding is compared (optax's trace holds -v: lr's sign flip).
+        v_old = [-v for v in _leaves(state[-1].trace)]
         updates, state = update(grads, state, params)
         assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
-        _, vs, want = lars_step(_leaves(params), _leaves(grads), vs, lr=hp["lr"],
-                                wd=hp["wd"], tc=hp["tc"], momentum=hp["momentum"],
-                                nesterov=hp["nesterov"], eps=hp["eps"], mask=mask)
-        for got, w in zip(_leaves(updates), want, strict=True):
-            scale = np.max(np.abs(w)) + 1e-30
-            np.testing.assert_allclose(got, w, rtol=0, atol=0.03 * scale)
+        _, v_new, want = lars_step(_leaves(params), _leaves(grads), v_old, lr=hp["lr"],
+                                   wd=hp["wd"], tc=hp["tc"], momentum=hp["momentum"],
+                                   nesterov=hp["nesterov"], eps=hp["eps"], mask=mask)
+        for got, w, v0, v1 in zip(_leaves(updates), want, v_old, v_new, strict=True):
+            u = v1 - hp["momentum"] * v0
+            # A few bf16 roundings (2^-9 relative each) of the operands of v = m*v + u.
+            bound = 0.02 * (np.abs(v0) + np.abs(u) + np.abs(v1)) + 1e-30
+            assert np.all(np.abs(got - w) <= bound), (got, w, bound)
         params = optax.apply_updates(params, updates)
         stats = lars_jax.trust_ratio_stats(state)
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(stats))
@@ -122,8 +126,9 @@ def test_optax_form_with_all_true_mask_equals_optax_lars(ids, seed, hp):
     ours, _ = _run(lars_jax.lars(hp["lr"], denominator="optax", mask=True, **kw),
                    params, steps, use_jit=True)
     ref, _ = _run(optax.lars(hp["lr"], **kw), params, steps, use_jit=True)
-    # Float32 rounding only: 1e-6 is a few ulps of the O(1) weights.
-    chex.assert_trees_all_close(ours, ref, rtol=1e-6, atol=1e-6)
+    # Float32 rounding only (4 steps, ratios up to ~1e3 amplify ulp differences): 1e-5
+    # relative is ~80 ulps, far below any difference of formula.
+    chex.assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, phases=PHASES)
