@@ -168,8 +168,9 @@ def larc(
         v = m * v + lr_t * min(ratio, clip) * (g + wd * w)      (masked tensors)
 
     i.e. the per-tensor rate is ``min(lr_t * ratio, lr_t)``. NVIDIA apex's
-    ``LARC(clip=True)`` instead uses ``min(ratio, lr_t)``; the two agree only when
-    ``lr_t = 1`` (see :mod:`lars_jax.trust_ratio`).
+    ``LARC(clip=True)`` instead uses ``min(ratio, lr_t)``; the two agree when
+    ``lr_t = 1`` or when the ratio exceeds both 1 and ``lr_t`` (see
+    :mod:`lars_jax.trust_ratio`).
 
     Args:
       learning_rate: as in :func:`lars`.

@@ -24,10 +24,14 @@ keeps the last step's per-tensor ratios and norms so that they can be logged; us
 LARC clipping (``clip``). This library clips the *trust ratio*: the per-tensor rate is
 ``lr * min(ratio, clip)``; with ``clip=1`` (the default of :func:`lars_jax.larc`) that
 is ``min(lr * ratio, lr)``: adaptation may slow a layer down but never speed it up
-beyond the global rate. NVIDIA apex's ``LARC(clip=True)`` differs: it uses
-``min(ratio, lr)`` as the per-layer rate, i.e. ``lr * min(ratio / lr, 1)``, so a
-layer whose ratio is below ``lr`` moves at ``ratio`` (not ``lr * ratio``). The two
-coincide only when ``lr == 1``. The fallback ratio 1 (zero norms) is never clipped.
+beyond the global rate. NVIDIA apex's ``LARC(clip=True)`` differs: it multiplies the
+gradient by ``min(ratio / lr, 1)``, so its per-layer rate is ``min(ratio, lr)``: a layer
+whose ratio is below ``lr`` moves at ``ratio`` (not ``lr * ratio``), i.e. the clipped
+ratio acts as an absolute learning rate. The two agree when ``lr == 1`` or when the ratio
+exceeds both 1 and ``lr`` (both then give ``lr``). apex's ``clip=False`` ("scale" mode)
+is the unclipped rate ``lr * ratio`` used here. The fallback ratio 1 (zero norms) is
+never clipped; unlike apex, which then skips weight decay too, the fallback here still
+applies ``g + wd * w``.
 
 References:
   You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
