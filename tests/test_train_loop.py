@@ -1,0 +1,212 @@
+"""End-to-end `train()`: kill -9 and resume bitwise, corrupt checkpoints, NaN policy, metrics.
+
+Run as a script (``python tests/test_train_loop.py WORKDIR STEPS``) it is the training job
+that the SIGKILL test starts and kills.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_data():
+    from lars_jax.train.loop import Data
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
+    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
+    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
+
+
+def tiny_config(workdir, **kw):
+    from lars_jax.train import TrainConfig
+
+    base = dict(model="resnet8", width=0.25, batch_size=32, epochs=2.0, warmup_epochs=0.5,
+                learning_rate=1.0, workdir=str(workdir), checkpoint_every_steps=2,
+                log_every_steps=2, plot=False, progress=False, num_devices=2, crop_padding=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _job(workdir: str, epochs: str) -> None:
+    from lars_jax.train import train
+
+    train(tiny_config(workdir, epochs=float(epochs), checkpoint_every_steps=1,
+                      keep_checkpoints=2, log_every_steps=1), data=tiny_data())
+
+
+def _multihost_job(workdir: str, port: str, pid: str, nproc: str) -> None:
+    """One process of a multi-process run; prints its final params for the test to compare."""
+    import jax
+
+    from lars_jax.train import train
+
+    kw = {} if nproc == "1" else dict(coordinator_address=f"localhost:{port}",
+                                      num_processes=int(nproc), process_id=int(pid))
+    summary, state = train(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
+                           data=tiny_data(), return_state=True)
+    leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+    print("PARAMS", json.dumps(np.concatenate(leaves).tolist()))
+    print("SUMMARY", json.dumps({k: summary[k] for k in ("num_processes", "num_devices", "steps")}))
+
+
+def _final_params(workdir):
+    import orbax.checkpoint as ocp
+
+    ck = Path(workdir) / "checkpoints"
+    last = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    restored = ocp.StandardCheckpointer().restore(ck / str(last) / "state")
+    import jax
+
+    return last, [np.asarray(v) for v in jax.tree.leaves(restored["params"])]
+
+
+def _pythonpath():
+    return os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+
+
+def _start(workdir, epochs):
+    env = dict(os.environ, PYTHONPATH=_pythonpath(),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, __file__, str(workdir), str(epochs)], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    epochs = 6  # 48 steps, a checkpoint after every step
+    ref = _start(tmp_path / "ref", epochs)
+    victim = _start(tmp_path / "victim", epochs)
+    ck = tmp_path / "victim" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        steps = [int(p.name) for p in ck.iterdir() if p.name.isdigit()] if ck.exists() else []
+        if steps and max(steps) >= 3:
+            break
+        assert victim.poll() is None, victim.stdout.read().decode()
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "victim" / "summary.json").exists(), "killed too late"
+    killed_at = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    resumed = _start(tmp_path / "victim", epochs)
+    out = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, out
+    assert "resuming from step" in out
+    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
+    s_ref, p_ref = _final_params(tmp_path / "ref")
+    s_res, p_res = _final_params(tmp_path / "victim")
+    assert s_ref == s_res == 48 and killed_at < 48
+    for a, b in zip(p_ref, p_res, strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise
+    summary = json.loads((tmp_path / "victim" / "summary.json").read_text())
+    assert summary["resumed_from_step"] is not None and summary["steps"] == 48
+    # the metrics file reads as one run: every step logged exactly once
+    rows = [json.loads(line) for line in (tmp_path / "victim" / "metrics.jsonl").open()]
+    steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert steps == list(range(1, 49))
+
+
+def test_metrics_summary_and_layer_stats(tmp_path):
+    """One in-process run on 2 of the 8 test devices with CLARS per device: the JSONL rows
+    hold loss, accuracy, lr, images/s, per-layer trust ratios and norms, the noise-scale
+    statistics; eval rows and summary.json exist; the effective lr follows the warmup."""
+    from lars_jax.train import train
+
+    cfg = tiny_config(tmp_path, optimizer="clars", clars_granularity="device",
+                      log_layer_stats=True, log_every_steps=1, checkpoint_every_steps=-1,
+                      eval_every_epochs=1.0)
+    summary = train(cfg, data=tiny_data())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in train_rows] == list(range(1, 17))
+    assert [r["step"] for r in evals] == [8, 16]
+    last = train_rows[-1]
+    for key in ("loss", "accuracy", "lr", "images_per_s", "grad_sqnorm_small",
+                "grad_sqnorm_big", "batch_small", "batch_big"):
+        assert key in last, key
+    assert last["batch_small"] == 16 and last["batch_big"] == 32
+    assert any(k.startswith("trust_ratio/") and k.endswith("kernel") for k in last)
+    assert any(k.startswith("weight_norm/") for k in last)
+    # warmup over 0.5 epochs = 4 steps from 0 to lr * 32 / 256, then cosine decay
+    peak = cfg.learning_rate * cfg.batch_size / cfg.base_batch_size
+    lrs = [r["lr"] for r in train_rows]
+    np.testing.assert_allclose(lrs[:5], [0, peak / 4, peak / 2, 3 * peak / 4, peak], rtol=1e-5)
+    assert lrs[-1] < lrs[5] < peak
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["test_accuracy"] == summary["test_accuracy"] == evals[-1]["test_accuracy"]
+    assert summary["steps"] == 16 and summary["status"] == "ok"
+    assert not (tmp_path / "checkpoints").exists() or not any(
+        p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
+
+
+def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
+    import pytest
+
+    from lars_jax.train import train
+    from lars_jax.train.loop import NonFiniteError
+
+    cfg = tiny_config(tmp_path / "stop", optimizer="sgd", learning_rate=1e36,
+                      warmup_epochs=0.0, schedule="constant", checkpoint_every_steps=1,
+                      log_every_steps=1, norm="none")
+    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradients at step (\d+)") as e:
+        train(cfg, data=tiny_data())
+    assert "Last good checkpoint" in str(e.value)
+    saved = json.loads((tmp_path / "stop" / "summary.json").read_text())
+    assert saved["status"] == "nonfinite" and saved["nonfinite_step"] >= 1
+    summary = train(cfg.replace(workdir=str(tmp_path / "skip"), nan_policy="skip"),
+                    data=tiny_data())
+    assert summary["skipped_steps"] > 0 and summary["steps"] == 16
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    """jax.distributed with a localhost coordinator: 2 processes x 2 CPU devices run a few
+    steps; both end with the same parameters, equal (atol 1e-5: cross-process reduction
+    order) to one process with 4 devices. Checkpoints are written once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=_pythonpath(), JAX_PLATFORMS="cpu")
+    procs, logs = [], []
+    for pid, nproc, ndev, wd in ((0, 2, 2, "mh"), (1, 2, 2, "mh"), (0, 1, 4, "single")):
+        e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}")
+        # output to files, not pipes: a full pipe would block one process, and with it the
+        # other's jax.distributed shutdown barrier
+        logs.append(tmp_path / f"{wd}-{pid}.log")
+        with open(logs[-1], "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "multihost", str(tmp_path / wd), str(port),
+                 str(pid), str(nproc)], env=e, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    for p in procs:
+        p.wait(timeout=600)
+    outs = [log.read_text() for log in logs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+
+    def grab(out, tag):
+        line = next(ln for ln in out.splitlines() if ln.startswith(tag))
+        return json.loads(line[len(tag) + 1:])
+
+    p0, p1, single = (np.asarray(grab(o, "PARAMS")) for o in outs)
+    assert grab(outs[0], "SUMMARY") == {"num_processes": 2, "num_devices": 4, "steps": 8}
+    np.testing.assert_array_equal(p0, p1)
+    np.testing.assert_allclose(p0, single, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "mh" / "checkpoints").iterdir()
+                  if p.name.isdigit()) == ["4", "6", "8"]
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "multihost":
+        _multihost_job(*sys.argv[2:6])
+    else:
+        _job(sys.argv[1], sys.argv[2])
