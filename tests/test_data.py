@@ -103,7 +103,7 @@ def test_registered_checksum_rejects_the_synthetic_archive(cifar_dir, tmp_path):
 
 def test_unprepared_data_set_gives_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare_from_archive"):
-        data.load_split("cifar100", "train", tmp_path)
+        data.load_split("cifar100", "train", tmp_path, download=False)
     with pytest.raises(ValueError, match="name"):
         data.load_split("imagenet2012", "train", tmp_path)
 
@@ -367,3 +367,67 @@ def test_dataset_info():
     assert data.dataset_info("cifar100").num_classes == 100
     with pytest.raises(ValueError, match="name"):
         data.dataset_info("mnist")
+
+
+# ----------------------------------------------------------------------------- ImageNet (real)
+
+
+def _jpeg(rng, h, w):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_real_imagenet2012_builder_on_synthesized_tars(tmp_path):
+    rng = np.random.default_rng(0)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    synsets = ["n01440764", "n01443537"]  # classes 0 and 1 of TFDS's labels.txt
+    train = {
+        f"{s}.tar": _tar_bytes({f"{s}_{i}.JPEG": _jpeg(rng, 20 + 3 * i, 30) for i in range(3)})
+        for s in synsets
+    }
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
+    val = {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(rng, 24, 24) for i in (1, 2, 3)}
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    data.prepare_imagenet(tmp_path / "tfds", manual_dir=manual)
+    b = tfds.builder("imagenet2012", data_dir=str(tmp_path / "tfds"))
+    names = b.info.features["label"].names
+    src = tfds.data_source("imagenet2012", split="train", data_dir=str(tmp_path / "tfds"))
+    assert len(src) == 6
+    for i in range(6):
+        ex = src[i]
+        fname = ex["file_name"].decode() if isinstance(ex["file_name"], bytes) else ex["file_name"]
+        assert names[ex["label"]] == fname.split("_")[0]
+        assert ex["image"].shape[1:] == (30, 3)
+    batches = list(data.host_batches("imagenet2012", "train", 3, seed=0, num_steps=2,
+                                     image_size=16, data_dir=tmp_path / "tfds"))  # fmt: skip
+    assert sorted(np.concatenate([x["label"] for x in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
+    assert batches[0]["image"].shape == (3, 16, 16, 3)
+    # Validation labels come from TFDS's validation_labels.txt, by sorted file name.
+    vsrc = tfds.data_source("imagenet2012", split="validation", data_dir=str(tmp_path / "tfds"))
+    assert len(vsrc) == 3
+    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+    path = tfds.core.tfds_path(imagenet_common._VALIDATION_LABELS_FNAME)
+    first = path.read_text().split()[:3]
+    got = {}
+    for i in range(3):
+        ex = vsrc[i]
+        fname = ex["file_name"].decode() if isinstance(ex["file_name"], bytes) else ex["file_name"]
+        got[fname] = names[ex["label"]]
+    assert got == {f"ILSVRC2012_val_{i + 1:08d}.JPEG": first[i] for i in range(3)}
+    with pytest.raises(FileNotFoundError, match="prepare_imagenet"):
+        next(data.host_batches("imagenet2012", "train", 2, seed=0, data_dir=tmp_path / "none"))

@@ -29,6 +29,7 @@ from lars_jax.data.sources import (
     ensure_prepared,
     load_split,
     prepare_from_archive,
+    prepare_imagenet,
     prepare_with_local_files,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "normalize",
     "prepare_fashion_mnist",
     "prepare_from_archive",
+    "prepare_imagenet",
     "prepare_with_local_files",
     "random_crop",
     "random_flip",

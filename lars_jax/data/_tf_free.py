@@ -3,14 +3,16 @@
 tensorflow-datasets 4.9.x reads prepared data sets without TensorFlow (`tfds.data_source`,
 array_record files), but *preparing* the image data sets still calls TensorFlow in a handful
 of places: `tf.io.gfile` (open/exists/remove/makedirs) in the archive extractor, the
-shuffler and the MNIST/CIFAR parsers, `tf.compat.as_text` in the extractor, and
+shuffler and the MNIST/CIFAR/ImageNet parsers, `tf.compat.as_text` in the extractor,
 `tf.image.encode_png` (through `TFGraphRunner`) when an `Image` feature encodes a NumPy
-array. `tf_free_generation()` replaces exactly these, for the duration of the `with` block
-and only inside the TFDS modules listed in `_PATCHED_MODULES`, by local-file and PIL
-equivalents, so that the builders' own `_split_generators` / `_generate_examples` (the real
-parsing code), TFDS's download manager with its checksum validation, the extractor,
-shuffler, serializer and array_record writer all run unchanged. PNG is lossless, so the
-decoded pixels are the same as with TensorFlow's encoder (the PNG bytes may differ).
+array, and `tfds.core.utils.png_to_jpeg` / `jpeg_cmyk_to_rgb` (TF image codecs; ImageNet
+uses them for 1 PNG and 22 CMYK files). `tf_free_generation()` replaces exactly these, for
+the duration of the `with` block and only inside the TFDS modules listed in
+`_PATCHED_MODULES` (plus those two utilities), by local-file and PIL equivalents, so that
+the builders' own `_split_generators` / `_generate_examples` (the real parsing code),
+TFDS's download manager with its checksum validation, the extractor, shuffler, serializer
+and array_record writer all run unchanged. PNG is lossless, so the decoded pixels are the
+same as with TensorFlow's encoder (the PNG bytes may differ).
 
 When TensorFlow is installed nothing is patched.
 """
@@ -34,6 +36,8 @@ _PATCHED_MODULES = (
     "tensorflow_datasets.core.shuffle",
     "tensorflow_datasets.image_classification.mnist",
     "tensorflow_datasets.image_classification.cifar",
+    "tensorflow_datasets.datasets.imagenet2012.imagenet2012_dataset_builder",
+    "tensorflow_datasets.datasets.imagenet2012.imagenet_common",
 )
 
 
@@ -90,13 +94,23 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _to_rgb_jpeg(image_bytes: bytes, quality: int = 100) -> bytes:
+    """Re-encodes any PIL-readable image (PNG, CMYK JPEG) as an RGB JPEG."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image_bytes)) as img:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
 @contextlib.contextmanager
 def tf_free_generation() -> Iterator[None]:
-    """Context manager: lets TFDS prepare MNIST-family and CIFAR builders without TensorFlow."""
+    """Context manager: lets TFDS prepare MNIST, CIFAR and ImageNet builders without TensorFlow."""
     if tensorflow_available():
         yield
         return
@@ -121,6 +135,11 @@ def tf_free_generation() -> Iterator[None]:
             return encode_png(np_image)
 
         enc._encode_image = _encode_image
+        from tensorflow_datasets.core import utils as tfds_utils
+
+        for fn in ("png_to_jpeg", "jpeg_cmyk_to_rgb"):
+            saved.append((tfds_utils, fn, getattr(tfds_utils, fn)))
+            setattr(tfds_utils, fn, _to_rgb_jpeg)
         yield
     finally:
         for obj, attr, value in reversed(saved):

@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from lars_jax.data.info import dataset_info
-from lars_jax.data.sources import SMALL_DATASETS, builder, ensure_prepared
+from lars_jax.data.sources import (
+    SMALL_DATASETS,
+    _not_prepared_help,
+    builder,
+    default_data_dir,
+    ensure_prepared,
+)
 
 Batch = dict[str, np.ndarray]
 
@@ -49,12 +55,11 @@ def _data_source(name: str, split: str, data_dir: str | os.PathLike | None) -> A
     if name in SMALL_DATASETS:
         return ensure_prepared(name, data_dir).as_data_source(split=split)
     b = builder(name, data_dir)
-    try:
+    try:  # (no `is_prepared()` check first, so that tfds.testing.mock_data works)
         return b.as_data_source(split=split)
     except Exception as err:
         raise FileNotFoundError(
-            f"TFDS data set {name!r} split {split!r} is not available in {b.data_dir}: "
-            f"prepare it with TFDS (array_record format) first: {err}"
+            _not_prepared_help(name, os.fspath(data_dir or default_data_dir())) + f" ({err})"
         ) from err
 
 

@@ -151,28 +151,78 @@ def prepare_from_archive(
 
 
 def _not_prepared_help(name: str, data_dir: str) -> str:
+    if name == "imagenet2012":
+        return (
+            f"TFDS data set 'imagenet2012' is not prepared in {data_dir}. Put "
+            f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
+            f"{data_dir}/downloads/manual/ and run lars_jax.data.prepare_imagenet() once "
+            f"(hours; ~150 GB), or copy a prepared array_record imagenet2012 folder there."
+        )
     return (
-        f"TFDS data set {name!r} is not prepared in {data_dir}. Without TensorFlow and "
-        f"internet, prepare it from the upstream archive with "
+        f"TFDS data set {name!r} is not prepared in {data_dir} and could not be downloaded. "
+        f"Offline, prepare it from the upstream archive with "
         f"lars_jax.data.prepare_from_archive({name!r}, '/path/to/archive'), or copy a "
-        f"prepared array_record data set into {data_dir} (e.g. made elsewhere with "
-        f"`tfds build {name} --file_format=array_record`)."
+        f"prepared array_record data set into {data_dir}."
     )
 
 
-def ensure_prepared(name: str, data_dir: str | os.PathLike | None = None) -> Any:
-    """The builder of `name`, preparing Fashion-MNIST from local files if needed."""
+def prepare_imagenet(
+    data_dir: str | os.PathLike | None = None, manual_dir: str | os.PathLike | None = None
+) -> Path:
+    """Prepares TFDS's `imagenet2012` (array_record) from the manually downloaded tars.
+
+    Args:
+      data_dir: TFDS data directory (default `default_data_dir()`).
+      manual_dir: folder with ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar (default
+        `<data_dir>/downloads/manual`, TFDS's convention).
+
+    Returns:
+      The prepared data set's directory.
+    """
+    import tensorflow_datasets as tfds
+
+    b = builder("imagenet2012", data_dir)
+    if not b.is_prepared():
+        config = tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir) if manual_dir else None
+        )
+        with tf_free_generation():
+            b.download_and_prepare(file_format="array_record", download_config=config)
+    return Path(b.data_dir)
+
+
+def ensure_prepared(
+    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
+) -> Any:
+    """The builder of `name`, prepared: Fashion-MNIST from the Debian files, CIFAR by download.
+
+    Args:
+      name: a name in `DATASET_NAMES`.
+      data_dir: TFDS data directory (default `default_data_dir()`).
+      download: for CIFAR, let TFDS download the archive (checked against TFDS's registered
+        SHA-256) when the data set is not prepared yet.
+
+    Raises:
+      FileNotFoundError: not prepared and cannot be prepared here (says what to do).
+    """
+    dataset_info(name)
     data_dir = os.fspath(data_dir or default_data_dir())
     b = builder(name, data_dir)
-    if not b.is_prepared():
-        if name == "fashion_mnist":
-            from lars_jax.data.fashion_mnist import prepare_fashion_mnist
+    if b.is_prepared():
+        return b
+    if name == "fashion_mnist":
+        from lars_jax.data.fashion_mnist import prepare_fashion_mnist
 
-            prepare_fashion_mnist(data_dir)
-            b = builder(name, data_dir)
-        else:
-            raise FileNotFoundError(_not_prepared_help(name, data_dir))
-    return b
+        prepare_fashion_mnist(data_dir)
+    elif name in ("cifar10", "cifar100") and download:
+        try:
+            with tf_free_generation():
+                b.download_and_prepare(file_format="array_record")
+        except Exception as err:
+            raise FileNotFoundError(_not_prepared_help(name, data_dir) + f" ({err})") from err
+    else:
+        raise FileNotFoundError(_not_prepared_help(name, data_dir))
+    return builder(name, data_dir)
 
 
 def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Any:
@@ -188,10 +238,12 @@ def load_split(
     data_dir: str | os.PathLike | None = None,
     *,
     cache: bool = True,
+    download: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole split of a small data set as NumPy arrays.
 
-    Fashion-MNIST is prepared automatically on first use (from Debian's files). Decoding all
+    Fashion-MNIST is prepared automatically on first use (from Debian's files), CIFAR is
+    downloaded and prepared by TFDS on first use (internet needed once). Decoding all
     PNG records takes a while, so the arrays are cached as `.npy` files under
     `<data_dir>/lars_jax_cache/<name>/<version>/` (`cache=False` bypasses the cache).
 
@@ -200,6 +252,7 @@ def load_split(
       split: a TFDS split, e.g. "train", "test", "train[:1000]".
       data_dir: TFDS data directory (default `default_data_dir()`).
       cache: read/write the decoded-array cache.
+      download: CIFAR only: download with TFDS if not prepared (needs internet once).
 
     Returns:
       (images uint8 [N, H, W, C], labels int32 [N]), in TFDS's order.
@@ -209,7 +262,7 @@ def load_split(
             f"name must be one of {SMALL_DATASETS} (use host_batches for larger), got {name!r}"
         )
     data_dir = os.fspath(data_dir or default_data_dir())
-    b = ensure_prepared(name, data_dir)
+    b = ensure_prepared(name, data_dir, download=download)
     label_key = "label"
     cache_dir = Path(data_dir) / "lars_jax_cache" / name / str(b.version)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split)
