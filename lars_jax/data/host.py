@@ -17,6 +17,10 @@ Batches are built by a grain `MapDataset` over step numbers, read with grain's t
 prefetch buffer (`num_threads`, `prefetch`); without grain installed, a small ordered
 thread pool does the same.
 
+Preparation: Fashion-MNIST and CIFAR are prepared on first use (see `ensure_prepared`);
+imagenet2012 is prepared on first use when TFDS's manual-download folder
+`<data_dir>/downloads/manual/` holds ILSVRC2012_img_train.tar (and _val.tar).
+
 Preprocessing: small data sets are passed through unchanged (augment them on the device
 with `augment_batch`); "imagenet2012" is decoded from JPEG by TFDS and, in training,
 random-resized-cropped (area 8%-100%, aspect ratio 3/4-4/3) to `image_size` and flipped; in
@@ -46,6 +50,7 @@ from lars_jax.data.sources import (
     builder,
     default_data_dir,
     ensure_prepared,
+    prepare_imagenet,
 )
 
 Batch = dict[str, np.ndarray]
@@ -54,13 +59,16 @@ Batch = dict[str, np.ndarray]
 def _data_source(name: str, split: str, data_dir: str | os.PathLike | None) -> Any:
     if name in SMALL_DATASETS:
         return ensure_prepared(name, data_dir).as_data_source(split=split)
+    data_dir = os.fspath(data_dir or default_data_dir())
     b = builder(name, data_dir)
     try:  # (no `is_prepared()` check first, so that tfds.testing.mock_data works)
         return b.as_data_source(split=split)
     except Exception as err:
-        raise FileNotFoundError(
-            _not_prepared_help(name, os.fspath(data_dir or default_data_dir())) + f" ({err})"
-        ) from err
+        manual = os.path.join(data_dir, "downloads", "manual", "ILSVRC2012_img_train.tar")
+        if name == "imagenet2012" and os.path.exists(manual) and not b.is_prepared():
+            prepare_imagenet(data_dir)  # TFDS's manual-download convention
+            return builder(name, data_dir).as_data_source(split=split)
+        raise FileNotFoundError(_not_prepared_help(name, data_dir) + f" ({err})") from err
 
 
 def random_resized_crop(
