@@ -49,6 +49,13 @@ def default_data_dir() -> str:
 
 def builder(name: str, data_dir: str | os.PathLike | None = None) -> Any:
     """`tfds.builder(name)` in `data_dir` (default `default_data_dir()`), array_record format."""
+    try:  # TFDS 4.9.10's builders import it lazily but do not declare it.
+        import importlib_resources  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "tensorflow-datasets needs the package importlib_resources to build data sets: "
+            "pip install importlib_resources"
+        ) from err
     import tensorflow_datasets as tfds
 
     return tfds.builder(
