@@ -39,9 +39,11 @@ Semantics:
   data-parallel training these are the norms of the local gradients before the
   all-reduce. With BatchNorm they are the norms of the group sums of the contributions.
 
-Layers are identified by type: subclasses and other parametrised modules (``nn.Embed``,
-``nn.DenseGeneral``, custom ``self.param`` calls, a module called twice) are not
-recognised, and a ``ValueError`` names their parameters instead of returning wrong norms.
+Dense and Conv layers are identified by exact type; normalisation layers also by subclass
+(such as a ghost BatchNorm), which must compute ``x_hat * scale + bias`` per feature and give
+``x_hat`` when cloned with ``use_scale=False, use_bias=False``. Other parametrised modules
+(``nn.Embed``, ``nn.DenseGeneral``, custom ``self.param`` calls, a module called twice) are
+not recognised, and a ``ValueError`` names their parameters instead of returning wrong norms.
 
 References:
   Goodfellow, "Efficient per-example gradient computations", arXiv 1510.01799, 2015.
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +70,9 @@ from flax.linen import linear as _linear
 PyTree = Any
 
 _METHODS = ("auto", "ghost", "direct")
+# For layers whose per-example kernel gradients are formed ("direct"), take the kernel
+# gradient from their sum instead of a second weight-gradient computation by autodiff.
+_FUSE_DIRECT = True
 _DENSE_TYPES = (nn.Dense,)
 _CONV_TYPES = (nn.Conv,)
 _NORM_TYPES = (nn.BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -80,6 +86,8 @@ class _Layer:
     kind: str  # "dense", "conv" or "norm"
     module: nn.Module
     out_shape: jax.ShapeDtypeStruct
+    in_shape: tuple[int, ...]
+    plan: str = ""  # "norm", "closed" (T = 1), "ghost" or "direct"
 
 
 def _layer_kind(module: nn.Module) -> str | None:
@@ -88,7 +96,9 @@ def _layer_kind(module: nn.Module) -> str | None:
         return "dense"
     if t in _CONV_TYPES:
         return "conv"
-    if t in _NORM_TYPES:
+    if isinstance(module, _NORM_TYPES):
+        # Subclasses too (e.g. ghost BatchNorm): x_hat is taken from the same module with
+        # use_scale=False, use_bias=False, and the output must be x_hat * scale + bias.
         return "norm"
     return None
 
@@ -143,6 +153,7 @@ def _discover(fn: Callable[..., Any], *args, **kwargs) -> list[_Layer]:
                 kind=_layer_kind(module),
                 module=module.clone(parent=None),
                 out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
+                in_shape=tuple(a[0].shape),
             )
         )
         return out
@@ -164,23 +175,81 @@ def _discover(fn: Callable[..., Any], *args, **kwargs) -> list[_Layer]:
     return layers
 
 
+def _varying_axes(tree: PyTree) -> tuple[str, ...]:
+    """Mesh axes (inside ``jax.shard_map``) over which some leaf of ``tree`` varies."""
+    axes: set[str] = set()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        try:
+            aval = jax.typeof(leaf)
+        except TypeError:
+            continue
+        mat = getattr(aval, "manual_axis_type", None)  # jax >= 0.9
+        axes |= set(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
+    return tuple(sorted(axes))
+
+
+def _zero_perturbation(layer: _Layer, axes: tuple[str, ...]) -> jax.Array:
+    """The zero perturbation of a layer output, varying over the given mesh axes.
+
+    Inside ``jax.shard_map`` a plain ``jnp.zeros`` is replicated, and the gradient with
+    respect to a replicated value is summed over the devices: the perturbation must vary
+    like the batch for its gradient to be this device's cotangent.
+    """
+    zeros = jnp.zeros(layer.out_shape.shape, layer.out_shape.dtype)
+    if axes:
+        zeros = jax.lax.pcast(zeros, axes, to="varying")
+    return zeros
+
+
+def _call_with_frozen_kernel(module: nn.Module, args: tuple, kwargs: dict) -> jax.Array:
+    """Calls a Dense/Conv module with ``stop_gradient`` on its kernel (bias unchanged)."""
+    variables = dict(module.variables)
+    layer_params = dict(variables["params"])
+    layer_params["kernel"] = jax.lax.stop_gradient(layer_params["kernel"])
+    variables["params"] = layer_params
+    return module.clone(parent=None).apply(variables, *args, **kwargs)
+
+
+def _add_grad(g: jax.Array, extra: jax.Array | None) -> jax.Array:
+    if extra is None:
+        return g
+    return g + extra.reshape(g.shape).astype(g.dtype)
+
+
 # ---------------------------------------------------------------------------------------
 # Per-layer squared norms.
 
 
-def _outer_sq_norms(a: jax.Array, c: jax.Array, method: str) -> jax.Array:
-    """``||a_g^T c_g||_F^2`` for every g; ``a``: (G, T, d), ``c``: (G, T, p) -> (G,)."""
-    _, t, d = a.shape
-    p = c.shape[-1]
+def _plan(layer: _Layer, groups: int, method: str) -> str:
+    """How one layer's kernel norms are computed (Bu et al.'s rule: ghost if 2T^2 < dp)."""
+    if layer.kind == "norm":
+        return "norm"
+    out = layer.out_shape.shape
+    t = math.prod(out[1:-1]) * (out[0] // groups)  # positions per group
+    d = layer.in_shape[-1]
+    if layer.kind == "conv":
+        d *= math.prod(layer.module.kernel_size)
+    p = out[-1]
     if t == 1:
-        return jnp.sum(a[:, 0] ** 2, axis=-1) * jnp.sum(c[:, 0] ** 2, axis=-1)
-    use_ghost = method == "ghost" or (method == "auto" and 2 * t * t < d * p)
-    if use_ghost:
+        return "closed"
+    if method == "ghost" or (method == "auto" and 2 * t * t < d * p):
+        return "ghost"
+    return "direct"
+
+
+def _outer_sq_norms(a: jax.Array, c: jax.Array, plan: str) -> tuple[jax.Array, jax.Array | None]:
+    """``||a_g^T c_g||_F^2`` for every g; ``a``: (G, T, d), ``c``: (G, T, p) -> (G,).
+
+    With plan "direct" also returns ``sum_g a_g^T c_g`` (d, p): the layer's kernel gradient.
+    """
+    if plan == "closed":
+        return jnp.sum(a[:, 0] ** 2, axis=-1) * jnp.sum(c[:, 0] ** 2, axis=-1), None
+    if plan == "ghost":
         gram_a = jnp.einsum("gtd,gsd->gts", a, a)
         gram_c = jnp.einsum("gtp,gsp->gts", c, c)
-        return jnp.sum(gram_a * gram_c, axis=(1, 2))
+        return jnp.sum(gram_a * gram_c, axis=(1, 2)), None
     grads = jnp.einsum("gtd,gtp->gdp", a, c)
-    return jnp.sum(grads * grads, axis=(1, 2))
+    return jnp.sum(grads * grads, axis=(1, 2)), jnp.sum(grads, axis=0)
 
 
 def _conv_pads(module: nn.Conv, in_spatial: Sequence[int], path: str) -> list[tuple[int, int]]:
@@ -209,8 +278,14 @@ def _as_tuple(v: int | Sequence[int] | None, n: int) -> tuple[int, ...]:
     return tuple(v)
 
 
-def _conv_patches(module: nn.Conv, x: jax.Array, out_spatial: Sequence[int], path: str):
-    """Unfolded conv inputs (B, T, K*Cin) for the output positions."""
+def _conv_patches(
+    module: nn.Conv,
+    x: jax.Array,
+    out_spatial: Sequence[int],
+    path: str,
+    check_only: bool = False,
+) -> list[jax.Array]:
+    """Unfolded conv inputs: one (B, T, Cin) slice per kernel offset, row-major offsets."""
     nd = len(module.kernel_size)
     if x.ndim != nd + 2:
         raise ValueError(
@@ -227,6 +302,8 @@ def _conv_patches(module: nn.Conv, x: jax.Array, out_spatial: Sequence[int], pat
             f"value_grad_and_norms: Conv at {path} uses input_dilation or a mask (unsupported)"
         )
     pads = _conv_pads(module, x.shape[1:-1], path)
+    if check_only:
+        return []
     strides = _as_tuple(module.strides, nd)
     dil = _as_tuple(module.kernel_dilation, nd)
     xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
@@ -245,9 +322,11 @@ def _layer_sq_norms(
     captured: jax.Array,
     cot: jax.Array,
     groups: int,
-    method: str,
-) -> dict[str, jax.Array]:
-    """Squared norms (G,) of each param of one layer, from its input and output cotangent."""
+) -> tuple[dict[str, jax.Array], jax.Array | None]:
+    """Squared norms (G,) of each param of one layer, from its input and output cotangent.
+
+    Also returns the kernel gradient for "direct" layers (None otherwise).
+    """
     module, path = layer.module, _path_str(layer.path)
     b = cot.shape[0]
     n = b // groups
@@ -263,19 +342,20 @@ def _layer_sq_norms(
         if getattr(module, "use_bias", False):
             gb = jnp.sum(c, axis=sum_axes).reshape(groups, n, -1).sum(1)
             out["bias"] = jnp.sum(gb * gb, axis=-1)
-        return out
+        return out, None
     p = c.shape[-1]
     cg = c.reshape(groups, -1, p)
     if layer.kind == "dense":
-        out["kernel"] = _outer_sq_norms(a.reshape(groups, -1, a.shape[-1]), cg, method)
+        a = a.reshape(groups, -1, a.shape[-1])
     else:
         pieces = _conv_patches(module, a, c.shape[1:-1], path)
         patches = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-        out["kernel"] = _outer_sq_norms(patches.reshape(groups, -1, patches.shape[-1]), cg, method)
+        a = patches.reshape(groups, -1, patches.shape[-1])
+    out["kernel"], kernel_grad = _outer_sq_norms(a, cg, layer.plan)
     if module.use_bias:
         gb = cg.sum(1)
         out["bias"] = jnp.sum(gb * gb, axis=-1)
-    return out
+    return out, kernel_grad
 
 
 def _norm_feature_axes(module: nn.Module, ndim: int) -> tuple[int, ...]:
@@ -371,18 +451,32 @@ def value_grad_and_norms(
         message).
 
     Example:
+      Train a small MLP with CLARS, whose trust ratio divides by the mean per-example
+      gradient norm of each tensor:
+
       >>> import jax, jax.numpy as jnp, flax.linen as nn, optax
-      >>> from lars_jax import value_grad_and_norms
-      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
-      >>> x = jax.random.normal(jax.random.key(0), (16, 5))
-      >>> y = jnp.arange(16) % 3
+      >>> import lars_jax
+      >>> model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 5))
+      >>> y = jnp.argmax(x[:, :3], axis=1)
       >>> params = model.init(jax.random.key(1), x)["params"]
-      >>> def loss_fn(p, x, y):
-      ...   logits = model.apply({"params": p}, x)
-      ...   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      >>> loss, grads, norms = value_grad_and_norms(loss_fn, params, x, y)
-      >>> norms["layers_0"]["kernel"].shape
-      (16,)
+      >>> def loss_fn(p, x, y):  # the MEAN of the per-example losses
+      ...     logits = model.apply({"params": p}, x)
+      ...     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      >>> tx = lars_jax.clars(learning_rate=1.0, trust_coefficient=0.02, momentum=0.9)
+      >>> state = tx.init(params)
+      >>> @jax.jit
+      ... def step(params, state, x, y):
+      ...     loss, grads, norms = lars_jax.value_grad_and_norms(loss_fn, params, x, y)
+      ...     updates, state = tx.update(grads, state, params, per_example_norms=norms)
+      ...     return optax.apply_updates(params, updates), state, loss, norms
+      >>> params, state, first_loss, norms = step(params, state, x, y)
+      >>> norms["layers_0"]["kernel"].shape  # one norm per example
+      (64,)
+      >>> for _ in range(60):
+      ...     params, state, loss, _ = step(params, state, x, y)
+      >>> bool(loss < 0.1 * first_loss)
+      True
 
     References:
       Goodfellow, "Efficient per-example gradient computations", arXiv 1510.01799, 2015.
@@ -410,6 +504,16 @@ def value_grad_and_norms(
     if batch % groups:
         raise ValueError(f"num_groups={num_groups} does not divide the batch size {batch}")
 
+    for layer in layers:
+        layer.plan = _plan(layer, groups, method)
+        if layer.kind == "conv":  # validate the configuration before the real pass
+            _conv_patches(
+                layer.module,
+                jax.ShapeDtypeStruct(layer.in_shape, jnp.float32),
+                layer.out_shape.shape[1:-1],
+                _path_str(layer.path),
+                check_only=True,
+            )
     prefix = _params_prefix(params, layers)
     by_path = {layer.path: i for i, layer in enumerate(layers)}
 
@@ -418,7 +522,12 @@ def value_grad_and_norms(
 
         def record(module, a, kw, next_fun):
             i = by_path[tuple(module.path)]
-            out = next_fun(*a, **kw)
+            if _FUSE_DIRECT and layers[i].plan == "direct":
+                # The per-example kernel gradients are computed anyway: their sum is the
+                # kernel gradient, so autodiff need not compute it through this call.
+                out = _call_with_frozen_kernel(module, a, kw)
+            else:
+                out = next_fun(*a, **kw)
             if layers[i].kind == "norm":
                 captured[i] = _normalized_input(module, a, kw)
             else:
@@ -433,15 +542,24 @@ def value_grad_and_norms(
             loss, aux = res, None
         return loss, (aux, captured)
 
-    perts = [jnp.zeros(layer.out_shape.shape, layer.out_shape.dtype) for layer in layers]
+    axes = _varying_axes((params, args, kwargs))
+    perts = [_zero_perturbation(layer, axes) for layer in layers]
     (loss, (aux, captured)), (grads, cots) = jax.value_and_grad(
         perturbed_loss, argnums=(0, 1), has_aux=True
     )(params, perts)
 
     sq: dict[tuple[str, ...], jax.Array] = {}
+    extra_grads: dict[tuple[str, ...], jax.Array] = {}
     for layer, acts, cot in zip(layers, captured, cots, strict=True):
-        for name, v in _layer_sq_norms(layer, acts, cot, groups, method).items():
+        layer_sq, kernel_grad = _layer_sq_norms(layer, acts, cot, groups)
+        for name, v in layer_sq.items():
             sq[prefix + layer.path + (name,)] = v
+        if _FUSE_DIRECT and kernel_grad is not None:
+            extra_grads[prefix + layer.path + ("kernel",)] = kernel_grad
+    if extra_grads:
+        grads = jax.tree_util.tree_map_with_path(
+            lambda kp, g: _add_grad(g, extra_grads.get(_path_of_keypath(kp))), grads
+        )
 
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     norms_leaves = []

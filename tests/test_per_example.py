@@ -164,9 +164,15 @@ def test_conv_matches_vmap(b, methods):
     _check_against_vmap(ConvStack(), (9, 10, 2), b, methods=methods)
 
 
-@pytest.mark.parametrize("norm", ["none", "group"])
-def test_resnet20_shaped_matches_vmap(norm):
-    _check_against_vmap(TinyResNet20(norm=norm), (8, 8, 3), 7)
+def test_resnet20_shaped_without_norm_matches_vmap():
+    _check_against_vmap(TinyResNet20(norm="none"), (8, 8, 3), 7)
+
+
+def test_project_resnet20_with_groupnorm_matches_vmap():
+    from lars_jax.models import create_model
+
+    model = create_model("resnet20", num_classes=3, norm="group", width=0.25, group_norm_groups=2)
+    _check_against_vmap(model, (8, 8, 3), 7)
 
 
 def test_layernorm_and_tiny_batch64_matches_vmap():
@@ -186,52 +192,71 @@ def test_layernorm_and_tiny_batch64_matches_vmap():
 # Micro-batch mode and BatchNorm.
 
 
-@pytest.mark.parametrize("num_groups", [1, 2, 4])
-def test_groups_match_explicit_group_gradients(num_groups):
-    model = TinyResNet20(norm="group", widths=(2, 4, 4))
+class GNStack(nn.Module):
+    """Conv, GroupNorm, strided conv, Dense: small, with per-example normalisation."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.GroupNorm(num_groups=2)(nn.Conv(4, (3, 3))(x)))
+        x = nn.relu(nn.Conv(6, (3, 3), strides=2, use_bias=False)(x))
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+def test_groups_match_explicit_group_gradients():
+    model = GNStack()
     x, y = _batch((6, 6, 2), 8)
     params = model.init(jax.random.key(1), x)["params"]
     loss_fn = _loss_fn(model)
-    _, grads, norms = jax.jit(
-        lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y, num_groups=num_groups)
-    )(params, x, y)
-    expected = group_gradient_norms(loss_fn, params, x, y, num_groups=num_groups)
-    for leaf in jax.tree.leaves(norms):
-        assert leaf.shape == (num_groups,)
-    _assert_tree_close(norms, expected)
-    if num_groups == 1:
-        _assert_tree_close(norms, jax.tree.map(lambda g: jnp.linalg.norm(g.ravel())[None], grads))
+    all_groups = (1, 2, 4, 8)
 
+    @jax.jit
+    def run(p, x, y):
+        ours = [value_grad_and_norms(loss_fn, p, x, y, num_groups=k) for k in all_groups]
+        ref = [group_gradient_norms(loss_fn, p, x, y, num_groups=k) for k in all_groups]
+        per_example = value_grad_and_norms(loss_fn, p, x, y)[2]
+        return ours, ref, per_example
 
-def _bn_setup(b=6):
-    model = TinyResNet20(norm="batch", widths=(2, 4, 4))
-    x, y = _batch((6, 6, 2), b)
-    variables = model.init(jax.random.key(1), x)
-
-    def loss_fn(params, x, y):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, x, mutable=["batch_stats"]
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
-
-    return loss_fn, variables, x, y
+    ours, ref, per_example = run(params, x, y)
+    for k, (_, grads, norms), expected in zip(all_groups, ours, ref, strict=True):
+        for leaf in jax.tree.leaves(norms):
+            assert leaf.shape == (k,)
+        _assert_tree_close(norms, expected)
+        if k == 1:
+            _assert_tree_close(
+                norms, jax.tree.map(lambda g: jnp.linalg.norm(g.ravel())[None], grads)
+            )
+    _assert_tree_close(ours[-1][2], per_example, rtol=1e-6)
 
 
 def test_batchnorm_contributions_sum_to_batch_gradient():
-    loss_fn, variables, x, y = _bn_setup()
+    """The project's ResNet-20 with ghost BatchNorm (a BatchNorm subclass): one group: ||g||."""
+    from lars_jax.models import create_model
+
+    model = create_model("resnet20", num_classes=3, norm="batch", width=0.25, bn_ghost_size=2)
+    x, y = _batch((8, 8, 3), 6)
+    variables = model.init(jax.random.key(1), x)
     params = variables["params"]
-    (loss, updates), grads, norms = jax.jit(
-        lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y, has_aux=True, num_groups=1)
-    )(params, x, y)
-    (loss_ref, updates_ref), grads_ref = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+
+    def loss_fn(params, x, y):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+
+    @jax.jit
+    def run(p, x, y):
+        ours = value_grad_and_norms(loss_fn, p, x, y, has_aux=True, num_groups=1)
+        return ours, jax.value_and_grad(loss_fn, has_aux=True)(p, x, y)
+
+    ((loss, updates), grads, norms), ((loss_ref, updates_ref), grads_ref) = run(params, x, y)
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
     _assert_tree_close(updates, updates_ref, rtol=1e-5)
     _assert_tree_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
-    # The sum of the per-example contributions is B * g, so one group gives ||g||. Conv biases
-    # followed by BatchNorm have a zero gradient: compare those with an absolute tolerance.
-    _assert_tree_close(
-        norms, jax.tree.map(lambda g: jnp.linalg.norm(g.ravel())[None], grads), atol=1e-5
-    )
+    # The per-example contributions sum to B * g, so one group of all B gives ||g||.
+    _assert_tree_close(norms, jax.tree.map(lambda g: jnp.linalg.norm(g.ravel())[None], grads))
 
 
 class BNNet(nn.Module):
@@ -298,14 +323,6 @@ def test_batchnorm_per_example_contributions_are_exact():
     )
 
 
-def test_per_example_equals_groups_of_one():
-    loss_fn, variables, x, y = _bn_setup(b=4)
-    params = variables["params"]
-    _, _, a = value_grad_and_norms(loss_fn, params, x, y, has_aux=True)
-    _, _, b = value_grad_and_norms(loss_fn, params, x, y, has_aux=True, num_groups=4)
-    _assert_tree_close(a, b, rtol=1e-6)
-
-
 # ---------------------------------------------------------------------------------------
 # Data parallel: inside shard_map over the 8 simulated devices.
 
@@ -326,20 +343,22 @@ def test_inside_shard_map_gives_per_device_norms():
     def step(p, x, y):
         loss, grads, norms = value_grad_and_norms(loss_fn, p, x, y)
         _, _, local = value_grad_and_norms(loss_fn, p, x, y, num_groups=1)
-        grads = jax.lax.pmean(grads, "data")
-        return jax.lax.pmean(loss, "data"), grads, norms, local
+        # Whatever JAX does with the gradient of replicated params inside shard_map, the
+        # gradient returned must be the one jax.value_and_grad gives in the same place.
+        loss_ref, grads_ref = jax.value_and_grad(loss_fn)(p, x, y)
+        return loss[None], loss_ref[None], grads, grads_ref, norms, local
 
     sharded = jax.jit(
         jax.shard_map(
             step,
             mesh=mesh,
             in_specs=(P(), P("data"), P("data")),
-            out_specs=(P(), P(), P("data"), P("data")),
+            out_specs=(P("data"), P("data"), P(), P(), P("data"), P("data")),
         )
     )
-    loss, grads, norms, local = sharded(params, x, y)
-    loss_ref, grads_ref = jax.value_and_grad(loss_fn)(params, x, y)
-    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    loss, loss_ref, grads, grads_ref, norms, local = sharded(params, x, y)
+    assert loss.shape == (8,)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
     _assert_tree_close(grads, grads_ref, atol=1e-6)
     _assert_tree_close(norms, per_example_norms_vmap(_per_example_loss_fn(model), params, x, y))
     _assert_tree_close(local, group_gradient_norms(loss_fn, params, x, y, num_groups=8))
