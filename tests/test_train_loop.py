@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,7 @@ def _start(workdir, epochs):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     epochs = 6  # 48 steps, a checkpoint after every step
     ref = _start(tmp_path / "ref", epochs)
@@ -149,8 +151,6 @@ def test_metrics_summary_and_layer_stats(tmp_path):
 
 
 def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
-    import pytest
-
     from lars_jax.train import train
     from lars_jax.train.loop import NonFiniteError
 
@@ -167,6 +167,7 @@ def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
     assert summary["skipped_steps"] > 0 and summary["steps"] == 16
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
     """jax.distributed with a localhost coordinator: 2 processes x 2 CPU devices run a few
     steps; both end with the same parameters, equal (atol 1e-5: cross-process reduction
