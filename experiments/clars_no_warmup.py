@@ -71,9 +71,10 @@ def methods(base: TrainConfig) -> list[xu.Method]:
 
 def points(preset: str, base: TrainConfig) -> list[dict]:
     pts = []
-    for b in BATCH_SIZES[preset]:
-        for m in methods(base):
-            for s in SEEDS[preset]:
+    # seeds outermost: a time budget cuts seeds, not methods
+    for s in SEEDS[preset]:
+        for b in BATCH_SIZES[preset]:
+            for m in methods(base):
                 pts.append({**m.overrides, "batch_size": b,
                             "grad_accum_steps": max(1, b // MAX_MICRO[preset]), "seed": s})
     return pts[:1] if preset == "smoke" else pts  # smoke: CLARS, one seed
@@ -95,8 +96,9 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             label = xu.method_of(r, ms)
             acc = xu.final_accuracy(r)
             key = (label, c["batch_size"])
-            stats.setdefault(key, {"accs": [], "outcomes": []})
+            stats.setdefault(key, {"accs": [], "outcomes": [], "seeds": []})
             stats[key]["accs"].append(acc)
+            stats[key]["seeds"].append(c["seed"])
             stats[key]["outcomes"].append(xu.outcome(r))
             metrics = xu.read_metrics(r, out / "runs")
             xs, ys = xu.curve([m for m in metrics if m.get("kind") == "eval"], "test_accuracy")
@@ -127,13 +129,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         # final accuracy per seed, per method
         per_seed = {}
         for m in ms:
-            accs = stats.get((m.label, b), {"accs": []})["accs"]
-            per_seed[m.label] = (list(range(len(accs))), accs)
+            st = stats.get((m.label, b), {"accs": [], "seeds": []})
+            per_seed[m.label] = (st["seeds"], st["accs"])
         if any(len(v[0]) for v in per_seed.values()):
             images.append(plot_lines(
-                per_seed, out / f"final_by_seed_b{b}.png", xlabel="run index (seed)",
+                per_seed, out / f"final_by_seed_b{b}.png", xlabel="seed",
                 ylabel="final test accuracy", title=f"Batch {b}: final accuracy per seed",
-                xticks=list(range(len(SEEDS[preset])))))
+                xticks=SEEDS[preset]))
 
     lines = ["| batch | method | final test accuracy, mean ± std | min .. max | outcomes |",
              "| --: | :-- | :-- | :-- | :-- |"]
@@ -166,9 +168,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         d_lw = 100 * (c - lw) if math.isfinite(lw) else math.nan
         d_lnw = 100 * (c - lnw) if math.isfinite(lnw) else math.nan
         noise = 100 * max(spread("CLARS, no warmup"), spread("LARS, warmup"))
-        if math.isfinite(d_lw) and d_lw > max(MARGIN_PP, noise):
+        if not math.isfinite(d_lw):
+            verdict.append(f"- Batch {b}: CLARS without warmup {xu.fmt_acc(c)}; LARS with "
+                           f"warmup has no finished run, so no comparison.")
+            continue
+        if d_lw > max(MARGIN_PP, noise):
             word = "better than"
-        elif math.isfinite(d_lw) and d_lw >= -max(MARGIN_PP, noise):
+        elif d_lw >= -max(MARGIN_PP, noise):
             word = "as good as (within noise)"
         else:
             word = "worse than"

@@ -38,12 +38,28 @@ def _data_available():
     return Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 
 
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """One compilation cache for the module: the runs share model init and eval programs.
+
+    The scripts turn JAX's persistent cache on; the previous settings are restored after
+    the module so that other tests are not affected.
+    """
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {n: getattr(jax.config, n) for n in names}
+    yield tmp_path_factory.mktemp("xla_cache")
+    for n, v in saved.items():
+        jax.config.update(n, v)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_smoke(name, tmp_path, monkeypatch):
+def test_experiment_smoke(name, tmp_path, monkeypatch, xla_cache):
     if not _data_available():
         pytest.skip("lars_jax.data or the Fashion-MNIST files are not available")
-    monkeypatch.setenv("LARS_JAX_CACHE", str(tmp_path / "xla_cache"))
+    monkeypatch.setenv("LARS_JAX_CACHE", str(xla_cache))
     mod = _load(name)
     out = tmp_path / name
     argv = ["--preset", "smoke", "--out", str(out)]
