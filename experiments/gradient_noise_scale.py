@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     timer = xu.Timer()
     base = base_config(args.preset)
     rows = xu.run_or_load(base, points(args.preset), out / "runs", report_only=args.report_only,
-                          max_minutes=args.max_minutes)
+                          max_minutes=args.max_minutes, shard=args.shard)
     return analyse(args.preset, base, rows, out, timer, exp1)
 
 

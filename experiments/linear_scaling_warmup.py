@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
     timer = xu.Timer()
     base = base_config(args.preset)
     rows = xu.run_or_load(base, points(args.preset, base), out / "runs",
-                          report_only=args.report_only, max_minutes=args.max_minutes)
+                          report_only=args.report_only, max_minutes=args.max_minutes,
+                          shard=args.shard)
     return analyse(args.preset, base, rows, out, timer)
 
 

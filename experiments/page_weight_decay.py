@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
     pts = list(runs(args.preset).values())
     pts = pts[:1] if args.preset == "smoke" else pts
     rows = xu.run_or_load(base, pts, out / "runs", report_only=args.report_only,
-                          max_minutes=args.max_minutes)
+                          max_minutes=args.max_minutes, shard=args.shard)
     return analyse(args.preset, base, rows, out, timer)
 
 

@@ -81,6 +81,9 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="Start no new run after this many minutes (runs are in priority "
                         "order; run again to resume the rest). The report covers what ran.")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="Run only every N-th run starting at I (two processes can share "
+                        "a sweep); the report covers every finished run.")
     return p
 
 
@@ -188,11 +191,24 @@ def rows_for(points: Sequence[Mapping[str, Any]],
 
 def run_or_load(
     base: Any, points: Sequence[Mapping[str, Any]], out_dir: PathLike, *,
-    report_only: bool = False, max_minutes: float | None = None,
+    report_only: bool = False, max_minutes: float | None = None, shard: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs the points (unless ``report_only``), then returns the rows of those that ran."""
+    """Runs the points (unless ``report_only``), then returns the rows of those that ran.
+
+    ``shard="i/n"`` runs only the points ``i, i+n, i+2n, ...``; the returned rows cover
+    every point that has a finished run, whichever process made it.
+    """
     if not report_only:
-        run_points(base, points, out_dir, max_minutes=max_minutes)
+        todo = list(points)
+        if shard:
+            try:
+                i, n = (int(v) for v in shard.split("/"))
+            except ValueError as e:
+                raise ValueError(f"shard must look like 'i/n', got {shard!r}") from e
+            if not 0 <= i < n:
+                raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+            todo = todo[i::n]
+        run_points(base, todo, out_dir, max_minutes=max_minutes)
     if not Path(out_dir).exists():
         return []
     return rows_for(points, load_rows(out_dir))

@@ -139,3 +139,11 @@ def test_presets_are_valid_configs():
             assert pts, (name, preset)
             planned = plan_sweep(base, pts, Path("/nonexistent") / name / preset)
             assert len(planned) == len(pts)
+
+
+def test_shard_validation(tmp_path):
+    from lars_jax.train import TrainConfig
+
+    for bad in ("2/2", "x", "1/0"):
+        with pytest.raises(ValueError, match="shard"):
+            xu.run_or_load(TrainConfig(), [{"seed": 0}], tmp_path / "runs", shard=bad)
