@@ -117,15 +117,22 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
 
 
 def test_metrics_summary_and_layer_stats(tmp_path):
-    """One in-process run on 2 of the 8 test devices with CLARS per device: the JSONL rows
-    hold loss, accuracy, lr, images/s, per-layer trust ratios and norms, the noise-scale
-    statistics; eval rows and summary.json exist; the effective lr follows the warmup."""
+    """One in-process bfloat16 run on 2 of the 8 test devices with CLARS per device: the
+    JSONL rows hold loss, accuracy, lr, images/s, per-layer trust ratios and norms, Page's
+    diagnostics, the noise-scale statistics; eval rows and summary.json exist; the
+    effective lr follows the warmup; parameters and optimizer state stay float32."""
+    import jax
+    import jax.numpy as jnp
+
     from lars_jax.train import train
 
     cfg = tiny_config(tmp_path, optimizer="clars", clars_granularity="device",
-                      log_layer_stats=True, log_every_steps=1, checkpoint_every_steps=-1,
-                      eval_every_epochs=1.0)
-    summary = train(cfg, data=tiny_data())
+                      log_layer_stats=True, log_diagnostics=True, log_every_steps=1,
+                      checkpoint_every_steps=-1, eval_every_epochs=1.0, dtype="bfloat16")
+    summary, state = train(cfg, data=tiny_data(), return_state=True)
+    # mixed precision: bfloat16 compute, float32 parameters and optimizer state
+    assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -138,6 +145,7 @@ def test_metrics_summary_and_layer_stats(tmp_path):
     assert last["batch_small"] == 16 and last["batch_big"] == 32
     assert any(k.startswith("trust_ratio/") and k.endswith("kernel") for k in last)
     assert any(k.startswith("weight_norm/") for k in last)
+    assert any(k.startswith("diag/") and k.endswith("/w_sqnorm") for k in last)
     # warmup over 0.5 epochs = 4 steps from 0 to lr * 32 / 256, then cosine decay
     peak = cfg.learning_rate * cfg.batch_size / cfg.base_batch_size
     lrs = [r["lr"] for r in train_rows]
