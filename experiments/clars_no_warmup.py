@@ -81,7 +81,7 @@ def points(preset: str, base: TrainConfig) -> list[dict]:
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer) -> dict:
+            timer: xu.Timer | None) -> dict:
     import json
 
     from lars_jax.plotting import plot_lines
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = xu.run_or_load(base, points(args.preset, base), out / "runs",
                           report_only=args.report_only, max_minutes=args.max_minutes,
                           shard=args.shard)
-    return analyse(args.preset, base, rows, out, timer)
+    return analyse(args.preset, base, rows, out, None if args.report_only else timer)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def points(preset: str) -> list[dict]:
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer, exp1_dir: Path | None) -> dict:
+            timer: xu.Timer | None, exp1_dir: Path | None) -> dict:
     series, stats = {}, {}
     raw = {}
     for r in rows:
@@ -124,7 +124,16 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         bs = float(np.median(meds))
         verdict.append(f"- Measured B_simple (median over runs of the second-half median): "
                        f"**{bs:.0f}** examples.")
-        if b_crit:
+        if b_crit and exp1.get("critical_batch_is_grid_minimum"):
+            ok = bs <= FACTOR * b_crit
+            verdict.append(
+                f"- Experiment 1's critical batch size is at most **{b_crit}** (its smallest "
+                f"batch already gave the best accuracy, within {exp1.get('flat_tolerance_pp')} "
+                f"points). B_simple = {bs:.0f} is "
+                + (f"**consistent** with that (at most {FACTOR:g} x {b_crit})." if ok else
+                   f"**not consistent** with that (more than {FACTOR:g} x {b_crit}).")
+            )
+        elif b_crit:
             ratio = bs / b_crit
             grid = exp1.get("best_per_batch", {})
             verdict.append(
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = base_config(args.preset)
     rows = xu.run_or_load(base, points(args.preset), out / "runs", report_only=args.report_only,
                           max_minutes=args.max_minutes, shard=args.shard)
-    return analyse(args.preset, base, rows, out, timer, exp1)
+    return analyse(args.preset, base, rows, out, None if args.report_only else timer, exp1)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def scaled_lr(row: dict) -> float:
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer) -> dict:
+            timer: xu.Timer | None) -> dict:
     ms = _method_list(preset, base)
     batches = BATCH_SIZES[preset]
     # best base lr per (method, batch size); a run may serve several methods (see point())
@@ -171,7 +171,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                       ylabel="final test accuracy (best lr of the grid)",
                       title=f"Fixed budget of {base.epochs:g} epochs ({base.dataset}, "
                             f"{base.model} x{base.width:g})",
-                      logx=2, xticks=batches)
+                      logx=2, xticks=batches, hlines={"chance (10 classes)": 0.1})
 
     # table: rows batch size, columns method: "acc (base lr)"
     header = "| batch size | " + " | ".join(m.label for m in ms) + " |"
@@ -225,7 +225,9 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"- Best accuracy over all cells: {xu.fmt_acc(overall)}. With a {FLAT_PP:g}-point "
         f"tolerance, the best method stays on that level up to batch size "
         f"**{b_crit}** (the critical batch size visible here; experiment 5 compares it "
-        f"with the gradient noise scale).",
+        f"with the gradient noise scale)"
+        + (" - the smallest batch of the grid, so the critical batch size of this budget is "
+           f"at most {b_crit}." if b_crit == min(batches) else "."),
         "- Largest batch size within the tolerance, per method: "
         + ", ".join(f"{k}: {v if v is not None else 'none'}" for k, v in limits.items()) + ".",
     ]
@@ -314,7 +316,9 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         + ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in limits.items())
         + f"; at batch {big}: "
         + ", ".join(f"{m.label} {cell_text(m.label, big)}" for m in ms))
-    result = {"headline": headline, "critical_batch_size": b_crit, "flat_tolerance_pp": FLAT_PP,
+    result = {"headline": headline, "critical_batch_size": b_crit,
+              "critical_batch_is_grid_minimum": b_crit == min(batches),
+              "flat_tolerance_pp": FLAT_PP,
               "best_accuracy": overall, "best_per_batch": best_per_b,
               "flat_limit_per_method": limits, "preset": preset}
     xu.save_json(result, out / "summary.json")
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = xu.run_or_load(base, points(args.preset, base), out / "runs",
                           report_only=args.report_only, max_minutes=args.max_minutes,
                           shard=args.shard)
-    return analyse(args.preset, base, rows, out, timer)
+    return analyse(args.preset, base, rows, out, None if args.report_only else timer)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def _short(layer: str) -> str:
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer) -> dict:
+            timer: xu.Timer | None) -> dict:
     s = SETTINGS[preset]
     spec = runs(preset)
     by_name: dict[str, dict] = {}
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     pts = pts[:1] if args.preset == "smoke" else pts
     rows = xu.run_or_load(base, pts, out / "runs", report_only=args.report_only,
                           max_minutes=args.max_minutes, shard=args.shard)
-    return analyse(args.preset, base, rows, out, timer)
+    return analyse(args.preset, base, rows, out, None if args.report_only else timer)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def points(preset: str) -> list[dict]:
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer) -> dict:
+            timer: xu.Timer | None) -> dict:
     batches, exps = BATCH_SIZES[preset], LOG2_LR[preset]
     acc: dict[tuple[str, int, int], float] = {}
     outc: dict[tuple[str, int, int], str] = {}
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = base_config(args.preset)
     rows = xu.run_or_load(base, points(args.preset), out / "runs", report_only=args.report_only,
                           max_minutes=args.max_minutes, shard=args.shard)
-    return analyse(args.preset, base, rows, out, timer)
+    return analyse(args.preset, base, rows, out, None if args.report_only else timer)
 
 
 if __name__ == "__main__":
