@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     row.update(recipe=recipe, eval_every_epochs=cfg.eval_every_epochs, budget_s=args.budget_s)
     write_results("time_to_accuracy", [row], evals=out["evals"], config=cfg.to_dict(),
                   argv=sys.argv[1:])
-    return 0
+    return 1 if out["status"].startswith("child exited") else 0
 
 
 if __name__ == "__main__":

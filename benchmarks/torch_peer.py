@@ -182,7 +182,8 @@ def _torch_name(path: tuple[str, ...]) -> tuple[str, str]:
 def load_flax_variables(model: nn.Module, variables: Mapping[str, Any]) -> int:
     """Copies a Flax variable dict (`params`, optional `batch_stats`) into the torch model.
 
-    Conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in). Every torch parameter
+    Conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in); values are converted to
+    the torch tensors' dtype (call `.double()` first for a float64 copy). Every torch parameter
     and BatchNorm buffer must be matched exactly once (ValueError otherwise).
 
     Returns:
@@ -200,7 +201,7 @@ def load_flax_variables(model: nn.Module, variables: Mapping[str, Any]) -> int:
             if mod_name not in modules:
                 raise ValueError(f"no torch module {mod_name!r} for Flax path {prefix + (key,)}")
             target = getattr(modules[mod_name], attr)
-            arr = np.asarray(val, dtype=np.float32)
+            arr = np.asarray(val)
             if arr.ndim == 4:
                 arr = arr.transpose(3, 2, 0, 1)
             elif arr.ndim == 2:
@@ -209,7 +210,7 @@ def load_flax_variables(model: nn.Module, variables: Mapping[str, Any]) -> int:
                 raise ValueError(f"shape mismatch at {mod_name}.{attr}: Flax {arr.shape} vs "
                                  f"torch {tuple(target.shape)}")
             with torch.no_grad():
-                target.copy_(torch.from_numpy(np.array(arr, dtype=np.float32, order="C")))
+                target.copy_(torch.from_numpy(np.array(arr, order="C")).to(target.dtype))
             seen.add((mod_name, attr))
 
     for collection in ("params", "batch_stats"):
