@@ -39,7 +39,8 @@ LR = {"sgd": 0.1, "lars": 1.0, "clars": 1.0}
 
 
 def base_config(preset: str) -> TrainConfig:
-    common = dict(base_batch_size=256, lr_scaling="linear", momentum=0.9,
+    common = dict(trust_coefficient=0.001,
+                  base_batch_size=256, lr_scaling="linear", momentum=0.9,
                   weight_decay=5e-4, schedule="cosine", checkpoint_every_steps=-1,
                   plot=False, progress=False, clars_granularity="example")
     if preset == "full":
