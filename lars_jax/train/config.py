@@ -1,9 +1,14 @@
 """Training configuration: one flat dataclass, validated before any compute.
 
-Every field has a default; the defaults are the README's main job (ResNet-20 on
-Fashion-MNIST with LARS, sized to finish on a 2-core CPU). Each field carries its help
-text in `field(metadata={"help": ...})`, from which the command line interface builds its
-flags and `--help`.
+Every field has a default; the defaults are the README's main job: ResNet-20 on
+Fashion-MNIST with LARS, sized for about 10 minutes on a 2-core CPU (where ResNet-20
+trains at only ~100-150 images/s): bfloat16 compute (faster than float32 on that CPU),
+batch 64, one epoch (937 steps), warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch
+256, linear scaling), cosine decay to 0, momentum 0.9, weight decay 5e-4, trust
+coefficient 0.02, no augmentation (it slows convergence in such a short run), the test set
+evaluated at the end.
+Each field carries its help text in `field(metadata={"help": ...})`, from which the
+command line interface builds its flags and `--help`.
 
 Batch-norm statistics span (`bn_span`), which changes results at large batch:
 
@@ -81,14 +86,15 @@ class TrainConfig:
         None, "Use only the first N training examples (None: all), for fast experiments."
     )
     test_subset: int | None = _f(None, "Evaluate on only the first N test examples.")
-    crop_padding: int = _f(2, "Random-crop padding in pixels (0: no crop augmentation).")
-    flip: bool = _f(True, "Random horizontal flips.")
+    crop_padding: int = _f(
+        0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).")
+    flip: bool = _f(False, "Random horizontal flips (off for the sub-epoch default job).")
     cutout: int = _f(0, "Cutout square size in pixels (0: off).")
 
     # Optimizer.
     optimizer: str = _f("lars", f"Optimizer, one of {', '.join(OPTIMIZERS)}.")
     learning_rate: float = _f(
-        0.1, "Base (peak) learning rate at base_batch_size, before scaling."
+        0.5, "Base (peak) learning rate at base_batch_size, before scaling."
     )
     base_batch_size: int = _f(256, "Batch size at which learning_rate is given.")
     lr_scaling: str = _f(
@@ -96,7 +102,7 @@ class TrainConfig:
         "Scale the learning rate from base_batch_size to batch_size: linear (x B/B0, "
         "Goyal et al.), sqrt (x sqrt(B/B0)) or none.",
     )
-    warmup_epochs: float = _f(1.0, "Gradual warmup length in epochs (0: no warmup).")
+    warmup_epochs: float = _f(0.05, "Gradual warmup length in epochs (0: no warmup).")
     warmup_start: str = _f(
         "zero",
         "Warmup starts from: base (the unscaled learning_rate, Goyal et al.) or zero (MLPerf).",
@@ -110,7 +116,11 @@ class TrainConfig:
     momentum: float = _f(0.9, "Momentum coefficient.")
     nesterov: bool = _f(False, "Nesterov momentum.")
     weight_decay: float = _f(5e-4, "Weight decay (L2) coefficient.")
-    trust_coefficient: float = _f(0.001, "LARS/LARC/CLARS trust coefficient (eta in the paper).")
+    trust_coefficient: float = _f(
+        0.02,
+        "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x larger "
+        "learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters moderate).",
+    )
     denominator: str = _f(
         "paper",
         "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
@@ -124,12 +134,12 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.")
 
     # Batch and length.
-    batch_size: int = _f(256, "Global batch size (all devices, all accumulation steps).")
+    batch_size: int = _f(64, "Global batch size (all devices, all accumulation steps).")
     grad_accum_steps: int = _f(
         1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches)."
     )
     epochs: float = _f(1.0, "Training length in epochs (may be fractional).")
-    dtype: str = _f("float32", "Compute dtype (float32 or bfloat16); params stay float32.")
+    dtype: str = _f("bfloat16", "Compute dtype (float32 or bfloat16); params stay float32.")
 
     # Parallelism.
     parallel: str = _f(
@@ -153,7 +163,8 @@ class TrainConfig:
     nan_policy: str = _f(
         "stop", "On NaN/Inf loss or gradients: stop (with a clear error) or skip the step."
     )
-    eval_every_epochs: float = _f(1.0, "Evaluate on the test set every N epochs (0: only at end).")
+    eval_every_epochs: float = _f(
+        0.0, "Evaluate on the test set every N epochs (0: only at the end).")
     eval_batch_size: int = _f(1000, "Evaluation batch size.")
     log_every_steps: int = _f(10, "Write a metrics row every N steps.")
     log_layer_stats: bool = _f(
