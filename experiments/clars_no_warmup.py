@@ -231,7 +231,21 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                   Section("Verdict", "\n".join(verdict)),
                   Section("Limits of the evidence", limits_txt)],
     )
-    headline = " ".join(v.strip() for v in verdict) or "no finished run"
+    parts = []
+    for b in batches:
+        vals = {m.label: summary.get(f"{m.label} @ {b}") for m in ms}
+        if all(v and v["n"] for v in vals.values()):
+            c, lw = vals["CLARS, no warmup"], vals["LARS, warmup"]
+            diff = 100 * (c["mean"] - lw["mean"])
+            noise = 100 * max(c["std"], lw["std"], MARGIN_PP / 100)
+            word = ("Supported" if diff >= -noise else "Not supported")
+            parts.append(
+                f"{word} at batch {b} ({c['n']} seeds): CLARS without warmup "
+                f"{100 * c['mean']:.1f}% vs LARS with warmup {100 * lw['mean']:.1f}%, LARS "
+                f"without {100 * vals['LARS, no warmup']['mean']:.1f}%, SGD with warmup "
+                f"{100 * vals['SGD, warmup']['mean']:.1f}% (seed std up to {noise:.1f} points"
+                f"; all far from converged in 16 steps)")
+    headline = ("; ".join(parts) + ".") if parts else "Incomplete: not every method finished."
     xu.save_json({"headline": headline, "stats": summary, "preset": preset},
                  out / "summary.json")
     return summary

@@ -182,7 +182,16 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                   Section("Verdict", "\n".join(verdict) or "No finished run."),
                   Section("Limits of the evidence", limits_txt)],
     )
-    result = {"headline": " ".join(v.lstrip("- ") for v in verdict) or "no finished run",
+    headline = "no finished run"
+    if meds:
+        upper = "<= " if exp1 and exp1.get("critical_batch_is_grid_minimum") else ""
+        headline = (f"B_simple ~ {float(np.median(meds)):.0f} (rising during training) vs "
+                    f"critical batch {upper}{b_crit} from experiment 1: "
+                    + ("consistent" if any("**consistent**" in v for v in verdict) else
+                       "not consistent" if any("**not consistent**" in v for v in verdict) else
+                       "no comparison")
+                    + f" within a factor {FACTOR:g}.")
+    result = {"headline": headline,
               "stats": stats, "critical_batch_size_exp1": b_crit, "preset": preset}
     xu.save_json(result, out / "summary.json")
     return result

@@ -311,12 +311,19 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             Section("Limits of the evidence", limits_txt),
         ],
     )
+    ext = [k for k, v in limits.items() if v is not None and lin_lim is not None and v > lin_lim]
+    gain = (sum(warm_gain) / len(warm_gain)) if warm_gain else math.nan
     headline = (
-        f"best accuracy {xu.fmt_acc(overall)}; within {FLAT_PP:g} points up to batch {b_crit}; "
-        f"flat limit per method: "
-        + ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in limits.items())
-        + f"; at batch {big}: "
-        + ", ".join(f"{m.label} {cell_text(m.label, big)}" for m in ms))
+        ("Not reproduced at this scale: " if run_b and (lin_lim is None or big > lin_lim)
+         else "Supported: ")
+        + f"at a fixed {base.epochs:g}-epoch budget the best accuracy ({xu.fmt_acc(overall)}) "
+        f"holds only up to batch {b_crit}; SGD with linear scaling + warmup stays within "
+        f"{FLAT_PP:g} points up to {lin_lim}"
+        + (f"; warmup {gain:+.1f} points vs none above batch {base.base_batch_size}"
+           if math.isfinite(gain) else "")
+        + (f"; methods extending the range: {', '.join(ext)}" if ext else
+           "; no method (LARS, CLARS, sqrt, no scaling) extends the range")
+        + ".")
     result = {"headline": headline, "critical_batch_size": b_crit,
               "critical_batch_is_grid_minimum": b_crit == min(batches),
               "flat_tolerance_pp": FLAT_PP,

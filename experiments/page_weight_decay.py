@@ -391,7 +391,21 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             Section("Limits of the evidence", limits_txt),
         ],
     )
-    result["headline"] = " ".join(v.lstrip("- ") for v in verdict) or "no statistics"
+    short = []
+    if conv_bal:
+        short.append(f"(a) shrink/growth of |w|^2 = {float(np.median(conv_bal)):.2f} (median conv "
+                     f"layer): " + ("balanced" if n_bal >= 0.75 * len(conv_bal) else
+                                    "not balanced in this short run"))
+    for name, st in ratio_stats.items():
+        short.append(f"(b) {name}: lr|g|/|w| = {st['median_over_layers']:.2f} x prediction")
+    if gratio:
+        gmed = float(np.median(list(gratio.values())))
+        short.append(f"(c) scale-free |g| ratio at {N_SCALE}x batch {gmed:.2f} "
+                     f"(noise-dominated would be {1 / math.sqrt(N_SCALE):.2f})")
+    if cos_stats:
+        cmed = float(np.median(list(cos_stats.values())))
+        short.append(f"(d) median cos(g_t, v_t-1) = {cmed:.2f}")
+    result["headline"] = "; ".join(short) + "." if short else "no statistics"
     xu.save_json(result, out / "summary.json")
     return result
 

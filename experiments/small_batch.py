@@ -208,7 +208,17 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                   Section("Verdict", "\n".join(verdict) or "No finished run."),
                   Section("Limits of the evidence", limits_txt)],
     )
-    result["headline"] = " ".join(v.lstrip("- ") for v in verdict) or "no finished run"
+    short = []
+    for norm in NORMS[preset]:
+        bb = {b: result["best"][f"{norm}/{b}"]["accuracy"] for b in batches
+              if f"{norm}/{b}" in result["best"]}
+        if not bb:
+            continue
+        widths = [len(result["stable_range"].get(f"{norm}/{b}", [])) for b in batches]
+        short.append(f"norm={norm}: best at batch {max(bb, key=bb.get)} "
+                     f"({xu.fmt_acc(max(bb.values()))}), stable base lrs per batch "
+                     f"{batches}: {widths} of {len(exps)}")
+    result["headline"] = "; ".join(short) + "." if short else "no finished run"
     xu.save_json(result, out / "summary.json")
     return result
 
