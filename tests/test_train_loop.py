@@ -32,7 +32,8 @@ def tiny_config(workdir, **kw):
 
     base = dict(model="resnet8", width=0.25, batch_size=32, epochs=2.0, warmup_epochs=0.5,
                 learning_rate=1.0, workdir=str(workdir), checkpoint_every_steps=2,
-                log_every_steps=2, plot=False, progress=False, num_devices=2, crop_padding=1)
+                log_every_steps=2, plot=False, progress=False, num_devices=2, crop_padding=1,
+                dtype="float32")
     base.update(kw)
     return TrainConfig(**base)
 
