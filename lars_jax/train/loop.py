@@ -94,6 +94,11 @@ def load_data(config: TrainConfig) -> Data:
     from lars_jax import data as data_lib
 
     info = data_lib.dataset_info(config.dataset)
+    if not getattr(info, "fits_on_device", True):
+        raise ValueError(
+            f"TrainConfig.dataset={config.dataset!r}: train() keeps the data set in device "
+            "memory; training from the host pipeline (lars_jax.data.host_batches) is not "
+            "implemented in the trainer yet")
     xtr, ytr = data_lib.load_split(config.dataset, "train", data_dir=config.data_dir)
     test_split = getattr(info, "test_split", "test")
     xte, yte = data_lib.load_split(config.dataset, test_split, data_dir=config.data_dir)
