@@ -43,7 +43,8 @@ RUNS = {"smoke": [(32, 4)], "cpu": [(128, 4), (512, 4)], "full": [(512, 8), (409
 
 
 def base_config(preset: str) -> TrainConfig:
-    common = dict(trust_coefficient=0.02,  # unused by SGD; the value of the committed runs
+    # trust_coefficient is unused by SGD; 0.02 is the value of the committed runs
+    common = dict(dtype="float32", trust_coefficient=0.02,
                   optimizer="sgd", learning_rate=0.1, base_batch_size=256,
                   lr_scaling="linear", momentum=0.9, weight_decay=5e-4, schedule="cosine",
                   warmup_start="base", checkpoint_every_steps=-1, plot=False, progress=False)

@@ -82,7 +82,7 @@ MAX_MICRO = {"smoke": 64, "cpu": 4096, "full": 1024}
 
 
 def base_config(preset: str) -> TrainConfig:
-    common = dict(trust_coefficient=0.001,
+    common = dict(dtype="float32", trust_coefficient=0.001,
                   optimizer="sgd", base_batch_size=256, momentum=0.9, weight_decay=5e-4,
                   schedule="cosine", warmup_start="base", checkpoint_every_steps=-1,
                   plot=False, progress=False, label_smoothing=0.0)

@@ -51,7 +51,7 @@ SETTINGS = {  # batch B, lr (momentum run), wd, rho
 
 def base_config(preset: str) -> TrainConfig:
     s = SETTINGS[preset]
-    common = dict(trust_coefficient=0.001,
+    common = dict(dtype="float32", trust_coefficient=0.001,
                   optimizer="sgd", lr_scaling="none", base_batch_size=s["batch"],
                   weight_decay=s["wd"], schedule="linear", warmup_start="zero",
                   checkpoint_every_steps=-1, plot=False, progress=False, log_diagnostics=True,

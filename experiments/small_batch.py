@@ -44,7 +44,7 @@ NORMS = {"smoke": ["batch"], "cpu": ["batch", "none"], "full": ["batch", "none"]
 def base_config(preset: str) -> TrainConfig:
     # lr_scaling=linear with base_batch_size=1: learning_rate is eta~ and the mean-loss
     # rate is eta~ * B (the sum formulation of the paper).
-    common = dict(trust_coefficient=0.001,
+    common = dict(dtype="float32", trust_coefficient=0.001,
                   optimizer="sgd", momentum=0.0, base_batch_size=1, lr_scaling="linear",
                   weight_decay=1e-4, warmup_epochs=0.0, checkpoint_every_steps=-1,
                   plot=False, progress=False)
