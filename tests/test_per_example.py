@@ -159,9 +159,8 @@ def test_dense_matches_vmap(b, methods):
     _check_against_vmap(MLP(), (3, 4), b, methods=methods)
 
 
-@pytest.mark.parametrize(("b", "methods"), [(1, ("auto",)), (7, ("ghost", "direct"))])
-def test_conv_matches_vmap(b, methods):
-    _check_against_vmap(ConvStack(), (9, 10, 2), b, methods=methods)
+def test_conv_matches_vmap():
+    _check_against_vmap(ConvStack(), (9, 10, 2), 7, methods=("auto", "ghost", "direct"))
 
 
 def test_resnet20_shaped_without_norm_matches_vmap():
@@ -289,7 +288,7 @@ def test_batchnorm_per_example_contributions_are_exact():
         logits, _ = model.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    _, grads, norms = value_grad_and_norms(loss_fn, params, x, y)
+    _, grads, norms = jax.jit(lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y))(params, x, y)
     z = model.apply({"params": params}, x, method="stem")
 
     def loss_of_z(z):
@@ -316,9 +315,9 @@ def test_batchnorm_per_example_contributions_are_exact():
     # vmap(grad) (BatchNorm over one example) is a different quantity.
     assert not np.allclose(
         norms["conv"]["kernel"],
-        per_example_norms_vmap(lambda p, xi, yi: loss_fn(p, xi[None], yi[None]), params, x, y)[
-            "conv"
-        ]["kernel"],
+        jax.jit(per_example_norms_vmap, static_argnums=0)(
+            lambda p, xi, yi: loss_fn(p, xi[None], yi[None]), params, x, y
+        )["conv"]["kernel"],
         rtol=1e-2,
     )
 
@@ -360,8 +359,14 @@ def test_inside_shard_map_gives_per_device_norms():
     assert loss.shape == (8,)
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
     _assert_tree_close(grads, grads_ref, atol=1e-6)
-    _assert_tree_close(norms, per_example_norms_vmap(_per_example_loss_fn(model), params, x, y))
-    _assert_tree_close(local, group_gradient_norms(loss_fn, params, x, y, num_groups=8))
+    expected, expected_local = jax.jit(
+        lambda p, x, y: (
+            per_example_norms_vmap(_per_example_loss_fn(model), p, x, y),
+            group_gradient_norms(loss_fn, p, x, y, num_groups=8),
+        )
+    )(params, x, y)
+    _assert_tree_close(norms, expected)
+    _assert_tree_close(local, expected_local)
 
 
 # ---------------------------------------------------------------------------------------
