@@ -220,9 +220,19 @@ def _call_with_frozen_kernel(module: nn.Module, args: tuple, kwargs: dict) -> ja
 
 
 def _add_grad(g: jax.Array, extra: jax.Array | None) -> jax.Array:
+    """``g + extra``, summing ``extra`` over the mesh axes ``g`` does not vary over.
+
+    Inside ``jax.shard_map`` autodiff returns the gradient of a replicated parameter
+    summed over the devices; the kernel gradient formed here from this device's
+    activations must be summed the same way to match it.
+    """
     if extra is None:
         return g
-    return g + extra.reshape(g.shape).astype(g.dtype)
+    extra = extra.reshape(g.shape).astype(g.dtype)
+    missing = tuple(sorted(set(_varying_axes(extra)) - set(_varying_axes(g))))
+    if missing:
+        extra = jax.lax.psum(extra, missing)
+    return g + extra
 
 
 # ---------------------------------------------------------------------------------------
