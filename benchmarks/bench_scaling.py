@@ -78,11 +78,10 @@ def make_variant(cfg: TrainConfig, num_devices: int, path: str, shape: tuple[int
                        sync_batch_stats=cfg.bn_span != "global",
                        weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     step_fn = make_train_step(net, tx, opts)
-    prepare = par.make_prepare(seed=cfg.seed, mean=0.5, std=0.25, dtype=jnp.float32,
-                               augment=None)
+    prepare = par.make_prepare(seed=cfg.seed, batch_size=batch, mean=0.5, std=0.25,
+                               dtype=jnp.float32, augment=None)
     rep = par.replicated(mesh)
     images_d, labels_d = par.put_global(images, rep), par.put_global(labels, rep)
-    idx = par.put_global(np.arange(batch, dtype=np.int32), par.batch_sharded(mesh))
     if path == "jit":
         fn = par.jit_train_step(step_fn, prepare, mesh)
         holder = [par.put_replicated(state, mesh)]
@@ -92,7 +91,7 @@ def make_variant(cfg: TrainConfig, num_devices: int, path: str, shape: tuple[int
         holder = [par.replicate(jax.device_get(state), devices)]
 
     def run() -> Any:
-        holder[0], metrics = fn(holder[0], images_d, labels_d, idx, 0)
+        holder[0], metrics = fn(holder[0], images_d, labels_d, np.int32(0))
         return metrics["loss"]
 
     return run
