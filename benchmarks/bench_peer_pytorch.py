@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         r, n = bench_model(name, args, hp)
         rows += r
         notes += n
+        print_table(r, ["model", "variant", "ms_per_step", "images_per_s", "vs_pytorch_eager"])
+        sys.stdout.flush()  # partial results survive an interrupted run
     print_table(rows, ["model", "variant", "batch", "ms_per_step", "images_per_s",
                        "vs_pytorch_eager", "vs_pytorch_compile"])
     for n in notes:
