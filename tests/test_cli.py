@@ -43,7 +43,7 @@ def test_help_lists_every_field(capsys):
     # Enum-like fields show their choices; help text and defaults are shown.
     assert "{sgd,lars,larc,clars}" in out and "{device,global,ghost}" in out
     assert "--flip, --no-flip" in out
-    assert "Global batch size" in out and "(default: 256)" in out
+    assert "Global batch size" in out and f"(default: {TrainConfig().batch_size})" in out
 
 
 def test_print_config_defaults_round_trip(capsys):
