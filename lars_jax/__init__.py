@@ -6,7 +6,7 @@ The public API is re-exported here; see each module for references.
 
 __version__ = "0.1.0"
 
-# optimizers (helper "optim"): lars_jax.trust_ratio, lars_jax.alias, lars_jax.masks,
+# optimizers: lars_jax.trust_ratio, lars_jax.alias, lars_jax.masks,
 # lars_jax.schedules
 from lars_jax.alias import clars, larc, lars, sgd  # noqa: F401
 from lars_jax.masks import default_mask  # noqa: F401
@@ -26,7 +26,7 @@ from lars_jax.trust_ratio import (  # noqa: F401
 )
 
 # isort: split
-# diagnostics (helper "experiments"): lars_jax.diagnostics
+# diagnostics: lars_jax.diagnostics
 from lars_jax.diagnostics import (  # noqa: F401
     NoiseScaleState,
     layer_diagnostics,
@@ -38,7 +38,7 @@ from lars_jax.diagnostics import (  # noqa: F401
 )
 
 # isort: split
-# command line, sweeps, reports, plots (helper "cli"): lars_jax.sweep, lars_jax.report,
+# command line, sweeps, reports, plots: lars_jax.sweep, lars_jax.report,
 # lars_jax.plotting (lars_jax.cli is the `lars-jax` console script)
 from lars_jax.plotting import (  # noqa: F401
     plot_bars,
@@ -57,16 +57,16 @@ from lars_jax.report import (  # noqa: F401
 from lars_jax.sweep import expand_grid, plan_sweep, run_sweep  # noqa: F401
 
 # isort: split
-# models (helper "models_data"): lars_jax.models (ResNets, MAC counts)
+# models: lars_jax.models (ResNets, MAC counts)
 from lars_jax import models  # noqa: F401
 from lars_jax.models import MODEL_NAMES, count_macs, create_model, flops_per_example  # noqa: F401
 
 # isort: split
-# trainer (helper "trainer"): lars_jax.train (TrainConfig, train)
+# trainer: lars_jax.train (TrainConfig, train)
 from lars_jax.train import TrainConfig, train  # noqa: F401
 
 # isort: split
-# per-example gradient norms (helper "per_example"): lars_jax.per_example
+# per-example gradient norms: lars_jax.per_example
 from lars_jax.per_example import (  # noqa: F401
     group_gradient_norms,
     per_example_norms_vmap,
@@ -74,5 +74,5 @@ from lars_jax.per_example import (  # noqa: F401
 )
 
 # isort: split
-# data (helper "models_data"): lars_jax.data (TFDS sources, on-device and host pipelines)
+# data: lars_jax.data (TFDS sources, on-device and host pipelines)
 from lars_jax import data  # noqa: F401
