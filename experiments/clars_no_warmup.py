@@ -263,15 +263,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
 
 def main(argv: list[str] | None = None) -> dict:
     args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
-    out.mkdir(parents=True, exist_ok=True)
-    xu.enable_compilation_cache()
-    timer = xu.Timer()
-    base = base_config(args.preset)
-    rows = xu.run_or_load(base, points(args.preset, base), out / "runs",
-                          report_only=args.report_only, max_minutes=args.max_minutes,
-                          shard=args.shard)
-    return analyse(args.preset, base, rows, out, None if args.report_only else timer)
+    run = xu.run_experiment(NAME, args, base_config, points)
+    return analyse(args.preset, run.base, run.rows, run.out, run.timer)
 
 
 if __name__ == "__main__":

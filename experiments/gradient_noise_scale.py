@@ -203,16 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--exp1", default=None,
                    help="Results folder of experiment 1 (default: the same preset's).")
     args = p.parse_args(argv)
-    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
-    out.mkdir(parents=True, exist_ok=True)
     exp1 = Path(args.exp1) if args.exp1 else xu.default_out("linear_scaling_warmup",
                                                             args.preset)
-    xu.enable_compilation_cache()
-    timer = xu.Timer()
-    base = base_config(args.preset)
-    rows = xu.run_or_load(base, points(args.preset), out / "runs", report_only=args.report_only,
-                          max_minutes=args.max_minutes, shard=args.shard)
-    return analyse(args.preset, base, rows, out, None if args.report_only else timer, exp1)
+    run = xu.run_experiment(NAME, args, base_config, lambda preset, _base: points(preset))
+    return analyse(args.preset, run.base, run.rows, run.out, run.timer, exp1)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,36 @@ def run_or_load(
     return rows_for(points, load_rows(out_dir))
 
 
+
+class ExperimentRun(NamedTuple):
+    """What :func:`run_experiment` hands to an experiment's ``analyse``."""
+
+    base: Any
+    rows: list[dict[str, Any]]
+    out: Path
+    timer: Timer | None  # None with --report-only: the report claims no wall time
+
+
+def run_experiment(
+    name: str, args: argparse.Namespace, base_config: Callable[[str], Any],
+    points: Callable[[str, Any], Sequence[Mapping[str, Any]]],
+) -> ExperimentRun:
+    """The common body of every experiment's ``main``: output folder, compilation cache,
+    timer, base config, then :func:`run_or_load` of ``points(preset, base)``.
+
+    ``args`` comes from :func:`experiment_parser` (possibly with extra options).
+    """
+    out = Path(args.out) if args.out else default_out(name, args.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    enable_compilation_cache()
+    timer = Timer()
+    base = base_config(args.preset)
+    rows = run_or_load(base, points(args.preset, base), out / "runs",
+                       report_only=args.report_only, max_minutes=args.max_minutes,
+                       shard=args.shard)
+    return ExperimentRun(base, rows, out, None if args.report_only else timer)
+
+
 def expand(methods: Sequence[Method], **axes: Sequence[Any]) -> list[dict[str, Any]]:
     """Run points: every method crossed with the product of ``axes``.
 
