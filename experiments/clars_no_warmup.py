@@ -212,7 +212,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"(warmup_start={base.warmup_start}); {base.schedule} decay; CLARS denominator: mean "
         f"of exact per-example gradient norms (clars_granularity={base.clars_granularity}; "
         f"the CLARS rule is the project's reading of the paper, marked unverified in "
-        f"claims.md). Micro-batches of at most {MAX_MICRO[preset]} examples (gradient "
+        f"lars_jax.scale_by_clars_trust_ratio). Micro-batches of at most "
+        f"{MAX_MICRO[preset]} examples (gradient "
         f"accumulation above). Test accuracy evaluated every {base.eval_every_epochs:g} "
         f"epochs on {base.test_subset or 'all'} test images.\n\n"
         + xu.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",

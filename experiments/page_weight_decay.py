@@ -1,6 +1,6 @@
 """Experiment 3: weight decay, weight-norm equilibrium and LARS (Page, seed 001).
 
-Claims (Page, "How to train your ResNet 6"; formulas in claims.md section 3), for conv
+Claims (Page, "How to train your ResNet 6"; formulas in lars_jax.diagnostics), for conv
 layers followed by BatchNorm (scale invariant, so ``w . g = 0``):
 
 (a) per layer, the per-step shrink of ``|w|^2`` from weight decay and its growth from the
@@ -364,7 +364,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     acc_lines = "\n".join(f"- {k}: {xu.fmt_acc(v)}" for k, v in finals.items())
     write_report(
         out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
-        intro=("**Claims** (a)-(d) of claims.md section 3 for BN-followed conv layers. Raw "
+        intro=("**Claims** (a)-(d) of Page's weight-decay analysis (How to train your "
+               "ResNet, part 6) for BN-followed conv layers. Raw "
                "rows: `runs/results.jsonl` and `runs/<run>/metrics.jsonl` (per-step `diag/*` "
                "keys); derived numbers in `summary.json`."),
         sections=[

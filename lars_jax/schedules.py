@@ -93,7 +93,7 @@ def sqrt_scaling(base_lr: float, batch_size: int, base_batch_size: int = 256) ->
     """Square-root scaling rule: ``base_lr * sqrt(batch_size / base_batch_size)``.
 
     Keeps the per-step noise of SGD constant when gradients are noise dominated
-    (``||g|| ~ 1/sqrt(B)``); see ``claims.md`` section 3 (Page) for when it applies.
+    (``||g|| ~ 1/sqrt(B)``); see Page, *How to train your ResNet* part 6, for when it applies.
 
     Args:
       base_lr: the rate tuned at ``base_batch_size`` (``>= 0``).
@@ -184,8 +184,8 @@ def mlperf_lars_schedule(
     ``lr(t) = peak_lr * t / warmup_steps`` for ``t < warmup_steps``, then
     ``(peak_lr - end_lr) * (1 - (t - warmup_steps) / (total_steps - warmup_steps))**power
     + end_lr``, and ``end_lr`` after ``total_steps``. MLPerf ResNet-50 uses power 2,
-    end 1e-4 and, for example, peak 10 with 5 warmup epochs below batch 16k (claims.md
-    section 1).
+    end 1e-4 and, for example, peak 10 with 5 warmup epochs below batch 16k (Google's
+    MLPerf Training v0.7 JAX submission).
 
     Args:
       peak_lr: the rate at the end of warmup (``>= 0``).

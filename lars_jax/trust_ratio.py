@@ -360,7 +360,7 @@ def scale_by_clars_trust_ratio(
 
     UNVERIFIED: Huo, Gu and Huang's paper body could not be checked; the rule above is
     the form this project implements from the paper's abstract and secondary sources
-    (see ``claims.md`` section 2), not a verified transcription of their algorithm.
+    (arXiv:2002.01576), not a verified transcription of their algorithm.
     ``g_i`` may be per-example gradients (exact) or per-micro-batch gradients (e.g.
     one per device; a cheaper approximation): report which one a result used.
 
