@@ -51,7 +51,7 @@ from _harness import compare, print_table, write_results  # noqa: E402
 
 from lars_jax.train import TrainConfig  # noqa: E402
 from lars_jax.train import parallel as par  # noqa: E402
-from lars_jax.train.loop import build_model, learning_rate_schedule, make_optimizer  # noqa: E402
+from lars_jax.train.loop import build_model, learning_rate_shape, make_optimizer  # noqa: E402
 from lars_jax.train.step import StepOptions, init_train_state, make_train_step  # noqa: E402
 
 SHAPES = {"resnet8": (28, 28, 1), "resnet20": (28, 28, 1), "resnet18": (32, 32, 3)}
@@ -71,7 +71,7 @@ def make_variant(cfg: TrainConfig, num_devices: int, path: str, shape: tuple[int
     net = build_model(cfg, 10, axis_name=par.AXIS)
     variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, *shape)), train=False))(
         jax.random.key(cfg.seed))
-    tx = make_optimizer(cfg, learning_rate_schedule(cfg, 100, 1000))
+    tx = make_optimizer(cfg, learning_rate_shape(cfg, 100, 1000))
     state = jax.jit(init_train_state, static_argnums=2)(
         variables["params"], variables.get("batch_stats", {}), tx)
     opts = StepOptions(num_classes=10, axis_name=par.AXIS, num_devices=num_devices,

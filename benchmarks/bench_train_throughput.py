@@ -41,7 +41,7 @@ from _harness import compare, machine_info, print_table, write_results  # noqa: 
 from lars_jax.models import count_macs  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 from lars_jax.train import parallel as par  # noqa: E402
-from lars_jax.train.loop import build_model, learning_rate_schedule, make_optimizer  # noqa: E402
+from lars_jax.train.loop import build_model, learning_rate_shape, make_optimizer  # noqa: E402
 from lars_jax.train.step import StepOptions, init_train_state, make_train_step  # noqa: E402
 
 # Peak dense rates (FLOP/s) by GPU name substring and dtype, from the vendors' data sheets.
@@ -71,7 +71,7 @@ def make_variant(model: str, batch: int, dtype: str, optimizer: str, parallel: s
     net = build_model(cfg, 10, axis_name=par.AXIS)
     variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, *shape), dt), train=False))(
         jax.random.key(0))
-    tx = make_optimizer(cfg, learning_rate_schedule(cfg, 100, 1000))
+    tx = make_optimizer(cfg, learning_rate_shape(cfg, 100, 1000))
     state = jax.jit(init_train_state, static_argnums=2)(
         variables["params"], variables.get("batch_stats", {}), tx)
     opts = StepOptions(num_classes=10, axis_name=par.AXIS, num_devices=num_devices,

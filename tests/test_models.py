@@ -288,3 +288,32 @@ def test_integer_images_are_rejected():
     x = jnp.zeros((1, 8, 8, 1), jnp.uint8)
     with pytest.raises(ValueError, match="float"):
         jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+@pytest.mark.parametrize("norm", ["batch", "none", "group"])
+def test_mlp_shapes_parameters_and_macs(norm):
+    m = create_model("mlp2", num_classes=10, norm=norm, width=0.5)
+    v = _init(m, (3, 28, 28, 1))
+    hidden = 128
+    p = v["params"]
+    assert p["Dense_0"]["kernel"].shape == (784, hidden)
+    assert p["Dense_1"]["kernel"].shape == (hidden, hidden)
+    assert p["head"]["kernel"].shape == (hidden, 10)
+    # a bias on the hidden layers only without normalization (BN/GN bring their own shift)
+    assert ("bias" in p["Dense_0"]) == (norm == "none")
+    assert ("batch_stats" in v) == (norm == "batch")
+    macs = count_macs("mlp2", (28, 28, 1), 10, norm=norm, width=0.5)
+    assert macs == 784 * hidden + hidden * hidden + hidden * 10
+    logits = m.apply(v, jnp.ones((3, 28, 28, 1)), train=False)
+    assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+
+
+def test_mlp_with_batch_norm_is_scale_invariant_in_its_hidden_weights():
+    m = create_model("mlp2", num_classes=10, width=0.25)
+    v = _init(m, (8, 28, 28, 1))
+    x = _normal(1, (8, 28, 28, 1))
+    out, _ = m.apply(v, x, train=True, mutable=["batch_stats"])
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * 7.0 if "Dense_0" in jax.tree_util.keystr(path) else a, v)
+    out2, _ = m.apply(scaled, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, out2, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
-"""Flax ResNets (CIFAR ResNet-8/20/32/56, ResNet-18, ResNet-9, ResNet-50 v1.5) and MAC counts."""
+"""Flax ResNets (CIFAR ResNet-8/20/32/56, ResNet-18/9/50), MLPs and MAC counts."""
 
 from lars_jax.models.flops import count_fn_macs, count_macs, flops_per_example, jaxpr_macs
+from lars_jax.models.mlp import MLP, MLP_DEPTHS
 from lars_jax.models.normalization import NORM_KINDS, GhostBatchNorm, group_count, make_norm
 from lars_jax.models.resnet import (
     MODEL_NAMES,
@@ -14,6 +15,8 @@ from lars_jax.models.resnet import (
 )
 
 __all__ = [
+    "MLP",
+    "MLP_DEPTHS",
     "MODEL_NAMES",
     "NORM_KINDS",
     "BasicBlock",

@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lars_jax.models.mlp import MLP, MLP_DEPTHS
 from lars_jax.models.normalization import NORM_KINDS, make_norm
 
 Array = jax.Array
@@ -271,7 +272,8 @@ class ResNet50(_Base):
 
 
 _CIFAR_DEPTHS = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56}
-MODEL_NAMES = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet18", "resnet9", "resnet50")
+MODEL_NAMES = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet18", "resnet9", "resnet50",
+               "mlp1", "mlp2", "mlp3", "mlp4")
 
 
 def create_model(
@@ -288,7 +290,7 @@ def create_model(
     zero_init_last_bn: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Builds a ResNet by name.
+    """Builds a ResNet (or, for the CPU experiments, an MLP) by name.
 
     Apply as `model.apply(variables, x, train=True, mutable=["batch_stats"])` in training
     (with BatchNorm) and `model.apply(variables, x, train=False)` in evaluation; `x` is a
@@ -304,7 +306,8 @@ def create_model(
         (the per-device batch must be divisible by it); None: the whole (per-device) batch.
       bn_momentum: BatchNorm running-average momentum.
       group_norm_groups: GroupNorm groups (gcd with the channel count is used).
-      width: channel multiplier (e.g. 0.5 gives 8-16-32 for the CIFAR family).
+      width: channel multiplier (e.g. 0.5 gives 8-16-32 for the CIFAR family; for the MLPs
+        "mlp<k>" with k hidden layers, the hidden width is 256 * width).
       dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
       zero_init_last_bn: zero-initialise the scale of the last norm layer in each block.
       **kwargs: further attributes of the model class (e.g. `shortcut="B"` for the CIFAR
@@ -355,6 +358,8 @@ def create_model(
         param_dtype=jnp.float32,
         **kwargs,
     )
+    if name in MLP_DEPTHS:
+        return MLP(depth=MLP_DEPTHS[name], **common)
     if name in _CIFAR_DEPTHS:
         return CifarResNet(depth=_CIFAR_DEPTHS[name], **common)
     cls = {"resnet18": ResNet18, "resnet9": ResNet9, "resnet50": ResNet50}[name]

@@ -41,7 +41,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet9", "resnet18", "resnet50")
+MODELS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet9", "resnet18", "resnet50",
+          "mlp1", "mlp2", "mlp3", "mlp4")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet2012")
 OPTIMIZERS = ("sgd", "lars", "larc", "clars")
 NORMS = ("batch", "group", "none")

@@ -15,7 +15,9 @@ Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)
 ``peak``; then the decay schedule over the remaining steps. For ``schedule="onecycle"`` the
 1cycle schedule spans the whole run and ``warmup_epochs / epochs`` is its rising fraction.
 The optimizer is wrapped in ``optax.inject_hyperparams``, so the rate of every step is in
-the optimizer state and in the logged ``lr``.
+the optimizer state and in the logged ``lr``; the base learning rate and the weight decay
+are arrays there, not constants of the compiled step, so an lr or weight-decay grid
+compiles once per shape of run.
 
 References:
   Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
@@ -152,9 +154,32 @@ def learning_rate_schedule(config: TrainConfig, spe: int, total_steps: int) -> o
     return gradual_warmup(start, peak, warm, after)
 
 
-def make_optimizer(config: TrainConfig, schedule: optax.Schedule
+def learning_rate_shape(config: TrainConfig, spe: int, total_steps: int) -> optax.Schedule:
+    """The schedule of `config` divided by ``config.learning_rate`` (its value at lr 1).
+
+    Every rule of :func:`learning_rate_schedule` is linear in ``learning_rate`` and
+    ``end_learning_rate``, so ``schedule(t) == learning_rate * shape(t)``. The trainer keeps
+    ``learning_rate`` as a number in the optimizer state and only ``shape`` in the compiled
+    program: runs that differ only in the learning rate (the lr grids of a sweep) share one
+    compiled step, reused from JAX's compilation cache.
+    """
+    import dataclasses
+
+    lr = config.learning_rate
+    unit = dataclasses.replace(config, learning_rate=1.0,
+                               end_learning_rate=config.end_learning_rate / lr if lr else 0.0)
+    return learning_rate_schedule(unit, spe, total_steps)
+
+
+def make_optimizer(config: TrainConfig, shape: optax.Schedule
                    ) -> optax.GradientTransformation:
-    """The config's optimizer, its learning rate injected so each step's value is logged."""
+    """The config's optimizer with an injected, logged learning rate.
+
+    The rate of step ``t`` is ``base_learning_rate * lr_shape(t)``: ``lr_shape`` (from
+    :func:`learning_rate_shape`) is a function of the step count and ``base_learning_rate``
+    (``config.learning_rate``) and ``weight_decay`` are arrays in the optimizer state
+    (``opt_state.hyperparams``), so they are not compiled into the train step.
+    """
     import lars_jax
 
     common = dict(momentum=config.momentum, nesterov=config.nesterov)
@@ -167,8 +192,12 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule
         if config.optimizer == "lars" and config.clip:
             kw["clip"] = 1.0
         factory = functools.partial(fn[config.optimizer], **kw)
-    return optax.inject_hyperparams(factory)(
-        learning_rate=schedule, weight_decay=config.weight_decay)
+    def scaled(lr_shape, base_learning_rate, weight_decay):
+        return factory(learning_rate=base_learning_rate * lr_shape, weight_decay=weight_decay)
+
+    return optax.inject_hyperparams(scaled)(
+        lr_shape=shape, base_learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay)
 
 
 def build_model(config: TrainConfig, num_classes: int, *, axis_name: str | None):
@@ -315,7 +344,7 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     eval_model = build_model(config, data.num_classes, axis_name=None)
     variables = init_variables(eval_model, config.seed, (1, *data.train_images.shape[1:]), dtype)
     schedule = learning_rate_schedule(config, spe, total_steps)
-    tx = make_optimizer(config, schedule)
+    tx = make_optimizer(config, learning_rate_shape(config, spe, total_steps))
     state = jax.jit(init_train_state, static_argnums=2)(
         variables["params"], variables.get("batch_stats", {}), tx)
     state = par.put_replicated(state, mesh)

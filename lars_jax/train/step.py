@@ -283,6 +283,9 @@ def make_train_step(
         hp = getattr(opt_state, "hyperparams", None)
         if isinstance(hp, dict) and "learning_rate" in hp:
             metrics["lr"] = jnp.asarray(hp["learning_rate"], jnp.float32)
+        elif isinstance(hp, dict) and {"lr_shape", "base_learning_rate"} <= hp.keys():
+            # the trainer's form (lars_jax.train.loop.make_optimizer)
+            metrics["lr"] = jnp.asarray(hp["base_learning_rate"] * hp["lr_shape"], jnp.float32)
         if groups >= 2:
             metrics["grad_sqnorm_small"] = sq_small
             metrics["grad_sqnorm_big"] = _sqnorm(grads)
