@@ -39,7 +39,8 @@ EMA = 0.9
 FACTOR = 4.0  # "consistent" = within this factor of experiment 1's critical batch size
 
 # (global batch, accumulation micro-batches): B_small = batch / accum
-RUNS = {"smoke": [(32, 4)], "cpu": [(128, 4), (512, 4)], "full": [(512, 8), (4096, 8)]}
+RUNS = {"smoke": [(32, 4)], "cpu": [(128, 4), (1024, 8), (8192, 8)],
+        "full": [(512, 8), (4096, 8)]}
 
 
 def base_config(preset: str) -> TrainConfig:
@@ -57,9 +58,9 @@ def base_config(preset: str) -> TrainConfig:
                            eval_every_epochs=0, crop_padding=0, flip=False, num_devices=1,
                            log_every_steps=1, **common)
     # same model, data and epochs as experiment 1's cpu preset
-    return TrainConfig(model="resnet8", width=0.25, dataset="fashion_mnist", train_subset=4096,
-                       test_subset=1000, epochs=2, warmup_epochs=0.5, eval_every_epochs=0,
-                       crop_padding=0, flip=False, num_devices=1, log_every_steps=1, **common)
+    return TrainConfig(model="mlp2", width=1.0, dataset="fashion_mnist", epochs=2,
+                       warmup_epochs=0.5, eval_every_epochs=0, crop_padding=0, flip=False,
+                       num_devices=1, log_every_steps=1, **common)
 
 
 def points(preset: str) -> list[dict]:
