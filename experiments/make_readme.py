@@ -41,8 +41,9 @@ def main() -> Path:
         "One script per claim. Each writes `results/<name>/` with `report.md` (setup, table, "
         "verdict, limits), PNG plots, `rows.jsonl` (one row per run) and `runs/` (the "
         "trainer's `metrics.jsonl`, `summary.json`, `config.json` per run). Presets: `cpu` "
-        "(minutes on a 2-core CPU, Fashion-MNIST subsets, tiny ResNet-8; what is committed "
-        "here), `full` (GPU budgets, CIFAR-10; defined but not run in this repository), "
+        "(under 20 minutes each on a 2-core CPU: Fashion-MNIST, a two-hidden-layer MLP with "
+        "BatchNorm for the large grids, a 4-channel ResNet-8 for Page's conv-layer analysis; "
+        "what is committed here; each report gives its run time), `full` (GPU budgets, CIFAR-10; defined but not run in this repository), "
         "`smoke` (seconds, for the tests). Scripts resume interrupted sweeps; "
         "`--max-minutes` stops starting new runs, `--report-only` rebuilds the report.",
         "",

@@ -474,6 +474,9 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     initialize_distributed(base)
     for run in planned:
         _validate(run.config, _device_count(run.config))
+    from lars_jax.experiment_utils import enable_compilation_cache
+
+    enable_compilation_cache()  # runs that differ only in lr, wd or seed compile once
     rows = run_sweep(
         base,
         grid,
