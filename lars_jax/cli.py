@@ -476,7 +476,7 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
         _validate(run.config, _device_count(run.config))
     from lars_jax.experiment_utils import enable_compilation_cache
 
-    enable_compilation_cache()  # runs that differ only in lr, wd or seed compile once
+    enable_compilation_cache()  # runs that differ only in lr or wd compile once
     rows = run_sweep(
         base,
         grid,

@@ -100,8 +100,9 @@ def default_out(name: str, preset: str) -> Path:
 def enable_compilation_cache(path: PathLike | None = None) -> None:
     """Turns on JAX's persistent compilation cache (repeated shapes compile once).
 
-    Runs that differ only in seed compile to the same program; with the cache the
-    second one skips compilation, which on a small CPU costs more than training.
+    Runs that differ only in the learning rate or the weight decay compile to the same
+    program (both are optimizer-state arrays); with the cache the second one skips
+    compilation, which on a small CPU can cost more than training.
 
     Args:
       path: the cache folder (default ``$LARS_JAX_CACHE`` or ``~/.cache/lars_jax_xla``).
