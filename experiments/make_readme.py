@@ -43,7 +43,8 @@ def main() -> Path:
         "trainer's `metrics.jsonl`, `summary.json`, `config.json` per run). Presets: `cpu` "
         "(under 20 minutes each on a 2-core CPU: Fashion-MNIST, a two-hidden-layer MLP with "
         "BatchNorm for the large grids, a 4-channel ResNet-8 for Page's conv-layer analysis; "
-        "what is committed here; each report gives its run time), `full` (GPU budgets, CIFAR-10; defined but not run in this repository), "
+        "what is committed here; each report gives its run time), `full` (GPU budgets, "
+        "CIFAR-10; defined but not run in this repository), "
         "`smoke` (seconds, for the tests). Scripts resume interrupted sweeps; "
         "`--max-minutes` stops starting new runs, `--report-only` rebuilds the report.",
         "",

@@ -318,7 +318,10 @@ def final_accuracy(row: Mapping[str, Any]) -> float:
 
 
 def outcome(row: Mapping[str, Any]) -> str:
-    """``"ok"``, ``"diverged"`` (non-finite loss stopped the run) or ``"failed"``."""
+    """``"ok"``, ``"diverged"`` (non-finite loss stopped the run), ``"failed"`` or
+    ``"unfinished"`` (a run folder without a result: interrupted or still running)."""
+    if row.get("status") not in ("done", "failed"):
+        return "unfinished"
     if row.get("status") == "done":
         status = (row.get("summary") or {}).get("status", "ok")
         return "diverged" if status == "nonfinite" else "ok"

@@ -96,6 +96,7 @@ def test_method_matching_and_outcomes():
     bad = {"status": "failed", "error": "NonFiniteError: non-finite loss or gradients at step 3"}
     assert xu.outcome(bad) == "diverged" and math.isnan(xu.final_accuracy(bad))
     assert xu.outcome({"status": "failed", "error": "ValueError: x"}) == "failed"
+    assert xu.outcome({"status": "partial"}) == "unfinished"
     assert xu.method_of({"config": {"optimizer": "clars"}}, methods) is None
 
 
