@@ -1,6 +1,8 @@
 """Peer benchmark: lars_jax vs plain PyTorch, same ResNet, same LARS update, same run.
 
-For each model (ResNet-20 CIFAR-style, ResNet-18 with a 3x3 stem) this script
+For each model (ResNet-20 CIFAR-style, ResNet-18 with a 3x3 stem; `--models mlp2` adds the
+two-hidden-layer MLP with BatchNorm of the CPU experiments, which has no convolutions and so
+separates XLA's CPU convolution speed from the rest of the step) this script
 
 1. builds the Flax model (`lars_jax.models.create_model`) and its twin in PyTorch
    (`benchmarks/torch_peer.py`), and copies the Flax initial weights into the torch model;
@@ -34,6 +36,7 @@ Usage:
   python benchmarks/bench_peer_pytorch.py                      # full run (both models)
   python benchmarks/bench_peer_pytorch.py --quick              # small smoke settings
   python benchmarks/bench_peer_pytorch.py --models resnet20 --batch 256 --no-compile
+  python benchmarks/bench_peer_pytorch.py --models mlp2,resnet20 --compile-models mlp2,resnet20
 
 References:
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017,
@@ -200,7 +203,7 @@ def _check(name: str, hp: dict[str, float], batch: int, device: str, steps: int,
         rows[path] = rel
         if rel > worst:
             worst, worst_name = rel, path
-    conv = "BasicBlock_1/Conv_0/kernel"
+    conv = "Dense_1/kernel" if name.startswith("mlp") else "BasicBlock_1/Conv_0/kernel"
     return {
         "model": name,
         "dtype": dtype,

@@ -2,6 +2,7 @@
 
 Written from the definitions, not from another project's code:
 
+* `MLP` (the `mlp<k>` models with BatchNorm), to show where the CPU gap comes from.
 * `CifarResNet` (ResNet-20 = depth 20) and `ResNet18` (3x3 stem, no max-pool) with exactly
   the layer order, padding, shortcut type and BatchNorm settings of `lars_jax.models`
   (`CifarResNet` uses He et al.'s option-A shortcuts: stride-2 subsampling plus zero channel
@@ -111,14 +112,44 @@ class ResNet18(_ResNet):
                          num_classes, "B")
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """`resnet8/20/32/56` (CIFAR family, option A) or `resnet18`, as in lars_jax.models."""
+class MLP(nn.Module):
+    """`lars_jax.models.MLP` with BatchNorm: [Linear (no bias) -> BN -> ReLU] x depth -> head.
+
+    The input is flattened in NHWC order (as the Flax model does) from the NCHW tensor.
+    """
+
+    def __init__(self, depth: int, num_classes: int, in_features: int, width: int = 256
+                 ) -> None:
+        super().__init__()
+        self.depth = depth
+        f = in_features
+        for i in range(depth):
+            setattr(self, f"Dense_{i}", nn.Linear(f, width, bias=False))
+            setattr(self, f"BatchNorm_{i}", nn.BatchNorm1d(width, **_BN))
+            f = width
+        self.head = nn.Linear(f, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1).flatten(1)
+        for i in range(self.depth):
+            x = F.relu(getattr(self, f"BatchNorm_{i}")(getattr(self, f"Dense_{i}")(x)))
+        return self.head(x)
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3,
+                 image_size: int = 32) -> nn.Module:
+    """`resnet8/20/32/56` (CIFAR family, option A), `resnet18` or `mlp1`-`mlp4` (BatchNorm,
+    256 hidden units), as in lars_jax.models."""
     depths = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56}
+    mlps = {"mlp1": 1, "mlp2": 2, "mlp3": 3, "mlp4": 4}
     if name in depths:
         return CifarResNet(depths[name], num_classes, in_channels)
     if name == "resnet18":
         return ResNet18(num_classes, in_channels)
-    raise ValueError(f"name must be one of {sorted(depths) + ['resnet18']}, got {name!r}")
+    if name in mlps:
+        return MLP(mlps[name], num_classes, image_size * image_size * in_channels)
+    raise ValueError(f"name must be one of {sorted(depths) + ['resnet18'] + sorted(mlps)}, "
+                     f"got {name!r}")
 
 
 class LARS(torch.optim.Optimizer):

@@ -91,3 +91,15 @@ def test_torch_peer_matches_flax_forward_and_lars_step():
     assert not np.allclose(np.asarray(p["k"]), params["k"])  # it did move
     with pytest.raises(ValueError, match="momentum"):
         torch_peer.LARS(tp.values(), lr=0.1, momentum=1.0)
+
+
+def test_torch_peer_mlp_matches_flax_in_float64():
+    pytest.importorskip("torch")
+    import bench_peer_pytorch
+
+    hp = dict(lr=0.1, wd=5e-4, tc=0.01, m=0.9)
+    chk = bench_peer_pytorch.check_agreement("mlp2", hp, batch=16, device="cpu")
+    assert chk["conv_tensor"] == "Dense_1/kernel"
+    assert chk["max_rel_diff_of_update"] < 1e-6
+    assert chk["conv_update_norm"] > 0
+    np.testing.assert_allclose(chk["jax_losses"], chk["torch_losses"], rtol=1e-6)
