@@ -347,8 +347,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         stds = [v.get("std") for v in json.loads(exp2.read_text()).get("stats", {}).values()
                 if isinstance(v.get("std"), float) and v.get("n", 0) > 1]
     seed_note = (f"experiment 2 measured seed-to-seed standard deviations of up to "
-                 f"{100 * max(stds):.1f} points in this regime (batch 512), so differences of a "
-                 f"few points between cells are not significant." if stds else
+                 f"{100 * max(stds):.1f} points at its large batch sizes, so differences of a "
+                 f"few points between large-batch cells are not significant." if stds else
                  "the seed-to-seed spread was not measured for these cells.")
     limits_txt = (
         xu.preset_note(preset) + " "
