@@ -159,6 +159,40 @@ def test_metrics_summary_and_layer_stats(tmp_path):
         p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
 
 
+def test_steps_per_call_gives_the_same_run_with_fewer_dispatches(tmp_path):
+    """steps_per_call=3 (lax.scan over steps) ends with the parameters of one step per call
+    and logs, evaluates and checkpoints at the same steps (which are not multiples of 3)."""
+    import jax
+
+    from lars_jax.train import train
+    from lars_jax.train.loop import next_stop
+
+    assert next_stop(0, 16, 4, 8, 0) == 4 and next_stop(5, 16, 4, 6, 0) == 6
+    assert next_stop(13, 16, 10, 0, 7) == 14 and next_stop(14, 16, 10, 0, 0) == 16
+    kw = dict(log_every_steps=4, eval_every_epochs=1.0, checkpoint_every_steps=5,
+              num_devices=2, optimizer="lars")
+    out = {}
+    for k in (1, 3):
+        wd = tmp_path / f"k{k}"
+        summary, state = train(tiny_config(wd, steps_per_call=k, **kw), data=tiny_data(),
+                               return_state=True)
+        rows = [json.loads(line) for line in (wd / "metrics.jsonl").open()]
+        ckpts = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+        out[k] = (summary, jax.device_get(state.params), rows, ckpts)
+    (s1, p1, r1, c1), (s3, p3, r3, c3) = out[1], out[3]
+    assert s1["steps"] == s3["steps"] == 16
+    assert [(r["kind"], r["step"]) for r in r1] == [(r["kind"], r["step"]) for r in r3]
+    assert c1 == c3 and c1  # checkpoints at steps 15 and 16 (keep=3: 5, 10, 15, 16 -> last 3)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([r["loss"] for r in r1 if r["kind"] == "train"],
+                               [r["loss"] for r in r3 if r["kind"] == "train"], rtol=1e-5)
+    from lars_jax.train import TrainConfig
+
+    with pytest.raises(ValueError, match="steps_per_call"):
+        TrainConfig(steps_per_call=2, parallel="pmap").validate()
+
+
 def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
     from lars_jax.train import train
     from lars_jax.train.loop import NonFiniteError

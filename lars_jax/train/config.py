@@ -147,6 +147,10 @@ class TrainConfig:
         "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean)."
     )
     num_devices: int | None = _f(None, "Number of local devices to use (None: all).")
+    steps_per_call: int = _f(
+        1, "Optimizer steps per compiled call (lax.scan; jit path): fewer dispatches for "
+        "small models and batches. Calls stop at log, eval and checkpoint steps."
+    )
     coordinator_address: str | None = _f(
         None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS)."
     )
@@ -320,6 +324,10 @@ class TrainConfig:
             bad("eval_batch_size", "must be >= 1")
         if self.log_every_steps < 1:
             bad("log_every_steps", "must be >= 1")
+        if self.steps_per_call < 1:
+            bad("steps_per_call", "must be >= 1")
+        if self.steps_per_call > 1 and self.parallel != "jit":
+            bad("steps_per_call", "> 1 needs parallel='jit'")
         if not self.workdir:
             bad("workdir", "must be a non-empty path")
         if self.clars_granularity == "micro_batch" and self.optimizer == "clars" \

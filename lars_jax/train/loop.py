@@ -122,6 +122,20 @@ def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
     return max(1, num_train // config.batch_size)
 
 
+def next_stop(step: int, total_steps: int, log_every: int, eval_every: int,
+              checkpoint_every: int) -> int:
+    """The first step after `step` at which the loop logs, evaluates, checkpoints or ends.
+
+    A multi-step call (``steps_per_call > 1``) never runs past it, so those events happen
+    at exactly the same steps as with one step per call.
+    """
+    stops = [total_steps, (step // log_every + 1) * log_every]
+    for every in (eval_every, checkpoint_every):
+        if every > 0:
+            stops.append((step // every + 1) * every)
+    return min(stops)
+
+
 def learning_rate_schedule(config: TrainConfig, spe: int, total_steps: int) -> optax.Schedule:
     """The per-step learning rate of `config` (scaling, warmup, decay; module docstring)."""
     from lars_jax.schedules import gradual_warmup, linear_scaling, onecycle, sqrt_scaling
@@ -379,8 +393,12 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
               file=sys.stderr)
     last_good = start_step if resumed_from is not None else None
 
+    k_call = config.steps_per_call
+    run_steps = None
     if config.parallel == "jit":
         run_step = par.jit_train_step(step_fn, prepare, mesh)
+        if k_call > 1:
+            run_steps = par.jit_train_steps(step_fn, prepare, mesh, k_call)
         to_host = lambda s: s
     else:
         run_step = par.pmap_train_step(step_fn, prepare, devices)
@@ -434,10 +452,12 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
                 write_json(workdir / SUMMARY_FILE, summary)
             raise NonFiniteError(msg)
 
-    pending: list[dict[str, Any]] = []
+    pending: list[tuple[bool, dict[str, Any]]] = []  # (from a multi-step call, metrics)
     last_train_row: dict[str, Any] = {}
     last_eval: dict[str, Any] = {}
     compile_time = None
+    compiled: set[bool] = set()  # kinds of call (multi-step or not) already compiled
+    ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else 0
     t_log = time.perf_counter()
     steps_since_log = 0
     train_time = 0.0  # seconds of timed training steps (compilation and pauses excluded)
@@ -446,17 +466,24 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     try:
         while step < total_steps:
             t0 = time.perf_counter()
-            state, metrics = run_step(state, images, labels, np.int32(step))
-            step += 1
-            steps_since_log += 1
-            pending.append(metrics)
-            if compile_time is None:
+            stop = next_stop(step, total_steps, config.log_every_steps, eval_every, ckpt_every)
+            multi = run_steps is not None and step + k_call <= stop
+            if multi:
+                state, metrics = run_steps(state, images, labels, np.int32(step))
+            else:
+                state, metrics = run_step(state, images, labels, np.int32(step))
+            done = k_call if multi else 1
+            step += done
+            steps_since_log += done
+            pending.append((multi, metrics))
+            if multi not in compiled:  # the first call of each kind compiles
+                compiled.add(multi)
                 jax.block_until_ready(metrics)
-                compile_time = time.perf_counter() - t0
+                compile_time = (compile_time or 0.0) + time.perf_counter() - t0
                 t_log = time.perf_counter()
                 steps_since_log = 0
             if bar is not None:
-                bar.update(1)
+                bar.update(done)
             is_last = step == total_steps
             do_log = step % config.log_every_steps == 0 or is_last
             do_ev = is_last or (eval_every and step % eval_every == 0)
@@ -464,7 +491,10 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
                 is_last or (config.checkpoint_every_steps > 0
                             and step % config.checkpoint_every_steps == 0))
             if do_log:
-                rows = jax.device_get(pending)
+                rows = []
+                for was_multi, m in jax.device_get(pending):
+                    rows += ([{key: v[i] for key, v in m.items()} for i in range(k_call)]
+                             if was_multi else [m])
                 dt = time.perf_counter() - t_log
                 ips = steps_since_log * config.batch_size / dt if steps_since_log else None
                 row = mean_rows(rows, ("loss", "accuracy", "finite"))

@@ -99,6 +99,36 @@ def jit_train_step(
     return jax.jit(run, donate_argnums=0)
 
 
+def jit_train_steps(
+    step_fn: Callable[..., Any],
+    prepare: PrepareFn,
+    mesh: Mesh,
+    num_steps: int,
+) -> Callable[..., Any]:
+    """`jit_train_step` for ``num_steps`` consecutive steps in one compiled call.
+
+    ``(state, images, labels, step) -> (state, metrics)`` runs steps ``step, ...,
+    step + num_steps - 1`` under ``jax.lax.scan``; every metric gets a leading axis of
+    length ``num_steps``. The result equals ``num_steps`` calls of `jit_train_step` (same
+    batches, same updates) with one dispatch instead of ``num_steps``, which matters when a
+    step is short (small models and batches, fast accelerators).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    one = jit_train_step(step_fn, prepare, mesh)
+    run_one = getattr(one, "__wrapped__", None)
+    if run_one is None:  # pragma: no cover - jax.jit always sets __wrapped__
+        raise RuntimeError("jit_train_step did not return a jax.jit-wrapped function")
+
+    def run(state, images, labels, step):
+        def body(carry, i):
+            return run_one(carry, images, labels, step + i)
+
+        return jax.lax.scan(body, state, np.arange(num_steps, dtype=np.int32))
+
+    return jax.jit(run, donate_argnums=0)
+
+
 def pmap_train_step(
     step_fn: Callable[..., Any],
     prepare: PrepareFn,
