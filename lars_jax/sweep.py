@@ -212,6 +212,14 @@ def _comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in _LOCATION_FIELDS}
 
 
+def _default_fields(cls: type) -> dict[str, Any]:
+    """The config class's default values (empty if it has required fields)."""
+    try:
+        return _comparable(_config_dict(cls()))
+    except TypeError:
+        return {}
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
     to_dict = getattr(config, "to_dict", None)
     return dict(to_dict()) if callable(to_dict) else dataclasses.asdict(config)
@@ -328,8 +336,12 @@ def plan_sweep(
         if row is not None and row.get("status") in ("done", "failed"):
             recorded = _comparable(row.get("config") or {})
             wanted = _comparable(_config_dict(config))
+            # a field added to the config class since the run was recorded is taken to have
+            # had its default value (so a new option does not orphan finished sweeps)
+            defaults = _default_fields(cls)
             diff = sorted(
-                k for k in wanted.keys() | recorded.keys() if wanted.get(k) != recorded.get(k)
+                k for k in wanted.keys() | recorded.keys()
+                if wanted.get(k) != recorded.get(k, defaults.get(k))
             )
             if recorded and diff:
                 raise ValueError(

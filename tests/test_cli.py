@@ -323,6 +323,25 @@ def test_sweep_refuses_to_mix_configs(tmp_path):
         run_sweep(changed, {"seed": [0]}, tmp_path, train_fn=TinyTrainer())
 
 
+def test_sweep_treats_fields_added_since_a_run_as_defaults(tmp_path):
+    """A run recorded before a config field existed still counts as done (the field had its
+    default), but not if the field is now set to something else."""
+    import json
+
+    run_sweep(_base(), {"seed": [0]}, tmp_path, train_fn=TinyTrainer(), log=lambda m: None)
+    results = tmp_path / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    for r in rows:
+        del r["config"]["steps_per_call"]  # as written by an older lars_jax
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = TinyTrainer()
+    run_sweep(_base(), {"seed": [0]}, tmp_path, train_fn=trainer, log=lambda m: None)
+    assert trainer.calls == []  # done, not re-run
+    changed = dataclasses.replace(_base(), steps_per_call=4)
+    with pytest.raises(ValueError, match="different config.*steps_per_call"):
+        run_sweep(changed, {"seed": [0]}, tmp_path, train_fn=TinyTrainer())
+
+
 def test_sweep_cli_dry_run_and_grid_in_file(capsys, tmp_path):
     cfg = tmp_path / "s.toml"
     out = tmp_path / "out"
