@@ -251,7 +251,9 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             noise = 100 * max(c["std"], lw["std"], MARGIN_PP / 100)
             best = max(v["mean"] for v in vals.values())
             word = ("Inconclusive (every method below 30% accuracy)" if best < 0.3 else
-                    "Supported" if diff >= -noise else "Not supported")
+                    "Supported" if diff >= -MARGIN_PP else
+                    "Within seed noise (CLARS lower on average)" if diff >= -noise else
+                    "Not supported")
             parts.append(
                 f"{word} at batch {b} ({c['n']} seeds): CLARS without warmup "
                 f"{100 * c['mean']:.1f}% vs LARS with warmup {100 * lw['mean']:.1f}%, LARS "

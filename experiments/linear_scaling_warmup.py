@@ -385,6 +385,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                     key=lambda kv: kv[1], default=None)
     held = [m.label for m in ms if m.label in rel
             and all(100 * (rel[m.label][0] - a) <= FLAT_PP for _, a in rel[m.label][1])]
+    top_big = sorted(((m.label, acc_at(m.label, big)) for m in ms
+                      if math.isfinite(acc_at(m.label, big))), key=lambda t: -t[1])[:3]
     headline = (
         ("Not reproduced at this scale: " if lw in rel and lw not in held else
          "Supported: " if lw in held else "")
@@ -397,7 +399,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "no method (LARS, CLARS, sqrt, no scaling) holds its base-batch accuracy; ")
         + (f"best cell {xu.fmt_acc(best_cell[1])} ({best_cell[0][0]}, batch "
            f"{best_cell[0][1]}); critical batch "
-           f"{'<= ' if b_crit == min(batches) else ''}{b_crit}." if best_cell else ""))
+           f"{'<= ' if b_crit == min(batches) else ''}{b_crit}" if best_cell else "")
+        + (f"; at batch {big} the best cells are "
+           + ", ".join(f"{lab} {xu.fmt_acc(a)}" for lab, a in top_big)
+           if top_big else "")
+        + ("; the best peak lr grows like "
+           + ", ".join(f"B^{p:.2f} ({name})" for name, p in exponents.items())
+           + " (linear rule: B^1)" if exponents else "") + ".")
     result = {"headline": headline, "critical_batch_size": b_crit,
               "critical_batch_is_grid_minimum": b_crit == min(batches),
               "flat_tolerance_pp": FLAT_PP,
