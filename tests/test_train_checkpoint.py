@@ -62,6 +62,58 @@ def test_incompatible_checkpoints_are_reported(tmp_path):
     with pytest.raises(CheckpointError, match=r"model='resnet8' \(run: 'resnet20'\)"):
         other.restore_latest(_state(0))
     other.close()
+    # intact checkpoints of another run are left where they are
+    assert (tmp_path / "checkpoints" / "5").exists()
+    assert not (tmp_path / "checkpoints_bad").exists()
+
+
+def _sgd_state(seed):
+    s = _state(seed)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+    return init_train_state(s.params, s.batch_stats, tx)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_checkpoint_with_another_state_structure_is_incompatible_not_corrupt(tmp_path, legacy):
+    """Same meta, but the optimizer state has another tree (e.g. another lars_jax version):
+    a clear error naming the structure, nothing moved; with a fingerprint in the meta and
+    without one (checkpoints written before fingerprints existed)."""
+    import json
+
+    ck = Checkpointer(tmp_path, keep=3, meta=META)
+    ck.save(3, _state(1))
+    ck.close()
+    if legacy:
+        metas = [p for p in (tmp_path / "checkpoints" / "3" / "meta").rglob("*")
+                 if p.is_file() and "state_structure" in p.read_text(errors="ignore")]
+        assert metas
+        for p in metas:
+            d = json.loads(p.read_text())
+            del d["state_structure"]
+            p.write_text(json.dumps(d))
+    ck = Checkpointer(tmp_path, keep=3, meta=META)
+    with pytest.raises(CheckpointError, match="another tree structure.*resume=False"):
+        ck.restore_latest(_sgd_state(0))
+    assert (tmp_path / "checkpoints" / "3").exists()
+    assert not (tmp_path / "checkpoints_bad").exists()
+    # the matching structure still restores
+    step, got = ck.restore_latest(_state(0))
+    assert step == 3
+    _eq(got, _state(1))
+    ck.close()
+
+
+def test_archive_existing_moves_old_checkpoints_out_of_the_way(tmp_path):
+    ck = Checkpointer(tmp_path, keep=2, meta=META)
+    assert ck.archive_existing() is None
+    ck.save(100, _state(1))
+    dest = ck.archive_existing()
+    assert dest is not None and (dest / "100").exists()
+    assert ck.all_steps() == []
+    ck.save(1, _state(2))  # a new run's low step is kept, not pruned as "oldest"
+    ck.save(2, _state(3))
+    assert ck.all_steps() == [1, 2]
+    ck.close()
 
 
 def test_empty_workdir_restores_nothing(tmp_path):

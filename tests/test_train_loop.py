@@ -170,7 +170,7 @@ def test_steps_per_call_gives_the_same_run_with_fewer_dispatches(tmp_path):
     assert next_stop(0, 16, 4, 8, 0) == 4 and next_stop(5, 16, 4, 6, 0) == 6
     assert next_stop(13, 16, 10, 0, 7) == 14 and next_stop(14, 16, 10, 0, 0) == 16
     kw = dict(log_every_steps=4, eval_every_epochs=1.0, checkpoint_every_steps=5,
-              num_devices=2, optimizer="lars")
+              num_devices=2, optimizer="lars", model="mlp1")
     out = {}
     for k in (1, 3):
         wd = tmp_path / f"k{k}"

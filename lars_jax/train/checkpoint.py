@@ -9,9 +9,12 @@ SIGKILL leaves either a finished checkpoint or none (unfinished temporaries are 
 cleaned up). In multi-process runs every process calls `save`; Orbax writes each array once.
 
 `restore_latest` walks the checkpoints from the newest down. A checkpoint that cannot be
-read (corrupt files) or whose meta does not match this run (another model, optimizer,
-width, ...) is reported on stderr and moved aside to ``<workdir>/checkpoints_bad/``; the
-next older one is tried.
+read (corrupt files) is reported on stderr and moved aside to ``<workdir>/checkpoints_bad/``;
+the next older one is tried. A checkpoint that is intact but belongs to another kind of run
+(its meta names another model, optimizer, width, ..., or its state has another tree
+structure, e.g. written by another lars_jax version) is left where it is: if no checkpoint
+is usable, `CheckpointError` says which and how to go on (another workdir, or
+``resume=False``, which archives the old checkpoints with `archive_existing`).
 
 References:
   Orbax checkpointing, https://orbax.readthedocs.io (CheckpointManager).
@@ -19,8 +22,10 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +79,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any) -> Path:
         """Saves `state` (global arrays, replicated) at `step`; returns the folder."""
-        meta = dict(self.meta, step=int(step))
+        meta = dict(self.meta, step=int(step), state_structure=structure_fingerprint(state))
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -119,45 +124,114 @@ class Checkpointer:
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
             else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
             target)
-        problems = []
+        problems, moved, incompatible = [], False, False
+        fingerprint = structure_fingerprint(abstract)
         for step in reversed(steps):
             try:
                 meta = self.manager.restore(
                     step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                diff = {k: (meta.get(k), v) for k, v in self.meta.items()
-                        if k in STRUCTURE_FIELDS and meta.get(k) != v}
-                if diff:
-                    raise ValueError(
-                        "incompatible with this run: "
-                        + ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in diff.items()))
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-                state = restored["state"]
-                _check_like(state, abstract)
-            except Exception as e:  # corrupt files raise many different exception types
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            except Exception as e:  # an unreadable meta file: corrupt
+                meta, error = None, e
+            if meta is not None:
+                why = _incompatibility(meta, self.meta, fingerprint)
+                if why:  # intact, but another kind of run: leave it alone
+                    problems.append(f"step {step}: incompatible with this run: {why}")
+                    incompatible = True
+                    continue
+                try:
+                    restored = self.manager.restore(
+                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+                    state = restored["state"]
+                    _check_like(state, abstract)
+                    error = None
+                except Exception as e:  # corrupt files raise many different exception types
+                    error = e
+            if error is not None:
+                first = str(error).splitlines()[0] if str(error) else ""
+                reason = f"{type(error).__name__}: {first}"
+                if _is_structure_mismatch(error):  # an older checkpoint without fingerprint
+                    problems.append(f"step {step}: incompatible with this run: the saved state "
+                                    f"has another tree structure ({reason})")
+                    incompatible = True
+                    continue
                 problems.append(f"step {step}: {reason}")
                 self._move_aside(step, reason)
+                moved = True
                 continue
-            if problems:
+            if moved:
                 self.manager.close()
                 self._open()  # forget the moved steps
             return step, state
         self.manager.close()
         self._open()
+        hint = ("Use another workdir, or resume=False (--no-resume) to start over; the old "
+                "checkpoints are then archived next to them, not deleted."
+                if incompatible else "Use another workdir or resume=False.")
         raise CheckpointError(
-            f"no usable checkpoint in {self.directory}: " + "; ".join(problems)
-            + ". Use another workdir or resume=False.")
+            f"no usable checkpoint in {self.directory}: " + "; ".join(problems) + ". " + hint)
+
+    def archive_existing(self) -> Path | None:
+        """Moves the existing checkpoints to ``<workdir>/checkpoints_previous-<UTC time>``.
+
+        For a run started with ``resume=False`` in a folder that holds checkpoints: the old
+        ones are kept (no lost work), and they can no longer mix with the new run's (the
+        manager keeps the highest steps, which could be the old run's). Returns the archive
+        folder, or None when there was nothing to archive.
+        """
+        if not self.all_steps():
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.workdir / f"checkpoints_previous-{stamp}"
+        self.manager.close()
+        if jax.process_index() == 0:
+            shutil.move(str(self.directory), str(dest))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("lars_jax_ckpt_archived")
+        self._open()
+        _warn(f"resume=False: the previous checkpoints were moved to {dest}")
+        return dest
 
     def close(self) -> None:
         self.manager.close()
+
+
+def structure_fingerprint(tree: Any) -> str:
+    """A short hash of a pytree's structure, leaf shapes and dtypes (not its values)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    text = repr((str(treedef), [(tuple(x.shape), str(x.dtype)) for x in leaves]))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _incompatibility(meta: dict[str, Any], wanted: dict[str, Any], fingerprint: str) -> str:
+    """Why a checkpoint's meta rules it out for this run ("" if it does not)."""
+    diff = {k: (meta.get(k), v) for k, v in wanted.items()
+            if k in STRUCTURE_FIELDS and meta.get(k) != v}
+    if diff:
+        return ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in diff.items())
+    saved = meta.get("state_structure")
+    if saved is not None and saved != fingerprint:
+        return ("the saved state has another tree structure, shapes or dtypes (another "
+                "lars_jax version or other optimizer/model settings)")
+    return ""
+
+
+def _is_structure_mismatch(error: Exception) -> bool:
+    """Orbax's error for a restore target whose tree differs from the saved one."""
+    return isinstance(error, _StructureMismatch) or "tree structures do not match" in str(error)
+
+
+class _StructureMismatch(ValueError):
+    """A restored state whose tree, shapes or dtypes differ from the target's."""
 
 
 def _check_like(state: Any, abstract: Any) -> None:
     s_leaves, s_def = jax.tree.flatten(state)
     a_leaves, a_def = jax.tree.flatten(abstract)
     if s_def != a_def:
-        raise ValueError(f"state structure differs: {s_def} vs {a_def}")
+        raise _StructureMismatch(f"state structure differs: {s_def} vs {a_def}")
     for s, a in zip(s_leaves, a_leaves, strict=True):
         if s.shape != a.shape or s.dtype != a.dtype:
-            raise ValueError(f"array {s.shape}/{s.dtype} where {a.shape}/{a.dtype} expected")
+            raise _StructureMismatch(
+                f"array {s.shape}/{s.dtype} where {a.shape}/{a.dtype} expected")

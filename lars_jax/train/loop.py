@@ -388,9 +388,8 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
             if lead:
                 print(f"lars_jax: resuming from step {start_step} ({ckpt.path(start_step)})",
                       file=sys.stderr, flush=True)
-    elif ckpt.all_steps() and lead:
-        print(f"lars_jax: resume=False: ignoring existing checkpoints in {ckpt.directory}",
-              file=sys.stderr)
+    else:
+        ckpt.archive_existing()  # kept, and out of the way of the new run's checkpoints
     last_good = start_step if resumed_from is not None else None
 
     k_call = config.steps_per_call
