@@ -90,13 +90,14 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     result: dict = {"preset": preset, "best": {}, "stable_range": {}, "near_best": {}}
     lines = []
     for norm in NORMS[preset]:
-        grid = [[acc.get((norm, b, e)) for b in batches] for e in reversed(exps)]
-        grid = [[None if v is None else v for v in row] for row in grid]
+        # NaN only for diverged runs; a missing, failed or unfinished run is "n/a" (None)
+        grid = [[acc.get((norm, b, e)) if outc.get((norm, b, e)) in ("ok", "diverged")
+                 else None for b in batches] for e in reversed(exps)]
         images.append(plot_heatmap(
             grid, out / f"heatmap_{norm}.png", row_labels=[f"2^{e}" for e in reversed(exps)],
             col_labels=batches, xlabel="batch size B", ylabel="base lr eta~ = eta/B",
             title=f"Final test accuracy, plain SGD, norm={norm}", fmt="{:.2f}",
-            colorbar_label="test accuracy", vmin=0.0, vmax=1.0))
+            colorbar_label="test accuracy", vmin=0.0, vmax=1.0, nonfinite_label="diverged"))
         best_b = {}
         lines.append(f"\n**norm = {norm}**\n")
         lines.append(f"| batch size | best accuracy | best base lr | base lrs that train "

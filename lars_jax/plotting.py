@@ -446,12 +446,13 @@ def plot_heatmap(
     colorbar_label: str = "",
     vmin: float | None = None,
     vmax: float | None = None,
+    nonfinite_label: str = "nan",
 ) -> Path:
     """Draws a grid of values as a heatmap with the numbers in the cells.
 
     Rows run along the y axis (first row at the top), columns along the x axis.
     Missing (``None``) and non-finite cells are drawn blank and labelled ``n/a``
-    or ``nan``, so a diverged or unfinished run is visible as such.
+    or ``nonfinite_label``, so a diverged or unfinished run is visible as such.
 
     Args:
         values: ``len(row_labels)`` rows of ``len(col_labels)`` values.
@@ -466,6 +467,7 @@ def plot_heatmap(
         colorbar_label: label of the colour bar.
         vmin: lower end of the colour scale (default: the smallest finite value).
         vmax: upper end of the colour scale (default: the largest finite value).
+        nonfinite_label: the text of non-finite cells (e.g. ``"diverged"``).
 
     Returns:
         The path of the PNG file written.
@@ -498,7 +500,7 @@ def plot_heatmap(
             if values[i][j] is None:
                 text, color = "n/a", "black"
             elif not math.isfinite(v):
-                text, color = "nan", "black"
+                text, color = nonfinite_label, "black"
             else:
                 text = fmt.format(v)
                 frac = 0.5 if hi == lo else (v - lo) / (hi - lo)
