@@ -11,7 +11,7 @@ small grid, one run with the same number of epochs; the report keeps the best ba
 (method, batch size) cell.
 
 Usage:
-  python experiments/linear_scaling_warmup.py --preset cpu    # ~10 min on 2 CPU cores
+  python experiments/linear_scaling_warmup.py --preset cpu    # ~16 min on 2 CPU cores (144 runs)
   python experiments/linear_scaling_warmup.py --preset full   # GPU, CIFAR-10
 """
 
