@@ -1,5 +1,6 @@
 """Flax ResNets (CIFAR ResNet-8/20/32/56, ResNet-18/9/50), MLPs and MAC counts."""
 
+from lars_jax.models.base import ModelBase
 from lars_jax.models.flops import count_fn_macs, count_macs, flops_per_example, jaxpr_macs
 from lars_jax.models.mlp import MLP, MLP_DEPTHS
 from lars_jax.models.normalization import NORM_KINDS, GhostBatchNorm, group_count, make_norm
@@ -18,6 +19,7 @@ __all__ = [
     "MLP",
     "MLP_DEPTHS",
     "MODEL_NAMES",
+    "ModelBase",
     "NORM_KINDS",
     "BasicBlock",
     "BottleneckBlock",

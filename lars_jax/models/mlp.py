@@ -24,7 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lars_jax.models.normalization import make_norm
+from lars_jax.models.base import ModelBase
 
 Array = Any
 
@@ -33,32 +33,17 @@ MLP_DEPTHS = {"mlp1": 1, "mlp2": 2, "mlp3": 3, "mlp4": 4}
 MLP_BASE_WIDTH = 256
 
 
-class MLP(nn.Module):
+class MLP(ModelBase):
     """Flatten -> [Dense -> norm -> ReLU] x depth -> Dense(num_classes).
 
     Attributes:
       depth: number of hidden layers.
-      num_classes: number of output logits.
-      width: multiplier of the hidden width (256 units at 1.0).
-      norm: "batch", "group" or "none" (then the hidden Dense layers have a bias).
-      bn_axis_name, bn_ghost_size, bn_momentum, bn_epsilon, group_norm_groups: as in the
-        ResNets (`lars_jax.models.make_norm`).
-      zero_init_last_bn: zero-initialise the scale of the last hidden norm layer.
-      dtype: compute dtype; param_dtype: parameter dtype.
+      The other fields are `ModelBase`'s (the ResNets' too): `width` multiplies the hidden
+      width (256 units at 1.0); with `norm="none"` the hidden Dense layers have a bias;
+      `zero_init_last_bn` zero-initialises the scale of the last hidden norm layer.
     """
 
     depth: int = 2
-    num_classes: int = 10
-    width: float = 1.0
-    norm: str = "batch"
-    bn_axis_name: str | None = None
-    bn_ghost_size: int | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    group_norm_groups: int = 8
-    zero_init_last_bn: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -66,10 +51,7 @@ class MLP(nn.Module):
             raise ValueError(f"x must have a batch dimension and features, got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise ValueError(f"x must be a float array (normalized images), got {x.dtype}")
-        norm = make_norm(self.norm, train=train, axis_name=self.bn_axis_name,
-                         ghost_size=self.bn_ghost_size, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, groups=self.group_norm_groups,
-                         dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = self._norm_factory(train)
         features = max(1, int(round(MLP_BASE_WIDTH * self.width)))
         x = x.reshape(x.shape[0], -1).astype(self.dtype)
         for i in range(self.depth):

@@ -41,8 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lars_jax.models.base import ModelBase
 from lars_jax.models.mlp import MLP, MLP_DEPTHS
-from lars_jax.models.normalization import NORM_KINDS, make_norm
+from lars_jax.models.normalization import NORM_KINDS
 
 Array = jax.Array
 ModuleDef = Any
@@ -54,20 +55,8 @@ def _ch(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
-class _Base(nn.Module):
-    """Shared configuration of every ResNet in this module."""
-
-    num_classes: int = 10
-    width: float = 1.0
-    norm: str = "batch"
-    bn_axis_name: str | None = None
-    bn_ghost_size: int | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    group_norm_groups: int = 8
-    zero_init_last_bn: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class _Base(ModelBase):
+    """Shared configuration of every ResNet in this module (`ModelBase`'s fields)."""
 
     def _layers(self, train: bool) -> tuple[ModuleDef, Callable[..., Any], ModuleDef]:
         if self.norm not in NORM_KINDS:
@@ -79,17 +68,7 @@ class _Base(nn.Module):
             param_dtype=self.param_dtype,
             kernel_init=conv_kernel_init,
         )
-        norm = make_norm(
-            self.norm,
-            train=train,
-            axis_name=self.bn_axis_name,
-            ghost_size=self.bn_ghost_size,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            groups=self.group_norm_groups,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        norm = self._norm_factory(train)
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         return conv, norm, dense
 
