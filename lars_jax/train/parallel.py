@@ -82,6 +82,12 @@ def jit_train_step(
     Returns:
       A jitted function; ``state`` is donated.
     """
+    return jax.jit(_sharded_step(step_fn, prepare, mesh), donate_argnums=0)
+
+
+def _sharded_step(step_fn: Callable[..., Any], prepare: PrepareFn, mesh: Mesh
+                  ) -> Callable[..., Any]:
+    """The un-jitted ``(state, images, labels, step) -> (state, metrics)`` of the jit path."""
     # check_vma=False: the step averages its per-device gradients itself (lax.pmean), exactly
     # as under pmap. With varying-axis checking on, jax.grad with respect to the replicated
     # parameters would already psum the gradients over devices.
@@ -96,7 +102,7 @@ def jit_train_step(
         y = jax.lax.with_sharding_constraint(y, sharded)
         return sm(state, x, y)
 
-    return jax.jit(run, donate_argnums=0)
+    return run
 
 
 def jit_train_steps(
@@ -115,10 +121,7 @@ def jit_train_steps(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    one = jit_train_step(step_fn, prepare, mesh)
-    run_one = getattr(one, "__wrapped__", None)
-    if run_one is None:  # pragma: no cover - jax.jit always sets __wrapped__
-        raise RuntimeError("jit_train_step did not return a jax.jit-wrapped function")
+    run_one = _sharded_step(step_fn, prepare, mesh)
 
     def run(state, images, labels, step):
         def body(carry, i):
