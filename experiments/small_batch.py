@@ -149,10 +149,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                                  title="Width of the stable base-lr range", logx=2,
                                  xticks=batches))
 
+    # best accuracy per batch size, per norm (batch sizes with a finished run only)
+    best_acc = {norm: {b: result["best"][f"{norm}/{b}"]["accuracy"] for b in batches
+                       if f"{norm}/{b}" in result["best"]} for norm in NORMS[preset]}
     verdict = []
     for norm in NORMS[preset]:
-        bb = {b: result["best"][f"{norm}/{b}"]["accuracy"] for b in batches
-              if f"{norm}/{b}" in result["best"]}
+        bb = best_acc[norm]
         if not bb:
             continue
         b_star = max(bb, key=bb.get)
@@ -213,8 +215,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     )
     short = []
     for norm in NORMS[preset]:
-        bb = {b: result["best"][f"{norm}/{b}"]["accuracy"] for b in batches
-              if f"{norm}/{b}" in result["best"]}
+        bb = best_acc[norm]
         if not bb:
             continue
         widths = [len(result["stable_range"].get(f"{norm}/{b}", [])) for b in batches]

@@ -317,6 +317,9 @@ def plan_sweep(
     grid = normalize_grid(cls, grid)
     out = Path(out_dir)
     rows = _read_rows(out)
+    # a field added to the config class since a run was recorded is taken to have had its
+    # default value (so a new option does not orphan finished sweeps)
+    defaults = _default_fields(cls)
     planned: list[PlannedRun] = []
     names: set[str] = set()
     for varied in expand_grid(grid):
@@ -336,9 +339,6 @@ def plan_sweep(
         if row is not None and row.get("status") in ("done", "failed"):
             recorded = _comparable(row.get("config") or {})
             wanted = _comparable(_config_dict(config))
-            # a field added to the config class since the run was recorded is taken to have
-            # had its default value (so a new option does not orphan finished sweeps)
-            defaults = _default_fields(cls)
             diff = sorted(
                 k for k in wanted.keys() | recorded.keys()
                 if wanted.get(k) != recorded.get(k, defaults.get(k))
