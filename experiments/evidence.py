@@ -1,0 +1,259 @@
+"""Statistics and verdicts shared by the claim experiments.
+
+Every experiment states its criterion in code *before* it runs (a module-level
+:class:`Criterion`), and its verdict is computed from the recorded rows by that criterion's
+``decide`` function, never written by hand. The helpers here fix the statistical language
+the reports use:
+
+* Runs with the same seed share the initialisation and the data order, so two methods are
+  compared by **paired differences** over seeds: mean +- standard error, a two-sided 95%
+  t-interval and a paired t-test (:func:`paired`).
+* A difference is called "within noise" only when its interval includes zero
+  (:func:`describe_difference`).
+* The best learning rate of a cell on the edge of its grid is not a result:
+  :func:`best_on_grid` says which edge, and :func:`next_grid_point` proposes the 2x step
+  that extends the grid (bounded), so a sweep can continue until the best is interior.
+
+Example:
+  >>> d = paired({0: 0.91, 1: 0.90, 2: 0.92}, {0: 0.88, 1: 0.88, 2: 0.895})
+  >>> round(d.mean, 4), d.n
+  (0.025, 3)
+  >>> describe_difference(d)
+  'higher'
+  >>> describe_difference(paired({0: 0.91, 1: 0.90}, {0: 0.88, 1: 0.89}))
+  'within noise'
+
+References:
+  Student (W. S. Gosset), "The probable error of a mean", Biometrika 6(1), 1908 (the t
+  distribution behind the paired interval).
+  B. Efron, R. Tibshirani, "An Introduction to the Bootstrap", Chapman & Hall, 1993
+  (percentile bootstrap intervals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from scipy import stats
+
+Verdict = Literal["supported", "contradicted", "inconclusive"]
+VERDICTS: tuple[Verdict, ...] = ("supported", "contradicted", "inconclusive")
+Edge = Literal["low", "high"]
+
+
+class Interval(NamedTuple):
+    """Summary of a sample of (paired) differences or values.
+
+    Attributes:
+      mean: the sample mean (NaN when ``n == 0``).
+      se: the standard error of the mean (NaN when ``n < 2``).
+      lo: lower end of the two-sided confidence interval (t-based).
+      hi: upper end of the interval.
+      n: the number of finite values used.
+      p: two-sided p-value of the t-test against zero (NaN when ``n < 2``).
+      positive: how many values are > 0 (for "higher in k of n seeds").
+    """
+
+    mean: float
+    se: float
+    lo: float
+    hi: float
+    n: int
+    p: float
+    positive: int
+
+    def includes_zero(self) -> bool:
+        """Whether the interval contains zero (also True when it is undefined)."""
+        return not (self.lo > 0 or self.hi < 0)
+
+    def fmt(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+        """``mean ± se [lo, hi] (n=…)`` with values multiplied by ``scale``."""
+        if self.n == 0:
+            return "no data"
+        f = lambda x: "n/a" if not math.isfinite(x) else f"{scale * x:+.{digits}f}"
+        return (f"{f(self.mean)}{unit} ± {abs(scale * self.se):.{digits}f} "
+                f"[{f(self.lo)}, {f(self.hi)}] (n={self.n})")
+
+
+def interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean, standard error and t-interval of the finite ``values``.
+
+    Args:
+      values: the sample (NaN and infinities are dropped).
+      confidence: coverage of the two-sided interval.
+
+    Returns:
+      An :class:`Interval`; with one value its interval is undefined (NaN ends, which
+      :meth:`Interval.includes_zero` treats as including zero).
+    """
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    n = int(v.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0, math.nan, 0)
+    mean = float(v.mean())
+    positive = int((v > 0).sum())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, math.nan, 1, math.nan, positive)
+    se = float(v.std(ddof=1) / math.sqrt(n))
+    if se == 0.0:
+        lo = hi = mean
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * se
+        lo, hi = mean - half, mean + half
+        p = float(2 * stats.t.sf(abs(mean / se), df=n - 1))
+    return Interval(mean, se, lo, hi, n, p, positive)
+
+
+def paired(a: Mapping[Any, float], b: Mapping[Any, float],
+           confidence: float = 0.95) -> Interval:
+    """Paired differences ``a[k] - b[k]`` over the keys (seeds) both arms finished.
+
+    Args:
+      a: value per pairing key (usually the seed) for the first arm.
+      b: the same for the second arm.
+      confidence: coverage of the interval.
+
+    Returns:
+      The :class:`Interval` of the differences; keys missing from either arm, or whose
+      value is not finite in either arm, are left out (so ``n`` counts complete pairs).
+    """
+    keys = [k for k in a if k in b]
+    diffs = [a[k] - b[k] for k in keys
+             if a[k] is not None and b[k] is not None
+             and math.isfinite(a[k]) and math.isfinite(b[k])]
+    return interval(diffs, confidence)
+
+
+def describe_difference(d: Interval, margin: float = 0.0) -> str:
+    """Words for a difference, used the same way in every report.
+
+    Returns ``"no data"`` without pairs, ``"within noise"`` when the interval includes
+    zero, ``"within margin"`` when it excludes zero but lies inside ``[-margin, margin]``,
+    otherwise ``"higher"`` or ``"lower"``.
+    """
+    if d.n == 0:
+        return "no data"
+    if d.includes_zero():
+        return "within noise"
+    if margin > 0 and -margin <= d.lo and d.hi <= margin:
+        return "within margin"
+    return "higher" if d.mean > 0 else "lower"
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], samples: Sequence[Any],
+                       n_boot: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """Percentile bootstrap interval of ``statistic`` over resampled ``samples``.
+
+    Args:
+      statistic: maps an array of resampled items (first axis) to a number; resamples
+        where it is not finite are dropped.
+      samples: the items (e.g. one row per batch size); resampled with replacement.
+      n_boot: number of bootstrap resamples.
+      confidence: coverage of the interval.
+      seed: seed of the resampling (fixed, so reports regenerate identically).
+
+    Returns:
+      ``(estimate on the full sample, lo, hi)``.
+    """
+    arr = np.asarray(samples)
+    rng = np.random.default_rng(seed)
+    est = float(statistic(arr))
+    boots = []
+    for _ in range(n_boot):
+        s = float(statistic(arr[rng.integers(0, len(arr), len(arr))]))
+        if math.isfinite(s):
+            boots.append(s)
+    if not boots:
+        return est, math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return est, float(lo), float(hi)
+
+
+def best_on_grid(scores: Mapping[float, float]) -> tuple[float | None, Edge | None]:
+    """The grid point with the highest finite score, and which edge it is on, if any.
+
+    Args:
+      scores: score (e.g. accuracy) per grid value (e.g. learning rate); NaN for a run
+        that diverged or did not finish.
+
+    Returns:
+      ``(best value, None)`` when the best is interior, ``(best, "low")`` or
+      ``(best, "high")`` when it is the smallest or largest grid value (a one-point grid
+      is on both edges and reports ``"low"``), ``(None, None)`` when nothing finished.
+
+    Example:
+      >>> best_on_grid({0.1: 0.80, 0.2: 0.85, 0.4: 0.83})
+      (0.2, None)
+      >>> best_on_grid({0.1: 0.80, 0.2: 0.85})
+      (0.2, 'high')
+    """
+    finite = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
+    if not finite:
+        return None, None
+    best = max(finite, key=lambda k: finite[k])
+    grid = sorted(scores)
+    if best == grid[0]:
+        return best, "low"
+    if best == grid[-1]:
+        return best, "high"
+    return best, None
+
+
+def next_grid_point(scores: Mapping[float, float], factor: float = 2.0,
+                    bounds: tuple[float, float] = (0.0, math.inf)) -> float | None:
+    """The grid value to add so that the best moves off the edge, or None.
+
+    Returns ``min(grid) / factor`` when the best is on the low edge, ``max(grid) * factor``
+    when it is on the high edge, and None when the best is interior, nothing finished, or
+    the new value would leave ``bounds`` (then the cell stays marked as on an edge).
+
+    Example:
+      >>> next_grid_point({0.1: 0.80, 0.2: 0.85})
+      0.4
+      >>> next_grid_point({0.1: 0.80, 0.2: 0.85}, bounds=(0.0, 0.3)) is None
+      True
+    """
+    _, edge = best_on_grid(scores)
+    if edge is None:
+        return None
+    grid = sorted(scores)
+    new = grid[0] / factor if edge == "low" else grid[-1] * factor
+    return new if bounds[0] <= new <= bounds[1] else None
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A claim's test, fixed in code before the experiment runs.
+
+    Attributes:
+      claim: the published claim, in one sentence, with its source.
+      rule: the decision rule in words, as the report prints it (must describe exactly
+        what ``decide`` does).
+      decide: maps the experiment's rows to ``(verdict, details)``; ``details`` is a list
+        of markdown lines giving the numbers the verdict rests on.
+    """
+
+    claim: str
+    rule: str
+    decide: Callable[[Sequence[Mapping[str, Any]]], tuple[Verdict, list[str]]]
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Verdict, list[str]]:
+        verdict, details = self.decide(rows)
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+        return verdict, details
+
+    def section(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """Markdown for a report: claim, pre-set rule, computed verdict and its numbers."""
+        verdict, details = self(rows)
+        return "\n".join([f"**Claim.** {self.claim}", "",
+                          f"**Criterion (fixed before the run).** {self.rule}", "",
+                          f"**Verdict (computed from the rows): {verdict}.**", "",
+                          *details])
