@@ -416,7 +416,7 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
 
 def _tiny_data():
     """256 + 64 random 12x12 images; the label says which half is brighter."""
-    from lars_jax.train.loop import Data
+    from lars_jax.train import Data
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)

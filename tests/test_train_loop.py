@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_data():
-    from lars_jax.train.loop import Data
+    from lars_jax.train import Data
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
