@@ -73,6 +73,8 @@ def test_mlperf_schedule_is_poly2_to_end_learning_rate():
     for t, want in [(0, 0.0), (5, peak / 2), (10, peak), (25, (peak - end) * 0.25 + end),
                     (40, end), (60, end)]:
         assert float(sched(t)) == pytest.approx(want, rel=1e-6), t
+    with pytest.raises(ValueError, match="TrainConfig.warmup_start='base'"):
+        cfg.replace(warmup_start="base").validate()
 
 
 def test_every_schedule_name_has_a_factory_and_unknown_names_raise():

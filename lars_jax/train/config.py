@@ -119,7 +119,8 @@ class TrainConfig:
     schedule: ScheduleName = _f(
         "cosine",
         "Decay after warmup: cosine, poly2 (LARS paper), linear, constant, step "
-        "(/10 at 50% and 75%), onecycle, mlperf (poly2 to end_learning_rate).",
+        "(/10 at 50% and 75%), onecycle, mlperf (lars_jax.mlperf_lars_schedule: warmup from 0, "
+        "then poly2 to end_learning_rate).",
     )
     end_learning_rate: float = _f(0.0, "Final learning rate of the decaying schedules.")
     momentum: float = _f(0.9, "Momentum coefficient.")
@@ -275,6 +276,8 @@ class TrainConfig:
             bad("epochs", "must be > 0")
         if self.warmup_epochs < 0:
             bad("warmup_epochs", "must be >= 0")
+        if self.schedule == "mlperf" and self.warmup_start != "zero":
+            bad("warmup_start", "schedule='mlperf' warms up from 0: use warmup_start='zero'")
         if self.warmup_epochs > self.epochs:
             bad("warmup_epochs", f"must be <= epochs={self.epochs}")
         if not 0 <= self.momentum < 1:
