@@ -34,7 +34,7 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "quickstart: installing lars_jax and its dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q -e ".[dev]" >&2
+  "$VENV/bin/python" -m pip install -q -e ".[train,dev]" >&2
   echo "$want" > "$stamp"
 fi
 

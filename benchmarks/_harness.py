@@ -140,3 +140,17 @@ def write_results(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Pa
     path.write_text(json.dumps(payload, indent=2, default=str))
     print(f"wrote {path}")
     return path
+
+
+def synthetic_data(shape: tuple[int, ...], num_train: int, num_test: int) -> Any:
+    """Random uint8 images and 10-class labels for `lars_jax.train.build` (a step's cost does
+    not depend on the pixel values)."""
+    import numpy as np
+
+    from lars_jax.train import Data
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (num_train + num_test, *shape), dtype=np.uint8)
+    labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
+    return Data(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:],
+                10, 0.5, 0.25)

@@ -11,7 +11,7 @@ a constant images/s. In both modes `ips_vs_1_device` (images/s relative to the s
 device count, same path) measures what the extra devices cost; on real devices it is the
 (weak-)scaling speedup, ideally N.
 
-Each step is the trainer's real compiled step: `lars_jax.train.step.make_train_step`
+Each step is the trainer's real compiled step, from `lars_jax.train.build`: `make_train_step`
 (forward, backward, gradient pmean, LARS update from the trainer's `make_optimizer`,
 finiteness guard, metrics) wrapped by `lars_jax.train.parallel.jit_train_step`
 (Mesh + `jax.shard_map` under `jax.jit`) or `pmap_train_step` (`jax.pmap`), with batch
@@ -45,14 +45,10 @@ import argparse  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _harness import compare, print_table, write_results  # noqa: E402
+from _harness import compare, print_table, synthetic_data, write_results  # noqa: E402
 
-from lars_jax.train import TrainConfig  # noqa: E402
-from lars_jax.train import parallel as par  # noqa: E402
-from lars_jax.train.loop import build_model, learning_rate_shape, make_optimizer  # noqa: E402
-from lars_jax.train.step import StepOptions, init_train_state, make_train_step  # noqa: E402
+from lars_jax.train import TrainConfig, build  # noqa: E402
 
 SHAPES = {"resnet8": (28, 28, 1), "resnet20": (28, 28, 1), "resnet18": (32, 32, 3)}
 
@@ -62,36 +58,11 @@ def make_variant(cfg: TrainConfig, num_devices: int, path: str, shape: tuple[int
     """A zero-argument callable running one trainer step on `num_devices` via `path`."""
     cfg = cfg.replace(parallel=path, num_devices=num_devices)
     cfg.validate(device_count=num_devices)
-    batch = cfg.batch_size
-    rng = np.random.default_rng(0)
-    pool = max(pool, batch)
-    images = rng.integers(0, 256, (pool, *shape), dtype=np.uint8)
-    labels = rng.integers(0, 10, pool).astype(np.int32)
-    mesh = par.make_mesh(num_devices)
-    net = build_model(cfg, 10, axis_name=par.AXIS)
-    variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, *shape)), train=False))(
-        jax.random.key(cfg.seed))
-    tx = make_optimizer(cfg, learning_rate_shape(cfg, 100, 1000))
-    state = jax.jit(init_train_state, static_argnums=2)(
-        variables["params"], variables.get("batch_stats", {}), tx)
-    opts = StepOptions(num_classes=10, axis_name=par.AXIS, num_devices=num_devices,
-                       sync_batch_stats=cfg.bn_span != "global",
-                       weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    step_fn = make_train_step(net, tx, opts)
-    prepare = par.make_prepare(seed=cfg.seed, batch_size=batch, mean=0.5, std=0.25,
-                               dtype=jnp.float32, augment=None)
-    rep = par.replicated(mesh)
-    images_d, labels_d = par.put_global(images, rep), par.put_global(labels, rep)
-    if path == "jit":
-        fn = par.jit_train_step(step_fn, prepare, mesh)
-        holder = [par.put_replicated(state, mesh)]
-    else:
-        devices = mesh.devices.tolist()
-        fn = par.pmap_train_step(step_fn, prepare, devices)
-        holder = [par.replicate(jax.device_get(state), devices)]
+    run_ = build(cfg, synthetic_data(shape, max(pool, cfg.batch_size), num_devices))
+    holder = [run_.place(run_.state)]
 
     def run() -> Any:
-        holder[0], metrics = fn(holder[0], images_d, labels_d, np.int32(0))
+        holder[0], metrics = run_.train_step(holder[0], run_.images, run_.labels, np.int32(0))
         return metrics["loss"]
 
     return run

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _harness import print_table, write_results  # noqa: E402
 
 from lars_jax.train import TrainConfig, train  # noqa: E402
-from lars_jax.train.loop import load_data  # noqa: E402
+from lars_jax.train.build import load_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,15 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _harness import compare, machine_info, print_table, write_results  # noqa: E402
+from _harness import (  # noqa: E402
+    compare,
+    machine_info,
+    print_table,
+    synthetic_data,
+    write_results,
+)
 
 from lars_jax.models import count_macs  # noqa: E402
-from lars_jax.train import TrainConfig  # noqa: E402
-from lars_jax.train import parallel as par  # noqa: E402
-from lars_jax.train.loop import build_model, learning_rate_shape, make_optimizer  # noqa: E402
-from lars_jax.train.step import StepOptions, init_train_state, make_train_step  # noqa: E402
+from lars_jax.train import TrainConfig, build  # noqa: E402
 
 # Peak dense rates (FLOP/s) by GPU name substring and dtype, from the vendors' data sheets.
 GPU_PEAKS = {
@@ -61,39 +63,14 @@ def make_variant(model: str, batch: int, dtype: str, optimizer: str, parallel: s
                       parallel=parallel, num_devices=num_devices,
                       clars_granularity="example", crop_padding=0, flip=False)
     cfg.validate(device_count=num_devices)
-    shape = SHAPES[model]
-    rng = np.random.default_rng(0)
-    pool = max(pool, batch)
-    images = rng.integers(0, 256, (pool, *shape), dtype=np.uint8)
-    labels = rng.integers(0, 10, pool).astype(np.int32)
-    mesh = par.make_mesh(num_devices)
-    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    net = build_model(cfg, 10, axis_name=par.AXIS)
-    variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, *shape), dt), train=False))(
-        jax.random.key(0))
-    tx = make_optimizer(cfg, learning_rate_shape(cfg, 100, 1000))
-    state = jax.jit(init_train_state, static_argnums=2)(
-        variables["params"], variables.get("batch_stats", {}), tx)
-    opts = StepOptions(num_classes=10, axis_name=par.AXIS, num_devices=num_devices,
-                       sync_batch_stats=True,
-                       clars_granularity="example" if optimizer == "clars" else None)
-    step_fn = make_train_step(net, tx, opts)
-    prepare = par.make_prepare(seed=0, batch_size=batch, mean=0.5, std=0.25, dtype=dt)
-    rep = par.replicated(mesh)
-    images_d, labels_d = par.put_global(images, rep), par.put_global(labels, rep)
-    if parallel == "jit":
-        fn = par.jit_train_step(step_fn, prepare, mesh)
-        holder = [par.put_replicated(state, mesh)]
-    else:
-        devices = mesh.devices.tolist()
-        fn = par.pmap_train_step(step_fn, prepare, devices)
-        holder = [par.replicate(jax.device_get(state), devices)]
-
+    run_ = build(cfg, synthetic_data(SHAPES[model], max(pool, batch), num_devices))
+    holder = [run_.place(run_.state)]
     def run():
-        holder[0], metrics = fn(holder[0], images_d, labels_d, np.int32(0))
+        holder[0], metrics = run_.train_step(holder[0], run_.images, run_.labels, np.int32(0))
         return metrics["loss"]
 
     return run
+
 
 
 def main() -> None:

@@ -1,33 +1,33 @@
 """lars_jax: LARS, LARC and CLARS for Optax, fast per-example gradient norms,
 and a large-batch ResNet trainer with experiments that test the published claims.
 
-The public API is re-exported here; see each module for references.
+``import lars_jax`` loads the core only: the optimizers (`lars_jax.trust_ratio`,
+`lars_jax.alias`, `lars_jax.masks`, `lars_jax.schedules`), the in-jit diagnostics
+(`lars_jax.diagnostics`), per-example gradient norms (`lars_jax.per_example`) and the models
+(`lars_jax.models`); it needs only jax, optax, flax, chex and numpy. The tooling built on it
+is in subpackages, imported on first use (``pip install 'lars-jax[train]'`` for their
+dependencies):
+
+* `lars_jax.train`: ``TrainConfig`` and ``train(config)`` (``lars_jax.train.train``),
+* `lars_jax.data`: TFDS data sets without TensorFlow,
+* `lars_jax.sweep`, `lars_jax.report`, `lars_jax.plotting`, `lars_jax.run_files`,
+  `lars_jax.cli` (the ``lars-jax`` command).
+
+Example:
+  >>> import lars_jax
+  >>> tx = lars_jax.lars(learning_rate=0.1, weight_decay=1e-4)
+  >>> lars_jax.train.TrainConfig().optimizer
+  'lars'
 """
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-# optimizers: lars_jax.trust_ratio, lars_jax.alias, lars_jax.masks,
-# lars_jax.schedules
-from lars_jax.alias import clars, larc, lars, sgd  # noqa: F401
-from lars_jax.masks import default_mask  # noqa: F401
-from lars_jax.schedules import (  # noqa: F401
-    gradual_warmup,
-    linear_scaling,
-    mlperf_lars_schedule,
-    onecycle,
-    piecewise_linear,
-    sqrt_scaling,
-)
-from lars_jax.trust_ratio import (  # noqa: F401
-    LarsTrustRatioState,
-    scale_by_clars_trust_ratio,
-    scale_by_lars_trust_ratio,
-    trust_ratio_stats,
-)
-
-# isort: split
-# diagnostics: lars_jax.diagnostics
-from lars_jax.diagnostics import (  # noqa: F401
+from lars_jax import models
+from lars_jax.alias import clars, larc, lars, sgd
+from lars_jax.diagnostics import (
     NoiseScaleState,
     layer_diagnostics,
     noise_scale_estimates,
@@ -36,43 +36,69 @@ from lars_jax.diagnostics import (  # noqa: F401
     noise_scale_series,
     noise_scale_update,
 )
-
-# isort: split
-# command line, sweeps, reports, plots: lars_jax.sweep, lars_jax.report,
-# lars_jax.plotting (lars_jax.cli is the `lars-jax` console script)
-from lars_jax.plotting import (  # noqa: F401
-    plot_bars,
-    plot_heatmap,
-    plot_layer_stats,
-    plot_lines,
-    plot_run,
-)
-from lars_jax.report import (  # noqa: F401
-    Section,
-    load_results,
-    markdown_table,
-    summary_report,
-    write_report,
-)
-from lars_jax.sweep import expand_grid, plan_sweep, run_sweep  # noqa: F401
-
-# isort: split
-# models: lars_jax.models (ResNets, MAC counts)
-from lars_jax import models  # noqa: F401
-from lars_jax.models import MODEL_NAMES, count_macs, create_model, flops_per_example  # noqa: F401
-
-# isort: split
-# trainer: lars_jax.train (TrainConfig, train)
-from lars_jax.train import TrainConfig, train  # noqa: F401
-
-# isort: split
-# per-example gradient norms: lars_jax.per_example
-from lars_jax.per_example import (  # noqa: F401
+from lars_jax.masks import default_mask
+from lars_jax.models import MODEL_NAMES, count_macs, create_model, flops_per_example
+from lars_jax.per_example import (
     group_gradient_norms,
     per_example_norms_vmap,
     value_grad_and_norms,
 )
+from lars_jax.schedules import (
+    gradual_warmup,
+    linear_scaling,
+    mlperf_lars_schedule,
+    onecycle,
+    piecewise_linear,
+    sqrt_scaling,
+)
+from lars_jax.trust_ratio import (
+    LarsTrustRatioState,
+    scale_by_clars_trust_ratio,
+    scale_by_lars_trust_ratio,
+    trust_ratio_stats,
+)
 
-# isort: split
-# data: lars_jax.data (TFDS sources, on-device and host pipelines)
-from lars_jax import data  # noqa: F401
+# Subpackages above the core, imported on first attribute access (``lars_jax.train``) so
+# that ``import lars_jax`` loads neither orbax, grain, TFDS nor matplotlib.
+TOOLING = ("cli", "compile_cache", "config_io", "data", "plotting", "report", "run_files",
+           "sweep", "train")
+
+
+def __getattr__(name: str) -> Any:
+    if name in TOOLING:
+        return importlib.import_module(f"lars_jax.{name}")
+    raise AttributeError(f"module 'lars_jax' has no attribute {name!r}")
+
+
+__all__ = [
+    "LarsTrustRatioState",
+    "MODEL_NAMES",
+    "NoiseScaleState",
+    "clars",
+    "count_macs",
+    "create_model",
+    "default_mask",
+    "flops_per_example",
+    "gradual_warmup",
+    "group_gradient_norms",
+    "larc",
+    "lars",
+    "layer_diagnostics",
+    "linear_scaling",
+    "mlperf_lars_schedule",
+    "models",
+    "noise_scale_estimates",
+    "noise_scale_from_metrics",
+    "noise_scale_init",
+    "noise_scale_series",
+    "noise_scale_update",
+    "onecycle",
+    "per_example_norms_vmap",
+    "piecewise_linear",
+    "scale_by_clars_trust_ratio",
+    "scale_by_lars_trust_ratio",
+    "sgd",
+    "sqrt_scaling",
+    "trust_ratio_stats",
+    "value_grad_and_norms",
+]

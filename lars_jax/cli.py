@@ -86,21 +86,12 @@ def flag_name(field: str) -> str:
 
 
 def _field_groups(cls: type) -> dict[str, str]:
-    """Field -> group title, from the ``# Title.`` comments in the class source."""
-    groups: dict[str, str] = {}
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return groups
-    current = "Options"
-    for line in source.splitlines():
-        m = re.match(r"^\s{4}#\s*([A-Z][\w ,/-]*)\.?\s*$", line)
-        if m:
-            current = m.group(1).strip()
-            continue
-        m = re.match(r"^\s{4}(\w+)\s*:", line)
-        if m:
-            groups[m.group(1)] = current
+    """Field -> ``--help`` group title, from the class's ``GROUPS`` (title -> first field)."""
+    starts = {first: title for title, first in getattr(cls, "GROUPS", {}).items()}
+    groups, current = {}, "Options"
+    for spec in field_specs(cls):
+        current = starts.get(spec.name, current)
+        groups[spec.name] = current
     return groups
 
 
@@ -435,17 +426,18 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
             raise
         print(f"{PROG} train: error: {msg}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    from lars_jax.sweep import _is_primary
+    from lars_jax.run_files import is_primary_process
 
     workdir = getattr(config, "workdir", None)
-    if workdir and _is_primary():
+    if workdir and is_primary_process():
         print(f"{PROG} train: results in {workdir}/ (summary.json, metrics.jsonl, curves.png)")
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
     from lars_jax.report import summary_report
-    from lars_jax.sweep import _is_primary, plan_sweep, run_sweep
+    from lars_jax.run_files import is_primary_process
+    from lars_jax.sweep import plan_sweep, run_sweep
 
     base, table = resolve_config(cls, args.config, overrides)
     file_grid = table.get("grid", {})
@@ -474,7 +466,7 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     initialize_distributed(base)
     for run in planned:
         _validate(run.config, _device_count(run.config))
-    from lars_jax.experiment_utils import enable_compilation_cache
+    from lars_jax.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # runs that differ only in lr or wd compile once
     rows = run_sweep(
@@ -485,7 +477,7 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
         retry_failed=args.retry_failed,
         stop_on_error=args.stop_on_error,
     )
-    if not args.no_report and _is_primary():
+    if not args.no_report and is_primary_process():
         path = summary_report(out)
         print(f"{PROG} sweep: report written to {path}")
     failed = [r["run"] for r in rows if r.get("status") == "failed"]

@@ -5,10 +5,9 @@ work on any flat dataclass whose fields carry ``metadata={"help": ...}``, such a
 :class:`lars_jax.train.TrainConfig`. This module holds what they share:
 
 * :func:`field_specs` describes each field: its scalar type, whether ``None`` is
-  allowed, its choices and its help text. Choices come from the field's
-  ``metadata["choices"]`` or, failing that, from a tuple constant of the config's
-  module named after the field (``optimizer`` -> ``OPTIMIZERS``, ``nan_policy`` ->
-  ``NAN_POLICIES``).
+  allowed, its choices and its help text. Choices come from the field's type (a
+  ``Literal`` or an ``Enum``) or, for names kept in a registry (models, data sets), from
+  ``metadata["choices"]``.
 * :func:`coerce` turns a value read from a file or typed on a command line into the
   field's type, with a ``ValueError`` naming the field when it cannot.
 * :func:`load_config_file` reads TOML (``tomllib``) or JSON, :func:`to_toml` writes
@@ -26,7 +25,6 @@ import enum
 import json
 import math
 import os
-import sys
 import textwrap
 import tomllib
 import types
@@ -63,21 +61,6 @@ class FieldSpec(NamedTuple):
     choices: tuple[Any, ...] | None
     help: str
     default: Any
-
-
-def _choices_from_module(cls: type, name: str) -> tuple[Any, ...] | None:
-    module = sys.modules.get(cls.__module__)
-    if module is None:
-        return None
-    up = name.upper()
-    candidates = [up + "S", up + "ES", up + "_CHOICES", up + "_NAMES"]
-    if up.endswith("Y"):
-        candidates.insert(0, up[:-1] + "IES")
-    for const in candidates:
-        value = getattr(module, const, None)
-        if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
-            return value
-    return None
 
 
 def field_specs(cls: type) -> list[FieldSpec]:
@@ -118,8 +101,6 @@ def field_specs(cls: type) -> list[FieldSpec]:
             choices = choices or tuple(m.value for m in tp)
         elif tp not in (bool, int, float, str):
             raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {tp}")
-        if choices is None and tp is str:
-            choices = _choices_from_module(cls, f.name)
         default = f.default
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()

@@ -22,13 +22,14 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lars_jax.run_files import METRICS_FILE, PLOT_FILE, read_jsonl
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: `import lars_jax` stays light
     from matplotlib.figure import Figure
@@ -42,37 +43,6 @@ _TRAIN_ACC_KEYS = ("accuracy", "train_accuracy")
 _TEST_LOSS_KEYS = ("test_loss", "eval_loss")
 _TEST_ACC_KEYS = ("test_accuracy", "eval_accuracy")
 _LR_KEYS = ("lr", "learning_rate")
-
-
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """Reads a JSON-lines file, skipping blank lines and a truncated last line.
-
-    A run killed while writing leaves at most one partial line at the end of the
-    file; it is dropped so that the rows written before the kill stay usable.
-
-    Args:
-        path: the ``.jsonl`` file.
-
-    Returns:
-        One dict per complete line.
-
-    Raises:
-        ValueError: a line other than the last one is not valid JSON.
-    """
-    lines = Path(path).read_text().splitlines()
-    rows: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break  # truncated by an interrupted write
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from e
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _first_key(row: Mapping[str, Any], keys: Sequence[str]) -> str | None:
@@ -143,14 +113,14 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
         learning-rate schedule, are how large-batch runs are compared).
     """
     workdir = Path(workdir)
-    rows = read_jsonl(workdir / "metrics.jsonl")
+    rows = read_jsonl(workdir / METRICS_FILE)
     x_key = next((k for k in _X_KEYS if any(k in r for r in rows)), None)
     if x_key is None:
-        raise ValueError(f"{workdir / 'metrics.jsonl'}: no row has an 'epoch' or 'step' key")
+        raise ValueError(f"{workdir / METRICS_FILE}: no row has an 'epoch' or 'step' key")
     train_rows = [r for r in rows if _first_key(r, _TRAIN_LOSS_KEYS + _TRAIN_ACC_KEYS)]
     eval_rows = [r for r in rows if _first_key(r, _TEST_LOSS_KEYS + _TEST_ACC_KEYS)]
     if not train_rows and not eval_rows:
-        raise ValueError(f"{workdir / 'metrics.jsonl'}: no row with a loss or an accuracy")
+        raise ValueError(f"{workdir / METRICS_FILE}: no row with a loss or an accuracy")
 
     fig = _figure(figsize=(13, 4.0))
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
@@ -204,7 +174,7 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(True, alpha=0.3)
     fig.suptitle(title if title is not None else workdir.resolve().name)
-    path = _save(fig, out if out is not None else workdir / "curves.png")
+    path = _save(fig, out if out is not None else workdir / PLOT_FILE)
     if any(k.partition("/")[0] in LAYER_STATS for r in train_rows for k in r):
         plot_layer_stats(workdir, rows=rows)
     return path
@@ -250,7 +220,7 @@ def plot_layer_stats(
     """
     workdir = Path(workdir)
     if rows is None:
-        rows = read_jsonl(workdir / "metrics.jsonl")
+        rows = read_jsonl(workdir / METRICS_FILE)
     x_key = next((k for k in _X_KEYS if any(k in r for r in rows)), "step")
     present = [st for st in stats if any(k.startswith(st + "/") for r in rows for k in r)]
     if not present:

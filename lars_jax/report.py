@@ -30,15 +30,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lars_jax.plotting import plot_bars, plot_heatmap, plot_lines, read_jsonl
+from lars_jax.plotting import plot_bars, plot_heatmap, plot_lines
+from lars_jax.run_files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    read_json,
+    read_jsonl,
+)
 
 PathLike = str | os.PathLike[str]
 Formatter = str | Callable[[Any], str]
 
-RESULTS_FILE = "results.jsonl"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
 
 # Summary metrics shown first (when present) in default tables, in this order.
 PREFERRED_METRICS = (
@@ -80,10 +84,8 @@ class Section(NamedTuple):
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """A run file's JSON object, or None when the run has not written it (yet)."""
+    value = read_json(path) if path.exists() else None
     return value if isinstance(value, dict) else None
 
 

@@ -44,16 +44,22 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lars_jax.config_io import coerce, spec_by_name, unknown_field_error
-from lars_jax.plotting import read_jsonl
+from lars_jax.run_files import (
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    append_jsonl,
+    is_primary_process,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 
 PathLike = str | os.PathLike[str]
 TrainFn = Callable[[Any], Mapping[str, Any]]
 # A grid: field -> values (cartesian product), or an explicit list of points.
 Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
-RESULTS_FILE = "results.jsonl"
-SWEEP_FILE = "sweep.json"
-SUMMARY_FILE = "summary.json"
 # Config fields that name where a run writes, not what it computes.
 _LOCATION_FIELDS = ("workdir",)
 _MAX_NAME = 120
@@ -237,45 +243,13 @@ def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
 
 def _summary_ok(path: Path) -> bool:
     """Whether a run's summary.json records a finished run (not e.g. a non-finite stop)."""
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+    summary = read_json(path)
     return isinstance(summary, dict) and summary.get("status", "ok") == "ok"
 
 
 def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The summary as stored in a results row (the config is stored once, beside it)."""
     return {k: v for k, v in summary.items() if k != "config"}
-
-
-def _is_primary() -> bool:
-    """False on processes other than 0 of a multi-host run (only process 0 writes rows)."""
-    jax = sys.modules.get("jax")
-    if jax is None:
-        return True
-    try:
-        return jax.process_index() == 0
-    except Exception:  # no backend: a single process
-        return True
-
-
-def _jsonable(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy / jax scalars
-    if callable(item):
-        try:
-            return item()
-        except (TypeError, ValueError):
-            pass
-    tolist = getattr(value, "tolist", None)
-    return tolist() if callable(tolist) else str(value)
-
-
-def _append_row(out: Path, row: Mapping[str, Any]) -> None:
-    with open(out / RESULTS_FILE, "a") as f:
-        f.write(json.dumps(row, default=_jsonable) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _base_config(base_config: Any) -> Any:
@@ -398,17 +372,13 @@ def run_sweep(
     planned = plan_sweep(base, grid, out)
     if train_fn is None:
         from lars_jax.train import train as train_fn
-    primary = _is_primary()
+    primary = is_primary_process()
     if log is None:
         log = lambda msg: print(msg, file=sys.stderr, flush=True) if primary else None
     out.mkdir(parents=True, exist_ok=True)
     grid = normalize_grid(type(base), grid)
     if primary:
-        (out / SWEEP_FILE).write_text(
-            json.dumps(
-                {"base": _comparable(_config_dict(base)), "grid": grid}, indent=2, default=_jsonable
-            )
-        )
+        write_json(out / SWEEP_FILE, {"base": _comparable(_config_dict(base)), "grid": grid})
     rows = _read_rows(out)
     results: list[dict[str, Any]] = []
     for i, run in enumerate(planned):
@@ -433,7 +403,7 @@ def run_sweep(
         summary_path = Path(run.config.workdir) / SUMMARY_FILE
         if run.status == "done" and summary_path.exists():
             # Finished, but the process died before the results row was written.
-            row["summary"] = _summary_row(json.loads(summary_path.read_text()))
+            row["summary"] = _summary_row(read_json(summary_path))
             log(f"{tag}: done (summary.json found), recorded")
         else:
             verb = "resuming" if run.status == "partial" else "starting"
@@ -450,7 +420,7 @@ def run_sweep(
             row["time_s"] = round(time.perf_counter() - t0, 3)
         row["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         if primary:
-            _append_row(out, row)
+            append_jsonl(out / RESULTS_FILE, row, sync=True)
         results.append(row)
     failed = sum(r.get("status") == "failed" for r in results)
     log(f"sweep {out}: {len(results) - failed} done, {failed} failed")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _sweep_helpers import TinyTrainer, tiny_base
 
 from lars_jax import cli
-from lars_jax.config_io import coerce, field_specs, load_config_file, spec_by_name, to_toml
-from lars_jax.sweep import expand_grid, plan_sweep, run_name, run_sweep
+from lars_jax.config_io import to_toml
+from lars_jax.sweep import run_sweep
 from lars_jax.train.config import TrainConfig
 
 
@@ -154,194 +154,6 @@ def test_unknown_flag_suggests(capsys):
     assert rc == 2
 
 
-def test_coerce_rules():
-    s = spec_by_name(TrainConfig)
-    assert coerce(s["num_devices"], "NONE") is None
-    assert coerce(s["batch_size"], 256.0) == 256
-    with pytest.raises(ValueError, match=r"TrainConfig.batch_size=2.5: must be an integer"):
-        coerce(s["batch_size"], 2.5, cls_name="TrainConfig")
-    with pytest.raises(ValueError, match="None is not allowed"):
-        coerce(s["batch_size"], None)
-    with pytest.raises(ValueError, match="true or false"):
-        coerce(s["flip"], "maybe")
-    assert coerce(s["flip"], "off") is False
-    assert coerce(s["norm"], "none") == "none"  # a choice, not None: norm is not optional
-    specs = field_specs(TrainConfig)
-    assert len(specs) == len(dataclasses.fields(TrainConfig))
-
-
-def test_load_config_file_errors(tmp_path):
-    p = tmp_path / "x.yaml"
-    p.write_text('{"seed": 3}')  # unknown extension: TOML, then JSON
-    assert load_config_file(p) == {"seed": 3}
-    p.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="cannot parse|table/object"):
-        load_config_file(p)
-
-
-# --------------------------------------------------------------------------- sweep
-
-
-def test_expand_grid_and_names():
-    grid = {"batch_size": [128, 1024], "optimizer": ["sgd", "lars"], "warmup_epochs": [0.0, 2.0]}
-    points = expand_grid(grid)
-    assert len(points) == 8
-    assert points[0] == {"batch_size": 128, "optimizer": "sgd", "warmup_epochs": 0.0}
-    assert points[-1] == {"batch_size": 1024, "optimizer": "lars", "warmup_epochs": 2.0}
-    names = [run_name(p) for p in points]
-    assert len(set(names)) == 8
-    assert names[1] == "batch_size=128__optimizer=sgd__warmup_epochs=2"
-    assert run_name({}) == "base"
-    assert run_name({"data_dir": "/a b/c"}) == "data_dir=-a-b-c"
-    long = run_name({"data_dir": "x" * 300})
-    assert len(long) <= 120 and long != run_name({"data_dir": "x" * 299})
-    assert expand_grid({}) == [{}]
-    for bad in ({"seed": []}, {"seed": [1, 1]}, {"seed": "12"}):
-        with pytest.raises(ValueError, match="seed"):
-            expand_grid(bad)
-
-
-class TinyTrainer:
-    """A real (if trivial) run function: writes metrics.jsonl and summary.json like the
-    trainer does, counts calls, and can be told to fail or be interrupted on a run."""
-
-    def __init__(self, interrupt_on: str | None = None, fail_on: str | None = None):
-        self.calls: list[tuple[str, bool]] = []
-        self.interrupt_on = interrupt_on
-        self.fail_on = fail_on
-
-    def __call__(self, config: TrainConfig) -> dict:
-        wd = Path(config.workdir)
-        resumed = (wd / "checkpoint").exists()
-        self.calls.append((wd.name, resumed))
-        wd.mkdir(parents=True, exist_ok=True)
-        (wd / "checkpoint").write_text("step 1")
-        if self.interrupt_on and self.interrupt_on in wd.name:
-            raise KeyboardInterrupt
-        if self.fail_on and self.fail_on in wd.name:
-            raise FloatingPointError("non-finite loss at step 3")
-        acc = 0.5 + config.seed / 100 + config.batch_size / 1e5
-        (wd / "metrics.jsonl").write_text(
-            json.dumps({"step": 1, "epoch": 1.0, "loss": 1.0, "test_accuracy": acc}) + "\n"
-        )
-        summary = {"final_test_accuracy": acc, "steps": 1}
-        (wd / "summary.json").write_text(json.dumps(summary))
-        return summary
-
-
-def _base() -> TrainConfig:
-    return TrainConfig(model="resnet8", width=0.25, train_subset=512, epochs=1.0)
-
-
-def test_sweep_runs_grid_and_resumes(tmp_path):
-    out = tmp_path / "sweep"
-    grid = {"batch_size": ["128", "256"], "seed": [0, 1]}  # strings are coerced
-    trainer = TinyTrainer(interrupt_on="batch_size=256__seed=0")
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(_base(), grid, out, train_fn=trainer, log=lambda m: None)
-    assert [c[0] for c in trainer.calls] == [
-        "batch_size=128__seed=0",
-        "batch_size=128__seed=1",
-        "batch_size=256__seed=0",
-    ]
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["run"] for r in rows] == ["batch_size=128__seed=0", "batch_size=128__seed=1"]
-    assert rows[0]["config"]["workdir"] == str(out / "batch_size=128__seed=0")
-    assert rows[0]["varied"] == {"batch_size": 128, "seed": 0}
-    statuses = [p.status for p in plan_sweep(_base(), grid, out)]
-    assert statuses == ["done", "done", "partial", "pending"]
-
-    # Rerun: finished runs are skipped, the interrupted one resumes in its folder.
-    trainer2 = TinyTrainer()
-    results = run_sweep(_base(), grid, out, train_fn=trainer2, log=lambda m: None)
-    assert trainer2.calls == [("batch_size=256__seed=0", True), ("batch_size=256__seed=1", False)]
-    assert [r["status"] for r in results] == ["done"] * 4
-    assert results[3]["summary"]["final_test_accuracy"] == pytest.approx(0.5 + 0.01 + 0.00256)
-    assert len((out / "results.jsonl").read_text().splitlines()) == 4
-    assert json.loads((out / "sweep.json").read_text())["grid"]["batch_size"] == [128, 256]
-
-    # A third run does nothing.
-    trainer3 = TinyTrainer()
-    run_sweep(_base(), grid, out, train_fn=trainer3, log=lambda m: None)
-    assert trainer3.calls == []
-
-
-def test_sweep_records_failures_and_retries(tmp_path):
-    out = tmp_path / "s"
-    grid = {"optimizer": ["sgd", "lars"]}
-    rows = run_sweep(_base(), grid, out, train_fn=TinyTrainer(fail_on="sgd"), log=lambda m: None)
-    assert [r["status"] for r in rows] == ["failed", "done"]
-    assert rows[0]["error"] == "FloatingPointError: non-finite loss at step 3"
-    again = TinyTrainer()
-    run_sweep(_base(), grid, out, train_fn=again, log=lambda m: None)
-    assert again.calls == []  # a failure is a result
-    rows = run_sweep(_base(), grid, out, train_fn=again, retry_failed=True, log=lambda m: None)
-    assert again.calls == [("optimizer=sgd", True)] and rows[0]["status"] == "done"
-    with pytest.raises(FloatingPointError):
-        run_sweep(
-            _base(),
-            {"optimizer": ["larc"]},
-            out,
-            train_fn=TinyTrainer(fail_on="larc"),
-            stop_on_error=True,
-            log=lambda m: None,
-        )
-
-
-def test_sweep_explicit_points(tmp_path):
-    points = [
-        {"optimizer": "sgd", "learning_rate": "0.1"},
-        {"optimizer": "lars", "learning_rate": 2, "warmup_epochs": 0.5},
-    ]
-    trainer = TinyTrainer()
-    rows = run_sweep(_base(), points, tmp_path, train_fn=trainer, log=lambda m: None)
-    assert [c[0] for c in trainer.calls] == [
-        "optimizer=sgd__learning_rate=0.1",
-        "optimizer=lars__learning_rate=2__warmup_epochs=0.5",
-    ]
-    assert rows[1]["config"]["learning_rate"] == 2.0 and rows[1]["config"]["warmup_epochs"] == 0.5
-    assert rows[0]["config"]["warmup_epochs"] == _base().warmup_epochs
-    with pytest.raises(ValueError, match="repeated point"):
-        run_sweep(_base(), [{"seed": 1}, {"seed": "1"}], tmp_path, train_fn=trainer)
-
-
-def test_sweep_validates_before_running(tmp_path):
-    trainer = TinyTrainer()
-    with pytest.raises(ValueError, match="batch_size=1000.*train_subset"):
-        run_sweep(_base(), {"batch_size": [128, 1000]}, tmp_path, train_fn=trainer)
-    with pytest.raises(ValueError, match="did you mean batch_size"):
-        run_sweep(_base(), {"batchsize": [128]}, tmp_path, train_fn=trainer)
-    with pytest.raises(ValueError, match="workdir"):
-        run_sweep(_base(), {"workdir": ["a"]}, tmp_path, train_fn=trainer)
-    assert trainer.calls == []
-
-
-def test_sweep_refuses_to_mix_configs(tmp_path):
-    run_sweep(_base(), {"seed": [0]}, tmp_path, train_fn=TinyTrainer(), log=lambda m: None)
-    changed = dataclasses.replace(_base(), epochs=2.0)
-    with pytest.raises(ValueError, match="different config.*epochs"):
-        run_sweep(changed, {"seed": [0]}, tmp_path, train_fn=TinyTrainer())
-
-
-def test_sweep_treats_fields_added_since_a_run_as_defaults(tmp_path):
-    """A run recorded before a config field existed still counts as done (the field had its
-    default), but not if the field is now set to something else."""
-    import json
-
-    run_sweep(_base(), {"seed": [0]}, tmp_path, train_fn=TinyTrainer(), log=lambda m: None)
-    results = tmp_path / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    for r in rows:
-        del r["config"]["steps_per_call"]  # as written by an older lars_jax
-    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trainer = TinyTrainer()
-    run_sweep(_base(), {"seed": [0]}, tmp_path, train_fn=trainer, log=lambda m: None)
-    assert trainer.calls == []  # done, not re-run
-    changed = dataclasses.replace(_base(), steps_per_call=4)
-    with pytest.raises(ValueError, match="different config.*steps_per_call"):
-        run_sweep(changed, {"seed": [0]}, tmp_path, train_fn=TinyTrainer())
-
-
 def test_sweep_cli_dry_run_and_grid_in_file(capsys, tmp_path):
     cfg = tmp_path / "s.toml"
     out = tmp_path / "out"
@@ -371,7 +183,8 @@ def test_sweep_cli_dry_run_and_grid_in_file(capsys, tmp_path):
 
 def test_report_cli(capsys, tmp_path):
     out = tmp_path / "s"
-    run_sweep(_base(), {"batch_size": [128, 256]}, out, train_fn=TinyTrainer(), log=lambda m: None)
+    run_sweep(tiny_base(), {"batch_size": [128, 256]}, out, train_fn=TinyTrainer(),
+              log=lambda m: None)
     rc, stdout, _ = _run_cli(capsys, "report", str(out), "--title", "Tiny")
     assert rc == 0 and "report.md" in stdout
     text = (out / "report.md").read_text()
@@ -416,7 +229,7 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
 
 def _tiny_data():
     """256 + 64 random 12x12 images; the label says which half is brighter."""
-    from lars_jax.train.loop import Data
+    from lars_jax.train import Data
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)

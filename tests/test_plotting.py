@@ -16,7 +16,6 @@ from lars_jax.plotting import (
     plot_layer_stats,
     plot_lines,
     plot_run,
-    read_jsonl,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,15 +76,6 @@ def test_plot_run_errors(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "images_per_sec": 3.0}))
     with pytest.raises(ValueError, match="no row with a loss"):
         plot_run(tmp_path)
-
-
-def test_read_jsonl_drops_only_a_truncated_last_line(tmp_path):
-    p = tmp_path / "m.jsonl"
-    p.write_text('{"a": 1}\n\n{"a": 2}\n{"a": ')
-    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
-    p.write_text('{"a": 1}\n{"a": \n{"a": 2}\n')
-    with pytest.raises(ValueError, match="line 2"):
-        read_jsonl(p)
 
 
 def test_plot_lines_log_axis_and_nan_gap(tmp_path):

@@ -54,3 +54,58 @@ def test_validate_names_the_field(changes, device_count, field):
     c = TrainConfig(**changes)
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}="):
         c.validate(device_count)
+
+
+# ----------------------------------------------------------------------------- bugs of issue 11
+
+
+def test_mlperf_schedule_is_poly2_to_end_learning_rate():
+    """--schedule mlperf: linear warmup from 0, then (peak - end)(1 - u)^2 + end (MLPerf).
+
+    Before the fix the trainer had no branch for it and kept the peak rate after warmup.
+    """
+    from lars_jax.train.build import learning_rate_schedule
+
+    cfg = TrainConfig(schedule="mlperf", learning_rate=0.5, batch_size=512, base_batch_size=256,
+                      warmup_epochs=1.0, epochs=4.0, end_learning_rate=0.01)
+    sched = learning_rate_schedule(cfg, 10, 40)  # 10 steps per epoch: warmup 10, total 40
+    peak, end = 0.5 * 512 / 256, 0.01  # linear scaling
+    for t, want in [(0, 0.0), (5, peak / 2), (10, peak), (25, (peak - end) * 0.25 + end),
+                    (40, end), (60, end)]:
+        assert float(sched(t)) == pytest.approx(want, rel=1e-6), t
+    with pytest.raises(ValueError, match="TrainConfig.warmup_start='base'"):
+        cfg.replace(warmup_start="base").validate()
+
+
+def test_every_schedule_name_has_a_factory_and_unknown_names_raise():
+    import typing
+
+    from lars_jax.train.build import SCHEDULES, learning_rate_schedule
+    from lars_jax.train.config import ScheduleName
+
+    assert set(typing.get_args(ScheduleName)) == set(SCHEDULES) | {"onecycle", "mlperf"}
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="poly3").validate()
+    with pytest.raises(ValueError, match="TrainConfig.schedule='poly3'"):  # even unvalidated
+        learning_rate_schedule(dataclasses.replace(TrainConfig(), schedule="poly3"), 10, 40)
+
+
+def test_dataset_choices_are_the_data_registry():
+    """--dataset mnist used to pass validation and fail later, while loading."""
+    from lars_jax.config_io import spec_by_name
+    from lars_jax.data import DATASET_NAMES
+
+    assert spec_by_name(TrainConfig)["dataset"].choices == DATASET_NAMES
+    with pytest.raises(ValueError, match=r"TrainConfig.dataset='mnist': must be one of"):
+        TrainConfig(dataset="mnist").validate()
+    for name in DATASET_NAMES:
+        TrainConfig(dataset=name).validate()
+
+
+def test_model_choices_are_the_model_registry():
+    from lars_jax.config_io import spec_by_name
+    from lars_jax.models import MODEL_NAMES
+
+    assert spec_by_name(TrainConfig)["model"].choices == tuple(MODEL_NAMES)
+    with pytest.raises(ValueError, match=r"TrainConfig.model='resnet7'"):
+        TrainConfig(model="resnet7").validate()

@@ -1,7 +1,6 @@
 """End-to-end `train()`: kill -9 and resume bitwise, corrupt checkpoints, NaN policy, metrics.
 
-Run as a script (``python tests/test_train_loop.py WORKDIR STEPS``) it is the training job
-that the SIGKILL test starts and kills.
+The jobs that the SIGKILL and multi-host tests start as subprocesses are in `_train_jobs`.
 """
 
 import json
@@ -14,50 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _train_jobs import tiny_config, tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_data():
-    from lars_jax.train.loop import Data
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
-    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
-
-
-def tiny_config(workdir, **kw):
-    from lars_jax.train import TrainConfig
-
-    base = dict(model="resnet8", width=0.25, batch_size=32, epochs=2.0, warmup_epochs=0.5,
-                learning_rate=1.0, workdir=str(workdir), checkpoint_every_steps=2,
-                log_every_steps=2, plot=False, progress=False, num_devices=2, crop_padding=1,
-                dtype="float32")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _job(workdir: str, epochs: str) -> None:
-    from lars_jax.train import train
-
-    train(tiny_config(workdir, epochs=float(epochs), checkpoint_every_steps=1,
-                      keep_checkpoints=2, log_every_steps=1), data=tiny_data())
-
-
-def _multihost_job(workdir: str, port: str, pid: str, nproc: str) -> None:
-    """One process of a multi-process run; prints its final params for the test to compare."""
-    import jax
-
-    from lars_jax.train import train
-
-    kw = {} if nproc == "1" else dict(coordinator_address=f"localhost:{port}",
-                                      num_processes=int(nproc), process_id=int(pid))
-    summary, state = train(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
-                           data=tiny_data(), return_state=True)
-    leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
-    print("PARAMS", json.dumps(np.concatenate(leaves).tolist()))
-    print("SUMMARY", json.dumps({k: summary[k] for k in ("num_processes", "num_devices", "steps")}))
+JOBS = str(Path(__file__).with_name("_train_jobs.py"))
 
 
 def _final_params(workdir):
@@ -78,7 +37,7 @@ def _pythonpath():
 def _start(workdir, epochs):
     env = dict(os.environ, PYTHONPATH=_pythonpath(),
                XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, __file__, str(workdir), str(epochs)], env=env,
+    return subprocess.Popen([sys.executable, JOBS, str(workdir), str(epochs)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -229,7 +188,7 @@ def test_two_processes_agree_with_one(tmp_path):
         logs.append(tmp_path / f"{wd}-{pid}.log")
         with open(logs[-1], "w") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, __file__, "multihost", str(tmp_path / wd), str(port),
+                [sys.executable, JOBS, "multihost", str(tmp_path / wd), str(port),
                  str(pid), str(nproc)], env=e, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     for p in procs:
         p.wait(timeout=600)
@@ -247,10 +206,3 @@ def test_two_processes_agree_with_one(tmp_path):
     np.testing.assert_allclose(p0, single, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "mh" / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["4", "6", "8"]
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "multihost":
-        _multihost_job(*sys.argv[2:6])
-    else:
-        _job(sys.argv[1], sys.argv[2])

@@ -151,7 +151,7 @@ def test_non_finite_step_is_not_applied(policy):
 def test_learning_rate_is_state_not_a_compiled_constant():
     """Runs that differ only in lr (or weight decay) share one compiled optimizer update."""
     from lars_jax.train import TrainConfig
-    from lars_jax.train.loop import learning_rate_schedule, learning_rate_shape, make_optimizer
+    from lars_jax.train.build import learning_rate_schedule, make_optimizer
 
     params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
     texts, rates = [], []
@@ -159,13 +159,13 @@ def test_learning_rate_is_state_not_a_compiled_constant():
         cfg = TrainConfig(model="mlp1", optimizer="lars", learning_rate=lr, weight_decay=wd,
                           batch_size=512, base_batch_size=256, warmup_epochs=1.0, epochs=4,
                           schedule="cosine", warmup_start="base")
-        tx = make_optimizer(cfg, learning_rate_shape(cfg, 10, 40))
+        tx, lr_fn = make_optimizer(cfg, 10, 40)
         state = tx.init(params)
         texts.append(jax.jit(tx.update).lower(params, state, params).as_text())
         sched = learning_rate_schedule(cfg, 10, 40)
         for t in range(0, 40, 7):  # the logged rate is the configured schedule
             _, state = tx.update(params, state, params)
-            got = float(state.hyperparams["base_learning_rate"] * state.hyperparams["lr_shape"])
+            got = float(lr_fn(state))
             rates.append((got, float(sched(t))))
             for _ in range(6):
                 _, state = tx.update(params, state, params)

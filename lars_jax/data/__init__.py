@@ -18,7 +18,6 @@ from lars_jax.data.augment import (
 )
 from lars_jax.data.fashion_mnist import (
     FashionMnistVerificationError,
-    prepare_fashion_mnist,
     verify_fashion_mnist_files,
 )
 from lars_jax.data.host import center_crop, host_batches, random_resized_crop
@@ -28,6 +27,7 @@ from lars_jax.data.sources import (
     default_data_dir,
     ensure_prepared,
     load_split,
+    prepare_fashion_mnist,
     prepare_from_archive,
     prepare_imagenet,
     prepare_with_local_files,

@@ -130,36 +130,3 @@ def verify_fashion_mnist_files(
     for path in files.values():
         verify_fashion_mnist_file(path)
     return files
-
-
-def prepare_fashion_mnist(
-    data_dir: str | os.PathLike | None = None,
-    source_dir: str | os.PathLike = DEFAULT_SOURCE_DIR,
-) -> Path:
-    """Prepares TFDS's `fashion_mnist` (array_record) in `data_dir` from local files, offline.
-
-    Does nothing if the data set is already prepared there.
-
-    Args:
-      data_dir: TFDS data directory (default: `lars_jax.data.default_data_dir()`).
-      source_dir: directory with the four gzipped idx files (Debian's package location by
-        default).
-
-    Returns:
-      The prepared data set's directory (`<data_dir>/fashion_mnist/<version>`).
-
-    Raises:
-      FileNotFoundError: a file is missing (the message says how to install it).
-      FashionMnistVerificationError: a file's decompressed contents are not Fashion-MNIST.
-
-    References:
-      Xiao et al. 2017, arXiv 1708.07747.
-    """
-    from lars_jax.data.sources import builder, prepare_with_local_files
-
-    b = builder("fashion_mnist", data_dir)
-    if b.is_prepared():
-        return Path(b.data_dir)
-    files = verify_fashion_mnist_files(source_dir)
-    prepare_with_local_files(b, files)
-    return Path(b.data_dir)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lars_jax.data._tf_free import tf_free_generation
+from lars_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, verify_fashion_mnist_files
 from lars_jax.data.info import dataset_info
 
 SMALL_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
@@ -198,6 +199,37 @@ def prepare_imagenet(
     return Path(b.data_dir)
 
 
+def prepare_fashion_mnist(
+    data_dir: str | os.PathLike | None = None,
+    source_dir: str | os.PathLike = DEFAULT_SOURCE_DIR,
+) -> Path:
+    """Prepares TFDS's `fashion_mnist` (array_record) in `data_dir` from local files, offline.
+
+    Does nothing if the data set is already prepared there.
+
+    Args:
+      data_dir: TFDS data directory (default: `lars_jax.data.default_data_dir()`).
+      source_dir: directory with the four gzipped idx files (Debian's package location by
+        default).
+
+    Returns:
+      The prepared data set's directory (`<data_dir>/fashion_mnist/<version>`).
+
+    Raises:
+      FileNotFoundError: a file is missing (the message says how to install it).
+      FashionMnistVerificationError: a file's decompressed contents are not Fashion-MNIST.
+
+    References:
+      Xiao et al. 2017, arXiv 1708.07747.
+    """
+    b = builder("fashion_mnist", data_dir)
+    if b.is_prepared():
+        return Path(b.data_dir)
+    files = verify_fashion_mnist_files(source_dir)
+    prepare_with_local_files(b, files)
+    return Path(b.data_dir)
+
+
 def ensure_prepared(
     name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True
 ) -> Any:
@@ -218,8 +250,6 @@ def ensure_prepared(
     if b.is_prepared():
         return b
     if name == "fashion_mnist":
-        from lars_jax.data.fashion_mnist import prepare_fashion_mnist
-
         prepare_fashion_mnist(data_dir)
     elif name in ("cifar10", "cifar100") and download:
         try:

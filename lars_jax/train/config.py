@@ -39,27 +39,27 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-MODELS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet9", "resnet18", "resnet50",
-          "mlp1", "mlp2", "mlp3", "mlp4")
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet2012")
-OPTIMIZERS = ("sgd", "lars", "larc", "clars")
-NORMS = ("batch", "group", "none")
-BN_SPANS = ("device", "global", "ghost")
-LR_SCALINGS = ("linear", "sqrt", "none")
-WARMUP_STARTS = ("base", "zero")
-SCHEDULES = ("cosine", "poly2", "linear", "constant", "step", "onecycle", "mlperf")
-DENOMINATORS = ("paper", "optax")
-CLARS_GRANULARITIES = ("example", "device", "micro_batch")
-DTYPES = ("float32", "bfloat16")
-PARALLELS = ("jit", "pmap")
-NAN_POLICIES = ("stop", "skip")
+from lars_jax.config_io import field_specs
+from lars_jax.data.info import DATASET_NAMES
+from lars_jax.models import MODEL_NAMES
+
+Optimizer = Literal["sgd", "lars", "larc", "clars"]
+Norm = Literal["batch", "group", "none"]
+BnSpan = Literal["device", "global", "ghost"]
+LrScaling = Literal["linear", "sqrt", "none"]
+WarmupStart = Literal["base", "zero"]
+ScheduleName = Literal["cosine", "poly2", "linear", "constant", "step", "onecycle", "mlperf"]
+Denominator = Literal["paper", "optax"]
+ClarsGranularity = Literal["example", "device", "micro_batch"]
+DType = Literal["float32", "bfloat16"]
+Parallel = Literal["jit", "pmap"]
+NanPolicy = Literal["stop", "skip"]
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: default.copy(), metadata={"help": help, **kw})
+    """A field with its ``--help`` text (and ``choices`` where the type is not a Literal)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -67,11 +67,18 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     """All settings of one training run (see the module docstring for `bn_span`)."""
 
+    # The --help groups: title -> the first field of the group (fields are in order).
+    GROUPS: ClassVar[dict[str, str]] = {
+        "Model": "model", "Data": "dataset", "Optimizer": "optimizer",
+        "Batch and length": "batch_size", "Parallelism": "parallel",
+        "Run management": "seed"}
+
     # Model.
-    model: str = _f("resnet20", f"Model name, one of {', '.join(MODELS)}.")
+    model: str = _f("resnet20", f"Model name, one of {', '.join(MODEL_NAMES)}.",
+                    choices=MODEL_NAMES)
     width: float = _f(1.0, "Width multiplier of the model's channels.")
-    norm: str = _f("batch", "Normalisation layers: batch, group or none.")
-    bn_span: str = _f(
+    norm: Norm = _f("batch", "Normalisation layers: batch, group or none.")
+    bn_span: BnSpan = _f(
         "device",
         "Batch-norm statistics span: device (each device's slice), global (whole micro-batch "
         "across devices) or ghost (groups of bn_ghost_size examples). Changes results at "
@@ -81,7 +88,8 @@ class TrainConfig:
     zero_init_last_bn: bool = _f(False, "Zero-initialise the last BN scale of each block.")
 
     # Data.
-    dataset: str = _f("fashion_mnist", f"Data set, one of {', '.join(DATASETS)}.")
+    dataset: str = _f("fashion_mnist", f"Data set, one of {', '.join(DATASET_NAMES)}.",
+                      choices=DATASET_NAMES)
     data_dir: str | None = _f(None, "Data directory (default: the data module's search path).")
     train_subset: int | None = _f(
         None, "Use only the first N training examples (None: all), for fast experiments."
@@ -93,25 +101,26 @@ class TrainConfig:
     cutout: int = _f(0, "Cutout square size in pixels (0: off).")
 
     # Optimizer.
-    optimizer: str = _f("lars", f"Optimizer, one of {', '.join(OPTIMIZERS)}.")
+    optimizer: Optimizer = _f("lars", "Optimizer: sgd, lars, larc or clars.")
     learning_rate: float = _f(
         0.5, "Base (peak) learning rate at base_batch_size, before scaling."
     )
     base_batch_size: int = _f(256, "Batch size at which learning_rate is given.")
-    lr_scaling: str = _f(
+    lr_scaling: LrScaling = _f(
         "linear",
         "Scale the learning rate from base_batch_size to batch_size: linear (x B/B0, "
         "Goyal et al.), sqrt (x sqrt(B/B0)) or none.",
     )
     warmup_epochs: float = _f(0.05, "Gradual warmup length in epochs (0: no warmup).")
-    warmup_start: str = _f(
+    warmup_start: WarmupStart = _f(
         "zero",
         "Warmup starts from: base (the unscaled learning_rate, Goyal et al.) or zero (MLPerf).",
     )
-    schedule: str = _f(
+    schedule: ScheduleName = _f(
         "cosine",
         "Decay after warmup: cosine, poly2 (LARS paper), linear, constant, step "
-        "(/10 at 50% and 75%), onecycle, mlperf (poly2 to end_learning_rate).",
+        "(/10 at 50% and 75%), onecycle, mlperf (lars_jax.mlperf_lars_schedule: warmup from 0, "
+        "then poly2 to end_learning_rate).",
     )
     end_learning_rate: float = _f(0.0, "Final learning rate of the decaying schedules.")
     momentum: float = _f(0.9, "Momentum coefficient.")
@@ -122,12 +131,12 @@ class TrainConfig:
         "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x larger "
         "learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters moderate).",
     )
-    denominator: str = _f(
+    denominator: Denominator = _f(
         "paper",
         "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
     )
     clip: bool = _f(False, "Clip the LARS trust ratio at 1 (LARC) when optimizer is lars.")
-    clars_granularity: str = _f(
+    clars_granularity: ClarsGranularity = _f(
         "example",
         "CLARS gradient norms: example (exact per-example), device (each device's local "
         "gradient, free), micro_batch (each accumulation micro-batch).",
@@ -140,10 +149,10 @@ class TrainConfig:
         1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches)."
     )
     epochs: float = _f(1.25, "Training length in epochs (may be fractional).")
-    dtype: str = _f("bfloat16", "Compute dtype (float32 or bfloat16); params stay float32.")
+    dtype: DType = _f("bfloat16", "Compute dtype (float32 or bfloat16); params stay float32.")
 
     # Parallelism.
-    parallel: str = _f(
+    parallel: Parallel = _f(
         "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean)."
     )
     num_devices: int | None = _f(None, "Number of local devices to use (None: all).")
@@ -165,7 +174,7 @@ class TrainConfig:
     )
     keep_checkpoints: int = _f(3, "Number of checkpoints to keep.")
     resume: bool = _f(True, "Resume from the latest good checkpoint in workdir, if any.")
-    nan_policy: str = _f(
+    nan_policy: NanPolicy = _f(
         "stop", "On NaN/Inf loss or gradients: stop (with a clear error) or skip the step."
     )
     eval_every_epochs: float = _f(
@@ -228,47 +237,16 @@ class TrainConfig:
         def bad(name: str, msg: str) -> None:
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}")
 
-        def choice(name: str, options: tuple[str, ...]) -> None:
-            if getattr(self, name) not in options:
-                bad(name, f"must be one of {', '.join(options)}")
-
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 bad(f.name, "must be finite")
 
-        if self.model not in MODELS:
-            try:  # the models module may know more names than this list
-                from lars_jax import models as _models
-
-                known = getattr(_models, "MODEL_NAMES", None) or getattr(_models, "MODELS", None)
-            except ImportError:
-                known = None
-            if not known or self.model not in known:
-                bad("model", f"unknown model; known: {', '.join(known or MODELS)}")
-        if self.dataset not in DATASETS:
-            ok = False
-            try:
-                from lars_jax.data import dataset_info
-
-                dataset_info(self.dataset)
-                ok = True
-            except Exception:
-                ok = False
-            if not ok:
-                bad("dataset", f"unknown data set; known: {', '.join(DATASETS)}")
-        choice("optimizer", OPTIMIZERS)
-        choice("norm", NORMS)
-        choice("bn_span", BN_SPANS)
-        choice("lr_scaling", LR_SCALINGS)
-        choice("warmup_start", WARMUP_STARTS)
-        choice("schedule", SCHEDULES)
-        choice("denominator", DENOMINATORS)
-        choice("clars_granularity", CLARS_GRANULARITIES)
-        choice("dtype", DTYPES)
-        choice("parallel", PARALLELS)
-        choice("nan_policy", NAN_POLICIES)
-
+        for spec in field_specs(type(self)):  # the Literal types and the registries' names
+            value = getattr(self, spec.name)
+            if spec.choices and value not in spec.choices \
+                    and not (value is None and spec.optional):
+                bad(spec.name, f"must be one of {', '.join(map(str, spec.choices))}")
         if self.width <= 0:
             bad("width", "must be > 0")
         if self.bn_ghost_size < 1:
@@ -298,6 +276,8 @@ class TrainConfig:
             bad("epochs", "must be > 0")
         if self.warmup_epochs < 0:
             bad("warmup_epochs", "must be >= 0")
+        if self.schedule == "mlperf" and self.warmup_start != "zero":
+            bad("warmup_start", "schedule='mlperf' warms up from 0: use warmup_start='zero'")
         if self.warmup_epochs > self.epochs:
             bad("warmup_epochs", f"must be <= epochs={self.epochs}")
         if not 0 <= self.momentum < 1:

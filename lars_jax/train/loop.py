@@ -1,23 +1,17 @@
 """The training loop: `train(config) -> summary dict`, the single entry point.
 
-One run: (multi-host setup) -> data on the devices -> model, learning-rate rule, optimizer
--> restore the newest usable checkpoint -> steps (progress bar, metrics JSONL, periodic
-evaluation and checkpoints) -> final evaluation, checkpoint, ``summary.json``, printed
-summary and (optionally) a plot.
+One run: (multi-host setup) -> `build` (data on the devices, model, learning-rate rule,
+optimizer, compiled steps) -> restore the newest usable checkpoint -> steps (progress bar,
+metrics JSONL, periodic evaluation and checkpoints) -> final evaluation, checkpoint,
+``summary.json``, printed summary and (optionally) a plot.
 
 Determinism: the examples and augmentation of step ``s`` depend only on ``(seed, s)``, and
 the state is checkpointed bit for bit, so a run killed at any point and restarted with the
 same command ends with the same parameters as an uninterrupted run (bitwise on CPU).
 
-Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)`` with
-``scale`` linear, sqrt or none; a gradual warmup over ``warmup_epochs`` from
-``learning_rate`` (``warmup_start="base"``, Goyal et al.) or from 0 (``"zero"``) to
-``peak``; then the decay schedule over the remaining steps. For ``schedule="onecycle"`` the
-1cycle schedule spans the whole run and ``warmup_epochs / epochs`` is its rising fraction.
-The optimizer is wrapped in ``optax.inject_hyperparams``, so the rate of every step is in
-the optimizer state and in the logged ``lr``; the base learning rate and the weight decay
-are arrays there, not constants of the compiled step, so an lr or weight-decay grid
-compiles once per shape of run.
+The setup (data, model, optimizer, compiled steps) is `lars_jax.train.build.build`;
+this module is the loop over its steps, with timing, logging and checkpoints handed to
+small helpers.
 
 References:
   Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
@@ -26,44 +20,33 @@ References:
   (arXiv 1708.03888).
 """
 
+
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from lars_jax.train import parallel as par
+from lars_jax.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, write_json
+from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import STRUCTURE_FIELDS, Checkpointer
 from lars_jax.train.config import TrainConfig
-from lars_jax.train.metrics import CONFIG_FILE, SUMMARY_FILE, MetricsWriter, mean_rows, write_json
-from lars_jax.train.step import StepOptions, init_train_state, make_train_step
+from lars_jax.train.metrics import MetricsWriter, mean_rows
+from lars_jax.train.step import TrainState
 
 
 class NonFiniteError(RuntimeError):
     """Training stopped because the loss or the gradients were NaN or Inf."""
 
 
-class Data(NamedTuple):
-    """An in-memory data set: uint8 NHWC images and int32 labels, plus normalisation."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    num_classes: int
-    mean: Any
-    std: Any
-
-
-# ----------------------------------------------------------------------------- setup
+# ----------------------------------------------------------------------------- helpers
 
 
 def maybe_initialize_distributed(config: TrainConfig) -> None:
@@ -91,37 +74,6 @@ def maybe_initialize_distributed(config: TrainConfig) -> None:
     jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
 
 
-def load_data(config: TrainConfig) -> Data:
-    """Loads the train and test splits into memory (first N examples with *_subset)."""
-    from lars_jax import data as data_lib
-
-    info = data_lib.dataset_info(config.dataset)
-    if not getattr(info, "fits_on_device", True):
-        raise ValueError(
-            f"TrainConfig.dataset={config.dataset!r}: train() keeps the data set in device "
-            "memory; training from the host pipeline (lars_jax.data.host_batches) is not "
-            "implemented in the trainer yet")
-    xtr, ytr = data_lib.load_split(config.dataset, "train", data_dir=config.data_dir)
-    test_split = getattr(info, "test_split", "test")
-    xte, yte = data_lib.load_split(config.dataset, test_split, data_dir=config.data_dir)
-    if config.train_subset:
-        xtr, ytr = xtr[: config.train_subset], ytr[: config.train_subset]
-    if config.test_subset:
-        xte, yte = xte[: config.test_subset], yte[: config.test_subset]
-    return Data(np.asarray(xtr), np.asarray(ytr, np.int32), np.asarray(xte),
-                np.asarray(yte, np.int32), int(_get(info, "num_classes")),
-                _get(info, "mean"), _get(info, "std"))
-
-
-def _get(info: Any, key: str) -> Any:
-    return info[key] if isinstance(info, dict) else getattr(info, key)
-
-
-def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
-    """Optimizer steps per epoch (the last partial batch of an epoch is dropped)."""
-    return max(1, num_train // config.batch_size)
-
-
 def next_stop(step: int, total_steps: int, log_every: int, eval_every: int,
               checkpoint_every: int) -> int:
     """The first step after `step` at which the loop logs, evaluates, checkpoints or ends.
@@ -136,165 +88,130 @@ def next_stop(step: int, total_steps: int, log_every: int, eval_every: int,
     return min(stops)
 
 
-def learning_rate_schedule(config: TrainConfig, spe: int, total_steps: int) -> optax.Schedule:
-    """The per-step learning rate of `config` (scaling, warmup, decay; module docstring)."""
-    from lars_jax.schedules import gradual_warmup, linear_scaling, onecycle, sqrt_scaling
+class _Clock:
+    """Training throughput: the first call of each kind (it compiles) and pauses excluded."""
 
-    base, b, b0 = config.learning_rate, config.batch_size, config.base_batch_size
-    if config.lr_scaling == "linear":
-        peak = linear_scaling(base, b, b0)
-    elif config.lr_scaling == "sqrt":
-        peak = sqrt_scaling(base, b, b0)
-    else:
-        peak = base
-    warm = min(int(round(config.warmup_epochs * spe)), total_steps)
-    if config.schedule == "onecycle":
-        pct = warm / total_steps if warm else 0.3
-        return onecycle(total_steps, peak, pct_start=min(max(pct, 1e-3), 0.999))
-    rest = max(total_steps - warm, 1)
-    end = config.end_learning_rate
-    if config.schedule == "cosine":
-        after = optax.cosine_decay_schedule(peak, rest, alpha=end / peak if peak else 0.0)
-    elif config.schedule == "poly2":
-        after = optax.polynomial_schedule(peak, end, 2, rest)
-    elif config.schedule == "linear":
-        after = optax.linear_schedule(peak, end, rest)
-    elif config.schedule == "step":
-        after = optax.piecewise_constant_schedule(
-            peak, {int(rest * 0.5): 0.1, int(rest * 0.75): 0.1})
-    else:
-        after = optax.constant_schedule(peak)
-    start = 0.0 if config.warmup_start == "zero" else min(base, peak)
-    return gradual_warmup(start, peak, warm, after)
+    def __init__(self) -> None:
+        self.compile_time: float | None = None
+        self.train_time = 0.0
+        self.train_images = 0
+        self._compiled: set[bool] = set()
+        self._since = time.perf_counter()
+        self._steps = 0
 
+    def ran(self, kind: bool, steps: int, started: float, outputs: Any) -> None:
+        """Records a call of `kind` (multi-step or not) that ran `steps` steps."""
+        if kind in self._compiled:
+            self._steps += steps
+            return
+        self._compiled.add(kind)
+        jax.block_until_ready(outputs)
+        self.compile_time = (self.compile_time or 0.0) + time.perf_counter() - started
+        self._since, self._steps = time.perf_counter(), 0
 
-def learning_rate_shape(config: TrainConfig, spe: int, total_steps: int) -> optax.Schedule:
-    """The schedule of `config` divided by ``config.learning_rate`` (its value at lr 1).
+    def lap(self, batch_size: int) -> float | None:
+        """Images per second since the last lap (None if every call since then compiled)."""
+        now, images_per_s = time.perf_counter(), None
+        if self._steps:
+            images_per_s = self._steps * batch_size / (now - self._since)
+            self.train_time += now - self._since
+            self.train_images += self._steps * batch_size
+        self._since, self._steps = now, 0
+        return images_per_s
 
-    Every rule of :func:`learning_rate_schedule` is linear in ``learning_rate`` and
-    ``end_learning_rate``, so ``schedule(t) == learning_rate * shape(t)``. The trainer keeps
-    ``learning_rate`` as a number in the optimizer state and only ``shape`` in the compiled
-    program: runs that differ only in the learning rate (the lr grids of a sweep) share one
-    compiled step, reused from JAX's compilation cache.
-    """
-    import dataclasses
-
-    lr = config.learning_rate
-    unit = dataclasses.replace(config, learning_rate=1.0,
-                               end_learning_rate=config.end_learning_rate / lr if lr else 0.0)
-    return learning_rate_schedule(unit, spe, total_steps)
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """Time spent inside (evaluation, checkpoints) does not count as training."""
+        start = time.perf_counter()
+        yield
+        self._since += time.perf_counter() - start
 
 
-def make_optimizer(config: TrainConfig, shape: optax.Schedule
-                   ) -> optax.GradientTransformation:
-    """The config's optimizer with an injected, logged learning rate.
+class _Progress:
+    """A tqdm bar on process 0 when ``config.progress`` (every method a no-op otherwise)."""
 
-    The rate of step ``t`` is ``base_learning_rate * lr_shape(t)``: ``lr_shape`` (from
-    :func:`learning_rate_shape`) is a function of the step count and ``base_learning_rate``
-    (``config.learning_rate``) and ``weight_decay`` are arrays in the optimizer state
-    (``opt_state.hyperparams``), so they are not compiled into the train step.
-    """
-    import lars_jax
+    def __init__(self, config: TrainConfig, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and config.progress:
+            from tqdm.auto import tqdm
 
-    common = dict(momentum=config.momentum, nesterov=config.nesterov)
-    if config.optimizer == "sgd":
-        factory = functools.partial(lars_jax.sgd, **common)
-    else:
-        fn = {"lars": lars_jax.lars, "larc": lars_jax.larc, "clars": lars_jax.clars}
-        kw = dict(common, trust_coefficient=config.trust_coefficient,
-                  denominator=config.denominator)
-        if config.optimizer == "lars" and config.clip:
-            kw["clip"] = 1.0
-        factory = functools.partial(fn[config.optimizer], **kw)
-    def scaled(lr_shape, base_learning_rate, weight_decay):
-        return factory(learning_rate=base_learning_rate * lr_shape, weight_decay=weight_decay)
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                            desc=f"{config.model} {config.optimizer} B={config.batch_size}")
 
-    return optax.inject_hyperparams(scaled)(
-        lr_shape=shape, base_learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay)
+    def update(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
 
+    def train_row(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}",
+                                 lr=f"{row.get('lr', float('nan')):.3g}", refresh=False)
 
-def build_model(config: TrainConfig, num_classes: int, *, axis_name: str | None):
-    from lars_jax.models import create_model
+    def eval_row(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.write(f"step {row['step']} (epoch {row['epoch']:.2f}): test accuracy "
+                           f"{row['test_accuracy']:.4f}, test loss {row['test_loss']:.4f}")
 
-    bn_axis = axis_name if config.bn_span == "global" and config.norm == "batch" else None
-    ghost = config.bn_ghost_size if config.bn_span == "ghost" else None
-    return create_model(
-        config.model, num_classes=num_classes, norm=config.norm, bn_axis_name=bn_axis,
-        bn_ghost_size=ghost, width=config.width,
-        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
-        zero_init_last_bn=config.zero_init_last_bn)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _augment_kwargs(config: TrainConfig) -> dict[str, Any] | None:
-    if config.crop_padding == 0 and not config.flip and config.cutout == 0:
-        return None
-    return {"crop_padding": config.crop_padding, "flip": config.flip, "cutout": config.cutout}
+def _restore(run: Run, checkpointer: Checkpointer, lead: bool) -> tuple[TrainState, int | None]:
+    """The newest usable checkpoint's state and step, or the initial state and None."""
+    if not run.config.resume:
+        checkpointer.archive_existing()  # kept, and out of the way of the new run's
+        return run.state, None
+    restored = checkpointer.restore_latest(run.state)
+    if restored is None:
+        return run.state, None
+    step, state = restored
+    if lead:
+        print(f"lars_jax: resuming from step {step} ({checkpointer.path(step)})",
+              file=sys.stderr, flush=True)
+    return state, step
 
 
-def init_variables(model: Any, seed: int, shape: tuple[int, ...], dtype: Any) -> Any:
-    """The model's initial variables, identical on every process.
-
-    Uses the "rbg" PRNG for initialisation only: XLA's CPU compiler takes minutes on the
-    threefry bits of a ResNet's initialisers and seconds on rbg. In multi-process runs
-    process 0's values are broadcast, so all replicas start equal whatever the backend.
-    """
-    key = jax.random.key(seed, impl="rbg")
-    variables = jax.jit(functools.partial(model.init, train=False))(key, jnp.zeros(shape, dtype))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        variables = multihost_utils.broadcast_one_to_all(variables)
-    return variables
+def _train_rows(pending: list[tuple[bool, dict[str, Any]]], steps_per_call: int
+                ) -> list[dict[str, Any]]:
+    """Per-step metric dicts from the outputs of single- and multi-step calls."""
+    rows = []
+    for multi, metrics in jax.device_get(pending):
+        if multi:
+            rows += [{key: v[i] for key, v in metrics.items()} for i in range(steps_per_call)]
+        else:
+            rows.append(metrics)
+    return rows
 
 
-def make_eval_fn(model: Any, mesh: Any, num_classes: int, mean: Any, std: Any, dtype: Any):
-    """``eval_fn(variables, images_u8, labels, mask) -> (loss_sum, correct_sum)`` (jitted)."""
-    from lars_jax.data import normalize
-    from lars_jax.train.step import cross_entropy
-
-    mean = tuple(float(m) for m in np.atleast_1d(mean))
-    std = tuple(float(s) for s in np.atleast_1d(std))
-    sharded = par.batch_sharded(mesh)
-
-    @jax.jit
-    def eval_fn(variables, images, labels, mask):
-        images = jax.lax.with_sharding_constraint(images, sharded)
-        x = normalize(images, mean, std, dtype)
-        logits = model.apply(variables, x, train=False)
-        loss = cross_entropy(logits, labels, num_classes)
-        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-        return jnp.sum(loss * mask), jnp.sum(correct * mask)
-
-    return eval_fn
+def _stop_if_nonfinite(state: TrainState, config: TrainConfig, checkpointer: Checkpointer,
+                       last_good: int | None, lead: bool) -> None:
+    """Raises NonFiniteError (after writing the summary) when the step guard tripped."""
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad < 0:
+        return
+    where = (f"{checkpointer.path(last_good)} (step {last_good})" if last_good is not None
+             else "none (the run had not checkpointed yet)")
+    if lead:
+        write_json(Path(config.workdir) / SUMMARY_FILE, {
+            "status": "nonfinite", "nonfinite_step": bad, "last_good_checkpoint_step": last_good,
+            "config": config.to_dict()})
+    raise NonFiniteError(
+        f"non-finite loss or gradients at step {bad}: training stopped (nan_policy='stop'). "
+        f"Last good checkpoint: {where}. Lower the learning rate, add warmup, or use "
+        "nan_policy='skip'.")
 
 
-def evaluate(eval_fn, variables, test_batches) -> tuple[float, float]:
-    """Mean test loss and accuracy over the (padded, masked) test batches."""
-    loss, correct, count = 0.0, 0.0, 0.0
-    outs = [(eval_fn(variables, x, y, m), n) for x, y, m, n in test_batches]
-    for (lsum, csum), n in outs:
-        loss += float(lsum)
-        correct += float(csum)
-        count += n
-    return loss / count, correct / count
-
-
-def _test_batches(data: Data, batch: int, mesh: Any) -> list[tuple[Any, Any, Any, int]]:
-    n = len(data.test_labels)
-    sh = par.batch_sharded(mesh)
-    out = []
-    for start in range(0, n, batch):
-        x = data.test_images[start:start + batch]
-        y = data.test_labels[start:start + batch]
-        k = len(y)
-        m = np.ones(batch, np.float32)
-        if k < batch:
-            x = np.concatenate([x, np.zeros((batch - k, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(batch - k, y.dtype)])
-            m[k:] = 0
-        out.append((par.put_global(x, sh), par.put_global(y, sh), par.put_global(m, sh), k))
-    return out
+def _plot(workdir: Path) -> None:
+    try:
+        from lars_jax.plotting import plot_run
+    except ImportError as e:
+        print(f"lars_jax: no plot ({e})", file=sys.stderr)
+        return
+    try:
+        plot_run(workdir)
+    except Exception as e:  # a failed plot must not fail a finished run
+        print(f"lars_jax: plotting failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- train
@@ -328,240 +245,105 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     t_start = time.perf_counter()
     config.validate()
     maybe_initialize_distributed(config)
-    n_dev = config.num_devices or jax.device_count()
-    config.validate(device_count=n_dev)
-    if config.parallel == "pmap" and jax.process_count() > 1:
-        raise ValueError("TrainConfig.parallel='pmap': multi-process runs need parallel='jit'")
-    if config.parallel == "pmap" and n_dev > jax.local_device_count():
-        raise ValueError(f"TrainConfig.num_devices={n_dev}: pmap uses local devices only "
-                         f"({jax.local_device_count()})")
+    run = build(config, data)
     lead = jax.process_index() == 0
     workdir = Path(config.workdir)
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / CONFIG_FILE, config.to_dict())
+    epoch_steps, total_steps = run.steps_per_epoch, run.total_steps
+    eval_every = int(round(config.eval_every_epochs * epoch_steps))
+    checkpoint_every = max(config.checkpoint_every_steps, 0)
 
-    if data is None:
-        data = load_data(config)
-    num_train = len(data.train_labels)
-    if num_train < config.batch_size:
-        raise ValueError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
-                         f"{num_train} training examples")
-    spe = steps_per_epoch(config, num_train)
-    total_steps = max(1, int(round(config.epochs * spe)))
-    eval_every = int(round(config.eval_every_epochs * spe)) if config.eval_every_epochs else 0
-
-    mesh = par.make_mesh(n_dev)
-    devices = mesh.devices.tolist()
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = build_model(config, data.num_classes, axis_name=par.AXIS)
-    eval_model = build_model(config, data.num_classes, axis_name=None)
-    variables = init_variables(eval_model, config.seed, (1, *data.train_images.shape[1:]), dtype)
-    schedule = learning_rate_schedule(config, spe, total_steps)
-    tx = make_optimizer(config, learning_rate_shape(config, spe, total_steps))
-    state = jax.jit(init_train_state, static_argnums=2)(
-        variables["params"], variables.get("batch_stats", {}), tx)
-    state = par.put_replicated(state, mesh)
-
-    k = config.grad_accum_steps
-    opts = StepOptions(
-        num_classes=data.num_classes, axis_name=par.AXIS, num_devices=n_dev,
-        grad_accum_steps=k, label_smoothing=config.label_smoothing,
-        sync_batch_stats=not (config.bn_span == "global"),
-        clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
-        nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
-        log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum)
-    step_fn = make_train_step(model, tx, opts)
-    prepare = par.make_prepare(seed=config.seed, batch_size=config.batch_size, mean=data.mean,
-                               std=data.std, dtype=dtype, augment=_augment_kwargs(config))
-
-    # Checkpoints: restore the newest usable one.
-    meta = {f: getattr(config, f) for f in STRUCTURE_FIELDS}
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, meta=meta)
-    start_step, resumed_from = 0, None
-    if config.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            start_step, state = restored
-            resumed_from = start_step
-            if lead:
-                print(f"lars_jax: resuming from step {start_step} ({ckpt.path(start_step)})",
-                      file=sys.stderr, flush=True)
-    else:
-        ckpt.archive_existing()  # kept, and out of the way of the new run's checkpoints
-    last_good = start_step if resumed_from is not None else None
-
-    k_call = config.steps_per_call
-    run_steps = None
-    if config.parallel == "jit":
-        run_step = par.jit_train_step(step_fn, prepare, mesh)
-        if k_call > 1:
-            run_steps = par.jit_train_steps(step_fn, prepare, mesh, k_call)
-        to_host = lambda s: s
-    else:
-        run_step = par.pmap_train_step(step_fn, prepare, devices)
-        state = par.replicate(jax.device_get(state), devices)
-        to_host = par.unreplicate
-
-    rep = par.replicated(mesh)
-    images = par.put_global(data.train_images, rep)
-    labels = par.put_global(data.train_labels, rep)
-    eval_bs = max(n_dev, (min(config.eval_batch_size, len(data.test_labels)) // n_dev) * n_dev)
-    eval_fn = make_eval_fn(eval_model, mesh, data.num_classes, data.mean, data.std, dtype)
-    test_batches = _test_batches(data, eval_bs, mesh)
-
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                                meta={f: getattr(config, f) for f in STRUCTURE_FIELDS})
+    state, resumed_from = _restore(run, checkpointer, lead)
+    last_good = resumed_from
+    state = run.place(state)
     writer = MetricsWriter(workdir, enabled=lead, tensorboard=config.tensorboard,
                            resume_step=resumed_from)
-    bar = None
-    if config.progress and lead:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                   desc=f"{config.model} {config.optimizer} B={config.batch_size}")
-
-    def current_state():
-        return to_host(state)
-
-    def do_eval(step: int) -> dict[str, Any]:
-        s = current_state()
-        variables = {"params": s.params}
-        if s.batch_stats:
-            variables["batch_stats"] = s.batch_stats
-        loss, acc = evaluate(eval_fn, variables, test_batches)
-        row = writer.write({"kind": "eval", "step": step, "epoch": step / spe,
-                            "test_loss": loss, "test_accuracy": acc})
-        if bar is not None:
-            bar.write(f"step {step} (epoch {step / spe:.2f}): test accuracy {acc:.4f}, "
-                      f"test loss {loss:.4f}")
-        return row
-
-    def check_finite(step: int) -> None:
-        s = current_state()
-        bad = int(jax.device_get(s.nonfinite_step))
-        if bad >= 0:
-            where = (f"{ckpt.path(last_good)} (step {last_good})" if last_good is not None
-                     else "none (the run had not checkpointed yet)")
-            msg = (f"non-finite loss or gradients at step {bad}: training stopped "
-                   f"(nan_policy='stop'). Last good checkpoint: {where}. Lower the learning "
-                   f"rate, add warmup, or use nan_policy='skip'.")
-            summary = {"status": "nonfinite", "nonfinite_step": bad,
-                       "last_good_checkpoint_step": last_good, "config": config.to_dict()}
-            if lead:
-                write_json(workdir / SUMMARY_FILE, summary)
-            raise NonFiniteError(msg)
-
+    step = resumed_from or 0
+    progress = _Progress(config, total_steps, step, lead)
+    clock = _Clock()
     pending: list[tuple[bool, dict[str, Any]]] = []  # (from a multi-step call, metrics)
-    last_train_row: dict[str, Any] = {}
+    last_train: dict[str, Any] = {}
     last_eval: dict[str, Any] = {}
-    compile_time = None
-    compiled: set[bool] = set()  # kinds of call (multi-step or not) already compiled
-    ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else 0
-    t_log = time.perf_counter()
-    steps_since_log = 0
-    train_time = 0.0  # seconds of timed training steps (compilation and pauses excluded)
-    train_images = 0
-    step = start_step
     try:
         while step < total_steps:
-            t0 = time.perf_counter()
-            stop = next_stop(step, total_steps, config.log_every_steps, eval_every, ckpt_every)
-            multi = run_steps is not None and step + k_call <= stop
-            if multi:
-                state, metrics = run_steps(state, images, labels, np.int32(step))
-            else:
-                state, metrics = run_step(state, images, labels, np.int32(step))
-            done = k_call if multi else 1
+            started = time.perf_counter()
+            stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
+                             checkpoint_every)
+            multi = run.train_steps is not None and step + config.steps_per_call <= stop
+            state, metrics = (run.train_steps if multi else run.train_step)(
+                state, run.images, run.labels, np.int32(step))
+            done = config.steps_per_call if multi else 1
             step += done
-            steps_since_log += done
             pending.append((multi, metrics))
-            if multi not in compiled:  # the first call of each kind compiles
-                compiled.add(multi)
-                jax.block_until_ready(metrics)
-                compile_time = (compile_time or 0.0) + time.perf_counter() - t0
-                t_log = time.perf_counter()
-                steps_since_log = 0
-            if bar is not None:
-                bar.update(done)
-            is_last = step == total_steps
-            do_log = step % config.log_every_steps == 0 or is_last
-            do_ev = is_last or (eval_every and step % eval_every == 0)
-            do_ckpt = config.checkpoint_every_steps >= 0 and (
-                is_last or (config.checkpoint_every_steps > 0
-                            and step % config.checkpoint_every_steps == 0))
-            if do_log:
-                rows = []
-                for was_multi, m in jax.device_get(pending):
-                    rows += ([{key: v[i] for key, v in m.items()} for i in range(k_call)]
-                             if was_multi else [m])
-                dt = time.perf_counter() - t_log
-                ips = steps_since_log * config.batch_size / dt if steps_since_log else None
-                row = mean_rows(rows, ("loss", "accuracy", "finite"))
-                row = {"kind": "train", "step": step, "epoch": step / spe, **row}
-                if ips is not None:
-                    row["images_per_s"] = ips
-                    train_time += dt
-                    train_images += steps_since_log * config.batch_size
-                last_train_row = writer.write(row)
-                pending, t_log, steps_since_log = [], time.perf_counter(), 0
-                if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}",
-                                    lr=f"{row.get('lr', float('nan')):.3g}", refresh=False)
-                check_finite(step)
-            if do_ev or do_ckpt:
-                if not do_log:
-                    check_finite(step)
-                t_pause = time.perf_counter()
-                if do_ev:
-                    last_eval = do_eval(step)
-                if do_ckpt:
-                    ckpt.save(step, current_state())
-                    last_good = step
-                t_log += time.perf_counter() - t_pause  # pauses do not count as training
-    finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-        ckpt.close()
+            clock.ran(multi, done, started, metrics)
+            progress.update(done)
 
-    final = current_state()
-    wall = time.perf_counter() - t_start
+            last = step == total_steps
+            log = last or step % config.log_every_steps == 0
+            do_eval = last or (eval_every and step % eval_every == 0)
+            do_checkpoint = config.checkpoint_every_steps >= 0 and (
+                last or (checkpoint_every and step % checkpoint_every == 0))
+            if log:
+                row = mean_rows(_train_rows(pending, config.steps_per_call),
+                                ("loss", "accuracy", "finite"))
+                row = {"kind": "train", "step": step, "epoch": step / epoch_steps, **row}
+                images_per_s = clock.lap(config.batch_size)
+                if images_per_s is not None:
+                    row["images_per_s"] = images_per_s
+                last_train = writer.write(row)
+                pending = []
+                progress.train_row(last_train)
+            if log or do_eval or do_checkpoint:
+                _stop_if_nonfinite(run.unplace(state), config, checkpointer, last_good, lead)
+            with clock.pause():
+                if do_eval:
+                    loss, accuracy = evaluate(run, run.unplace(state))
+                    last_eval = writer.write({
+                        "kind": "eval", "step": step, "epoch": step / epoch_steps,
+                        "test_loss": loss, "test_accuracy": accuracy})
+                    progress.eval_row(last_eval)
+                if do_checkpoint:
+                    checkpointer.save(step, run.unplace(state))
+                    last_good = step
+    finally:
+        progress.close()
+        writer.close()
+        checkpointer.close()
+
+    final = run.unplace(state)
+    warmup_steps = max(int(round(config.warmup_epochs * epoch_steps)), 0)
     summary = {
         "status": "ok",
         "test_accuracy": last_eval.get("test_accuracy"),
         "test_loss": last_eval.get("test_loss"),
-        "train_loss": last_train_row.get("loss"),
-        "train_accuracy": last_train_row.get("accuracy"),
+        "train_loss": last_train.get("loss"),
+        "train_accuracy": last_train.get("accuracy"),
         "steps": int(jax.device_get(final.step)),
-        "epochs": total_steps / spe,
-        "steps_per_epoch": spe,
-        "images_per_s": train_images / train_time if train_time > 0 else None,
-        "train_time_s": train_time,
-        "wall_time_s": wall,
-        "compile_time_s": compile_time,
+        "epochs": total_steps / epoch_steps,
+        "steps_per_epoch": epoch_steps,
+        "images_per_s": clock.train_images / clock.train_time if clock.train_time > 0 else None,
+        "train_time_s": clock.train_time,
+        "wall_time_s": time.perf_counter() - t_start,
+        "compile_time_s": clock.compile_time,
         "skipped_steps": int(jax.device_get(final.skipped)),
         "resumed_from_step": resumed_from,
-        "num_devices": n_dev,
+        "num_devices": run.num_devices,
         "num_processes": jax.process_count(),
-        "peak_lr": float(schedule(max(int(round(config.warmup_epochs * spe)), 0)))
-        if config.schedule != "onecycle" else None,
-        "final_lr": last_train_row.get("lr"),
+        "peak_lr": float(run.lr_schedule(warmup_steps)) if config.schedule != "onecycle"
+        else None,
+        "final_lr": last_train.get("lr"),
         "workdir": str(workdir),
         "config": config.to_dict(),
     }
     if lead:
         write_json(workdir / SUMMARY_FILE, summary)
         print(format_summary(summary), flush=True)
-    if config.plot and lead:
-        try:
-            from lars_jax.plotting import plot_run
-        except ImportError as e:
-            print(f"lars_jax: no plot ({e})", file=sys.stderr)
-        else:
-            try:
-                plot_run(workdir)
-            except Exception as e:  # a failed plot must not fail a finished run
-                print(f"lars_jax: plotting failed: {type(e).__name__}: {e}", file=sys.stderr)
+        if config.plot:
+            _plot(workdir)
     return (summary, final) if return_state else summary
 
 
@@ -577,7 +359,7 @@ def format_summary(s: dict[str, Any]) -> str:
         else "   no evaluation",
         f"   wall time {s['wall_time_s']:.1f} s (compile {s['compile_time_s'] or 0:.1f} s), "
         + (f"{ips:.1f} images/s" if ips else "throughput n/a"),
-        f"   metrics: {Path(s['workdir']) / 'metrics.jsonl'}",
+        f"   metrics: {Path(s['workdir']) / METRICS_FILE}",
     ]
     if s.get("skipped_steps"):
         lines.insert(2, f"   skipped non-finite steps: {s['skipped_steps']}")

@@ -14,6 +14,9 @@ Files in the run's workdir:
 * ``summary.json``: the final summary (see `lars_jax.train.train`).
 * ``config.json``: the run's config.
 
+File names, the JSON encoding (NaN and Inf as ``null``) and the reading policy are those of
+`lars_jax.run_files`.
+
 Only process 0 writes (multi-host runs log once).
 
 References:
@@ -22,8 +25,6 @@ References:
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,49 +32,7 @@ from typing import Any
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
-
-
-def to_python(value: Any) -> Any:
-    """Converts numpy / JAX scalars and arrays to JSON-friendly Python values (NaN -> None)."""
-    if isinstance(value, Mapping):
-        return {str(k): to_python(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_python(v) for v in value]
-    if isinstance(value, str | bool) or value is None:
-        return value
-    arr = np.asarray(value)
-    if arr.ndim == 0:
-        v = arr.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            return None if math.isnan(v) else (math.inf if v > 0 else -math.inf)
-        return v
-    return [to_python(v) for v in arr]
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_python(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All complete rows of a JSONL file (a truncated last line, from a crash, is ignored)."""
-    rows = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    for line in p.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+from lars_jax.run_files import METRICS_FILE, dumps, read_jsonl, to_jsonable, write_jsonl
 
 
 class MetricsWriter:
@@ -99,10 +58,8 @@ class MetricsWriter:
         if resume_step is None:
             self.path.write_text("")
         else:
-            keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            os.replace(tmp, self.path)
+            rows = read_jsonl(self.path) if self.path.exists() else []
+            write_jsonl(self.path, [r for r in rows if r.get("step", 0) <= resume_step])
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -115,10 +72,10 @@ class MetricsWriter:
 
     def write(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Writes one row (values converted to Python numbers); returns the converted row."""
-        out = to_python(dict(row))
+        out = to_jsonable(dict(row))
         if not self.enabled:
             return out
-        self._file.write(json.dumps(out) + "\n")
+        self._file.write(dumps(out) + "\n")
         self._file.flush()
         if self._tb is not None:
             step = int(out.get("step", 0))

@@ -124,8 +124,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 
 def _sqnorm(tree: PyTree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+    return optax.tree.norm(tree, squared=True)
 
 
 def _leaf_norms(tree: PyTree) -> PyTree:
@@ -168,6 +167,7 @@ def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     opts: StepOptions,
+    lr_fn: Callable[[PyTree], jax.Array] | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
     """Builds the per-device train step ``step(state, x, y) -> (state, metrics)``.
 
@@ -178,6 +178,9 @@ def make_train_step(
       tx: the optimizer (an optax transformation; with ``clars_granularity`` set it must
         accept ``per_example_norms`` in ``update``).
       opts: static options.
+      lr_fn: ``lr_fn(opt_state)``, the learning rate of the update just made, logged as
+        ``lr`` (from `lars_jax.train.build.make_optimizer`); without it, the ``lr`` is
+        ``opt_state.hyperparams["learning_rate"]`` when the optimizer has one.
 
     Returns:
       The step function. ``x`` holds this device's examples (already augmented and
@@ -188,15 +191,15 @@ def make_train_step(
       when there are >= 2 gradient groups, and per-layer statistics on request.
     """
     loss_fn = make_loss_fn(model, opts)
-    k = opts.grad_accum_steps
-    ax = opts.axis_name
-    n = opts.num_devices if ax is not None else 1
-    gran = opts.clars_granularity
-    groups = n * k
+    accum = opts.grad_accum_steps
+    axis = opts.axis_name
+    devices = opts.num_devices if axis is not None else 1
+    granularity = opts.clars_granularity
+    groups = devices * accum
 
     def micro_grads(params, batch_stats, x, y):
         """Loss, grads, new stats, accuracy and (per-example) norms of one micro-batch."""
-        if gran == "example":
+        if granularity == "example":
             from lars_jax.per_example import value_grad_and_norms
 
             fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy)
@@ -206,19 +209,19 @@ def make_train_step(
             (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 params, batch_stats, x, y)
             norms = None
-            if gran == "micro_batch":
+            if granularity == "micro_batch":
                 norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
         return loss, grads, stats, acc, norms
 
     def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Metrics]:
         params = state.params
-        if k == 1:
+        if accum == 1:
             loss, grads, stats, acc, norms = micro_grads(params, state.batch_stats, x, y)
             sq_small = _sqnorm(grads) if groups >= 2 else None
         else:
-            m = x.shape[0] // k
-            xs = x.reshape(k, m, *x.shape[1:])
-            ys = y.reshape(k, m, *y.shape[1:])
+            m = x.shape[0] // accum
+            xs = x.reshape(accum, m, *x.shape[1:])
+            ys = y.reshape(accum, m, *y.shape[1:])
 
             def body(carry, xy):
                 stats, gsum = carry
@@ -229,25 +232,25 @@ def make_train_step(
             zeros = jax.tree.map(jnp.zeros_like, params)
             (stats, gsum), (losses, accs, norms, sqs) = jax.lax.scan(
                 body, (state.batch_stats, zeros), (xs, ys))
-            grads = jax.tree.map(lambda g: g / k, gsum)
+            grads = jax.tree.map(lambda g: g / accum, gsum)
             loss, acc = jnp.mean(losses), jnp.mean(accs)
             sq_small = jnp.mean(sqs)
-            if norms is not None:  # (k, m) or (k, 1) -> (k*m,) or (k,)
+            if norms is not None:  # (accum, m) or (accum, 1) -> (accum*m,) or (accum,)
                 norms = jax.tree.map(lambda v: v.reshape(-1), norms)
 
-        if gran == "device":
+        if granularity == "device":
             norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
-        if ax is not None:
-            grads = jax.lax.pmean(grads, ax)
-            loss, acc = jax.lax.pmean((loss, acc), ax)
+        if axis is not None:
+            grads = jax.lax.pmean(grads, axis)
+            loss, acc = jax.lax.pmean((loss, acc), axis)
             if sq_small is not None:
-                sq_small = jax.lax.pmean(sq_small, ax)
+                sq_small = jax.lax.pmean(sq_small, axis)
             if norms is not None:
-                norms = jax.lax.all_gather(norms, ax, tiled=True)
+                norms = jax.lax.all_gather(norms, axis, tiled=True)
             if opts.sync_batch_stats and stats:
-                stats = jax.lax.pmean(stats, ax)
+                stats = jax.lax.pmean(stats, axis)
 
-        extra = {} if gran is None else {"per_example_norms": norms}
+        extra = {} if granularity is None else {"per_example_norms": norms}
         updates, opt_state = tx.update(grads, state.opt_state, params, **extra)
         new_params = optax.apply_updates(params, updates)
 
@@ -280,17 +283,16 @@ def make_train_step(
             "param_norm": jnp.sqrt(_sqnorm(params)),
             "finite": finite.astype(jnp.float32),
         }
-        hp = getattr(opt_state, "hyperparams", None)
-        if isinstance(hp, dict) and "learning_rate" in hp:
-            metrics["lr"] = jnp.asarray(hp["learning_rate"], jnp.float32)
-        elif isinstance(hp, dict) and {"lr_shape", "base_learning_rate"} <= hp.keys():
-            # the trainer's form (lars_jax.train.loop.make_optimizer)
-            metrics["lr"] = jnp.asarray(hp["base_learning_rate"] * hp["lr_shape"], jnp.float32)
+        hyperparams = getattr(opt_state, "hyperparams", None)
+        if lr_fn is not None:
+            metrics["lr"] = lr_fn(opt_state)
+        elif isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
+            metrics["lr"] = jnp.asarray(hyperparams["learning_rate"], jnp.float32)
         if groups >= 2:
             metrics["grad_sqnorm_small"] = sq_small
             metrics["grad_sqnorm_big"] = _sqnorm(grads)
-            metrics["batch_small"] = jnp.asarray(x.shape[0] // k, jnp.float32)
-            metrics["batch_big"] = jnp.asarray(x.shape[0] * n, jnp.float32)
+            metrics["batch_small"] = jnp.asarray(x.shape[0] // accum, jnp.float32)
+            metrics["batch_big"] = jnp.asarray(x.shape[0] * devices, jnp.float32)
         if opts.log_layer_stats:
             metrics.update(_flat_names("weight_norm", _leaf_norms(params)))
             metrics.update(_flat_names("grad_norm", _leaf_norms(grads)))

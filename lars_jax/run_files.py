@@ -1,0 +1,157 @@
+"""The files of a run and of a sweep: names, JSON and JSON Lines with one policy.
+
+A run's workdir holds ``config.json``, ``metrics.jsonl`` (one row per log step and per
+evaluation), ``summary.json`` and ``curves.png``; a sweep's folder holds ``sweep.json``,
+``results.jsonl`` (one row per finished or failed run) and one workdir per run.
+
+One encoding: numpy and JAX scalars and arrays become Python numbers and lists, and the
+non-finite floats NaN, +Inf and -Inf are written as ``null`` (strict JSON has no NaN), so
+every file here is read back by any JSON parser.
+
+One reading policy for JSON Lines: blank lines are skipped; a last line without its
+newline that does not parse is the row a killed process was writing, and is dropped; any
+other line that does not parse, or is not a JSON object, is an error naming the file and
+the line.
+
+References:
+  JSON Lines, https://jsonlines.org.
+  RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format" (no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PathLike = str | os.PathLike[str]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "curves.png"
+RESULTS_FILE = "results.jsonl"
+SWEEP_FILE = "sweep.json"
+
+
+def to_jsonable(value: Any) -> Any:
+    """`value` as plain JSON values: numpy/JAX numbers to Python, NaN and +-Inf to None.
+
+    Example:
+      >>> import numpy as np
+      >>> to_jsonable({"a": np.float32(0.5), "b": [float("nan"), np.inf], "c": (1, 2)})
+      {'a': 0.5, 'b': [None, None], 'c': [1, 2]}
+
+    Raises:
+      TypeError: a value that is neither a number, a string, a bool, None, a path, a
+        mapping, a sequence nor an array.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, str | bool) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, int | float | np.ndarray | np.generic) or hasattr(value, "__array__"):
+        arr = np.asarray(value)
+        if arr.ndim:
+            return [to_jsonable(v) for v in arr]
+        v = arr.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON: {value!r}")
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` of `to_jsonable(value)` (strict JSON: no NaN or Infinity)."""
+    return json.dumps(to_jsonable(value), allow_nan=False, **kwargs)
+
+
+def write_json(path: PathLike, value: Any) -> None:
+    """Writes `value` as indented JSON, atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: PathLike) -> Any:
+    """The value of a JSON file; a file that does not parse raises ValueError naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from e
+
+
+def append_jsonl(path: PathLike, row: Mapping[str, Any], *, sync: bool = False) -> None:
+    """Appends one row to a JSON Lines file (with ``sync``, flushed to disk)."""
+    with open(path, "a") as f:
+        f.write(dumps(row) + "\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_jsonl(path: PathLike, rows: list[Mapping[str, Any]]) -> None:
+    """Replaces a JSON Lines file with `rows`, atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file (the policy is in the module docstring).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
+      >>> _ = p.write_text('{"step": 1, "loss": null}\\n{"step": 2, "lo')
+      >>> read_jsonl(p)
+      [{'step': 1, 'loss': None}]
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a line other than an unterminated last one is not a JSON object; the
+        message names the file and the line number.
+    """
+    text = Path(path).read_text()
+    lines = text.split("\n")  # the last element is "" when the file ends with a newline
+    rows: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # no newline after it: cut off by a crash
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {i + 1} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def is_primary_process() -> bool:
+    """False on processes other than 0 of a multi-host run (only process 0 writes files).
+
+    Looks at JAX only when something has imported it already (no JAX: one process).
+    """
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return True
+    try:
+        return jax.process_index() == 0
+    except Exception:  # no backend: a single process
+        return True

@@ -1,0 +1,401 @@
+"""Everything a run needs before its first step: `build(config, data) -> Run`.
+
+`build` validates the config, loads the data (unless given), places it on the devices and
+makes the model, the learning-rate function, the optimizer, the initial state, the
+compiled train step(s) and the evaluation function. The trainer's loop
+(`lars_jax.train.loop.train`) and the benchmarks use it, so a benchmark times exactly the
+trainer's step.
+
+Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)`` with
+``scale`` linear, sqrt or none; a gradual warmup over ``warmup_epochs`` from
+``learning_rate`` (``warmup_start="base"``, Goyal et al.) or from 0 (``"zero"``) to
+``peak``; then the decay schedule over the remaining steps (`SCHEDULES`, a table of
+factories: an unknown name raises). For ``schedule="onecycle"`` the 1cycle schedule spans
+the whole run and ``warmup_epochs / epochs`` is its rising fraction; ``"mlperf"`` is
+`lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to
+``end_learning_rate``). The optimizer is wrapped in ``optax.inject_hyperparams``, so the
+rate of every step is in the optimizer state and in the logged ``lr``; the base learning
+rate and the weight decay are arrays there, not constants of the compiled step, so an lr
+or weight-decay grid compiles once per shape of run.
+
+References:
+  Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
+  (arXiv 1706.02677).
+  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
+  (arXiv 1708.03888).
+  MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lars_jax import alias, schedules
+from lars_jax.data import dataset_info, load_split, normalize
+from lars_jax.models import create_model
+from lars_jax.train import parallel
+from lars_jax.train.config import TrainConfig
+from lars_jax.train.step import (
+    StepOptions,
+    TrainState,
+    cross_entropy,
+    init_train_state,
+    make_train_step,
+)
+
+
+class Data(NamedTuple):
+    """An in-memory data set: uint8 NHWC images and int32 labels, plus normalisation."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    mean: Any
+    std: Any
+
+
+def load_data(config: TrainConfig) -> Data:
+    """Loads the train and test splits into memory (first N examples with *_subset)."""
+    info = dataset_info(config.dataset)
+    if not info.fits_on_device:
+        raise ValueError(
+            f"TrainConfig.dataset={config.dataset!r}: train() keeps the data set in device "
+            "memory; training from the host pipeline (lars_jax.data.host_batches) is not "
+            "implemented in the trainer yet")
+    x_train, y_train = load_split(config.dataset, "train", data_dir=config.data_dir)
+    x_test, y_test = load_split(config.dataset, info.test_split, data_dir=config.data_dir)
+    if config.train_subset:
+        x_train, y_train = x_train[: config.train_subset], y_train[: config.train_subset]
+    if config.test_subset:
+        x_test, y_test = x_test[: config.test_subset], y_test[: config.test_subset]
+    return Data(np.asarray(x_train), np.asarray(y_train, np.int32), np.asarray(x_test),
+                np.asarray(y_test, np.int32), info.num_classes, info.mean, info.std)
+
+
+def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
+    """Optimizer steps per epoch (the last partial batch of an epoch is dropped)."""
+    return max(1, num_train // config.batch_size)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+class _Decay(NamedTuple):
+    """What a decay factory gets: the peak and end rates and the steps after warmup."""
+
+    peak: float
+    end: float
+    steps: int
+
+
+SCHEDULES: dict[str, Callable[[_Decay], optax.Schedule]] = {
+    "cosine": lambda d: optax.cosine_decay_schedule(
+        d.peak, d.steps, alpha=d.end / d.peak if d.peak else 0.0),
+    "poly2": lambda d: optax.polynomial_schedule(d.peak, d.end, 2, d.steps),
+    "linear": lambda d: optax.linear_schedule(d.peak, d.end, d.steps),
+    "constant": lambda d: optax.constant_schedule(d.peak),
+    "step": lambda d: optax.piecewise_constant_schedule(
+        d.peak, {int(d.steps * 0.5): 0.1, int(d.steps * 0.75): 0.1}),
+}
+"""Decay after a gradual warmup, by `TrainConfig.schedule` name ("onecycle" and "mlperf"
+contain their own warmup and are made in `learning_rate_schedule`)."""
+
+
+def peak_learning_rate(config: TrainConfig) -> float:
+    """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
+    scale = {"linear": schedules.linear_scaling, "sqrt": schedules.sqrt_scaling,
+             "none": lambda lr, b, b0: lr}[config.lr_scaling]
+    return scale(config.learning_rate, config.batch_size, config.base_batch_size)
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int
+                           ) -> optax.Schedule:
+    """The per-step learning rate of `config` (scaling, warmup, decay; module docstring).
+
+    Raises:
+      ValueError: ``config.schedule`` names no schedule.
+    """
+    peak, end = peak_learning_rate(config), config.end_learning_rate
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+    if config.schedule == "onecycle":
+        pct = warmup / total_steps if warmup else 0.3
+        return schedules.onecycle(total_steps, peak, pct_start=min(max(pct, 1e-3), 0.999))
+    if config.schedule == "mlperf":
+        return schedules.mlperf_lars_schedule(
+            peak, min(warmup, total_steps - 1), total_steps, end_lr=end)
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"TrainConfig.schedule={config.schedule!r}: must be one of "
+                         f"{', '.join([*SCHEDULES, 'onecycle', 'mlperf'])}")
+    decay = SCHEDULES[config.schedule](_Decay(peak, end, max(total_steps - warmup, 1)))
+    start = 0.0 if config.warmup_start == "zero" else min(config.learning_rate, peak)
+    return schedules.gradual_warmup(start, peak, warmup, decay)
+
+
+def learning_rate_shape(config: TrainConfig, steps_per_epoch: int, total_steps: int
+                        ) -> optax.Schedule:
+    """The schedule of `config` divided by ``config.learning_rate`` (its value at lr 1).
+
+    Every rule of :func:`learning_rate_schedule` is linear in ``learning_rate`` and
+    ``end_learning_rate``, so ``schedule(t) == learning_rate * shape(t)``. The trainer keeps
+    ``learning_rate`` as a number in the optimizer state and only ``shape`` in the compiled
+    program: runs that differ only in the learning rate (the lr grids of a sweep) share one
+    compiled step, reused from JAX's compilation cache.
+    """
+    lr = config.learning_rate
+    unit = dataclasses.replace(config, learning_rate=1.0,
+                               end_learning_rate=config.end_learning_rate / lr if lr else 0.0)
+    return learning_rate_schedule(unit, steps_per_epoch, total_steps)
+
+
+LrFn = Callable[[Any], jax.Array]
+"""``lr_fn(opt_state) -> the learning rate the last update used``."""
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, LrFn]:
+    """The config's optimizer and the function that reads its current rate from its state.
+
+    The rate of step ``t`` is ``base_learning_rate * lr_shape(t)``: ``lr_shape`` (from
+    :func:`learning_rate_shape`) is a function of the step count and ``base_learning_rate``
+    (``config.learning_rate``) and ``weight_decay`` are arrays in the optimizer state
+    (``opt_state.hyperparams``), so they are not compiled into the train step.
+    """
+    common = dict(momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer != "sgd":
+        common.update(trust_coefficient=config.trust_coefficient,
+                      denominator=config.denominator)
+        if config.optimizer == "lars" and config.clip:
+            common["clip"] = 1.0
+    factory = {"sgd": alias.sgd, "lars": alias.lars, "larc": alias.larc,
+               "clars": alias.clars}[config.optimizer]
+
+    def scaled(lr_shape, base_learning_rate, weight_decay):
+        return factory(learning_rate=base_learning_rate * lr_shape, weight_decay=weight_decay,
+                       **common)
+
+    tx = optax.inject_hyperparams(scaled)(
+        lr_shape=learning_rate_shape(config, steps_per_epoch, total_steps),
+        base_learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+
+    def lr_fn(opt_state: Any) -> jax.Array:
+        hp = opt_state.hyperparams
+        return jnp.asarray(hp["base_learning_rate"] * hp["lr_shape"], jnp.float32)
+
+    return tx, lr_fn
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def compute_dtype(config: TrainConfig) -> Any:
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def build_model(config: TrainConfig, num_classes: int, *, axis_name: str | None) -> nn.Module:
+    """The config's model; BatchNorm reduces over `axis_name` when ``bn_span="global"``."""
+    bn_axis = axis_name if config.bn_span == "global" and config.norm == "batch" else None
+    ghost = config.bn_ghost_size if config.bn_span == "ghost" else None
+    return create_model(
+        config.model, num_classes=num_classes, norm=config.norm, bn_axis_name=bn_axis,
+        bn_ghost_size=ghost, width=config.width, dtype=compute_dtype(config),
+        zero_init_last_bn=config.zero_init_last_bn)
+
+
+def init_variables(model: nn.Module, seed: int, shape: tuple[int, ...], dtype: Any) -> Any:
+    """The model's initial variables, identical on every process.
+
+    Uses the "rbg" PRNG for initialisation only: XLA's CPU compiler takes minutes on the
+    threefry bits of a ResNet's initialisers and seconds on rbg. In multi-process runs
+    process 0's values are broadcast, so all replicas start equal whatever the backend.
+    """
+    key = jax.random.key(seed, impl="rbg")
+    variables = jax.jit(functools.partial(model.init, train=False))(key, jnp.zeros(shape, dtype))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        variables = multihost_utils.broadcast_one_to_all(variables)
+    return variables
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def make_eval_fn(model: nn.Module, mesh: Any, num_classes: int, mean: Any, std: Any,
+                 dtype: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``eval_fn(variables, images_u8, labels, mask) -> (loss_sum, correct_sum)`` (jitted)."""
+    mean = tuple(float(m) for m in np.atleast_1d(mean))
+    std = tuple(float(s) for s in np.atleast_1d(std))
+    sharded = parallel.batch_sharded(mesh)
+
+    @jax.jit
+    def eval_fn(variables, images, labels, mask):
+        images = jax.lax.with_sharding_constraint(images, sharded)
+        logits = model.apply(variables, normalize(images, mean, std, dtype), train=False)
+        loss = cross_entropy(logits, labels, num_classes)
+        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+    return eval_fn
+
+
+def eval_batches(data: Data, batch: int, mesh: Any) -> list[tuple[Any, Any, Any, int]]:
+    """The test set in padded batches on the mesh: ``(images, labels, mask, count)``."""
+    sharded = parallel.batch_sharded(mesh)
+    out = []
+    for start in range(0, len(data.test_labels), batch):
+        x = data.test_images[start:start + batch]
+        y = data.test_labels[start:start + batch]
+        count = len(y)
+        mask = np.ones(batch, np.float32)
+        if count < batch:
+            x = np.concatenate([x, np.zeros((batch - count, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(batch - count, y.dtype)])
+            mask[count:] = 0
+        out.append(tuple(parallel.put_global(a, sharded) for a in (x, y, mask)) + (count,))
+    return out
+
+
+# ----------------------------------------------------------------------------- build
+
+
+class Run(NamedTuple):
+    """A built run: what `train` steps through, and what the benchmarks time.
+
+    Attributes:
+      config: the validated config.
+      data: the in-memory data set.
+      num_devices: devices of the data-parallel mesh.
+      steps_per_epoch: optimizer steps per epoch.
+      total_steps: steps of the whole run.
+      mesh: the ``"data"`` mesh.
+      model: the training model (cross-device BatchNorm over ``"data"`` when asked).
+      tx: the optimizer.
+      lr_schedule: the learning rate of each step (for the summary's ``peak_lr``).
+      state: the initial `TrainState`, replicated over the mesh (the layout of checkpoints;
+        `place` turns it into the layout of `train_step`).
+      train_step: ``(state, images, labels, step) -> (state, metrics)``, compiled.
+      train_steps: the same for ``config.steps_per_call`` steps per call (None: 1).
+      place: the global state -> the layout `train_step` takes (identity for jit).
+      unplace: the inverse of `place`.
+      images: the training images on the devices (uint8, replicated).
+      labels: the training labels on the devices.
+      eval_fn: see `make_eval_fn`.
+      test_batches: see `eval_batches`.
+    """
+
+    config: TrainConfig
+    data: Data
+    num_devices: int
+    steps_per_epoch: int
+    total_steps: int
+    mesh: Any
+    model: nn.Module
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    state: TrainState
+    train_step: Callable[..., tuple[TrainState, dict[str, Any]]]
+    train_steps: Callable[..., tuple[TrainState, dict[str, Any]]] | None
+    place: Callable[[TrainState], TrainState]
+    unplace: Callable[[TrainState], TrainState]
+    images: jax.Array
+    labels: jax.Array
+    eval_fn: Callable[..., tuple[jax.Array, jax.Array]]
+    test_batches: list[tuple[Any, Any, Any, int]]
+
+
+def build(config: TrainConfig, data: Data | None = None) -> Run:
+    """Validates `config` and builds its run (`data`: instead of ``config.dataset``).
+
+    Raises:
+      ValueError: a bad config, naming the field, before any compute.
+    """
+    config.validate()
+    num_devices = config.num_devices or jax.device_count()
+    config.validate(device_count=num_devices)
+    if config.parallel == "pmap" and jax.process_count() > 1:
+        raise ValueError("TrainConfig.parallel='pmap': multi-process runs need parallel='jit'")
+    if config.parallel == "pmap" and num_devices > jax.local_device_count():
+        raise ValueError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
+                         f"({jax.local_device_count()})")
+    data = load_data(config) if data is None else data
+    num_train = len(data.train_labels)
+    if num_train < config.batch_size:
+        raise ValueError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
+                         f"{num_train} training examples")
+    epoch_steps = steps_per_epoch(config, num_train)
+    total_steps = max(1, int(round(config.epochs * epoch_steps)))
+
+    mesh = parallel.make_mesh(num_devices)
+    dtype = compute_dtype(config)
+    model = build_model(config, data.num_classes, axis_name=parallel.AXIS)
+    eval_model = build_model(config, data.num_classes, axis_name=None)
+    variables = init_variables(eval_model, config.seed, (1, *data.train_images.shape[1:]),
+                               dtype)
+    tx, lr_fn = make_optimizer(config, epoch_steps, total_steps)
+    state = jax.jit(init_train_state, static_argnums=2)(
+        variables["params"], variables.get("batch_stats", {}), tx)
+    state = parallel.put_replicated(state, mesh)
+
+    options = StepOptions(
+        num_classes=data.num_classes, axis_name=parallel.AXIS, num_devices=num_devices,
+        grad_accum_steps=config.grad_accum_steps, label_smoothing=config.label_smoothing,
+        sync_batch_stats=config.bn_span != "global",
+        clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
+        nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
+        log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
+        momentum=config.momentum)
+    step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
+    augment = None
+    if config.crop_padding or config.flip or config.cutout:
+        augment = {"crop_padding": config.crop_padding, "flip": config.flip,
+                   "cutout": config.cutout}
+    prepare = parallel.make_prepare(seed=config.seed, batch_size=config.batch_size,
+                                    mean=data.mean, std=data.std, dtype=dtype, augment=augment)
+    if config.parallel == "jit":
+        train_step = parallel.jit_train_step(step_fn, prepare, mesh)
+        train_steps = None
+        if config.steps_per_call > 1:
+            train_steps = parallel.jit_train_steps(step_fn, prepare, mesh, config.steps_per_call)
+        place = unplace = lambda s: s
+    else:
+        devices = mesh.devices.tolist()
+        train_step = parallel.pmap_train_step(step_fn, prepare, devices)
+        train_steps = None
+        place = lambda s: parallel.replicate(jax.device_get(s), devices)
+        unplace = parallel.unreplicate
+
+    replicated = parallel.replicated(mesh)
+    eval_batch = max(num_devices, (min(config.eval_batch_size, len(data.test_labels))
+                                   // num_devices) * num_devices)
+    return Run(
+        config=config, data=data, num_devices=num_devices, steps_per_epoch=epoch_steps,
+        total_steps=total_steps, mesh=mesh, model=model, tx=tx,
+        lr_schedule=learning_rate_schedule(config, epoch_steps, total_steps), state=state,
+        train_step=train_step, train_steps=train_steps, place=place, unplace=unplace,
+        images=parallel.put_global(data.train_images, replicated),
+        labels=parallel.put_global(data.train_labels, replicated),
+        eval_fn=make_eval_fn(eval_model, mesh, data.num_classes, data.mean, data.std, dtype),
+        test_batches=eval_batches(data, eval_batch, mesh))
+
+
+def evaluate(run: Run, state: TrainState) -> tuple[float, float]:
+    """Mean test loss and accuracy of `state` (global layout) over the test batches."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    outs = [(run.eval_fn(variables, x, y, m), n) for x, y, m, n in run.test_batches]
+    loss = sum(float(loss_sum) for (loss_sum, _), _ in outs)
+    correct = sum(float(correct_sum) for (_, correct_sum), _ in outs)
+    count = sum(n for _, n in outs)
+    return loss / count, correct / count

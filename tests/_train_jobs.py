@@ -1,0 +1,63 @@
+"""The training jobs that tests/test_train_loop.py starts as subprocesses (and kills).
+
+``python tests/_train_jobs.py WORKDIR EPOCHS``: one small run, a checkpoint every step.
+``python tests/_train_jobs.py multihost WORKDIR PORT PROCESS_ID NUM_PROCESSES``: one
+process of a multi-process run; prints its final parameters and summary.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def tiny_data():
+    from lars_jax.train import Data
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
+    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
+    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
+
+
+def tiny_config(workdir, **kw):
+    from lars_jax.train import TrainConfig
+
+    base = dict(model="resnet8", width=0.25, batch_size=32, epochs=2.0, warmup_epochs=0.5,
+                learning_rate=1.0, workdir=str(workdir), checkpoint_every_steps=2,
+                log_every_steps=2, plot=False, progress=False, num_devices=2, crop_padding=1,
+                dtype="float32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def job(workdir: str, epochs: str) -> None:
+    from lars_jax.train import train
+
+    train(tiny_config(workdir, epochs=float(epochs), checkpoint_every_steps=1,
+                      keep_checkpoints=2, log_every_steps=1), data=tiny_data())
+
+
+def multihost_job(workdir: str, port: str, pid: str, nproc: str) -> None:
+    """One process of a multi-process run; prints its final params for the test to compare."""
+    import jax
+
+    from lars_jax.train import train
+
+    kw = {} if nproc == "1" else dict(coordinator_address=f"localhost:{port}",
+                                      num_processes=int(nproc), process_id=int(pid))
+    summary, state = train(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
+                           data=tiny_data(), return_state=True)
+    leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+    print("PARAMS", json.dumps(np.concatenate(leaves).tolist()))
+    print("SUMMARY", json.dumps({k: summary[k] for k in ("num_processes", "num_devices", "steps")}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "multihost":
+        multihost_job(*sys.argv[2:6])
+    else:
+        job(sys.argv[1], sys.argv[2])
