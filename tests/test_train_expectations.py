@@ -209,3 +209,74 @@ def test_bn_span_label_smoothing_and_padded_eval_match_references(tmp_path, bn_s
                                                       strict=True)]
     assert abs(np.mean(batch_means) - test_loss) > 1e-4 * test_loss
 
+
+
+# ------------------------------------------------------------------- CLARS granularities
+
+
+def _clars_reference(cfg, data, granularity):
+    """One CLARS step computed with `lars_jax.clars` itself, fed norms computed here:
+    per-example norms by `per_example_norms_vmap` (vmap of grad), or the norms of the
+    gradients of contiguous groups (one per device, or per device and micro-batch) by
+    vmap of grad over the reshaped batch. Returns (params, norms)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import lars_jax
+    from lars_jax.per_example import per_example_norms_vmap
+
+    model = _model(cfg, data.num_classes)
+    params = _initial_variables(cfg, data)["params"]
+    x, y = _train_batch(cfg, data, 0)
+
+    def mean_loss(p, xb, yb):
+        logits = model.apply({"params": p}, xb, train=True)
+        return jnp.mean(_smoothed_cross_entropy(logits, yb, data.num_classes, 0.0))
+
+    grads = jax.grad(mean_loss)(params, x, y)
+    if granularity == "example":
+        norms = per_example_norms_vmap(
+            lambda p, xi, yi: mean_loss(p, xi[None], yi[None]), params, x, y)
+    else:
+        groups = cfg.num_devices * (cfg.grad_accum_steps if granularity == "micro_batch" else 1)
+        xs, ys = x.reshape(groups, -1, *x.shape[1:]), y.reshape(groups, -1)
+        group_grads = jax.vmap(jax.grad(mean_loss), in_axes=(None, 0, 0))(params, xs, ys)
+        norms = jax.tree.map(lambda g: jnp.sqrt(jnp.sum(g.reshape(groups, -1) ** 2, 1)),
+                             group_grads)
+    tx = lars_jax.clars(cfg.learning_rate, weight_decay=cfg.weight_decay,
+                        trust_coefficient=cfg.trust_coefficient, momentum=cfg.momentum)
+    updates, _ = tx.update(grads, tx.init(params), params, per_example_norms=norms)
+    return optax.apply_updates(params, updates), norms
+
+
+@pytest.mark.parametrize("granularity,accum", [("example", 1), ("device", 1),
+                                               ("micro_batch", 2)])
+def test_clars_granularities_match_independent_norms(tmp_path, granularity, accum):
+    """One real `train()` CLARS step (8 devices, batch 64, MLP without BatchNorm) equals
+    `lars_jax.clars` fed norms computed independently: per-example (vmap of grad) for
+    "example", one gradient norm per device's 8 examples for "device", one per
+    micro-batch of 4 (8 devices x 2 accumulation steps) for "micro_batch".
+
+    Catches: norms of another granularity than asked (the three references differ, as
+    checked below), per-example norms of the 1/m-scaled loss, norms taken after the
+    cross-device average (which would give LARS's ||g||), norms gathered from one device
+    only, micro-batch norms of the accumulated sum."""
+    import jax
+
+    cfg = _config(tmp_path, optimizer="clars", clars_granularity=granularity,
+                  grad_accum_steps=accum, norm="none", momentum=0.9, weight_decay=5e-4,
+                  trust_coefficient=0.02, learning_rate=2.0)
+    data = _data()
+    from lars_jax.train import train
+
+    _, state = train(cfg, data=data, return_state=True)
+    want, norms = _clars_reference(cfg, data, granularity)
+    _assert_trees_close(jax.device_get(state.params), want, 1e-5, "params")
+    # the references of the granularities really differ from each other
+    for other, k in (("example", 1), ("device", 1), ("micro_batch", 2)):
+        if other != granularity:
+            alt, _ = _clars_reference(cfg.replace(grad_accum_steps=k), data, other)
+            diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                       zip(jax.tree.leaves(alt), jax.tree.leaves(want), strict=True))
+            assert diff > 1e-4, (granularity, other, diff)
