@@ -280,3 +280,92 @@ def test_clars_granularities_match_independent_norms(tmp_path, granularity, accu
             diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
                        zip(jax.tree.leaves(alt), jax.tree.leaves(want), strict=True))
             assert diff > 1e-4, (granularity, other, diff)
+
+
+# --------------------------------------------------------------------- non-finite guard
+
+
+def _tiny_net():
+    import flax.linen as nn
+
+    class TinyNet(nn.Module):
+        """Conv -> BatchNorm (over the "data" axis) -> relu -> mean pool -> Dense."""
+
+        @nn.compact
+        def __call__(self, x, train=True):
+            x = nn.Conv(4, (3, 3))(x)
+            x = nn.BatchNorm(use_running_average=not train, axis_name="data")(x)
+            return nn.Dense(10)(nn.relu(x).mean((1, 2)))
+
+    return TinyNet()
+
+
+def _run_steps(steps, nan_policy, lr, batch=32, num_devices=2):
+    """`steps` steps of the per-device train step on the jit path; step s takes examples
+    [s * batch, (s + 1) * batch) of a fixed float data set. Returns (state, metrics)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from lars_jax.train import parallel as par
+    from lars_jax.train.step import StepOptions, init_train_state, make_train_step
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((4 * batch, 6, 6, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, 4 * batch).astype(np.int32)
+    model = _tiny_net()
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
+        jnp.zeros((1, 6, 6, 1)))
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
+    state = init_train_state(variables["params"], variables["batch_stats"], tx)
+    opts = StepOptions(num_classes=10, axis_name="data", num_devices=num_devices,
+                       nan_policy=nan_policy)
+
+    def prepare(imgs, labs, step):
+        return (jax.lax.dynamic_slice_in_dim(imgs, step * batch, batch),
+                jax.lax.dynamic_slice_in_dim(labs, step * batch, batch))
+
+    mesh = par.make_mesh(num_devices)
+    fn = par.jit_train_step(make_train_step(model, tx, opts), prepare, mesh)
+    state = par.put_replicated(state, mesh)
+    imgs = par.put_global(images, par.replicated(mesh))
+    labs = par.put_global(labels, par.replicated(mesh))
+    history = []
+    for s in range(steps):
+        state, m = fn(state, imgs, labs, np.int32(s))
+        history.append(jax.device_get(m))
+    return jax.device_get(state), history
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_step_leaves_the_state_of_the_last_good_step(policy):
+    """A huge learning rate makes step 1's loss non-finite (and every later one, from the
+    same parameters). The guard must leave params, BatchNorm statistics and the whole
+    optimizer state (momentum buffer, step count) bitwise equal to a run that stopped
+    before the bad step; "stop" freezes the step counter and records the step, "skip"
+    counts the skipped steps and goes on.
+
+    Catches: a guard that only checks finiteness of the result (e.g. resets the
+    parameters to their initial values or zeroes them, which are finite too), that
+    applies the bad step's BatchNorm statistics or optimizer state (momentum buffer or
+    count advanced), or that records the wrong step."""
+    import jax
+
+    lr = 1e37
+    state, hist = _run_steps(4, policy, lr)
+    bad = [i for i, m in enumerate(hist) if m["finite"] == 0]
+    assert bad and bad[0] >= 1, "the test needs a good step, then a non-finite one"
+    assert bad == list(range(bad[0], 4)), bad
+    before, _ = _run_steps(bad[0], policy, lr)
+    for field in ("params", "batch_stats", "opt_state"):
+        got = jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]
+        want = jax.tree_util.tree_flatten_with_path(getattr(before, field))[0]
+        assert len(got) == len(want) > 0
+        for (path, a), (_, b) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{field} {path}")  # bitwise
+    if policy == "stop":
+        assert int(state.nonfinite_step) == bad[0]
+        assert int(state.step) == bad[0] and int(state.skipped) == 0
+    else:
+        assert int(state.nonfinite_step) == -1
+        assert int(state.skipped) == len(bad) and int(state.step) == 4
