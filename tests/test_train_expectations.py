@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +370,101 @@ def test_non_finite_step_leaves_the_state_of_the_last_good_step(policy):
     else:
         assert int(state.nonfinite_step) == -1
         assert int(state.skipped) == len(bad) and int(state.step) == 4
+
+
+# ------------------------------------------------------- learning rate and trust ratios
+
+
+def _hand_rate(t, *, schedule, peak, start, warm, total, end):
+    """The documented rule, written out: linear warmup from `start` to `peak` over `warm`
+    steps, then the decay over the remaining ``total - warm`` steps (step: /10 at 50% and
+    75% of them; onecycle: optax's cosine 1cycle with the warmup as its rising part)."""
+    if schedule == "onecycle":
+        lo = peak / 25.0
+        if t < warm:
+            return lo + (peak - lo) * (1 - math.cos(math.pi * t / warm)) / 2
+        final = lo / 1e4
+        frac = min((t - warm) / (total - warm), 1.0)
+        return final + (peak - final) * (1 + math.cos(math.pi * frac)) / 2
+    if t < warm:
+        return start + (peak - start) * t / warm
+    rest, u = total - warm, t - warm
+    frac = min(u / rest, 1.0)
+    if schedule == "cosine":
+        return end + (peak - end) * (1 + math.cos(math.pi * frac)) / 2
+    if schedule == "poly2":
+        return end + (peak - end) * (1 - frac) ** 2
+    if schedule == "linear":
+        return peak + (end - peak) * frac
+    if schedule == "step":
+        return peak * (1.0 if u < rest // 2 else 0.1 if u < (3 * rest) // 4 else 0.01)
+    if schedule == "constant":
+        return peak
+    raise AssertionError(schedule)
+
+
+@pytest.mark.parametrize("schedule", ["poly2", "linear", "step", "onecycle", "constant",
+                                      "cosine"])
+@pytest.mark.parametrize("lr_scaling,warmup_start", [("linear", "zero"), ("sqrt", "base"),
+                                                     ("none", "base")])
+def test_learning_rate_schedule_matches_the_documented_rule(schedule, lr_scaling,
+                                                            warmup_start):
+    """The trainer's per-step rate for every --schedule, lr_scaling and warmup_start,
+    against the rule written out by hand: peak = 0.4 x (2048 / 256) (linear), x sqrt(8)
+    (sqrt) or x 1 (none); warmup over 1 epoch (10 steps) from 0 ("zero") or from the
+    unscaled 0.4 ("base"), then the decay to end_learning_rate=0.01 over 90 steps.
+
+    Catches: the scaling rules swapped or applied twice, warmup starting from the wrong
+    value or lasting the wrong number of steps, the decay counted from step 0 instead
+    of the end of warmup, a decay that misses end_learning_rate, step boundaries at 50%
+    and 75% of the whole run instead of the post-warmup part, onecycle's peak misplaced."""
+    from lars_jax.train import TrainConfig
+    from lars_jax.train.loop import learning_rate_schedule
+
+    base, b, b0, spe, total, end = 0.4, 2048, 256, 10, 100, 0.01
+    cfg = TrainConfig(learning_rate=base, batch_size=b, base_batch_size=b0,
+                      lr_scaling=lr_scaling, warmup_epochs=1.0, warmup_start=warmup_start,
+                      schedule=schedule, end_learning_rate=end, epochs=10.0)
+    peak = {"linear": base * 8, "sqrt": base * math.sqrt(8), "none": base}[lr_scaling]
+    start = 0.0 if warmup_start == "zero" else base
+    sched = learning_rate_schedule(cfg, spe, total)
+    steps = [0, 1, 5, 9, 10, 11, 30, 54, 55, 56, 76, 77, 78, 90, 99, 100]
+    got = [float(sched(t)) for t in steps]
+    want = [_hand_rate(t, schedule=schedule, peak=peak, start=start, warm=10, total=total,
+                       end=end) for t in steps]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
+def test_logged_lr_and_trust_ratios_follow_from_logged_norms(tmp_path):
+    """A real LARS run (2 devices, 8 steps, sqrt scaling, warmup from the base rate, then
+    poly2): every logged row's lr is the hand-computed rate of its step, and each
+    layer's logged trust ratio equals tc |w| / (|g| + wd |w|) from the logged weight and
+    gradient norms of the same step (LARS paper form; biases and BN parameters excluded).
+
+    Catches: logged norms of another step than the ratio's (e.g. the updated weights),
+    the logged gradient norm of one device or before averaging, the ratio computed with
+    the optax denominator |g + wd w| or without weight decay, and a logged lr that is the
+    next step's or lacks the base learning rate factor."""
+    from lars_jax.train import train
+
+    tc, wd, base = 0.02, 5e-3, 0.3
+    cfg = _config(tmp_path, optimizer="lars", batch_size=16, base_batch_size=4, epochs=2.0,
+                  num_devices=2, learning_rate=base, lr_scaling="sqrt", warmup_epochs=0.5,
+                  warmup_start="base", schedule="poly2", end_learning_rate=0.01,
+                  momentum=0.9, weight_decay=wd, trust_coefficient=tc, log_layer_stats=True)
+    data = _data()
+    train(cfg, data=data)
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # 64 / 16 = 4 steps per epoch
+    peak = base * math.sqrt(16 / 4)
+    want_lr = [_hand_rate(t, schedule="poly2", peak=peak, start=base, warm=2, total=8,
+                          end=0.01) for t in range(8)]
+    np.testing.assert_allclose([r["lr"] for r in rows], want_lr, rtol=1e-5)
+    layers = sorted(k[len("trust_ratio/"):] for k in rows[0] if k.startswith("trust_ratio/"))
+    assert layers == ["Dense_0/kernel", "head/kernel"]  # the masked (ndim > 1) tensors
+    for r in rows:
+        for layer in layers:
+            w, g = r[f"weight_norm/{layer}"], r[f"grad_norm/{layer}"]
+            assert w > 0 and g > 0
+            np.testing.assert_allclose(r[f"trust_ratio/{layer}"], tc * w / (g + wd * w),
+                                       rtol=1e-5, err_msg=f"step {r['step']} {layer}")
