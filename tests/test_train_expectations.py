@@ -468,3 +468,27 @@ def test_logged_lr_and_trust_ratios_follow_from_logged_norms(tmp_path):
             assert w > 0 and g > 0
             np.testing.assert_allclose(r[f"trust_ratio/{layer}"], tc * w / (g + wd * w),
                                        rtol=1e-5, err_msg=f"step {r['step']} {layer}")
+
+
+def test_mean_rows_means_the_listed_keys_and_keeps_the_last_of_the_rest():
+    """`metrics.mean_rows` (the logged row of several steps): the mean of `mean_keys` over
+    the rows that have them, the last row's value of every other key, inputs untouched.
+
+    Catches: the mean taken over all rows with a missing key counted as 0 or the row
+    count used as divisor, the first row's value kept instead of the last, a mean of the
+    non-listed keys (the lr of a logged row must be its own step's), and mutation of the
+    caller's rows."""
+    from lars_jax.train.metrics import mean_rows
+
+    rows = [
+        {"loss": 1.0, "accuracy": 0.5, "finite": 1.0, "lr": 0.1, "step": 1},
+        {"loss": np.float32(3.0), "accuracy": 0.25, "finite": 0.0, "lr": 0.2, "step": 2},
+        {"loss": np.asarray(8.0), "finite": 1.0, "lr": 0.3, "step": 3, "grad_norm": 7.0},
+    ]
+    copies = [dict(r) for r in rows]
+    out = mean_rows(rows, ("loss", "accuracy", "finite"))
+    assert out == pytest.approx({"loss": 4.0, "accuracy": 0.375, "finite": 2 / 3, "lr": 0.3,
+                                 "step": 3, "grad_norm": 7.0})
+    assert all(isinstance(out[k], float) for k in ("loss", "accuracy", "finite"))
+    assert rows == copies
+    assert mean_rows(rows[:1], ("loss", "absent")) == rows[0]
