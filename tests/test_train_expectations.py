@@ -6,6 +6,9 @@ from the model, `jax.grad`/`jax.vmap` and NumPy: per-slice BatchNorm gradients, 
 gradient norms, per-example norms, a hand-written smoothed cross-entropy, the padded last
 evaluation batch, trust ratios from logged norms, the learning rate of every schedule.
 Every test names in its docstring the plausible bug it catches.
+
+Run as a script (``python tests/test_train_expectations.py WORKDIR EPOCHS``) it is the
+training job that the SIGKILL test starts and kills.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -492,3 +500,102 @@ def test_mean_rows_means_the_listed_keys_and_keeps_the_last_of_the_rest():
     assert all(isinstance(out[k], float) for k in ("loss", "accuracy", "finite"))
     assert rows == copies
     assert mean_rows(rows[:1], ("loss", "absent")) == rows[0]
+
+
+# ---------------------------------------------------------------- SIGKILL, then resume
+
+
+def _kill_job_config(workdir, epochs):
+    """LARS with momentum on a BatchNorm MLP, crop augmentation, a checkpoint per step:
+    the state has params, BN statistics, a momentum buffer and trust-ratio state."""
+    return _config(workdir, optimizer="lars", momentum=0.9, weight_decay=5e-4,
+                   trust_coefficient=0.02, batch_size=16, num_devices=2, epochs=float(epochs),
+                   warmup_epochs=1.0, schedule="cosine", lr_scaling="linear",
+                   base_batch_size=16, crop_padding=1, flip=True, checkpoint_every_steps=1,
+                   keep_checkpoints=2, log_every_steps=1, eval_every_epochs=4.0)
+
+
+def _kill_job(workdir: str, epochs: str) -> None:
+    from lars_jax.train import train
+
+    train(_kill_job_config(workdir, epochs), data=_data())
+
+
+def _start_job(workdir, epochs):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, __file__, str(workdir), str(epochs)], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _last_checkpoint_state(workdir):
+    import jax
+    import orbax.checkpoint as ocp
+
+    ck = Path(workdir) / "checkpoints"
+    last = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    restored = ocp.StandardCheckpointer().restore(ck / str(last) / "state")
+    return last, jax.tree_util.tree_flatten_with_path(restored)[0]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_identical_in_every_leaf(tmp_path):
+    """A run killed with SIGKILL after a few checkpoints and restarted with the same
+    command ends with a final checkpoint equal bit for bit, leaf by leaf (step, params,
+    BatchNorm statistics, momentum buffer, trust-ratio state, counters), to an
+    uninterrupted run; its final test loss and accuracy, and every logged training row
+    (loss, accuracy, lr, norms), are the uninterrupted run's exactly.
+
+    Catches: a resume that restores the parameters but not the BN statistics or the
+    optimizer state (momentum restarted from zero, the schedule's count reset), data or
+    augmentation that depend on the restart rather than on (seed, step), and metric rows
+    duplicated or lost around the kill."""
+    epochs = 24  # 4 steps per epoch: 96 steps, a checkpoint after each
+    ref = _start_job(tmp_path / "ref", epochs)
+    victim = _start_job(tmp_path / "victim", epochs)
+    ck = tmp_path / "victim" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        steps = [int(p.name) for p in ck.iterdir() if p.name.isdigit()] if ck.exists() else []
+        if steps and max(steps) >= 3:
+            break
+        assert victim.poll() is None, victim.stdout.read().decode()
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "victim" / "summary.json").exists(), "killed too late"
+    killed_at = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    resumed = _start_job(tmp_path / "victim", epochs)
+    out = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, out
+    assert "resuming from step" in out
+    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
+
+    s_ref, leaves_ref = _last_checkpoint_state(tmp_path / "ref")
+    s_res, leaves_res = _last_checkpoint_state(tmp_path / "victim")
+    assert s_ref == s_res == 96 and killed_at < 96
+    assert [p for p, _ in leaves_ref] == [p for p, _ in leaves_res]
+    names = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
+             for p, _ in leaves_ref}
+    for field in ("step", "params", "batch_stats", "opt_state", "skipped"):
+        assert any(n.startswith(field) for n in names), (field, sorted(names)[:5])
+    for (path, a), (_, b) in zip(leaves_ref, leaves_res, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=str(path))  # bitwise, every leaf
+
+    sum_ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    sum_res = json.loads((tmp_path / "victim" / "summary.json").read_text())
+    assert sum_res["resumed_from_step"] is not None and sum_res["steps"] == 96
+    for key in ("test_loss", "test_accuracy", "train_loss", "train_accuracy", "final_lr"):
+        assert sum_res[key] == sum_ref[key], key
+    drop = {"images_per_s"}
+    rows_ref = [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "ref")]
+    rows_res = [{k: v for k, v in r.items() if k not in drop}
+                for r in _rows(tmp_path / "victim")]
+    assert [r["step"] for r in rows_res] == list(range(1, 97))
+    assert rows_res == rows_ref
+    assert _rows(tmp_path / "victim", "eval") == _rows(tmp_path / "ref", "eval")
+
+
+if __name__ == "__main__":
+    _kill_job(sys.argv[1], sys.argv[2])
