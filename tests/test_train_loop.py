@@ -6,10 +6,8 @@ that the SIGKILL test starts and kills.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
