@@ -65,7 +65,7 @@ def test_cli_sweep_records_the_measured_accuracy_then_resumes(capsys, tmp_path, 
     argv = ["sweep", "--model", "mlp1", "--width", "0.0625", "--batch-size", "32",
             "--epochs", "2", "--warmup-epochs", "0", "--num-devices", "1",
             "--learning-rate", "2.0", "--eval-batch-size", "32", "--dtype", "float32",
-            "--checkpoint-every-steps", "-1", "--no-progress", "--no-plot",
+            "--checkpoint-every-steps", "-1", "--no-progress",
             "--grid", "optimizer=lars,sgd", "--out", str(out)]
     assert cli.main(argv) == 0, capsys.readouterr().err
     rows = {r["config"]["optimizer"]: r
@@ -79,6 +79,9 @@ def test_cli_sweep_records_the_measured_accuracy_then_resumes(capsys, tmp_path, 
                 config.warmup_epochs, config.learning_rate, config.eval_batch_size) == (
                     "mlp1", 0.0625, 32, 2.0, 0.0, 2.0, 32)
         assert row["status"] == "done" and row["summary"]["steps"] == 16  # 2 x 256 / 32
+        run_dir = out / f"optimizer={opt}"
+        assert config.workdir == str(run_dir)
+        assert (run_dir / "curves.png").stat().st_size > 1000  # the trainer's plot_run
         loss, acc = _numpy_eval(config, state, data)
         np.testing.assert_allclose(row["summary"]["test_loss"], loss, rtol=1e-5)
         np.testing.assert_allclose(row["summary"]["test_accuracy"], acc, rtol=0, atol=1e-9)
