@@ -309,9 +309,11 @@ def _tiny_net():
     return TinyNet()
 
 
-def _run_steps(steps, nan_policy, lr, batch=32, num_devices=2):
-    """`steps` steps of the per-device train step on the jit path; step s takes examples
-    [s * batch, (s + 1) * batch) of a fixed float data set. Returns (state, metrics)."""
+@functools.cache
+def _step_runner(nan_policy, lr, batch=32, num_devices=2):
+    """``run(steps) -> (state, metrics)``: `steps` steps from the initial state of the
+    per-device train step on the jit path (compiled once); step s takes examples
+    [s * batch, (s + 1) * batch) of a fixed float data set."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -326,7 +328,7 @@ def _run_steps(steps, nan_policy, lr, batch=32, num_devices=2):
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
         jnp.zeros((1, 6, 6, 1)))
     tx = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
-    state = init_train_state(variables["params"], variables["batch_stats"], tx)
+    init_state = init_train_state(variables["params"], variables["batch_stats"], tx)
     opts = StepOptions(num_classes=10, axis_name="data", num_devices=num_devices,
                        nan_policy=nan_policy)
 
@@ -336,14 +338,18 @@ def _run_steps(steps, nan_policy, lr, batch=32, num_devices=2):
 
     mesh = par.make_mesh(num_devices)
     fn = par.jit_train_step(make_train_step(model, tx, opts), prepare, mesh)
-    state = par.put_replicated(state, mesh)
     imgs = par.put_global(images, par.replicated(mesh))
     labs = par.put_global(labels, par.replicated(mesh))
-    history = []
-    for s in range(steps):
-        state, m = fn(state, imgs, labs, np.int32(s))
-        history.append(jax.device_get(m))
-    return jax.device_get(state), history
+
+    def run(steps):
+        state = par.put_replicated(init_state, mesh)  # a fresh copy: the step donates it
+        history = []
+        for s in range(steps):
+            state, m = fn(state, imgs, labs, np.int32(s))
+            history.append(jax.device_get(m))
+        return jax.device_get(state), history
+
+    return run
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
@@ -361,11 +367,12 @@ def test_non_finite_step_leaves_the_state_of_the_last_good_step(policy):
     import jax
 
     lr = 1e37
-    state, hist = _run_steps(4, policy, lr)
+    run = _step_runner(policy, lr)
+    state, hist = run(4)
     bad = [i for i, m in enumerate(hist) if m["finite"] == 0]
     assert bad and bad[0] >= 1, "the test needs a good step, then a non-finite one"
     assert bad == list(range(bad[0], 4)), bad
-    before, _ = _run_steps(bad[0], policy, lr)
+    before, _ = run(bad[0])
     for field in ("params", "batch_stats", "opt_state"):
         got = jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]
         want = jax.tree_util.tree_flatten_with_path(getattr(before, field))[0]
