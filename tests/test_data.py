@@ -166,13 +166,70 @@ def test_imagenet_host_batches_with_mock_data():
         next(data.host_batches("imagenet2012", "train", 9, seed=0, process_count=2))
 
 
+def _coordinate_image(h: int, w: int) -> np.ndarray:
+    """uint8 image whose channel 0 is the pixel's row and channel 1 its column."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)
+
+
+def _crop_window(out: np.ndarray) -> tuple[float, float, float, float]:
+    """(top, height, left, width) of the source window a resized crop came from.
+
+    A bilinear resize of a linear ramp is linear in the output index: output pixel i
+    (centre i + 0.5) samples source coordinate top + (i + 0.5) * height / size - 0.5.
+    Fitted on interior pixels (the resize filter is clamped at the borders).
+    """
+    size = out.shape[0]
+    i = np.arange(size)[3:-3]
+    a, b = np.polyfit(i, out[3:-3, :, 0].mean(1), 1)
+    a2, b2 = np.polyfit(i, out[:, 3:-3, 1].mean(0), 1)
+    return b + 0.5 - 0.5 * a, a * size, b2 + 0.5 - 0.5 * a2, a2 * size
+
+
 def test_crops_resize_to_the_requested_size():
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    assert data.random_resized_crop(rng, img, 24).shape == (24, 24, 3)
-    c = data.center_crop(img, 24)
-    assert c.shape == (24, 24, 3)
-    # The centre crop of a constant image is that constant.
+    """random_resized_crop takes a window of 8%-100% of the area with aspect ratio in
+    [3/4, 4/3] inside the image, and resizes it to size x size (Szegedy et al.'s crop).
+
+    An image whose pixels hold their own coordinates shows which window was taken.
+    Catches: area drawn as a fraction of a side (or not multiplied by h * w), the aspect
+    ratio applied twice or inverted on one side only, rows and columns swapped, windows
+    running off the image, a crop that is not resized, and flips that do not mirror."""
+    h, w, size = 180, 240, 32
+    img = _coordinate_image(h, w)
+    areas, aspects = [], []
+    for seed in range(40):
+        out = data.random_resized_crop(np.random.default_rng(seed), img, size, flip=False)
+        assert out.shape == (size, size, 3) and out.dtype == np.uint8
+        out = out.astype(np.float64)
+        # channel 0 depends only on the row, channel 1 only on the column (no transpose)
+        assert np.ptp(out[:, :, 0], axis=1).max() == 0
+        assert np.ptp(out[:, :, 1], axis=0).max() == 0
+        top, ch, left, cw = _crop_window(out)
+        assert -1 <= top and top + ch <= h + 1, (seed, top, ch)
+        assert -1 <= left and left + cw <= w + 1, (seed, left, cw)
+        areas.append(ch * cw / (h * w))
+        aspects.append(cw / ch)
+    areas, aspects = np.array(areas), np.array(aspects)
+    # bounds, with 3% slack for the integer rounding of the window and the resize
+    assert areas.min() >= 0.08 * 0.97 and areas.max() <= 1.0 + 0.02, areas
+    assert aspects.min() >= 0.75 * 0.97 and aspects.max() <= 4 / 3 * 1.03, aspects
+    # and the draws really spread over the ranges (not a fixed or central crop)
+    assert areas.min() < 0.25 and areas.max() > 0.6
+    assert aspects.min() < 0.9 and aspects.max() > 1.1
+    # with flip=True about half the crops are mirrored: columns then decrease
+    flipped = [
+        np.polyfit(np.arange(size)[3:-3], data.random_resized_crop(
+            np.random.default_rng(s), img, size)[:, 3:-3, 1].mean(0).astype(float), 1)[0] < 0
+        for s in range(40)]
+    assert 8 <= sum(flipped) <= 32
+    # center_crop: the central square of 0.875 x the shorter side (157.5 px), resized
+    c = data.center_crop(img, 48)
+    assert c.shape == (48, 48, 3)
+    top, ch, left, cw = _crop_window(c.astype(np.float64))
+    # centred to within half a resized pixel (3.3 source px: odd margins round down)
+    np.testing.assert_allclose([top + ch / 2, left + cw / 2], [h / 2, w / 2], atol=2.2)
+    np.testing.assert_allclose([ch, cw], [0.875 * h, 0.875 * h], atol=2.0)
+    # the centre crop of a constant image is that constant
     np.testing.assert_array_equal(data.center_crop(np.full((40, 60, 1), 7, np.uint8), 24), 7)
 
 

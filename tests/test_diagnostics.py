@@ -183,20 +183,35 @@ def test_layer_diagnostics_finds_trace_through_wrappers_and_updates():
 
 
 def test_layer_diagnostics_with_lars_state():
-    lars_jax = pytest.importorskip("lars_jax")
-    if not hasattr(lars_jax, "lars"):
-        pytest.skip("lars_jax.lars not available yet")
+    """cos_g_v with lars_jax.lars's state, against a momentum buffer built by hand.
+
+    lars_jax.lars is chain(masked trust ratio, scale_by_learning_rate, trace): after one
+    update from a zero buffer, v = -lr * ratio * (g1 + wd * w) on the masked (ndim > 1)
+    tensors, ratio = tc * |w| / (|g1| + wd * |w|), and v = -lr * g1 on the biases.
+    Catches: the diagnostics reading another tensor of the state (e.g. the trust-ratio
+    state or the un-scaled gradient) as the buffer, or dropping the buffer's sign/ratio.
+    """
+    import lars_jax
+
     params, g1, g2 = _tiny()
-    opt = lars_jax.lars(0.1, momentum=0.9, weight_decay=1e-4)
+    lr, wd, tc, m = 0.1, 1e-2, 0.001, 0.9
+    opt = lars_jax.lars(lr, momentum=m, weight_decay=wd, trust_coefficient=tc)
     state = opt.init(params)
     _, state = opt.update(g1, state, params)
-    v = dg.find_momentum_buffer(state)
-    assert v is not None
-    d = dg.layer_diagnostics(params, g2, state, 0.1, 1e-4, 0.9)
-    vk = np.asarray(v["dense"]["kernel"], np.float64)
-    g = np.asarray(g2["dense"]["kernel"], np.float64)
-    cos = np.sum(g * vk) / np.sqrt(np.sum(g * g) * np.sum(vk * vk))
-    np.testing.assert_allclose(float(d["dense/kernel/cos_g_v"]), cos, rtol=1e-5)
+    d = dg.layer_diagnostics(params, g2, state, lr, wd, m)
+    buf = dg.find_momentum_buffer(state)
+    for layer in ("dense", "conv"):
+        w = np.asarray(params[layer]["kernel"], np.float64)
+        gk1 = np.asarray(g1[layer]["kernel"], np.float64)
+        gk2 = np.asarray(g2[layer]["kernel"], np.float64)
+        ratio = tc * np.linalg.norm(w) / (np.linalg.norm(gk1) + wd * np.linalg.norm(w))
+        v = -lr * ratio * (gk1 + wd * w)
+        np.testing.assert_allclose(np.asarray(buf[layer]["kernel"]), v, rtol=1e-5)
+        cos = np.sum(gk2 * v) / np.sqrt(np.sum(gk2 * gk2) * np.sum(v * v))
+        np.testing.assert_allclose(float(d[f"{layer}/kernel/cos_g_v"]), cos, rtol=1e-5)
+    # the bias is not masked: plain momentum SGD, v = -lr * g1
+    np.testing.assert_allclose(np.asarray(buf["dense"]["bias"]),
+                               -lr * np.asarray(g1["dense"]["bias"]), rtol=1e-6)
 
 
 def test_layer_diagnostics_bad_input():
