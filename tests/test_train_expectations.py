@@ -435,10 +435,7 @@ def test_learning_rate_schedule_matches_the_documented_rule(schedule, lr_scaling
     and 75% of the whole run instead of the post-warmup part, onecycle's peak misplaced."""
     from lars_jax.train import TrainConfig
 
-    try:  # the trainer after the redesign (issue 11) keeps it in lars_jax.train.build
-        from lars_jax.train.build import learning_rate_schedule
-    except ImportError:  # before it
-        from lars_jax.train.loop import learning_rate_schedule
+    from lars_jax.train.build import learning_rate_schedule
 
     base, b, b0, spe, total, end = 0.4, 2048, 256, 10, 100, 0.01
     cfg = TrainConfig(learning_rate=base, batch_size=b, base_batch_size=b0,
