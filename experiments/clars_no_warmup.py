@@ -479,8 +479,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
         "linearly): where does LARS without warmup fail? A probe would show a warmup "
         f"problem if the best accuracy with warmup exceeded the best without by more than "
         f"{MARGIN_PP:g} point (single runs). "
-        + (f"Probes {', '.join(helped)} do." if helped else "None does (warmup raises the accuracy only at some "
-           "lrs above the best one).")
+        + (f"Probes {', '.join(helped)} do." if helped else
+           "None does (warmup raises the accuracy only at some lrs above the best one).")
         + "\n\n" + "\n".join(regime_lines) + "\n\nAll probe runs:\n\n"
         + "\n".join(probe_table) + "\n\n")
     results = ((probe_text + "**Main comparison** (the regime of probe B: mlp2, no BN).\n\n"
