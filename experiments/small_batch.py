@@ -551,6 +551,25 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             for g in GHOST_SIZES:
                 images.append(_heatmap(out / f"heatmap_ghost{g}.png", table, grid,
                                        f"ghost{g}", gb, f"ghost BN over {g}", label))
+    table = cell_table(recs, seeds, "final")
+    best_lines, width_lines = [], []
+    for i, arm in enumerate(("none", "bn")):
+        bs = [b for b in arm_batches(preset, arm) if best_cell(table, arm, b)[0] is not None]
+        best_lines.append({"x": bs, "y": [best_cell(table, arm, b)[1] for b in bs],
+                           "marker": "o", "color": f"C{i}", "label": f"norm={arm}"})
+        for budget, ls in (("final", "-"), ("epoch1", "--")):
+            w, _ = _widths(recs, arm, budget)
+            xs = sorted(w)
+            width_lines.append({"x": xs, "y": [w[b] for b in xs], "marker": "o", "ls": ls,
+                                "color": f"C{i}",
+                                "label": f"norm={arm}, " + ("after all epochs" if budget ==
+                                                            "final" else "short view")})
+    images.append(xu.plot_styled(out / "best_vs_batch.png", best_lines, logx=True,
+                                 xlabel="batch size B", ylabel="best seed-mean test accuracy",
+                                 title="Best accuracy over the stable lrs, per batch"))
+    images.append(xu.plot_styled(out / "stable_range_vs_batch.png", width_lines, logx=True,
+                                 xlabel="batch size B", ylabel="number of stable 2x lr steps",
+                                 title="Width of the stable range of eta~ = eta/B"))
     # short-view widths, for the report (the verdict uses the final budget)
     short = {arm: _widths(recs, arm, "epoch1")[0] for arm in ("none", "bn")}
     verdict_md, verdicts = [], {}
@@ -574,6 +593,16 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                 + (" (the training loss is measured in training mode, with BN statistics "
                    "over the batch: over 2 examples every normalised feature is +-1)."
                    if arm == "bn" and b == 2 else "."))
+    bn_w, _ = _widths(recs, "bn", "final")
+    if bn_w.get(2) == 0 and len(bn_w) > 3:
+        from scipy import stats
+
+        bs = [b for b in sorted(bn_w) if b > 2]
+        tau, p = stats.kendalltau(np.log2(bs), [bn_w[b] for b in bs])
+        verdict_md.append(
+            f"Post-hoc note (not part of the pre-set rule, not used by the verdict): without "
+            f"B=2 in the BN arm, the widths for B={bs[0]}..{bs[-1]} are "
+            f"{[bn_w[b] for b in bs]}, Kendall tau(log B, width) = {tau:+.2f} (p={p:.3g}).")
     verdict_md.append("Short view (training loss in the second half of epoch 1, lr not yet "
                       "decayed; same runs), number of stable lrs per batch: "
                       + "; ".join(f"{arm}: {short[arm]}" for arm in short) + ".")
@@ -592,11 +621,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"{STABLE_FRACTION * INITIAL_LOSS:.3f}.\n\n"
         + xu.base_config_table(base, ["model", "width", "dataset", "train_subset",
                                       "test_subset", "epochs", "weight_decay", "schedule"]))
+    missing = [b for b in BATCH_SIZES[preset] if not any(r["batch_size"] == b for r in recs)]
     limits_txt = (
         xu.preset_note(preset) + " "
-        + ("Reductions: batches 16 and 256 were dropped from the 2x ladder 2..512 to fit "
-           "the time (the machine was shared with other experiments); 1024 Fashion-MNIST "
-           "training images and 8 epochs (the paper: CIFAR, "
+        + (("Reductions: " + (f"batches {missing} have no finished run (time); "
+                              if missing else "")
+            + "1024 Fashion-MNIST training images and 8 epochs (the paper: CIFAR, "
            "82 epochs), so B=512 gets 16 steps in all; an MLP with two hidden layers of 256 "
            "units instead of a ResNet; 2 seeds (paired t-intervals with 1 degree of freedom "
            "are wide: a verdict that needs an interval to exclude 0 is hard to reach); "
@@ -605,7 +635,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "instead of separate short runs, and only for the stability range; the best lr "
            "is chosen on the same seeds that are compared (selection bias shared by every "
            "cell). The machine is a loaded 2-core CPU shared with other jobs, so the times "
-           "are not benchmarks."
+           "are not benchmarks.")
            if preset == "cpu" else "")
         + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}.")
     write_report(
