@@ -654,7 +654,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                                     for a, v in short.items()}
     summary["table"] = [{k: v[k] for k in ("claim", "criterion", "result", "verdict")}
                         for v in verdicts.values()]
-    summary["headline"] = "; ".join(f"{k}: {v['verdict']}" for k, v in verdicts.items())
+    summary["headline"] = " ".join(f"**{k}: {v['verdict']}** ({v['result']})"
+                                   for k, v in verdicts.items())
     xu.save_json(summary, out / "summary.json")
     return summary
 
