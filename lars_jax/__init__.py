@@ -76,3 +76,7 @@ from lars_jax.per_example import (  # noqa: F401
 # isort: split
 # data: lars_jax.data (TFDS sources, on-device and host pipelines)
 from lars_jax import data  # noqa: F401
+
+# isort: split
+# CLARS-aware gradient accumulation: lars_jax.alias
+from lars_jax.alias import MultiStepsNormsState, multi_steps  # noqa: F401

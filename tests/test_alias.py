@@ -264,20 +264,22 @@ class JitTest(chex.TestCase):
         params = _to_jax(random_tree(0, [1, 3, 5, 0]))
         grads = _to_jax(random_tree(1, [1, 3, 5, 0], scale=0.3))
         norms = jax.tree.map(lambda x: jnp.linspace(1.0, 2.0, 4), params)
-        for tx in (lars_jax.lars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
-                   lars_jax.larc(0.5, weight_decay=1e-3, trust_coefficient=0.05),
-                   lars_jax.clars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
-                   lars_jax.sgd(0.5, weight_decay=1e-3, decoupled_weight_decay=True)):
+        txs = (lars_jax.lars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+               lars_jax.larc(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+               lars_jax.clars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+               lars_jax.sgd(0.5, weight_decay=1e-3, decoupled_weight_decay=True))
+        for tx in txs:
             update = self.variant(tx.update)
+            extra = {"per_example_norms": norms} if tx is txs[2] else {}
             state = tx.init(params)
             p = params
             for _ in range(2):
-                u, state = update(grads, state, p, per_example_norms=norms)
+                u, state = update(grads, state, p, **extra)
                 p = optax.apply_updates(p, u)
             ref_state = tx.init(params)
             q = params
             for _ in range(2):
-                u, ref_state = jax.jit(tx.update)(grads, ref_state, q, per_example_norms=norms)
+                u, ref_state = jax.jit(tx.update)(grads, ref_state, q, **extra)
                 q = optax.apply_updates(q, u)
             chex.assert_trees_all_close(p, q, rtol=1e-6, atol=1e-7)
 
