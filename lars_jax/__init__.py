@@ -80,3 +80,4 @@ from lars_jax import data  # noqa: F401
 # isort: split
 # CLARS-aware gradient accumulation: lars_jax.alias
 from lars_jax.alias import MultiStepsNormsState, multi_steps  # noqa: F401
+from lars_jax.flax_train_state import TrainState  # noqa: F401
