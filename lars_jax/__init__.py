@@ -81,3 +81,4 @@ from lars_jax import data  # noqa: F401
 # CLARS-aware gradient accumulation: lars_jax.alias
 from lars_jax.alias import MultiStepsNormsState, multi_steps  # noqa: F401
 from lars_jax.flax_train_state import TrainState  # noqa: F401
+from lars_jax.per_example_nnx import nnx_value_grad_and_norms  # noqa: F401
