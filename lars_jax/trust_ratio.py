@@ -23,6 +23,12 @@ keeps the dtype of the incoming update. The state keeps the last step's per-tens
 ratios and norms so that they can be logged; use :func:`trust_ratio_stats` to find them
 inside any optimizer state.
 
+Norms are scaled by the tensor's largest magnitude before squaring (as BLAS's nrm2), so
+tensors whose entries are far from 1 (a gradient of 1e-25 in bfloat16, weights of 1e20)
+get their exact ratio instead of a sum of squares that underflows to 0 or overflows.
+XLA flushes float32 denormals (below ~1.2e-38) to zero on CPU, GPU and TPU: a tensor of
+denormals is a zero tensor here. A norm that exceeds the float range is Inf.
+
 Non-finite values. The fallback ``ratio = 1`` is taken only where a norm is exactly 0.
 A NaN or Inf in a parameter, a gradient or ``per_example_norms`` makes the ratio NaN, so
 the update is NaN too and :func:`optax.apply_if_finite` (or a NaN check in the training
@@ -168,7 +174,21 @@ def _compute_dtype(*arrays: Any) -> jnp.dtype:
 
 
 def _norm(x: jax.Array) -> jax.Array:
-    return jnp.linalg.norm(x)
+    """``||x||`` without underflow or overflow of the sum of squares.
+
+    ``sqrt(sum(x**2))`` in float32 is 0 for tensors whose entries are below ~1e-19 (the
+    squares underflow) and Inf above ~1e19, so a tiny gradient would take the zero-norm
+    fallback (ratio 1) instead of LARS's normalised step. As BLAS's nrm2, the tensor is
+    scaled by its largest magnitude first: ``||x|| = m * ||x / m||``. The scale is
+    applied as two factors that are both normal floats (a power of two, then ``1 / m``
+    of a number in ``[2**-85, 2**64]``), so denormal and huge ``m`` work too. NaN and Inf
+    entries still give a NaN/Inf norm. Cost: one more reduction over the tensor.
+    """
+    m = jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+    pre = jnp.where(m < 2.0**-64, 2.0**64, jnp.where(m > 2.0**64, 2.0**-64, 1.0)).astype(x.dtype)
+    m_pre = m * pre
+    inv = jnp.where(jnp.logical_and(m_pre > 0, jnp.isfinite(m_pre)), 1 / m_pre, 1).astype(x.dtype)
+    return jnp.sqrt(jnp.sum(jnp.square((x * pre) * inv))) * m
 
 
 def _is_zero_constant(x: Any) -> bool:
