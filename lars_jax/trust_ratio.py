@@ -31,8 +31,10 @@ denormals is a zero tensor here. A norm that exceeds the float range is Inf.
 
 Non-finite values. The fallback ``ratio = 1`` is taken only where a norm is exactly 0.
 A NaN or Inf in a parameter, a gradient or ``per_example_norms`` makes the ratio NaN, so
-the update is NaN too and :func:`optax.apply_if_finite` (or a NaN check in the training
-loop) sees it, as with ``optax.lars``; it never turns into a finite, larger step.
+the update is NaN too and a NaN check on the updates or the new parameters sees it, as
+with ``optax.lars``; it never turns into a finite, larger step. (Note that
+:func:`optax.apply_if_finite` checks the incoming gradients only: it skips a NaN gradient
+but not NaN ``per_example_norms``.)
 
 LARC clipping (``clip``). This library clips the *trust ratio*: the per-tensor rate is
 ``lr * min(ratio, clip)``; with ``clip=1`` (the default of :func:`lars_jax.larc`) that
@@ -210,13 +212,17 @@ def _finish(
     (and update) instead of a silently larger finite step.
     """
     fallback = jnp.logical_or(param_norm == 0, grad_norm == 0)
-    ratio = numer / jnp.where(fallback, jnp.ones_like(denom), denom)
+    safe_denom = jnp.where(fallback, jnp.ones_like(denom), denom)
+    ratio = numer / safe_denom
     if clip is not None:
         ratio = jnp.minimum(ratio, clip)
     ratio = jnp.where(fallback, jnp.ones_like(ratio), ratio)
     finite = jnp.logical_and(jnp.isfinite(param_norm), jnp.isfinite(grad_norm))
     ratio = jnp.where(finite, ratio, jnp.full_like(ratio, jnp.nan))
-    out = (u * ratio).astype(g.dtype)
+    # A ratio beyond the float range (huge ||w||, tiny ||g||) still has a representable
+    # step ``(u / denom) * numer``: take that order there.
+    overflow = jnp.logical_and(finite, jnp.isinf(ratio))
+    out = jnp.where(overflow, (u * (1 / safe_denom)) * numer, u * ratio).astype(g.dtype)
     return out, ratio
 
 
