@@ -214,15 +214,18 @@ def _finish(
     fallback = jnp.logical_or(param_norm == 0, grad_norm == 0)
     safe_denom = jnp.where(fallback, jnp.ones_like(denom), denom)
     ratio = numer / safe_denom
+    scaled = jnp.logical_not(fallback)
     if clip is not None:
+        scaled = jnp.logical_and(scaled, ratio <= clip)
         ratio = jnp.minimum(ratio, clip)
     ratio = jnp.where(fallback, jnp.ones_like(ratio), ratio)
     finite = jnp.logical_and(jnp.isfinite(param_norm), jnp.isfinite(grad_norm))
     ratio = jnp.where(finite, ratio, jnp.full_like(ratio, jnp.nan))
-    # A ratio beyond the float range (huge ||w||, tiny ||g||) still has a representable
-    # step ``(u / denom) * numer``: take that order there.
-    overflow = jnp.logical_and(finite, jnp.isinf(ratio))
-    out = jnp.where(overflow, (u * (1 / safe_denom)) * numer, u * ratio).astype(g.dtype)
+    # ``(u / denom) * numer`` rather than ``u * ratio``: |u| <= denom, so the first factor
+    # is at most 1 and the step stays exact where the ratio alone under- or overflows
+    # (tiny ||w|| with huge ||g||, or the reverse).
+    by_norms = (u * (1 / safe_denom)) * numer
+    out = jnp.where(jnp.logical_and(scaled, finite), by_norms, u * ratio).astype(g.dtype)
     return out, ratio
 
 
