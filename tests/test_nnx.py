@@ -50,16 +50,18 @@ def _vmap_reference(model, ids, y):
     def per_example(p, i, yy):
         return _loss(nnx.merge(graphdef, p), i[None], yy[None])
 
-    return lars_jax.per_example_norms_vmap(per_example, params, ids, y)
+    return jax.jit(lambda p, i, yy: lars_jax.per_example_norms_vmap(per_example, p, i, yy))(
+        params, ids, y)
 
 
 @pytest.mark.parametrize("method", ["auto", "ghost", "direct"])
 def test_norms_match_vmap_reference_and_grads_match_nnx_grad(method):
     model = _Mixed(nnx.Rngs(0))
     ids, y = _data()
-    loss, grads, norms = lars_jax.nnx_value_grad_and_norms(_loss, model, ids, y,
-                                                           method=method)
-    ref_loss, ref_grads = nnx.value_and_grad(_loss)(model, ids, y)
+    loss, grads, norms = nnx.jit(
+        lambda m, i, yy: lars_jax.nnx_value_grad_and_norms(_loss, m, i, yy, method=method)
+    )(model, ids, y)
+    ref_loss, ref_grads = nnx.jit(nnx.value_and_grad(_loss))(model, ids, y)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
     chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-6)
@@ -72,10 +74,13 @@ def test_norms_match_vmap_reference_and_grads_match_nnx_grad(method):
 def test_micro_batch_norms_match_group_gradients():
     model = _Mixed(nnx.Rngs(0))
     ids, y = _data(batch=8)
-    _, _, norms = lars_jax.nnx_value_grad_and_norms(_loss, model, ids, y, num_groups=4)
+    _, _, norms = nnx.jit(
+        lambda m, i, yy: lars_jax.nnx_value_grad_and_norms(_loss, m, i, yy, num_groups=4)
+    )(model, ids, y)
     graphdef, params = nnx.split(model, nnx.Param)
-    ref = lars_jax.group_gradient_norms(lambda p, i, yy: _loss(nnx.merge(graphdef, p), i, yy),
-                                        params, ids, y, num_groups=4)
+    ref = jax.jit(lambda p, i, yy: lars_jax.group_gradient_norms(
+        lambda q, a, b: _loss(nnx.merge(graphdef, q), a, b), p, i, yy, num_groups=4))(
+        params, ids, y)
     chex.assert_trees_all_close(norms, ref, rtol=1e-5, atol=1e-7)
 
 
