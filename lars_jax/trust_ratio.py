@@ -562,25 +562,27 @@ def trust_ratio_stats(opt_state: Any) -> dict[str, Any] | None:
     if len(states) == 1:
         return {f: getattr(states[0], f) for f in fields}
 
-    def merge(*leaves: Any) -> Any:
-        present = [x for x in leaves if not _is_masked_node(x)]
-        if len(present) > 1:
+    def merge(a: Any, b: Any) -> Any:
+        """Fills the MaskedNode subtrees of one state with the other's values."""
+        if _is_masked_node(a):
+            return b
+        if _is_masked_node(b):
+            return a
+        a_kids, a_def = jax.tree_util.tree_flatten(a, is_leaf=lambda n: n is not a)
+        b_kids, b_def = jax.tree_util.tree_flatten(b, is_leaf=lambda n: n is not b)
+        if jax.tree_util.treedef_is_leaf(a_def) or jax.tree_util.treedef_is_leaf(b_def):
             raise ValueError(
                 f"trust_ratio_stats: {len(states)} trust-ratio states cover the same "
                 "tensor (e.g. two LARS transforms chained); read them from the state."
             )
-        return present[0] if present else optax.MaskedNode()
+        if a_def != b_def:
+            raise ValueError(
+                f"trust_ratio_stats: the state holds {len(states)} trust-ratio states with "
+                "different parameter structures; read them from the state one by one."
+            )
+        return a_def.unflatten([merge(x, y) for x, y in zip(a_kids, b_kids, strict=True)])
 
-    try:
-        return {
-            f: jax.tree.map(merge, *(getattr(st, f) for st in states),
-                            is_leaf=_is_masked_node)
-            for f in fields
-        }
-    except (TypeError, ValueError) as e:
-        if "trust_ratio_stats" in str(e):
-            raise
-        raise ValueError(
-            f"trust_ratio_stats: the state holds {len(states)} trust-ratio states with "
-            "different parameter structures; read them from the state one by one."
-        ) from e
+    merged = {f: getattr(states[0], f) for f in fields}
+    for st in states[1:]:
+        merged = {f: merge(merged[f], getattr(st, f)) for f in fields}
+    return merged
