@@ -138,6 +138,21 @@ class _ParamUsedOutsideLayer:
     get_value = _fail
 
 
+_MIN_FLAX = (0, 12)
+
+
+def _check_flax_version() -> None:
+    """The NNX API used here (``nnx.iter_modules``, ``merge(copy=True)``) is flax >= 0.12."""
+    import flax  # noqa: PLC0415
+
+    version = tuple(int(p) for p in flax.__version__.split(".")[:2] if p.isdigit())
+    if version < _MIN_FLAX:
+        raise ImportError(
+            f"nnx_value_grad_and_norms needs flax >= {'.'.join(map(str, _MIN_FLAX))}, "
+            f"found {flax.__version__}."
+        )
+
+
 def _recognised_layers(model: nnx.Module) -> dict[tuple[Any, ...], nnx.Module]:
     return {
         tuple(path): m for path, m in nnx.iter_modules(model) if type(m) in _PARAM_NAMES
@@ -232,6 +247,7 @@ def nnx_value_grad_and_norms(
     References:
       Goodfellow, "Efficient per-example gradient computations", arXiv 1510.01799, 2015.
     """
+    _check_flax_version()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     layers = _recognised_layers(model)
     names = {path: _path_name(path) for path in layers}

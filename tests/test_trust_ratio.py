@@ -361,6 +361,16 @@ def test_trust_ratio_stats_merges_the_groups_of_multi_transform():
     np.testing.assert_allclose(float(stats["trust_ratio"]["a"]), 4.0, rtol=1e-6)
     np.testing.assert_allclose(float(stats["trust_ratio"]["b"]), 1.0, rtol=1e-6)
     assert isinstance(stats["trust_ratio"]["bias"], optax.MaskedNode)
+    # Groups masked at a prefix (whole layers), each with the default mask inside.
+    layered = {"l0": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)},
+               "l1": {"kernel": jnp.full((3, 3), 3.0), "bias": jnp.ones(3)}}
+    tx = optax.multi_transform({"a": lars_jax.lars(0.1), "b": lars_jax.larc(0.1)},
+                               {"l0": "a", "l1": "b"})
+    _, state = tx.update(jax.tree.map(jnp.ones_like, layered), tx.init(layered), layered)
+    stats = lars_jax.trust_ratio_stats(state)
+    np.testing.assert_allclose(float(stats["param_norm"]["l0"]["kernel"]), 4.0, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["param_norm"]["l1"]["kernel"]), 9.0, rtol=1e-6)
+    assert isinstance(stats["trust_ratio"]["l1"]["bias"], optax.MaskedNode)
     twice = optax.chain(lars_jax.lars(0.1), lars_jax.lars(0.1))
     with pytest.raises(ValueError, match="same tensor"):
         lars_jax.trust_ratio_stats(twice.init(params))
