@@ -1,4 +1,4 @@
-"""The Python blocks of README.md and docs/using.md run as written, top to bottom."""
+"""README.md and docs/using.md Python blocks run as written, top to bottom; module examples run."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def test_python_blocks_run_in_order(name):
             exec(compile(code, f"{name}[block {i}]", "exec"), namespace)  # noqa: S102
         except Exception as e:  # noqa: BLE001 - re-raised with the block's number
             raise AssertionError(f"{name}: python block {i} failed: {e!r}\n{code}") from e
+
+
+@pytest.mark.parametrize("module", [
+    "lars_jax.trust_ratio", "lars_jax.alias", "lars_jax.masks", "lars_jax.testing",
+    "lars_jax.flax_train_state", "lars_jax.per_example_nnx",
+])
+def test_docstring_examples_run(module):
+    """The Examples sections of the optimizer and integration modules (CI runs tests/ only)."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module),
+                             optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0, f"{module}: {result.failed} docstring example(s) failed"
