@@ -78,7 +78,8 @@ from lars_jax.per_example import (  # noqa: F401
 from lars_jax import data  # noqa: F401
 
 # isort: split
-# CLARS-aware gradient accumulation: lars_jax.alias
+# CLARS in training loops: lars_jax.alias (multi_steps), lars_jax.flax_train_state,
+# lars_jax.per_example_nnx (Flax NNX); the float64 reference is lars_jax.testing
 from lars_jax.alias import MultiStepsNormsState, multi_steps  # noqa: F401
 from lars_jax.flax_train_state import TrainState  # noqa: F401
 from lars_jax.per_example_nnx import nnx_value_grad_and_norms  # noqa: F401
