@@ -26,7 +26,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 from lars_jax import models
-from lars_jax.alias import clars, larc, lars, sgd
+
+# CLARS in training loops: gradient accumulation (multi_steps), a linen TrainState that
+# forwards per_example_norms, per-example norms of Flax NNX models
+from lars_jax.alias import MultiStepsNormsState, clars, larc, lars, multi_steps, sgd
 from lars_jax.diagnostics import (
     NoiseScaleState,
     layer_diagnostics,
@@ -36,6 +39,7 @@ from lars_jax.diagnostics import (
     noise_scale_series,
     noise_scale_update,
 )
+from lars_jax.flax_train_state import TrainState
 from lars_jax.masks import default_mask
 from lars_jax.models import MODEL_NAMES, count_macs, create_model, flops_per_example
 from lars_jax.per_example import (
@@ -43,6 +47,7 @@ from lars_jax.per_example import (
     per_example_norms_vmap,
     value_grad_and_norms,
 )
+from lars_jax.per_example_nnx import nnx_value_grad_and_norms
 from lars_jax.schedules import (
     gradual_warmup,
     linear_scaling,
@@ -73,7 +78,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LarsTrustRatioState",
     "MODEL_NAMES",
+    "MultiStepsNormsState",
     "NoiseScaleState",
+    "TrainState",
     "clars",
     "count_macs",
     "create_model",
@@ -87,6 +94,8 @@ __all__ = [
     "linear_scaling",
     "mlperf_lars_schedule",
     "models",
+    "multi_steps",
+    "nnx_value_grad_and_norms",
     "noise_scale_estimates",
     "noise_scale_from_metrics",
     "noise_scale_init",

@@ -22,7 +22,11 @@ per-example gradient norms (exact rule unverified, see
 All optimizers work under :func:`jax.jit` and :func:`optax.inject_hyperparams`
 (e.g. ``optax.inject_hyperparams(lars)(learning_rate=schedule, weight_decay=schedule)``).
 Pass a callable ``mask`` to ``inject_hyperparams`` as a static argument
-(``static_args=("mask",)``), otherwise optax takes it for a schedule.
+(``static_args=("mask",)``), otherwise optax takes it for a schedule; a ``mask`` that
+comes out as ``False`` (and :func:`lars_jax.default_mask` called with a step count)
+raises instead of silently turning LARS off. For gradient accumulation with CLARS use
+:func:`multi_steps`, which averages ``per_example_norms`` over the micro-batches
+(``optax.MultiSteps`` alone would use the last micro-batch's norms only).
 
 References:
   You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
@@ -39,12 +43,14 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from lars_jax.masks import MaskOrFn, resolve_mask
+from lars_jax.masks import MaskOrFn, check_trust_ratio_mask, resolve_mask
 from lars_jax.trust_ratio import (
     check_momentum,
     check_non_negative,
@@ -112,7 +118,8 @@ def lars(
     Raises:
       ValueError: negative ``learning_rate`` (or schedule value at step 0),
         ``weight_decay``, ``trust_coefficient`` or ``eps``; ``momentum`` outside
-        ``[0, 1)``; unknown ``denominator``; ``clip <= 0``.
+        ``[0, 1)``; unknown ``denominator``; ``clip <= 0``; ``mask=False`` (see the
+        module docstring); at ``update``, a ``per_example_norms`` argument (CLARS only).
 
     Examples:
       Least squares with a weight matrix and a bias; the loss drops quickly:
@@ -142,6 +149,7 @@ def lars(
 
       MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7).
     """
+    check_trust_ratio_mask(mask)
     tail = _momentum_and_lr(learning_rate, momentum, nesterov)
     ratio = scale_by_lars_trust_ratio(
         weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
@@ -292,6 +300,7 @@ def clars(
       Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
       <https://arxiv.org/abs/2002.01576>`_, 2020.
     """
+    check_trust_ratio_mask(mask)
     tail = _momentum_and_lr(learning_rate, momentum, nesterov)
     ratio = scale_by_clars_trust_ratio(
         weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
@@ -384,3 +393,101 @@ def sgd(
 
 def _is_python_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
+
+
+class MultiStepsNormsState(NamedTuple):
+    """State of :func:`multi_steps`.
+
+    Attributes:
+      multi_steps: the wrapped :class:`optax.MultiStepsState`.
+      norm_sum: per tensor, the sum of the ``per_example_norms`` seen since the last
+        emitted update (scalars like the params).
+      norm_count: how many norms each tensor's sum holds (a scalar).
+    """
+
+    multi_steps: optax.MultiStepsState
+    norm_sum: Any
+    norm_count: jax.Array
+
+
+def multi_steps(
+    opt: optax.GradientTransformation,
+    every_k_schedule: int | Callable[[jax.Array], jax.Array],
+    **multi_steps_kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Gradient accumulation (:class:`optax.MultiSteps`) that is correct for CLARS.
+
+    ``optax.MultiSteps(clars(...), k)`` averages the gradients of ``k`` micro-batches but
+    passes the inner optimizer only the extra arguments of the *last* call, so CLARS
+    would divide by the mean per-example norm of the last micro-batch alone. This
+    wrapper keeps the running sum and count of the ``per_example_norms`` of every
+    micro-batch since the last emitted update and passes their mean (leaves of shape
+    ``(1,)``) on, so the update uses::
+
+        mean over all examples of the k micro-batches of ||g_i||
+
+    which is the CLARS rule for the whole (accumulated) batch. Micro-batches of
+    different sizes are weighted by their number of norms. Calls without
+    ``per_example_norms`` (LARS, SGD) behave as ``optax.MultiSteps``. A micro-step that
+    ``should_skip_update_fn`` skips does not add its norms.
+
+    Args:
+      opt: the optimizer to apply every ``k`` micro-steps (e.g. :func:`clars`).
+      every_k_schedule: ``k``, an int or a schedule, as in :class:`optax.MultiSteps`.
+      **multi_steps_kwargs: further arguments of :class:`optax.MultiSteps`
+        (``use_grad_mean``, ``should_skip_update_fn``).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` with state
+      :class:`MultiStepsNormsState`; its updates are zero except every ``k``-th call.
+
+    Examples:
+      >>> import jax.numpy as jnp, lars_jax
+      >>> params = {"kernel": jnp.ones((2, 2))}
+      >>> tx = lars_jax.multi_steps(lars_jax.clars(1.0, trust_coefficient=1.0), 2)
+      >>> state = tx.init(params)
+      >>> g = {"kernel": jnp.full((2, 2), 0.5)}
+      >>> _, state = tx.update(g, state, params, per_example_norms={"kernel": jnp.array([1.0])})
+      >>> u, state = tx.update(g, state, params, per_example_norms={"kernel": jnp.array([3.0])})
+      >>> float(lars_jax.trust_ratio_stats(state)["grad_norm"]["kernel"])  # mean of 1 and 3
+      2.0
+
+    References:
+      Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
+      <https://arxiv.org/abs/2002.01576>`_, 2020.
+    """
+    inner = optax.MultiSteps(opt, every_k_schedule, **multi_steps_kwargs)
+
+    def init_fn(params):
+        zeros = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+        return MultiStepsNormsState(inner.init(params), zeros, jnp.zeros((), jnp.float32))
+
+    def update_fn(updates, state, params=None, *, per_example_norms=None, **extra_args):
+        if per_example_norms is None:
+            new_inner, new_ms = inner.update(updates, state.multi_steps, params, **extra_args)
+            return new_inner, state._replace(multi_steps=new_ms)
+        try:
+            sums = jax.tree.map(
+                lambda s, n: s + jnp.sum(jnp.asarray(n, jnp.float32)),
+                state.norm_sum, per_example_norms,
+            )
+        except ValueError as e:
+            raise ValueError(
+                "`per_example_norms` must have the structure of the params (leaves of "
+                f"shape (n,)): {e}"
+            ) from e
+        count = state.norm_count + jax.tree.leaves(per_example_norms)[0].shape[0]
+        mean = jax.tree.map(lambda s: (s / count).reshape(1), sums)
+        new_updates, new_ms = inner.update(
+            updates, state.multi_steps, params, per_example_norms=mean, **extra_args
+        )
+        emitted = new_ms.mini_step == 0
+        skipped = jnp.logical_and(~emitted, new_ms.mini_step == state.multi_steps.mini_step)
+        keep = lambda new, old: jnp.where(emitted, jnp.zeros_like(new),
+                                          jnp.where(skipped, old, new))
+        new_state = MultiStepsNormsState(
+            new_ms, jax.tree.map(keep, sums, state.norm_sum), keep(count, state.norm_count)
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -49,7 +49,39 @@ def default_mask(params: optax.Params) -> Any:
       You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
       <https://arxiv.org/abs/1708.03888>`_, 2017.
     """
+    _reject_step_count(params)
     return jax.tree.map(lambda x: len(np.shape(x)) > 1, params)
+
+
+_INJECT_HINT = (
+    "under optax.inject_hyperparams pass the mask as a static argument: "
+    "optax.inject_hyperparams(lars_jax.lars, static_args=('mask',))"
+)
+
+
+def _reject_step_count(params: Any) -> None:
+    """Raises when a mask function gets a scalar integer (a step count) instead of params.
+
+    ``optax.inject_hyperparams`` calls every callable hyperparameter that is not in
+    ``static_args`` with the step count, as if it were a schedule.
+    """
+    dtype = getattr(params, "dtype", None)
+    if dtype is not None and np.shape(params) == () and np.issubdtype(dtype, np.integer):
+        raise ValueError(f"`mask` was called with a step count, not with params: {_INJECT_HINT}.")
+
+
+def check_trust_ratio_mask(mask: Any) -> None:
+    """Raises ValueError for ``mask=False``, which turns the trust ratio off everywhere.
+
+    That is what a callable mask becomes under ``optax.inject_hyperparams`` without
+    ``static_args=("mask",)`` (optax calls it with the step count): LARS would silently
+    run as momentum SGD. A pytree of booleans that are all False is still accepted.
+    """
+    if isinstance(mask, (bool, np.bool_)) and not mask:
+        raise ValueError(
+            "`mask=False` turns the trust ratio off for every tensor (that is momentum SGD: "
+            f"use lars_jax.sgd). If you passed a callable mask, {_INJECT_HINT}."
+        )
 
 
 def resolve_mask(mask: MaskOrFn | None) -> MaskOrFn:

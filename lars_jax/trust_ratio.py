@@ -13,13 +13,28 @@ rate" of You et al.)::
 
     ratio = 1                 where ||w|| == 0 or the gradient-norm term == 0
     ratio = min(ratio, clip)  when clip is given (LARC), see below
+    ratio = NaN               where a norm is not finite (NaN/Inf in w, g or the norms)
 
 The learning rate and momentum are *not* applied here: chain these transformations
 with :func:`optax.scale_by_learning_rate` and :func:`optax.trace` (or use the aliases
-in :mod:`lars_jax.alias`). Norms are always computed in float32, whatever the
-parameter dtype, and the output keeps the dtype of the incoming update. The state
-keeps the last step's per-tensor ratios and norms so that they can be logged; use
-:func:`trust_ratio_stats` to find them inside any optimizer state.
+in :mod:`lars_jax.alias`). Norms are computed in float32 for float32 and lower-precision
+parameters, and in float64 for float64 parameters (under ``jax_enable_x64``); the output
+keeps the dtype of the incoming update. The state keeps the last step's per-tensor
+ratios and norms so that they can be logged; use :func:`trust_ratio_stats` to find them
+inside any optimizer state.
+
+Norms are scaled by the tensor's largest magnitude before squaring (as BLAS's nrm2), so
+tensors whose entries are far from 1 (a gradient of 1e-25 in bfloat16, weights of 1e20)
+get their exact ratio instead of a sum of squares that underflows to 0 or overflows.
+XLA flushes float32 denormals (below ~1.2e-38) to zero on CPU, GPU and TPU: a tensor of
+denormals is a zero tensor here. A norm that exceeds the float range is Inf.
+
+Non-finite values. The fallback ``ratio = 1`` is taken only where a norm is exactly 0.
+A NaN or Inf in a parameter, a gradient or ``per_example_norms`` makes the ratio NaN, so
+the update is NaN too and a NaN check on the updates or the new parameters sees it, as
+with ``optax.lars``; it never turns into a finite, larger step. (Note that
+:func:`optax.apply_if_finite` checks the incoming gradients only: it skips a NaN gradient
+but not NaN ``per_example_norms``.)
 
 LARC clipping (``clip``). This library clips the *trust ratio*: the per-tensor rate is
 ``lr * min(ratio, clip)``; with ``clip=1`` (the default of :func:`lars_jax.larc`) that
@@ -61,14 +76,15 @@ class LarsTrustRatioState(NamedTuple):
     """Last step's per-tensor statistics of a (C)LARS trust-ratio transformation.
 
     Every field is a pytree with the structure of the (masked) parameters whose leaves
-    are float32 scalars. Tensors excluded by an enclosing :func:`optax.masked` hold
-    :class:`optax.MaskedNode` instead, an empty pytree node that ``jax.tree.leaves``
-    and ``jax.tree_util.tree_flatten_with_path`` skip.
+    are float32 scalars (float64 for float64 parameters). Tensors excluded by an
+    enclosing :func:`optax.masked` hold :class:`optax.MaskedNode` instead, an empty
+    pytree node that ``jax.tree.leaves`` and ``jax.tree_util.tree_flatten_with_path``
+    skip.
 
     Attributes:
-      trust_ratio: the ratio actually applied (after LARC clipping; 1 where a norm is 0).
-        Before the first update it is 1.
-      param_norm: ``||w||`` (float32).
+      trust_ratio: the ratio actually applied (after LARC clipping; 1 where a norm is 0,
+        NaN where a norm is not finite). Before the first update it is 1.
+      param_norm: ``||w||`` (float32; float64 for float64 params).
       grad_norm: the gradient-norm term of the denominator: ``||g||`` for the paper
         form, ``||g + wd * w||`` for the optax form, ``mean_i ||g_i||`` for CLARS.
     """
@@ -154,39 +170,74 @@ def check_denominator(denominator: Any, allowed: tuple[str, ...] = DENOMINATORS)
 # --------------------------------------------------------------------------- math
 
 
+def _compute_dtype(*arrays: Any) -> jnp.dtype:
+    """float32 for float32 and lower precision, float64 for float64 (under x64)."""
+    return jnp.result_type(_F32, *(np.dtype(a.dtype) for a in arrays))
+
+
 def _norm(x: jax.Array) -> jax.Array:
-    return jnp.linalg.norm(x.astype(_F32))
+    """``||x||`` without underflow or overflow of the sum of squares.
+
+    ``sqrt(sum(x**2))`` in float32 is 0 for tensors whose entries are below ~1e-19 (the
+    squares underflow) and Inf above ~1e19, so a tiny gradient would take the zero-norm
+    fallback (ratio 1) instead of LARS's normalised step. As BLAS's nrm2, the tensor is
+    scaled by its largest magnitude first: ``||x|| = m * ||x / m||``. The scale is
+    applied as two factors that are both normal floats (a power of two, then ``1 / m``
+    of a number in ``[2**-85, 2**64]``), so denormal and huge ``m`` work too. NaN and Inf
+    entries still give a NaN/Inf norm. Cost: one more reduction over the tensor.
+    """
+    m = jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+    pre = jnp.where(m < 2.0**-64, 2.0**64, jnp.where(m > 2.0**64, 2.0**-64, 1.0)).astype(x.dtype)
+    m_pre = m * pre
+    inv = jnp.where(jnp.logical_and(m_pre > 0, jnp.isfinite(m_pre)), 1 / m_pre, 1).astype(x.dtype)
+    return jnp.sqrt(jnp.sum(jnp.square((x * pre) * inv))) * m
 
 
 def _is_zero_constant(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
-def _as_f32(x: Any) -> Any:
-    return x if isinstance(x, (int, float)) else jnp.asarray(x, _F32)
+def _as(x: Any, dtype: jnp.dtype) -> Any:
+    """Python numbers stay weakly typed; arrays are cast to the compute dtype."""
+    return x if isinstance(x, (int, float)) else jnp.asarray(x, dtype)
 
 
 def _finish(
     g: jax.Array, u: jax.Array, numer: jax.Array, denom: jax.Array,
     param_norm: jax.Array, grad_norm: jax.Array, clip: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    """Applies ``ratio = numer / denom`` (1 where a norm is 0, clipped) to ``u``."""
-    ok = jnp.logical_and(param_norm > 0, grad_norm > 0)
-    ratio = numer / jnp.where(ok, denom, 1.0)
+    """Applies ``ratio = numer / denom`` (1 where a norm is 0, clipped) to ``u``.
+
+    Only an exact zero norm takes the fallback ratio 1: a NaN/Inf norm gives a NaN ratio
+    (and update) instead of a silently larger finite step.
+    """
+    fallback = jnp.logical_or(param_norm == 0, grad_norm == 0)
+    safe_denom = jnp.where(fallback, jnp.ones_like(denom), denom)
+    ratio = numer / safe_denom
+    scaled = jnp.logical_not(fallback)
     if clip is not None:
+        scaled = jnp.logical_and(scaled, ratio <= clip)
         ratio = jnp.minimum(ratio, clip)
-    ratio = jnp.where(ok, ratio, jnp.ones((), _F32))
-    out = (u * ratio).astype(g.dtype)
+    ratio = jnp.where(fallback, jnp.ones_like(ratio), ratio)
+    finite = jnp.logical_and(jnp.isfinite(param_norm), jnp.isfinite(grad_norm))
+    ratio = jnp.where(finite, ratio, jnp.full_like(ratio, jnp.nan))
+    # ``(u / denom) * numer`` rather than ``u * ratio``: |u| <= denom, so the first factor
+    # is at most 1 and the step stays exact where the ratio alone under- or overflows
+    # (tiny ||w|| with huge ||g||, or the reverse).
+    by_norms = (u * (1 / safe_denom)) * numer
+    out = jnp.where(jnp.logical_and(scaled, finite), by_norms, u * ratio).astype(g.dtype)
     return out, ratio
 
 
 def _paper_tensor(g, w, wd, tc, eps, clip, grad_norm=None):
     """Paper (and CLARS, when ``grad_norm`` is given) form for one tensor."""
-    w32 = w.astype(_F32)
-    g32 = g.astype(_F32)
+    dtype = _compute_dtype(w, g)
+    w32 = w.astype(dtype)
+    g32 = g.astype(dtype)
+    wd, tc, eps = _as(wd, dtype), _as(tc, dtype), _as(eps, dtype)
+    clip = None if clip is None else _as(clip, dtype)
     param_norm = _norm(w32)
-    if grad_norm is None:
-        grad_norm = _norm(g32)
+    grad_norm = _norm(g32) if grad_norm is None else jnp.asarray(grad_norm, dtype)
     if _is_zero_constant(wd):
         u, denom = g32, grad_norm + eps
     else:
@@ -197,8 +248,11 @@ def _paper_tensor(g, w, wd, tc, eps, clip, grad_norm=None):
 
 def _optax_tensor(g, w, wd, tc, eps, clip):
     """optax.lars's form for one tensor: ratio from ``||g + wd * w||``."""
-    w32 = w.astype(_F32)
-    u = g.astype(_F32) if _is_zero_constant(wd) else g.astype(_F32) + wd * w32
+    dtype = _compute_dtype(w, g)
+    w32 = w.astype(dtype)
+    wd, tc, eps = _as(wd, dtype), _as(tc, dtype), _as(eps, dtype)
+    clip = None if clip is None else _as(clip, dtype)
+    u = g.astype(dtype) if _is_zero_constant(wd) else g.astype(dtype) + wd * w32
     param_norm = _norm(w32)
     grad_norm = _norm(u)
     # Same operation order as optax.scale_by_trust_ratio: (tc * ||w||) / (||u|| + eps).
@@ -207,8 +261,8 @@ def _optax_tensor(g, w, wd, tc, eps, clip):
 
 
 def _init_state(params: optax.Params) -> LarsTrustRatioState:
-    ones = jax.tree.map(lambda _: jnp.ones((), _F32), params)
-    zeros = jax.tree.map(lambda _: jnp.zeros((), _F32), params)
+    ones = jax.tree.map(lambda w: jnp.ones((), _compute_dtype(w)), params)
+    zeros = jax.tree.map(lambda w: jnp.zeros((), _compute_dtype(w)), params)
     return LarsTrustRatioState(trust_ratio=ones, param_norm=zeros, grad_norm=zeros)
 
 
@@ -271,12 +325,13 @@ def scale_by_lars_trust_ratio(
         from NVIDIA apex's LARC).
 
     Returns:
-      An :class:`optax.GradientTransformation` whose state is a
+      An :class:`optax.GradientTransformationExtraArgs` whose state is a
       :class:`LarsTrustRatioState` holding the last step's ratios and norms.
 
     Raises:
       ValueError: for a negative ``weight_decay``/``trust_coefficient``/``eps``, an
-        unknown ``denominator``, a ``clip <= 0``, or when ``update`` gets no params.
+        unknown ``denominator``, a ``clip <= 0``, or when ``update`` gets no params or
+        gets ``per_example_norms`` (a CLARS argument that LARS would silently ignore).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -301,18 +356,48 @@ def scale_by_lars_trust_ratio(
         )
     check_non_negative("weight_decay", weight_decay)
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         del state
+        if "per_example_norms" in extra_args:
+            raise ValueError(
+                "scale_by_lars_trust_ratio (lars/larc) got `per_example_norms`, which only "
+                "CLARS uses: build the optimizer with lars_jax.clars (or "
+                "scale_by_clars_trust_ratio), or drop the argument."
+            )
         if params is None:
             raise ValueError("scale_by_lars_trust_ratio needs `params` in update().")
-        wd, tc, ep = _as_f32(weight_decay), _as_f32(trust_coefficient), _as_f32(eps)
-        cl = None if clip is None else _as_f32(clip)
+        wd, tc, ep, cl = weight_decay, trust_coefficient, eps, clip
         tensor_fn = _paper_tensor if denominator == "paper" else _optax_tensor
         return _apply_per_tensor(
             lambda g, w: tensor_fn(g, w, wd, tc, ep, cl), updates, params
         )
 
-    return optax.GradientTransformation(_init_state, update_fn)
+    return optax.GradientTransformationExtraArgs(_init_state, update_fn)
+
+
+def _is_masked_node(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def _align_to_masked_updates(per_example_norms: Any, updates: Any) -> Any:
+    """Drops the norms of tensors an enclosing :func:`optax.masked` excluded.
+
+    Without ``mask_compatible_extra_args=True``, ``optax.masked`` passes the norms of all
+    tensors while the updates hold :class:`optax.MaskedNode` for the excluded ones.
+    """
+    if per_example_norms is None or jax.tree.structure(per_example_norms) == jax.tree.structure(
+        updates
+    ):
+        return per_example_norms
+    if not any(map(_is_masked_node, jax.tree.leaves(updates, is_leaf=_is_masked_node))):
+        return per_example_norms
+    try:
+        return jax.tree.map(
+            lambda u, n: u if _is_masked_node(u) else n, updates, per_example_norms,
+            is_leaf=_is_masked_node,
+        )
+    except ValueError:
+        return per_example_norms  # _check_per_example_norms names the mismatch
 
 
 def _check_per_example_norms(per_example_norms: Any, updates: Any) -> None:
@@ -417,12 +502,12 @@ def scale_by_clars_trust_ratio(
         del state, extra_args
         if params is None:
             raise ValueError("scale_by_clars_trust_ratio needs `params` in update().")
+        per_example_norms = _align_to_masked_updates(per_example_norms, updates)
         _check_per_example_norms(per_example_norms, updates)
-        wd, tc, ep = _as_f32(weight_decay), _as_f32(trust_coefficient), _as_f32(eps)
-        cl = None if clip is None else _as_f32(clip)
+        wd, tc, ep, cl = weight_decay, trust_coefficient, eps, clip
 
         def tensor_fn(g, w, norms):
-            mean_norm = jnp.mean(jnp.asarray(norms, _F32))
+            mean_norm = jnp.mean(jnp.asarray(norms, _compute_dtype(w, g)))
             return _paper_tensor(g, w, wd, tc, ep, cl, grad_norm=mean_norm)
 
         return _apply_per_tensor(tensor_fn, updates, params, per_example_norms)
@@ -437,7 +522,9 @@ def trust_ratio_stats(opt_state: Any) -> dict[str, Any] | None:
     """Finds the last step's (C)LARS ratios and norms anywhere inside an optimizer state.
 
     Searches through chain tuples, ``MaskedState``, ``InjectHyperparamsState`` and any
-    other pytree node for the first :class:`LarsTrustRatioState`.
+    other pytree node for :class:`LarsTrustRatioState` nodes. Several of them (e.g. one
+    per group of ``optax.multi_transform``) are merged into one tree when they cover
+    disjoint tensors of the same parameter structure.
 
     Args:
       opt_state: the state of an optimizer built with this library (or any chain
@@ -446,10 +533,13 @@ def trust_ratio_stats(opt_state: Any) -> dict[str, Any] | None:
     Returns:
       ``None`` when the state holds no trust-ratio state; otherwise a dict with keys
       ``"trust_ratio"``, ``"param_norm"``, ``"grad_norm"``, each a pytree like the params
-      with float32 scalar leaves. Tensors excluded by the mask hold
+      with scalar leaves. Tensors that no trust-ratio transformation covers hold
       :class:`optax.MaskedNode` (an empty pytree node, skipped by ``jax.tree.leaves``
-      and ``jax.tree_util.tree_flatten_with_path``). If several trust-ratio states
-      exist (e.g. in ``optax.multi_transform``), the first in pytree order is returned.
+      and ``jax.tree_util.tree_flatten_with_path``).
+
+    Raises:
+      ValueError: when several trust-ratio states cover the same tensor or have
+        different parameter structures (read them one by one from the state instead).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -465,11 +555,34 @@ def trust_ratio_stats(opt_state: Any) -> dict[str, Any] | None:
       <https://arxiv.org/abs/1708.03888>`_, 2017.
     """
     is_state = lambda x: isinstance(x, LarsTrustRatioState)
-    for node in jax.tree.leaves(opt_state, is_leaf=is_state):
-        if is_state(node):
-            return {
-                "trust_ratio": node.trust_ratio,
-                "param_norm": node.param_norm,
-                "grad_norm": node.grad_norm,
-            }
-    return None
+    states = [n for n in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(n)]
+    if not states:
+        return None
+    fields = LarsTrustRatioState._fields
+    if len(states) == 1:
+        return {f: getattr(states[0], f) for f in fields}
+
+    def merge(a: Any, b: Any) -> Any:
+        """Fills the MaskedNode subtrees of one state with the other's values."""
+        if _is_masked_node(a):
+            return b
+        if _is_masked_node(b):
+            return a
+        a_kids, a_def = jax.tree_util.tree_flatten(a, is_leaf=lambda n: n is not a)
+        b_kids, b_def = jax.tree_util.tree_flatten(b, is_leaf=lambda n: n is not b)
+        if jax.tree_util.treedef_is_leaf(a_def) or jax.tree_util.treedef_is_leaf(b_def):
+            raise ValueError(
+                f"trust_ratio_stats: {len(states)} trust-ratio states cover the same "
+                "tensor (e.g. two LARS transforms chained); read them from the state."
+            )
+        if a_def != b_def:
+            raise ValueError(
+                f"trust_ratio_stats: the state holds {len(states)} trust-ratio states with "
+                "different parameter structures; read them from the state one by one."
+            )
+        return a_def.unflatten([merge(x, y) for x, y in zip(a_kids, b_kids, strict=True)])
+
+    merged = {f: getattr(states[0], f) for f in fields}
+    for st in states[1:]:
+        merged = {f: merge(merged[f], getattr(st, f)) for f in fields}
+    return merged

@@ -1,15 +1,8 @@
-"""Float64 NumPy reference of You et al.'s LARS (Algorithm 1), written from the paper.
+"""Test helpers around the float64 NumPy reference of LARS (now :mod:`lars_jax.testing`).
 
-Independent of lars_jax and optax: plain loops over lists of tensors, so that the
-tests compare two separate implementations of the same formulas.
-
-    ratio = tc * ||w|| / (||g|| + wd * ||w|| + eps)          paper
-    ratio = tc * ||w|| / (||g + wd * w|| + eps)              optax
-    ratio = tc * ||w|| / (mean_i ||g_i|| + wd * ||w|| + eps) CLARS (given the mean)
-    ratio = 1 if a norm is 0;  ratio = min(ratio, clip) with LARC
-    masked:   v = m * v + lr * ratio * (g + wd * w)
-    unmasked: v = m * v + lr * g
-    w = w - v              (Nesterov: w - (m * v + lr * u))
+The reference itself ships with the library as :mod:`lars_jax.testing` (independent of
+lars_jax's transforms and of optax). This module keeps the short names the tests use
+(``norm``, ``trust_ratio``, ``lars_step``, ``lars_run``) and the random trees.
 """
 
 from __future__ import annotations
@@ -18,58 +11,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lars_jax.testing import reference_lars_step, reference_norm, reference_trust_ratio
 
-def norm(x: np.ndarray) -> float:
-    return float(np.sqrt(np.sum(np.asarray(x, np.float64) ** 2)))
-
-
-def trust_ratio(
-    w: np.ndarray, g: np.ndarray, *, wd: float, tc: float, eps: float = 0.0,
-    denominator: str = "paper", clip: float | None = None, grad_norm: float | None = None,
-) -> float:
-    """The per-tensor ratio in float64."""
-    w = np.asarray(w, np.float64)
-    g = np.asarray(g, np.float64)
-    wn = norm(w)
-    if denominator == "paper":
-        gn = norm(g) if grad_norm is None else float(grad_norm)
-        denom = gn + wd * wn + eps
-    elif denominator == "optax":
-        gn = norm(g + wd * w)
-        denom = gn + eps
-    else:
-        raise ValueError(denominator)
-    if wn == 0.0 or gn == 0.0:
-        return 1.0
-    r = tc * wn / denom
-    return min(r, clip) if clip is not None else r
+norm = reference_norm
 
 
-def lars_step(
-    ws: Sequence[np.ndarray], gs: Sequence[np.ndarray], vs: Sequence[np.ndarray], *,
-    lr: float, wd: float, tc: float, momentum: float, mask: Sequence[bool],
-    nesterov: bool = False, eps: float = 0.0, denominator: str = "paper",
-    clip: float | None = None, grad_norms: Sequence[float | None] | None = None,
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+def trust_ratio(w, g, *, wd: float, tc: float, **kw) -> float:
+    """The per-tensor ratio in float64 (see :func:`lars_jax.testing.reference_trust_ratio`)."""
+    return reference_trust_ratio(w, g, weight_decay=wd, trust_coefficient=tc, **kw)
+
+
+def lars_step(ws, gs, vs, *, lr: float, wd: float, tc: float, **kw):
     """One step of Algorithm 1 on lists of tensors; returns (new_w, new_v, update)."""
-    new_w, new_v, upd = [], [], []
-    grad_norms = grad_norms if grad_norms is not None else [None] * len(ws)
-    for w, g, v, m_, gn in zip(ws, gs, vs, mask, grad_norms, strict=True):
-        w = np.asarray(w, np.float64)
-        g = np.asarray(g, np.float64)
-        v = np.asarray(v, np.float64)
-        if m_:
-            r = trust_ratio(w, g, wd=wd, tc=tc, eps=eps, denominator=denominator,
-                            clip=clip, grad_norm=gn)
-            u = lr * r * (g + wd * w)
-        else:
-            u = lr * g
-        v = momentum * v + u
-        step = momentum * v + u if nesterov else v
-        new_w.append(w - step)
-        new_v.append(v)
-        upd.append(-step)
-    return new_w, new_v, upd
+    return reference_lars_step(ws, gs, vs, learning_rate=lr, weight_decay=wd,
+                               trust_coefficient=tc, **kw)
 
 
 def lars_run(

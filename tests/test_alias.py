@@ -13,6 +13,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import lars_jax
+import lars_jax.testing
 
 # No shrinking: a failing example is reported as found (shrinking JAX code is slow).
 PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
@@ -264,20 +265,22 @@ class JitTest(chex.TestCase):
         params = _to_jax(random_tree(0, [1, 3, 5, 0]))
         grads = _to_jax(random_tree(1, [1, 3, 5, 0], scale=0.3))
         norms = jax.tree.map(lambda x: jnp.linspace(1.0, 2.0, 4), params)
-        for tx in (lars_jax.lars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
-                   lars_jax.larc(0.5, weight_decay=1e-3, trust_coefficient=0.05),
-                   lars_jax.clars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
-                   lars_jax.sgd(0.5, weight_decay=1e-3, decoupled_weight_decay=True)):
+        txs = (lars_jax.lars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+               lars_jax.larc(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+               lars_jax.clars(0.5, weight_decay=1e-3, trust_coefficient=0.05),
+               lars_jax.sgd(0.5, weight_decay=1e-3, decoupled_weight_decay=True))
+        for tx in txs:
             update = self.variant(tx.update)
+            extra = {"per_example_norms": norms} if tx is txs[2] else {}
             state = tx.init(params)
             p = params
             for _ in range(2):
-                u, state = update(grads, state, p, per_example_norms=norms)
+                u, state = update(grads, state, p, **extra)
                 p = optax.apply_updates(p, u)
             ref_state = tx.init(params)
             q = params
             for _ in range(2):
-                u, ref_state = jax.jit(tx.update)(grads, ref_state, q, per_example_norms=norms)
+                u, ref_state = jax.jit(tx.update)(grads, ref_state, q, **extra)
                 q = optax.apply_updates(q, u)
             chex.assert_trees_all_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -431,3 +434,104 @@ def test_clars_requires_matching_per_example_norms():
     u, _ = tx.update(grads, state, params,
                      per_example_norms={"k": jnp.ones(3), "b": jnp.ones(3)})
     chex.assert_tree_all_finite(u)
+
+
+# --------------------------------------------- magnitudes where trust ratios break
+
+_TINY32 = float(np.finfo(np.float32).tiny)
+magnitudes = st.sampled_from([0.0, 1e-40, 1e-30, 1e-20, 1e-3, 1.0, 1e20])
+
+
+def _flushed64(tree):
+    """The float32 values XLA computes with (denormals flushed to zero), as float64."""
+    def flush(x):
+        x = np.asarray(np.asarray(x, np.float32), np.float64)
+        return np.where(np.abs(x) < _TINY32, 0.0, x)
+    return jax.tree.map(flush, tree)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, phases=PHASES)
+@given(ids=shape_ids, seed=st.integers(0, 2**16), w_mag=magnitudes, g_mag=magnitudes,
+       hp=hparams, clip=st.sampled_from([None, 1.0]))
+def test_lars_step_with_zero_denormal_tiny_huge_tensors_matches_reference(
+    ids, seed, w_mag, g_mag, hp, clip
+):
+    params = random_tree(seed, ids, scale=w_mag)
+    grads = random_tree(seed + 1, ids, scale=g_mag)
+    tx = lars_jax.lars(hp["lr"], weight_decay=hp["wd"], trust_coefficient=hp["tc"],
+                       momentum=hp["momentum"], nesterov=hp["nesterov"], eps=hp["eps"],
+                       clip=clip)
+    p32 = _to_jax(params)
+    updates, _ = jax.jit(tx.update)(_to_jax(grads), tx.init(p32), p32)
+    ws, gs = _leaves(_flushed64(params)), _leaves(_flushed64(grads))
+    mask = [np.ndim(x) > 1 for x in ws]
+    _, _, want = lars_step(ws, gs, [np.zeros_like(w) for w in ws], lr=hp["lr"], wd=hp["wd"],
+                           tc=hp["tc"], momentum=hp["momentum"], nesterov=hp["nesterov"],
+                           eps=hp["eps"], mask=mask, clip=clip)
+    for got, exp in zip(_leaves(updates), want, strict=True):
+        assert np.all(np.isfinite(got))
+        scale = float(np.max(np.abs(exp), initial=0.0))
+        np.testing.assert_allclose(got, exp, rtol=2e-5, atol=1e-6 * scale + 1e-37)
+
+
+# ------------------------------------------------------ silent misconfigurations
+
+
+def test_callable_mask_under_inject_hyperparams_without_static_args_raises():
+    params = {"k": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    user_mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    for factory in (lars_jax.lars, lars_jax.larc, lars_jax.clars):
+        for mask in (lars_jax.default_mask, user_mask):
+            with pytest.raises(ValueError, match="static_args"):
+                optax.inject_hyperparams(factory)(learning_rate=0.1, mask=mask).init(params)
+    # With static_args the mask is applied: the kernel gets the ratio, the bias does not.
+    tx = optax.inject_hyperparams(lars_jax.lars, static_args=("mask",))(
+        learning_rate=0.1, mask=user_mask)
+    _, state = tx.update(params, tx.init(params), params)
+    stats = lars_jax.trust_ratio_stats(state)
+    assert isinstance(stats["trust_ratio"]["b"], optax.MaskedNode)
+    assert not isinstance(stats["trust_ratio"]["k"], optax.MaskedNode)
+    with pytest.raises(ValueError, match="mask=False"):
+        lars_jax.lars(0.1, mask=False)
+
+
+def test_multi_steps_averages_clars_norms_over_micro_batches():
+    """k micro-batches: the ratio uses the mean over ALL examples' norms (CLARS rule)."""
+    rng = np.random.default_rng(0)
+    params = {"k": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32),
+              "b": jnp.zeros(3)}
+    micro_grads = [jax.tree.map(lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape),
+                                                      jnp.float32), params) for _ in range(3)]
+    micro_norms = [jax.tree.map(lambda _: jnp.asarray(rng.uniform(0.5, 2.0, 4), jnp.float32),
+                                params) for _ in range(3)]
+    hp = dict(learning_rate=0.5, weight_decay=1e-3, trust_coefficient=0.02, momentum=0.9)
+    tx = lars_jax.multi_steps(lars_jax.clars(**hp), every_k_schedule=3)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for g, n in zip(micro_grads, micro_norms, strict=True):
+        updates, state = update(g, state, params, per_example_norms=n)
+    # Reference: one CLARS step on the mean gradient with the mean of all 12 norms.
+    mean_g = jax.tree.map(lambda *g: sum(g) / 3, *micro_grads)
+    all_norms = jax.tree.map(lambda *n: jnp.concatenate(n), *micro_norms)
+    want = lars_jax.testing.reference_lars_updates(
+        params, [mean_g], per_example_norms_per_step=[all_norms], **hp)[0]
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, updates), want, rtol=1e-5, atol=1e-7)
+    assert float(state.norm_count) == 0.0  # reset after the emitted update
+    # optax.MultiSteps alone uses the last micro-batch's norms: a different step.
+    plain = optax.MultiSteps(lars_jax.clars(**hp), every_k_schedule=3)
+    pstate = plain.init(params)
+    for g, n in zip(micro_grads, micro_norms, strict=True):
+        pupdates, pstate = plain.update(g, pstate, params, per_example_norms=n)
+    assert not np.allclose(np.asarray(pupdates["k"]), np.asarray(want["k"]), rtol=1e-3)
+
+
+def test_multi_steps_with_lars_equals_optax_multi_steps():
+    params = {"k": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    grads = [jax.tree.map(lambda x, i=i: (0.1 + i) * x, params) for i in range(4)]
+    ours = lars_jax.multi_steps(lars_jax.lars(0.1), 2)
+    ref = optax.MultiSteps(lars_jax.lars(0.1), 2)
+    s1, s2 = ours.init(params), ref.init(params)
+    for g in grads:
+        u1, s1 = ours.update(g, s1, params)
+        u2, s2 = ref.update(g, s2, params)
+        chex.assert_trees_all_equal(u1, u2)

@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lars_jax"
 CORE = ("lars_jax.trust_ratio", "lars_jax.alias", "lars_jax.masks", "lars_jax.schedules",
-        "lars_jax.per_example", "lars_jax.diagnostics", "lars_jax.models")
+        "lars_jax.per_example", "lars_jax.diagnostics", "lars_jax.models",
+        "lars_jax.per_example_nnx", "lars_jax.flax_train_state", "lars_jax.testing")
 HEAVY = ("orbax", "matplotlib", "grain", "tensorflow_datasets", "tensorstore", "tqdm",
          "array_record")
 

@@ -187,3 +187,190 @@ def test_weight_decay_schedule_is_evaluated_per_step():
 def test_transform_bad_hyperparameters(factory, kwargs, name):
     with pytest.raises(ValueError, match=name):
         factory(**kwargs)
+
+
+# ------------------------------------------------- magnitudes where trust ratios break
+
+# Exact zeros, float32 denormals (XLA flushes them to zero), entries whose squares
+# underflow (1e-20, 1e-30) or would overflow (1e20) in float32, and tiny gradients under
+# large weights (a ratio beyond the float32 range).
+magnitudes = st.sampled_from([0.0, 1e-40, 1e-30, 1e-20, 1e-3, 1.0, 1e20])
+_TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def _as_float32_flushed(tree):
+    """The float32 values XLA computes with, as float64: denormals flushed to zero."""
+    def flush(x):
+        x = np.asarray(np.asarray(x, np.float32), np.float64)
+        return np.where(np.abs(x) < _TINY32, 0.0, x)
+    return jax.tree.map(flush, tree)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@given(ids=shape_ids, seed=st.integers(0, 2**16), w_mag=magnitudes, g_mag=magnitudes,
+       wd=st.sampled_from([0.0, 1e-4, 0.5]), tc=st.sampled_from([1e-3, 1.0]),
+       eps=st.sampled_from([0.0, 1e-6]), denominator=st.sampled_from(["paper", "optax"]),
+       clip=st.sampled_from([None, 1.0]))
+def test_zero_denormal_tiny_huge_and_huge_ratio_match_reference(
+    ids, seed, w_mag, g_mag, wd, tc, eps, denominator, clip
+):
+    params = _as_float32_flushed(random_tree(seed, ids, scale=w_mag))
+    grads = _as_float32_flushed(random_tree(seed + 1, ids, scale=g_mag))
+    tx = lars_jax.scale_by_lars_trust_ratio(weight_decay=wd, trust_coefficient=tc, eps=eps,
+                                            denominator=denominator, clip=clip)
+    p32 = _to_jax(random_tree(seed, ids, scale=w_mag))
+    out, state = jax.jit(tx.update)(_to_jax(random_tree(seed + 1, ids, scale=g_mag)),
+                                    tx.init(p32), p32)
+    for w, g, o, r in zip(jax.tree.leaves(params), jax.tree.leaves(grads),
+                          jax.tree.leaves(out), jax.tree.leaves(state.trust_ratio), strict=True):
+        want = trust_ratio(w, g, wd=wd, tc=tc, eps=eps, denominator=denominator, clip=clip)
+        want_out = want * (g + wd * w)
+        assert np.all(np.isfinite(np.asarray(o))), (want, float(r))
+        scale = float(np.max(np.abs(want_out), initial=0.0))
+        np.testing.assert_allclose(np.asarray(o, np.float64), want_out, rtol=1e-5,
+                                   atol=1e-6 * scale + 1e-37)
+        if want > float(np.finfo(np.float32).max):
+            assert float(r) == np.inf  # the ratio itself is not representable; the step is
+        else:
+            np.testing.assert_allclose(float(r), want, rtol=1e-5, atol=1e-37)
+
+
+def test_tiny_gradient_gets_the_normalised_step_not_the_zero_norm_fallback():
+    """g = 1e-25 (squares underflow in float32): the step is tc * ||w|| * g / ||g||."""
+    params = {"k": jnp.full((4, 4), 2.0)}  # ||w|| = 8
+    grads = {"k": jnp.full((4, 4), 1e-25)}  # ||g|| = 4e-25
+    tx = lars_jax.scale_by_lars_trust_ratio(trust_coefficient=1e-3)
+    out, state = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(float(state.grad_norm["k"]), 4e-25, rtol=1e-6)
+    # 1e-3 * 8 * 1e-25 / 4e-25 = 2e-3 per entry.
+    np.testing.assert_allclose(np.asarray(out["k"]), 2e-3, rtol=1e-6)
+
+
+# ------------------------------------------------------------------- non-finite values
+
+
+@pytest.mark.parametrize("where", ["param", "grad"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_param_or_grad_gives_non_finite_update_like_optax_lars(where, bad):
+    params = {"k": jnp.ones((3, 3)), "b": jnp.ones(3)}
+    grads = {"k": jnp.full((3, 3), 0.1), "b": jnp.full(3, 0.1)}
+    tree = params if where == "param" else grads
+    tree["k"] = tree["k"].at[0, 0].set(bad)
+    for tx in (lars_jax.lars(0.1, weight_decay=1e-4), lars_jax.larc(0.1, weight_decay=1e-4),
+               optax.lars(0.1, weight_decay=1e-4)):
+        out, _ = tx.update(grads, tx.init(params), params)
+        assert not np.all(np.isfinite(np.asarray(out["k"]))), tx
+    stats = lars_jax.trust_ratio_stats(
+        lars_jax.lars(0.1).update(grads, lars_jax.lars(0.1).init(params), params)[1]
+    )
+    assert np.isnan(float(stats["trust_ratio"]["k"]))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_per_example_norms_give_nan_update_not_a_larger_step(bad):
+    """Before: NaN norms took the ratio-1 fallback, a finite step 1/tc times too large."""
+    params = {"k": jnp.ones((3, 3))}
+    grads = {"k": jnp.full((3, 3), 0.1)}
+    norms = {"k": jnp.array([0.2, bad, 0.4])}
+    tx = lars_jax.clars(0.1, trust_coefficient=1e-3)
+    out, state = jax.jit(tx.update)(grads, tx.init(params), params, per_example_norms=norms)
+    assert np.all(np.isnan(np.asarray(out["k"])))
+    assert np.isnan(float(lars_jax.trust_ratio_stats(state)["trust_ratio"]["k"]))
+    # A NaN check on the new params (the trainer's NaN policy) sees it.
+    assert not np.all(np.isfinite(np.asarray(optax.apply_updates(params, out)["k"])))
+
+
+def test_zero_norms_still_take_the_documented_fallback():
+    params = {"k": jnp.zeros((2, 2))}
+    grads = {"k": jnp.full((2, 2), 0.5)}
+    tx = lars_jax.scale_by_lars_trust_ratio(weight_decay=0.1)
+    out, state = tx.update(grads, tx.init(params), params)
+    assert float(state.trust_ratio["k"]) == 1.0
+    np.testing.assert_allclose(np.asarray(out["k"]), 0.5)
+
+
+# ------------------------------------------------------------------- float64 (x64)
+
+
+def test_float64_params_get_float64_norms_under_x64():
+    """Relative error of the ratio vs the float64 reference: ~1e-16, not float32's ~1e-7."""
+    with jax.enable_x64(True):
+        tree = random_tree(3, [3, 5, 1])
+        grads = random_tree(4, [3, 5, 1], scale=0.3)
+        params64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+        grads64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), grads)
+        for denominator in ("paper", "optax"):
+            tx = lars_jax.scale_by_lars_trust_ratio(weight_decay=1e-3, trust_coefficient=0.02,
+                                                    denominator=denominator)
+            state = tx.init(params64)
+            assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(state))
+            out, state = jax.jit(tx.update)(grads64, state, params64)
+            for w, g, r, o in zip(jax.tree.leaves(tree), jax.tree.leaves(grads),
+                                  jax.tree.leaves(state.trust_ratio), jax.tree.leaves(out),
+                                  strict=True):
+                assert o.dtype == jnp.float64
+                want = trust_ratio(w, g, wd=1e-3, tc=0.02, denominator=denominator)
+                assert abs(float(r) - want) / want < 1e-13
+        # The optax form equals optax.lars in float64 to ~1e-15 as well.
+        ours = lars_jax.lars(0.1, weight_decay=1e-3, trust_coefficient=0.02,
+                             denominator="optax", mask=True)
+        ref = optax.lars(0.1, weight_decay=1e-3, trust_coefficient=0.02)
+        u1, _ = ours.update(grads64, ours.init(params64), params64)
+        u2, _ = ref.update(grads64, ref.init(params64), params64)
+        chex.assert_trees_all_close(u1, u2, rtol=1e-13, atol=0)
+
+
+# ----------------------------------------------------- optax wrappers and misconfigs
+
+
+def test_clars_inside_optax_masked_without_mask_compatible_extra_args():
+    params = {"k": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    grads = jax.tree.map(lambda x: 0.1 * x, params)
+    norms = {"k": jnp.array([0.5, 1.5]), "b": jnp.array([1.0, 2.0])}
+    ratio = lars_jax.scale_by_clars_trust_ratio(trust_coefficient=1.0)
+    plain = optax.masked(ratio, lars_jax.default_mask)
+    flagged = optax.masked(ratio, lars_jax.default_mask, mask_compatible_extra_args=True)
+    out1, _ = plain.update(grads, plain.init(params), params, per_example_norms=norms)
+    out2, _ = flagged.update(grads, flagged.init(params), params, per_example_norms=norms)
+    chex.assert_trees_all_equal(out1, out2)
+    # ratio = ||w|| / mean(norms) = sqrt(6) / 1.0
+    np.testing.assert_allclose(np.asarray(out1["k"]), 0.1 * np.sqrt(6.0), rtol=1e-6)
+
+
+def test_lars_rejects_per_example_norms():
+    params = {"k": jnp.ones((3, 2))}
+    norms = {"k": jnp.ones(4)}
+    for tx in (lars_jax.lars(0.1), lars_jax.larc(0.1), lars_jax.scale_by_lars_trust_ratio(),
+               optax.inject_hyperparams(lars_jax.lars)(learning_rate=0.1)):
+        with pytest.raises(ValueError, match="clars"):
+            tx.update(params, tx.init(params), params, per_example_norms=norms)
+
+
+def test_trust_ratio_stats_merges_the_groups_of_multi_transform():
+    params = {"a": jnp.full((2, 2), 2.0), "b": jnp.full((3, 3), 3.0), "bias": jnp.ones(2)}
+    grads = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
+    tx = optax.multi_transform(
+        {"fast": lars_jax.lars(0.1, trust_coefficient=1.0),
+         "slow": lars_jax.larc(0.1, trust_coefficient=0.5)},
+        {"a": "fast", "b": "slow", "bias": "fast"},
+    )
+    _, state = tx.update(grads, tx.init(params), params)
+    stats = lars_jax.trust_ratio_stats(state)
+    # ||w|| / ||g||: a: 4 / 1 = 4 (tc 1); b: 9 / 1.5 * 0.5 = 3, clipped to 1 (LARC)
+    np.testing.assert_allclose(float(stats["trust_ratio"]["a"]), 4.0, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["trust_ratio"]["b"]), 1.0, rtol=1e-6)
+    assert isinstance(stats["trust_ratio"]["bias"], optax.MaskedNode)
+    # Groups masked at a prefix (whole layers), each with the default mask inside.
+    layered = {"l0": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)},
+               "l1": {"kernel": jnp.full((3, 3), 3.0), "bias": jnp.ones(3)}}
+    tx = optax.multi_transform({"a": lars_jax.lars(0.1), "b": lars_jax.larc(0.1)},
+                               {"l0": "a", "l1": "b"})
+    _, state = tx.update(jax.tree.map(jnp.ones_like, layered), tx.init(layered), layered)
+    stats = lars_jax.trust_ratio_stats(state)
+    np.testing.assert_allclose(float(stats["param_norm"]["l0"]["kernel"]), 4.0, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["param_norm"]["l1"]["kernel"]), 9.0, rtol=1e-6)
+    assert isinstance(stats["trust_ratio"]["l1"]["bias"], optax.MaskedNode)
+    twice = optax.chain(lars_jax.lars(0.1), lars_jax.lars(0.1))
+    with pytest.raises(ValueError, match="same tensor"):
+        lars_jax.trust_ratio_stats(twice.init(params))
