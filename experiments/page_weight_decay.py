@@ -867,10 +867,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                         "computed from `rows.jsonl` by that code. Raw runs: `runs/`."),
                  sections=sections)
     summary = {"preset": preset, "claims": []}
+    short = _short_results(derived, cells_a, cos_c, table)
     for k, (v, details) in verdicts.items():
         summary["claims"].append({"id": k, "claim": CRITERIA[k].claim,
-                                  "criterion": CRITERIA[k].rule, "result": details,
-                                  "verdict": v})
+                                  "criterion": CRITERIA[k].rule, "result": short.get(k, ""),
+                                  "details": details, "verdict": v})
     for rho in (0.9, 0.0):
         fit = rate_fit(derived, rho)
         if fit:
@@ -879,6 +880,52 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     summary["headline"] = "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items())
     xu.save_json(summary, out / "summary.json")
     return summary
+
+
+def _span(ivs: Mapping[Any, ev.Interval]) -> str:
+    """Range of the cell means and the union of their intervals."""
+    if not ivs:
+        return "no data"
+    means = [iv.mean for iv in ivs.values()]
+    los = [iv.lo if iv.n >= 2 else iv.mean for iv in ivs.values()]
+    his = [iv.hi if iv.n >= 2 else iv.mean for iv in ivs.values()]
+    return (f"cell means {min(means):+.3f} .. {max(means):+.3f} (95% intervals within "
+            f"[{min(los):+.3f}, {max(his):+.3f}], {len(ivs)} cells)")
+
+
+def _short_results(derived: list[dict], cells_a: Mapping[Any, ev.Interval],
+                   cos_c: Mapping[Any, ev.Interval], table: Mapping[int, Any]
+                   ) -> dict[str, str]:
+    """One line per claim with the numbers and intervals behind its verdict."""
+    out = {"a": "net change of |w|^2 / weight-decay shrink on the plateau: " + _span(cells_a),
+           "d": "median cos(g_t, v_t-1) on the plateau: " + _span(cos_c)}
+    fits = []
+    for rho in (0.9, 0.0):
+        fit = rate_fit(derived, rho)
+        if fit:
+            (sl, slo, shi), (q, qlo, qhi) = fit["slope"], fit["ratio"]
+            fits.append(f"momentum {rho:g}: slope {sl:.2f} [{slo:.2f}, {shi:.2f}], "
+                        f"measured/predicted {q:.2f} [{qlo:.2f}, {qhi:.2f}]")
+    out["b"] = "; ".join(fits) + " (95% bootstrap over cells)" if fits else "no data"
+    scan = {}
+    for r in derived:
+        if r.get("kind") == "cos_scan":
+            scan.setdefault(int(r["batch"]), []).append(r["cos_gv_median"])
+    if scan:
+        out["d"] += "; batch scan: " + ", ".join(
+            f"B={b}: {np.mean(v):+.2f}" for b, v in sorted(scan.items()))
+    if table:
+        noisy = [n for n in table if table[n]["noise_fraction"] >= NOISE_DOMINATED]
+        parts = [f"noise fraction {table[min(table)]['noise_fraction']:.2f} at n=1 .. "
+                 f"{table[max(table)]['noise_fraction']:.2f} at n={max(table)}"]
+        if len(noisy) >= 2:
+            sl, lo, hi = g_slope(table, noisy)
+            parts.append(f"|g| slope over noise-dominated n<={max(noisy)}: {sl:.2f} "
+                         f"[{lo:.2f}, {hi:.2f}] (prediction -0.5)")
+        parts.append("angle ratio n small / 1 large: " + ", ".join(
+            f"n={n}: {table[n]['ratio'].mean:.2f}" for n in table if n > 1))
+        out["c"] = "; ".join(parts)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
