@@ -63,20 +63,22 @@ SETTINGS: dict[str, dict[str, Any]] = {
                   test_subset=256, batch=32, seeds=[0],
                   momentum=dict(lr=[0.4], wd=[5e-3]), plain=dict(lr=[1.0], wd=[2e-2]),
                   ns=[1, 2, 4], draws=2, scan_batches=[32, 128], scan_steps=12,
-                  small_base=dict(batch=16, ns=[1, 2, 4])),
+                  small_base=dict(batch=16, ns=[1, 2, 4]), retrained_base=None),
     "cpu": dict(model="mlp2", width=0.5, dataset="fashion_mnist", train_subset=None,
                 test_subset=None, batch=128, seeds=[0, 1, 2],
                 momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
                 plain=dict(lr=[0.5, 1.0, 2.0], wd=[1e-3, 2e-3, 4e-3]),
                 ns=[1, 2, 4, 8, 16, 32, 64, 128], draws=4,
                 scan_batches=[128, 512, 2048, 8192, 32768], scan_steps=40,
-                small_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256])),
+                small_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
+                retrained_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256])),
     "full": dict(model="resnet9", width=1.0, dataset="cifar10", train_subset=None,
                  test_subset=None, batch=512, seeds=[0, 1, 2],
                  momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
                  plain=dict(lr=[0.5, 1.0, 2.0], wd=[1e-3, 2e-3, 4e-3]),
                  ns=[1, 2, 4, 8, 16, 32], draws=4, scan_batches=[512, 2048, 8192],
-                 scan_steps=40, small_base=dict(batch=128, ns=[1, 2, 4, 8, 16, 32, 64])),
+                 scan_steps=40, small_base=dict(batch=128, ns=[1, 2, 4, 8, 16, 32, 64]),
+                 retrained_base=None),
 }
 NUM_TRAIN = {"fashion_mnist": 60000, "cifar10": 50000}
 
@@ -457,24 +459,36 @@ def run_layer_rows(row: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
     return out
 
 
-def _final_state(preset: str, base: TrainConfig, rho: float) -> tuple[Any, Any, float, float]:
+def _final_state(preset: str, base: TrainConfig, rho: float, batch: int | None = None
+                 ) -> tuple[Any, Any, float, float]:
     """Retrains the central cell of a momentum grid (seed 0, the grid run's exact config
-    without diagnostics) and returns (params, batch_stats, lr, wd) at its end."""
+    without diagnostics) and returns (params, batch_stats, lr, wd) at its end.
+
+    With ``batch``, trains at that batch instead, with the lr scaled linearly from the
+    preset's batch and again for 12 relaxation times.
+    """
     import jax
 
     from lars_jax.train import train
 
     _, lr, wd = centre(preset, rho)
+    pt = point(preset, rho, lr, wd, 0)
+    if batch:
+        s = SETTINGS[preset]
+        lr = lr * batch / s["batch"]
+        steps = round(RELAX_MULTIPLE * relaxation_steps(lr, wd, rho))
+        n_train = s["train_subset"] or NUM_TRAIN[s["dataset"]]
+        pt.update(learning_rate=lr, batch_size=batch, base_batch_size=batch,
+                  epochs=steps / (n_train // batch))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = dataclasses.replace(base, **point(preset, rho, lr, wd, 0), workdir=tmp,
-                                  resume=False, log_diagnostics=False)
+        cfg = dataclasses.replace(base, **pt, workdir=tmp, resume=False, log_diagnostics=False)
         _, state = train(cfg, return_state=True)
     return jax.device_get(state.params), jax.device_get(state.batch_stats), lr, wd
 
 
 def step_rows(preset: str, base: TrainConfig, *, base_batch: int | None = None,
               ns: Sequence[int] | None = None, suffix: str = "",
-              scan: bool = True) -> list[dict[str, Any]]:
+              scan: bool = True, retrain: bool = False) -> list[dict[str, Any]]:
     """Claim (c) and the batch scan of (d), by a small loop over the library's parts.
 
     At the final weights of the central plain-SGD run: the full training-set gradient G,
@@ -483,7 +497,8 @@ def step_rows(preset: str, base: TrainConfig, *, base_batch: int | None = None,
     n*B with lr*n from its own equilibrium norm (same examples). At the final weights of
     the central momentum run: cos(g_t, v_t-1) over steps of SGD+momentum at larger batches.
     ``base_batch`` and ``ns`` replace the preset's B and n list for (c), ``suffix`` is
-    appended to the row kinds, and ``scan=False`` skips (d).
+    appended to the row kinds, ``scan=False`` skips (d), and ``retrain=True`` takes the
+    weights of a run trained at ``base_batch`` with the linearly scaled lr.
     """
     import jax
     import jax.numpy as jnp
@@ -521,7 +536,7 @@ def step_rows(preset: str, base: TrainConfig, *, base_batch: int | None = None,
     rng = np.random.default_rng(12345)
 
     # ---- (c) at the plain-SGD centre
-    params, stats, lr, wd = _final_state(preset, base, 0.0)
+    params, stats, lr, wd = _final_state(preset, base, 0.0, b0 if retrain else None)
     w0 = hidden(params)
     full = hidden(grad_fn(params, stats, xs, ys))
     for k in w0:
@@ -630,10 +645,33 @@ def _fmt_iv(iv: ev.Interval, fmt: str = "+.3f") -> str:
     return f"{iv.mean:{fmt}} [{iv.lo:{fmt}}, {iv.hi:{fmt}}]"
 
 
-def _small_base_rows(derived: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The rows of the added small-base (c) analysis, under the kinds decide_sqrt_n reads."""
-    return [dict(r, kind=r["kind"].removesuffix("_small_base")) for r in derived
-            if str(r.get("kind", "")).endswith("_small_base")]
+ADDED_C = {  # (c) analyses added after the pre-set one: settings key -> row-kind suffix
+    "small_base": "_small_base", "retrained_base": "_retrained_base"}
+
+
+def _added_intro(key: str, preset: str) -> str:
+    s = SETTINGS[preset]
+    b = s[key]["batch"]
+    why = (f"Added after the pre-set analysis at B = {s['batch']} was computed: there the "
+           f"noise fraction is already below {NOISE_DOMINATED} at n = 2, so the claim's "
+           f"premise holds only at n = 1. Same criterion code, base batch {b}, so that "
+           f"several n are noise dominated. ")
+    if key == "small_base":
+        how = (f"Same weights as above (trained at batch {s['batch']}), hidden kernels "
+               f"rescaled to the batch-{b} equilibrium norm; the head and BatchNorm "
+               f"parameters stay as trained at batch {s['batch']}, with the unscaled lr. ")
+    else:
+        how = (f"Weights of the central plain-SGD cell retrained at batch {b} with the "
+               f"linear rule's lr (x {b}/{s['batch']}) for {RELAX_MULTIPLE} relaxation "
+               f"times, so that every layer is at its batch-{b} equilibrium. ")
+    return why + how + ("Not fixed before the runs: reported next to the pre-set verdict, "
+                        "not instead of it.")
+
+
+def _suffix_rows(derived: Sequence[Mapping[str, Any]], suffix: str) -> list[dict]:
+    """The rows of an added (c) analysis, under the kinds decide_sqrt_n reads."""
+    return [dict(r, kind=r["kind"].removesuffix(suffix)) for r in derived
+            if str(r.get("kind", "")).endswith(suffix)]
 
 
 def _c_plots(rows: Sequence[Mapping[str, Any]], batch: int, out: Path, tag: str
@@ -741,9 +779,10 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
                                  f"from {WINDOW_START} relaxation times")]
     # (c) |g| vs n and the step ratio
     imgs["c"] = _c_plots(derived, s["batch"], out, "")
-    sb = s.get("small_base")
-    if sb:
-        imgs["c2"] = _c_plots(_small_base_rows(derived), sb["batch"], out, f"_b{sb['batch']}")
+    for key, suffix in ADDED_C.items():
+        if s.get(key):
+            imgs["c" + suffix] = _c_plots(_suffix_rows(derived, suffix), s[key]["batch"], out,
+                                          suffix)
     # (d) cos over time and over batch
     key = (*centre(preset, 0.9), 0)
     m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
@@ -858,25 +897,25 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
              "c": "(c) Page's sqrt(n) argument: |g| against n, n small steps vs one large",
              "d": "(d) cos(g_t, v_t-1)"}
     bodies = {"a": table_a, "b": table_b, "c": table_c, "d": table_d}
-    small = _small_base_rows(derived)
-    sb = s.get("small_base")
-    added = None
+    added: dict[str, tuple[ev.Verdict, list[str], dict]] = {}
     for k, crit in CRITERIA.items():
         sections.append(Section(names[k], crit.section(derived) + "\n\n" + bodies[k],
                                 imgs.get(k, [])))
-        if k == "c" and small and sb:
-            added = crit(small)
-            t2 = _sqrt_n_table(small)
+        if k != "c":
+            continue
+        for j, (key, suffix) in enumerate(ADDED_C.items()):
+            rows_c = _suffix_rows(derived, suffix)
+            if not (s.get(key) and rows_c):
+                continue
+            v, lines = crit(rows_c)
+            t2 = _sqrt_n_table(rows_c)
+            added[key] = (v, lines, t2)
             sections.append(Section(
-                f"(c, added) The same criterion at base batch B = {sb['batch']}",
-                f"Added after the pre-set analysis at B = {s['batch']} (above) was computed: "
-                f"there the noise fraction is already below {NOISE_DOMINATED} at n = 2, so "
-                f"the claim's premise holds only at n = 1. Same weights, same criterion "
-                f"code, a smaller base batch so that several n are noise dominated. Not "
-                f"fixed before the runs: it is reported next to the pre-set verdict, not "
-                f"instead of it.\n\n**Verdict of the same criterion (computed): "
-                f"{added[0]}.**\n\n" + "\n".join(added[1]) + "\n\n"
-                + _c_table(t2, sb["batch"]), imgs.get("c2", [])))
+                f"(c, added {j + 1}) The same criterion at base batch {s[key]['batch']}"
+                + (", weights retrained there" if key == "retrained_base" else ""),
+                _added_intro(key, preset) + f"\n\n**Verdict of the same criterion "
+                f"(computed): {v}.**\n\n" + "\n".join(lines) + "\n\n"
+                + _c_table(t2, s[key]["batch"]), imgs.get("c" + suffix, [])))
     sections.append(Section("Verdict", "\n".join(
         f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items())))
     limits = (
@@ -912,14 +951,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         if fit:
             summary[f"rate_fit_momentum_{rho:g}"] = {
                 "slope": list(fit["slope"]), "ratio": list(fit["ratio"])}
-    if added is not None:
-        t2 = _sqrt_n_table(small)
-        c_claim = next(c for c in summary["claims"] if c["id"] == "c")
-        c_claim["added_analysis"] = {
-            "what": f"same criterion at base batch {sb['batch']}, added after the pre-set "
-                    f"analysis (not fixed before the runs)",
-            "verdict": added[0], "details": added[1],
-            "result": _short_results(small, {}, {}, t2).get("c", "")}
+    c_claim = next(c for c in summary["claims"] if c["id"] == "c")
+    for key, (v, lines, t2) in added.items():
+        c_claim.setdefault("added_analyses", []).append({
+            "what": _added_intro(key, preset), "base_batch": s[key]["batch"], "verdict": v,
+            "details": lines, "result": _short_results([], {}, {}, t2).get("c", "")})
     summary["headline"] = "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items())
     xu.save_json(summary, out / "summary.json")
     return summary
@@ -987,13 +1023,17 @@ def main(argv: list[str] | None = None) -> dict:
     tag = {"kind": "settings", "preset": args.preset, **{
         k: SETTINGS[args.preset][k] for k in ("ns", "draws", "scan_batches", "scan_steps")}}
     steps = _cached(cache, tag, lambda: step_rows(args.preset, run.base), args.report_only)
-    sb = SETTINGS[args.preset].get("small_base")
-    if sb:
-        tag2 = {"kind": "settings", "preset": args.preset, "small_base": sb,
+    for key, suffix in ADDED_C.items():
+        sb = SETTINGS[args.preset].get(key)
+        if not sb:
+            continue
+        tag2 = {"kind": "settings", "preset": args.preset, key: sb,
                 "draws": SETTINGS[args.preset]["draws"]}
-        steps += _cached(run.out / "steps_small_base.jsonl", tag2, lambda: step_rows(
-            args.preset, run.base, base_batch=sb["batch"], ns=sb["ns"], suffix="_small_base",
-            scan=False), args.report_only)
+        steps += _cached(run.out / f"steps{suffix}.jsonl", tag2, lambda sb=sb, suffix=suffix,
+                         key=key: step_rows(args.preset, run.base, base_batch=sb["batch"],
+                                            ns=sb["ns"], suffix=suffix, scan=False,
+                                            retrain=key == "retrained_base"),
+                         args.report_only)
     return analyse(args.preset, run.base, run.rows, run.out, run.timer, steps)
 
 
