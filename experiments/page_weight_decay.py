@@ -896,7 +896,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
              "b": "(b) lr|g|/|w| against sqrt(2 lr wd/(1-rho))",
              "c": "(c) Page's sqrt(n) argument: |g| against n, n small steps vs one large",
              "d": "(d) cos(g_t, v_t-1)"}
-    bodies = {"a": table_a, "b": table_b, "c": table_c, "d": table_d}
+    bodies = {"a": table_a, "b": table_b, "c": table_c + _c_reading(table, s["batch"]),
+              "d": table_d + _d_reading(scan)}
     added: dict[str, tuple[ev.Verdict, list[str], dict]] = {}
     for k, crit in CRITERIA.items():
         sections.append(Section(names[k], crit.section(derived) + "\n\n" + bodies[k],
@@ -915,9 +916,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                 + (", weights retrained there" if key == "retrained_base" else ""),
                 _added_intro(key, preset) + f"\n\n**Verdict of the same criterion "
                 f"(computed): {v}.**\n\n" + "\n".join(lines) + "\n\n"
-                + _c_table(t2, s[key]["batch"]), imgs.get("c" + suffix, [])))
+                + _c_table(t2, s[key]["batch"]) + _c_reading(t2, s[key]["batch"]),
+                imgs.get("c" + suffix, [])))
     sections.append(Section("Verdict", "\n".join(
-        f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items())))
+        f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items()) + "".join(
+        f"\n- (c, added {j + 1}, not pre-set) base batch {s[key]['batch']}: {added[key][0]}"
+        for j, key in enumerate(ADDED_C) if key in added)))
     limits = (
         xu.preset_note(preset) + " "
         + ("Reductions for the loaded 2-core CPU: the BN-MLP (width 0.5, 128 hidden units) "
@@ -968,6 +972,49 @@ def _c_table(table: Mapping[int, Mapping[str, Any]], batch: int) -> str:
         f"| {n} | {n * batch} | {t['noise_fraction']:.3f} | {t['g_rms']:.3g} | "
         f"{_fmt_iv(t['ratio'], '.3f')} | {_fmt_iv(t['cos'], '.3f')} |\n"
         for n, t in table.items())
+
+
+def _c_reading(table: Mapping[int, Mapping[str, Any]], batch: int) -> str:
+    """Plain-words reading of a (c) table; every number is read from the table."""
+    if len(table) < 2:
+        return ""
+    ns = sorted(table)
+    noisy = [n for n in ns if table[n]["noise_fraction"] >= NOISE_DOMINATED]
+    last = ns[-1]
+    r_last, c_last = table[last]["ratio"].mean, table[last]["cos"].mean
+    below = [n for n in ns if n > 1 and table[n]["ratio"].mean < 1]
+    text = (f"\n\nReading: the gradient is noise dominated (noise fraction >= "
+            f"{NOISE_DOMINATED}) up to batch {max(noisy) * batch if noisy else 'none'}; the "
+            f"noise fraction falls to {table[last]['noise_fraction']:.2f} at batch "
+            f"{last * batch}, where |g| has flattened. ")
+    if below and r_last < 1:
+        text += (f"Where the signal dominates, the n small steps do not add coherently "
+                 f"(that would give a ratio near sqrt(n) = {math.sqrt(last):.1f} at n = "
+                 f"{last}): the ratio is {r_last:.2f}, below the 1 of orthogonal steps, so "
+                 f"the small steps partly cancel (the weights fluctuate around the plateau "
+                 f"instead of drifting) and the one large step at lr x n turns the hidden "
+                 f"weights further than the n small steps it replaces; their directions "
+                 f"agree less and less (cosine {c_last:.2f} at n = {last}).")
+    return text
+
+
+def _d_reading(scan: Sequence[Mapping[str, Any]]) -> str:
+    if not scan:
+        return ""
+    by: dict[int, list[float]] = {}
+    for r in scan:
+        by.setdefault(int(r["batch"]), []).append(float(r["cos_gv_median"]))
+    bs = sorted(by)
+    lo, hi = bs[0], bs[-1]
+    end = float(np.mean(by[hi]))
+    why = ("" if abs(end) <= COS_BAND else
+           " (negative: the new gradient points against the accumulated step, the "
+           "signature of oscillation rather than of a consistent descent direction)"
+           if end < 0 else " (positive: successive gradients share a direction)")
+    return (f"\n\nReading: continuing SGD+momentum from the central run's weights, the "
+            f"median cos(g_t, v_t-1) goes from {np.mean(by[lo]):+.2f} at batch {lo} to "
+            f"{end:+.2f} at batch {hi}{why}; the noise fraction at each batch is in the "
+            f"table.")
 
 
 def _span(ivs: Mapping[Any, ev.Interval]) -> str:
