@@ -212,7 +212,8 @@ def _loglog_fit(points: np.ndarray) -> tuple[float, float]:
     lx, ly = np.log(points[:, 0]), np.log(points[:, 1])
     if len(points) < 2 or np.ptp(lx) == 0:
         return math.nan, float(np.exp(np.mean(ly - lx))) if len(points) else math.nan
-    slope = float(np.polyfit(lx, ly, 1)[0])
+    dx = lx - lx.mean()
+    slope = float(dx @ (ly - ly.mean()) / (dx @ dx))  # least squares
     return slope, float(np.exp(np.mean(ly - lx)))
 
 
