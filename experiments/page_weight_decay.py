@@ -776,8 +776,8 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
                            ylabel="(|w_t+1|^2 - |w_t|^2) / weight-decay shrink",
                            hlines={"0 (balance)": 0.0, f"+{DRIFT_BAND}": DRIFT_BAND,
                                    f"-{DRIFT_BAND}": -DRIFT_BAND}, legend_cols=2,
-                           title=f"Measured net change of |w|^2 (24 block means); plateau "
-                                 f"from {WINDOW_START} relaxation times")]
+                           title=f"Net change of |w|^2 (24 block means), central cells; "
+                                 f"plateau from {WINDOW_START} tau")]
     # (c) |g| vs n and the step ratio
     imgs["c"] = _c_plots(derived, s["batch"], out, "")
     for key, suffix in ADDED_C.items():
