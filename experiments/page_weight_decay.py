@@ -63,7 +63,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                   test_subset=256, batch=32, seeds=[0],
                   momentum=dict(lr=[0.4], wd=[5e-3]), plain=dict(lr=[1.0], wd=[2e-2]),
                   ns=[1, 2, 4], draws=2, scan_batches=[32, 128], scan_steps=12,
-                  small_base=dict(batch=16, ns=[1, 2, 4]), retrained_base=None),
+                  small_base=None, retrained_base=None),
     "cpu": dict(model="mlp2", width=0.5, dataset="fashion_mnist", train_subset=None,
                 test_subset=None, batch=128, seeds=[0, 1, 2],
                 momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
