@@ -609,19 +609,24 @@ def step_rows(preset: str, base: TrainConfig, *, base_batch: int | None = None,
     for b in s["scan_batches"]:
         if b > n_train:
             continue
+        # noise fraction at the start weights (its own generator: the scan's batches are
+        # the same with or without it)
+        draw_rng = np.random.default_rng(b)
+        g2 = {k: [] for k in w0m}
+        for _ in range(s["draws"]):
+            idx = draw_rng.choice(n_train, b, replace=False)
+            for k, v in hidden(grad_fn(params, stats, xs[idx], ys[idx])).items():
+                g2[k].append(float(np.sum(v ** 2)))
         p, st = params, txm.init(params)
         cos: dict[str, list[float]] = {}
-        g2: dict[str, list[float]] = {}
         for t in range(s["scan_steps"]):
             idx = rng.choice(n_train, b, replace=False)
             p, st, diag = momentum_step(p, st, xs[idx], ys[idx])
             if t >= s["scan_steps"] // 2:
                 for k in w0m:
                     cos.setdefault(k, []).append(float(diag[f"{k}/cos_g_v"]))
-                    g2.setdefault(k, []).append(float(diag[f"{k}/g_sqnorm"]
-                                                      * diag[f"{k}/w_sqnorm"]))
         for k in w0m:
-            gfull = float(np.sum(full_m[k] ** 2) * np.sum(w0m[k] ** 2))
+            gfull = float(np.sum(full_m[k] ** 2))
             rows.append({"kind": "cos_scan", "batch": b, "layer": k, "scale_invariant": True,
                          "cos_gv_median": float(np.median(cos[k])),
                          "noise_fraction": 1.0 - gfull / float(np.mean(g2[k]))})
@@ -1068,7 +1073,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
     run = xu.run_experiment(NAME, args, base_config, lambda p, _b: list(runs(p).values()))
     cache = run.out / "steps.jsonl"
-    tag = {"kind": "settings", "preset": args.preset, **{
+    tag = {"kind": "settings", "preset": args.preset, "scan_noise": "start weights", **{
         k: SETTINGS[args.preset][k] for k in ("ns", "draws", "scan_batches", "scan_steps")}}
     steps = _cached(cache, tag, lambda: step_rows(args.preset, run.base), args.report_only)
     for key, suffix in ADDED_C.items():
