@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -941,8 +942,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "full-gradient reference BatchNorm over all images. The diagnostics are single-step "
            "samples, not window means. The head is not scale invariant: shown, not tested."
            if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}"
-        + " (2 cores shared with other jobs: load average 10-18 during the runs).")
+        + "\n\n" + xu.run_time_note(rows, timer) + " Custom computations of (c) and (d) "
+        + ", ".join(f"{r['file']}: {r['seconds']:.0f} s" for r in derived
+                    if r.get("kind") == "timing")
+        + f" (wall clock, including their retraining). Machine: {xu.environment_note()}"
+        + " (2 cores shared with other jobs: load average 18-26 during the runs).")
     sections.append(Section("Limits of the evidence", limits))
     write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
                  intro=("Page's four claims about weight decay on scale-invariant layers, each "
@@ -1098,7 +1102,9 @@ def _cached(path: Path, tag: dict, compute: Any, report_only: bool) -> list[dict
             return lines[1:]
     if report_only:
         return []
+    t0 = time.perf_counter()
     rows = compute()
+    rows.append({"kind": "timing", "file": path.name, "seconds": time.perf_counter() - t0})
     path.write_text("".join(json.dumps(r) + "\n" for r in [tag, *rows]))
     return rows
 
