@@ -940,7 +940,14 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "weights (draws of data vary, not the run), n limited to n lr wd < 1 and n B <= "
            "the training set; the noise fraction uses BatchNorm over each batch, the "
            "full-gradient reference BatchNorm over all images. The diagnostics are single-step "
-           "samples, not window means. The head is not scale invariant: shown, not tested."
+           "samples, not window means. The head is not scale invariant: shown, not tested. "
+           "What (a) can detect: at constant lr a stationary |w|^2 has zero mean net change "
+           "whatever the mechanism, so (a) tests that every cell is stationary after "
+           f"{WINDOW_START} relaxation times (a longer relaxation would fail it); that the "
+           "growth is the gradient step lr^2|g|^2/(1-rho)^2 balancing the shrink is what (b) "
+           "tests (its ratio is sqrt(growth/shrink)). The (c, added) analyses were chosen "
+           "after the pre-set (c) result was known. This preset took longer than the 30 "
+           "minutes asked for on the loaded machine (times below)."
            if preset == "cpu" else "")
         + "\n\n" + xu.run_time_note(rows, timer) + " Custom computations of (c) and (d) "
         + ", ".join(f"{r['file']}: {r['seconds']:.0f} s" for r in derived
