@@ -72,7 +72,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
                 ns=[1, 2, 4, 8, 16, 32, 64, 128], draws=4,
                 scan_batches=[128, 512, 2048, 8192, 32768], scan_steps=40,
                 small_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
-                retrained_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256])),
+                retrained_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
+                conv=dict(model="resnet8", width=0.25, rho=0.9, lr=0.4,
+                          wd=[1e-3, 2e-3, 4e-3], seeds=[0])),
     "full": dict(model="resnet9", width=1.0, dataset="cifar10", train_subset=None,
                  test_subset=None, batch=512, seeds=[0, 1, 2],
                  momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
@@ -118,7 +120,16 @@ def runs(preset: str) -> dict[str, dict[str, Any]]:
         for rho, lr, wd in cells(preset):
             out[f"rho={rho:g} lr={lr:g} wd={wd:g} seed={seed}"] = point(preset, rho, lr, wd,
                                                                         seed)
-    return dict(list(out.items())[:1]) if preset == "smoke" else out
+    if preset == "smoke":
+        return dict(list(out.items())[:1])
+    conv = SETTINGS[preset].get("conv")
+    if conv:  # the convolutional confirmation, last in priority
+        for seed in conv["seeds"]:
+            for wd in conv["wd"]:
+                p = point(preset, conv["rho"], conv["lr"], wd, seed)
+                out[f"{conv['model']} rho={conv['rho']:g} lr={conv['lr']:g} wd={wd:g} "
+                    f"seed={seed}"] = dict(model=conv["model"], width=conv["width"], **p)
+    return out
 
 
 def base_config(preset: str) -> TrainConfig:
@@ -829,9 +840,15 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         c = xu.config_of(row)
         key = (float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"]),
                int(c["seed"]))
-        metrics[key] = xu.read_metrics(row, out / "runs")
+        model = str(c.get("model", s["model"]))
+        m = xu.read_metrics(row, out / "runs")
+        if model == s["model"]:
+            metrics[key] = m
         if xu.outcome(row) == "ok":
-            derived += run_layer_rows(row, metrics[key], s["model"])
+            lr_rows = run_layer_rows(row, m, model)
+            if model != s["model"]:  # the convolutional confirmation: its own kind
+                lr_rows = [dict(r, kind="run_layer_conv", model=model) for r in lr_rows]
+            derived += lr_rows
     derived += steps
     with open(out / "rows.jsonl", "w") as f:
         for r in derived:
