@@ -62,7 +62,9 @@ def test_schedule_of_a_cell_is_twelve_relaxation_times():
     prods_m = sorted(lr * wd / 0.1 for lr in s["momentum"]["lr"] for wd in s["momentum"]["wd"])
     prods_p = sorted(lr * wd for lr in s["plain"]["lr"] for wd in s["plain"]["wd"])
     assert prods_m == pytest.approx(prods_p)
-    assert len(page.runs("cpu")) == 54 and len(page.runs("smoke")) == 1
+    # 18 cells x 3 seeds on the MLP, then the 3 ResNet-8 cells of the confirmation
+    assert len(page.runs("cpu")) == 54 + 3 and len(page.runs("smoke")) == 1
+    assert [p.get("model") for p in page.runs("cpu").values()][-3:] == ["resnet8"] * 3
 
 
 def test_run_layer_rows_read_drift_rate_and_cos_from_metrics():
@@ -203,3 +205,18 @@ def test_every_rule_names_its_thresholds():
     assert str(page.DRIFT_BAND) in page.CRITERIA["a"].rule
     assert str(page.COS_BAND) in page.CRITERIA["d"].rule
     assert str(page.NOISE_DOMINATED) in page.CRITERIA["c"].rule
+
+
+def test_confirmation_and_added_rows_do_not_enter_the_preset_verdicts():
+    rng = np.random.default_rng(3)
+    rows = _run_rows(lambda c, s, j: {"drift": float(rng.normal(0, 0.03)),
+                                      "cos_gv_median": 0.01})
+    # ResNet-8 rows (their own kind) that would contradict (a) and (d)
+    conv = [dict(r, kind="run_layer_conv", drift=0.9, cos_gv_median=0.8) for r in rows]
+    assert page.CRITERIA["a"](rows + conv)[0] == "supported"
+    assert page.CRITERIA["d"](rows + conv)[0] == "supported"
+    # an added (c) analysis is read only through its suffix
+    added = [dict(r, kind=r["kind"] + "_small_base") for r in
+             _sqrt_n_rows(math.sqrt, lambda n: 0.01 + 10.0 / n, 0.01)]
+    assert page.CRITERIA["c"](added)[0] == "inconclusive"  # no rows of the pre-set kind
+    assert page.CRITERIA["c"](page._suffix_rows(added, "_small_base"))[0] == "contradicted"
