@@ -1,429 +1,1183 @@
 """Experiment 3: weight decay, weight-norm equilibrium and LARS (Page, seed 001).
 
-Claims (Page, "How to train your ResNet 6"; formulas in lars_jax.diagnostics), for conv
-layers followed by BatchNorm (scale invariant, so ``w . g = 0``):
+Claims (Page, "How to train your ResNet 6"; formulas in :mod:`lars_jax.diagnostics`), for
+weights followed by BatchNorm (scale invariant: ``L(c w) = L(w)``, so ``w . g = 0``):
 
-(a) per layer, the per-step shrink of ``|w|^2`` from weight decay and its growth from the
+(a) per layer, the per-step shrink of ``|w|^2`` by weight decay and its growth by the
     gradient step balance after a relaxation time of about ``(1-rho)/(2*lr*wd)`` steps;
-(b) ``lr*|g|/|w|`` tracks ``sqrt(2*lr*wd)`` without momentum and
-    ``sqrt(2*lr*wd*(1-rho))`` with momentum (SGD behaves like LARS);
-(c) if the batch grows n-fold and gradients are noise dominated (``|g| ~ 1/sqrt(n)``),
-    the matching learning-rate rule is ``lr ~ sqrt(n)``, not ``n``;
-(d) ``g_t`` and the momentum buffer ``v_{t-1}`` are nearly uncorrelated.
+(b) ``lr*|g| / ((1-rho)*|w|)`` equals ``sqrt(2*lr*wd/(1-rho))`` (SGD behaves like LARS);
+(c) with the linear rule (batch x n, lr x n) the LARS-like rate grows by sqrt(n) and, when
+    gradients are noise dominated, ``|g|`` shrinks by 1/sqrt(n), so one step at batch
+    n*B moves the weights like n steps at batch B;
+(d) the gradient ``g_t`` and the momentum buffer ``v_{t-1}`` are nearly uncorrelated.
 
-Runs (all with ``log_diagnostics``): SGD+momentum at batch B (the reference), plain SGD at
-batch B with the same effective rate ``lr/(1-rho)``, and SGD+momentum at batch n*B with the
-learning rate scaled by sqrt(n) and by n.
+Design (decided before the runs; the criteria are the module-level ``CRITERIA``): the
+BN-MLP (hidden Dense layers without bias followed by BatchNorm: exactly scale invariant)
+trained at a constant learning rate for 12 relaxation times, on a 3x3 grid of lr x wd in
+2x steps centred on Page's values, with momentum 0.9 and 0 (the plain-SGD grid has the
+same ``lr*wd/(1-rho)``, hence the same predicted step and relaxation time), 3 seeds.
+Claims (a), (b) and (d) are read from the trainer's per-layer diagnostics over the last
+2/3 of each run (the plateau, after 4 relaxation times). Claim (c) and a batch-size scan
+of (d) are computed by a small loop over the library's model, optimizer and diagnostics
+at the final weights of the central runs, for batches from B to 256 B, so that the
+gradient is noise dominated at the small batches and signal dominated at the large ones.
 
 Usage:
   python experiments/page_weight_decay.py --preset cpu
-  python experiments/page_weight_decay.py --preset full
+  python experiments/page_weight_decay.py --preset cpu --report-only
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import evidence as ev  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lars_jax import experiment_utils as xu  # noqa: E402
 from lars_jax.diagnostics import page_lars_rate  # noqa: E402
-from lars_jax.plotting import plot_lines  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 NAME = "page_weight_decay"
-BALANCE_TOL = 0.25  # |shrink/growth - 1| below this counts as balanced
-N_SCALE = 4  # batch multiplier for the sqrt(n) check
-WINDOW_RELAX = 2.0  # statistics start after this many relaxation times (at peak lr)
+RELAX_MULTIPLE = 12  # run length, in relaxation times (constant lr throughout)
+WINDOW_START = 4  # the plateau window starts after this many relaxation times
+SAMPLES = 150  # logged (single-step) diagnostic samples per run
 
-SETTINGS = {  # batch B, lr (momentum run), wd, rho
-    "smoke": dict(batch=32, lr=0.1, wd=1e-2, rho=0.9),
-    "cpu": dict(batch=64, lr=0.1, wd=1e-2, rho=0.9),
-    "full": dict(batch=512, lr=0.4, wd=5e-4, rho=0.9),
+# Grids: lr x wd in 2x steps. Momentum 0.9 is centred on Page's (lr 0.4, wd 5e-4); plain SGD
+# uses lr/(1-rho) = 4x smaller rates with 4x larger wd, i.e. the same lr*wd/(1-rho), hence
+# the same predicted step and relaxation time (Page's lr 4 without momentum diverges in the
+# MLP's non-scale-invariant head: measured 18% accuracy at lr 8).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": dict(model="mlp2", width=0.25, dataset="fashion_mnist", train_subset=512,
+                  test_subset=256, batch=32, seeds=[0],
+                  momentum=dict(lr=[0.4], wd=[5e-3]), plain=dict(lr=[1.0], wd=[2e-2]),
+                  ns=[1, 2, 4], draws=2, scan_batches=[32, 128], scan_steps=12,
+                  small_base=None, retrained_base=None),
+    "cpu": dict(model="mlp2", width=0.5, dataset="fashion_mnist", train_subset=None,
+                test_subset=None, batch=128, seeds=[0, 1, 2],
+                momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
+                plain=dict(lr=[0.5, 1.0, 2.0], wd=[1e-3, 2e-3, 4e-3]),
+                ns=[1, 2, 4, 8, 16, 32, 64, 128], draws=4,
+                scan_batches=[128, 512, 2048, 8192, 32768], scan_steps=40,
+                small_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
+                retrained_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
+                conv=dict(model="resnet8", width=0.25, rho=0.9, lr=0.4,
+                          wd=[1e-3, 2e-3, 4e-3], seeds=[0])),
+    "full": dict(model="resnet9", width=1.0, dataset="cifar10", train_subset=None,
+                 test_subset=None, batch=512, seeds=[0, 1, 2],
+                 momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
+                 plain=dict(lr=[0.5, 1.0, 2.0], wd=[1e-3, 2e-3, 4e-3]),
+                 ns=[1, 2, 4, 8, 16, 32], draws=4, scan_batches=[512, 2048, 8192],
+                 scan_steps=40, small_base=dict(batch=128, ns=[1, 2, 4, 8, 16, 32, 64]),
+                 retrained_base=None),
 }
+NUM_TRAIN = {"fashion_mnist": 60000, "cifar10": 50000}
+
+
+def relaxation_steps(lr: float, wd: float, rho: float) -> float:
+    """Page's relaxation time of |w|^2, ``(1-rho)/(2*lr*wd)`` steps."""
+    return (1.0 - rho) / (2.0 * lr * wd)
+
+
+def cells(preset: str) -> list[tuple[float, float, float]]:
+    """The (momentum, lr, wd) cells of a preset, momentum 0.9 first."""
+    s = SETTINGS[preset]
+    return [(rho, lr, wd) for rho, g in ((0.9, s["momentum"]), (0.0, s["plain"]))
+            for lr in g["lr"] for wd in g["wd"]]
+
+
+def centre(preset: str, rho: float) -> tuple[float, float, float]:
+    """The central cell of a momentum's grid (Page's values for momentum 0.9)."""
+    g = SETTINGS[preset]["momentum" if rho else "plain"]
+    return rho, g["lr"][len(g["lr"]) // 2], g["wd"][len(g["wd"]) // 2]
+
+
+def point(preset: str, rho: float, lr: float, wd: float, seed: int) -> dict[str, Any]:
+    s = SETTINGS[preset]
+    steps = int(round(RELAX_MULTIPLE * relaxation_steps(lr, wd, rho)))
+    n_train = s["train_subset"] or NUM_TRAIN[s["dataset"]]
+    return dict(momentum=rho, learning_rate=lr, weight_decay=wd, seed=seed,
+                epochs=steps / (n_train // s["batch"]),
+                log_every_steps=max(1, steps // SAMPLES))
+
+
+def runs(preset: str) -> dict[str, dict[str, Any]]:
+    """Every run of a preset, in priority order (seed 0 of every cell first)."""
+    out = {}
+    for seed in SETTINGS[preset]["seeds"]:
+        for rho, lr, wd in cells(preset):
+            out[f"rho={rho:g} lr={lr:g} wd={wd:g} seed={seed}"] = point(preset, rho, lr, wd,
+                                                                        seed)
+    if preset == "smoke":
+        return dict(list(out.items())[:1])
+    conv = SETTINGS[preset].get("conv")
+    if conv:  # the convolutional confirmation, last in priority
+        for seed in conv["seeds"]:
+            for wd in conv["wd"]:
+                p = point(preset, conv["rho"], conv["lr"], wd, seed)
+                out[f"{conv['model']} rho={conv['rho']:g} lr={conv['lr']:g} wd={wd:g} "
+                    f"seed={seed}"] = dict(model=conv["model"], width=conv["width"], **p)
+    return out
 
 
 def base_config(preset: str) -> TrainConfig:
     s = SETTINGS[preset]
-    common = dict(dtype="float32", trust_coefficient=0.001,
-                  optimizer="sgd", lr_scaling="none", base_batch_size=s["batch"],
-                  weight_decay=s["wd"], schedule="linear", warmup_start="zero",
-                  checkpoint_every_steps=-1, plot=False, progress=False, log_diagnostics=True,
-                  nesterov=False)
-    if preset == "full":  # Page's setting: ResNet-9, 24 epochs, 5 of warmup
-        return TrainConfig(model="resnet9", dataset="cifar10", epochs=24, warmup_epochs=5,
-                           eval_every_epochs=1, log_every_steps=5, **common)
-    if preset == "smoke":
-        return TrainConfig(model="resnet8", width=0.25, dataset="fashion_mnist",
-                           train_subset=128, test_subset=128, epochs=2, warmup_epochs=0.5,
-                           eval_every_epochs=1, crop_padding=0, flip=False, num_devices=1,
-                           log_every_steps=1, **common)
-    # conv layers followed by BN, as in Page's analysis: the small ResNet-8 (slow on CPU,
-    # so 16384 images; 1024 steps at batch 64, ~20 relaxation times)
-    return TrainConfig(model="resnet8", width=0.25, dataset="fashion_mnist",
-                       train_subset=16384, test_subset=2000, epochs=4, warmup_epochs=0.5,
-                       eval_every_epochs=0.5, crop_padding=0, flip=False, num_devices=1,
-                       log_every_steps=4, **common)
+    aug = dict(crop_padding=4, flip=True) if preset == "full" else dict(crop_padding=0,
+                                                                         flip=False)
+    return TrainConfig(
+        model=s["model"], width=s["width"], norm="batch", dataset=s["dataset"],
+        train_subset=s["train_subset"], test_subset=s["test_subset"], optimizer="sgd",
+        nesterov=False, lr_scaling="none", batch_size=s["batch"], base_batch_size=s["batch"],
+        schedule="constant", warmup_epochs=0.0, dtype="float32", log_diagnostics=True,
+        eval_every_epochs=0.0, checkpoint_every_steps=-1, plot=False, progress=False,
+        num_devices=None if preset == "full" else 1, **aug)
 
 
-def runs(preset: str) -> dict[str, dict]:
+# ------------------------------------------------------------------ criteria (fixed before
+# the runs; each decide() reads the derived rows that analyse() writes to rows.jsonl)
+
+DRIFT_BAND = 0.25  # (a) |net change of |w|^2| / weight-decay shrink counted as balanced
+SLOPE_BAND = (0.8, 1.2)  # (b) fitted log-log slope, prediction 1
+RATIO_BAND = (0.8, 1.25)  # (b) measured / predicted, prediction 1; (c) n small / 1 big
+G_SLOPE_BAND = (-0.6, -0.4)  # (c) slope of log|g| against log n, prediction -1/2
+NOISE_DOMINATED = 0.8  # (c) noise fraction 1 - |G|^2/E|g_b|^2 at or above: noise dominated
+SIGNAL_DOMINATED = 0.5  # (c) at or below: signal dominated (the power check)
+DIRECTION_MIN = 0.7  # (c) cosine between n small steps and the one large step
+COS_BAND = 0.2  # (d) |cos(g_t, v_{t-1})| counted as near 0
+
+
+def _inside(lo: float, hi: float, band: tuple[float, float]) -> bool:
+    return band[0] <= lo and hi <= band[1]
+
+
+def _outside(lo: float, hi: float, band: tuple[float, float]) -> bool:
+    return hi < band[0] or lo > band[1]
+
+
+def _cell_key(r: Mapping[str, Any]) -> tuple[float, float, float]:
+    return (float(r["rho"]), float(r["lr"]), float(r["wd"]))
+
+
+def _per_cell(rows: Sequence[Mapping[str, Any]], key: str, kind: str = "run_layer",
+              rho: float | None = None) -> dict[tuple[float, float, float], ev.Interval]:
+    """Mean over seeds (of the mean over scale-invariant layers) of ``key``, per cell."""
+    by: dict[tuple[float, float, float], dict[int, list[float]]] = {}
+    for r in rows:
+        if r.get("kind") != kind or not r.get("scale_invariant"):
+            continue
+        if rho is not None and float(r["rho"]) != rho:
+            continue
+        v = r.get(key)
+        if v is None or not math.isfinite(float(v)):
+            continue
+        by.setdefault(_cell_key(r), {}).setdefault(int(r["seed"]), []).append(float(v))
+    return {c: ev.interval([float(np.mean(v)) for v in seeds.values()])
+            for c, seeds in sorted(by.items())}
+
+
+def _cell_name(c: tuple[float, float, float]) -> str:
+    return f"rho {c[0]:g}, lr {c[1]:g}, wd {c[2]:g}"
+
+
+def _band_verdict(per_cell: Mapping[Any, ev.Interval], band: tuple[float, float],
+                  what: str, fmt: str = "+.3f") -> tuple[ev.Verdict, list[str]]:
+    """Supported if every cell's seed interval lies inside ``band``; contradicted if one
+    lies entirely outside; inconclusive otherwise (or without data)."""
+    if not per_cell:
+        return "inconclusive", [f"- no {what} rows"]
+    lines = []
+    inside = outside = 0
+    for c, iv in per_cell.items():
+        lo, hi = (iv.lo, iv.hi) if iv.n >= 2 else (iv.mean, iv.mean)
+        ins, out = _inside(lo, hi, band), _outside(lo, hi, band)
+        inside += ins
+        outside += out
+        lines.append(f"- {_cell_name(c)}: {what} {iv.mean:{fmt}} (95% t-interval over "
+                     f"{iv.n} seeds [{lo:{fmt}}, {hi:{fmt}}])"
+                     + (" **outside**" if out else "" if ins else " (overlaps the band edge)"))
+    verdict: ev.Verdict = ("contradicted" if outside else
+                           "supported" if inside == len(per_cell) else "inconclusive")
+    lines.insert(0, f"- {inside} of {len(per_cell)} cells inside [{band[0]:g}, {band[1]:g}], "
+                    f"{outside} entirely outside")
+    return verdict, lines
+
+
+def decide_balance(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
+    return _band_verdict(_per_cell(rows, "drift"), (-DRIFT_BAND, DRIFT_BAND),
+                         "net change / shrink")
+
+
+def _loglog_fit(points: np.ndarray) -> tuple[float, float]:
+    """(slope, geometric-mean ratio y/x) of log-log points ``[[x, y], ...]``."""
+    lx, ly = np.log(points[:, 0]), np.log(points[:, 1])
+    if len(points) < 2 or np.ptp(lx) == 0:
+        return math.nan, float(np.exp(np.mean(ly - lx))) if len(points) else math.nan
+    dx = lx - lx.mean()
+    slope = float(dx @ (ly - ly.mean()) / (dx @ dx))  # least squares
+    return slope, float(np.exp(np.mean(ly - lx)))
+
+
+def rate_fit(rows: Sequence[Mapping[str, Any]], rho: float
+             ) -> dict[str, tuple[float, float, float]] | None:
+    """Slope and ratio of measured against predicted rate with cell-bootstrap intervals."""
+    pts: dict[tuple[float, float, float], list[list[float]]] = {}
+    for r in rows:
+        if (r.get("kind") == "run_layer" and r.get("scale_invariant")
+                and float(r["rho"]) == rho and r.get("measured_rate")
+                and math.isfinite(float(r["measured_rate"]))):
+            pts.setdefault(_cell_key(r), []).append([float(r["predicted_rate"]),
+                                                     float(r["measured_rate"])])
+    if not pts:
+        return None
+    groups = [np.asarray(v) for v in pts.values()]
+
+    def stat(which: int) -> Any:
+        def f(idx: np.ndarray) -> float:
+            return _loglog_fit(np.concatenate([groups[i] for i in idx]))[which]
+        return f
+
+    idx = np.arange(len(groups))
+    return {"slope": ev.bootstrap_interval(stat(0), idx),
+            "ratio": ev.bootstrap_interval(stat(1), idx), "cells": len(groups)}
+
+
+def decide_rate(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
+    lines, verdicts = [], []
+    for rho in sorted({float(r["rho"]) for r in rows if r.get("kind") == "run_layer"},
+                      reverse=True):
+        fit = rate_fit(rows, rho)
+        if fit is None:
+            continue
+        (s, slo, shi), (q, qlo, qhi) = fit["slope"], fit["ratio"]
+        ok = _inside(slo, shi, SLOPE_BAND) and _inside(qlo, qhi, RATIO_BAND)
+        bad = _outside(slo, shi, SLOPE_BAND) or _outside(qlo, qhi, RATIO_BAND)
+        verdicts.append("contradicted" if bad else "supported" if ok else "inconclusive")
+        lines.append(f"- momentum {rho:g}: slope {s:.3f} [{slo:.3f}, {shi:.3f}], "
+                     f"measured/predicted {q:.3f} [{qlo:.3f}, {qhi:.3f}] (95% bootstrap over "
+                     f"{fit['cells']} cells) -> {verdicts[-1]}")
+    if not verdicts:
+        return "inconclusive", ["- no rate rows"]
+    v: ev.Verdict = ("contradicted" if "contradicted" in verdicts else
+                     "supported" if all(x == "supported" for x in verdicts) else
+                     "inconclusive")
+    return v, lines
+
+
+def _sqrt_n_table(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per n: noise fraction, step ratio and direction cosine (intervals over draws)."""
+    per: dict[int, dict[str, dict[int, list[float]]]] = {}
+    for r in rows:
+        if r.get("kind") != "sqrt_n":
+            continue
+        d = per.setdefault(int(r["n"]), {"ratio": {}, "cos": {}, "g2": {}})
+        d["ratio"].setdefault(int(r["draw"]), []).append(r["theta_small"] / r["theta_big"])
+        d["cos"].setdefault(int(r["draw"]), []).append(r["direction_cos"])
+        d["g2"].setdefault(int(r["draw"]), []).append(r["g_sqnorm"])
+    full = {r["layer"]: r["g_sqnorm"] for r in rows if r.get("kind") == "full_batch"}
+    out = {}
+    for n, d in sorted(per.items()):
+        g2 = [float(np.sum(v)) for v in d["g2"].values()]  # summed over layers, per draw
+        noise = 1.0 - sum(full.values()) / float(np.mean(g2)) if full else math.nan
+        out[n] = {"noise_fraction": noise, "g_rms": math.sqrt(float(np.mean(g2))),
+                  "g_draws": [math.sqrt(x) for x in g2],
+                  "ratio": ev.interval([float(np.mean(v)) for v in d["ratio"].values()]),
+                  "cos": ev.interval([float(np.mean(v)) for v in d["cos"].values()])}
+    return out
+
+
+def g_slope(table: Mapping[int, Mapping[str, Any]], ns: Sequence[int]
+            ) -> tuple[float, float, float]:
+    """Slope of log RMS |g| against log n over ``ns``, bootstrap over draws."""
+    draws = np.asarray([table[n]["g_draws"] for n in ns])  # [n, draw]
+
+    def f(idx: np.ndarray) -> float:
+        g = np.sqrt(np.mean(np.square(draws[:, idx]), axis=1))
+        return float(np.polyfit(np.log(ns), np.log(g), 1)[0])
+
+    return ev.bootstrap_interval(f, np.arange(draws.shape[1]))
+
+
+def decide_sqrt_n(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
+    table = _sqrt_n_table(rows)
+    if 1 not in table:
+        return "inconclusive", ["- no sqrt(n) rows"]
+    noisy = [n for n in table if table[n]["noise_fraction"] >= NOISE_DOMINATED]
+    signal = [n for n in table if table[n]["noise_fraction"] <= SIGNAL_DOMINATED]
+    lines = ["- noise fraction 1 - |G|^2/E|g|^2 per n: " + ", ".join(
+        f"{n}: {t['noise_fraction']:.2f}" for n, t in table.items())]
+    checks = []
+    if len([n for n in noisy if n >= 2]) >= 2 and 1 in noisy:
+        s, lo, hi = g_slope(table, noisy)
+        checks.append("contradicted" if _outside(lo, hi, G_SLOPE_BAND) else
+                      "supported" if _inside(lo, hi, G_SLOPE_BAND) else "inconclusive")
+        lines.append(f"- noise-dominated n = {noisy}: slope of log|g| vs log n {s:.3f} "
+                     f"[{lo:.3f}, {hi:.3f}] (prediction -0.5) -> {checks[-1]}")
+        for n in (n for n in noisy if n >= 2):
+            r, c = table[n]["ratio"], table[n]["cos"]
+            lo_r, hi_r = (r.lo, r.hi) if r.n >= 2 else (r.mean, r.mean)
+            checks.append("contradicted" if _outside(lo_r, hi_r, RATIO_BAND)
+                          or c.mean < DIRECTION_MIN else
+                          "supported" if _inside(lo_r, hi_r, RATIO_BAND) else "inconclusive")
+            lines.append(f"- n={n}: angle of n small steps / one large step {r.mean:.3f} "
+                         f"[{lo_r:.3f}, {hi_r:.3f}], direction cosine {c.mean:.3f} "
+                         f"-> {checks[-1]}")
+    else:
+        lines.append(f"- fewer than two n >= 2 with noise fraction >= {NOISE_DOMINATED}: "
+                     "the claim's premise is not met at these batches")
+    for n in signal:
+        r = table[n]["ratio"]
+        lines.append(f"- power check, signal-dominated n={n}: ratio {r.mean:.3f} "
+                     f"(1 if the small steps were orthogonal, sqrt(n) = {math.sqrt(n):.2f} "
+                     f"if they added coherently)")
+    if not checks:
+        return "inconclusive", lines
+    v: ev.Verdict = ("contradicted" if "contradicted" in checks else
+                     "supported" if all(x == "supported" for x in checks) else "inconclusive")
+    return v, lines
+
+
+def decide_cos(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
+    per = _per_cell(rows, "cos_gv_median", rho=0.9)
+    v, lines = _band_verdict(per, (-COS_BAND, COS_BAND), "median cos(g_t, v_t-1)")
+    scan = {}
+    for r in rows:
+        if r.get("kind") == "cos_scan" and r.get("scale_invariant"):
+            scan.setdefault(int(r["batch"]), []).append(float(r["cos_gv_median"]))
+    if scan:
+        lines.append("- batch scan from the trained weights (not part of the verdict; "
+                     "shows where the claim fails): " + ", ".join(
+                         f"B={b}: {np.mean(c):+.2f}" for b, c in sorted(scan.items())))
+    return v, lines
+
+
+CRITERIA = {
+    "a": ev.Criterion(
+        claim=("For a BN-followed (scale-invariant) layer the per-step shrink of |w|^2 by "
+               "weight decay and its growth by the gradient step balance after the "
+               "relaxation time (1-rho)/(2 lr wd) (Page, part 6)."),
+        rule=(f"Over each run's plateau ({WINDOW_START} to {RELAX_MULTIPLE} relaxation times "
+              f"at constant lr), the measured per-step change |w_t+1|^2 - |w_t|^2 "
+              f"(`actual_dw_sqnorm`) divided by the weight-decay shrink 2 lr/(1-rho) wd |w|^2 "
+              f"is summarised per run and hidden layer by the median of 10 block means (IQR "
+              f"reported); per grid cell, mean over the hidden layers and seeds with a 95% "
+              f"t-interval over seeds. Supported if every cell's interval lies inside "
+              f"[-{DRIFT_BAND}, {DRIFT_BAND}]; contradicted if any lies entirely outside; "
+              f"otherwise inconclusive."),
+        decide=decide_balance),
+    "b": ev.Criterion(
+        claim=("lr|g| / ((1-rho)|w|) = sqrt(2 lr wd / (1-rho)) for scale-invariant layers: "
+               "SGD with weight decay behaves like LARS (Page, part 6)."),
+        rule=("Measured lr/(1-rho) * sqrt(mean |g|^2/|w|^2) over the plateau, per run and "
+              "hidden layer, against the prediction on a log-log plot over the 3x3 lr x wd "
+              "grid, per momentum (0.9 and 0). Least-squares slope and geometric-mean ratio "
+              "with 95% bootstrap intervals (cells resampled). Supported if for both momenta "
+              f"the slope interval lies inside [{SLOPE_BAND[0]}, {SLOPE_BAND[1]}] and the ratio "
+              f"interval inside [{RATIO_BAND[0]}, {RATIO_BAND[1]}]; contradicted if for one "
+              f"momentum an interval lies entirely outside its band; otherwise inconclusive."),
+        decide=decide_rate),
+    "c": ev.Criterion(
+        claim=("With batch x n and lr x n, the LARS-like rate grows by sqrt(n) and, when "
+               "gradients are noise dominated, |g| shrinks by 1/sqrt(n), so one step at "
+               "batch n*B moves the weights like n steps at batch B (Page, part 6)."),
+        rule=("At the final weights of the central plain-SGD run (seed 0), for n = 1..n_max: "
+              "the noise fraction 1 - |G|^2/E|g_nB|^2 (G: the full training-set gradient), "
+              "the scale-free |g_nB| (several draws of data), the angle of n plain-SGD steps "
+              "at batch B and lr from the equilibrium norm, and the angle of one step at "
+              "batch nB with lr x n at its own equilibrium norm (same examples). Noise "
+              f"dominated: noise fraction >= {NOISE_DOMINATED}. Supported if there are at "
+              f"least two noise-dominated n >= 2, the slope of log|g| vs log n over them has its "
+              f"bootstrap interval inside [{G_SLOPE_BAND[0]}, {G_SLOPE_BAND[1]}], and every "
+              f"noise-dominated n has the angle ratio (n small / one large) interval inside "
+              f"[{RATIO_BAND[0]}, {RATIO_BAND[1]}]; contradicted if the slope interval or a "
+              f"ratio interval lies entirely outside its band or a direction cosine is below "
+              f"{DIRECTION_MIN}; otherwise inconclusive. Signal-dominated n (noise fraction "
+              f"<= {SIGNAL_DOMINATED}) are reported as the power check."),
+        decide=decide_sqrt_n),
+    "d": ev.Criterion(
+        claim=("The gradient g_t and the momentum buffer v_t-1 are nearly uncorrelated "
+               "(cos ~ 0) for most of training (Page, part 6)."),
+        rule=("Momentum-0.9 runs: median of cos(g_t, v_t-1) over the plateau per run and "
+              "hidden layer; per cell, mean over layers and seeds with a 95% t-interval. "
+              f"Supported if every cell's interval lies inside [-{COS_BAND}, {COS_BAND}]; "
+              f"contradicted if any lies entirely outside; otherwise inconclusive. A scan "
+              f"of batch sizes from the trained weights shows where it fails."),
+        decide=decide_cos),
+}
+
+
+# ------------------------------------------------------------------ derived rows
+
+
+def _scale_invariant(model: str, layer: str) -> bool:
+    """Kernels followed by BatchNorm: the MLP's hidden Dense layers, the ResNets' convs."""
+    name = layer.removeprefix("diag/")
+    if model.startswith("mlp"):
+        return not name.startswith("head")
+    return "conv" in name.lower()
+
+
+def _blocks(values: np.ndarray, k: int = 10) -> np.ndarray:
+    parts = [p for p in np.array_split(values, min(k, len(values))) if len(p)]
+    return np.asarray([float(np.mean(p)) for p in parts])
+
+
+def run_layer_rows(row: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
+                   model: str) -> list[dict[str, Any]]:
+    """Plateau statistics of one run, one row per layer (the inputs of criteria a, b, d)."""
+    c = xu.config_of(row)
+    rho, lr, wd = float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"])
+    relax = relaxation_steps(lr, wd, rho)
+    train_rows = [m for m in metrics if m.get("kind") == "train"]
+    series = {q: xu.layer_series(train_rows, q) for q in
+              ("actual_dw_sqnorm", "wd_shrink", "g_sqnorm", "w_sqnorm", "cos_g_v", "cos_w_g")}
+    acc = xu.final_accuracy(row)
+    out = []
+    for layer, (steps, dw) in series["actual_dw_sqnorm"].items():
+        sel = steps > WINDOW_START * relax
+        shrink = series["wd_shrink"][layer][1]
+        g2, w2 = series["g_sqnorm"][layer][1], series["w_sqnorm"][layer][1]
+        rel = dw[sel] / shrink[sel]
+        blocks = _blocks(rel)
+        r = {"kind": "run_layer", "rho": rho, "lr": lr, "wd": wd, "seed": int(c["seed"]),
+             "layer": layer.removeprefix("diag/"), "scale_invariant":
+             _scale_invariant(model, layer), "relaxation_steps": relax,
+             "steps": int(steps.max()), "window_samples": int(sel.sum()),
+             "test_accuracy": acc}
+        if sel.sum() >= 10:
+            q1, q3 = np.percentile(rel, [25, 75])
+            b1, b3 = np.percentile(blocks, [25, 75])
+            r.update(drift=float(np.median(blocks)), drift_iqr=float(b3 - b1),
+                     step_change_median=float(np.median(rel)), step_change_iqr=float(q3 - q1),
+                     step_change_mean=float(np.mean(rel)),
+                     measured_rate=lr / (1 - rho) * math.sqrt(float(np.mean(g2[sel] / w2[sel]))),
+                     predicted_rate=page_lars_rate(lr, wd, rho),
+                     cos_w_g_median=float(np.median(series["cos_w_g"][layer][1][sel])))
+            if layer in series["cos_g_v"]:
+                cg = series["cos_g_v"][layer][1][sel]
+                r.update(cos_gv_median=float(np.median(cg)),
+                         cos_gv_iqr=float(np.subtract(*np.percentile(cg, [75, 25]))))
+        out.append(r)
+    return out
+
+
+def _final_state(preset: str, base: TrainConfig, rho: float, batch: int | None = None
+                 ) -> tuple[Any, Any, float, float]:
+    """Retrains the central cell of a momentum grid (seed 0, the grid run's exact config
+    without diagnostics) and returns (params, batch_stats, lr, wd) at its end.
+
+    With ``batch``, trains at that batch instead, with the lr scaled linearly from the
+    preset's batch and again for 12 relaxation times.
+    """
+    import jax
+
+    from lars_jax.train import train
+
+    _, lr, wd = centre(preset, rho)
+    pt = point(preset, rho, lr, wd, 0)
+    if batch:
+        s = SETTINGS[preset]
+        lr = lr * batch / s["batch"]
+        steps = round(RELAX_MULTIPLE * relaxation_steps(lr, wd, rho))
+        n_train = s["train_subset"] or NUM_TRAIN[s["dataset"]]
+        pt.update(learning_rate=lr, batch_size=batch, base_batch_size=batch,
+                  epochs=steps / (n_train // batch))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(base, **pt, workdir=tmp, resume=False, log_diagnostics=False)
+        _, state = train(cfg, return_state=True)
+    return jax.device_get(state.params), jax.device_get(state.batch_stats), lr, wd
+
+
+def step_rows(preset: str, base: TrainConfig, *, base_batch: int | None = None,
+              ns: Sequence[int] | None = None, suffix: str = "",
+              scan: bool = True, retrain: bool = False) -> list[dict[str, Any]]:
+    """Claim (c) and the batch scan of (d), by a small loop over the library's parts.
+
+    At the final weights of the central plain-SGD run: the full training-set gradient G,
+    then for each n and draw the gradient at batch n*B (scale-free |g| |w|), n plain-SGD
+    steps at batch B and lr from the equilibrium norm, and the angle of one step at batch
+    n*B with lr*n from its own equilibrium norm (same examples). At the final weights of
+    the central momentum run: cos(g_t, v_t-1) over steps of SGD+momentum at larger batches.
+    ``base_batch`` and ``ns`` replace the preset's B and n list for (c), ``suffix`` is
+    appended to the row kinds, ``scan=False`` skips (d), and ``retrain=True`` takes the
+    weights of a run trained at ``base_batch`` with the linearly scaled lr.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import lars_jax
+    from lars_jax.data import dataset_info, load_split, normalize
+    from lars_jax.diagnostics import layer_diagnostics
+    from lars_jax.models import create_model
+
     s = SETTINGS[preset]
-    b, lr, rho = s["batch"], s["lr"], s["rho"]
-    return {
-        "momentum": dict(batch_size=b, learning_rate=lr, momentum=rho),
-        "plain": dict(batch_size=b, learning_rate=lr / (1 - rho), momentum=0.0),
-        "sqrt_n": dict(batch_size=N_SCALE * b, learning_rate=lr * math.sqrt(N_SCALE),
-                       momentum=rho),
-        "linear_n": dict(batch_size=N_SCALE * b, learning_rate=lr * N_SCALE, momentum=rho),
-    }
+    info = dataset_info(s["dataset"])
+    images, labels = load_split(s["dataset"], "train")
+    if s["train_subset"]:
+        images, labels = images[: s["train_subset"]], labels[: s["train_subset"]]
+    xs = np.asarray(normalize(images, info.mean, info.std, jnp.float32))
+    ys = np.asarray(labels, np.int32)
+    n_train, b0 = len(ys), base_batch or s["batch"]
+    model = create_model(s["model"], num_classes=info.num_classes, norm="batch",
+                         width=s["width"], dtype=jnp.float32)
+
+    def loss(params, stats, x, y):
+        logits, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grad_fn = jax.jit(jax.grad(loss))
+    flat = lambda t: {xu_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+
+    def hidden(tree) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.float64) for k, v in flat(tree).items()
+                if np.ndim(v) >= 2 and _scale_invariant(s["model"], k)}
+
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(12345)
+
+    # ---- (c) at the plain-SGD centre
+    params, stats, lr, wd = _final_state(preset, base, 0.0, b0 if retrain else None)
+    w0 = hidden(params)
+    full = hidden(grad_fn(params, stats, xs, ys))
+    for k in w0:
+        rows.append({"kind": "full_batch" + suffix, "layer": k, "g_sqnorm": float(
+            np.sum(full[k] ** 2) * np.sum(w0[k] ** 2))})
+    ns = [n for n in (ns or s["ns"]) if n * b0 <= n_train and n * lr * wd < 1.0]
+    draws = {n: [rng.choice(n_train, n * b0, replace=False) for _ in range(s["draws"])]
+             for n in ns}
+    ghat = {n: [{k: np.sqrt(np.sum(v ** 2) * np.sum(w0[k] ** 2)) for k, v in
+                 hidden(grad_fn(params, stats, xs[i], ys[i])).items()} for i in draws[n]]
+            for n in ns}
+    gbig = {}
+
+    def w2_eq(rate: float, n: int, k: str) -> float:
+        rms = math.sqrt(float(np.mean([d[k] ** 2 for d in ghat[n]])))
+        return math.sqrt(rate / (wd * (2.0 - rate * wd))) * rms
+
+    # start of the small steps: every hidden kernel rescaled to its equilibrium norm
+    # (BatchNorm follows, so the network's function is unchanged)
+    scale = {k: math.sqrt(w2_eq(lr, 1, k) / float(np.sum(w0[k] ** 2))) for k in w0}
+    start = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * scale.get(xu_name(p), 1.0), params)
+    tx = lars_jax.sgd(lr, momentum=0.0, weight_decay=wd)
+
+    @jax.jit
+    def small_step(p, st, x, y):
+        u, st = tx.update(grad_fn(p, stats, x, y), st, p)
+        return optax.apply_updates(p, u), st
+
+    ws = hidden(start)
+    for n in ns:
+        for d, idx in enumerate(draws[n]):
+            p, st = start, tx.init(start)
+            for part in idx.reshape(n, b0):
+                p, st = small_step(p, st, xs[part], ys[part])
+            wn = hidden(p)
+            gbig = hidden(grad_fn(start, stats, xs[idx], ys[idx]))
+            for k in ws:
+                a, b = ws[k].ravel(), wn[k].ravel()
+                na, nb = np.linalg.norm(a), np.linalg.norm(b)
+                theta_small = float(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0)))
+                tangent = b / nb - a / na
+                gdir = -gbig[k].ravel()
+                rate = n * lr
+                theta_big = float(np.arctan(rate * ghat[n][d][k]
+                                            / ((1 - rate * wd) * w2_eq(rate, n, k))))
+                rows.append({
+                    "kind": "sqrt_n" + suffix, "n": n, "batch": n * b0, "draw": d, "layer": k,
+                    "g_sqnorm": float(ghat[n][d][k] ** 2), "theta_small": theta_small,
+                    "theta_big": theta_big, "direction_cos": float(
+                        tangent @ gdir / max(np.linalg.norm(tangent) * np.linalg.norm(gdir),
+                                             1e-30))})
+
+    if not scan:
+        return rows
+    # ---- (d) batch scan at the momentum centre
+    params, stats, lr, wd = _final_state(preset, base, 0.9)
+    full_m = hidden(grad_fn(params, stats, xs, ys))
+    w0m = hidden(params)
+    txm = lars_jax.sgd(lr, momentum=0.9, weight_decay=wd)
+
+    @jax.jit
+    def momentum_step(p, st, x, y):
+        g = grad_fn(p, stats, x, y)
+        diag = layer_diagnostics(p, g, st, lr, wd, 0.9)
+        u, st = txm.update(g, st, p)
+        return optax.apply_updates(p, u), st, diag
+
+    for b in s["scan_batches"]:
+        if b > n_train:
+            continue
+        # noise fraction at the start weights (its own generator: the scan's batches are
+        # the same with or without it)
+        draw_rng = np.random.default_rng(b)
+        g2 = {k: [] for k in w0m}
+        for _ in range(s["draws"]):
+            idx = draw_rng.choice(n_train, b, replace=False)
+            for k, v in hidden(grad_fn(params, stats, xs[idx], ys[idx])).items():
+                g2[k].append(float(np.sum(v ** 2)))
+        p, st = params, txm.init(params)
+        cos: dict[str, list[float]] = {}
+        for t in range(s["scan_steps"]):
+            idx = rng.choice(n_train, b, replace=False)
+            p, st, diag = momentum_step(p, st, xs[idx], ys[idx])
+            if t >= s["scan_steps"] // 2:
+                for k in w0m:
+                    cos.setdefault(k, []).append(float(diag[f"{k}/cos_g_v"]))
+        for k in w0m:
+            gfull = float(np.sum(full_m[k] ** 2))
+            rows.append({"kind": "cos_scan", "batch": b, "layer": k, "scale_invariant": True,
+                         "cos_gv_median": float(np.median(cos[k])),
+                         "noise_fraction": 1.0 - gfull / float(np.mean(g2[k]))})
+    return rows
 
 
-_CMAP = __import__("matplotlib").colormaps["tab10"]
+def xu_name(path: Any) -> str:
+    """A pytree key path as the diagnostics name it (``Dense_0/kernel``)."""
+    from lars_jax.diagnostics import path_to_name
+
+    return path_to_name(path)
 
 
-def _is_conv(layer: str) -> bool:
-    low = layer.lower()
-    return "conv" in low and "dense" not in low
+# ------------------------------------------------------------------ report
+
+_COLORS = {0.9: "tab:blue", 0.0: "tab:orange"}
 
 
-def _norm_series(metrics: list[dict], q: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return xu.layer_series([m for m in metrics if m.get("kind") == "train"], q)
+def _fmt_iv(iv: ev.Interval, fmt: str = "+.3f") -> str:
+    if iv.n < 2:
+        return f"{iv.mean:{fmt}} (n={iv.n})"
+    return f"{iv.mean:{fmt}} [{iv.lo:{fmt}}, {iv.hi:{fmt}}]"
 
 
-def _short(layer: str) -> str:
-    return layer.replace("diag/", "").replace("/kernel", "").replace("BasicBlock_", "B")
+ADDED_C = {  # (c) analyses added after the pre-set one: settings key -> row-kind suffix
+    "small_base": "_small_base", "retrained_base": "_retrained_base"}
+
+
+def _added_intro(key: str, preset: str) -> str:
+    s = SETTINGS[preset]
+    b = s[key]["batch"]
+    why = (f"Added after the pre-set analysis at B = {s['batch']} was computed: there the "
+           f"noise fraction is already below {NOISE_DOMINATED} at n = 2, so the claim's "
+           f"premise holds only at n = 1. Same criterion code, base batch {b}, so that "
+           f"several n are noise dominated. ")
+    if key == "small_base":
+        how = (f"Same weights as above (trained at batch {s['batch']}), hidden kernels "
+               f"rescaled to the batch-{b} equilibrium norm; the head and BatchNorm "
+               f"parameters stay as trained at batch {s['batch']}, with the unscaled lr. ")
+    else:
+        how = (f"Weights of the central plain-SGD cell retrained at batch {b} with the "
+               f"linear rule's lr (x {b}/{s['batch']}) for {RELAX_MULTIPLE} relaxation "
+               f"times, so that every layer is at its batch-{b} equilibrium. ")
+    return why + how + ("Not fixed before the runs: reported next to the pre-set verdict, "
+                        "not instead of it.")
+
+
+def _suffix_rows(derived: Sequence[Mapping[str, Any]], suffix: str) -> list[dict]:
+    """The rows of an added (c) analysis, under the kinds decide_sqrt_n reads."""
+    return [dict(r, kind=r["kind"].removesuffix(suffix)) for r in derived
+            if str(r.get("kind", "")).endswith(suffix)]
+
+
+def _c_plots(rows: Sequence[Mapping[str, Any]], batch: int, out: Path, tag: str
+             ) -> list[Path]:
+    table = _sqrt_n_table(rows)
+    if not table:
+        return []
+    ns = np.asarray(sorted(table))
+    g = np.asarray([table[n]["g_rms"] for n in ns])
+    full = sum(r["g_sqnorm"] for r in rows if r.get("kind") == "full_batch")
+    lines = [{"x": ns * batch, "y": g, "marker": "o", "color": "tab:blue",
+              "label": "measured RMS |g||w| (hidden layers)"},
+             {"x": ns * batch, "y": g[0] / np.sqrt(ns), "ls": "--", "color": "gray",
+              "label": "1/sqrt(n) (noise dominated)"},
+             {"x": ns * batch, "y": np.full(len(ns), g[0]), "ls": ":",
+              "color": "gray", "label": "flat (signal dominated)"}]
+    if full:
+        lines.append({"x": ns * batch, "y": np.full(len(ns), math.sqrt(full)),
+                      "ls": "-.", "color": "black",
+                      "label": "full training-set gradient |G||w|"})
+    ratio = [table[n]["ratio"].mean for n in ns]
+    cosd = [table[n]["cos"].mean for n in ns]
+    noise = [table[n]["noise_fraction"] for n in ns]
+    return [
+        xu.plot_styled(out / f"g_vs_n{tag}.png", lines, logx=True, logy=True,
+                       xlabel=f"batch n*B (B = {batch})", ylabel="scale-free gradient norm",
+                       title="|g| against batch at the plain-SGD plateau weights"),
+        xu.plot_styled(out / f"steps_vs_step{tag}.png", [
+            {"x": ns, "y": ratio, "marker": "o", "color": "tab:blue",
+             "label": "angle(n steps at B) / angle(1 step at nB, lr x n)"},
+            {"x": ns, "y": np.sqrt(ns), "ls": ":", "color": "gray",
+             "label": "sqrt(n): coherent small steps"},
+            {"x": ns, "y": cosd, "marker": "s", "color": "tab:green",
+             "label": "direction cosine"},
+            {"x": ns, "y": noise, "marker": "^", "color": "tab:red",
+             "label": "noise fraction 1 - |G|^2/E|g|^2"}],
+            logx=True, xlabel=f"n (B = {batch})", ylabel="ratio / cosine / fraction",
+            hlines={"1 (Page)": 1.0, f"noise dominated >= {NOISE_DOMINATED}":
+                    NOISE_DOMINATED},
+            title="n small steps vs one large step (linear rule)")]
+
+
+def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
+           out: Path) -> dict[str, list[Path]]:
+    s = SETTINGS[preset]
+    imgs: dict[str, list[Path]] = {}
+    # (b) log-log measured vs predicted
+    lines: list[dict[str, Any]] = []
+    allx = [r["predicted_rate"] for r in derived if r.get("measured_rate")]
+    for rho in (0.9, 0.0):
+        pts = [(r["predicted_rate"], r["measured_rate"]) for r in derived
+               if r.get("kind") == "run_layer" and r.get("scale_invariant")
+               and r["rho"] == rho and r.get("measured_rate")]
+        if not pts:
+            continue
+        x, y = np.asarray(pts).T
+        fit = rate_fit(derived, rho)
+        lines.append({"x": x, "y": y, "ls": "none", "marker": "o", "ms": 4, "alpha": 0.7,
+                      "color": _COLORS[rho], "label": f"momentum {rho:g} (cells x seeds x layers)"})
+        if fit is not None:
+            slope, ratio = fit["slope"][0], fit["ratio"][0]
+            gx = np.geomspace(min(x), max(x), 20)
+            gm = math.exp(float(np.mean(np.log(x))))
+            lines.append({"x": gx, "y": ratio * gm * (gx / gm) ** slope, "color": _COLORS[rho],
+                          "label": f"fit: slope {slope:.2f}, ratio {ratio:.2f}"})
+    if lines:
+        gx = np.geomspace(min(allx) / 1.2, max(allx) * 1.2, 10)
+        lines.append({"x": gx, "y": gx, "color": "black", "ls": "--", "label": "y = x (Page)"})
+        imgs["b"] = [xu.plot_styled(out / "rate_loglog.png", lines, logx=True, logy=True,
+                                    xlabel="predicted sqrt(2 lr wd / (1-rho))",
+                                    ylabel="measured lr |g| / ((1-rho) |w|)",
+                                    title="Hidden (scale-invariant) layers, plateau")]
+    # (a) |w|^2 and its net change over time, central cells, seed 0
+    wl, cl = [], []
+    for rho in (0.9, 0.0):
+        key = (*centre(preset, rho), 0)
+        m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
+        if not m:
+            continue
+        relax = relaxation_steps(*centre(preset, rho)[1:], rho)
+        w2 = xu.layer_series(m, "w_sqnorm")
+        dw = xu.layer_series(m, "actual_dw_sqnorm")
+        sh = xu.layer_series(m, "wd_shrink")
+        for j, layer in enumerate(w2):
+            color = f"C{j}"
+            ls = "-" if rho else "--"
+            name = layer.removeprefix("diag/").removesuffix("/kernel")
+            wl.append({"x": w2[layer][0] / relax, "y": w2[layer][1] / w2[layer][1][0],
+                       "color": color, "ls": ls, "label": f"{name}, momentum {rho:g}"})
+            steps, rel = dw[layer][0], dw[layer][1] / sh[layer][1]
+            chunks = np.array_split(np.arange(len(rel)), 24)
+            cl.append({"x": [steps[c].mean() / relax for c in chunks],
+                       "y": [rel[c].mean() for c in chunks], "color": color, "ls": ls,
+                       "marker": ".", "label": f"{name}, momentum {rho:g}"})
+    if wl:
+        imgs["a"] = [
+            xu.plot_styled(out / "w_sqnorm.png", wl, xlabel="step / relaxation time",
+                           ylabel="|w|^2 / initial |w|^2", logy=True, legend_cols=2,
+                           title="Squared weight norm, central cells, seed 0 (solid: rho 0.9)"),
+            xu.plot_styled(out / "net_change.png", cl, xlabel="step / relaxation time",
+                           ylabel="(|w_t+1|^2 - |w_t|^2) / weight-decay shrink",
+                           hlines={"0 (balance)": 0.0, f"+{DRIFT_BAND}": DRIFT_BAND,
+                                   f"-{DRIFT_BAND}": -DRIFT_BAND}, legend_cols=2,
+                           title=f"Net change of |w|^2 (24 block means), central cells; "
+                                 f"plateau from {WINDOW_START} tau")]
+    # (c) |g| vs n and the step ratio
+    imgs["c"] = _c_plots(derived, s["batch"], out, "")
+    for key, suffix in ADDED_C.items():
+        if s.get(key):
+            imgs["c" + suffix] = _c_plots(_suffix_rows(derived, suffix), s[key]["batch"], out,
+                                          suffix)
+    # (d) cos over time and over batch
+    key = (*centre(preset, 0.9), 0)
+    m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
+    cos = xu.layer_series(m, "cos_g_v")
+    scan: dict[int, list[float]] = {}
+    for r in derived:
+        if r.get("kind") == "cos_scan":
+            scan.setdefault(int(r["batch"]), []).append(r["cos_gv_median"])
+    if cos:
+        relax = relaxation_steps(*centre(preset, 0.9)[1:], 0.9)
+        imgs["d"] = [xu.plot_styled(
+            out / "cos_gv.png",
+            [{"x": v[0] / relax, "y": v[1], "lw": 0.8, "color": f"C{j}",
+              "label": k.removeprefix("diag/").removesuffix("/kernel")}
+             for j, (k, v) in enumerate(cos.items())],
+            xlabel="step / relaxation time", ylabel="cos(g_t, v_t-1)",
+            hlines={"0": 0.0, f"+{COS_BAND}": COS_BAND}, title="Central momentum run, seed 0")]
+    if scan:
+        bs = sorted(scan)
+        imgs.setdefault("d", []).append(xu.plot_styled(
+            out / "cos_vs_batch.png",
+            [{"x": bs, "y": [np.mean(scan[b]) for b in bs], "marker": "o",
+              "label": "median cos(g_t, v_t-1), hidden layers"}],
+            logx=True, xlabel="batch (SGD+momentum from the central run's weights)",
+            ylabel="cos(g_t, v_t-1)", hlines={"0": 0.0, f"+{COS_BAND}": COS_BAND},
+            title="Where gradients stop being noise dominated"))
+    return imgs
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer | None) -> dict:
+            timer: xu.Timer | None, steps: list[dict]) -> dict:
+    """Derived rows, verdicts from ``CRITERIA``, plots, report.md and summary.json."""
     s = SETTINGS[preset]
-    spec = runs(preset)
-    by_name: dict[str, dict] = {}
-    for r in rows:
-        c = xu.config_of(r)
-        for name, o in spec.items():
-            if all(xu._same(c.get(k), v) for k, v in o.items()):
-                by_name[name] = r
-    metrics = {k: xu.read_metrics(r, out / "runs") for k, r in by_name.items()}
-    images: dict[str, list[Path]] = {}
-    result: dict = {"preset": preset}
+    metrics: dict[tuple, list[dict]] = {}
+    derived: list[dict] = []
+    for row in rows:
+        c = xu.config_of(row)
+        key = (float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"]),
+               int(c["seed"]))
+        model = str(c.get("model", s["model"]))
+        m = xu.read_metrics(row, out / "runs")
+        if model == s["model"]:
+            metrics[key] = m
+        if xu.outcome(row) == "ok":
+            lr_rows = run_layer_rows(row, m, model)
+            if model != s["model"]:  # the convolutional confirmation: its own kind
+                lr_rows = [dict(r, kind="run_layer_conv", model=model) for r in lr_rows]
+            derived += lr_rows
+    derived += steps
+    with open(out / "rows.jsonl", "w") as f:
+        for r in derived:
+            f.write(json.dumps(r) + "\n")
+    verdicts = {k: crit(derived) for k, crit in CRITERIA.items()}
+    imgs = _plots(preset, derived, metrics, out)
 
-    colors: dict[str, Any] = {}
+    # tables
+    cells_a = _per_cell(derived, "drift")
+    step_med = _per_cell(derived, "step_change_median")
+    step_iqr = _per_cell(derived, "step_change_iqr")
+    ratio = {c: ev.interval([r["measured_rate"] / r["predicted_rate"] for r in derived
+                             if r.get("kind") == "run_layer" and r.get("scale_invariant")
+                             and _cell_key(r) == c and r.get("measured_rate")])
+             for c in cells_a}
+    cos_c = _per_cell(derived, "cos_gv_median", rho=0.9)
+    head = [r for r in derived if r.get("kind") == "run_layer" and not r.get("scale_invariant")
+            and r.get("drift") is not None]
+    acc = {c: ev.interval([r["test_accuracy"] for r in head if _cell_key(r) == c])
+           for c in cells_a}
+    table_a = ("| cell | net change / shrink: median of block means (seeds: mean [95% CI]) | "
+               "per-step ratio: median, IQR | head (not scale invariant) | test acc. |\n"
+               "| :-- | --: | --: | --: | --: |\n")
+    for c, iv in cells_a.items():
+        hd = [r["drift"] for r in head if _cell_key(r) == c]
+        table_a += (f"| {_cell_name(c)} | {_fmt_iv(iv)} | {step_med[c].mean:+.2f}, "
+                    f"{step_iqr[c].mean:.2f} | {np.mean(hd):+.3f} | "
+                    f"{100 * acc[c].mean:.1f}% |\n")
+    table_b = ("| cell | predicted | measured / predicted (seeds x layers: mean [95% CI]) |\n"
+               "| :-- | --: | --: |\n") + "".join(
+        f"| {_cell_name(c)} | {page_lars_rate(c[1], c[2], c[0]):.4f} | {_fmt_iv(iv, '.3f')} |\n"
+        for c, iv in ratio.items())
+    table = _sqrt_n_table(derived)
+    table_c = _c_table(table, s["batch"])
+    scan = [r for r in derived if r.get("kind") == "cos_scan"]
+    table_d = ("| cell | median cos(g_t, v_t-1) (seeds: mean [95% CI]) |\n| :-- | --: |\n"
+               + "".join(f"| {_cell_name(c)} | {_fmt_iv(iv)} |\n" for c, iv in cos_c.items()))
+    if scan:
+        table_d += ("\n| batch | median cos(g_t, v_t-1), per hidden layer | noise fraction |\n"
+                    "| --: | --: | --: |\n") + "".join(
+            f"| {b} | " + ", ".join(f"{r['cos_gv_median']:+.3f}" for r in scan
+                                    if r["batch"] == b)
+            + " | " + ", ".join(f"{r['noise_fraction']:.3f}" for r in scan if r["batch"] == b)
+            + " |\n" for b in sorted({r["batch"] for r in scan}))
 
-    def color(layer: str) -> Any:
-        if layer not in colors:
-            colors[layer] = _CMAP(len(colors) % 10)
-        return colors[layer]
-
-    def per_layer_plot(name: str, q: str, fname: str, ylabel: str, title: str,
-                       normalise: dict | None = None, logy: bool = False) -> Path | None:
-        series = _norm_series(metrics.get(name, []), q)
-        if not series:
-            return None
-        lines = []
-        for layer, (xs, ys) in series.items():
-            if normalise is not None:
-                ys = ys / normalise[layer]
-            lines.append({"x": xs, "y": ys, "label": _short(layer), "color": color(layer)})
-        return xu.plot_styled(out / fname, lines, xlabel="step", ylabel=ylabel, title=title,
-                              logy=logy, legend_cols=2)
-
-    ref = "momentum"
-    rm = metrics.get(ref, [])
-    w2 = _norm_series(rm, "w_sqnorm")
-    init = {k: v[1][0] for k, v in w2.items() if len(v[1])}
-    imgs = []
-    for q, fname, label in (("wd_shrink", "wd_shrink.png", "shrink of |w|^2 per step"),
-                            ("grad_growth", "grad_growth.png", "growth of |w|^2 per step")):
-        p = per_layer_plot(ref, q, fname, f"{label} / initial |w|^2",
-                           f"{label} (SGD+momentum, lifetime form)", init, logy=True)
-        if p:
-            imgs.append(p)
-    # overlay, conv layers: shrink solid vs growth dashed, one colour per layer
-    shr, gro = _norm_series(rm, "wd_shrink"), _norm_series(rm, "grad_growth")
-    if shr:
-        lines = []
-        for layer in [k for k in shr if _is_conv(k)][:4]:
-            lines.append({"x": shr[layer][0], "y": shr[layer][1] / init[layer],
-                          "label": f"{_short(layer)} shrink (wd)", "color": color(layer),
-                          "lw": 2.0})
-            lines.append({"x": gro[layer][0], "y": gro[layer][1] / init[layer],
-                          "label": f"{_short(layer)} growth (gradient)", "color": color(layer),
-                          "ls": "--", "lw": 1.0})
-        imgs.append(xu.plot_styled(
-            out / "shrink_vs_growth.png", lines, xlabel="step",
-            ylabel="change of |w|^2 per step / initial |w|^2",
-            title="Weight-decay shrink (solid) vs gradient growth (dashed)", logy=True,
-            legend_cols=2))
-    p = per_layer_plot(ref, "w_sqnorm", "w_sqnorm.png", "|w|^2 / initial |w|^2",
-                       "Squared weight norm over training (initial = 1)", init)
-    if p:
-        imgs.append(p)
-    images["norms"] = imgs
-
-    # balance statistic per layer: ratio of mean shrink to mean growth after burn-in
-    relax = (1 - s["rho"]) / (2 * s["lr"] * s["wd"])
-    balance = {}
-    for layer in shr:
-        xs = shr[layer][0]
-        total = xs.max() if len(xs) else 0
-        # after relaxation, before the lr decays to 0
-        sel = (xs > WINDOW_RELAX * relax) & (xs < 0.8 * total)
-        if sel.sum() >= 3:
-            balance[_short(layer)] = float(shr[layer][1][sel].mean() / gro[layer][1][sel].mean())
-    result["shrink_over_growth"] = balance
-    result["relaxation_steps"] = relax
-
-    # lr|g|/|w| vs Page's prediction, momentum and plain runs
-    ratio_imgs = []
-    ratio_stats = {}
-    for name, pred_fn, title in (
-        ("plain", lambda lr: page_lars_rate(lr, s["wd"]), "plain SGD: lr|g|/|w| vs sqrt(2 lr wd)"),
-        ("momentum", lambda lr: page_lars_rate(lr, s["wd"], s["rho"]) * (1 - s["rho"]),
-         "SGD+momentum: lr|g|/|w| vs sqrt(2 lr wd (1-rho))"),
-    ):
-        m = metrics.get(name, [])
-        ser = _norm_series(m, "lr_g_over_w")
-        lr_x, lr_y = xu.curve([r for r in m if r.get("kind") == "train"], "lr", x="step")
-        if not ser or not len(lr_x):
-            continue
-        pred = np.asarray([pred_fn(max(float(v), 0.0)) for v in lr_y])
-        lines = [{"x": v[0], "y": v[1], "label": _short(k), "color": color(k), "ls": "none",
-                  "marker": ".", "ms": 4, "alpha": 0.7} for k, v in ser.items() if _is_conv(k)]
-        lines.append({"x": lr_x, "y": pred, "label": "prediction", "color": "black", "lw": 2.2})
-        ratio_imgs.append(xu.plot_styled(out / f"lr_g_over_w_{name}.png", lines, xlabel="step",
-                                         ylabel="lr |g| / |w|", title=title, logy=True,
-                                         legend_cols=2))
-        # median ratio measured/predicted over the middle of training, conv layers
-        rs = []
-        for k, (xs, ys) in ser.items():
-            if not _is_conv(k):
-                continue
-            predk = np.interp(xs, lr_x, pred)
-            sel = (xs > WINDOW_RELAX * relax) & (xs < 0.8 * xs.max()) & (predk > 0)
-            if sel.sum():
-                rs.append(float(np.median(ys[sel] / predk[sel])))
-        if rs:
-            ratio_stats[name] = {"median_over_layers": float(np.median(rs)),
-                                 "min": float(min(rs)), "max": float(max(rs))}
-    images["ratio"] = ratio_imgs
-    result["measured_over_predicted"] = ratio_stats
-
-    # cos(g_t, v_{t-1})
-    cos = _norm_series(rm, "cos_g_v")
-    cos_stats = {}
-    if cos:
-        lines = [{"x": v[0], "y": v[1], "label": _short(k), "color": color(k), "lw": 1.0}
-                 for k, v in cos.items()]
-        images["cos"] = [xu.plot_styled(
-            out / "cos_g_v.png", lines, xlabel="step", ylabel="cos(g_t, v_{t-1})",
-            title="Correlation of the gradient with the momentum buffer", hlines={"0": 0.0},
-            legend_cols=2)]
-        for k, (xs, ys) in cos.items():
-            sel = xs > WINDOW_RELAX * relax
-            if sel.sum():
-                cos_stats[_short(k)] = float(np.median(ys[sel]))
-    result["median_cos_g_v"] = cos_stats
-
-    # sqrt(n) batch scaling. For a scale-invariant layer |g| ~ 1/|w|, and the two runs reach
-    # different |w|; the scale-free gradient norm |g|*|w| is compared instead.
-    def scale_free(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        g2 = _norm_series(metrics.get(name, []), "g_sqnorm")
-        w2_ = _norm_series(metrics.get(name, []), "w_sqnorm")
-        return {k: (g2[k][0], np.sqrt(g2[k][1] * w2_[k][1])) for k in g2 if k in w2_}
-
-    gb = {n: scale_free(n) for n in ("momentum", "sqrt_n")}
-    gratio = {}
-    for k in gb["momentum"]:
-        if k not in gb["sqrt_n"] or not _is_conv(k):
-            continue
-        xa, ya = gb["momentum"][k]
-        xb, yb = gb["sqrt_n"][k]
-        ya_at = np.interp(xb * N_SCALE, xa, ya)  # equal epochs: big-run step * N_SCALE
-        sel = (xb * N_SCALE > WINDOW_RELAX * relax) & (xb < 0.8 * xb.max())
-        if sel.sum():
-            gratio[_short(k)] = float(np.median(yb[sel] / ya_at[sel]))
-    result["grad_norm_ratio_nB_over_B"] = gratio
-    curves = {}
-    finals = {}
-    jumps: list[float] = []
-    for name, label in (("momentum", f"B={s['batch']}, lr={s['lr']:g}"),
-                        ("sqrt_n", f"B={N_SCALE * s['batch']}, lr x sqrt({N_SCALE})"),
-                        ("linear_n", f"B={N_SCALE * s['batch']}, lr x {N_SCALE}"),
-                        ("plain", f"B={s['batch']}, no momentum, lr={s['lr'] / (1 - s['rho']):g}")):
-        m = metrics.get(name, [])
-        xs, ys = xu.curve([r for r in m if r.get("kind") == "eval"], "test_accuracy")
-        if len(xs):
-            curves[label] = (xs.tolist(), ys.tolist())
-            if len(ys) > 1:
-                jumps.append(float(np.max(np.abs(np.diff(ys)))))
-        if name in by_name:
-            finals[name] = xu.final_accuracy(by_name[name])
-    if curves:
-        images["scaling"] = [plot_lines(curves, out / "batch_scaling_curves.png",
-                                        xlabel="epoch", ylabel="test accuracy",
-                                        title=f"sqrt(n) vs linear lr scaling, n={N_SCALE}")]
-    result["final_accuracy"] = finals
-
-    # ---- report text
-    table_bal = "| layer | mean shrink / mean growth |\n| :-- | --: |\n" + "".join(
-        f"| {k} | {v:.2f} |\n" for k, v in balance.items())
-    conv_bal = [v for k, v in balance.items() if "dense" not in k.lower()]
-    n_bal = sum(abs(v - 1) < BALANCE_TOL for v in conv_bal)
-    verdict = []
-    if conv_bal:
-        verdict.append(
-            f"- (a) Balance: after {WINDOW_RELAX * relax:.0f} steps ({WINDOW_RELAX:g} relaxation "
-            f"times) and before the lr "
-            f"decays to 0, {n_bal} of {len(conv_bal)} conv layers have mean shrink / mean "
-            f"growth within {BALANCE_TOL:.0%} of 1 (median "
-            f"{float(np.median(conv_bal)):.2f}): "
-            + ("**supported**." if n_bal >= 0.75 * len(conv_bal) else "**not clearly**.")
-        )
-        med_bal = float(np.median(conv_bal))
-        if med_bal > 1 + BALANCE_TOL:
-            verdict.append(
-                "  Shrink exceeds growth: the weights are still above their equilibrium norm "
-                "and shrinking (see the |w|^2 plot), i.e. the relaxation is not complete in "
-                "this short run, in which the lr also decays before |w| can settle; a larger "
-                "|w| than at equilibrium also lowers lr|g|/|w| below the prediction in (b).")
-        elif med_bal < 1 - BALANCE_TOL:
-            verdict.append(
-                "  Growth exceeds shrink: the weights are still below their equilibrium norm "
-                "and growing.")
-    for name, st in ratio_stats.items():
-        ok = 0.67 <= st["median_over_layers"] <= 1.5
-        verdict.append(
-            f"- (b) {name} run: measured lr|g|/|w| / predicted = {st['median_over_layers']:.2f} "
-            f"(median over conv layers; layers range {st['min']:.2f} .. {st['max']:.2f}): "
-            + ("**tracks the formula** (within a factor 1.5)." if ok else
-               "**does not track** the formula within a factor 1.5.")
-        )
-    if gratio:
-        med = float(np.median(list(gratio.values())))
-        pred = 1 / math.sqrt(N_SCALE)
-        closer = "1/sqrt(n)" if abs(med - pred) < abs(med - 1.0) else "1 (signal dominated)"
-        verdict.append(
-            f"- (c) Scale-free gradient norm |g||w| at batch {N_SCALE}x vs 1x at equal epochs: "
-            f"ratio {med:.2f} (median over "
-            f"conv layers; 1/sqrt(n) = {pred:.2f}): closer to {closer}."
-        )
-    if {"momentum", "sqrt_n", "linear_n"} <= set(finals):
-        fm, fs, fl = finals["momentum"], finals["sqrt_n"], finals["linear_n"]
-        if all(math.isfinite(v) for v in (fm, fs, fl)):
-            better = "sqrt" if abs(fs - fm) < abs(fl - fm) else "linear"
-            verdict.append(
-                f"- (c) Final accuracy: B: {xu.fmt_acc(fm)}, {N_SCALE}B with lr x sqrt(n): "
-                f"{xu.fmt_acc(fs)}, with lr x n: {xu.fmt_acc(fl)} -> the **{better}** rule "
-                f"lands closer to the small-batch run."
-                + (f" Weak evidence: test accuracy jumps by up to {100 * max(jumps):.0f} "
-                   f"points between consecutive evaluations of one run, more than the "
-                   f"differences compared here." if jumps and max(jumps) > abs(fs - fl) else "")
-            )
-        else:
-            verdict.append(f"- (c) Final accuracy: B {xu.fmt_acc(fm)}, sqrt {xu.fmt_acc(fs)}, "
-                           f"linear {xu.fmt_acc(fl)}.")
-    if cos_stats:
-        conv_cos = [v for k, v in cos_stats.items() if "dense" not in k.lower()]
-        med = float(np.median(conv_cos)) if conv_cos else math.nan
-        verdict.append(
-            f"- (d) Median cos(g_t, v_(t-1)) after relaxation, conv layers: {med:.2f} "
-            + ("(**near 0**, |cos| < 0.2)." if abs(med) < 0.2 else "(**not near 0**).")
-        )
-
+    cw = [abs(r["cos_w_g_median"]) for r in derived
+          if r.get("scale_invariant") and r.get("cos_w_g_median") is not None]
+    grid = ", ".join(f"momentum {rho:g}: lr {g['lr']} x wd {g['wd']}" for rho, g in
+                     ((0.9, s["momentum"]), (0.0, s["plain"])))
     setup = (
-        f"SGD with coupled weight decay wd={s['wd']}, batch B={s['batch']}, peak lr "
-        f"{s['lr']} with momentum rho={s['rho']} (heavy ball), linear warmup over "
-        f"{base.warmup_epochs:g} epochs then linear decay to 0 over {base.epochs:g} epochs "
-        f"(Page's schedule shape). Relaxation time (1-rho)/(2 lr wd) = {relax:.0f} steps. "
-        f"Runs: " + "; ".join(f"{k}: batch {v['batch_size']}, lr {v['learning_rate']:.4g}, "
-                              f"momentum {v['momentum']}" for k, v in spec.items())
-        + f". Diagnostics are logged "
-        f"every {base.log_every_steps} steps (means over the window) by "
-        f"`lars_jax.diagnostics.layer_diagnostics`, before each update: shrink = "
-        f"lr_e*wd*(2-lr_e*wd)*|w|^2 and growth = lr_e^2*|g|^2 with lr_e = lr/(1-rho) "
-        f"(Page's lifetime form; exact for rho=0).\n\n"
-        + xu.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",
-                                      "epochs", "schedule", "weight_decay"])
-    )
-    limits_txt = (
+        f"Model `{s['model']}` (width {s['width']}, BatchNorm after every hidden layer, hidden "
+        f"kernels without bias: exactly scale invariant; measured median |cos(w, g)| over "
+        f"the plateau <= {max(cw) if cw else math.nan:.1e}) on {s['dataset']} "
+        f"({s['train_subset'] or 'all'} training images), batch B = {s['batch']}, plain SGD "
+        f"or heavy-ball momentum with coupled weight decay (`lars_jax.sgd`), constant lr from "
+        f"step 0 (no warmup, no decay) for {RELAX_MULTIPLE} relaxation times "
+        f"(1-rho)/(2 lr wd) per cell. Grid ({grid}); seeds {s['seeds']}; the plain-SGD grid "
+        f"has the same lr wd/(1-rho) as the momentum grid. Diagnostics "
+        f"(`lars_jax.diagnostics.layer_diagnostics`, before each update) are single-step "
+        f"samples every log_every_steps = steps/{SAMPLES}; the plateau is the last "
+        f"{RELAX_MULTIPLE - WINDOW_START} relaxation times. Claims (c) and the batch scan of "
+        f"(d) use the final weights of the central cells (seed 0) retrained with the same "
+        f"config; batches n*B for n in {s['ns']} ({s['draws']} draws), the full-gradient "
+        f"reference on all {s['train_subset'] or 'the'} training images.\n\n"
+        + xu.base_config_table(base, ["model", "width", "norm", "dataset", "batch_size",
+                                      "schedule", "warmup_epochs", "dtype"]))
+    sections = [Section("Setup", setup)]
+    names = {"a": "(a) Balance of shrink and growth of |w|^2",
+             "b": "(b) lr|g|/|w| against sqrt(2 lr wd/(1-rho))",
+             "c": "(c) Page's sqrt(n) argument: |g| against n, n small steps vs one large",
+             "d": "(d) cos(g_t, v_t-1)"}
+    bodies = {"a": table_a, "b": table_b, "c": table_c + _c_reading(table, s["batch"]),
+              "d": table_d + _d_reading(scan)}
+    added: dict[str, tuple[ev.Verdict, list[str], dict]] = {}
+    for k, crit in CRITERIA.items():
+        sections.append(Section(names[k], crit.section(derived) + "\n\n" + bodies[k],
+                                imgs.get(k, [])))
+        if k != "c":
+            continue
+        for j, (key, suffix) in enumerate(ADDED_C.items()):
+            rows_c = _suffix_rows(derived, suffix)
+            if not (s.get(key) and rows_c):
+                continue
+            v, lines = crit(rows_c)
+            t2 = _sqrt_n_table(rows_c)
+            added[key] = (v, lines, t2)
+            sections.append(Section(
+                f"(c, added {j + 1}) The same criterion at base batch {s[key]['batch']}"
+                + (", weights retrained there" if key == "retrained_base" else ""),
+                _added_intro(key, preset) + f"\n\n**Verdict of the same criterion "
+                f"(computed): {v}.**\n\n" + "\n".join(lines) + "\n\n"
+                + _c_table(t2, s[key]["batch"]) + _c_reading(t2, s[key]["batch"]),
+                imgs.get("c" + suffix, [])))
+    conv_verdicts = _conv_section(preset, derived, out, sections)
+    sections.append(Section("Verdict", "\n".join(
+        f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items()) + "".join(
+        f"\n- (c, added {j + 1}, not pre-set) base batch {s[key]['batch']}: {added[key][0]}"
+        for j, key in enumerate(ADDED_C) if key in added) + "".join(
+        f"\n- ({k}) ResNet-8 confirmation (grid chosen after the MLP results): {v}"
+        for k, (v, _) in conv_verdicts.items())))
+    limits = (
         xu.preset_note(preset) + " "
-        + (f"Reductions: a ResNet-8 of width 0.25 on {base.train_subset} Fashion-MNIST "
-           f"images for "
-           f"{base.epochs:g} epochs instead of ResNet-9 on CIFAR-10 for 24; wd raised to "
-           f"{s['wd']} so that the relaxation time fits in the short run; one seed. The "
-           f"balance and ratio statistics use the window between {WINDOW_RELAX:g} relaxation "
-           f"times (at peak lr) and 80% "
-           f"of training. The final Dense layer is not scale invariant; it is plotted but "
-           f"left out of the conv-layer statistics."
+        + ("Reductions for the loaded 2-core CPU: the BN-MLP (width 0.5, 128 hidden units) "
+           "instead of ResNet-9 on CIFAR-10; the ResNet-8 confirmation only on 3 cells (one "
+           "momentum, one seed, wd 2-8x Page's so that 12 relaxation times fit; it trained at "
+           "~550 images/s here), chosen after the MLP results were known; constant lr "
+           "instead of Page's warmup-then-decay schedule (the claims are about the plateau); "
+           "plain SGD at lr/(1-rho) = 2-8 diverges in the MLP's head, so its grid keeps Page's "
+           "lr wd/(1-rho) with a 4x smaller lr; (c) and the batch scan of (d) at one seed's "
+           "weights (draws of data vary, not the run), n limited to n lr wd < 1 and n B <= "
+           "the training set; the noise fraction uses BatchNorm over each batch, the "
+           "full-gradient reference BatchNorm over all images. The diagnostics are single-step "
+           "samples, not window means. The head is not scale invariant: shown, not tested. "
+           "What (a) can detect: at constant lr a stationary |w|^2 has zero mean net change "
+           "whatever the mechanism, so (a) tests that every cell is stationary after "
+           f"{WINDOW_START} relaxation times (a longer relaxation would fail it); that the "
+           "growth is the gradient step lr^2|g|^2/(1-rho)^2 balancing the shrink is what (b) "
+           "tests (its ratio is sqrt(growth/shrink)). The (c, added) analyses were chosen "
+           "after the pre-set (c) result was known. This preset took longer than the 30 "
+           "minutes asked for on the loaded machine (times below)."
            if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}."
-    )
-    acc_lines = "\n".join(f"- {k}: {xu.fmt_acc(v)}" for k, v in finals.items())
-    write_report(
-        out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
-        intro=("**Claims** (a)-(d) of Page's weight-decay analysis (How to train your "
-               "ResNet, part 6) for BN-followed conv layers. Raw "
-               "rows: `runs/results.jsonl` and `runs/<run>/metrics.jsonl` (per-step `diag/*` "
-               "keys); derived numbers in `summary.json`."),
-        sections=[
-            Section("Setup", setup),
-            Section("(a) Shrink vs growth of |w|^2, and |w|^2 over training", table_bal,
-                    images.get("norms", [])),
-            Section("(b) lr|g|/|w| against Page's formula",
-                    "| run | measured / predicted, median over conv layers | layer range |\n"
-                    "| :-- | --: | :-- |\n" + "".join(
-                        f"| {k} | {v['median_over_layers']:.2f} | {v['min']:.2f} .. "
-                        f"{v['max']:.2f} |\n" for k, v in ratio_stats.items()),
-                    images.get("ratio", [])),
-            Section("(c) sqrt(n) batch scaling",
-                    f"Per-layer ratio of the scale-free gradient norm |g||w| (batch "
-                    f"{N_SCALE}B / B, equal epochs; 1/sqrt(n) = {1 / math.sqrt(N_SCALE):.2f} if "
-                    f"noise dominated, 1 if signal dominated): "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in gratio.items())
-                    + f"\n\nFinal test accuracy:\n\n{acc_lines}", images.get("scaling", [])),
-            Section("(d) Correlation of g_t with the momentum buffer",
-                    ", ".join(f"{k}: {v:.2f}" for k, v in cos_stats.items()),
-                    images.get("cos", [])),
-            Section("Verdict", "\n".join(verdict) or "Not enough steps after the relaxation time "
-                    "in the finished runs to compute the statistics."),
-            Section("Limits of the evidence", limits_txt),
-        ],
-    )
-    short = []
-    if conv_bal:
-        short.append(f"(a) shrink/growth of |w|^2 = {float(np.median(conv_bal)):.2f} (median conv "
-                     f"layer): " + ("balanced" if n_bal >= 0.75 * len(conv_bal) else
-                                    "not balanced in this short run"))
-    for name, st in ratio_stats.items():
-        short.append(f"(b) {name}: lr|g|/|w| = {st['median_over_layers']:.2f} x prediction")
-    if gratio:
-        gmed = float(np.median(list(gratio.values())))
-        short.append(f"(c) scale-free |g| ratio at {N_SCALE}x batch {gmed:.2f} "
-                     f"(noise-dominated would be {1 / math.sqrt(N_SCALE):.2f})")
-    if cos_stats:
-        cmed = float(np.median(list(cos_stats.values())))
-        short.append(f"(d) median cos(g_t, v_t-1) = {cmed:.2f}")
-    result["headline"] = "; ".join(short) + "." if short else "no statistics"
-    xu.save_json(result, out / "summary.json")
-    return result
+        + "\n\n" + xu.run_time_note(rows, timer) + " Custom computations of (c) and (d) "
+        + ", ".join(f"{r['file']}: {r['seconds']:.0f} s" for r in derived
+                    if r.get("kind") == "timing")
+        + f" (wall clock, including their retraining). Machine: {xu.environment_note()}"
+        + " (2 cores shared with other jobs: load average 18-26 during the runs).")
+    sections.append(Section("Limits of the evidence", limits))
+    write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
+                 intro=("Page's four claims about weight decay on scale-invariant layers, each "
+                        "tested by a criterion fixed in the script before the runs "
+                        "(`CRITERIA` in experiments/page_weight_decay.py); every verdict is "
+                        "computed from `rows.jsonl` by that code. Raw runs: `runs/`."),
+                 sections=sections)
+    summary = {"preset": preset, "claims": []}
+    short = _short_results(derived, cells_a, cos_c, table)
+    for k, (v, details) in verdicts.items():
+        summary["claims"].append({"id": k, "claim": CRITERIA[k].claim,
+                                  "criterion": CRITERIA[k].rule, "result": short.get(k, ""),
+                                  "details": details, "verdict": v})
+    for rho in (0.9, 0.0):
+        fit = rate_fit(derived, rho)
+        if fit:
+            summary[f"rate_fit_momentum_{rho:g}"] = {
+                "slope": list(fit["slope"]), "ratio": list(fit["ratio"])}
+    c_claim = next(c for c in summary["claims"] if c["id"] == "c")
+    for key, (v, lines, t2) in added.items():
+        c_claim.setdefault("added_analyses", []).append({
+            "what": _added_intro(key, preset), "base_batch": s[key]["batch"], "verdict": v,
+            "details": lines, "result": _short_results([], {}, {}, t2).get("c", "")})
+    if conv_verdicts:
+        summary["conv_confirmation"] = {
+            "what": "ResNet-8, same criteria, one seed, grid chosen after the MLP results",
+            **{k: {"verdict": v, "details": d} for k, (v, d) in conv_verdicts.items()}}
+    summary["headline"] = "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items())
+    xu.save_json(summary, out / "summary.json")
+    return summary
+
+
+def _c_table(table: Mapping[int, Mapping[str, Any]], batch: int) -> str:
+    return ("| n | batch | noise fraction | RMS scale-free |g| | angle ratio n small / 1 "
+            "large (draws: mean [95% CI]) | direction cosine |\n"
+            "| --: | --: | --: | --: | --: | --: |\n") + "".join(
+        f"| {n} | {n * batch} | {t['noise_fraction']:.3f} | {t['g_rms']:.3g} | "
+        f"{_fmt_iv(t['ratio'], '.3f')} | {_fmt_iv(t['cos'], '.3f')} |\n"
+        for n, t in table.items())
+
+
+def _c_reading(table: Mapping[int, Mapping[str, Any]], batch: int) -> str:
+    """Plain-words reading of a (c) table; every number is read from the table."""
+    if len(table) < 2:
+        return ""
+    ns = sorted(table)
+    noisy = [n for n in ns if table[n]["noise_fraction"] >= NOISE_DOMINATED]
+    last = ns[-1]
+    r_last, c_last = table[last]["ratio"].mean, table[last]["cos"].mean
+    below = [n for n in ns if n > 1 and table[n]["ratio"].mean < 1]
+    text = (f"\n\nReading: the gradient is noise dominated (noise fraction >= "
+            f"{NOISE_DOMINATED}) up to batch {max(noisy) * batch if noisy else 'none'}; the "
+            f"noise fraction falls to {table[last]['noise_fraction']:.2f} at batch "
+            f"{last * batch}, where |g| has flattened. ")
+    if below and r_last < 1:
+        text += (f"Where the signal dominates, the n small steps do not add coherently "
+                 f"(that would give a ratio near sqrt(n) = {math.sqrt(last):.1f} at n = "
+                 f"{last}): the ratio is {r_last:.2f}, below the 1 of orthogonal steps, so "
+                 f"the small steps partly cancel (the weights fluctuate around the plateau "
+                 f"instead of drifting) and the one large step at lr x n turns the hidden "
+                 f"weights further than the n small steps it replaces; their directions "
+                 f"agree less and less (cosine {c_last:.2f} at n = {last}).")
+    return text
+
+
+def _d_reading(scan: Sequence[Mapping[str, Any]]) -> str:
+    if not scan:
+        return ""
+    by: dict[int, list[float]] = {}
+    for r in scan:
+        by.setdefault(int(r["batch"]), []).append(float(r["cos_gv_median"]))
+    bs = sorted(by)
+    lo, hi = bs[0], bs[-1]
+    end = float(np.mean(by[hi]))
+    why = ("" if abs(end) <= COS_BAND else
+           " (negative: the new gradient points against the accumulated step, the "
+           "signature of oscillation rather than of a consistent descent direction)"
+           if end < 0 else " (positive: successive gradients share a direction)")
+    return (f"\n\nReading: continuing SGD+momentum from the central run's weights, the "
+            f"median cos(g_t, v_t-1) goes from {np.mean(by[lo]):+.2f} at batch {lo} to "
+            f"{end:+.2f} at batch {hi}{why}; the noise fraction at each batch is in the "
+            f"table.")
+
+
+def _conv_section(preset: str, derived: Sequence[Mapping[str, Any]], out: Path,
+                  sections: list[Section]) -> dict[str, tuple[ev.Verdict, list[str]]]:
+    """The ResNet-8 confirmation: criteria (a), (b), (d) on its conv layers."""
+    conv = SETTINGS[preset].get("conv")
+    rows = [dict(r, kind="run_layer") for r in derived if r.get("kind") == "run_layer_conv"]
+    if not conv or not rows:
+        return {}
+    verdicts = {k: CRITERIA[k](rows) for k in ("a", "b", "d")}
+    pts = [(r["predicted_rate"], r["measured_rate"], r["layer"]) for r in rows
+           if r.get("scale_invariant") and r.get("measured_rate")]
+    imgs = []
+    if pts:
+        x = np.asarray([p[0] for p in pts])
+        y = np.asarray([p[1] for p in pts])
+        gx = np.geomspace(x.min() / 1.2, x.max() * 1.2, 10)
+        imgs.append(xu.plot_styled(
+            out / "conv_rate_loglog.png",
+            [{"x": x, "y": y, "ls": "none", "marker": "o", "ms": 4, "alpha": 0.7,
+              "label": "ResNet-8 conv layers (cells x layers)"},
+             {"x": gx, "y": gx, "color": "black", "ls": "--", "label": "y = x (Page)"}],
+            logx=True, logy=True, xlabel="predicted sqrt(2 lr wd / (1-rho))",
+            ylabel="measured lr |g| / ((1-rho) |w|)", title="ResNet-8 confirmation, plateau"))
+    n_layers = len({r["layer"] for r in rows if r.get("scale_invariant")})
+    acc = [r["test_accuracy"] for r in rows if not r.get("scale_invariant")]
+    body = (f"ResNet-8 (width {conv['width']}; every conv followed by BatchNorm, so its "
+            f"{n_layers} conv kernels are scale invariant; the final Dense layer is not) on "
+            f"the same data and batch, momentum {conv['rho']}, lr {conv['lr']}, wd "
+            f"{conv['wd']}, seeds {conv['seeds']}, {RELAX_MULTIPLE} relaxation times each "
+            f"(final test accuracy {', '.join(f'{100 * a:.1f}%' for a in acc)}). The same "
+            f"criterion code on its conv layers. The issue asked for it 'as time allows'; "
+            f"this small grid was chosen after the MLP results were known, to fit the time "
+            f"left: one seed (the intervals over seeds are undefined, so each cell's verdict "
+            f"rests on its single value), one momentum, and (b)'s slope is fitted over 3 "
+            f"cells spanning a factor 2 in the prediction.\n\n" + "\n\n".join(
+                f"**({k}) {v}.**\n\n" + "\n".join(d) for k, (v, d) in verdicts.items()))
+    sections.append(Section("Convolutional confirmation (ResNet-8)", body, imgs))
+    return verdicts
+
+
+def _span(ivs: Mapping[Any, ev.Interval]) -> str:
+    """Range of the cell means and the union of their intervals."""
+    if not ivs:
+        return "no data"
+    means = [iv.mean for iv in ivs.values()]
+    los = [iv.lo if iv.n >= 2 else iv.mean for iv in ivs.values()]
+    his = [iv.hi if iv.n >= 2 else iv.mean for iv in ivs.values()]
+    return (f"cell means {min(means):+.3f} .. {max(means):+.3f} (95% intervals within "
+            f"[{min(los):+.3f}, {max(his):+.3f}], {len(ivs)} cells)")
+
+
+def _short_results(derived: list[dict], cells_a: Mapping[Any, ev.Interval],
+                   cos_c: Mapping[Any, ev.Interval], table: Mapping[int, Any]
+                   ) -> dict[str, str]:
+    """One line per claim with the numbers and intervals behind its verdict."""
+    out = {"a": "net change of |w|^2 / weight-decay shrink on the plateau: " + _span(cells_a),
+           "d": "median cos(g_t, v_t-1) on the plateau: " + _span(cos_c)}
+    fits = []
+    for rho in (0.9, 0.0):
+        fit = rate_fit(derived, rho)
+        if fit:
+            (sl, slo, shi), (q, qlo, qhi) = fit["slope"], fit["ratio"]
+            fits.append(f"momentum {rho:g}: slope {sl:.2f} [{slo:.2f}, {shi:.2f}], "
+                        f"measured/predicted {q:.2f} [{qlo:.2f}, {qhi:.2f}]")
+    out["b"] = "; ".join(fits) + " (95% bootstrap over cells)" if fits else "no data"
+    scan = {}
+    for r in derived:
+        if r.get("kind") == "cos_scan":
+            scan.setdefault(int(r["batch"]), []).append(r["cos_gv_median"])
+    if scan:
+        out["d"] += "; batch scan: " + ", ".join(
+            f"B={b}: {np.mean(v):+.2f}" for b, v in sorted(scan.items()))
+    if table:
+        noisy = [n for n in table if table[n]["noise_fraction"] >= NOISE_DOMINATED]
+        parts = [f"noise fraction {table[min(table)]['noise_fraction']:.2f} at n=1 .. "
+                 f"{table[max(table)]['noise_fraction']:.2f} at n={max(table)}"]
+        if len(noisy) >= 2:
+            sl, lo, hi = g_slope(table, noisy)
+            parts.append(f"|g| slope over noise-dominated n<={max(noisy)}: {sl:.2f} "
+                         f"[{lo:.2f}, {hi:.2f}] (prediction -0.5)")
+        parts.append("angle ratio n small / 1 large: " + ", ".join(
+            f"n={n}: {table[n]['ratio'].mean:.2f}" for n in table if n > 1))
+        out["c"] = "; ".join(parts)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    run = xu.run_experiment(NAME, args, base_config, lambda p, _b: list(runs(p).values()))
+    cache = run.out / "steps.jsonl"
+    tag = {"kind": "settings", "preset": args.preset, "scan_noise": "start weights", **{
+        k: SETTINGS[args.preset][k] for k in ("ns", "draws", "scan_batches", "scan_steps")}}
+    steps = _cached(cache, tag, lambda: step_rows(args.preset, run.base), args.report_only)
+    for key, suffix in ADDED_C.items():
+        sb = SETTINGS[args.preset].get(key)
+        if not sb:
+            continue
+        tag2 = {"kind": "settings", "preset": args.preset, key: sb,
+                "draws": SETTINGS[args.preset]["draws"]}
+        steps += _cached(run.out / f"steps{suffix}.jsonl", tag2, lambda sb=sb, suffix=suffix,
+                         key=key: step_rows(args.preset, run.base, base_batch=sb["batch"],
+                                            ns=sb["ns"], suffix=suffix, scan=False,
+                                            retrain=key == "retrained_base"),
+                         args.report_only)
+    return analyse(args.preset, run.base, run.rows, run.out, run.timer, steps)
 
-    def points(preset: str, _base: object) -> list:
-        pts = list(runs(preset).values())
-        return pts[:1] if preset == "smoke" else pts
 
-    run = xu.run_experiment(NAME, args, base_config, points)
-    return analyse(args.preset, run.base, run.rows, run.out, run.timer)
+def _cached(path: Path, tag: dict, compute: Any, report_only: bool) -> list[dict]:
+    """Rows from ``path`` when its first line equals ``tag``, else computed and saved."""
+    if path.exists():
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if lines and lines[0] == tag:
+            return lines[1:]
+    if report_only:
+        return []
+    t0 = time.perf_counter()
+    rows = compute()
+    rows.append({"kind": "timing", "file": path.name, "seconds": time.perf_counter() - t0})
+    path.write_text("".join(json.dumps(r) + "\n" for r in [tag, *rows]))
+    return rows
 
 
 if __name__ == "__main__":
