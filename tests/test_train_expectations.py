@@ -434,7 +434,6 @@ def test_learning_rate_schedule_matches_the_documented_rule(schedule, lr_scaling
     of the end of warmup, a decay that misses end_learning_rate, step boundaries at 50%
     and 75% of the whole run instead of the post-warmup part, onecycle's peak misplaced."""
     from lars_jax.train import TrainConfig
-
     from lars_jax.train.build import learning_rate_schedule
 
     base, b, b0, spe, total, end = 0.4, 2048, 256, 10, 100, 0.01
