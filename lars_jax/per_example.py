@@ -431,6 +431,23 @@ def _apply_fn(module: nn.Module, rest: tuple, kwargs: dict) -> Callable[..., jax
     return forward
 
 
+def _after(x: jax.Array, ct: jax.Array) -> jax.Array:
+    """``x``, made to depend on ``ct`` so that XLA cannot compute from it before ``ct`` exists.
+
+    Without this data dependency XLA's scheduler hoists work on the residual ``x`` (the
+    unfolded patches, the recomputed normalisation) into the forward pass, where it stays
+    alive until the backward pass: the memory this module is written to avoid.
+    (``lax.optimization_barrier`` does not survive XLA:CPU's pipeline; ``0 * c`` is not
+    simplified away for floats, and the add fuses into the consumers of ``x``.)
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    if not set(_varying_axes(ct)) <= set(_varying_axes(x)):
+        return x  # inside shard_map, x replicated: keep its type (rare; no dependency)
+    zero = (ct.reshape(-1)[:1] * 0).astype(x.dtype).reshape(())
+    return x + zero
+
+
 def _make_tap(layer: _Layer, groups: int, rest: tuple, kwargs: dict) -> Callable[..., Any]:
     """``tap(layer_params, x, others, probes) -> layer output``, with the norms as the
     cotangent of ``probes`` (a dict ``{param name: (G,) zeros}``)."""
@@ -449,6 +466,7 @@ def _make_tap(layer: _Layer, groups: int, rest: tuple, kwargs: dict) -> Callable
 
     def tap_bwd(res, ct):
         layer_params, x, others = res
+        x = _after(x, ct)
         if differentiable_x:
             _, vjp = jax.vjp(lambda p, xx: forward(p, xx, others), layer_params, x)
             d_params, d_x = vjp(ct)
