@@ -511,7 +511,7 @@ def _tapped_call(
         # output is unused, so XLA keeps only the statistics.
         next_fun(*args, **kwargs)
     for value in (*args[1:], *kwargs.values()):
-        if isinstance(value, jax.Array | jax.core.Tracer):
+        if isinstance(value, jax.Array):
             raise ValueError(
                 f"value_grad_and_norms: {type(module).__name__} at {_path_str(layer.path)} "
                 "is called with an array argument besides its input (e.g. a mask): unsupported"
