@@ -85,6 +85,8 @@ _DENSE_TYPES = (nn.Dense,)
 _CONV_TYPES = (nn.Conv,)
 _EMBED_TYPES = (nn.Embed,)
 _NORM_TYPES = (nn.BatchNorm, nn.GroupNorm, nn.LayerNorm)
+# Positive while a tap runs its own layer (see _apply_fn): such calls are not intercepted.
+_IN_TAP = [0]
 _SUPPORTED = "nn.Dense, nn.Conv, nn.Embed, nn.BatchNorm, nn.GroupNorm, nn.LayerNorm"
 
 
@@ -127,7 +129,7 @@ def _make_interceptor(
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         kind = _layer_kind(module)
-        if busy[0] or kind is None or module.is_initializing():
+        if busy[0] or _IN_TAP[0] or kind is None or module.is_initializing():
             return next_fun(*args, **kwargs)
         if context.method_name != "__call__":
             if context.method_name == "setup":
@@ -423,10 +425,16 @@ def _apply_fn(module: nn.Module, rest: tuple, kwargs: dict) -> Callable[..., jax
 
     def forward(layer_params, x, others):
         variables = {"params": layer_params, **others}
-        if others:
-            out, _ = module.apply(variables, x, *rest, mutable=list(others), **kwargs)
-            return out
-        return module.apply(variables, x, *rest, **kwargs)
+        # A tap's own layer call is never intercepted, even when JAX traces it late (the
+        # forward of a custom_vjp inside ``jax.checkpoint`` is traced when differentiated).
+        _IN_TAP[0] += 1
+        try:
+            if others:
+                out, _ = module.apply(variables, x, *rest, mutable=list(others), **kwargs)
+                return out
+            return module.apply(variables, x, *rest, **kwargs)
+        finally:
+            _IN_TAP[0] -= 1
 
     return forward
 
