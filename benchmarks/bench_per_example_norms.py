@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "model": model_name,
+                        "norm": args.norm,
                         "batch": batch,
                         "variant": name,
                         "xla_MiB": memory.get(name, ""),
@@ -185,7 +186,7 @@ def main() -> None:
     )
     args = p.parse_args()
     rows = run(args)
-    cols = ["model", "batch", "variant", "xla_MiB", "mem_ratio", "step_s", "time_ratio", "samples"]
+    cols = list(rows[0]) if rows else []
     print_table(rows, cols)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS: {rss:.0f} MiB")

@@ -28,8 +28,10 @@ parameter tensor. ``jax.vmap(jax.grad(...))`` materialises ``B`` copies of the g
   with ``x_hat`` recomputed in the backward pass (the forward keeps only ``x``).
 
 Cost: about one extra weight-gradient computation for the ghost-norm layers and, for the
-normalisation layers, the normalisation recomputed in the backward pass; memory: the
-plain step's plus the largest one layer's temporaries (BENCHMARKS.md).
+normalisation layers, the normalisation recomputed in the backward pass. Memory (XLA's
+compiled analysis): the plain step's plus one layer's temporaries at a time; with
+BatchNorm even below the plain step, as the normalisation layers keep only their input
+(ResNet-20 / ResNet-18 at B=128 and 512 in BENCHMARKS.md; docs/per_example.md).
 
 Semantics:
 
