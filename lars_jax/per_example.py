@@ -515,17 +515,17 @@ def _tapped_call(
     layer_params = dict(variables.get("params", {}))
     if not layer_params:  # e.g. a normalisation layer without scale and bias
         return next_fun(*args, **kwargs)
-    others = {k: v for k, v in variables.items() if k != "params"}
-    if others:
-        # Run the module itself for its side effects (BatchNorm statistics updates); its
-        # output is unused, so XLA keeps only the statistics.
-        next_fun(*args, **kwargs)
     for value in (*args[1:], *kwargs.values()):
         if isinstance(value, jax.Array):
             raise ValueError(
                 f"value_grad_and_norms: {type(module).__name__} at {_path_str(layer.path)} "
                 "is called with an array argument besides its input (e.g. a mask): unsupported"
             )
+    others = {k: v for k, v in variables.items() if k != "params"}
+    if others:
+        # Run the module itself for its side effects (BatchNorm statistics updates); its
+        # output is unused, so XLA keeps only the statistics.
+        next_fun(*args, **kwargs)
     tap = _make_tap(layer, groups, args[1:], kwargs)
     return tap(layer_params, args[0], others, probes)
 
