@@ -578,6 +578,19 @@ def test_embed_attend_raises_naming_the_method():
         value_grad_and_norms(loss, params, ids)
 
 
+def test_mask_argument_raises_naming_the_layer():
+    class Masked(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(nn.LayerNorm()(x, mask=x > 0))
+
+    x = jnp.arange(12.0).reshape(4, 3)
+    model = Masked()
+    params = model.init(jax.random.key(0), x)["params"]
+    with pytest.raises(ValueError, match="LayerNorm at LayerNorm_0.*mask"):
+        value_grad_and_norms(lambda p, x: model.apply({"params": p}, x).sum(), params, x)
+
+
 def test_shared_module_raises():
     class Shared(nn.Module):
         @nn.compact
