@@ -1,25 +1,27 @@
-"""CLARS train step (one-pass per-example norms) versus LARS, and versus the vmap(grad) path.
+"""Per-example gradient norms: compiled memory and step time against a plain step and vmap.
 
-Three jitted train steps on ResNet-20 (CIFAR shape, 32x32x3, BatchNorm by default), timed
-interleaved by `_harness.compare` so that background load hits all of them alike:
+For each model (CIFAR shape 32x32x3, BatchNorm by default, float32, 10 classes) and batch
+size, three ways to get what a CLARS step needs:
 
-* ``lars``:  ``jax.value_and_grad`` + ``lars_jax.lars`` update (the baseline, ratio 1.0);
-* ``clars``: ``lars_jax.value_grad_and_norms`` (loss, gradient and per-example norms in one
-  forward and one backward pass) + ``lars_jax.clars`` update;
-* ``clars_unfused`` (with ``--unfused``): ``clars`` with the kernel gradients of the layers
-  whose per-example gradients are formed ("direct") computed again by autodiff instead of
-  summed from the per-example gradients (the implementation's ``_FUSE_DIRECT = False``);
-* ``clars_groups``: the same in micro-batch mode (``num_groups=8``, e.g. one group per device);
-* ``clars_vmap``: ``jax.value_and_grad`` + ``per_example_norms_vmap`` (``vmap(grad)``, B
-  gradients materialised) + ``lars_jax.clars`` update. With BatchNorm, vmap normalises each
-  example alone: a different quantity, timed only for cost. Skipped above ``--vmap-max-batch``.
+* ``plain``: ``jax.value_and_grad`` (loss and gradient only: the baseline, ratio 1.0);
+* ``ours``:  ``lars_jax.value_grad_and_norms`` (loss, gradient and per-example norms in one
+  forward and one backward pass, each layer's norms inside its own backward step);
+* ``vmap``:  ``jax.value_and_grad`` + ``per_example_norms_vmap`` (``vmap(grad)``: B
+  gradients materialised; with BatchNorm it normalises each example alone, a different
+  quantity, measured for cost only).
 
-Peak memory is XLA's compiled estimate (``memory_analysis()``: temporaries + arguments +
-outputs) of each step; the process's peak RSS is printed too.
+Memory: XLA's analysis of the compiled function (``memory_analysis()``: temporaries +
+outputs, the arguments excluded as they are the same for all three), deterministic, so
+meaningful on a loaded machine. Time (``--time-models``, up to ``--time-max-batch``): the
+whole jitted train step, ``plain`` + ``lars_jax.lars`` vs ``ours`` + ``lars_jax.clars`` vs
+``vmap`` + ``lars_jax.clars``, interleaved by ``_harness.compare`` so that background load
+hits all of them alike. ``--unfused`` adds ``ours`` with the kernel gradients of the
+"direct" layers left to autodiff (``per_example._FUSE_DIRECT = False``).
 
 Usage:
-  .venv/bin/python benchmarks/bench_per_example_norms.py [--batch 128 512] [--norm batch]
-      [--rounds 3] [--calls 1] [--vmap-max-batch 512] [--unfused]
+  .venv/bin/python benchmarks/bench_per_example_norms.py [--models resnet20 resnet18]
+      [--batch 128 512] [--norm batch] [--time-models resnet20] [--time-max-batch 512]
+      [--rounds 3] [--calls 1] [--unfused]
 """
 
 from __future__ import annotations
@@ -43,150 +45,148 @@ from lars_jax import per_example  # noqa: E402
 from lars_jax.models import create_model  # noqa: E402
 
 
-def _steps(model: Any, variables: dict, num_groups: int) -> dict[str, Any]:
+def _loss_fns(model: Any, variables: dict) -> tuple[Any, Any]:
     stats = variables.get("batch_stats", {})
-    has_bn = bool(stats)
 
     def loss_fn(params, x, y):
-        v = {"params": params, "batch_stats": stats} if has_bn else {"params": params}
-        if has_bn:
-            logits, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+        if stats:
+            logits, _ = model.apply(
+                {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+            )
         else:
-            logits = model.apply(v, x, train=True)
+            logits = model.apply({"params": params}, x, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def per_example_loss(params, xi, yi):
         return loss_fn(params, xi[None], yi[None])
 
+    return loss_fn, per_example_loss
+
+
+def _grad_fns(loss_fn: Any, per_example_loss: Any) -> dict[str, Any]:
+    """What is compared for memory: loss + gradient (+ per-example norms)."""
+
+    def plain(params, x, y):
+        return jax.value_and_grad(loss_fn)(params, x, y)
+
+    def ours(params, x, y):
+        return lars_jax.value_grad_and_norms(loss_fn, params, x, y)
+
+    def vmap(params, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        return loss, grads, lars_jax.per_example_norms_vmap(per_example_loss, params, x, y)
+
+    return {"plain": plain, "ours": ours, "vmap": vmap}
+
+
+def _train_steps(grad_fns: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What is timed: the whole train step (gradient part + LARS / CLARS update)."""
     lars = lars_jax.lars(0.1, weight_decay=1e-4)
     clars = lars_jax.clars(0.1, weight_decay=1e-4)
 
-    def lars_step(params, state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    def plain_step(params, state, x, y):
+        loss, grads = grad_fns["plain"](params, x, y)
         updates, state = lars.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
-    def clars_step(params, state, x, y):
-        loss, grads, norms = lars_jax.value_grad_and_norms(loss_fn, params, x, y)
-        updates, state = clars.update(grads, state, params, per_example_norms=norms)
-        return optax.apply_updates(params, updates), state, loss
+    def make_clars_step(name):
+        def step(params, state, x, y):
+            loss, grads, norms = grad_fns[name](params, x, y)
+            updates, state = clars.update(grads, state, params, per_example_norms=norms)
+            return optax.apply_updates(params, updates), state, loss
 
-    def clars_groups_step(params, state, x, y):
-        loss, grads, norms = lars_jax.value_grad_and_norms(
-            loss_fn, params, x, y, num_groups=num_groups
-        )
-        updates, state = clars.update(grads, state, params, per_example_norms=norms)
-        return optax.apply_updates(params, updates), state, loss
-
-    def clars_vmap_step(params, state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        norms = lars_jax.per_example_norms_vmap(per_example_loss, params, x, y)
-        updates, state = clars.update(grads, state, params, per_example_norms=norms)
-        return optax.apply_updates(params, updates), state, loss
+        return step
 
     return {
-        "lars": (lars_step, lars),
-        "clars": (clars_step, clars),
-        "clars_unfused": (clars_step, clars),
-        "clars_groups": (clars_groups_step, clars),
-        "clars_vmap": (clars_vmap_step, clars),
+        "plain": (plain_step, lars),
+        "ours": (make_clars_step("ours"), clars),
+        "ours_unfused": (make_clars_step("ours"), clars),
+        "vmap": (make_clars_step("vmap"), clars),
     }
 
 
-def _peak_bytes(compiled: Any) -> int | None:
+def _compiled(fn: Any, *args: Any, unfused: bool = False) -> Any:
+    per_example._FUSE_DIRECT = not unfused
     try:
-        m = compiled.memory_analysis()
-        return int(
-            m.temp_size_in_bytes
-            + m.argument_size_in_bytes
-            + m.output_size_in_bytes
-            - m.alias_size_in_bytes
-        )
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        return None
+        return jax.jit(fn).lower(*args).compile()
+    finally:
+        per_example._FUSE_DIRECT = True
+
+
+def _mib(compiled: Any) -> float:
+    m = compiled.memory_analysis()
+    return (m.temp_size_in_bytes + m.output_size_in_bytes) / 2**20
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for batch in args.batch:
-        model = create_model(args.model, num_classes=10, norm=args.norm)
-        kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-        x = jax.random.normal(kx, (batch, 32, 32, 3))
-        y = jax.random.randint(ky, (batch,), 0, 10)
-        variables = model.init(kp, x[:2], train=False)
-        params = variables["params"]
-        variants, memory = {}, {}
-        for name, (step, tx) in _steps(model, variables, args.num_groups).items():
-            if name == "clars_vmap" and batch > args.vmap_max_batch:
-                continue
-            if name == "clars_unfused" and not args.unfused:
-                continue
-            state = tx.init(params)
-            per_example._FUSE_DIRECT = name != "clars_unfused"
-            try:
-                compiled = jax.jit(step).lower(params, state, x, y).compile()
-            finally:
-                per_example._FUSE_DIRECT = True
-            memory[name] = _peak_bytes(compiled)
-            variants[name] = lambda c=compiled, s=state, p=params, x=x, y=y: c(p, s, x, y)[2]
-        res = compare(
-            variants, baseline="lars", warmup=1, rounds=args.rounds, calls_per_round=args.calls
-        )
-        for name, r in res.items():
-            rows.append(
-                {
-                    "model": args.model,
-                    "norm": args.norm,
-                    "batch": batch,
-                    "step": name,
-                    "median_s": r["median_s"],
-                    "ratio_to_lars": r["ratio_to_lars"],
-                    "xla_peak_MiB": (memory[name] or 0) / 2**20,
-                    "samples": r["samples"],
-                }
-            )
-        if batch > args.vmap_max_batch:
-            rows.append(
-                {
-                    "model": args.model,
-                    "norm": args.norm,
-                    "batch": batch,
-                    "step": "clars_vmap",
-                    "median_s": "skipped",
-                    "ratio_to_lars": "",
-                    "xla_peak_MiB": "",
-                    "samples": 0,
-                }
-            )
+    for model_name in args.models:
+        for batch in args.batch:
+            model = create_model(model_name, num_classes=10, norm=args.norm)
+            kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+            x = jax.random.normal(kx, (batch, 32, 32, 3))
+            y = jax.random.randint(ky, (batch,), 0, 10)
+            variables = model.init(kp, x[:2], train=False)
+            params = variables["params"]
+            loss_fn, per_example_loss = _loss_fns(model, variables)
+            grad_fns = _grad_fns(loss_fn, per_example_loss)
+            memory = {}
+            for name, fn in grad_fns.items():
+                memory[name] = _mib(_compiled(fn, params, x, y))
+                print(f"{model_name} B={batch} {name}: {memory[name]:.1f} MiB", flush=True)
+            times: dict[str, dict[str, Any]] = {}
+            if model_name in args.time_models and batch <= args.time_max_batch:
+                variants = {}
+                for name, (step, tx) in _train_steps(grad_fns).items():
+                    if name == "ours_unfused" and not args.unfused:
+                        continue
+                    state = tx.init(params)
+                    c = _compiled(step, params, state, x, y, unfused=name == "ours_unfused")
+                    variants[name] = lambda c=c, s=state, p=params, x=x, y=y: c(p, s, x, y)[2]
+                times = compare(
+                    variants,
+                    baseline="plain",
+                    warmup=1,
+                    rounds=args.rounds,
+                    calls_per_round=args.calls,
+                )
+            for name in ("plain", "ours", "ours_unfused", "vmap"):
+                if name not in memory and name not in times:
+                    continue
+                t = times.get(name, {})
+                rows.append(
+                    {
+                        "model": model_name,
+                        "norm": args.norm,
+                        "batch": batch,
+                        "variant": name,
+                        "xla_MiB": memory.get(name, ""),
+                        "mem_ratio": memory[name] / memory["plain"] if name in memory else "",
+                        "step_s": t.get("median_s", ""),
+                        "time_ratio": t.get("ratio_to_plain", ""),
+                        "samples": t.get("samples", 0),
+                    }
+                )
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet18"])
     p.add_argument("--norm", default="batch", choices=["batch", "group", "none"])
     p.add_argument("--batch", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--num-groups", type=int, default=8)
+    p.add_argument("--time-models", nargs="*", default=["resnet20"])
+    p.add_argument("--time-max-batch", type=int, default=512)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=1)
-    p.add_argument("--vmap-max-batch", type=int, default=512)
     p.add_argument(
         "--unfused",
         action="store_true",
-        help="also time clars with the kernel gradients of 'direct' layers left to autodiff",
+        help="also time `ours` with the kernel gradients of 'direct' layers left to autodiff",
     )
     args = p.parse_args()
     rows = run(args)
-    cols = [
-        "model",
-        "norm",
-        "batch",
-        "step",
-        "median_s",
-        "ratio_to_lars",
-        "xla_peak_MiB",
-        "samples",
-    ]
+    cols = list(rows[0]) if rows else []
     print_table(rows, cols)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS: {rss:.0f} MiB")

@@ -1,34 +1,37 @@
-"""Per-example (and per-micro-batch) gradient norms in one forward and one backward pass.
+"""Per-example (and per-micro-batch) gradient norms at the memory of a plain gradient step.
 
 CLARS divides by the mean over the batch of the per-example gradient norms of every
-parameter tensor. The naive way, ``jax.vmap(jax.grad(...))``, materialises ``B`` copies
-of the gradient. :func:`value_grad_and_norms` gets the norms from the quantities a normal
-backward pass already has:
+parameter tensor. ``jax.vmap(jax.grad(...))`` materialises ``B`` copies of the gradient.
+:func:`value_grad_and_norms` gets the norms inside the one backward pass a plain
+``jax.value_and_grad`` step already makes, and frees every layer's extra work at once:
 
-* Every ``nn.Dense``, ``nn.Conv``, ``nn.BatchNorm``, ``nn.GroupNorm`` and ``nn.LayerNorm``
-  call is intercepted with :func:`flax.linen.intercept_methods`. A zero perturbation is
-  added to its output, so that the gradient with respect to the perturbation is the
-  layer's output cotangent ``d``, and the layer input ``a`` (for norm layers, the
-  normalised input ``x_hat``) is captured.
-* The weight gradient of example ``i`` is ``G_i = a_i^T d_i`` (``a_i`` unfolded into
-  patches for a convolution), summed over positions ``t``. Its squared norm is computed
-  without storing ``B`` gradients, choosing per layer by cost (Bu et al. 2022, "mixed
-  ghost clipping"): either the *ghost norm*
-  ``||G_i||^2 = sum_{t,s} (a_it . a_is)(d_it . d_is)`` from two ``T x T`` Gram matrices
-  (used when ``2 T^2 < d p``, ``d`` the unfolded input width, ``p`` the output width),
-  or the per-example gradient of that one layer, ``(B, d, p)``, which is reduced to its
-  norm at once. For a Dense layer on ``(B, d)`` inputs (``T = 1``) this is Goodfellow's
-  ``||a_i||^2 ||d_i||^2``. Biases and the scale and offset of normalisation layers have
-  per-example gradients ``sum_t d_it`` and ``sum_t x_hat_it * d_it`` directly.
-* Where the per-example kernel gradients are formed, their sum *is* the kernel gradient:
-  such layers are called with ``stop_gradient`` on the kernel, so that autodiff does not
-  compute the weight gradient a second time, and the sum is added to the gradient.
+* Every ``nn.Dense``, ``nn.Conv`` (grouped and depthwise too), ``nn.Embed``,
+  ``nn.BatchNorm``, ``nn.GroupNorm`` and ``nn.LayerNorm`` call is intercepted with
+  :func:`flax.linen.intercept_methods` (model code unchanged) and run as one
+  ``jax.custom_vjp`` function ``tap(layer_params, x, probe)``. Its forward is the layer;
+  ``probe`` is a zero array of shape ``(G,)`` per parameter (``G`` = batch size, or the
+  number of groups) that the forward ignores. Its backward returns the usual cotangents
+  of the parameters and of ``x`` and, as the cotangent of ``probe``, the per-example
+  squared norms of that layer's parameter gradients, computed from the layer input ``x``
+  (a residual the plain step keeps anyway) and the output cotangent ``d``. So
+  ``jax.grad`` with respect to the probes *is* the squared norms, and each layer's
+  temporaries (patches, Gram matrices, per-example gradients) die inside its own backward.
+* The kernel gradient of example ``i`` is ``G_i = a_i^T d_i`` summed over positions ``t``
+  (``a_i`` the unfolded conv input, one kernel offset at a time, never all patches at
+  once). Its squared norm is taken per layer by cost (Bu et al. 2022): the *ghost norm*
+  ``sum_{t,s} (a_it . a_is)(d_it . d_is)`` from two ``T x T`` Gram matrices when
+  ``2 T^2 < d p``, else the per-example gradient of that one layer, whose sum over the
+  batch is then also returned as the kernel gradient (autodiff does not compute it a second
+  time). ``T = 1`` (a Dense layer on ``(B, d)``) is Goodfellow's ``||a_i||^2 ||d_i||^2``.
+  Biases: ``sum_t d_it``; an embedding row: ``sum_{t,s} [id_t = id_s] (d_it . d_is)``;
+  scale and offset of a normalisation layer: ``sum_t x_hat_it * d_it`` and ``sum_t d_it``,
+  with ``x_hat`` recomputed in the backward pass (the forward keeps only ``x``).
 
-Cost: about one extra weight-gradient computation for the ghost-norm layers and the
-unfolding of conv inputs into patches; the layer inputs and output cotangents of all
-layers are alive together at the end of the backward pass (the norms are computed after
-it), so peak memory is several times that of a plain gradient step (3.3x for ResNet-20 at
-batch 128 on CPU, see BENCHMARKS.md).
+Cost: about one extra weight-gradient computation for the ghost-norm layers and, for the
+normalisation layers, the normalisation recomputed in the backward pass. Memory (XLA's
+compiled analysis): the plain step's plus one layer's temporaries at a time; with
+BatchNorm even below the plain step, as the normalisation layers keep only their input
+(ResNet-20 / ResNet-18 at B=128 and 512 in BENCHMARKS.md; docs/per_example.md).
 
 Semantics:
 
@@ -36,23 +39,21 @@ Semantics:
   separately), the norms equal those of ``jax.vmap(jax.grad(per_example_loss))``:
   :func:`per_example_norms_vmap` is that reference.
 * With BatchNorm the examples are coupled and a per-example gradient is not uniquely
-  defined. The norms returned are those of each example's *contribution* to the batch
-  gradient: ``B * a_i^T d_i``, where the cotangent ``d_i`` already contains BatchNorm's
-  cross-example terms. The contributions sum exactly to ``B`` times the batch gradient
-  (so their mean is the batch gradient). ``vmap(grad)`` computes something else
-  (BatchNorm over a batch of one).
+  defined. The norms returned are those of each example's *contribution* ``B * a_i^T d_i``,
+  where the cotangent ``d_i`` already contains BatchNorm's cross-example terms; the
+  contributions sum to ``B`` times the batch gradient. ``vmap(grad)`` computes something
+  else (BatchNorm over a batch of one).
 * Norms are those of the gradient of the example's own loss ``l_i`` (not scaled by
   ``1/B``), so ``mean(norms) >= ||g||`` by the triangle inequality.
-* With ``num_groups=k`` (micro-batch mode), the batch is cut into ``k`` contiguous equal
-  groups and the norms are those of each group's mean-loss gradient: for ``k`` devices in
-  data-parallel training these are the norms of the local gradients before the
-  all-reduce. With BatchNorm they are the norms of the group sums of the contributions.
+* With ``num_groups=k`` (micro-batch mode) the batch is cut into ``k`` contiguous equal
+  groups and the norms are those of each group's mean-loss gradient (for ``k`` devices:
+  the local gradients before the all-reduce).
 
-Dense and Conv layers are identified by exact type; normalisation layers also by subclass
+Dense, Conv and Embed are identified by exact type; normalisation layers also by subclass
 (such as a ghost BatchNorm), which must compute ``x_hat * scale + bias`` per feature and give
-``x_hat`` when cloned with ``use_scale=False, use_bias=False``. Other parametrised modules
-(``nn.Embed``, ``nn.DenseGeneral``, custom ``self.param`` calls, a module called twice) are
-not recognised, and a ``ValueError`` names their parameters instead of returning wrong norms.
+``x_hat`` when cloned with ``use_scale=False, use_bias=False``. Any other parametrised
+module (``nn.DenseGeneral``, ``nn.Einsum``, custom ``self.param`` calls, ``Embed.attend``, a
+module called twice) makes a ``ValueError`` that names it, instead of wrong norms.
 
 References:
   Goodfellow, "Efficient per-example gradient computations", arXiv 1510.01799, 2015.
@@ -84,7 +85,11 @@ _METHODS = ("auto", "ghost", "direct")
 _FUSE_DIRECT = True
 _DENSE_TYPES = (nn.Dense,)
 _CONV_TYPES = (nn.Conv,)
+_EMBED_TYPES = (nn.Embed,)
 _NORM_TYPES = (nn.BatchNorm, nn.GroupNorm, nn.LayerNorm)
+# Positive while a tap runs its own layer (see _apply_fn): such calls are not intercepted.
+_IN_TAP = [0]
+_SUPPORTED = "nn.Dense, nn.Conv, nn.Embed, nn.BatchNorm, nn.GroupNorm, nn.LayerNorm"
 
 
 @dataclasses.dataclass
@@ -92,11 +97,11 @@ class _Layer:
     """What the discovery pass learns about one intercepted layer call."""
 
     path: tuple[str, ...]
-    kind: str  # "dense", "conv" or "norm"
+    kind: str  # "dense", "conv", "embed" or "norm"
     module: nn.Module
     out_shape: jax.ShapeDtypeStruct
     in_shape: tuple[int, ...]
-    plan: str = ""  # "norm", "closed" (T = 1), "ghost" or "direct"
+    plan: str = ""  # "norm", "embed", "closed" (T = 1), "ghost" or "direct"
 
 
 def _layer_kind(module: nn.Module) -> str | None:
@@ -105,6 +110,8 @@ def _layer_kind(module: nn.Module) -> str | None:
         return "dense"
     if t in _CONV_TYPES:
         return "conv"
+    if t in _EMBED_TYPES:
+        return "embed"
     if isinstance(module, _NORM_TYPES):
         # Subclasses too (e.g. ghost BatchNorm): x_hat is taken from the same module with
         # use_scale=False, use_bias=False, and the output must be x_hat * scale + bias.
@@ -123,13 +130,17 @@ def _make_interceptor(
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
-        if (
-            busy[0]
-            or context.method_name != "__call__"
-            or _layer_kind(module) is None
-            or module.is_initializing()
-        ):
+        kind = _layer_kind(module)
+        if busy[0] or _IN_TAP[0] or kind is None or module.is_initializing():
             return next_fun(*args, **kwargs)
+        if context.method_name != "__call__":
+            if context.method_name == "setup":
+                return next_fun(*args, **kwargs)
+            raise ValueError(
+                f"value_grad_and_norms: {type(module).__name__} at {_path_str(module.path)} "
+                f"is used through its method {context.method_name!r}; only __call__ is "
+                "supported (its parameter gradients would be missing from the norms)"
+            )
         busy[0] = True
         try:
             return record(module, args, kwargs, next_fun)
@@ -137,17 +148,6 @@ def _make_interceptor(
             busy[0] = False
 
     return interceptor
-
-
-def _normalized_input(module: nn.Module, args: tuple, kwargs: dict) -> jax.Array:
-    """``x_hat`` of a normalisation layer: the same module without scale and bias."""
-    plain = module.clone(parent=None, use_scale=False, use_bias=False)
-    variables = {k: v for k, v in module.variables.items() if k != "params"}
-    if "batch_stats" in variables:
-        out, _ = plain.apply(variables, *args, mutable=["batch_stats"], **kwargs)
-    else:
-        out = plain.apply(variables, *args, **kwargs)
-    return out
 
 
 def _discover(fn: Callable[..., Any], *args, **kwargs) -> list[_Layer]:
@@ -197,58 +197,55 @@ def _varying_axes(tree: PyTree) -> tuple[str, ...]:
     return tuple(sorted(axes))
 
 
-def _zero_perturbation(layer: _Layer, axes: tuple[str, ...]) -> jax.Array:
-    """The zero perturbation of a layer output, varying over the given mesh axes.
+def _zero_probe(groups: int, axes: tuple[str, ...]) -> jax.Array:
+    """A ``(groups,)`` zero probe, varying over the given mesh axes.
 
     Inside ``jax.shard_map`` a plain ``jnp.zeros`` is replicated, and the gradient with
-    respect to a replicated value is summed over the devices: the perturbation must vary
-    like the batch for its gradient to be this device's cotangent.
+    respect to a replicated value is summed over the devices: the probe must vary like the
+    batch for its cotangent to be this device's squared norms.
     """
-    zeros = jnp.zeros(layer.out_shape.shape, layer.out_shape.dtype)
+    zeros = jnp.zeros((groups,), jnp.float32)
     if axes:
         zeros = jax.lax.pcast(zeros, axes, to="varying")
     return zeros
 
 
-def _call_with_frozen_kernel(module: nn.Module, args: tuple, kwargs: dict) -> jax.Array:
-    """Calls a Dense/Conv module with ``stop_gradient`` on its kernel (bias unchanged)."""
-    variables = dict(module.variables)
-    layer_params = dict(variables["params"])
-    layer_params["kernel"] = jax.lax.stop_gradient(layer_params["kernel"])
-    variables["params"] = layer_params
-    return module.clone(parent=None).apply(variables, *args, **kwargs)
+def _summed_like(extra: jax.Array, like: jax.Array) -> jax.Array:
+    """``extra`` (a gradient formed from this device's data) summed like autodiff sums ``like``.
 
-
-def _add_grad(g: jax.Array, extra: jax.Array | None) -> jax.Array:
-    """``g + extra``, summing ``extra`` over the mesh axes ``g`` does not vary over.
-
-    Inside ``jax.shard_map`` autodiff returns the gradient of a replicated parameter
-    summed over the devices; the kernel gradient formed here from this device's
-    activations must be summed the same way to match it.
+    Inside ``jax.shard_map`` autodiff returns the gradient of a replicated parameter summed
+    over the devices; a kernel gradient formed here from this device's activations must be
+    summed over the same mesh axes to replace it.
     """
-    if extra is None:
-        return g
-    extra = extra.reshape(g.shape).astype(g.dtype)
-    missing = tuple(sorted(set(_varying_axes(extra)) - set(_varying_axes(g))))
+    extra = extra.reshape(like.shape).astype(like.dtype)
+    missing = tuple(sorted(set(_varying_axes(extra)) - set(_varying_axes(like))))
     if missing:
         extra = jax.lax.psum(extra, missing)
-    return g + extra
+    return extra
 
 
 # ---------------------------------------------------------------------------------------
-# Per-layer squared norms.
+# Per-layer squared norms, computed inside the layer's backward pass.
+
+
+def _conv_geometry(layer: _Layer) -> tuple[int, int, int]:
+    """``(feature groups, d, p)``: per group, the unfolded input width and output width."""
+    module = layer.module
+    f = module.feature_group_count
+    d = layer.in_shape[-1] // f * math.prod(module.kernel_size)
+    return f, d, layer.out_shape.shape[-1] // f
 
 
 def _plan(layer: _Layer, groups: int, method: str) -> str:
     """How one layer's kernel norms are computed (Bu et al.'s rule: ghost if 2T^2 < dp)."""
-    if layer.kind == "norm":
-        return "norm"
+    if layer.kind in ("norm", "embed"):
+        return layer.kind
     out = layer.out_shape.shape
     t = math.prod(out[1:-1]) * (out[0] // groups)  # positions per group
-    d = layer.in_shape[-1]
     if layer.kind == "conv":
-        d *= math.prod(layer.module.kernel_size)
-    p = out[-1]
+        _, d, p = _conv_geometry(layer)
+    else:
+        d, p = layer.in_shape[-1], out[-1]
     if t == 1:
         return "closed"
     if method == "ghost" or (method == "auto" and 2 * t * t < d * p):
@@ -297,84 +294,100 @@ def _as_tuple(v: int | Sequence[int] | None, n: int) -> tuple[int, ...]:
     return tuple(v)
 
 
-def _conv_patches(
-    module: nn.Conv,
-    x: jax.Array,
-    out_spatial: Sequence[int],
-    path: str,
-    check_only: bool = False,
-) -> list[jax.Array]:
-    """Unfolded conv inputs: one (B, T, Cin) slice per kernel offset, row-major offsets."""
+def _check_conv(module: nn.Conv, in_shape: Sequence[int], path: str) -> None:
+    """Raises for the Conv configurations whose unfolding is not implemented."""
     nd = len(module.kernel_size)
-    if x.ndim != nd + 2:
+    if len(in_shape) != nd + 2:
         raise ValueError(
-            f"value_grad_and_norms: Conv at {path} got an input of shape {x.shape}; expected "
-            f"exactly one batch dimension and {nd} spatial dimensions"
-        )
-    if module.feature_group_count != 1:
-        raise ValueError(
-            f"value_grad_and_norms: Conv at {path} has feature_group_count="
-            f"{module.feature_group_count}; only 1 is supported"
+            f"value_grad_and_norms: Conv at {path} got an input of shape {tuple(in_shape)}; "
+            f"expected exactly one batch dimension and {nd} spatial dimensions"
         )
     if any(r != 1 for r in _as_tuple(module.input_dilation, nd)) or module.mask is not None:
         raise ValueError(
             f"value_grad_and_norms: Conv at {path} uses input_dilation or a mask (unsupported)"
         )
+    _conv_pads(module, in_shape[1:-1], path)
+
+
+def _conv_offsets(module: nn.Conv, x: jax.Array, out_spatial: Sequence[int], path: str) -> Any:
+    """Yields the unfolded conv input one kernel offset at a time: (B, T, Cin) slices."""
+    nd = len(module.kernel_size)
     pads = _conv_pads(module, x.shape[1:-1], path)
-    if check_only:
-        return []
     strides = _as_tuple(module.strides, nd)
     dil = _as_tuple(module.kernel_dilation, nd)
     xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
     b, c = x.shape[0], x.shape[-1]
-    pieces = []
     for offset in itertools.product(*(range(k) for k in module.kernel_size)):
         start = [o * r for o, r in zip(offset, dil, strict=True)]
         limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out_spatial, strides, strict=True)]
         piece = jax.lax.slice(xp, (0, *start, 0), (b, *limit, c), (1, *strides, 1))
-        pieces.append(piece.reshape(b, -1, c))
-    return pieces
+        yield piece.reshape(b, -1, c)
 
 
-def _layer_sq_norms(
-    layer: _Layer,
-    captured: jax.Array,
-    cot: jax.Array,
-    groups: int,
-) -> tuple[dict[str, jax.Array], jax.Array | None]:
-    """Squared norms (G,) of each param of one layer, from its input and output cotangent.
+def _conv_kernel_sq_norms(
+    layer: _Layer, x: jax.Array, c: jax.Array, groups: int
+) -> tuple[jax.Array, jax.Array | None]:
+    """Per-group squared norms of a (grouped) conv kernel gradient, offset by offset.
 
-    Also returns the kernel gradient for "direct" layers (None otherwise).
+    ``x``: the layer input (B, *spatial, Cin), ``c``: the output cotangent (float32).
+    Returns ``(G,)`` and, for plan "direct", the kernel gradient (kh, ..., Cin/F, Cout).
     """
     module, path = layer.module, _path_str(layer.path)
-    b = cot.shape[0]
-    n = b // groups
-    a = captured.astype(jnp.float32)
-    c = cot.astype(jnp.float32)
-    out: dict[str, jax.Array] = {}
-    if layer.kind == "norm":
-        feature_axes = _norm_feature_axes(module, c.ndim)
-        sum_axes = tuple(i for i in range(1, c.ndim) if i not in feature_axes)
-        if getattr(module, "use_scale", False):
-            gs = jnp.sum(a * c, axis=sum_axes).reshape(groups, n, -1).sum(1)
-            out["scale"] = jnp.sum(gs * gs, axis=-1)
-        if getattr(module, "use_bias", False):
-            gb = jnp.sum(c, axis=sum_axes).reshape(groups, n, -1).sum(1)
-            out["bias"] = jnp.sum(gb * gb, axis=-1)
-        return out, None
-    p = c.shape[-1]
-    cg = c.reshape(groups, -1, p)
+    f, _, p = _conv_geometry(layer)
+    cin = x.shape[-1] // f
+    # (G, T, F, p): T runs over the group's examples and output positions.
+    cg = c.reshape(groups, -1, f, p)
+    sq = jnp.zeros((groups,), jnp.float32)
+    kernel_rows, gram_a = [], None
+    for piece in _conv_offsets(module, x, c.shape[1:-1], path):
+        a = piece.astype(jnp.float32).reshape(groups, -1, f, cin)
+        if layer.plan == "direct":
+            grads = jnp.einsum("gtfc,gtfo->gfco", a, cg)
+            sq = sq + jnp.sum(grads * grads, axis=(1, 2, 3))
+            # (F, cin, p) -> (cin, F * p): the kernel's (Cin/F, Cout) slice at this offset.
+            kernel_rows.append(jnp.sum(grads, axis=0).transpose(1, 0, 2).reshape(cin, f * p))
+        elif layer.plan == "ghost":
+            g = jnp.einsum("gtfc,gsfc->gfts", a, a)
+            gram_a = g if gram_a is None else gram_a + g
+        else:  # "closed": one position per group
+            sq_a = jnp.sum(a[:, 0] ** 2, axis=-1)  # (G, F)
+            gram_a = sq_a if gram_a is None else gram_a + sq_a
+    if layer.plan == "direct":
+        return sq, jnp.stack(kernel_rows)
+    if layer.plan == "ghost":
+        gram_c = jnp.einsum("gtfo,gsfo->gfts", cg, cg)
+        return jnp.sum(gram_a * gram_c, axis=(1, 2, 3)), None
+    return jnp.sum(gram_a * jnp.sum(cg[:, 0] ** 2, axis=-1), axis=-1), None
+
+
+def _group_sq_norm(per_example: jax.Array, groups: int) -> jax.Array:
+    """(B, k) per-example gradients -> (G,) squared norms of their group sums."""
+    g = per_example.reshape(groups, -1, per_example.shape[-1]).sum(1)
+    return jnp.sum(g * g, axis=-1)
+
+
+def _dense_like_sq_norms(
+    layer: _Layer, x: jax.Array, ct: jax.Array, groups: int
+) -> tuple[dict[str, jax.Array], jax.Array | None]:
+    """Dense / Conv: squared norms of kernel and bias, and the "direct" kernel gradient."""
+    c = ct.astype(jnp.float32)
     if layer.kind == "dense":
-        a = a.reshape(groups, -1, a.shape[-1])
+        a = x.astype(jnp.float32).reshape(groups, -1, x.shape[-1])
+        kernel_sq, kernel_grad = _outer_sq_norms(a, c.reshape(groups, -1, c.shape[-1]), layer.plan)
     else:
-        pieces = _conv_patches(module, a, c.shape[1:-1], path)
-        patches = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-        a = patches.reshape(groups, -1, patches.shape[-1])
-    out["kernel"], kernel_grad = _outer_sq_norms(a, cg, layer.plan)
-    if module.use_bias:
-        gb = cg.sum(1)
-        out["bias"] = jnp.sum(gb * gb, axis=-1)
+        kernel_sq, kernel_grad = _conv_kernel_sq_norms(layer, x, c, groups)
+    out = {"kernel": kernel_sq}
+    if layer.module.use_bias:
+        out["bias"] = _group_sq_norm(c.reshape(c.shape[0], -1, c.shape[-1]).sum(1), groups)
     return out, kernel_grad
+
+
+def _embed_sq_norms(ids: jax.Array, ct: jax.Array, groups: int) -> dict[str, jax.Array]:
+    """``||sum_t onehot(id_t) d_t^T||^2 = sum_{t,s} [id_t = id_s] (d_t . d_s)`` per group."""
+    i = ids.reshape(groups, -1)
+    c = ct.astype(jnp.float32).reshape(groups, i.shape[1], -1)
+    same = (i[:, :, None] == i[:, None, :]).astype(jnp.float32)
+    return {"embedding": jnp.einsum("gts,gtd,gsd->g", same, c, c)}
 
 
 def _norm_feature_axes(module: nn.Module, ndim: int) -> tuple[int, ...]:
@@ -387,6 +400,134 @@ def _norm_feature_axes(module: nn.Module, ndim: int) -> tuple[int, ...]:
     if isinstance(axes, int):
         axes = (axes,)
     return tuple(sorted(ax % ndim for ax in axes))
+
+
+def _norm_sq_norms(
+    module: nn.Module, x_hat: jax.Array, ct: jax.Array, groups: int
+) -> dict[str, jax.Array]:
+    a = x_hat.astype(jnp.float32)
+    c = ct.astype(jnp.float32)
+    feature_axes = _norm_feature_axes(module, c.ndim)
+    sum_axes = tuple(i for i in range(1, c.ndim) if i not in feature_axes)
+    b = c.shape[0]
+    out: dict[str, jax.Array] = {}
+    if getattr(module, "use_scale", False):
+        out["scale"] = _group_sq_norm(jnp.sum(a * c, axis=sum_axes).reshape(b, -1), groups)
+    if getattr(module, "use_bias", False):
+        out["bias"] = _group_sq_norm(jnp.sum(c, axis=sum_axes).reshape(b, -1), groups)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The tap: one custom_vjp per intercepted layer call.
+
+
+def _apply_fn(module: nn.Module, rest: tuple, kwargs: dict) -> Callable[..., jax.Array]:
+    """``forward(layer_params, x, other_collections)``: the layer applied functionally."""
+
+    def forward(layer_params, x, others):
+        variables = {"params": layer_params, **others}
+        # A tap's own layer call is never intercepted, even when JAX traces it late (the
+        # forward of a custom_vjp inside ``jax.checkpoint`` is traced when differentiated).
+        _IN_TAP[0] += 1
+        try:
+            if others:
+                out, _ = module.apply(variables, x, *rest, mutable=list(others), **kwargs)
+                return out
+            return module.apply(variables, x, *rest, **kwargs)
+        finally:
+            _IN_TAP[0] -= 1
+
+    return forward
+
+
+def _after(x: jax.Array, ct: jax.Array) -> jax.Array:
+    """``x``, made to depend on ``ct`` so that XLA cannot compute from it before ``ct`` exists.
+
+    Without this data dependency XLA's scheduler hoists work on the residual ``x`` (the
+    unfolded patches, the recomputed normalisation) into the forward pass, where it stays
+    alive until the backward pass: the memory this module is written to avoid.
+    (``lax.optimization_barrier`` does not survive XLA:CPU's pipeline; ``0 * c`` is not
+    simplified away for floats, and the add fuses into the consumers of ``x``.)
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    if not set(_varying_axes(ct)) <= set(_varying_axes(x)):
+        return x  # inside shard_map, x replicated: keep its type (rare; no dependency)
+    zero = (ct.reshape(-1)[:1] * 0).astype(x.dtype).reshape(())
+    return x + zero
+
+
+def _make_tap(layer: _Layer, groups: int, rest: tuple, kwargs: dict) -> Callable[..., Any]:
+    """``tap(layer_params, x, others, probes) -> layer output``, with the norms as the
+    cotangent of ``probes`` (a dict ``{param name: (G,) zeros}``)."""
+    module = layer.module
+    forward = _apply_fn(module, rest, kwargs)
+    differentiable_x = layer.kind != "embed"
+
+    @jax.custom_vjp
+    def tap(layer_params, x, others, probes):
+        del probes
+        return forward(layer_params, x, others)
+
+    def tap_fwd(layer_params, x, others, probes):
+        del probes
+        return forward(layer_params, x, others), (layer_params, x, others)
+
+    def tap_bwd(res, ct):
+        layer_params, x, others = res
+        x = _after(x, ct)
+        if differentiable_x:
+            _, vjp = jax.vjp(lambda p, xx: forward(p, xx, others), layer_params, x)
+            d_params, d_x = vjp(ct)
+        else:
+            _, vjp = jax.vjp(lambda p: forward(p, x, others), layer_params)
+            (d_params,), d_x = vjp(ct), None
+        if layer.kind == "norm":
+            plain = module.clone(parent=None, use_scale=False, use_bias=False)
+            x_hat = _apply_fn(plain, rest, kwargs)({}, x, others)
+            sq = _norm_sq_norms(module, x_hat, ct, groups)
+        elif layer.kind == "embed":
+            sq = _embed_sq_norms(x, ct, groups)
+        else:
+            sq, kernel_grad = _dense_like_sq_norms(layer, x, ct, groups)
+            if _FUSE_DIRECT and kernel_grad is not None:
+                # Replaces autodiff's kernel gradient, which XLA then never computes.
+                d_params = dict(d_params)
+                d_params["kernel"] = _summed_like(kernel_grad, layer_params["kernel"])
+        return d_params, d_x, None, sq
+
+    tap.defvjp(tap_fwd, tap_bwd)
+    return tap
+
+
+def _tapped_call(
+    layer: _Layer,
+    groups: int,
+    module: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    next_fun: Any,
+    probes: dict[str, jax.Array],
+) -> jax.Array:
+    """Runs one intercepted layer call through its tap."""
+    variables = module.variables
+    layer_params = dict(variables.get("params", {}))
+    if not layer_params:  # e.g. a normalisation layer without scale and bias
+        return next_fun(*args, **kwargs)
+    for value in (*args[1:], *kwargs.values()):
+        if isinstance(value, jax.Array):
+            raise ValueError(
+                f"value_grad_and_norms: {type(module).__name__} at {_path_str(layer.path)} "
+                "is called with an array argument besides its input (e.g. a mask): unsupported"
+            )
+    others = {k: v for k, v in variables.items() if k != "params"}
+    if others:
+        # Run the module itself for its side effects (BatchNorm statistics updates); its
+        # output is unused, so XLA keeps only the statistics.
+        next_fun(*args, **kwargs)
+    tap = _make_tap(layer, groups, args[1:], kwargs)
+    return tap(layer_params, args[0], others, probes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,6 +567,16 @@ def _path_of_keypath(keypath) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _param_names(layer: _Layer) -> tuple[str, ...]:
+    """Names of the parameters of one layer, as its tap reports their norms."""
+    module = layer.module
+    if layer.kind == "embed":
+        return ("embedding",)
+    if layer.kind == "norm":
+        return tuple(n for n, on in (("scale", module.use_scale), ("bias", module.use_bias)) if on)
+    return ("kernel", "bias") if module.use_bias else ("kernel",)
+
+
 # ---------------------------------------------------------------------------------------
 # Public API.
 
@@ -439,14 +590,14 @@ def value_grad_and_norms(
     method: str = "auto",
     **kwargs: Any,
 ) -> tuple[Any, PyTree, PyTree]:
-    """Loss, batch gradient and per-example gradient norms, in one forward and backward pass.
+    """Loss, batch gradient and per-example gradient norms, in one forward and one backward pass.
 
     Args:
       loss_fn: ``loss_fn(params, *args, **kwargs)`` returning the MEAN over the batch of the
         per-example losses (or ``(loss, aux)`` with ``has_aux=True``). It must call a Flax
         linen model's ``apply`` (``mutable=["batch_stats"]`` is fine); the model's
-        parametrised layers must be ``nn.Dense``, ``nn.Conv``, ``nn.BatchNorm``,
-        ``nn.GroupNorm`` or ``nn.LayerNorm``, each called once.
+        parametrised layers must be ``nn.Dense``, ``nn.Conv``, ``nn.Embed``,
+        ``nn.BatchNorm``, ``nn.GroupNorm`` or ``nn.LayerNorm``, each called once.
       params: the parameters differentiated (the ``"params"`` collection, or a variables
         dict holding it under ``"params"``).
       *args: further positional arguments of ``loss_fn`` (the batch).
@@ -509,9 +660,7 @@ def value_grad_and_norms(
 
     layers = _discover(loss_fn, params, *args, **kwargs)
     if not layers:
-        raise ValueError(
-            "value_grad_and_norms: loss_fn called no nn.Dense / nn.Conv / normalisation layer"
-        )
+        raise ValueError(f"value_grad_and_norms: loss_fn called no layer of {_SUPPORTED}")
     batch = layers[0].out_shape.shape[0]
     for layer in layers:
         if layer.out_shape.shape[0] != batch:
@@ -526,60 +675,30 @@ def value_grad_and_norms(
     for layer in layers:
         layer.plan = _plan(layer, groups, method)
         if layer.kind == "conv":  # validate the configuration before the real pass
-            _conv_patches(
-                layer.module,
-                jax.ShapeDtypeStruct(layer.in_shape, jnp.float32),
-                layer.out_shape.shape[1:-1],
-                _path_str(layer.path),
-                check_only=True,
-            )
+            _check_conv(layer.module, layer.in_shape, _path_str(layer.path))
     prefix = _params_prefix(params, layers)
     by_path = {layer.path: i for i, layer in enumerate(layers)}
 
-    def perturbed_loss(p, perts):
-        captured: list[Any] = [None] * len(layers)
-
+    def probed_loss(p, probes):
         def record(module, a, kw, next_fun):
             i = by_path[tuple(module.path)]
-            if _FUSE_DIRECT and layers[i].plan == "direct":
-                # The per-example kernel gradients are computed anyway: their sum is the
-                # kernel gradient, so autodiff need not compute it through this call.
-                out = _call_with_frozen_kernel(module, a, kw)
-            else:
-                out = next_fun(*a, **kw)
-            if layers[i].kind == "norm":
-                captured[i] = _normalized_input(module, a, kw)
-            else:
-                captured[i] = a[0]
-            return out + perts[i].astype(out.dtype)
+            return _tapped_call(layers[i], groups, module, a, kw, next_fun, probes[i])
 
         with nn.intercept_methods(_make_interceptor(record)):
             res = loss_fn(p, *args, **kwargs)
-        if has_aux:
-            loss, aux = res
-        else:
-            loss, aux = res, None
-        return loss, (aux, captured)
+        return res if has_aux else (res, None)
 
     axes = _varying_axes((params, args, kwargs))
-    perts = [_zero_perturbation(layer, axes) for layer in layers]
-    (loss, (aux, captured)), (grads, cots) = jax.value_and_grad(
-        perturbed_loss, argnums=(0, 1), has_aux=True
-    )(params, perts)
+    probes = [{name: _zero_probe(groups, axes) for name in _param_names(lr)} for lr in layers]
+    (loss, aux), (grads, sq_tree) = jax.value_and_grad(probed_loss, argnums=(0, 1), has_aux=True)(
+        params, probes
+    )
 
-    sq: dict[tuple[str, ...], jax.Array] = {}
-    extra_grads: dict[tuple[str, ...], jax.Array] = {}
-    for layer, acts, cot in zip(layers, captured, cots, strict=True):
-        layer_sq, kernel_grad = _layer_sq_norms(layer, acts, cot, groups)
-        for name, v in layer_sq.items():
-            sq[prefix + layer.path + (name,)] = v
-        if _FUSE_DIRECT and kernel_grad is not None:
-            extra_grads[prefix + layer.path + ("kernel",)] = kernel_grad
-    if extra_grads:
-        grads = jax.tree_util.tree_map_with_path(
-            lambda kp, g: _add_grad(g, extra_grads.get(_path_of_keypath(kp))), grads
-        )
-
+    sq = {
+        prefix + layer.path + (name,): v
+        for layer, layer_sq in zip(layers, sq_tree, strict=True)
+        for name, v in layer_sq.items()
+    }
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     norms_leaves = []
     missing = []
@@ -593,7 +712,7 @@ def value_grad_and_norms(
     if missing:
         raise ValueError(
             "value_grad_and_norms: these parameters do not belong to a recognised layer "
-            f"(nn.Dense, nn.Conv, nn.BatchNorm, nn.GroupNorm, nn.LayerNorm): {missing}"
+            f"({_SUPPORTED}): {missing}"
         )
     norms = jax.tree_util.tree_unflatten(treedef, norms_leaves)
     value = (loss, aux) if has_aux else loss

@@ -187,6 +187,140 @@ def test_layernorm_and_tiny_batch64_matches_vmap():
     _check_against_vmap(model, (5, 5, 2), 64)
 
 
+class GroupedConvNet(nn.Module):
+    """Grouped (2 groups), depthwise (x2 multiplier, strided) and dilated convolutions."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))
+        x = nn.relu(nn.Conv(6, (3, 3), feature_group_count=2, padding="SAME")(x))
+        x = nn.relu(nn.Conv(12, (3, 3), strides=2, feature_group_count=6, padding="VALID")(x))
+        x = nn.relu(nn.Conv(4, (2, 2), kernel_dilation=2, feature_group_count=4)(x))
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+def test_grouped_and_depthwise_conv_match_vmap():
+    _check_against_vmap(GroupedConvNet(), (9, 9, 2), 5, methods=("auto", "ghost", "direct"))
+
+
+class EmbedNet(nn.Module):
+    """Token ids (B, T) -> Embed -> LayerNorm -> Dense per position -> mean -> Dense."""
+
+    @nn.compact
+    def __call__(self, ids):
+        h = nn.LayerNorm()(nn.Embed(7, 6)(ids))
+        h = nn.tanh(nn.Dense(5)(h))
+        return nn.Dense(3)(h.mean(axis=1))
+
+
+def test_embed_matches_vmap_with_repeated_tokens():
+    b, t = 5, 4
+    ids = jax.random.randint(jax.random.key(3), (b, t), 0, 7)  # repeats within examples
+    ids = ids.at[0].set(2)  # one example with the same token at every position
+    y = jnp.arange(b) % 3
+    model = EmbedNet()
+    params = model.init(jax.random.key(1), ids)["params"]
+    loss_fn = _loss_fn(model)
+
+    @jax.jit
+    def run(p, ids, y):
+        expected = per_example_norms_vmap(_per_example_loss_fn(model), p, ids, y)
+        reference = jax.value_and_grad(loss_fn)(p, ids, y)
+        return expected, reference, value_grad_and_norms(loss_fn, p, ids, y)
+
+    expected, (loss_ref, grads_ref), (loss, grads, norms) = run(params, ids, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    _assert_tree_close(grads, grads_ref)
+    _assert_tree_close(norms, expected)
+
+
+class RematResNet(nn.Module):
+    """Stem and two basic blocks, the second under ``nn.remat`` (``jax.checkpoint``)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.GroupNorm(num_groups=2)(nn.Conv(4, (3, 3), use_bias=False)(x)))
+        x = Block(4, 1, "group")(x)
+        x = nn.remat(Block)(6, 2, "group")(x)
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+def test_checkpointed_block_matches_vmap():
+    _check_against_vmap(RematResNet(), (8, 8, 2), 3)
+
+
+def test_inside_lax_scan_gradient_accumulation():
+    """Two micro-batches under lax.scan (as the trainer accumulates): norms per example."""
+    model = GNStack()
+    x, y = _batch((6, 6, 2), 6)
+    params = model.init(jax.random.key(1), x)["params"]
+    loss_fn = _loss_fn(model)
+
+    @jax.jit
+    def run(p, x, y):
+        def body(gsum, xy):
+            _, g, norms = value_grad_and_norms(loss_fn, p, *xy)
+            return jax.tree.map(jnp.add, gsum, g), norms
+
+        split = (x.reshape(2, 3, *x.shape[1:]), y.reshape(2, 3))
+        gsum, norms = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, p), split)
+        expected = per_example_norms_vmap(_per_example_loss_fn(model), p, x, y)
+        return (
+            jax.tree.map(lambda v: v.reshape(-1), norms),
+            expected,
+            gsum,
+            jax.grad(loss_fn)(p, x, y),
+        )
+
+    norms, expected, gsum, grads = run(params, x, y)
+    _assert_tree_close(norms, expected)
+    _assert_tree_close(jax.tree.map(lambda g: g / 2, gsum), grads)
+
+
+class MemoryNet(nn.Module):
+    """A small CIFAR-shaped ResNet (BatchNorm) for the compiled-memory test."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3), use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=False)(x))
+        for width, strides in ((8, 1), (16, 2), (32, 2)):
+            x = Block(width, strides, "batch")(x)
+        return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+
+def test_compiled_memory_is_that_of_a_plain_step():
+    """XLA's memory analysis (deterministic): ours <= 1.15x value_and_grad, < vmap(grad)."""
+    model = MemoryNet()
+    x, y = _batch((16, 16, 3), 32)
+    variables = model.init(jax.random.key(1), x)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    def loss_fn(p, x, y):
+        logits, _ = model.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def per_example_loss(p, xi, yi):
+        return loss_fn(p, xi[None], yi[None])
+
+    def vmap_path(p, x, y):
+        return jax.value_and_grad(loss_fn)(p, x, y), per_example_norms_vmap(
+            per_example_loss, p, x, y
+        )
+
+    def mib(fn):
+        m = jax.jit(fn).lower(params, x, y).compile().memory_analysis()
+        if m is None:
+            pytest.skip("this backend gives no memory analysis")
+        return (m.temp_size_in_bytes + m.output_size_in_bytes) / 2**20
+
+    plain = mib(jax.value_and_grad(loss_fn))
+    ours = mib(lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y))
+    vmap = mib(vmap_path)
+    assert ours <= 1.15 * plain, (ours, plain)
+    assert ours < vmap, (ours, vmap)
+
+
 # ---------------------------------------------------------------------------------------
 # Micro-batch mode and BatchNorm.
 
@@ -369,15 +503,40 @@ def test_inside_shard_map_gives_per_device_norms():
     _assert_tree_close(local, expected_local)
 
 
+def test_inside_pmap_gives_per_device_norms():
+    if len(jax.devices()) < 2:
+        pytest.skip("needs 2 devices (conftest sets XLA_FLAGS)")
+    model = GNStack()
+    x, y = _batch((6, 6, 2), 6)
+    params = model.init(jax.random.key(1), x)["params"]
+    loss_fn = _loss_fn(model)
+
+    def step(p, x, y):
+        loss, grads, norms = value_grad_and_norms(loss_fn, p, x, y)
+        return jax.lax.pmean(grads, "d"), norms
+
+    grads, norms = jax.pmap(step, axis_name="d", in_axes=(None, 0, 0))(
+        params, x.reshape(2, 3, *x.shape[1:]), y.reshape(2, 3)
+    )
+    expected, grads_ref = jax.jit(
+        lambda p, x, y: (
+            per_example_norms_vmap(_per_example_loss_fn(model), p, x, y),
+            jax.grad(loss_fn)(p, x, y),
+        )
+    )(params, x, y)
+    _assert_tree_close(jax.tree.map(lambda v: v.reshape(-1), norms), expected)
+    _assert_tree_close(jax.tree.map(lambda g: g[0], grads), grads_ref)
+
+
 # ---------------------------------------------------------------------------------------
 # Errors.
 
 
-class WithEmbed(nn.Module):
+class WithDenseGeneral(nn.Module):
     @nn.compact
     def __call__(self, x):
-        h = nn.Embed(5, 4)(x)
-        return nn.Dense(3)(h)
+        h = nn.DenseGeneral((2, 2))(x)
+        return nn.Dense(3)(h.reshape(h.shape[0], -1))
 
 
 class WithRawParam(nn.Module):
@@ -387,19 +546,49 @@ class WithRawParam(nn.Module):
         return nn.Dense(3)(x * w)
 
 
+class TiedEmbed(nn.Module):
+    """Embedding weights reused as the output layer through ``Embed.attend``."""
+
+    @nn.compact
+    def __call__(self, ids):
+        embed = nn.Embed(5, 4)
+        return embed.attend(embed(ids).mean(axis=1))
+
+
 def test_unrecognised_layers_raise_naming_the_module():
-    x = jnp.arange(6) % 5
-    model = WithEmbed()
+    x = jnp.ones((4, 3))
+    model = WithDenseGeneral()
     params = model.init(jax.random.key(0), x)["params"]
     loss = lambda p, x: model.apply({"params": p}, x).sum()
-    with pytest.raises(ValueError, match="Embed_0/embedding"):
+    with pytest.raises(ValueError, match="DenseGeneral_0/kernel"):
         value_grad_and_norms(loss, params, x)
-    x = jnp.ones((4, 3))
     model = WithRawParam()
     params = model.init(jax.random.key(0), x)["params"]
     loss = lambda p, x: model.apply({"params": p}, x).sum()
     with pytest.raises(ValueError, match="'w'"):
         value_grad_and_norms(loss, params, x)
+
+
+def test_embed_attend_raises_naming_the_method():
+    ids = jnp.arange(12).reshape(4, 3) % 5
+    model = TiedEmbed()
+    params = model.init(jax.random.key(0), ids)["params"]
+    loss = lambda p, ids: model.apply({"params": p}, ids).sum()
+    with pytest.raises(ValueError, match="Embed_0.*'attend'"):
+        value_grad_and_norms(loss, params, ids)
+
+
+def test_mask_argument_raises_naming_the_layer():
+    class Masked(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(nn.LayerNorm()(x, mask=x > 0))
+
+    x = jnp.arange(12.0).reshape(4, 3)
+    model = Masked()
+    params = model.init(jax.random.key(0), x)["params"]
+    with pytest.raises(ValueError, match="LayerNorm at LayerNorm_0.*mask"):
+        value_grad_and_norms(lambda p, x: model.apply({"params": p}, x).sum(), params, x)
 
 
 def test_shared_module_raises():
