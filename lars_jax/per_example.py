@@ -660,7 +660,8 @@ def value_grad_and_norms(
 
     layers = _discover(loss_fn, params, *args, **kwargs)
     if not layers:
-        raise ValueError(f"value_grad_and_norms: loss_fn called no layer of {_SUPPORTED}")
+        raise ValueError(f"value_grad_and_norms: loss_fn called no layer of {_SUPPORTED} "
+                         f"(for Flax NNX models use lars_jax.nnx_value_grad_and_norms)")
     batch = layers[0].out_shape.shape[0]
     for layer in layers:
         if layer.out_shape.shape[0] != batch:
@@ -712,7 +713,8 @@ def value_grad_and_norms(
     if missing:
         raise ValueError(
             "value_grad_and_norms: these parameters do not belong to a recognised layer "
-            f"({_SUPPORTED}): {missing}"
+            f"({_SUPPORTED}): {missing} (for Flax NNX models use "
+            "lars_jax.nnx_value_grad_and_norms)"
         )
     norms = jax.tree_util.tree_unflatten(treedef, norms_leaves)
     value = (loss, aux) if has_aux else loss

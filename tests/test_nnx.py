@@ -242,3 +242,25 @@ def test_layer_called_twice_and_custom_dot_general_raise():
                         rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="dot_general"):
         lars_jax.nnx_value_grad_and_norms(lambda m, x: m(x).mean(), custom, x)
+
+
+def test_nnx_model_through_the_linen_function_points_to_the_nnx_one():
+    """An NNX model handed to the linen entry point names the function that supports it.
+
+    Catches: the bare "called no layer" message that did not say NNX needs another entry
+    point (issue 16, item 1)."""
+    import jax
+    import jax.numpy as jnp
+    import pytest
+    from flax import nnx
+
+    import lars_jax
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    def loss_fn(p, x):
+        return jnp.mean(nnx.merge(graphdef, p)(x) ** 2)
+
+    with pytest.raises(ValueError, match="nnx_value_grad_and_norms"):
+        lars_jax.value_grad_and_norms(loss_fn, params, jax.numpy.ones((4, 3)))
