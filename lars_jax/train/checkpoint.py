@@ -29,12 +29,16 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,32 @@ STRUCTURE_FIELDS = (
 
 class CheckpointError(RuntimeError):
     """No checkpoint in the workdir could be restored."""
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Silences what Orbax, TensorStore and asyncio print about a checkpoint that fails to
+    read (absl ERROR lines, "Event loop is closed" from coroutines of the failed read):
+    `restore_latest` reports each unusable checkpoint in one line of its own."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and "Event loop is closed" in str(unraisable.exc_value)):
+            previous_hook(unraisable)
+
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    sys.unraisablehook = hook
+    try:
+        yield
+        gc.collect()  # the failed reads' leftovers go now, while the filter is on
+    finally:
+        sys.unraisablehook = previous_hook
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _warn(msg: str) -> None:
@@ -79,8 +109,9 @@ class Checkpointer:
     def _open(self) -> None:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta"))
+        with _quiet_failed_reads():  # it reads the metadata of the existing checkpoints
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -134,9 +165,11 @@ class Checkpointer:
         Raises:
           CheckpointError: when checkpoints exist but none is usable.
         """
-        steps = self.all_steps()
-        if not steps:
-            return None
+        with _quiet_failed_reads():
+            steps = self.all_steps()
+            return self._restore_newest_usable(steps, target) if steps else None
+
+    def _restore_newest_usable(self, steps: list[int], target: Any) -> tuple[int, Any]:
         abstract = jax.tree.map(
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
             else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
