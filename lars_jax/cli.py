@@ -556,9 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except KeyboardInterrupt as e:  # lars_jax.stop_signals.TrainingInterrupted, too
-        detail = str(e) or "interrupted"
-        print(f"{PROG} {args.command}: {detail} (the same command resumes from the last "
-              "checkpoint)", file=sys.stderr)
+        detail = str(e) if hasattr(e, "exit_code") else (
+            "interrupted; run the same command again to resume from the last checkpoint")
+        print(f"{PROG} {args.command}: {detail}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_INTERRUPTED)
 
 
