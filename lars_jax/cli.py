@@ -361,7 +361,12 @@ def _device_count(config: Any) -> int:
     """The devices a run will use, as the trainer counts them (``num_devices`` or all)."""
     import jax
 
-    return int(getattr(config, "num_devices", None) or jax.device_count())
+    present = jax.device_count()
+    wanted = getattr(config, "num_devices", None)
+    if wanted is not None and wanted > present:
+        raise ConfigError(f"{type(config).__name__}.num_devices={wanted}: only {present} "
+                          f"{jax.default_backend()} device(s) present")
+    return int(wanted or present)
 
 
 def _print_config(config: Any, cls: type) -> None:

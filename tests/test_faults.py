@@ -413,3 +413,25 @@ def test_a_damaged_metrics_row_before_the_resume_step_is_dropped_with_a_warning(
     assert [r["step"] for r in writer.kept_rows] == [1, 3]
     assert (tmp_path / "metrics.jsonl.damaged").read_text().count("\n") == 4
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 3]
+
+
+def test_a_sweep_run_busy_in_another_process_is_not_recorded_and_a_rerun_keeps_results(
+        tmp_path):
+    """Before: a run refused (or rerun after finishing) was recorded "done" with null
+    metrics, and never run again."""
+    from lars_jax.sweep import plan_sweep, run_sweep
+    from lars_jax.train import train
+    from lars_jax.train.workdir_lock import WorkdirLock
+
+    base = _cfg(tmp_path / "unused")
+    grid = {"seed": [0]}
+    (run,) = plan_sweep(base, grid, tmp_path / "sweep")
+    train_fn = lambda config: train(config, data=tiny_data())
+    with WorkdirLock(run.config.workdir):
+        assert run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn) == []
+    assert not (tmp_path / "sweep" / "results.jsonl").exists()
+    (row,) = run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn)
+    assert row["status"] == "done" and row["summary"]["test_accuracy"] is not None
+    (tmp_path / "sweep" / "results.jsonl").unlink()  # killed before its row was written
+    (again,) = run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn)
+    assert again["summary"] == row["summary"]
