@@ -535,6 +535,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       130 interrupted by SIGINT, 143 by SIGTERM (rerun the same command to resume).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["sweep"]):  # from the first instant, before the imports
+        from lars_jax.stop_signals import StopSignals
+
+        with StopSignals():
+            return _main(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     cls = _config_class()
     parser = build_parser(cls)
     args, extra = parser.parse_known_args(_normalize_argv(argv))

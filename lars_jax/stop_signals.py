@@ -66,6 +66,13 @@ def requested() -> int | None:
     return _requested
 
 
+def raise_if_requested(where: str) -> None:
+    """Raises `TrainingInterrupted` if a signal arrived (`where`: e.g. "before training")."""
+    if _requested is not None:
+        raise TrainingInterrupted(_requested, f"{signal_name(_requested)} {where}: nothing "
+                                  "to save; run the same command again")
+
+
 class StopSignals:
     """Context manager: SIGINT/SIGTERM set a flag instead of raising (main thread only;
     nested uses share one flag; the previous handlers come back on exit)."""

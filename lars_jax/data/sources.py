@@ -208,8 +208,9 @@ def _reachable(b: Any, timeout: float = 3.0) -> bool:
     return True
 
 
-def check_available(name: str, data_dir: str | os.PathLike | None = None) -> None:
-    """Raises at once when `name` is neither prepared nor preparable here.
+def check_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether `name` is prepared in `data_dir`; raises at once when it is neither prepared
+    nor preparable here.
 
     Fashion-MNIST needs its Debian files; CIFAR needs the prepared data set, its archive
     in ``<data_dir>/downloads/manual/``, or a reachable download host (probed with one
@@ -222,16 +223,17 @@ def check_available(name: str, data_dir: str | os.PathLike | None = None) -> Non
     dataset_info(name)
     data_dir = os.fspath(data_dir or default_data_dir())
     if name not in SMALL_DATASETS:
-        return
+        return False
     b = builder(name, data_dir)
     if b.is_prepared():
-        return
+        return True
     if name == "fashion_mnist":
         from lars_jax.data.fashion_mnist import find_fashion_mnist_files
 
         find_fashion_mnist_files(DEFAULT_SOURCE_DIR)
     elif _manual_archive(b, data_dir) is None and not _reachable(b):
         raise FileNotFoundError(_not_prepared_help(name, data_dir))
+    return False
 
 
 def prepare_imagenet(
@@ -390,9 +392,13 @@ def load_split(
             f"({type(err).__name__}: {first}); delete that folder and run again to "
             "prepare it anew") from err
     if cache:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for path, arr in ((img_path, images), (lab_path, labels)):
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, arr)
-            shutil.move(tmp, path)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            for path, arr in ((img_path, images), (lab_path, labels)):
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, arr)
+                shutil.move(tmp, path)
+        except OSError as err:  # a read-only data directory: decode again next time
+            print(f"lars_jax: cannot write the array cache {cache_dir} ({err})",
+                  file=sys.stderr, flush=True)
     return images, labels

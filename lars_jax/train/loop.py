@@ -249,12 +249,15 @@ def _preflight(config: TrainConfig, data: Data | None) -> None:
 
     data_dir = config.data_dir or default_data_dir()
     why = _writable_dir_problem(data_dir)
-    if why:
+    if why and not Path(data_dir).is_dir():
         raise ValueError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why})")
     try:
-        check_available(config.dataset, data_dir)
+        prepared = check_available(config.dataset, data_dir)
     except FileNotFoundError as e:
         raise ValueError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
+    if why and not prepared:  # a read-only folder is fine once the data set is prepared
+        raise ValueError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why}) and "
+                         f"{config.dataset!r} is not prepared there")
 
 
 def _build(config: TrainConfig, data: Data | None) -> Run:
@@ -349,6 +352,7 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     with stop_signals.StopSignals():
         maybe_initialize_distributed(config)
         _preflight(config, data)
+        stop_signals.raise_if_requested("before training started")
         lead = jax.process_index() == 0
         with WorkdirLock(config.workdir) if lead else contextlib.nullcontext():
             return _train_locked(config, data, return_state, t_start, lead)
@@ -365,6 +369,7 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
             print(format_summary(finished), flush=True)
         return finished
     run = _build(config, data)
+    stop_signals.raise_if_requested("before training started")
     workdir = Path(config.workdir)
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
