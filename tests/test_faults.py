@@ -340,6 +340,8 @@ def test_the_nonfinite_stop_names_the_step_metrics_jsonl_marks(tmp_path):
     assert all(r["finite"] == 1 for r in rows if r["step"] < named)
     saved = _strict_json(tmp_path / SUMMARY_FILE)
     assert saved["nonfinite_step"] == named
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # NaN/Inf as null
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
     assert f"Last good checkpoint: {tmp_path / 'checkpoints' / str(named - 1)}" in str(e.value) \
         or named == 1
 

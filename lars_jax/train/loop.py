@@ -35,7 +35,14 @@ import jax
 import numpy as np
 
 from lars_jax import stop_signals
-from lars_jax.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json, write_json
+from lars_jax.run_files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    read_json,
+    to_jsonable,
+    write_json,
+)
 from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import STRUCTURE_FIELDS, Checkpointer
 from lars_jax.train.config import TrainConfig
@@ -281,7 +288,7 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
         return None
     same = lambda d: {k: v for k, v in d.items() if k not in COSMETIC_FIELDS}
     if (not isinstance(summary, dict) or summary.get("status") != "ok"
-            or same(summary.get("config") or {}) != same(config.to_dict())):
+            or same(summary.get("config") or {}) != same(to_jsonable(config.to_dict()))):
         return None
     return summary
 
