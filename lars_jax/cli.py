@@ -361,7 +361,12 @@ def _device_count(config: Any) -> int:
     """The devices a run will use, as the trainer counts them (``num_devices`` or all)."""
     import jax
 
-    return int(getattr(config, "num_devices", None) or jax.device_count())
+    present = jax.device_count()
+    wanted = getattr(config, "num_devices", None)
+    if wanted is not None and wanted > present:
+        raise ConfigError(f"{type(config).__name__}.num_devices={wanted}: only {present} "
+                          f"{jax.default_backend()} device(s) present")
+    return int(wanted or present)
 
 
 def _print_config(config: Any, cls: type) -> None:
@@ -403,7 +408,7 @@ def _is_config_error(e: BaseException, cls: type) -> bool:
 
 def _run_error(e: BaseException) -> str | None:
     """A one-line message for the trainer's expected failures, None for anything else."""
-    if type(e).__name__ in ("NonFiniteError", "CheckpointError"):
+    if type(e).__name__ in ("NonFiniteError", "CheckpointError", "WorkdirLockedError"):
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -504,6 +509,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deferring_signals(command: Callable[[], int]) -> int:
+    """Runs `train` or `sweep` with SIGINT (Ctrl-C) and SIGTERM deferred from the start: the
+    trainer stops at its next step with a checkpoint (`lars_jax.stop_signals`)."""
+    from lars_jax.stop_signals import StopSignals, requested
+
+    with StopSignals():
+        code = command()
+        signum = requested()
+        if code == 0 and signum is not None:  # arrived after the last safe point
+            print(f"{PROG}: interrupted after the work was done (results complete)",
+                  file=sys.stderr)
+            return 128 + signum
+        return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lars-jax`` console script.
 
@@ -512,9 +532,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
       The exit status: 0 success, 1 a run failed, 2 bad command line or config,
-      130 interrupted (rerun the same command to resume).
+      130 interrupted by SIGINT, 143 by SIGTERM (rerun the same command to resume).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["sweep"]):  # from the first instant, before the imports
+        from lars_jax.stop_signals import StopSignals
+
+        with StopSignals():
+            return _main(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     cls = _config_class()
     parser = build_parser(cls)
     args, extra = parser.parse_known_args(_normalize_argv(argv))
@@ -533,20 +562,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in names}
     try:
         if args.command == "train":
-            return _cmd_train(args, cls, overrides)
+            return _deferring_signals(lambda: _cmd_train(args, cls, overrides))
         if args.command == "sweep":
-            return _cmd_sweep(args, cls, overrides)
+            return _deferring_signals(lambda: _cmd_sweep(args, cls, overrides))
         return _cmd_report(args)
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    except KeyboardInterrupt:
-        print(
-            f"\n{PROG} {args.command}: interrupted; run the same command again to resume "
-            "from the last checkpoint",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # lars_jax.stop_signals.TrainingInterrupted, too
+        detail = str(e) if hasattr(e, "exit_code") else (
+            "interrupted; run the same command again to resume from the last checkpoint")
+        print(f"{PROG} {args.command}: {detail}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

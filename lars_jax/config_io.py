@@ -130,12 +130,15 @@ def unknown_field_error(cls: type, name: str) -> ValueError:
     return ValueError(f"{cls.__name__} has no field {name!r}{hint}")
 
 
-def coerce(spec: FieldSpec, value: Any, *, cls_name: str = "config") -> Any:
+def coerce(spec: FieldSpec, value: Any, *, cls_name: str = "config",
+           from_text: bool = True) -> Any:
     """Converts a value from a file or a command line to the field's type.
 
     Strings are parsed (``"none"`` for optional fields, ``true``/``false`` for
     booleans, numbers for numeric fields); integers are accepted for float
-    fields and integral floats for int fields. Choices are *not* enforced here
+    fields and integral floats for int fields. With ``from_text=False`` (values
+    typed by a TOML/JSON parser) a string is refused for a number or a boolean:
+    ``batch_size = "64"`` in a config file is an error, not 64. Choices are *not* enforced here
     (the config's own ``validate()`` does that, with the config's message).
 
     Args:
@@ -172,6 +175,9 @@ def coerce(spec: FieldSpec, value: Any, *, cls_name: str = "config") -> Any:
             return None
         raise fail(f"must be a {spec.type.__name__} (None is not allowed)")
     tp = spec.type
+    if not from_text and isinstance(value, str) and tp in (bool, int, float):
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[tp]
+        raise fail(f"must be {kind}, not a string (write it without quotes)")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -235,7 +241,8 @@ def coerce(spec: FieldSpec, value: Any, *, cls_name: str = "config") -> Any:
 
 
 def coerce_dict(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Coerces every value of a ``{field: value}`` mapping; unknown keys raise.
+    """Coerces every value of a ``{field: value}`` mapping read from a config file
+    (typed values: ``from_text=False``); unknown keys raise.
 
     Args:
       cls: the config dataclass.
@@ -253,7 +260,7 @@ def coerce_dict(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in specs:
             raise unknown_field_error(cls, key)
-        out[name] = coerce(specs[name], value, cls_name=cls.__name__)
+        out[name] = coerce(specs[name], value, cls_name=cls.__name__, from_text=False)
     return out
 
 

@@ -123,22 +123,34 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
       ValueError: a line other than an unterminated last one is not a JSON object; the
         message names the file and the line number.
     """
+    rows, bad = read_jsonl_lines(path)
+    if bad:
+        raise ValueError(f"{path}: line {bad[0]} is not a JSON object")
+    return rows
+
+
+def read_jsonl_lines(path: PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a JSON Lines file that parse, and the numbers (from 1) of the lines
+    that do not (an unterminated last line that does not parse is neither: it is the row
+    a killed process was writing)."""
     text = Path(path).read_text()
     lines = text.split("\n")  # the last element is "" when the file ends with a newline
     rows: list[dict[str, Any]] = []
+    bad: list[int] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
+        except json.JSONDecodeError:
             if i == len(lines) - 1:  # no newline after it: cut off by a crash
                 break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {i + 1} is not a JSON object")
-        rows.append(row)
-    return rows
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(i + 1)
+    return rows, bad
 
 
 def is_primary_process() -> bool:

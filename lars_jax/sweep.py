@@ -412,6 +412,9 @@ def run_sweep(
             try:
                 row["summary"] = _summary_row(train_fn(run.config))
             except Exception as e:
+                if type(e).__name__ == "WorkdirLockedError":  # another process runs it: no
+                    log(f"{tag}: busy, skipped ({e})")  # result to record, not a failure
+                    continue
                 if stop_on_error:
                     raise
                 row["status"] = "failed"

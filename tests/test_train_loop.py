@@ -122,13 +122,14 @@ def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
     cfg = tiny_config(tmp_path / "stop", optimizer="sgd", learning_rate=1e36,
                       warmup_epochs=0.0, schedule="constant", checkpoint_every_steps=1,
                       log_every_steps=1, norm="none")
-    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradients at step (\d+)") as e:
+    with pytest.raises(NonFiniteError,
+                       match=r"non-finite loss, gradients or parameters at step (\d+)") as e:
         train(cfg, data=tiny_data())
     assert "Last good checkpoint" in str(e.value)
     saved = json.loads((tmp_path / "stop" / "summary.json").read_text())
     assert saved["status"] == "nonfinite" and saved["nonfinite_step"] >= 1
-    summary = train(cfg.replace(workdir=str(tmp_path / "skip"), nan_policy="skip"),
-                    data=tiny_data())
+    summary = train(cfg.replace(workdir=str(tmp_path / "skip"), nan_policy="skip",
+                                max_skipped_fraction=1.0), data=tiny_data())
     assert summary["skipped_steps"] > 0 and summary["steps"] == 16
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,15 @@ from lars_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, verify_fashion_mnist
 from lars_jax.data.info import dataset_info
 
 SMALL_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+
+OFFLINE_COMMAND = (
+    "python -c \"from lars_jax.data import prepare_from_archive as p; "
+    "p('{name}', '/path/{archive}')\""
+)
+
+
+class DataFileError(ValueError):
+    """A prepared data file that cannot be read (truncated or corrupt); names it and the fix."""
 
 
 def default_data_dir() -> str:
@@ -166,12 +176,64 @@ def _not_prepared_help(name: str, data_dir: str) -> str:
             f"{data_dir}/downloads/manual/ and run lars_jax.data.prepare_imagenet() once "
             f"(hours; ~150 GB), or copy a prepared array_record imagenet2012 folder there."
         )
+    archive = "cifar-100-binary.tar.gz" if name == "cifar100" else "cifar-10-binary.tar.gz"
     return (
-        f"TFDS data set {name!r} is not prepared in {data_dir} and could not be downloaded. "
-        f"Offline, prepare it from the upstream archive with "
-        f"lars_jax.data.prepare_from_archive({name!r}, '/path/to/archive'), or copy a "
-        f"prepared array_record data set into {data_dir}."
+        f"TFDS data set {name!r} is not prepared in {data_dir} and cannot be downloaded "
+        f"(no network). Offline, prepare it once from the upstream archive: "
+        f"{OFFLINE_COMMAND.format(name=name, archive=archive)} (or put {archive} in "
+        f"{data_dir}/downloads/manual/, or copy a prepared array_record data set there)"
     )
+
+
+def _manual_archive(b: Any, data_dir: str) -> Path | None:
+    """The upstream archive of builder `b` in ``<data_dir>/downloads/manual``, if there."""
+    for info in (b.url_infos or {}).values():
+        path = Path(data_dir) / "downloads" / "manual" / info.filename
+        if path.is_file():
+            return path
+    return None
+
+
+def _reachable(b: Any, timeout: float = 3.0) -> bool:
+    """Whether the hosts of `b`'s download URLs accept a connection (a quick probe)."""
+    import socket
+    from urllib.parse import urlparse
+
+    for url in (b.url_infos or {}):
+        host = urlparse(url).hostname
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+        except OSError:
+            return False
+    return True
+
+
+def check_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether `name` is prepared in `data_dir`; raises at once when it is neither prepared
+    nor preparable here.
+
+    Fashion-MNIST needs its Debian files; CIFAR needs the prepared data set, its archive
+    in ``<data_dir>/downloads/manual/``, or a reachable download host (probed with one
+    connection, so an offline machine fails in a second, without TFDS's retries and
+    without leaving partial downloads behind).
+
+    Raises:
+      FileNotFoundError: saying what to do (for CIFAR offline: the preparation command).
+    """
+    dataset_info(name)
+    data_dir = os.fspath(data_dir or default_data_dir())
+    if name not in SMALL_DATASETS:
+        return False
+    b = builder(name, data_dir)
+    if b.is_prepared():
+        return True
+    if name == "fashion_mnist":
+        from lars_jax.data.fashion_mnist import find_fashion_mnist_files
+
+        find_fashion_mnist_files(DEFAULT_SOURCE_DIR)
+    elif _manual_archive(b, data_dir) is None and not _reachable(b):
+        raise FileNotFoundError(_not_prepared_help(name, data_dir))
+    return False
 
 
 def prepare_imagenet(
@@ -251,6 +313,8 @@ def ensure_prepared(
         return b
     if name == "fashion_mnist":
         prepare_fashion_mnist(data_dir)
+    elif name in ("cifar10", "cifar100") and _manual_archive(b, data_dir) is not None:
+        prepare_from_archive(name, _manual_archive(b, data_dir), data_dir)
     elif name in ("cifar10", "cifar100") and download:
         try:
             with tf_free_generation():
@@ -305,21 +369,36 @@ def load_split(
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split)
     img_path, lab_path = cache_dir / f"{safe}_images.npy", cache_dir / f"{safe}_labels.npy"
     if cache and img_path.exists() and lab_path.exists():
-        return np.load(img_path), np.load(lab_path)
-    src = b.as_data_source(split=split)
-    n = len(src)
-    images = np.empty((n,) + dataset_info(name).image_shape, np.uint8)
-    labels = np.empty((n,), np.int32)
-    chunk = 2048
-    for start in range(0, n, chunk):
-        idx = list(range(start, min(n, start + chunk)))
-        for i, ex in zip(idx, src.__getitems__(idx), strict=True):
-            images[i] = ex["image"]
-            labels[i] = ex[label_key]
+        try:
+            return np.load(img_path), np.load(lab_path)
+        except (ValueError, OSError, EOFError) as err:  # a truncated .npy: decode again
+            print(f"lars_jax: the array cache {cache_dir} cannot be read ({err}); rebuilding "
+                  "it from the prepared data set", file=sys.stderr, flush=True)
+    try:
+        src = b.as_data_source(split=split)
+        n = len(src)
+        images = np.empty((n,) + dataset_info(name).image_shape, np.uint8)
+        labels = np.empty((n,), np.int32)
+        chunk = 2048
+        for start in range(0, n, chunk):
+            idx = list(range(start, min(n, start + chunk)))
+            for i, ex in zip(idx, src.__getitems__(idx), strict=True):
+                images[i] = ex["image"]
+                labels[i] = ex[label_key]
+    except Exception as err:  # array_record/PIL raise many types on a damaged file
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise DataFileError(
+            f"the prepared {name!r} files in {b.data_dir} cannot be read "
+            f"({type(err).__name__}: {first}); delete that folder and run again to "
+            "prepare it anew") from err
     if cache:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for path, arr in ((img_path, images), (lab_path, labels)):
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, arr)
-            shutil.move(tmp, path)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            for path, arr in ((img_path, images), (lab_path, labels)):
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, arr)
+                shutil.move(tmp, path)
+        except OSError as err:  # a read-only data directory: decode again next time
+            print(f"lars_jax: cannot write the array cache {cache_dir} ({err})",
+                  file=sys.stderr, flush=True)
     return images, labels

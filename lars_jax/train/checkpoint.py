@@ -8,13 +8,20 @@ Orbax writes into a temporary folder and renames it when complete, so a run kill
 SIGKILL leaves either a finished checkpoint or none (unfinished temporaries are ignored and
 cleaned up). In multi-process runs every process calls `save`; Orbax writes each array once.
 
+Each finished checkpoint also gets ``<step>/lars_jax_sha256.json``: the SHA-256 of every
+file in it, written by process 0 after Orbax's save completes. `restore_latest` checks it
+before reading anything: a checkpoint whose bytes changed (a flipped bit, a truncated or
+replaced file) is treated exactly like one that cannot be read. A checkpoint without the
+file (killed between the save and the checksum, or written by an older version) is
+restored as before.
+
 `restore_latest` walks the checkpoints from the newest down. A checkpoint that cannot be
-read (corrupt files) is reported on stderr and moved aside to ``<workdir>/checkpoints_bad/``;
-the next older one is tried. A checkpoint that is intact but belongs to another kind of run
-(its meta names another model, optimizer, width, ..., or its state has another tree
-structure, e.g. written by another lars_jax version) is left where it is: if no checkpoint
-is usable, `CheckpointError` says which and how to go on (another workdir, or
-``resume=False``, which archives the old checkpoints with `archive_existing`).
+read (corrupt files, wrong checksum) is reported on stderr and moved aside to
+``<workdir>/checkpoints_bad/``; the next older one is tried. A checkpoint that is intact
+but belongs to another kind of run (its meta names another model, optimizer, width, ...,
+or its state has another tree structure, e.g. written by another lars_jax version) is left
+where it is: if no checkpoint is usable, `CheckpointError` says which and how to go on
+(another workdir, or ``resume=False``, which archives the old checkpoints with `archive_existing`).
 
 References:
   Orbax checkpointing, https://orbax.readthedocs.io (CheckpointManager).
@@ -22,15 +29,23 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import json
+import logging
+import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+CHECKSUM_FILE = "lars_jax_sha256.json"
 
 # Config fields whose change makes a checkpoint unusable for a run (the state's structure or
 # meaning depends on them).
@@ -42,6 +57,32 @@ STRUCTURE_FIELDS = (
 
 class CheckpointError(RuntimeError):
     """No checkpoint in the workdir could be restored."""
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Silences what Orbax, TensorStore and asyncio print about a checkpoint that fails to
+    read (absl ERROR lines, "Event loop is closed" from coroutines of the failed read):
+    `restore_latest` reports each unusable checkpoint in one line of its own."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and "Event loop is closed" in str(unraisable.exc_value)):
+            previous_hook(unraisable)
+
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    sys.unraisablehook = hook
+    try:
+        yield
+        gc.collect()  # the failed reads' leftovers go now, while the filter is on
+    finally:
+        sys.unraisablehook = previous_hook
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _warn(msg: str) -> None:
@@ -68,8 +109,9 @@ class Checkpointer:
     def _open(self) -> None:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta"))
+        with _quiet_failed_reads():  # it reads the metadata of the existing checkpoints
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -87,6 +129,12 @@ class Checkpointer:
             force=True,
         )
         self.manager.wait_until_finished()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"lars_jax_ckpt_saved_{step}")
+        if jax.process_index() == 0:
+            write_checksums(self.path(step))
         return self.path(step)
 
     def _move_aside(self, step: int, reason: str) -> None:
@@ -117,9 +165,11 @@ class Checkpointer:
         Raises:
           CheckpointError: when checkpoints exist but none is usable.
         """
-        steps = self.all_steps()
-        if not steps:
-            return None
+        with _quiet_failed_reads():
+            steps = self.all_steps()
+            return self._restore_newest_usable(steps, target) if steps else None
+
+    def _restore_newest_usable(self, steps: list[int], target: Any) -> tuple[int, Any]:
         abstract = jax.tree.map(
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
             else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
@@ -127,11 +177,13 @@ class Checkpointer:
         problems, moved, incompatible = [], False, False
         fingerprint = structure_fingerprint(abstract)
         for step in reversed(steps):
-            try:
-                meta = self.manager.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            except Exception as e:  # an unreadable meta file: corrupt
-                meta, error = None, e
+            meta, error = None, checksum_problem(self.path(step))
+            if error is None:
+                try:
+                    meta = self.manager.restore(
+                        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                except Exception as e:  # an unreadable meta file: corrupt
+                    error = e
             if meta is not None:
                 why = _incompatibility(meta, self.meta, fingerprint)
                 if why:  # intact, but another kind of run: leave it alone
@@ -195,6 +247,49 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class ChecksumMismatch(RuntimeError):
+    """A checkpoint's files differ from the SHA-256 sums written when it was saved."""
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under `folder` (but the checksum file)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != CHECKSUM_FILE:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[str(path.relative_to(folder))] = digest.hexdigest()
+    return out
+
+
+def write_checksums(folder: Path) -> None:
+    """Writes ``CHECKSUM_FILE`` in a saved checkpoint folder (atomically)."""
+    tmp = folder / (CHECKSUM_FILE + ".tmp")
+    tmp.write_text(json.dumps(_file_digests(folder), indent=1, sort_keys=True))
+    os.replace(tmp, folder / CHECKSUM_FILE)
+
+
+def checksum_problem(folder: Path) -> ChecksumMismatch | None:
+    """A `ChecksumMismatch` naming the first changed, missing or extra file, or None (also
+    when the folder has no checksum file)."""
+    path = folder / CHECKSUM_FILE
+    if not path.exists():
+        return None
+    try:
+        want = json.loads(path.read_text())
+    except ValueError:
+        return ChecksumMismatch(f"{path} does not parse")
+    got = _file_digests(folder)
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            what = ("missing" if name not in got else "not in the checksums" if name not in want
+                    else "changed since it was saved")
+            return ChecksumMismatch(f"SHA-256 mismatch: {name} {what}")
+    return None
 
 
 def structure_fingerprint(tree: Any) -> str:

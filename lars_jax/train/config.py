@@ -175,7 +175,12 @@ class TrainConfig:
     keep_checkpoints: int = _f(3, "Number of checkpoints to keep.")
     resume: bool = _f(True, "Resume from the latest good checkpoint in workdir, if any.")
     nan_policy: NanPolicy = _f(
-        "stop", "On NaN/Inf loss or gradients: stop (with a clear error) or skip the step."
+        "stop", "On NaN/Inf loss, gradients or updated parameters: stop (with a clear error) "
+        "or skip the step (parameters, optimizer state and schedule stay as they were)."
+    )
+    max_skipped_fraction: float = _f(
+        0.1, "nan_policy=skip: stop the run (exit 1) once more than this fraction of its "
+        "steps were skipped."
     )
     eval_every_epochs: float = _f(
         0.0, "Evaluate on the test set every N epochs (0: only at the end).")
@@ -298,6 +303,8 @@ class TrainConfig:
             bad("checkpoint_every_steps", "must be >= -1")
         if self.keep_checkpoints < 1:
             bad("keep_checkpoints", "must be >= 1")
+        if not 0 <= self.max_skipped_fraction <= 1:
+            bad("max_skipped_fraction", "must be in [0, 1]")
         if self.eval_every_epochs < 0:
             bad("eval_every_epochs", "must be >= 0")
         if self.eval_batch_size < 1:

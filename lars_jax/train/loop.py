@@ -27,23 +27,38 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from lars_jax.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, write_json
+from lars_jax import stop_signals
+from lars_jax.run_files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    read_json,
+    to_jsonable,
+    write_json,
+)
 from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import STRUCTURE_FIELDS, Checkpointer
 from lars_jax.train.config import TrainConfig
 from lars_jax.train.metrics import MetricsWriter, mean_rows
 from lars_jax.train.step import TrainState
+from lars_jax.train.workdir_lock import WorkdirLock
 
 
 class NonFiniteError(RuntimeError):
-    """Training stopped because the loss or the gradients were NaN or Inf."""
+    """Training stopped: NaN/Inf loss, gradients or parameters (``nan_policy="stop"``), or
+    more than ``max_skipped_fraction`` of the steps skipped (``nan_policy="skip"``)."""
+
+
+# Config fields that do not change what a run computes: a finished run rerun with other
+# values of these keeps its results.
+COSMETIC_FIELDS = ("progress", "plot", "tensorboard", "resume")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -185,21 +200,118 @@ def _train_rows(pending: list[tuple[bool, dict[str, Any]]], steps_per_call: int
 
 
 def _stop_if_nonfinite(state: TrainState, config: TrainConfig, checkpointer: Checkpointer,
-                       last_good: int | None, lead: bool) -> None:
-    """Raises NonFiniteError (after writing the summary) when the step guard tripped."""
-    bad = int(jax.device_get(state.nonfinite_step))
-    if bad < 0:
+                       last_good: int | None, lead: bool, total_steps: int) -> None:
+    """Raises NonFiniteError (after writing the summary) when the step guard tripped, or
+    when more than ``max_skipped_fraction`` of the run's steps were skipped."""
+    # state.nonfinite_step counts completed steps before the bad one; metrics.jsonl numbers
+    # a step by the count after it, so the bad step is nonfinite_step + 1 there.
+    bad = int(jax.device_get(state.nonfinite_step)) + 1
+    skipped = int(jax.device_get(state.skipped))
+    limit = config.max_skipped_fraction * total_steps
+    if bad < 1 and skipped <= limit:
         return
     where = (f"{checkpointer.path(last_good)} (step {last_good})" if last_good is not None
              else "none (the run had not checkpointed yet)")
     if lead:
         write_json(Path(config.workdir) / SUMMARY_FILE, {
-            "status": "nonfinite", "nonfinite_step": bad, "last_good_checkpoint_step": last_good,
+            "status": "nonfinite", "nonfinite_step": bad if bad >= 1 else None,
+            "skipped_steps": skipped, "last_good_checkpoint_step": last_good,
             "config": config.to_dict()})
+    if bad >= 1:
+        raise NonFiniteError(
+            f"non-finite loss, gradients or parameters at step {bad}: training stopped "
+            f"(nan_policy='stop'). Last good checkpoint: {where}. Lower the learning rate, "
+            "add warmup, or use nan_policy='skip'.")
     raise NonFiniteError(
-        f"non-finite loss or gradients at step {bad}: training stopped (nan_policy='stop'). "
-        f"Last good checkpoint: {where}. Lower the learning rate, add warmup, or use "
-        "nan_policy='skip'.")
+        f"{skipped} non-finite steps skipped of {total_steps}, more than max_skipped_fraction="
+        f"{config.max_skipped_fraction}: training stopped (nan_policy='skip'), the run "
+        f"diverged. Last good checkpoint: {where}. Lower the learning rate or add warmup.")
+
+
+def _writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot be created or written (None if it can)."""
+    p = Path(path).expanduser().absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is not a directory"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
+
+
+def _preflight(config: TrainConfig, data: Data | None) -> None:
+    """Problems found before any data loading or workdir creation (ValueError naming the
+    field, which the command prints as one line with exit status 2)."""
+    present = jax.device_count()
+    if config.num_devices is not None and config.num_devices > present:
+        raise ValueError(f"TrainConfig.num_devices={config.num_devices}: only {present} "
+                         f"{jax.default_backend()} device(s) present")
+    why = _writable_dir_problem(config.workdir)
+    if why:
+        raise ValueError(f"TrainConfig.workdir={config.workdir!r}: cannot be written ({why})")
+    if data is not None:
+        return
+    from lars_jax.data.sources import check_available, default_data_dir
+
+    data_dir = config.data_dir or default_data_dir()
+    why = _writable_dir_problem(data_dir)
+    if why and not Path(data_dir).is_dir():
+        raise ValueError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why})")
+    try:
+        prepared = check_available(config.dataset, data_dir)
+    except FileNotFoundError as e:
+        raise ValueError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
+    if why and not prepared:  # a read-only folder is fine once the data set is prepared
+        raise ValueError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why}) and "
+                         f"{config.dataset!r} is not prepared there")
+
+
+def _build(config: TrainConfig, data: Data | None) -> Run:
+    """`build`, with a damaged data file reported as a one-line ValueError naming it."""
+    from lars_jax.data.sources import DataFileError
+
+    try:
+        return build(config, data)
+    except DataFileError as e:
+        raise ValueError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
+
+
+def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of this very run when it already finished in its workdir, else None."""
+    path = Path(config.workdir) / SUMMARY_FILE
+    if not config.resume or not path.exists():
+        return None
+    try:
+        summary = read_json(path)
+    except ValueError:
+        return None
+    same = lambda d: {k: v for k, v in d.items() if k not in COSMETIC_FIELDS}
+    if (not isinstance(summary, dict) or summary.get("status") != "ok"
+            or same(summary.get("config") or {}) != same(to_jsonable(config.to_dict()))):
+        return None
+    return summary
+
+
+def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer,
+                       state: Callable[[], TrainState], config: TrainConfig) -> None:
+    """After SIGINT/SIGTERM: checkpoints `step` (unless done), then raises
+    `lars_jax.stop_signals.TrainingInterrupted` with the one-line message."""
+    signum = stop_signals.requested()
+    if signum is None:
+        return
+    name = stop_signals.signal_name(signum)
+    if saved != step and step > 0 and config.checkpoint_every_steps >= 0:
+        checkpointer.save(step, state())
+        saved = step
+    if saved == step and step > 0:
+        where = f"checkpoint of step {step} saved in {checkpointer.path(step)}"
+    elif saved is not None:
+        where = f"last checkpoint: step {saved}"
+    else:
+        where = "no checkpoint yet"
+    raise stop_signals.TrainingInterrupted(
+        signum, f"{name} at step {step}: {where}; run the same command again to resume")
 
 
 def _plot(workdir: Path) -> None:
@@ -244,9 +356,27 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     """
     t_start = time.perf_counter()
     config.validate()
-    maybe_initialize_distributed(config)
-    run = build(config, data)
-    lead = jax.process_index() == 0
+    with stop_signals.StopSignals():
+        maybe_initialize_distributed(config)
+        _preflight(config, data)
+        stop_signals.raise_if_requested("before training started")
+        lead = jax.process_index() == 0
+        with WorkdirLock(config.workdir) if lead else contextlib.nullcontext():
+            return _train_locked(config, data, return_state, t_start, lead)
+
+
+def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_start: float,
+                  lead: bool) -> Any:
+    """`train` inside the workdir lock, with SIGINT/SIGTERM deferred to safe points."""
+    finished = _finished_summary(config)
+    if finished is not None and not return_state:
+        if lead:
+            print(f"lars_jax: {config.workdir} holds this run, finished: its results are "
+                  "kept (--no-resume or another workdir trains again)", file=sys.stderr)
+            print(format_summary(finished), flush=True)
+        return finished
+    run = _build(config, data)
+    stop_signals.raise_if_requested("before training started")
     workdir = Path(config.workdir)
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -266,9 +396,13 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     progress = _Progress(config, total_steps, step, lead)
     clock = _Clock()
     pending: list[tuple[bool, dict[str, Any]]] = []  # (from a multi-step call, metrics)
-    last_train: dict[str, Any] = {}
-    last_eval: dict[str, Any] = {}
+    # a resumed run starts from the rows it already wrote (a finished one may take none)
+    last_train = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "train"), {})
+    last_eval = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "eval"), {})
+    stop_check = lambda: _stop_if_requested(step, last_good, checkpointer,
+                                            lambda: run.unplace(state), config)
     try:
+        stop_check()
         while step < total_steps:
             started = time.perf_counter()
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
@@ -298,17 +432,18 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
                 pending = []
                 progress.train_row(last_train)
             if log or do_eval or do_checkpoint:
-                _stop_if_nonfinite(run.unplace(state), config, checkpointer, last_good, lead)
+                _stop_if_nonfinite(run.unplace(state), config, checkpointer, last_good, lead,
+                                   total_steps)
             with clock.pause():
                 if do_eval:
-                    loss, accuracy = evaluate(run, run.unplace(state))
-                    last_eval = writer.write({
-                        "kind": "eval", "step": step, "epoch": step / epoch_steps,
-                        "test_loss": loss, "test_accuracy": accuracy})
+                    last_eval = _evaluate_row(run, state, step, writer)
                     progress.eval_row(last_eval)
                 if do_checkpoint:
                     checkpointer.save(step, run.unplace(state))
                     last_good = step
+                stop_check()
+        if last_eval.get("step") != total_steps:  # killed after the last checkpoint
+            last_eval = _evaluate_row(run, state, step, writer)
     finally:
         progress.close()
         writer.close()
@@ -339,6 +474,8 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
         "workdir": str(workdir),
         "config": config.to_dict(),
     }
+    if finished is not None and resumed_from == total_steps:
+        summary = finished  # rerun of a finished run: its results as they were
     if lead:
         write_json(workdir / SUMMARY_FILE, summary)
         print(format_summary(summary), flush=True)
@@ -347,16 +484,23 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
     return (summary, final) if return_state else summary
 
 
+def _evaluate_row(run: Run, state: TrainState, step: int, writer: MetricsWriter
+                  ) -> dict[str, Any]:
+    """Evaluates `state` (the step's layout) and writes the eval row; returns it."""
+    loss, accuracy = evaluate(run, run.unplace(state))
+    return writer.write({"kind": "eval", "step": step, "epoch": step / run.steps_per_epoch,
+                         "test_loss": loss, "test_accuracy": accuracy})
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """A few human-readable lines for the end of a run."""
     c = s["config"]
-    acc = s.get("test_accuracy")
+    num = lambda v: "n/a (NaN or Inf)" if v is None else f"{v:.4f}"
     ips = s.get("images_per_s")
     lines = [
         f"== {c['model']} on {c['dataset']} with {c['optimizer']}, batch {c['batch_size']}, "
         f"{s['epochs']:.3g} epochs ({s['steps']} steps) on {s['num_devices']} device(s)",
-        f"   test accuracy {acc:.4f}, test loss {s['test_loss']:.4f}" if acc is not None
-        else "   no evaluation",
+        f"   test accuracy {num(s.get('test_accuracy'))}, test loss {num(s.get('test_loss'))}",
         f"   wall time {s['wall_time_s']:.1f} s (compile {s['compile_time_s'] or 0:.1f} s), "
         + (f"{ips:.1f} images/s" if ips else "throughput n/a"),
         f"   metrics: {Path(s['workdir']) / METRICS_FILE}",

@@ -26,13 +26,15 @@ References:
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lars_jax.run_files import METRICS_FILE, dumps, read_jsonl, to_jsonable, write_jsonl
+from lars_jax.run_files import METRICS_FILE, dumps, read_jsonl_lines, to_jsonable, write_jsonl
 
 
 class MetricsWriter:
@@ -44,13 +46,15 @@ class MetricsWriter:
       tensorboard: also write TensorBoard scalars (needs ``tensorboardX``; a warning is
         printed once when it is missing).
       resume_step: when resuming from a checkpoint at this step, rows written after it by
-        the interrupted run are dropped first, so the file reads as one uninterrupted run.
+        the interrupted run are dropped first, so the file reads as one uninterrupted run
+        (the rows kept are `kept_rows`).
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, enabled: bool = True,
                  tensorboard: bool = False, resume_step: int | None = None) -> None:
         self.path = Path(workdir) / METRICS_FILE
         self.enabled = enabled
+        self.kept_rows: list[dict[str, Any]] = []
         self._tb = None
         if not enabled:
             return
@@ -58,8 +62,8 @@ class MetricsWriter:
         if resume_step is None:
             self.path.write_text("")
         else:
-            rows = read_jsonl(self.path) if self.path.exists() else []
-            write_jsonl(self.path, [r for r in rows if r.get("step", 0) <= resume_step])
+            self.kept_rows = _rows_up_to(self.path, resume_step)
+            write_jsonl(self.path, self.kept_rows)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -90,6 +94,23 @@ class MetricsWriter:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _rows_up_to(path: Path, step: int) -> list[dict[str, Any]]:
+    """The rows of an interrupted run's metrics file up to `step` (the resume step).
+
+    A damaged line (not only a truncated last one) is dropped with a warning naming it;
+    the file as it was is kept beside it as ``metrics.jsonl.damaged``.
+    """
+    if not path.exists():
+        return []
+    rows, bad = read_jsonl_lines(path)
+    if bad:
+        keep = path.with_name(path.name + ".damaged")
+        shutil.copyfile(path, keep)
+        print(f"lars_jax: {path}: line(s) {', '.join(map(str, bad))} not valid JSON rows; "
+              f"dropped (the file as it was is kept in {keep})", file=sys.stderr, flush=True)
+    return [r for r in rows if r.get("step", 0) <= step]
 
 
 def mean_rows(rows: list[Mapping[str, Any]], mean_keys: tuple[str, ...]) -> dict[str, Any]:

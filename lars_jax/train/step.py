@@ -51,9 +51,13 @@ class TrainState(NamedTuple):
       params: model parameters (float32).
       batch_stats: BatchNorm running statistics (an empty dict without BatchNorm).
       opt_state: optimizer state (float32).
-      skipped: steps skipped because of non-finite loss or gradients (nan_policy="skip").
-      nonfinite_step: -1, or the step at which a non-finite loss or gradient stopped the run
-        (nan_policy="stop"; from then on the state no longer changes).
+      skipped: steps skipped because of non-finite loss, gradients or updated parameters
+        (nan_policy="skip"; a skipped step leaves parameters, BatchNorm statistics and the
+        optimizer state, hence the learning-rate schedule's count, as they were, like
+        `optax.apply_if_finite`).
+      nonfinite_step: -1, or the number of steps completed before the one whose loss,
+        gradients or updated parameters were non-finite (nan_policy="stop"; from then on
+        the state no longer changes).
     """
 
     step: jax.Array
@@ -254,7 +258,11 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, params, **extra)
         new_params = optax.apply_updates(params, updates)
 
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # a finite gradient can still make the parameters overflow (a huge learning rate):
+        # the step is accepted only if the parameters it makes, and their squared norm (in
+        # float32: an overflow there means parameters beyond 1e19), are finite too
+        finite = (jnp.isfinite(loss) & _all_finite(grads)
+                  & jnp.isfinite(_sqnorm(new_params)))
         if opts.nan_policy == "skip":
             ok = finite
             step_inc = jnp.ones((), jnp.int32)

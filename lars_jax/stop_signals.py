@@ -1,0 +1,103 @@
+"""SIGINT and SIGTERM as a request to stop at the next safe point.
+
+Inside `StopSignals` (installed by the ``lars-jax`` command at its start and by
+`lars_jax.train.train`), the first SIGINT (Ctrl-C) or SIGTERM (what cluster schedulers
+send on preemption) only records the request and prints one line. The training loop
+checks it between steps (and before the first one): it saves a checkpoint of the current
+step and raises `TrainingInterrupted`, so the same command resumes exactly there. No
+exception is ever raised inside JAX, Orbax or TFDS code (which is what made an early
+Ctrl-C end in SIGSEGV). A second signal quits at once (`os._exit`), for a run stuck
+before its next safe point; checkpoints stay consistent (Orbax renames a finished one into
+place) and the workdir lock dies with the process.
+
+The exit status is the shell's convention, ``128 + signal``: 130 for SIGINT, 143 for
+SIGTERM.
+
+References:
+  Python `signal` module documentation (handlers run in the main thread).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_requested: int | None = None
+_depth = 0
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped on SIGINT or SIGTERM (a KeyboardInterrupt, so ``except Exception``
+    in a sweep does not record it as a failed run).
+
+    Attributes:
+      signum: the signal.
+      exit_code: ``128 + signum``.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    global _requested
+    del frame
+    if _requested is not None:
+        os.write(2, f"\nlars_jax: second {signal_name(signum)}: quitting now\n".encode())
+        os._exit(128 + signum)
+    _requested = signum
+    os.write(2, f"\nlars_jax: {signal_name(signum)} received: stopping after the current "
+                "step (send it again to quit at once)\n".encode())
+
+
+def requested() -> int | None:
+    """The signal received inside `StopSignals`, or None."""
+    return _requested
+
+
+def raise_if_requested(where: str) -> None:
+    """Raises `TrainingInterrupted` if a signal arrived (`where`: e.g. "before training")."""
+    if _requested is not None:
+        raise TrainingInterrupted(_requested, f"{signal_name(_requested)} {where}: nothing "
+                                  "to save; run the same command again")
+
+
+class StopSignals:
+    """Context manager: SIGINT/SIGTERM set a flag instead of raising (main thread only;
+    nested uses share one flag; the previous handlers come back on exit)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        global _depth, _requested
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if _depth == 0:
+            _requested = None
+            self._previous = {s: signal.getsignal(s) for s in SIGNALS}
+            for s in SIGNALS:
+                signal.signal(s, _handler)
+        _depth += 1
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        global _depth
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _depth -= 1
+        if _depth == 0:
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)

@@ -1,0 +1,441 @@
+"""Fault injection (issue 17): each fault on a tiny run, with real files, real signals and
+subprocesses, and the behaviour asserted after it. docs/faults.md is the table of these.
+
+In-process runs use `_train_jobs.tiny_data` (256 training images of 12x12, 8 steps per
+epoch) with an MLP on one device; the signal tests run the real ``lars-jax train``
+command on a Fashion-MNIST subset.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _train_jobs import tiny_config, tiny_data
+
+from lars_jax import cli
+from lars_jax.run_files import SUMMARY_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(workdir, **kw):
+    base = dict(model="mlp1", num_devices=1, epochs=1.0, checkpoint_every_steps=2,
+                keep_checkpoints=3, log_every_steps=1, warmup_epochs=0.0)
+    base.update(kw)
+    return tiny_config(workdir, **base)
+
+
+def _leaves(state):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").open()]
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path}: non-standard JSON constant {name}")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def _env(devices=1):
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO),
+                                                        os.environ.get("PYTHONPATH", "")]),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                JAX_PLATFORMS="cpu")
+
+
+# ------------------------------------------------------------------ 1: rerun of a finished run
+
+
+def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys):
+    """Before: the rerun wrote summary.json with null test_accuracy/test_loss (the same
+    after a kill between the last checkpoint and summary.json)."""
+    from lars_jax.train import train
+
+    cfg = _cfg(tmp_path)
+    first = train(cfg, data=tiny_data())
+    assert first["test_accuracy"] is not None
+    again = train(cfg.replace(progress=True), data=tiny_data())  # a cosmetic flag differs
+    assert again == first
+    assert "finished: its results are kept" in capsys.readouterr().err
+    assert _strict_json(tmp_path / SUMMARY_FILE) == first
+    # killed after the last checkpoint, before summary.json: the results are recovered
+    rows = _rows(tmp_path)
+    (tmp_path / SUMMARY_FILE).unlink()
+    recovered = train(cfg, data=tiny_data())
+    assert recovered["resumed_from_step"] == 8 and recovered["status"] == "ok"
+    for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps"):
+        assert recovered[key] == first[key], key
+    assert _rows(tmp_path) == rows  # nothing logged twice
+    # the same with the final eval row lost too: it is computed again, to the same value
+    (tmp_path / SUMMARY_FILE).unlink()
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["kind"] == "train"))
+    recomputed = train(cfg, data=tiny_data())
+    assert recomputed["test_accuracy"] == first["test_accuracy"]
+    assert recomputed["test_loss"] == pytest.approx(first["test_loss"], rel=1e-6)
+
+
+# ------------------------------------------------------------------ 2: two runs, one workdir
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused_and_a_dead_holder_does_not_block(
+        tmp_path, capsys):
+    """Before: both runs went on and metrics.jsonl got every row twice."""
+    from lars_jax.train import train
+    from lars_jax.train.workdir_lock import WorkdirLockedError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lars_jax.train.workdir_lock import "
+         "WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
+         "time.sleep(120)", str(tmp_path)],
+        env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid "
+                           f"{holder.pid} on "):
+            train(_cfg(tmp_path), data=tiny_data())
+        assert not (tmp_path / "metrics.jsonl").exists()
+        rc = cli.main(["train", "--model", "mlp1", "--num-devices", "1", "--train-subset",
+                       "64", "--test-subset", "32", "--batch-size", "32", "--no-progress",
+                       "--no-plot", "--workdir", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and "WorkdirLockedError" in err[0], err
+    finally:
+        holder.kill()  # SIGKILL: no cleanup; the kernel drops the lock
+        holder.wait()
+    summary = train(_cfg(tmp_path), data=tiny_data())
+    assert summary["steps"] == 8
+    assert [r["step"] for r in _rows(tmp_path) if r["kind"] == "train"] == list(range(1, 9))
+
+
+# ------------------------------------------------------------------ 3: flipped bytes
+
+
+def test_a_checkpoint_with_flipped_bytes_is_set_aside_and_the_previous_one_resumes(
+        tmp_path, capfd):
+    """Before: the corrupt checkpoint was restored (and the run diverged); truncated
+    checkpoints printed pages of absl and "Event loop is closed" tracebacks (item 7)."""
+    from lars_jax.train import train
+    from lars_jax.train.checkpoint import CheckpointError
+
+    cfg = _cfg(tmp_path)
+    _, reference = train(cfg, data=tiny_data(), return_state=True)
+    newest = tmp_path / "checkpoints" / "8"
+    victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit; the file still parses
+    victim.write_bytes(bytes(data))
+    (tmp_path / SUMMARY_FILE).unlink()
+    summary, state = train(cfg, data=tiny_data(), return_state=True)
+    err = capfd.readouterr().err
+    assert "ChecksumMismatch" in err and victim.name in err
+    assert summary["resumed_from_step"] == 6
+    assert (tmp_path / "checkpoints_bad" / "8").is_dir()
+    for a, b in zip(_leaves(reference), _leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise: step 6 + 2 steps again
+    # every checkpoint truncated (no checksums: as if written by an older version): one
+    # line per checkpoint, then the error, and nothing else
+    (tmp_path / SUMMARY_FILE).unlink()
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    for f in (tmp_path / "checkpoints").rglob("*"):
+        if f.name == "lars_jax_sha256.json":
+            f.unlink()
+        elif f.is_file():
+            f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        train(cfg, data=tiny_data())
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == len(steps) == 3, lines
+    assert all(line.startswith("lars_jax checkpoint: checkpoint at step") for line in lines)
+
+
+# ------------------------------------------------------------------ 4, 5: signals
+
+def _cli_train(workdir, epochs, *extra):
+    args = ["train", "--model", "mlp1", "--train-subset", "512", "--test-subset", "128",
+            "--batch-size", "32", "--num-devices", "1", "--epochs", str(epochs),
+            "--warmup-epochs", "0", "--no-progress", "--no-plot", "--log-every-steps", "1",
+            "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir", str(workdir),
+            *extra]
+    return subprocess.Popen([sys.executable, "-m", "lars_jax.cli", *args], env=_env(),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _fashion_mnist_prepared():
+    try:
+        from lars_jax.data.sources import builder
+
+        return builder("fashion_mnist").is_prepared()
+    except Exception:
+        return False
+
+
+needs_fashion_mnist = pytest.mark.skipif(not _fashion_mnist_prepared(),
+                                         reason="Fashion-MNIST not prepared here")
+
+
+@needs_fashion_mnist
+def test_ctrl_c_before_the_first_step_exits_130_with_one_line(tmp_path):
+    """Before: SIGSEGV in 8 of 15 tries, ignored in 2."""
+    proc = _cli_train(tmp_path, 1)
+    # the lock is taken after the checks, before data loading and compilation: the signal
+    # arrives during the setup, before the first step
+    while not (tmp_path / ".lock").exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Segmentation" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(("lars-jax train: SIGINT before training started: nothing to save",
+                            "lars-jax train: SIGINT at step 0: no checkpoint yet")), err
+    assert not (tmp_path / SUMMARY_FILE).exists()
+
+
+@needs_fashion_mnist
+def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(tmp_path):
+    """Before: exit -15, no message, no checkpoint."""
+    epochs = 20  # 320 steps of 32: long enough to be stopped mid-run
+    ref = _cli_train(tmp_path / "ref", epochs)
+    victim = _cli_train(tmp_path / "victim", epochs)
+    metrics = tmp_path / "victim" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert victim.poll() is None and time.time() < deadline, victim.communicate()
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lars-jax train: SIGTERM at step "), err
+    step = int(last.split("SIGTERM at step ")[1].split(":")[0])
+    assert 3 <= step < 320 and "Traceback" not in err
+    assert f"checkpoint of step {step} saved" in last
+    assert (tmp_path / "victim" / "checkpoints" / str(step)).is_dir()
+    assert not (tmp_path / "victim" / SUMMARY_FILE).exists()
+    resumed = _cli_train(tmp_path / "victim", epochs)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming from step {step}" in err
+    assert ref.wait(timeout=300) == 0, ref.communicate()
+    from test_train_loop import _final_params
+
+    s_ref, p_ref = _final_params(tmp_path / "ref")
+    s_res, p_res = _final_params(tmp_path / "victim")
+    assert s_ref == s_res == 320
+    for a, b in zip(p_ref, p_res, strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise
+
+
+# ------------------------------------------------------------------ 6: one-line errors
+
+
+def _cli(capsys, *argv):
+    rc = cli.main(["train", "--model", "mlp1", "--train-subset", "64", "--test-subset", "32",
+                   "--batch-size", "32", "--no-progress", "--no-plot", *argv])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+def test_impossible_devices_and_unwritable_folders_are_one_line_errors(tmp_path, capsys):
+    """Before: tracebacks after loading the data."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    wd = tmp_path / "wd"
+    rc, err = _cli(capsys, "--num-devices", "4096", "--batch-size", "4096", "--train-subset",
+                   "4096", "--workdir", str(wd))
+    assert rc == 2 and len(err) == 1 and "num_devices=4096: only" in err[0], err
+    rc, err = _cli(capsys, "--workdir", str(a_file / "run"))
+    assert rc == 2 and len(err) == 1 and "TrainConfig.workdir=" in err[0], err
+    assert "is not a directory" in err[0]
+    rc, err = _cli(capsys, "--workdir", str(wd), "--data-dir", str(a_file / "data"))
+    assert rc == 2 and len(err) == 1 and "TrainConfig.data_dir=" in err[0], err
+    assert not wd.exists()
+
+
+def test_cifar10_offline_fails_at_once_naming_the_offline_preparation(tmp_path, capsys):
+    """Before: about 207 s of download retries, five tracebacks, .tmp debris."""
+    from lars_jax.data.sources import _reachable, builder
+
+    data_dir = tmp_path / "data"
+    if _reachable(builder("cifar10", data_dir)):
+        pytest.skip("the CIFAR download host is reachable from here")
+    start = time.monotonic()
+    rc, err = _cli(capsys, "--dataset", "cifar10", "--data-dir", str(data_dir),
+                   "--workdir", str(tmp_path / "wd"))
+    assert rc == 2 and len(err) == 1, err
+    assert "prepare_from_archive" in err[0] and "cifar-10-binary.tar.gz" in err[0]
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "wd").exists()
+    debris = [p for p in data_dir.rglob("*") if "tmp" in p.name or p.is_file()]
+    assert debris == []
+
+
+@pytest.fixture()
+def fashion_mnist_copy(tmp_path):
+    """A data dir whose Fashion-MNIST test records are a copy (the train ones linked)."""
+    from lars_jax.data.sources import builder
+
+    src = Path(builder("fashion_mnist").data_dir)
+    dst = tmp_path / "data" / "fashion_mnist" / src.name
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if "train" in f.name:
+            (dst / f.name).symlink_to(f)
+        else:
+            (dst / f.name).write_bytes(f.read_bytes())
+    return tmp_path / "data", dst
+
+
+@needs_fashion_mnist
+def test_a_truncated_npy_cache_is_rebuilt_and_a_truncated_record_file_named(
+        fashion_mnist_copy, capsys):
+    from lars_jax.data.sources import DataFileError, load_split
+
+    data_dir, prepared = fashion_mnist_copy
+    images, labels = load_split("fashion_mnist", "test[:300]", data_dir)
+    cache = next((data_dir / "lars_jax_cache").rglob("*_images.npy"))
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    again, again_labels = load_split("fashion_mnist", "test[:300]", data_dir)
+    assert "cannot be read" in capsys.readouterr().err
+    np.testing.assert_array_equal(again, images)
+    np.testing.assert_array_equal(again_labels, labels)
+    np.load(cache)  # rewritten whole
+    record = next(p for p in prepared.iterdir() if "test.array_record" in p.name)
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
+    with pytest.raises(DataFileError, match="delete that folder") as e:
+        load_split("fashion_mnist", "test", data_dir, cache=False)
+    assert str(prepared) in str(e.value)
+
+
+# ------------------------------------------------------------------ 8, 9: non-finite
+
+
+def test_the_nonfinite_stop_names_the_step_metrics_jsonl_marks(tmp_path):
+    """Before: the message named step N while metrics.jsonl marked N+1 non-finite."""
+    from lars_jax.train import train
+    from lars_jax.train.loop import NonFiniteError
+
+    cfg = _cfg(tmp_path, optimizer="sgd", learning_rate=1e36, schedule="constant",
+               checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteError, match=r"at step (\d+)") as e:
+        train(cfg, data=tiny_data())
+    named = int(e.value.args[0].split("at step ")[1].split(":")[0])
+    rows = [r for r in _rows(tmp_path) if r["kind"] == "train"]
+    first_bad = next(r["step"] for r in rows if r["finite"] == 0)
+    assert named == first_bad
+    assert all(r["finite"] == 1 for r in rows if r["step"] < named)
+    saved = _strict_json(tmp_path / SUMMARY_FILE)
+    assert saved["nonfinite_step"] == named
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # NaN/Inf as null
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
+    assert f"Last good checkpoint: {tmp_path / 'checkpoints' / str(named - 1)}" in str(e.value) \
+        or named == 1
+
+
+def test_skip_policy_stops_a_diverged_run_and_never_applies_an_overflowing_update(tmp_path):
+    """Before: 36 of 40 steps skipped still ended status ok; an update that made the
+    parameters overflow was applied, then every step skipped, then a TypeError."""
+    from lars_jax.train import train
+    from lars_jax.train.build import build
+    from lars_jax.train.loop import NonFiniteError
+
+    cfg = _cfg(tmp_path / "bounded", optimizer="sgd", learning_rate=1e30,
+               lr_scaling="none", nan_policy="skip")
+    with pytest.raises(NonFiniteError, match=r"1 non-finite steps skipped of 8, more than "
+                       r"max_skipped_fraction=0.1"):
+        train(cfg, data=tiny_data())
+    saved = _strict_json(tmp_path / "bounded" / SUMMARY_FILE)
+    assert saved["status"] == "nonfinite" and saved["skipped_steps"] == 1
+    # with no bound the run ends: every update overflows, so none is applied, the
+    # parameters are the initial ones and the schedule (cosine) never advances
+    unbounded = cfg.replace(workdir=str(tmp_path / "unbounded"), max_skipped_fraction=1.0)
+    summary, state = train(unbounded, data=tiny_data(), return_state=True)
+    assert summary["status"] == "ok" and summary["skipped_steps"] == 8
+    for a, b in zip(_leaves(build(unbounded, tiny_data()).state), _leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rows = [r for r in _rows(tmp_path / "unbounded") if r["kind"] == "train"]
+    rates = {r["lr"] for r in rows}
+    assert len(rates) == 1 and rates.pop() == pytest.approx(1e30, rel=1e-6)  # step 0's
+    assert all(r["finite"] == 0 for r in rows)
+    _strict_json(tmp_path / "unbounded" / SUMMARY_FILE)
+
+
+def test_the_summary_prints_a_nan_test_loss_as_na():
+    from lars_jax.train.loop import format_summary
+
+    text = format_summary({
+        "config": {"model": "mlp2", "dataset": "fashion_mnist", "optimizer": "sgd",
+                   "batch_size": 64}, "epochs": 1, "steps": 8, "num_devices": 1,
+        "test_accuracy": 0.1, "test_loss": None, "wall_time_s": 1.0, "compile_time_s": None,
+        "images_per_s": None, "workdir": "w", "skipped_steps": 7})
+    assert "test accuracy 0.1000, test loss n/a (NaN or Inf)" in text
+    assert "skipped non-finite steps: 7" in text
+
+
+# ------------------------------------------------------------------ 10: quiet coercions
+
+
+def test_config_file_strings_for_numbers_are_refused(tmp_path, capsys):
+    for line, field in (('batch_size = "64"', "batch_size"),
+                        ('learning_rate = "1.5"', "learning_rate"),
+                        ('flip = "true"', "flip")):
+        path = tmp_path / "c.toml"
+        path.write_text(line + "\n")
+        rc = cli.main(["train", "--config", str(path), "--print-config"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert f"TrainConfig.{field}=" in err[0] and "not a string" in err[0]
+    path.write_text('batch_size = 64\nnum_devices = "none"\n')  # TOML has no null
+    assert cli.main(["train", "--config", str(path), "--print-config"]) == 0
+
+
+def test_a_damaged_metrics_row_before_the_resume_step_is_dropped_with_a_warning(
+        tmp_path, capsys):
+    from lars_jax.train.metrics import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "tra\n{"kind": "train", "step": 3}'
+                    '\n{"kind": "train", "step": 4}\n{"kind": "tr')
+    writer = MetricsWriter(tmp_path, resume_step=3)
+    writer.close()
+    err = capsys.readouterr().err
+    assert "line(s) 2 not valid JSON rows; dropped" in err
+    assert [r["step"] for r in writer.kept_rows] == [1, 3]
+    assert (tmp_path / "metrics.jsonl.damaged").read_text().count("\n") == 4
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 3]
+
+
+def test_a_sweep_run_busy_in_another_process_is_not_recorded_and_a_rerun_keeps_results(
+        tmp_path):
+    """Before: a run refused (or rerun after finishing) was recorded "done" with null
+    metrics, and never run again."""
+    from lars_jax.sweep import plan_sweep, run_sweep
+    from lars_jax.train import train
+    from lars_jax.train.workdir_lock import WorkdirLock
+
+    base = _cfg(tmp_path / "unused")
+    grid = {"seed": [0]}
+    (run,) = plan_sweep(base, grid, tmp_path / "sweep")
+    train_fn = lambda config: train(config, data=tiny_data())
+    with WorkdirLock(run.config.workdir):
+        assert run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn) == []
+    assert not (tmp_path / "sweep" / "results.jsonl").exists()
+    (row,) = run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn)
+    assert row["status"] == "done" and row["summary"]["test_accuracy"] is not None
+    (tmp_path / "sweep" / "results.jsonl").unlink()  # killed before its row was written
+    (again,) = run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn)
+    assert again["summary"] == row["summary"]
