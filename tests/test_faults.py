@@ -206,6 +206,34 @@ def test_ctrl_c_before_the_first_step_exits_130_with_one_line(tmp_path):
     assert not (tmp_path / SUMMARY_FILE).exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_lars_jax_imports_exits_with_one_line(tmp_path, signum):
+    """The console script's entry point (lars_jax_launcher) records a signal that arrives
+    while jax and flax are being imported. Before: Python's own KeyboardInterrupt
+    traceback and exit 1 for a Ctrl-C in the first ~3 s, and a SIGTERM there killed the
+    process with no message.
+
+    The signal is sent once jaxlib is mapped into the process (so during the import of
+    lars_jax, or at the latest before training: both must give the same line)."""
+    code = ("import sys; from lars_jax_launcher import main; "
+            f"sys.exit(main(['train', '--workdir', {str(tmp_path)!r}, '--no-progress']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.time() + 120
+    while "jaxlib" not in (maps.read_text() if maps.exists() else ""):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(
+        f"lars-jax train: {name} before training started: nothing to save"), err
+    assert not (tmp_path / SUMMARY_FILE).exists()
+
+
 @needs_fashion_mnist
 def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(tmp_path):
     """Before: exit -15, no message, no checkpoint."""
