@@ -307,7 +307,8 @@ def fit_steps_to_target(batch_sizes: Sequence[float], steps: Sequence[float],
         return float(np.sum((r - r.mean()) ** 2))
 
     grid = np.linspace(math.log(lo), math.log(hi), 200)
-    v0 = grid[int(np.argmin([loss(v) for v in grid]))]
+    resid = logs[None, :] - np.log1p(np.exp(grid)[:, None] / b[None, :])
+    v0 = grid[int(np.argmin(((resid - resid.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)))]
     step = grid[1] - grid[0]
     res = minimize_scalar(loss, bounds=(max(grid[0], v0 - step), min(grid[-1], v0 + step)),
                           method="bounded")

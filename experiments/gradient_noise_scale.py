@@ -86,9 +86,12 @@ def decide_noise_scale(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, l
               and math.isfinite(r["b_simple"])]
         b_simple = float(np.mean(bs)) if bs else math.nan
         head = f"- Target {100 * t:g}% test error: "
-        if not math.isfinite(f["lo"]) or not math.isfinite(f["hi"]) or f["lo"] <= 0:
+        measured = [b for b, _ in f["points"]]
+        if (not measured or not min(measured) / 4 <= f["b_crit"] <= 4 * max(measured)
+                or not math.isfinite(f["lo"]) or not math.isfinite(f["hi"]) or f["lo"] <= 0):
             details.append(head + f"{len(f['points'])} batch sizes reach it; B_crit "
-                           f"{f['b_crit']:.4g} with no finite bootstrap interval: undecided.")
+                           f"{f['b_crit']:.4g}: no bend located within the measured batches "
+                           f"(or no finite bootstrap interval): undecided.")
             continue
         txt = (head + f"B_crit = {f['b_crit']:.0f} (95% bootstrap {f['lo']:.0f} to "
                f"{f['hi']:.0f}, {len(f['points'])} batch sizes), B_simple = "
@@ -117,7 +120,8 @@ NOISE_SCALE = ev.Criterion(
           f"S = S_min (1 + B_noise/B) (least squares on log S) to the fewest steps over the "
           f"lr grid at each batch that reaches the target (at least {MIN_BATCHES}); B_crit = "
           f"E_min/S_min = B_noise with a 95% percentile bootstrap interval [lo, hi] over batch "
-          f"sizes. The target is *decided* when the interval is finite and hi/lo <= "
+          f"sizes. The target is *decided* when the estimate lies within [B_min/4, 4 B_max] "
+          f"of the batches that reach it and the interval is finite with hi/lo <= "
           f"{MAX_WIDTH:g}; there B_simple (the mean over seeds of the EMA estimate of the "
           f"fixed small-batch run at the step it reaches the target) is *consistent* when "
           f"lo/{FACTOR:g} <= B_simple <= {FACTOR:g} hi. **Supported** if at least 2 targets "

@@ -128,8 +128,19 @@ def flat_limit(status: Mapping[int, tuple[str, ev.Interval, str | None]], base_b
 
 
 def _fmt_cell(b: int, s: tuple[str, ev.Interval, str | None]) -> str:
-    edge = f", best lr on the {s[2]} edge" if s[2] else ""
-    return f"B={b}: {s[1].fmt(scale=100, digits=2, unit=' pt')} -> {s[0]}{edge}"
+    edge = f", best lr on the {s[2]} edge of its bounded grid" if s[2] else ""
+    d = s[1]
+    num = (d.fmt(scale=100, digits=2, unit=" pt") + f", p={d.p:.2g}, lower in "
+           f"{d.n - d.positive} of {d.n} seeds" if d.n >= 2 else
+           f"{100 * d.mean:+.2f} pt (n={d.n}, no interval)" if d.n else "no pair")
+    return f"B={b}: {num} -> {s[0]}{edge}"
+
+
+def _fmt_acc(iv: ev.Interval) -> str:
+    if not iv.n:
+        return "n/a"
+    se = f" ± {100 * iv.se:.2f}" if iv.n >= 2 else ""
+    return f"{100 * iv.mean:.2f}{se} (n={iv.n})"
 
 
 def decide_linear_scaling(rows: Sequence[Mapping[str, Any]], base_batch: int = 128,
@@ -259,10 +270,12 @@ def lr_bounds(preset: str, optimizer: str) -> tuple[float, float]:
 
 def plan(preset: str, base: TrainConfig, optimizers: Sequence[str], batches: Sequence[int],
          rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Every point wanted given the finished ``rows`` (flat rows), in priority order:
-    the initial grids, the edge extensions, then the extra seeds of settled cells."""
-    first, extend, seeds = [], [], []
+    """Every point wanted given the finished ``rows`` (flat rows), in priority order: per
+    optimizer (SGD first), the initial grids, the edge extensions, then the extra seeds of
+    settled cells."""
+    out: list[dict] = []
     for opt in optimizers:
+        first, extend, seeds = [], [], []
         cells = _cells([r for r in rows if int(r["seed"]) == 0], opt)
         for b in batches:
             grid = [LR_CENTRE[opt] * f for f in LR_FACTORS[preset]]
@@ -278,7 +291,8 @@ def plan(preset: str, base: TrainConfig, optimizers: Sequence[str], batches: Seq
             best = cells[b]["best_lr"]
             if best is not None:
                 seeds += [run_point(base, opt, b, best, s) for s in SEEDS[preset][1:]]
-    return first + extend + seeds
+        out += first + extend + seeds
+    return out
 
 
 def flat_rows(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[dict]:
@@ -355,7 +369,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
 
     # accuracy vs batch (mean ± se over seeds at each cell's best lr)
     series, table = {}, ["| method | batch | lr grid (seed 0: accuracy) | best base lr "
-                         "-> peak lr | seeds at best | mean ± se |",
+                         "-> peak lr | seeds at best | accuracy % (mean ± se) |",
                          "| :-- | --: | :-- | :-- | --: | :-- |"]
     for opt, name in OPTIMIZERS.items():
         cells = _cells(rows, opt)
@@ -374,7 +388,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
             edge = f" (**{c['edge']} edge**)" if c["edge"] else ""
             table.append(f"| {name} | {b} | {grid} | "
                          + (f"{best:g} -> {best * b / b0:.3g}{edge}" if best else "none")
-                         + f" | {iv.n} | {iv.fmt(scale=100, digits=2) if iv.n else 'n/a'} |")
+                         + f" | {iv.n} | {_fmt_acc(iv)} |")
         series[name] = (xs, ys, es)
     images = [_errorbar_plot(out / "accuracy_vs_batch.png", series, xlabel="batch size",
                              ylabel="test accuracy (%), mean ± se over seeds",
