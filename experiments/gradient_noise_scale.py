@@ -187,6 +187,7 @@ def b_simple_rows(preset: str, rows: Sequence[Mapping[str, Any]], runs: Path
             if s is not None and len(ns["step"]):
                 i = int(np.searchsorted(ns["step"], s, side="right")) - 1
                 v = float(ns["b_simple"][max(i, 0)])
+                v = v if math.isfinite(v) else None
             out.append({"kind": "b_simple", "target": t, "seed": seed, "step": s,
                         "b_simple": v})
     return out, series
@@ -211,6 +212,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
             exp1_dir: Path) -> dict:
     runs = out / "runs"
     raw = [r for r in xu.load_rows(runs) if xu.finished(r)] if runs.exists() else []
+    raw = xu.rows_for(plan(preset, base, flat_rows(raw, runs)), raw)  # this design's runs
     own = flat_rows(raw, runs)
     exp1_rows = exp1_dir / "rows.jsonl"
     exp1 = ([json.loads(x) for x in exp1_rows.read_text().splitlines() if x.strip()]

@@ -166,3 +166,51 @@ def test_smoke_run_report_and_resume(tmp_path, monkeypatch):
     assert set(saved["criteria"]) == {"linear_scaling", "lars_extends"}
     ls.main(argv)  # resumes: nothing retrained
     assert len((out / "runs" / "results.jsonl").read_text().splitlines()) == n
+
+
+def test_steps_to_target_reads_the_first_crossing():
+    from lars_jax import experiment_utils as xu
+
+    m = [{"kind": "eval", "step": 10, "test_accuracy": 0.80},
+         {"kind": "train", "step": 15, "loss": 0.3},
+         {"kind": "eval", "step": 20, "test_accuracy": 0.875},
+         {"kind": "eval", "step": 30, "test_accuracy": 0.86},
+         {"kind": "eval", "step": 40, "test_accuracy": 0.89}]
+    err = lambda a: 1 - a  # noqa: E731
+    assert xu.steps_to_target(m, "test_accuracy", 0.13, transform=err) == 20
+    assert xu.steps_to_target(m, "test_accuracy", 0.12, transform=err) == 40
+    assert xu.steps_to_target(m, "test_accuracy", 0.10, transform=err) is None
+    assert xu.steps_to_target(m, "loss", 0.5) == 15
+    assert xu.steps_to_target(m, "test_accuracy", 0.86, below=False) == 20
+
+
+def test_run_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
+    import os
+    import subprocess
+
+    from lars_jax import experiment_utils as xu
+
+    path = tmp_path / ".claims" / "run_a"
+    assert xu._claim(path)
+    assert path.read_text().split()[0] == str(os.getpid())
+    assert not xu._claim(path)  # held by a live process (this one)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    path.write_text(f"{proc.pid}\n")
+    assert xu._claim(path)  # the claimant is gone: taken over
+    assert path.read_text().split()[0] == str(os.getpid())
+
+
+def test_presets_plan_valid_configs():
+    """The first points of every preset (both experiments) are valid TrainConfigs."""
+    from lars_jax.sweep import plan_sweep
+
+    ns = _load("gradient_noise_scale")
+    for preset in ("smoke", "cpu", "full"):
+        base = ls.base_config(preset)
+        pts = ls.plan(preset, base, list(ls.OPTIMIZERS), ls.BATCH_SIZES[preset], [])
+        assert len(pts) == 2 * len(ls.BATCH_SIZES[preset]) * len(ls.LR_FACTORS[preset])
+        pts5 = ns.plan(preset, base, [])
+        for p in (pts, pts5):
+            planned = plan_sweep(base, p, Path("/nonexistent") / preset)
+            assert len(planned) == len(p)
