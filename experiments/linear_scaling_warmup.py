@@ -195,10 +195,12 @@ def decide_lars_extends(rows: Sequence[Mapping[str, Any]], base_batch: int = 128
                                                   " (the whole grid)") + ".")
     top = max(max(sgd), max(lars))
     cells_s, cells_l = _cells(rows, "sgd"), _cells(rows, "lars")
-    if top in cells_s and top in cells_l:
-        d = ev.paired(cells_l[top]["seeds"], cells_s[top]["seeds"])
-        details.append(f"- At B={top}: LARS minus SGD {d.fmt(scale=100, digits=2, unit=' pt')}"
-                       f" ({ev.describe_difference(d)}).")
+    for b in sorted({b for b in (fs, fl, top) if b is not None}):
+        if b in cells_s and b in cells_l:
+            d = ev.paired(cells_l[b]["seeds"], cells_s[b]["seeds"])
+            details.append(f"- At B={b}: LARS minus SGD (each at its best lr) "
+                           f"{d.fmt(scale=100, digits=2, unit=' pt')} "
+                           f"({ev.describe_difference(d)}).")
     if ll > ls and fs is not None and ws == "fails":
         return "supported", details
     if ll < ls or (ll == ls and fl is not None and wl == "fails"):
