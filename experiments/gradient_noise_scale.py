@@ -311,7 +311,13 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
         "fits": {k: {kk: v for kk, v in f.items() if kk != "points"} for k, f in fits.items()},
         "b_simple": [r for r in rows if r["kind"] == "b_simple"],
     }
-    decided = [f"{100 * float(k):g}%: B_crit {f['b_crit']:.0f} [{f['lo']:.0f}, {f['hi']:.0f}]"
+    def b_simple_at(t: float) -> float:
+        v = [r["b_simple"] for r in rows if r["kind"] == "b_simple" and r["target"] == t
+             and r["b_simple"] is not None]
+        return float(np.mean(v)) if v else math.nan
+
+    decided = [f"{100 * float(k):g}% error: B_crit {f['b_crit']:.0f} [{f['lo']:.0f}, "
+               f"{f['hi']:.0f}] vs B_simple {b_simple_at(float(k)):.0f}"
                for k, f in fits.items() if math.isfinite(f["lo"])]
     result["headline"] = (f"{verdict}; " + "; ".join(decided) if decided else verdict)
     xu.save_json(result, out / "summary.json")
