@@ -257,3 +257,66 @@ class Criterion:
                           f"**Criterion (fixed before the run).** {self.rule}", "",
                           f"**Verdict (computed from the rows): {verdict}.**", "",
                           *details])
+
+
+def fit_steps_to_target(batch_sizes: Sequence[float], steps: Sequence[float],
+                        b_range: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Fits McCandlish et al.'s ``S = S_min (1 + B_noise / B)`` to steps-to-target data.
+
+    The fit is least squares on ``log S`` (each batch size weighs the same, whatever its
+    number of steps); for a given ``B_noise`` the best ``log S_min`` is the mean residual,
+    so only ``B_noise`` is searched (bounded, on a log scale). Since ``E = B S``, the same
+    fit gives ``E = E_min (1 + B / B_noise)`` with ``E_min = S_min B_noise``, hence
+    ``B_crit = E_min / S_min = B_noise``.
+
+    Args:
+      batch_sizes: the batch sizes (> 0).
+      steps: the steps to reach the target at each batch size (> 0).
+      b_range: the search range of ``B_noise`` (default: 1/100 of the smallest to 100x the
+        largest batch size).
+
+    Returns:
+      ``(S_min, B_noise)``. ``B_noise`` is ``0.0`` or ``inf`` when the best fit lies on the
+      lower or upper end of the range (steps that do not fall with B, or that fall as 1/B
+      throughout: the data do not locate the bend); NaN values with fewer than 2 distinct
+      batch sizes.
+
+    Example:
+      >>> s_min, b_noise = fit_steps_to_target([64, 256, 1024, 4096],
+      ...                                      [100 * (1 + 500 / b) for b in (64, 256, 1024, 4096)])
+      >>> round(s_min), round(b_noise)
+      (100, 500)
+
+    References:
+      S. McCandlish, J. Kaplan, D. Amodei, OpenAI Dota Team, "An Empirical Model of
+      Large-Batch Training", arXiv 1812.06162, 2018 (eqs. 2.11-2.12).
+    """
+    from scipy.optimize import minimize_scalar
+
+    b = np.asarray(batch_sizes, np.float64)
+    s = np.asarray(steps, np.float64)
+    if b.shape != s.shape or np.any(b <= 0) or np.any(s <= 0):
+        raise ValueError("batch_sizes and steps must be positive and of equal length")
+    if np.unique(b).size < 2:
+        return math.nan, math.nan
+    lo, hi = b_range or (b.min() / 100, b.max() * 100)
+    logs = np.log(s)
+
+    def loss(v: float) -> float:
+        r = logs - np.log1p(math.exp(v) / b)
+        return float(np.sum((r - r.mean()) ** 2))
+
+    grid = np.linspace(math.log(lo), math.log(hi), 200)
+    resid = logs[None, :] - np.log1p(np.exp(grid)[:, None] / b[None, :])
+    v0 = grid[int(np.argmin(((resid - resid.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)))]
+    step = grid[1] - grid[0]
+    res = minimize_scalar(loss, bounds=(max(grid[0], v0 - step), min(grid[-1], v0 + step)),
+                          method="bounded")
+    v = float(res.x)
+    b_noise = math.exp(v)
+    s_min = float(math.exp(np.mean(logs - np.log1p(b_noise / b))))
+    if v <= grid[0] + 1e-6 * step or v0 == grid[0]:
+        return s_min, 0.0
+    if v >= grid[-1] - 1e-6 * step or v0 == grid[-1]:
+        return s_min, math.inf
+    return s_min, b_noise

@@ -1,18 +1,25 @@
 """Experiment 1: linear learning-rate scaling and gradual warmup (Goyal et al. 2017).
 
-Claim (seed 004, "double the batch, double the lr"; Goyal et al.): with a fixed epoch
+Claim (Goyal et al.; seed 004, "double the batch, double the lr"): with a fixed epoch
 budget, scaling the learning rate linearly with the batch size (lr = lr0 * B / B0) plus a
-gradual warmup keeps accuracy flat up to a large batch (8k for ResNet-50 on ImageNet);
-without warmup, or with other rules, large batches lose accuracy. LARS and CLARS are
-meant to push the limit further.
+gradual warmup keeps accuracy at the base batch's level up to 32x the base batch (8k from
+256 for ResNet-50 on ImageNet). LARS (You et al.) is meant to push that limit further.
 
-For every batch size, method (optimizer x lr rule x warmup) and base learning rate of a
-small grid, one run with the same number of epochs; the report keeps the best base lr per
-(method, batch size) cell.
+Design (issue 14): SGD+momentum and LARS, both with the linear rule and a gradual warmup
+over 5% of the budget from the unscaled lr (Goyal's); ghost BatchNorm over 32 examples at
+every batch size (Goyal normalises over 32 examples per worker); batches from the base
+batch up in 2x steps; per (method, batch) cell a 3-point lr grid in 2x steps centred on
+the linear rule's prediction, extended by 2x steps while the best lr sits on an edge
+(bounded); then 3 seeds (same init and data order per seed across cells) at each cell's
+best lr, so batch B is compared with the base batch by paired differences. The test
+error is evaluated often, so the same runs give Shallue et al.'s steps-to-target view.
+The verdict is computed by the module-level criteria below, fixed before any run.
 
 Usage:
-  python experiments/linear_scaling_warmup.py --preset cpu    # ~16 min on 2 CPU cores (144 runs)
-  python experiments/linear_scaling_warmup.py --preset full   # GPU, CIFAR-10
+  python experiments/linear_scaling_warmup.py --preset cpu             # run + report
+  python experiments/linear_scaling_warmup.py --preset cpu --run-only  # one worker
+  python experiments/linear_scaling_warmup.py --preset cpu --report-only
+  python experiments/linear_scaling_warmup.py --preset full            # GPU, CIFAR-10
 """
 
 from __future__ import annotations
@@ -20,406 +27,527 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
+from experiments import evidence as ev  # noqa: E402
 from lars_jax import experiment_utils as xu  # noqa: E402
-from lars_jax.plotting import plot_lines  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 NAME = "linear_scaling_warmup"
-# A batch size counts as "within the flat region" when its best accuracy is within this
-# many percentage points of the best accuracy at any batch size.
-FLAT_PP = 2.0
 
-
-def methods(preset: str) -> list[xu.Method]:
-    """The lines of the plot: optimizer x lr rule x warmup.
-
-    With Goyal's warmup from the unscaled lr, "no scaling" has nothing to warm up (the
-    start is the peak), so it appears once per optimizer: 5 methods per optimizer, 15 in
-    all (every preset but smoke).
-    """
-    warm = 0.1 if preset == "full" else 0.25  # fraction of the epoch budget
-    names = {"sgd": "SGD", "lars": "LARS", "clars": "CLARS"}
-    ms = []
-    # priority order: runs are made in this order (a time budget may stop the tail)
-    for rule, w in [("linear", True), ("linear", False), ("sqrt", True), ("none", False),
-                    ("sqrt", False)]:
-        for opt in ("sgd", "lars", "clars"):
-            label = (f"{names[opt]}, no scaling" if rule == "none" else
-                     f"{names[opt]}, {rule}, {'warmup' if w else 'no warmup'}")
-            ms.append(xu.Method(label, dict(optimizer=opt, lr_scaling=rule,
-                                            warmup_frac=warm if w else 0.0)))
-    return ms
-
-
-# Base learning rates at base_batch_size, per optimizer (the "small lr grid").
-LR_GRID = {
-    "smoke": {"sgd": [0.1], "lars": [1.0], "clars": [1.0]},
-    "cpu": {"sgd": [0.025, 0.1, 0.4], "lars": [0.25, 1.0, 4.0], "clars": [0.25, 1.0, 4.0]},
-    "full": {"sgd": [0.05, 0.1, 0.2], "lars": [0.5, 1.0, 2.0], "clars": [0.5, 1.0, 2.0]},
-}
+EPOCHS = {"smoke": 1.0, "cpu": 6.0, "full": 30.0}
+BASE_BATCH = {"smoke": 32, "cpu": 128, "full": 256}
 BATCH_SIZES = {
     "smoke": [32, 64],
-    "cpu": [32, 256, 2048, 8192],
-    "full": [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+    "cpu": [128, 256, 512, 1024, 2048, 4096, 8192],
+    "full": [256, 512, 1024, 2048, 4096, 8192, 16384],
 }
-MAX_MICRO = {"smoke": 64, "cpu": 8192, "full": 1024}
+SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "full": (0, 1, 2)}
+# The linear rule's prediction: the base lr at the base batch (scaled x B/B0 by the trainer).
+LR_CENTRE = {"sgd": 0.05, "lars": 4.0}
+# the initial grid, in 2x steps around the prediction (one point for the smoke test)
+LR_FACTORS = {"smoke": (1.0,), "cpu": (0.5, 1.0, 2.0), "full": (0.5, 1.0, 2.0)}
+# the grid is extended in 2x steps up to [centre / 4, centre * 4] (not at all for smoke)
+LR_BOUND = {"smoke": 1.0, "cpu": 4.0, "full": 4.0}
+WARMUP_FRAC = 0.05  # gradual warmup over 5% of the budget
+TARGET_ERRORS = (0.14, 0.13, 0.12)  # steps-to-target view (and experiment 5's targets)
+SHALLUE_TARGET = 0.12
+MARGIN_PP = 1.0  # "keeps accuracy": mean paired drop from the base batch <= 1 point
+CLAIM_FACTOR = 32  # Goyal: flat from 256 to 8k, i.e. up to 32x the base batch
+OPTIMIZERS = {"sgd": "SGD+momentum", "lars": "LARS"}
 
 
-def base_config(preset: str) -> TrainConfig:
-    common = dict(dtype="float32", trust_coefficient=0.001,
-                  optimizer="sgd", base_batch_size=256, momentum=0.9, weight_decay=5e-4,
-                  schedule="cosine", warmup_start="base", checkpoint_every_steps=-1,
-                  plot=False, progress=False, label_smoothing=0.0)
-    if preset == "full":
-        return TrainConfig(model="resnet20", width=1.0, dataset="cifar10", epochs=30,
-                           eval_every_epochs=5, log_every_steps=10, **common)
-    if preset == "smoke":
-        return TrainConfig(model="resnet8", width=0.25, dataset="fashion_mnist",
-                           train_subset=128, test_subset=128, epochs=1, eval_every_epochs=0,
-                           crop_padding=0, flip=False, num_devices=1, log_every_steps=2,
-                           **common)
-    # an MLP with BN: ~40k images/s on 2 CPU cores (a 4-channel ResNet-8 runs ~1.5k)
-    return TrainConfig(model="mlp2", width=1.0, dataset="fashion_mnist", epochs=2,
-                       eval_every_epochs=0, crop_padding=0, flip=False, num_devices=1,
-                       log_every_steps=50, **common)
+# ------------------------------------------------------------------ criteria (pre-set)
 
 
-def point(o: dict, b: int, lr: float, preset: str, base: TrainConfig) -> dict:
-    """The run of method overrides `o` at batch `b` and base lr `lr`.
-
-    At the base batch size every lr rule gives the same rate, so the rule is written as
-    "none" there, and with the rule "none" a warmup from the unscaled lr is a constant, so it
-    is written as no warmup: the methods that differ only in these share one run.
-    """
-    o = dict(o)
-    if b == base.base_batch_size:
-        o["lr_scaling"] = "none"
-    if o["lr_scaling"] == "none" and base.warmup_start == "base":
-        o["warmup_epochs"] = 0.0  # warmup from the unscaled lr to itself: a constant
-    return {**o, "batch_size": b,
-            "grad_accum_steps": max(1, b // MAX_MICRO[preset]), "learning_rate": lr}
-
-
-def points(preset: str, base: TrainConfig) -> list[dict]:
-    pts: list[dict] = []
-    for m in _method_list(preset, base):
-        for b in BATCH_SIZES[preset]:
-            for lr in LR_GRID[preset][m.overrides["optimizer"]]:
-                p = point(dict(m.overrides), b, lr, preset, base)
-                if p not in pts:
-                    pts.append(p)
-    return pts[:1] if preset == "smoke" else pts
-
-
-def _method_list(preset: str, base: TrainConfig) -> list[xu.Method]:
-    out = []
-    for m in methods(preset):
-        o = dict(m.overrides)
-        frac = o.pop("warmup_frac")
-        o["warmup_epochs"] = round(frac * base.epochs, 6)
-        out.append(xu.Method(m.label, o))
+def _cells(rows: Sequence[Mapping[str, Any]], optimizer: str) -> dict[int, dict[str, Any]]:
+    """Per batch: the seed-0 accuracy per lr, the best lr, its edge mark and the accuracy
+    per seed at that lr."""
+    out: dict[int, dict[str, Any]] = {}
+    mine = [r for r in rows if r["optimizer"] == optimizer]
+    for b in sorted({int(r["batch_size"]) for r in mine}):
+        cell = [r for r in mine if int(r["batch_size"]) == b]
+        scores = {float(r["learning_rate"]): _acc(r) for r in cell if int(r["seed"]) == 0}
+        best, edge = ev.best_on_grid(scores)
+        seeds = {int(r["seed"]): _acc(r) for r in cell
+                 if best is not None and xu._same(float(r["learning_rate"]), best)}
+        out[b] = {"scores": scores, "best_lr": best, "edge": edge, "seeds": seeds}
     return out
 
 
-def _opt_of(m: xu.Method) -> str:
-    return m.overrides["optimizer"]
+def _acc(r: Mapping[str, Any]) -> float:
+    a = r.get("test_accuracy")
+    return float(a) if isinstance(a, int | float) and math.isfinite(a) else math.nan
 
 
-def scaled_lr(row: dict) -> float:
-    c = xu.config_of(row)
-    k = c["batch_size"] / c["base_batch_size"]
-    f = {"linear": k, "sqrt": math.sqrt(k), "none": 1.0}[c["lr_scaling"]]
-    return c["learning_rate"] * f
+def holding(rows: Sequence[Mapping[str, Any]], optimizer: str, base_batch: int,
+            margin_pp: float = MARGIN_PP) -> dict[int, tuple[str, ev.Interval, str | None]]:
+    """Per batch above the base: ``(status, paired difference B - base, edge)``.
+
+    status: ``holds`` when the mean paired drop is at most ``margin_pp`` points;
+    ``fails`` when it is larger and the 95% interval excludes zero; ``undecided`` when it
+    is larger but the interval includes zero, or fewer than 2 seed pairs finished.
+    """
+    cells = _cells(rows, optimizer)
+    if base_batch not in cells:
+        return {}
+    base = cells[base_batch]["seeds"]
+    out = {}
+    for b, c in cells.items():
+        if b <= base_batch:
+            continue
+        d = ev.paired(c["seeds"], base)
+        if d.n < 2:
+            status = "undecided"
+        elif 100 * d.mean >= -margin_pp:
+            status = "holds"
+        elif not d.includes_zero():
+            status = "fails"
+        else:
+            status = "undecided"
+        out[b] = (status, d, c["edge"])
+    return out
 
 
-def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer | None) -> dict:
-    ms = _method_list(preset, base)
-    batches = BATCH_SIZES[preset]
-    # best base lr per (method, batch size); a run may serve several methods (see point())
-    cells: dict[tuple[str, int], dict] = {}
-    flat_rows = []
-    for m in ms:
+def flat_limit(status: Mapping[int, tuple[str, ev.Interval, str | None]], base_batch: int
+               ) -> tuple[int, int | None, str | None]:
+    """``(largest B with every B' <= B holding, first batch that does not, its status)``."""
+    limit = base_batch
+    for b in sorted(status):
+        if status[b][0] != "holds":
+            return limit, b, status[b][0]
+        limit = b
+    return limit, None, None
+
+
+def _fmt_cell(b: int, s: tuple[str, ev.Interval, str | None]) -> str:
+    edge = f", best lr on the {s[2]} edge of its bounded grid" if s[2] else ""
+    d = s[1]
+    num = (d.fmt(scale=100, digits=2, unit=" pt") + f", p={d.p:.2g}, lower in "
+           f"{d.n - d.positive} of {d.n} seeds" if d.n >= 2 else
+           f"{100 * d.mean:+.2f} pt (n={d.n}, no interval)" if d.n else "no pair")
+    return f"B={b}: {num} -> {s[0]}{edge}"
+
+
+def _fmt_acc(iv: ev.Interval) -> str:
+    if not iv.n:
+        return "n/a"
+    se = f" ± {100 * iv.se:.2f}" if iv.n >= 2 else ""
+    return f"{100 * iv.mean:.2f}{se} (n={iv.n})"
+
+
+def decide_linear_scaling(rows: Sequence[Mapping[str, Any]], base_batch: int = 128,
+                          claim_factor: int = CLAIM_FACTOR) -> tuple[ev.Verdict, list[str]]:
+    """Goyal's claim for SGD+momentum (see ``LINEAR_SCALING.rule``)."""
+    st = holding(rows, "sgd", base_batch)
+    if not st:
+        return "inconclusive", ["- No SGD run at the base batch."]
+    top = base_batch * claim_factor
+    in_claim = {b: s for b, s in st.items() if b <= top}
+    limit, first, why = flat_limit(st, base_batch)
+    details = [f"- SGD+momentum, accuracy at B minus accuracy at B={base_batch}, paired by "
+               f"seed (percentage points, mean ± se [95% t-interval]):"]
+    details += [f"  - {_fmt_cell(b, s)}" for b, s in sorted(st.items())]
+    details.append(f"- Accuracy kept (every batch up to it holds) up to **B={limit}** "
+                   f"({limit // base_batch}x the base batch)"
+                   + (f"; B={first} {'fails' if why == 'fails' else 'is undecided'}."
+                      if first else "."))
+    if first is not None and why == "fails" and 100 * st[first][1].hi > -MARGIN_PP:
+        details.append(f"- The drop at B={first} is significantly non-zero, but its interval "
+                       f"reaches inside the {MARGIN_PP:g}-point margin: a marginal failure.")
+    edge_fails = [b for b, s in in_claim.items() if s[0] == "fails" and s[2]]
+    if edge_fails:
+        details.append(f"- Failing batches whose best lr sits on an edge of the bounded grid "
+                       f"(a lr beyond it might do better): {edge_fails}.")
+    missing = [b for b in (base_batch * 2 ** i for i in range(1, 32))
+               if b <= top and b not in st]
+    if any(s[0] == "fails" for s in in_claim.values()):
+        v: ev.Verdict = "contradicted"
+    elif missing or any(s[0] == "undecided" for s in in_claim.values()):
+        v = "inconclusive"
+        if missing:
+            details.append(f"- Batches of the claim's range without runs: {missing}.")
+    else:
+        v = "supported"
+    return v, details
+
+
+def decide_lars_extends(rows: Sequence[Mapping[str, Any]], base_batch: int = 128
+                        ) -> tuple[ev.Verdict, list[str]]:
+    """LARS extends the range of linear scaling (see ``LARS_EXTENDS.rule``)."""
+    sgd, lars = holding(rows, "sgd", base_batch), holding(rows, "lars", base_batch)
+    if not sgd or not lars:
+        return "inconclusive", ["- SGD or LARS has no run at the base batch."]
+    ls, fs, ws = flat_limit(sgd, base_batch)
+    ll, fl, wl = flat_limit(lars, base_batch)
+    details = [f"- LARS, accuracy at B minus accuracy at B={base_batch}, paired by seed:"]
+    details += [f"  - {_fmt_cell(b, s)}" for b, s in sorted(lars.items())]
+    details.append(f"- Accuracy kept up to B={ll} with LARS"
+                   + (f" (B={fl} {wl})" if fl else " (the whole grid)")
+                   + f", up to B={ls} with SGD" + (f" (B={fs} {ws})" if fs else
+                                                  " (the whole grid)") + ".")
+    top = max(max(sgd), max(lars))
+    cells_s, cells_l = _cells(rows, "sgd"), _cells(rows, "lars")
+    for b in sorted({b for b in (fs, fl, top) if b is not None}):
+        if b in cells_s and b in cells_l:
+            d = ev.paired(cells_l[b]["seeds"], cells_s[b]["seeds"])
+            details.append(f"- At B={b}: LARS minus SGD (each at its best lr) "
+                           f"{d.fmt(scale=100, digits=2, unit=' pt')} "
+                           f"({ev.describe_difference(d)}).")
+    if ll > ls and fs is not None and ws == "fails":
+        return "supported", details
+    if ll < ls or (ll == ls and fl is not None and wl == "fails"):
+        return "contradicted", details
+    return "inconclusive", details
+
+
+LINEAR_SCALING = ev.Criterion(
+    claim=("With lr = lr0 x B/B0 and a gradual warmup, the accuracy of a fixed epoch budget "
+           "stays at the base batch's level up to 32x the base batch (Goyal et al. 2017: "
+           "B0=256 to 8k for ResNet-50)."),
+    rule=(f"SGD+momentum, base batch B0=128, lr at each batch = the best of a 2x lr grid "
+          f"around the linear rule's prediction (extended while on an edge, up to 4x either "
+          f"way), 3 seeds at that lr. A batch B *holds* when the mean paired (by seed) "
+          f"difference acc(B) - acc(B0) is >= -{MARGIN_PP:g} point; it *fails* when the mean "
+          f"drop exceeds {MARGIN_PP:g} point and the 95% t-interval excludes zero; otherwise "
+          f"it is undecided. **Supported** if every B in (B0, 32 B0] = 256..4096 holds; "
+          f"**contradicted** if any of them fails; **inconclusive** otherwise. The largest B "
+          f"up to which every batch holds is reported."),
+    decide=decide_linear_scaling,
+)
+
+LARS_EXTENDS = ev.Criterion(
+    claim=("LARS keeps the accuracy of linear scaling to larger batches than SGD+momentum "
+           "(You et al. 2017)."),
+    rule=("With the same protocol for LARS: **supported** if the largest batch up to which "
+          "every batch holds is larger for LARS than for SGD and SGD's first non-holding "
+          "batch fails; **contradicted** if it is smaller for LARS, or equal with LARS's "
+          "first non-holding batch failing; **inconclusive** otherwise (e.g. both hold on "
+          "the whole grid, or the deciding cells are undecided)."),
+    decide=decide_lars_extends,
+)
+
+
+# ------------------------------------------------------------------ runs
+
+
+def base_config(preset: str) -> TrainConfig:
+    epochs = EPOCHS[preset]
+    common = dict(dtype="float32", trust_coefficient=0.001, optimizer="sgd",
+                  base_batch_size=BASE_BATCH[preset], lr_scaling="linear", momentum=0.9,
+                  weight_decay=5e-4, schedule="cosine", warmup_start="base",
+                  warmup_epochs=round(WARMUP_FRAC * epochs, 6), bn_span="ghost",
+                  bn_ghost_size=32, checkpoint_every_steps=-1, plot=False, progress=False,
+                  label_smoothing=0.0, epochs=epochs, log_every_steps=50, steps_per_call=25)
+    if preset == "full":
+        return TrainConfig(model="resnet20", width=1.0, dataset="cifar10", crop_padding=4,
+                           flip=True, **common)
+    if preset == "smoke":
+        return TrainConfig(model="mlp2", width=0.25, dataset="fashion_mnist",
+                           train_subset=256, test_subset=256, crop_padding=0, flip=False,
+                           num_devices=1, **common)
+    # the BN-MLP on all of Fashion-MNIST (about 20k images/s on the loaded 2-core CPU)
+    return TrainConfig(model="mlp2", width=1.0, dataset="fashion_mnist", crop_padding=0,
+                       flip=False, num_devices=1, **common)
+
+
+def train_size(base: TrainConfig) -> int:
+    full = {"fashion_mnist": 60000, "cifar10": 50000}[base.dataset]
+    return min(full, base.train_subset or full)
+
+
+def eval_every(base: TrainConfig, b: int) -> float:
+    """Evaluate every 0.1 epoch, but at least every step (steps-to-target resolution)."""
+    return max(0.1, 1.0 / max(1, train_size(base) // b))
+
+
+def run_point(base: TrainConfig, optimizer: str, b: int, lr: float, seed: int) -> dict:
+    return {"optimizer": optimizer, "batch_size": b, "learning_rate": lr, "seed": seed,
+            "eval_every_epochs": eval_every(base, b)}
+
+
+def lr_bounds(preset: str, optimizer: str) -> tuple[float, float]:
+    c, f = LR_CENTRE[optimizer], LR_BOUND[preset]
+    return c / f * (1 - 1e-9), c * f * (1 + 1e-9)
+
+
+def plan(preset: str, base: TrainConfig, optimizers: Sequence[str], batches: Sequence[int],
+         rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Every point wanted given the finished ``rows`` (flat rows), in priority order: per
+    optimizer (SGD first), the initial grids, the edge extensions, then the extra seeds of
+    settled cells."""
+    out: list[dict] = []
+    for opt in optimizers:
+        first, extend, seeds = [], [], []
+        cells = _cells([r for r in rows if int(r["seed"]) == 0], opt)
         for b in batches:
-            for lr in LR_GRID[preset][m.overrides["optimizer"]]:
-                want = point(dict(m.overrides), b, lr, preset, base)
-                r = next((r for r in rows if all(
-                    xu._same(xu.config_of(r).get(k), v) for k, v in want.items())), None)
-                if r is None:
-                    continue
-                acc = xu.final_accuracy(r)
-                flat_rows.append({"method": m.label, "batch_size": b, "learning_rate": lr,
-                                  "peak_lr": scaled_lr(r), "outcome": xu.outcome(r),
-                                  "test_accuracy": acc if math.isfinite(acc) else None,
-                                  "run": r.get("run"), "time_s": r.get("time_s")})
-                best = cells.get((m.label, b))
-                if best is None or (math.isfinite(acc) and not acc <= best["acc"]):
-                    cells[(m.label, b)] = {"acc": acc, "lr": lr, "peak": scaled_lr(r),
-                                           "outcome": xu.outcome(r)}
+            grid = [LR_CENTRE[opt] * f for f in LR_FACTORS[preset]]
+            first += [run_point(base, opt, b, lr, 0) for lr in grid]
+            scores = cells.get(b, {}).get("scores", {})
+            if len(scores) < len(grid) or any(
+                    not any(xu._same(lr, s) for s in scores) for lr in grid):
+                continue  # the initial grid has not finished
+            nxt = ev.next_grid_point(scores, bounds=lr_bounds(preset, opt))
+            if nxt is not None:
+                extend.append(run_point(base, opt, b, nxt, 0))
+                continue
+            best = cells[b]["best_lr"]
+            if best is not None:
+                seeds += [run_point(base, opt, b, best, s) for s in SEEDS[preset][1:]]
+        out += first + extend + seeds
+    return out
+
+
+def flat_rows(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[dict]:
+    """One flat record per finished run: the fields the criteria and plots read."""
+    out = []
+    for r in rows:
+        c = xu.config_of(r)
+        m = xu.read_metrics(r, out_dir)
+        acc = xu.final_accuracy(r)
+        steps = {f"{t:g}": xu.steps_to_target(m, "test_accuracy", t, transform=lambda a: 1 - a)
+                 for t in TARGET_ERRORS}
+        b = int(c["batch_size"])
+        out.append({
+            "optimizer": c["optimizer"], "batch_size": b, "seed": int(c["seed"]),
+            "learning_rate": float(c["learning_rate"]),
+            "peak_lr": float(c["learning_rate"]) * b / int(c["base_batch_size"]),
+            "test_accuracy": acc if math.isfinite(acc) else None, "outcome": xu.outcome(r),
+            "steps_to_error": steps, "total_steps": (r.get("summary") or {}).get("steps"),
+            "steps_per_epoch": (r.get("summary") or {}).get("steps_per_epoch"),
+            "time_s": r.get("time_s"), "finished_at": r.get("finished_at"), "run": r.get("run"),
+        })
+    return out
+
+
+def load_flat(out: Path) -> list[dict]:
+    runs = out / "runs"
+    if not runs.exists():
+        return []
+    return flat_rows([r for r in xu.load_rows(runs) if xu.finished(r)], runs)
+
+
+# ------------------------------------------------------------------ report
+
+
+def steps_table(rows: Sequence[Mapping[str, Any]], optimizer: str, target: float,
+                batches: Sequence[int]) -> dict[int, int | None]:
+    """Per batch: the fewest steps to ``target`` error over the lr grid (seed 0)."""
+    out = {}
+    for b in batches:
+        ss = [r["steps_to_error"].get(f"{target:g}") for r in rows
+              if r["optimizer"] == optimizer and r["batch_size"] == b and r["seed"] == 0]
+        ss = [s for s in ss if s is not None]
+        out[b] = min(ss) if ss else None
+    return out
+
+
+def _errorbar_plot(path: Path, series: Mapping[str, tuple[list, list, list]], *, xlabel: str,
+                   ylabel: str, title: str, hline: tuple[str, float] | None = None) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, (x, y, e) in series.items():
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
+    if hline:
+        ax.axhline(hline[1], color="gray", ls="--", lw=1, label=hline[0])
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def wall_span(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The wall-clock span of the runs (several worker processes may have shared them)."""
+    import datetime as dt
+
+    ends = [(dt.datetime.fromisoformat(r["finished_at"]), float(r.get("time_s") or 0))
+            for r in rows if r.get("finished_at")]
+    if not ends:
+        return ""
+    start = min(e - dt.timedelta(seconds=t) for e, t in ends)
+    end = max(e for e, _ in ends)
+    return (f" The runs span {(end - start).total_seconds() / 60:.0f} min of wall time "
+            f"({start:%H:%M}-{end:%H:%M} UTC), made by up to 3 worker processes at once.")
+
+
+def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -> dict:
+    rows = load_flat(out)
     with open(out / "rows.jsonl", "w") as f:
-        for fr in flat_rows:
-            f.write(json.dumps(fr) + "\n")
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    b0, batches = BASE_BATCH[preset], BATCH_SIZES[preset]
+    verdicts = {"linear_scaling": LINEAR_SCALING(rows), "lars_extends": LARS_EXTENDS(rows)}
 
-    def series_of(labels: list[str]) -> dict:
-        return {lab: (batches, [cells.get((lab, b), {"acc": math.nan})["acc"]
-                                for b in batches]) for lab in labels}
-
-    ylabel = "final test accuracy" + (
-        " (best lr of the grid)" if max(map(len, LR_GRID[preset].values())) > 1 else "")
-    where = f"{base.epochs:g} epochs, {base.dataset}, {base.model} x{base.width:g}"
-    # the claim's lines in one plot, then every rule/warmup variant per optimizer
-    key_lines = [lab for lab in ("SGD, linear, warmup", "SGD, linear, no warmup",
-                                 "SGD, no scaling", "LARS, linear, warmup",
-                                 "CLARS, linear, no warmup") if any(m.label == lab for m in ms)]
-    plots = [plot_lines(series_of(key_lines), out / "accuracy_vs_batch.png",
-                        xlabel="batch size (log2)", ylabel=ylabel,
-                        title=f"Fixed budget ({where})", logx=2, xticks=batches,
-                        hlines={"chance (10 classes)": 0.1})]
-    for opt, name in (("sgd", "SGD"), ("lars", "LARS"), ("clars", "CLARS")):
-        labels = [m.label for m in ms if _opt_of(m) == opt]
-        if len(labels) > 1:
-            plots.append(plot_lines(series_of(labels), out / f"accuracy_vs_batch_{opt}.png",
-                                    xlabel="batch size (log2)", ylabel=ylabel,
-                                    title=f"{name}: lr rules and warmup ({where})", logx=2,
-                                    xticks=batches, hlines={"chance (10 classes)": 0.1}))
-
-    # table: rows method, columns batch size: "acc (base lr -> peak lr)"
-    header = "| method | " + " | ".join(f"B={b}" for b in batches) + " |"
-    lines = [header, "| :-- |" + " :-- |" * len(batches)]
-    for m in ms:
-        cells_txt = []
+    # accuracy vs batch (mean ± se over seeds at each cell's best lr)
+    series, table = {}, ["| method | batch | lr grid (seed 0: accuracy) | best base lr "
+                         "-> peak lr | seeds at best | accuracy % (mean ± se) |",
+                         "| :-- | --: | :-- | :-- | --: | :-- |"]
+    for opt, name in OPTIMIZERS.items():
+        cells = _cells(rows, opt)
+        xs, ys, es = [], [], []
         for b in batches:
-            c = cells.get((m.label, b))
+            c = cells.get(b)
             if c is None:
-                cells_txt.append("not run")
-            elif not math.isfinite(c["acc"]):
-                cells_txt.append(c["outcome"] + " (all lrs)")
-            else:
-                grid = LR_GRID[preset][_opt_of(m)]
-                edge = "+" if len(grid) > 1 and c["lr"] in (min(grid), max(grid)) else ""
-                cells_txt.append(f"{100 * c['acc']:.1f}% (lr0 {c['lr']:g}{edge} -> "
-                                 f"{c['peak']:.3g})")
-        lines.append(f"| {m.label} | " + " | ".join(cells_txt) + " |")
-    table = "\n".join(lines) + "\n" + (
-        "\n`+`: the best lr is at an edge of the grid (a better one may lie outside).\n"
-        if max(map(len, LR_GRID[preset].values())) > 1 else "")
+                continue
+            iv = ev.interval(list(c["seeds"].values()))
+            if iv.n:
+                xs.append(b)
+                ys.append(100 * iv.mean)
+                es.append(100 * iv.se if math.isfinite(iv.se) else 0.0)
+            grid = ", ".join(f"{lr:g}: {xu.fmt_acc(a)}" for lr, a in sorted(c["scores"].items()))
+            best = c["best_lr"]
+            edge = f" (**{c['edge']} edge**)" if c["edge"] else ""
+            table.append(f"| {name} | {b} | {grid} | "
+                         + (f"{best:g} -> {best * b / b0:.3g}{edge}" if best else "none")
+                         + f" | {iv.n} | {_fmt_acc(iv)} |")
+        series[name] = (xs, ys, es)
+    images = [_errorbar_plot(out / "accuracy_vs_batch.png", series, xlabel="batch size",
+                             ylabel="test accuracy (%), mean ± se over seeds",
+                             title=f"Linear scaling + warmup, {base.epochs:g} epochs "
+                                   f"({base.model}, ghost BN 32)")]
 
-    # verdicts
-    best_per_b = {b: max([cells[(m.label, b)]["acc"] for m in ms
-                          if (m.label, b) in cells and math.isfinite(cells[(m.label, b)]["acc"])],
-                         default=math.nan) for b in batches}
-    finite = [v for v in best_per_b.values() if math.isfinite(v)]
-    overall = max(finite) if finite else math.nan
-    flat = [b for b in batches if math.isfinite(best_per_b[b])
-            and 100 * (overall - best_per_b[b]) <= FLAT_PP]
-    b_crit = max(flat) if flat else None
-
-    def method_flat_limit(label: str) -> int | None:
-        ok = [b for b in batches if (label, b) in cells and math.isfinite(cells[(label, b)]["acc"])
-              and 100 * (overall - cells[(label, b)]["acc"]) <= FLAT_PP]
-        return max(ok) if ok else None
-
-    limits = {m.label: method_flat_limit(m.label) for m in ms}
-
-    def acc_at(label: str, b: int) -> float:
-        return cells.get((label, b), {"acc": math.nan})["acc"]
-
-    def cell_text(label: str, b: int) -> str:
-        c = cells.get((label, b))
-        if c is None:
-            return "not run"
-        return xu.fmt_acc(c["acc"]) if math.isfinite(c["acc"]) else c["outcome"]
-
-    lw, lnw = "SGD, linear, warmup", "SGD, linear, no warmup"
-    run_b = [b for b in batches if (lw, b) in cells]
-    big = max(run_b) if run_b else batches[-1]
-    warm_gain = [100 * (acc_at(lw, b) - acc_at(lnw, b)) for b in batches
-                 if b > base.base_batch_size and math.isfinite(acc_at(lw, b))
-                 and math.isfinite(acc_at(lnw, b))]
-    verdict = [
-        f"- Best accuracy over all cells: {xu.fmt_acc(overall)}. With a {FLAT_PP:g}-point "
-        f"tolerance, the best method stays on that level up to batch size "
-        f"**{b_crit}** (the critical batch size visible here; experiment 5 compares it "
-        f"with the gradient noise scale)"
-        + (" - the smallest batch of the grid, so the critical batch size of this budget is "
-           f"at most {b_crit}." if b_crit == min(batches) else "."),
-        "- Largest batch size within the tolerance, per method: "
-        + ", ".join(f"{k}: {v if v is not None else 'none'}" for k, v in limits.items()) + ".",
-    ]
-    if warm_gain:
-        mean_gain = sum(warm_gain) / len(warm_gain)
-        effect = "helps" if mean_gain > 1 else "hurts" if mean_gain < -1 else "no clear effect"
-        verdict.append(
-            f"- Gradual warmup with the linear rule at batch > {base.base_batch_size}: "
-            f"{mean_gain:+.1f} points on average vs. no warmup over {len(warm_gain)} batch "
-            f"sizes ({effect}; threshold 1 point)."
-        )
-    lin_lim, none_lim = limits.get(lw), limits.get("SGD, no scaling")
-    if run_b and (lin_lim is None or big > lin_lim):
-        verdict.append(
-            f"- Linear scaling + warmup does **not** keep accuracy flat up to {big} in this "
-            f"budget ("
-            + (f"flat up to {lin_lim}" if lin_lim is not None else
-               f"never within {FLAT_PP:g} points of the best cell")
-            + "); the claim's \"flat up to 8k\" is not reproduced at this scale."
-        )
-    elif run_b:
-        verdict.append(f"- Linear scaling + warmup keeps accuracy flat up to {big}.")
-    if none_lim is not None and lin_lim is not None:
-        verdict.append(
-            f"- Without lr scaling the flat region ends at {none_lim}, with linear scaling and "
-            f"warmup at {lin_lim}."
-        )
-    b0 = base.base_batch_size
-    rel = {}
-    for m in ms:
-        a0 = acc_at(m.label, b0)
-        larger = [(b, acc_at(m.label, b)) for b in batches if b > b0 and (m.label, b) in cells]
-        if math.isfinite(a0) and larger:
-            rel[m.label] = (a0, larger)
-    if lw in rel:
-        a0, larger = rel[lw]
-        verdict.append(
-            f"- Against its own accuracy at the base batch {b0} (where all lr rules coincide), "
-            f"SGD with linear scaling + warmup goes from {xu.fmt_acc(a0)} to "
-            + ", ".join(f"{xu.fmt_acc(a)} at {b}" for b, a in larger)
-            + f" (linear scaling keeps accuracy if the drop is within {FLAT_PP:g} points: "
-            + ("**yes**" if all(100 * (a0 - a) <= FLAT_PP for _, a in larger) else "**no**")
-            + ").")
-    lars_lim = limits.get("LARS, linear, warmup")
-    clars_lim = limits.get("CLARS, linear, no warmup")
-    verdict.append(
-        f"- At the largest batch ({big}): "
-        + ", ".join(f"{m.label} {cell_text(m.label, big)}" for m in ms) + "."
-    )
-    if lars_lim is not None or clars_lim is not None:
-        verdict.append(f"- LARS flat up to {lars_lim or 'none'}, CLARS (no warmup) up to "
-                       f"{clars_lim or 'none'} ('none': never within {FLAT_PP:g} points of the "
-                       f"best cell).")
-    # where does the best peak lr go? (the rules are hypotheses about exactly this)
-    exponents: dict[str, float] = {}
-    for opt, name in (("sgd", "SGD"), ("lars", "LARS"), ("clars", "CLARS")):
-        best_b = {}
-        for b in batches:
-            cands = [cells[(m.label, b)] for m in ms if _opt_of(m) == opt
-                     and (m.label, b) in cells and math.isfinite(cells[(m.label, b)]["acc"])]
-            if cands:
-                best_b[b] = max(cands, key=lambda c: c["acc"])
-        if b0 in best_b and len(best_b) > 1:
-            bmax = max(best_b)
-            p = (math.log(best_b[bmax]["peak"] / best_b[b0]["peak"]) / math.log(bmax / b0)
-                 if bmax != b0 else math.nan)
-            if math.isfinite(p):
-                exponents[name] = p
-            verdict.append(
-                f"- {name}, best of all its rules, warmups and lrs: "
-                + ", ".join(f"B={b}: {xu.fmt_acc(c['acc'])} at peak lr {c['peak']:.3g}"
-                            for b, c in sorted(best_b.items()))
-                + (f"; the best peak lr grows like B^{p:.2f} from {b0} to {bmax} (linear rule: "
-                   f"B^1, sqrt rule: B^0.5; the grid steps are 4x, so +-0.2 in the exponent)."
-                   if math.isfinite(p) else "."))
+    # steps-to-target view (Shallue et al.), with experiment 5's fit when available
+    exp5 = out.parent / "gradient_noise_scale" / "summary.json"
+    exp5 = json.loads(exp5.read_text()) if exp5.exists() else None
+    lines, st_tab = [], ["| method | " + " | ".join(f"B={b}" for b in batches) + " |",
+                         "| :-- |" + " --: |" * len(batches)]
+    colors = {"sgd": "tab:blue", "lars": "tab:orange"}
+    for opt, name in OPTIMIZERS.items():
+        s = steps_table(rows, opt, SHALLUE_TARGET, batches)
+        st_tab.append(f"| {name} | " + " | ".join("not reached" if s[b] is None else str(s[b])
+                                                  for b in batches) + " |")
+        xs = [b for b in batches if s[b] is not None]
+        lines.append({"x": xs, "y": [s[b] for b in xs], "label": name, "marker": "o",
+                      "color": colors[opt]})
+        if s.get(b0) is not None:
+            lines.append({"x": batches, "y": [s[b0] * b0 / b for b in batches], "ls": ":",
+                          "color": colors[opt], "label": f"{name}: perfect scaling"})
+    fit = (exp5 or {}).get("fits", {}).get(f"{SHALLUE_TARGET:g}")
+    if fit and fit.get("s_min"):
+        bb = np.geomspace(min(32, batches[0]), batches[-1], 50)
+        lines.append({"x": bb, "y": fit["s_min"] * (1 + fit["b_crit"] / bb), "color": "k",
+                      "label": f"exp. 5 fit S_min(1+B_noise/B), B_crit={fit['b_crit']:.0f}"})
+    if any(len(ln["x"]) for ln in lines if "marker" in ln):
+        images.append(xu.plot_styled(out / "steps_to_target.png", lines, xlabel="batch size",
+                                     ylabel=f"steps to {100 * SHALLUE_TARGET:g}% test error",
+                                     title="Steps to target (best lr of the grid, seed 0)",
+                                     logx=True, logy=True))
+    n_edge = sum(1 for opt in OPTIMIZERS for c in _cells(rows, opt).values() if c["edge"])
 
     setup = (
-        f"{len(batches)} batch sizes ({', '.join(map(str, batches))}), {len(ms)} methods, "
-        f"base lr grid per optimizer {LR_GRID[preset]} at base batch "
-        f"{base.base_batch_size} (peak lr = lr0 x B/{base.base_batch_size} for linear, x "
-        f"sqrt(B/{base.base_batch_size}) for sqrt). Every run: {base.epochs:g} epochs of "
-        f"{base.train_subset or 'all'} {base.dataset} training images, {base.model} width "
-        f"{base.width:g} ({base.norm} norm), momentum {base.momentum}, weight decay "
-        f"{base.weight_decay}, {base.schedule} decay after warmup; warmup (when on) lasts "
-        f"{_method_list(preset, base)[0].overrides['warmup_epochs']:g} epochs from the "
-        f"unscaled lr (Goyal's gradual warmup). Batches above {MAX_MICRO[preset]} use "
-        f"gradient accumulation over micro-batches of {MAX_MICRO[preset]} (BN statistics "
-        f"per micro-batch). Test accuracy on {base.test_subset or 'all'} test images after "
-        f"the last step.\n\n" + xu.base_config_table(
-            base, ["model", "width", "norm", "dataset", "train_subset", "test_subset",
-                   "epochs", "base_batch_size", "momentum", "weight_decay", "schedule",
-                   "trust_coefficient", "clars_granularity", "seed"])
-    )
-    exp2 = out.parent / "clars_no_warmup" / "summary.json"
-    stds = []
-    if exp2.exists():
-        stds = [v.get("std") for v in json.loads(exp2.read_text()).get("stats", {}).values()
-                if isinstance(v.get("std"), float) and v.get("n", 0) > 1]
-    seed_note = (f"experiment 2 measured seed-to-seed standard deviations of up to "
-                 f"{100 * max(stds):.1f} points at its large batch sizes, so differences of a "
-                 f"few points between large-batch cells are not significant." if stds else
-                 "the seed-to-seed spread was not measured for these cells.")
+        f"{base.model} (BN-MLP, ghost BatchNorm over {base.bn_ghost_size} examples at every "
+        f"batch size) on all of {base.dataset} ({train_size(base)} training images, 10k test "
+        f"images), {base.epochs:g} epochs at every batch size, cosine decay after a gradual "
+        f"warmup over {base.warmup_epochs:g} epochs ({100 * WARMUP_FRAC:g}% of the budget) "
+        f"from the unscaled lr (Goyal's). lr = base lr x B/{b0}. Momentum 0.9, weight decay "
+        f"5e-4, LARS trust coefficient 0.001. Batches {batches}. Base-lr grid per cell: "
+        f"{{0.5, 1, 2}} x the linear rule's prediction (SGD {LR_CENTRE['sgd']}, LARS "
+        f"{LR_CENTRE['lars']} at B={b0}), extended by 2x steps while the seed-0 best is on an "
+        f"edge, within [prediction/{LR_BOUND[preset]:g}, prediction x {LR_BOUND[preset]:g}]. Seeds "
+        f"{list(SEEDS[preset])} at each cell's best lr; a seed fixes the initialisation and "
+        f"the data order, so cells are compared by paired differences. Test error evaluated "
+        f"every max(0.1 epoch, 1 step) for the steps-to-target view.\n\n"
+        + xu.base_config_table(base, ["model", "dataset", "epochs", "warmup_epochs",
+                                      "warmup_start", "schedule", "bn_span", "bn_ghost_size",
+                                      "momentum", "weight_decay", "trust_coefficient"]))
+    verdict_txt = "\n\n".join(
+        f"### {title}\n\n" + crit.section(rows)
+        for title, crit in (("Linear scaling + warmup (SGD)", LINEAR_SCALING),
+                            ("LARS extends the range", LARS_EXTENDS)))
+    st_text = ("Fewest steps over the lr grid (seed 0) to reach "
+               f"{100 * SHALLUE_TARGET:g}% test error (Shallue et al.'s protocol; their goal "
+               "for Fashion-MNIST is 10% with a CNN, which this MLP does not reach in the "
+               "budget). Dotted: perfect scaling from B=128 (steps x 128/B).\n\n"
+               + "\n".join(st_tab) + "\n")
+    if fit:
+        st_text += (f"\nExperiment 5 fits S = S_min (1 + B_noise/B) to these steps (with its "
+                    f"own runs at B=32, 64): at {100 * SHALLUE_TARGET:g}% error **B_crit = "
+                    f"{fit['b_crit']:.0f}** (bootstrap 95% interval {fit['lo']:.0f} to "
+                    f"{fit['hi']:.0f}); see experiments/results/gradient_noise_scale.\n")
     limits_txt = (
         xu.preset_note(preset) + " "
-        + ("Reductions vs. the claim's setting: an MLP with two hidden layers of 256 units "
-           "and BatchNorm instead of ResNet-50 (XLA's CPU convolutions make even a tiny "
-           "ResNet ~25x slower), Fashion-MNIST (60k images) and 2 epochs instead of ImageNet "
-           "and 90 epochs, 4 batch sizes (32, the base 256, 2048, 8192), a 3-point lr grid "
-           "spaced by 4x, one seed. LARS/CLARS "
-           "apply the global lr unadapted to BN and bias parameters (the MLPerf convention). "
-           "At batch 8192 the whole budget is 14 optimizer steps, so the large-batch end "
-           "measures how far each method gets in very few steps, not the asymptotic "
-           "accuracy; the critical batch size found here is that of this budget and says "
-           "nothing about ImageNet's 8k. A best lr at the edge of its grid (marked in the "
-           "rows) means a better lr may lie outside. One seed per cell: "
-           + seed_note
-           if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}."
-    )
+        + ("The budget is a fixed 6 epochs of a 2-layer MLP on Fashion-MNIST, far from "
+           "Goyal's ResNet-50 on ImageNet: at B=8192 that is 42 steps, and the warmup 2 "
+           "steps; larger batches get few steps, so the fixed-epoch view measures the budget "
+           "as much as the rule. Reduced from issue 14's design to fit ~45 min of a loaded "
+           "2-core CPU (a run took 1-4 min under the load of other experiments running at "
+           "the same time, several times the time measured before the runs started): 6 "
+           "epochs (not 16-20), an initial 3-point lr grid (not 5) extended by one 2x step "
+           "where its best is on an "
+           "edge (so at most 5 points), 3 seeds only at each cell's best lr, the lr chosen on "
+           "seed 0 only (which favours seed 0 slightly in the paired differences of every "
+           "cell alike). No convolutional confirmation (ResNet-8) was run. "
+           f"{n_edge} cell(s) keep their best lr on a grid edge after the bounded extension "
+           "(marked in the table)." if preset == "cpu" else "")
+        + "\n\n" + xu.run_time_note([{"status": "done", "time_s": r["time_s"]} for r in rows],
+                                    timer) + wall_span(rows)
+        + f" Machine: {xu.environment_note()}, shared with other work (load average "
+        f"19-28 during the runs), so times are indicative only.")
     write_report(
-        out, title="Linear LR scaling and gradual warmup (Goyal et al. 2017)",
-        intro=("**Claim.** With the lr scaled linearly in the batch size and a gradual "
-               "warmup, accuracy at a fixed epoch budget stays flat up to a large batch; LARS "
-               "and CLARS extend the range. Raw rows: `rows.jsonl` (one per run), "
-               "`runs/results.jsonl` and `runs/<run>/metrics.jsonl`."),
-        sections=[
-            Section("Setup", setup),
-            Section("Results: best lr per cell", table, plots),
-            Section("Verdict", "\n".join(verdict)),
-            Section("Limits of the evidence", limits_txt),
-        ],
+        out, title="Linear scaling + warmup (Goyal et al.) with LARS",
+        intro=("Raw rows: `rows.jsonl` (one per run: optimizer, batch, base lr, seed, final "
+               "test accuracy, steps to each target error); per run `runs/<run>/metrics.jsonl`."),
+        sections=[Section("Setup", setup),
+                  Section("Verdicts (criteria fixed in code before the runs)", verdict_txt),
+                  Section("Fixed-epoch view", "\n".join(table) + "\n", images[:1]),
+                  Section("Steps-to-target view", st_text, images[1:]),
+                  Section("Limits of the evidence", limits_txt)],
     )
-    gain = (sum(warm_gain) / len(warm_gain)) if warm_gain else math.nan
-    best_cell = max(((k, v["acc"]) for k, v in cells.items() if math.isfinite(v["acc"])),
-                    key=lambda kv: kv[1], default=None)
-    held = [m.label for m in ms if m.label in rel
-            and all(100 * (rel[m.label][0] - a) <= FLAT_PP for _, a in rel[m.label][1])]
-    top_big = sorted(((m.label, acc_at(m.label, big)) for m in ms
-                      if math.isfinite(acc_at(m.label, big))), key=lambda t: -t[1])[:3]
-    headline = (
-        ("Not reproduced at this scale: " if lw in rel and lw not in held else
-         "Supported: " if lw in held else "")
-        + (f"with a fixed {base.epochs:g}-epoch budget, SGD + linear scaling + warmup goes from "
-           f"{xu.fmt_acc(rel[lw][0])} at the base batch {b0} to "
-           + ", ".join(f"{xu.fmt_acc(a)} at {b}" for b, a in rel[lw][1]) + "; "
-           if lw in rel else "")
-        + (f"warmup {gain:+.1f} points vs none above batch {b0}; " if math.isfinite(gain) else "")
-        + (f"methods that hold their base-batch accuracy: {', '.join(held)}; " if held else
-           "no method (LARS, CLARS, sqrt, no scaling) holds its base-batch accuracy; ")
-        + (f"best cell {xu.fmt_acc(best_cell[1])} ({best_cell[0][0]}, batch "
-           f"{best_cell[0][1]}); critical batch "
-           f"{'<= ' if b_crit == min(batches) else ''}{b_crit}" if best_cell else "")
-        + (f"; at batch {big} the best cells are "
-           + ", ".join(f"{lab} {xu.fmt_acc(a)}" for lab, a in top_big)
-           if top_big else "")
-        + ("; the best peak lr grows like "
-           + ", ".join(f"B^{p:.2f} ({name})" for name, p in exponents.items())
-           + " (linear rule: B^1)" if exponents else "") + ".")
-    result = {"headline": headline, "critical_batch_size": b_crit,
-              "critical_batch_is_grid_minimum": b_crit == min(batches),
-              "flat_tolerance_pp": FLAT_PP,
-              "best_accuracy": overall, "best_per_batch": best_per_b,
-              "flat_limit_per_method": limits, "best_peak_lr_exponent": exponents,
-              "preset": preset}
+    result = {
+        "preset": preset,
+        "criteria": {k: {"claim": c.claim, "rule": c.rule, "verdict": verdicts[k][0],
+                         "details": verdicts[k][1]}
+                     for k, c in (("linear_scaling", LINEAR_SCALING),
+                                  ("lars_extends", LARS_EXTENDS))},
+        "flat_limit": {opt: flat_limit(holding(rows, opt, b0), b0)[0] for opt in OPTIMIZERS},
+        "steps_to_target": {opt: {str(b): s for b, s in steps_table(
+            rows, opt, SHALLUE_TARGET, batches).items()} for opt in OPTIMIZERS},
+        "b_crit_exp5": fit,
+        "cells_on_edge": n_edge,
+    }
+    v = verdicts["linear_scaling"][0]
+    result["headline"] = (
+        f"Linear scaling + warmup (SGD): {v}; accuracy kept up to B="
+        f"{result['flat_limit']['sgd']} (LARS {result['flat_limit']['lars']}; base 128, "
+        f"margin {MARGIN_PP:g} point, 3 paired seeds). LARS extends the range: "
+        f"{verdicts['lars_extends'][0]}.")
+    result["claim"], result["criterion"] = LINEAR_SCALING.claim, LINEAR_SCALING.rule
+    result["verdict"] = v
     xu.save_json(result, out / "summary.json")
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    run = xu.run_experiment(NAME, args, base_config, points)
-    return analyse(args.preset, run.base, run.rows, run.out, run.timer)
+def main(argv: list[str] | None = None) -> dict | None:
+    p = xu.experiment_parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--run-only", action="store_true",
+                   help="Run (as one of possibly several workers) without writing the report.")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_config(args.preset)
+    timer = None if args.report_only else xu.Timer()
+    if not args.report_only:
+        xu.enable_compilation_cache()
+        batches = BATCH_SIZES[args.preset]
+        xu.run_adaptive(base, lambda rows: plan(args.preset, base, list(OPTIMIZERS), batches,
+                                                flat_rows(rows, out / "runs")),
+                        out / "runs", max_minutes=args.max_minutes)
+    if args.run_only:
+        return None
+    return analyse(args.preset, base, out, timer)
 
 
 if __name__ == "__main__":

@@ -589,3 +589,121 @@ def plot_styled(
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110)
     return p
+
+
+# ------------------------------------------------------------------ adaptive sweeps
+
+
+def _claim(path: Path, grace_s: float = 30.0) -> bool:
+    """Atomically claims a run for this process: creates ``path`` holding the pid.
+
+    An existing claim whose process no longer exists is taken over (a crashed worker's
+    run is redone); a claim file too young to hold its pid yet is respected.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().split()[0])
+            except (ValueError, IndexError):
+                if time.time() - path.stat().st_mtime < grace_s:
+                    return False
+                path.unlink(missing_ok=True)
+                continue
+            except FileNotFoundError:
+                continue
+            try:
+                os.kill(pid, 0)
+                return False  # the claiming process is alive
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+    return False
+
+
+def finished(row: Mapping[str, Any] | None) -> bool:
+    """Whether a results row is a finished run (done or failed, not one in progress)."""
+    return row is not None and row.get("status") in ("done", "failed")
+
+
+def run_adaptive(
+    base: Any, plan: Callable[[list[dict[str, Any]]], Sequence[Mapping[str, Any]]],
+    out_dir: PathLike, *, max_minutes: float | None = None,
+) -> list[dict[str, Any]]:
+    """Runs the points ``plan(rows)`` asks for until it asks for nothing new.
+
+    ``plan`` sees the finished rows so far and returns every point the experiment needs
+    now (e.g. a learning-rate grid, then a 2x extension where the best lr sits on an edge,
+    then more seeds at the best lr): the sweep adapts to its results and stays resumable.
+    Several processes may share one ``out_dir``: each run is claimed by a file under
+    ``out_dir/.claims`` before it starts, so no run is trained twice. A process returns
+    when every point is finished or claimed by another live process (run it again, or
+    after the others end, to pick up points their results add).
+
+    Args:
+      base: the base config.
+      plan: finished rows -> the points wanted now (priority order).
+      out_dir: the sweep folder.
+      max_minutes: start no new run after this many minutes.
+
+    Returns:
+      The finished rows of the points the plan asks for at the end.
+    """
+    from lars_jax.sweep import run_name
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+
+    def current() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        rows = [r for r in (load_rows(out) if out.exists() else []) if finished(r)]
+        return rows, [dict(p) for p in plan(rows)]
+
+    while True:
+        rows, pts = current()
+        todo = [p for p in pts if not rows_for([p], rows)]
+        if not todo:
+            break
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            print(f"time budget of {max_minutes:g} min spent: {len(todo)} runs left", flush=True)
+            break
+        mine = next((p for p in todo if _claim(out / ".claims" / run_name(p))), None)
+        if mine is None:
+            print(f"{len(todo)} runs left, all claimed by other processes", flush=True)
+            break
+        run_points(base, [mine], out)
+    rows, pts = current()
+    return rows_for(pts, rows)
+
+
+def steps_to_target(metrics: Sequence[Mapping[str, Any]], key: str, target: float, *,
+                    below: bool = True, transform: Callable[[float], float] | None = None
+                    ) -> int | None:
+    """The first logged step at which ``key`` reaches ``target`` (None if never).
+
+    Args:
+      metrics: the metric rows of a run (:func:`read_metrics`).
+      key: the metric, e.g. ``"test_accuracy"``.
+      target: the value to reach.
+      below: reached when the (transformed) value is ``<= target``; else ``>= target``.
+      transform: applied to the value first (e.g. ``lambda a: 1 - a`` for the error).
+
+    Returns:
+      The step, or None when the run never reached the target.
+
+    References:
+      Shallue et al., "Measuring the Effects of Data Parallelism on Neural Network
+      Training", JMLR 20, 2019 (steps to result).
+    """
+    xs, ys = curve(metrics, key, x="step")
+    for s, y in zip(xs, ys, strict=True):
+        v = transform(float(y)) if transform else float(y)
+        if math.isfinite(v) and (v <= target if below else v >= target):
+            return int(s)
+    return None

@@ -17,8 +17,9 @@ import pytest
 from lars_jax import experiment_utils as xu
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ["linear_scaling_warmup", "clars_no_warmup", "page_weight_decay", "small_batch",
-               "gradient_noise_scale"]
+# linear_scaling_warmup and gradient_noise_scale: tests/test_exp_linear_scaling.py and
+# tests/test_exp_noise_scale.py
+EXPERIMENTS = ["clars_no_warmup", "page_weight_decay", "small_batch"]
 
 
 def _load(name):
@@ -63,8 +64,6 @@ def test_experiment_smoke(name, tmp_path, monkeypatch, xla_cache):
     mod = _load(name)
     out = tmp_path / name
     argv = ["--preset", "smoke", "--out", str(out)]
-    if name == "gradient_noise_scale":
-        argv += ["--exp1", str(tmp_path / "missing_exp1")]
     mod.main(argv)
     report = (out / "report.md").read_text()
     for heading in ("## Setup", "## Verdict", "## Limits of the evidence"):
@@ -133,7 +132,7 @@ def test_presets_are_valid_configs():
             base = mod.base_config(preset)
             if name == "page_weight_decay":
                 pts = list(mod.runs(preset).values())
-            elif name in ("small_batch", "gradient_noise_scale"):
+            elif name == "small_batch":
                 pts = mod.points(preset)
             else:
                 pts = mod.points(preset, base)
