@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from evidence import Criterion, best_on_grid, describe_difference, paired  # noqa: E402
 
-from lars_jax import experiment_utils as xu  # noqa: E402
+from experiments import harness  # noqa: E402
+from experiments.evidence import Criterion, best_on_grid, describe_difference, paired  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
@@ -167,12 +166,12 @@ def records(rows: Sequence[Mapping[str, Any]], runs_dir: Path,
     """One flat record per finished run, with its per-step training-loss curve."""
     out = []
     for r in rows:
-        oc = xu.outcome(r)
+        oc = harness.outcome(r)
         if oc == "unfinished":
             continue
-        c = xu.config_of(r)
-        acc = xu.final_accuracy(r)
-        train = [m for m in xu.read_metrics(r, runs_dir) if m.get("kind") == "train"]
+        c = harness.config_of(r)
+        acc = harness.final_accuracy(r)
+        train = [m for m in harness.read_metrics(r, runs_dir) if m.get("kind") == "train"]
         loss = (r.get("summary") or {}).get("train_loss") if oc == "ok" else None
         out.append({"regime": regime, "method": method_of(c), "learning_rate": c["learning_rate"],
                     "warmup_epochs": c["warmup_epochs"], "seed": int(c["seed"]),
@@ -299,7 +298,7 @@ def run_all(preset: str, base: TrainConfig, out: Path, report_only: bool,
 
     def run(b: TrainConfig, pts: list[dict], folder: Path) -> list[dict]:
         rem = left()
-        return xu.run_or_load(b, pts, folder, max_minutes=rem,
+        return harness.run_or_load(b, pts, folder, max_minutes=rem,
                               report_only=report_only or (rem is not None and rem <= 0))
 
     probe_recs = []
@@ -309,7 +308,7 @@ def run_all(preset: str, base: TrainConfig, out: Path, report_only: bool,
         rows = run(pb, probe_points(pb, lrs), folder)
         for r in records(rows, folder, regime=key):
             probe_recs.append({**r, "probe": desc})
-    from evidence import next_grid_point
+    from experiments.evidence import next_grid_point
 
     grid = {m: list(v) for m, v in LR_GRID[preset].items()}
     rows: list[dict] = []
@@ -346,7 +345,7 @@ def _mean_curve(recs: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[fl
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
             probe_recs: list[dict], grid: Mapping[str, Sequence[float]], out: Path,
-            timer: xu.Timer | None) -> dict:
+            timer: harness.Timer | None) -> dict:
     with open(out / "rows.jsonl", "w") as f:
         for r in [*probe_recs, *recs]:
             f.write(json.dumps(r) + "\n")
@@ -366,7 +365,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                                   "ls": ls, "marker": "o",
                                   "label": f"{key}: {PROBES[preset][key][0]}, "
                                            f"{'no warmup' if w == 0.0 else 'warmup'}"})
-        images.append(xu.plot_styled(out / "probes.png", lines, xlabel="base lr (at batch 256)",
+        images.append(harness.plot_styled(out / "probes.png", lines,
+                                          xlabel="base lr (at batch 256)",
                                      ylabel="final test accuracy (seed 0)", logx=True,
                                      title="Probes: LARS with (dashed) and without warmup",
                                      hlines={"chance": 0.1}))
@@ -380,7 +380,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
             lines.append({"x": xs, "y": [sc[x] for x in xs], "marker": "o", "label": m,
                           "color": f"C{i}"})
     if lines:
-        images.append(xu.plot_styled(out / "lr_grids.png", lines, xlabel="base lr (at 256)",
+        images.append(harness.plot_styled(out / "lr_grids.png", lines, xlabel="base lr (at 256)",
                                      ylabel="final test accuracy (seed 0)", logx=True,
                                      title=f"Each method's lr grid, batch {base.batch_size}",
                                      hlines={"chance": 0.1}))
@@ -397,7 +397,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                           "color": f"C{i}", "ls": "--" if "CLARS" in m else "-"})
     if lines:
         spe = (base.train_subset or 0) // base.batch_size
-        images.append(xu.plot_styled(
+        images.append(harness.plot_styled(
             out / "curves_best.png", lines, xlabel=f"step ({spe} per epoch)",
             ylabel="training loss (mean over seeds)", logy=True,
             title="First epochs: training loss at each method's best lr",
@@ -413,7 +413,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                 lines.append({"x": xs, "y": ys, "color": f"C{i}", "ls": ls,
                               "label": f"LARS lr {lr:g}, {'no ' if m == LARS_NW else ''}warmup"})
     if lines:
-        images.append(xu.plot_styled(
+        images.append(harness.plot_styled(
             out / "curves_lars_warmup.png", lines, xlabel="step", ylabel="training loss",
             logy=True, title="LARS with (dashed) and without warmup, seed 0",
             hlines={"ln 10 (initial)": math.log(10)}, legend_cols=2))
@@ -422,7 +422,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                    "| :-- | --: | --: | --: | :-- |"]
     for r in probe_recs:
         probe_table.append(f"| {r['regime']}: {r['probe']} | {r['learning_rate']:g} | "
-                           f"{r['warmup_epochs']:g} | {xu.fmt_acc(_acc(r))} | {r['outcome']} |")
+                           f"{r['warmup_epochs']:g} | {harness.fmt_acc(_acc(r))} | "
+                           f"{r['outcome']} |")
     grid_table = ["| method | lrs run (seed 0) | best lr | on an edge | seeds at best | "
                   "accuracy at best, mean ± std |", "| :-- | :-- | --: | :-- | :-- | :-- |"]
     summary_stats = {}
@@ -432,14 +433,14 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
             continue
         lr, edge = best.get(m, (None, None))
         acc = by_seed(recs, m, lr) if lr is not None else {}
-        ms = xu.mean_spread(list(acc.values()))
+        ms = harness.mean_spread(list(acc.values()))
         summary_stats[m] = {"best_lr": lr, "edge": edge, "by_seed": acc, **ms}
-        cells = ", ".join(f"{x:g}: " + (xu.fmt_acc(v) if math.isfinite(v) else "diverged")
+        cells = ", ".join(f"{x:g}: " + (harness.fmt_acc(v) if math.isfinite(v) else "diverged")
                           for x, v in sorted(sc.items()))
         grid_table.append(
             f"| {m} | {cells} | "
             f"{lr if lr is not None else '–'} | {edge or 'no'} | {sorted(acc)} | "
-            f"{xu.fmt_pm(ms)} |")
+            f"{harness.fmt_pm(ms)} |")
     verdict, details = CRITERION(recs)
     setup = (
         f"Batch {base.batch_size} of {base.train_subset or 'all'} training images "
@@ -453,7 +454,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
         f"(marked unverified in lars_jax.scale_by_clars_trust_ratio). Biases are excluded "
         f"from the trust ratio and weight decay (lars_jax.default_mask) and take the plain "
         f"lr in LARS and CLARS alike.\n\n"
-        + xu.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",
+        + harness.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",
                                       "batch_size", "epochs", "momentum", "weight_decay",
                                       "trust_coefficient", "denominator"]))
     regime_lines = ["| probe | best without warmup | best with warmup | with minus without |",
@@ -470,8 +471,8 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
         if d > MARGIN_PP:
             helped.append(key)
         regime_lines.append(
-            f"| {key}: {desc} | {xu.fmt_acc(nw[lr_n])} at lr {lr_n:g}"
-            + (f" ({e_n} edge)" if e_n else "") + f" | {xu.fmt_acc(wu[lr_w])} at lr {lr_w:g}"
+            f"| {key}: {desc} | {harness.fmt_acc(nw[lr_n])} at lr {lr_n:g}"
+            + (f" ({e_n} edge)" if e_n else "") + f" | {harness.fmt_acc(wu[lr_w])} at lr {lr_w:g}"
             + (f" ({e_w} edge)" if e_w else "") + f" | {d:+.1f} |")
     probe_text = (
         "**Probes** (LARS, seed 0, 8192 images, 12 epochs, batch 4096, warmup a quarter of "
@@ -486,7 +487,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
     results = ((probe_text + "**Main comparison** (the regime of probe B: mlp2, no BN).\n\n"
                 if probe_recs else "") + "\n".join(grid_table) + "\n")
     limits_txt = (
-        xu.preset_note(preset) + " "
+        harness.preset_note(preset) + " "
         + ("Reductions: an MLP without normalisation on 8192 Fashion-MNIST images, batch "
            "4096 (24 steps in all) instead of ResNets on ImageNet at 8k-32k; 3 seeds; "
            "one seed chooses each method's lr and is then reused in the comparison "
@@ -497,7 +498,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
            "the same machinery (the same configs rerun by the script reuse them). The "
            "machine is a loaded 2-core CPU shared with other jobs."
            if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}.")
+        + "\n\n" + harness.run_time_note(rows, timer) + f" Machine: {harness.environment_note()}.")
     write_report(
         out, title="Does large-batch training need warmup? CLARS vs LARS (Huo et al.)",
         intro=("Raw rows: `rows.jsonl` (one per run, probes included, with the training-loss "
@@ -523,16 +524,16 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                "headline": f"{verdict}: " + " ".join(d.lstrip("- ") for d in details
                                                        if "minus" in d or "no warmup problem"
                                                        in d)}
-    xu.save_json(summary, out / "summary.json")
+    harness.save_json(summary, out / "summary.json")
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
+    args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    out = Path(args.out) if args.out else harness.default_out(NAME, args.preset)
     out.mkdir(parents=True, exist_ok=True)
-    xu.enable_compilation_cache()
-    timer = xu.Timer()
+    harness.enable_compilation_cache()
+    timer = harness.Timer()
     base = base_config(args.preset)
     rows, recs, probe_recs, grid = run_all(args.preset, base, out, args.report_only,
                                            args.max_minutes)

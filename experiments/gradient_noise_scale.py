@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from experiments import evidence as ev  # noqa: E402
+from experiments import harness  # noqa: E402
 from experiments import linear_scaling_warmup as ls  # noqa: E402
-from lars_jax import experiment_utils as xu  # noqa: E402
 from lars_jax.diagnostics import noise_scale_from_metrics  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
@@ -161,7 +161,7 @@ def plan(preset: str, base: TrainConfig, rows: Sequence[Mapping[str, Any]]) -> l
 def flat_rows(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[dict]:
     flat = ls.flat_rows(rows, out_dir)
     for f, r in zip(flat, rows, strict=True):
-        f["grad_accum_steps"] = int(xu.config_of(r).get("grad_accum_steps", 1))
+        f["grad_accum_steps"] = int(harness.config_of(r).get("grad_accum_steps", 1))
     return flat
 
 
@@ -174,15 +174,15 @@ def b_simple_rows(preset: str, rows: Sequence[Mapping[str, Any]], runs: Path
     b, k = NOISE_RUN[preset]
     out, series = [], {}
     for r in rows:
-        c = xu.config_of(r)
+        c = harness.config_of(r)
         if int(c["batch_size"]) != b or int(c.get("grad_accum_steps", 1)) != k:
             continue
-        ns = noise_scale_from_metrics(xu.run_dir(r, runs), ema=EMA)
-        m = xu.read_metrics(r, runs)
+        ns = noise_scale_from_metrics(harness.run_dir(r, runs), ema=EMA)
+        m = harness.read_metrics(r, runs)
         seed = int(c["seed"])
         series[seed] = ns
         for t in TARGET_ERRORS:
-            s = xu.steps_to_target(m, "test_accuracy", t, transform=lambda a: 1 - a)
+            s = harness.steps_to_target(m, "test_accuracy", t, transform=lambda a: 1 - a)
             v = None
             if s is not None and len(ns["step"]):
                 i = int(np.searchsorted(ns["step"], s, side="right")) - 1
@@ -208,11 +208,11 @@ def steps_rows(exp1: Sequence[Mapping[str, Any]], own: Sequence[Mapping[str, Any
     return out
 
 
-def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
+def analyse(preset: str, base: TrainConfig, out: Path, timer: harness.Timer | None,
             exp1_dir: Path) -> dict:
     runs = out / "runs"
-    raw = [r for r in xu.load_rows(runs) if xu.finished(r)] if runs.exists() else []
-    raw = xu.rows_for(plan(preset, base, flat_rows(raw, runs)), raw)  # this design's runs
+    raw = [r for r in harness.load_rows(runs) if harness.finished(r)] if runs.exists() else []
+    raw = harness.rows_for(plan(preset, base, flat_rows(raw, runs)), raw)  # this design's runs
     own = flat_rows(raw, runs)
     exp1_rows = exp1_dir / "rows.jsonl"
     exp1 = ([json.loads(x) for x in exp1_rows.read_text().splitlines() if x.strip()]
@@ -243,7 +243,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
                           "color": col, "ls": ":", "lw": 0.8})
     images = []
     if lines:
-        images.append(xu.plot_styled(out / "steps_vs_batch.png", lines, xlabel="batch size",
+        images.append(harness.plot_styled(out / "steps_vs_batch.png", lines, xlabel="batch size",
                                      ylabel="steps to target (best lr, seed 0)",
                                      title="Steps to target; dotted: perfect scaling",
                                      logx=True, logy=True))
@@ -255,7 +255,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
     hl = {f"B_crit at {100 * float(k):g}% ({f['b_crit']:.0f})": f["b_crit"]
           for k, f in fits.items() if math.isfinite(f["b_crit"]) and f["b_crit"] > 0}
     if bl:
-        images.append(xu.plot_styled(out / "b_simple.png", bl, xlabel="epoch",
+        images.append(harness.plot_styled(out / "b_simple.png", bl, xlabel="epoch",
                                      ylabel="B_simple (EMA)", logy=True, hlines=hl,
                                      title=f"Noise scale during a B={NOISE_RUN[preset][0]} run"))
 
@@ -283,7 +283,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
         f"al. app. A) with B_small={b // k}, B_big={b}; EMA {EMA} of numerator and denominator "
         f"separately; read at the first evaluation at which that run reaches the target.")
     limits_txt = (
-        xu.preset_note(preset) + " "
+        harness.preset_note(preset) + " "
         + ("The targets are test errors reachable by a 2-layer MLP in 6 epochs, not training "
            "losses; steps are read on a grid of evaluations (0.1 epoch, so the smallest "
            "batches' steps are rounded up by up to 0.1 epoch), and on a fixed epoch budget "
@@ -293,7 +293,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
            "lr grid is tuned on one seed; the bootstrap resamples batch sizes, not seeds. "
            "B_simple equals McCandlish's B_noise only for a well-conditioned Hessian."
            if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(raw, timer) + f" Machine: {xu.environment_note()}, "
+        + "\n\n" + harness.run_time_note(raw, timer) + f" Machine: {harness.environment_note()}, "
         "shared with other work, so times are indicative only.")
     write_report(
         out, title="Critical batch (McCandlish et al.): steps to target vs gradient noise scale",
@@ -320,24 +320,24 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None,
                f"{f['hi']:.0f}] vs B_simple {b_simple_at(float(k)):.0f}"
                for k, f in fits.items() if math.isfinite(f["lo"])]
     result["headline"] = (f"{verdict}; " + "; ".join(decided) if decided else verdict)
-    xu.save_json(result, out / "summary.json")
+    harness.save_json(result, out / "summary.json")
     return result
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    p = xu.experiment_parser(NAME, __doc__.splitlines()[0])
+    p = harness.experiment_parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--exp1", default=None,
                    help="Results folder of experiment 1 (default: the same preset's).")
     p.add_argument("--run-only", action="store_true", help="Run without writing the report.")
     args = p.parse_args(argv)
-    exp1 = Path(args.exp1) if args.exp1 else xu.default_out(ls.NAME, args.preset)
-    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
+    exp1 = Path(args.exp1) if args.exp1 else harness.default_out(ls.NAME, args.preset)
+    out = Path(args.out) if args.out else harness.default_out(NAME, args.preset)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(args.preset)
-    timer = None if args.report_only else xu.Timer()
+    timer = None if args.report_only else harness.Timer()
     if not args.report_only:
-        xu.enable_compilation_cache()
-        xu.run_adaptive(base, lambda rows: plan(args.preset, base,
+        harness.enable_compilation_cache()
+        harness.run_adaptive(base, lambda rows: plan(args.preset, base,
                                                 flat_rows(rows, out / "runs")),
                         out / "runs", max_minutes=args.max_minutes)
     if args.run_only:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from experiments import evidence as ev  # noqa: E402
-from lars_jax import experiment_utils as xu  # noqa: E402
+from experiments import harness  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
@@ -77,7 +77,7 @@ def _cells(rows: Sequence[Mapping[str, Any]], optimizer: str) -> dict[int, dict[
         scores = {float(r["learning_rate"]): _acc(r) for r in cell if int(r["seed"]) == 0}
         best, edge = ev.best_on_grid(scores)
         seeds = {int(r["seed"]): _acc(r) for r in cell
-                 if best is not None and xu._same(float(r["learning_rate"]), best)}
+                 if best is not None and harness._same(float(r["learning_rate"]), best)}
         out[b] = {"scores": scores, "best_lr": best, "edge": edge, "seeds": seeds}
     return out
 
@@ -292,7 +292,7 @@ def plan(preset: str, base: TrainConfig, optimizers: Sequence[str], batches: Seq
             first += [run_point(base, opt, b, lr, 0) for lr in grid]
             scores = cells.get(b, {}).get("scores", {})
             if len(scores) < len(grid) or any(
-                    not any(xu._same(lr, s) for s in scores) for lr in grid):
+                    not any(harness._same(lr, s) for s in scores) for lr in grid):
                 continue  # the initial grid has not finished
             nxt = ev.next_grid_point(scores, bounds=lr_bounds(preset, opt))
             if nxt is not None:
@@ -309,17 +309,17 @@ def flat_rows(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[dict]:
     """One flat record per finished run: the fields the criteria and plots read."""
     out = []
     for r in rows:
-        c = xu.config_of(r)
-        m = xu.read_metrics(r, out_dir)
-        acc = xu.final_accuracy(r)
-        steps = {f"{t:g}": xu.steps_to_target(m, "test_accuracy", t, transform=lambda a: 1 - a)
+        c = harness.config_of(r)
+        m = harness.read_metrics(r, out_dir)
+        acc = harness.final_accuracy(r)
+        steps = {f"{t:g}": harness.steps_to_target(m, "test_accuracy", t, transform=lambda a: 1 - a)
                  for t in TARGET_ERRORS}
         b = int(c["batch_size"])
         out.append({
             "optimizer": c["optimizer"], "batch_size": b, "seed": int(c["seed"]),
             "learning_rate": float(c["learning_rate"]),
             "peak_lr": float(c["learning_rate"]) * b / int(c["base_batch_size"]),
-            "test_accuracy": acc if math.isfinite(acc) else None, "outcome": xu.outcome(r),
+            "test_accuracy": acc if math.isfinite(acc) else None, "outcome": harness.outcome(r),
             "steps_to_error": steps, "total_steps": (r.get("summary") or {}).get("steps"),
             "steps_per_epoch": (r.get("summary") or {}).get("steps_per_epoch"),
             "time_s": r.get("time_s"), "finished_at": r.get("finished_at"), "run": r.get("run"),
@@ -331,7 +331,7 @@ def load_flat(out: Path) -> list[dict]:
     runs = out / "runs"
     if not runs.exists():
         return []
-    return flat_rows([r for r in xu.load_rows(runs) if xu.finished(r)], runs)
+    return flat_rows([r for r in harness.load_rows(runs) if harness.finished(r)], runs)
 
 
 # ------------------------------------------------------------------ report
@@ -383,7 +383,7 @@ def wall_span(rows: Sequence[Mapping[str, Any]]) -> str:
             f"({start:%H:%M}-{end:%H:%M} UTC), made by up to 3 worker processes at once.")
 
 
-def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -> dict:
+def analyse(preset: str, base: TrainConfig, out: Path, timer: harness.Timer | None) -> dict:
     rows = load_flat(out)
     with open(out / "rows.jsonl", "w") as f:
         for r in rows:
@@ -407,7 +407,8 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
                 xs.append(b)
                 ys.append(100 * iv.mean)
                 es.append(100 * iv.se if math.isfinite(iv.se) else 0.0)
-            grid = ", ".join(f"{lr:g}: {xu.fmt_acc(a)}" for lr, a in sorted(c["scores"].items()))
+            grid = ", ".join(f"{lr:g}: {harness.fmt_acc(a)}"
+                             for lr, a in sorted(c["scores"].items()))
             best = c["best_lr"]
             edge = f" (**{c['edge']} edge**)" if c["edge"] else ""
             table.append(f"| {name} | {b} | {grid} | "
@@ -441,7 +442,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
         lines.append({"x": bb, "y": fit["s_min"] * (1 + fit["b_crit"] / bb), "color": "k",
                       "label": f"exp. 5 fit S_min(1+B_noise/B), B_crit={fit['b_crit']:.0f}"})
     if any(len(ln["x"]) for ln in lines if "marker" in ln):
-        images.append(xu.plot_styled(out / "steps_to_target.png", lines, xlabel="batch size",
+        images.append(harness.plot_styled(out / "steps_to_target.png", lines, xlabel="batch size",
                                      ylabel=f"steps to {100 * SHALLUE_TARGET:g}% test error",
                                      title="Steps to target (best lr of the grid, seed 0)",
                                      logx=True, logy=True))
@@ -460,7 +461,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
         f"{list(SEEDS[preset])} at each cell's best lr; a seed fixes the initialisation and "
         f"the data order, so cells are compared by paired differences. Test error evaluated "
         f"every max(0.1 epoch, 1 step) for the steps-to-target view.\n\n"
-        + xu.base_config_table(base, ["model", "dataset", "epochs", "warmup_epochs",
+        + harness.base_config_table(base, ["model", "dataset", "epochs", "warmup_epochs",
                                       "warmup_start", "schedule", "bn_span", "bn_ghost_size",
                                       "momentum", "weight_decay", "trust_coefficient"]))
     verdict_txt = "\n\n".join(
@@ -478,7 +479,7 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
                     f"{fit['b_crit']:.0f}** (bootstrap 95% interval {fit['lo']:.0f} to "
                     f"{fit['hi']:.0f}); see experiments/results/gradient_noise_scale.\n")
     limits_txt = (
-        xu.preset_note(preset) + " "
+        harness.preset_note(preset) + " "
         + ("The budget is a fixed 6 epochs of a 2-layer MLP on Fashion-MNIST, far from "
            "Goyal's ResNet-50 on ImageNet: at B=8192 that is 42 steps, and the warmup 2 "
            "steps; larger batches get few steps, so the fixed-epoch view measures the budget "
@@ -492,9 +493,9 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
            "cell alike). No convolutional confirmation (ResNet-8) was run. "
            f"{n_edge} cell(s) keep their best lr on a grid edge after the bounded extension "
            "(marked in the table)." if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note([{"status": "done", "time_s": r["time_s"]} for r in rows],
+        + "\n\n" + harness.run_time_note([{"status": "done", "time_s": r["time_s"]} for r in rows],
                                     timer) + wall_span(rows)
-        + f" Machine: {xu.environment_note()}, shared with other work (load average "
+        + f" Machine: {harness.environment_note()}, shared with other work (load average "
         f"19-28 during the runs), so times are indicative only.")
     write_report(
         out, title="Linear scaling + warmup (Goyal et al.) with LARS",
@@ -526,23 +527,23 @@ def analyse(preset: str, base: TrainConfig, out: Path, timer: xu.Timer | None) -
         f"{verdicts['lars_extends'][0]}.")
     result["claim"], result["criterion"] = LINEAR_SCALING.claim, LINEAR_SCALING.rule
     result["verdict"] = v
-    xu.save_json(result, out / "summary.json")
+    harness.save_json(result, out / "summary.json")
     return result
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    p = xu.experiment_parser(NAME, __doc__.splitlines()[0])
+    p = harness.experiment_parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--run-only", action="store_true",
                    help="Run (as one of possibly several workers) without writing the report.")
     args = p.parse_args(argv)
-    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
+    out = Path(args.out) if args.out else harness.default_out(NAME, args.preset)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(args.preset)
-    timer = None if args.report_only else xu.Timer()
+    timer = None if args.report_only else harness.Timer()
     if not args.report_only:
-        xu.enable_compilation_cache()
+        harness.enable_compilation_cache()
         batches = BATCH_SIZES[args.preset]
-        xu.run_adaptive(base, lambda rows: plan(args.preset, base, list(OPTIMIZERS), batches,
+        harness.run_adaptive(base, lambda rows: plan(args.preset, base, list(OPTIMIZERS), batches,
                                                 flat_rows(rows, out / "runs")),
                         out / "runs", max_minutes=args.max_minutes)
     if args.run_only:

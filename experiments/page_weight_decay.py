@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import evidence as ev  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lars_jax import experiment_utils as xu  # noqa: E402
+from experiments import evidence as ev  # noqa: E402
+from experiments import harness  # noqa: E402
 from lars_jax.diagnostics import page_lars_rate  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
@@ -436,13 +435,13 @@ def _blocks(values: np.ndarray, k: int = 10) -> np.ndarray:
 def run_layer_rows(row: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                    model: str) -> list[dict[str, Any]]:
     """Plateau statistics of one run, one row per layer (the inputs of criteria a, b, d)."""
-    c = xu.config_of(row)
+    c = harness.config_of(row)
     rho, lr, wd = float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"])
     relax = relaxation_steps(lr, wd, rho)
     train_rows = [m for m in metrics if m.get("kind") == "train"]
-    series = {q: xu.layer_series(train_rows, q) for q in
+    series = {q: harness.layer_series(train_rows, q) for q in
               ("actual_dw_sqnorm", "wd_shrink", "g_sqnorm", "w_sqnorm", "cos_g_v", "cos_w_g")}
-    acc = xu.final_accuracy(row)
+    acc = harness.final_accuracy(row)
     out = []
     for layer, (steps, dw) in series["actual_dw_sqnorm"].items():
         sel = steps > WINDOW_START * relax
@@ -714,10 +713,10 @@ def _c_plots(rows: Sequence[Mapping[str, Any]], batch: int, out: Path, tag: str
     cosd = [table[n]["cos"].mean for n in ns]
     noise = [table[n]["noise_fraction"] for n in ns]
     return [
-        xu.plot_styled(out / f"g_vs_n{tag}.png", lines, logx=True, logy=True,
+        harness.plot_styled(out / f"g_vs_n{tag}.png", lines, logx=True, logy=True,
                        xlabel=f"batch n*B (B = {batch})", ylabel="scale-free gradient norm",
                        title="|g| against batch at the plain-SGD plateau weights"),
-        xu.plot_styled(out / f"steps_vs_step{tag}.png", [
+        harness.plot_styled(out / f"steps_vs_step{tag}.png", [
             {"x": ns, "y": ratio, "marker": "o", "color": "tab:blue",
              "label": "angle(n steps at B) / angle(1 step at nB, lr x n)"},
             {"x": ns, "y": np.sqrt(ns), "ls": ":", "color": "gray",
@@ -758,7 +757,7 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
     if lines:
         gx = np.geomspace(min(allx) / 1.2, max(allx) * 1.2, 10)
         lines.append({"x": gx, "y": gx, "color": "black", "ls": "--", "label": "y = x (Page)"})
-        imgs["b"] = [xu.plot_styled(out / "rate_loglog.png", lines, logx=True, logy=True,
+        imgs["b"] = [harness.plot_styled(out / "rate_loglog.png", lines, logx=True, logy=True,
                                     xlabel="predicted sqrt(2 lr wd / (1-rho))",
                                     ylabel="measured lr |g| / ((1-rho) |w|)",
                                     title="Hidden (scale-invariant) layers, plateau")]
@@ -770,9 +769,9 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
         if not m:
             continue
         relax = relaxation_steps(*centre(preset, rho)[1:], rho)
-        w2 = xu.layer_series(m, "w_sqnorm")
-        dw = xu.layer_series(m, "actual_dw_sqnorm")
-        sh = xu.layer_series(m, "wd_shrink")
+        w2 = harness.layer_series(m, "w_sqnorm")
+        dw = harness.layer_series(m, "actual_dw_sqnorm")
+        sh = harness.layer_series(m, "wd_shrink")
         for j, layer in enumerate(w2):
             color = f"C{j}"
             ls = "-" if rho else "--"
@@ -786,10 +785,10 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
                        "marker": ".", "label": f"{name}, momentum {rho:g}"})
     if wl:
         imgs["a"] = [
-            xu.plot_styled(out / "w_sqnorm.png", wl, xlabel="step / relaxation time",
+            harness.plot_styled(out / "w_sqnorm.png", wl, xlabel="step / relaxation time",
                            ylabel="|w|^2 / initial |w|^2", logy=True, legend_cols=2,
                            title="Squared weight norm, central cells, seed 0 (solid: rho 0.9)"),
-            xu.plot_styled(out / "net_change.png", cl, xlabel="step / relaxation time",
+            harness.plot_styled(out / "net_change.png", cl, xlabel="step / relaxation time",
                            ylabel="(|w_t+1|^2 - |w_t|^2) / weight-decay shrink",
                            hlines={"0 (balance)": 0.0, f"+{DRIFT_BAND}": DRIFT_BAND,
                                    f"-{DRIFT_BAND}": -DRIFT_BAND}, legend_cols=2,
@@ -804,14 +803,14 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
     # (d) cos over time and over batch
     key = (*centre(preset, 0.9), 0)
     m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
-    cos = xu.layer_series(m, "cos_g_v")
+    cos = harness.layer_series(m, "cos_g_v")
     scan: dict[int, list[float]] = {}
     for r in derived:
         if r.get("kind") == "cos_scan":
             scan.setdefault(int(r["batch"]), []).append(r["cos_gv_median"])
     if cos:
         relax = relaxation_steps(*centre(preset, 0.9)[1:], 0.9)
-        imgs["d"] = [xu.plot_styled(
+        imgs["d"] = [harness.plot_styled(
             out / "cos_gv.png",
             [{"x": v[0] / relax, "y": v[1], "lw": 0.8, "color": f"C{j}",
               "label": k.removeprefix("diag/").removesuffix("/kernel")}
@@ -820,7 +819,7 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
             hlines={"0": 0.0, f"+{COS_BAND}": COS_BAND}, title="Central momentum run, seed 0")]
     if scan:
         bs = sorted(scan)
-        imgs.setdefault("d", []).append(xu.plot_styled(
+        imgs.setdefault("d", []).append(harness.plot_styled(
             out / "cos_vs_batch.png",
             [{"x": bs, "y": [np.mean(scan[b]) for b in bs], "marker": "o",
               "label": "median cos(g_t, v_t-1), hidden layers"}],
@@ -831,20 +830,20 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: xu.Timer | None, steps: list[dict]) -> dict:
+            timer: harness.Timer | None, steps: list[dict]) -> dict:
     """Derived rows, verdicts from ``CRITERIA``, plots, report.md and summary.json."""
     s = SETTINGS[preset]
     metrics: dict[tuple, list[dict]] = {}
     derived: list[dict] = []
     for row in rows:
-        c = xu.config_of(row)
+        c = harness.config_of(row)
         key = (float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"]),
                int(c["seed"]))
         model = str(c.get("model", s["model"]))
-        m = xu.read_metrics(row, out / "runs")
+        m = harness.read_metrics(row, out / "runs")
         if model == s["model"]:
             metrics[key] = m
-        if xu.outcome(row) == "ok":
+        if harness.outcome(row) == "ok":
             lr_rows = run_layer_rows(row, m, model)
             if model != s["model"]:  # the convolutional confirmation: its own kind
                 lr_rows = [dict(r, kind="run_layer_conv", model=model) for r in lr_rows]
@@ -913,7 +912,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"(d) use the final weights of the central cells (seed 0) retrained with the same "
         f"config; batches n*B for n in {s['ns']} ({s['draws']} draws), the full-gradient "
         f"reference on all {s['train_subset'] or 'the'} training images.\n\n"
-        + xu.base_config_table(base, ["model", "width", "norm", "dataset", "batch_size",
+        + harness.base_config_table(base, ["model", "width", "norm", "dataset", "batch_size",
                                       "schedule", "warmup_epochs", "dtype"]))
     sections = [Section("Setup", setup)]
     names = {"a": "(a) Balance of shrink and growth of |w|^2",
@@ -950,7 +949,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"\n- ({k}) ResNet-8 confirmation (grid chosen after the MLP results): {v}"
         for k, (v, _) in conv_verdicts.items())))
     limits = (
-        xu.preset_note(preset) + " "
+        harness.preset_note(preset) + " "
         + ("Reductions for the loaded 2-core CPU: the BN-MLP (width 0.5, 128 hidden units) "
            "instead of ResNet-9 on CIFAR-10; the ResNet-8 confirmation only on 3 cells (one "
            "momentum, one seed, wd 2-8x Page's so that 12 relaxation times fit; it trained at "
@@ -970,10 +969,10 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "after the pre-set (c) result was known. This preset took longer than the 30 "
            "minutes asked for on the loaded machine (times below)."
            if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(rows, timer) + " Custom computations of (c) and (d) "
+        + "\n\n" + harness.run_time_note(rows, timer) + " Custom computations of (c) and (d) "
         + ", ".join(f"{r['file']}: {r['seconds']:.0f} s" for r in derived
                     if r.get("kind") == "timing")
-        + f" (wall clock, including their retraining). Machine: {xu.environment_note()}"
+        + f" (wall clock, including their retraining). Machine: {harness.environment_note()}"
         + " (2 cores shared with other jobs: load average 18-26 during the runs).")
     sections.append(Section("Limits of the evidence", limits))
     write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
@@ -1003,7 +1002,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             "what": "ResNet-8, same criteria, one seed, grid chosen after the MLP results",
             **{k: {"verdict": v, "details": d} for k, (v, d) in conv_verdicts.items()}}
     summary["headline"] = "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items())
-    xu.save_json(summary, out / "summary.json")
+    harness.save_json(summary, out / "summary.json")
     return summary
 
 
@@ -1074,7 +1073,7 @@ def _conv_section(preset: str, derived: Sequence[Mapping[str, Any]], out: Path,
         x = np.asarray([p[0] for p in pts])
         y = np.asarray([p[1] for p in pts])
         gx = np.geomspace(x.min() / 1.2, x.max() * 1.2, 10)
-        imgs.append(xu.plot_styled(
+        imgs.append(harness.plot_styled(
             out / "conv_rate_loglog.png",
             [{"x": x, "y": y, "ls": "none", "marker": "o", "ms": 4, "alpha": 0.7,
               "label": "ResNet-8 conv layers (cells x layers)"},
@@ -1145,8 +1144,8 @@ def _short_results(derived: list[dict], cells_a: Mapping[Any, ev.Interval],
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    run = xu.run_experiment(NAME, args, base_config, lambda p, _b: list(runs(p).values()))
+    args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    run = harness.run_experiment(NAME, args, base_config, lambda p, _b: list(runs(p).values()))
     cache = run.out / "steps.jsonl"
     tag = {"kind": "settings", "preset": args.preset, "scan_noise": "start weights", **{
         k: SETTINGS[args.preset][k] for k in ("ns", "draws", "scan_batches", "scan_steps")}}

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from evidence import Criterion, interval, paired  # noqa: E402
 
-from lars_jax import experiment_utils as xu  # noqa: E402
+from experiments import harness  # noqa: E402
+from experiments.evidence import Criterion, interval, paired  # noqa: E402
 from lars_jax.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
@@ -157,20 +156,20 @@ def run_records(rows: Sequence[Mapping[str, Any]], runs_dir: Path) -> list[dict[
     """One flat record per run: arm, batch, log2 lr, seed, outcome and the losses."""
     recs = []
     for r in rows:
-        c = xu.config_of(r)
-        oc = xu.outcome(r)
+        c = harness.config_of(r)
+        oc = harness.outcome(r)
         if oc == "unfinished":
             continue
         summary = r.get("summary") or {}
         final_loss = summary.get("train_loss") if oc == "ok" else math.inf
         if final_loss is None or not math.isfinite(final_loss):
             final_loss = math.inf
-        train = [m for m in xu.read_metrics(r, runs_dir) if m.get("kind") == "train"]
+        train = [m for m in harness.read_metrics(r, runs_dir) if m.get("kind") == "train"]
         early = [m for m in train if m.get("epoch", 9e9) <= 1.0 + 1e-9]
         early_loss = early[-1].get("loss") if early else math.inf
         if early_loss is None or not math.isfinite(early_loss):
             early_loss = math.inf
-        acc = xu.final_accuracy(r)
+        acc = harness.final_accuracy(r)
         recs.append({"arm": _arm_of(c), "batch_size": int(c["batch_size"]),
                      "log2_lr": int(round(math.log2(c["learning_rate"]))),
                      "seed": int(c["seed"]), "outcome": oc,
@@ -506,7 +505,7 @@ def _heatmap(out: Path, table, grid, arm: str, batches: Sequence[int], title: st
 
 
 def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            grid: dict[tuple[str, int], set[int]], timer: xu.Timer | None) -> dict:
+            grid: dict[tuple[str, int], set[int]], timer: harness.Timer | None) -> dict:
     recs = run_records(rows, out / "runs")
     with open(out / "rows.jsonl", "w") as f:
         for r in recs:
@@ -535,7 +534,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                 f"| {arm} | {b} | 2^{min(es)}..2^{max(es)} ({len(es)}) | {rng} | {sr['width']} "
                 f"| {'yes' if sr['edges_measured'] else ('no (grid bound)' if at_bound else 'no')}"
                 f" | {f'2^{e_best}' if e_best is not None else '–'} | "
-                f"{xu.fmt_acc(acc)} |")
+                f"{harness.fmt_acc(acc)} |")
             if budget == "final":
                 summary["cells"][f"{arm}/{b}"] = {
                     "log2_lrs_run": sorted(es), "stable_log2_lrs": sr["stable"],
@@ -564,10 +563,10 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                                 "color": f"C{i}",
                                 "label": f"norm={arm}, " + ("after all epochs" if budget ==
                                                             "final" else "short view")})
-    images.append(xu.plot_styled(out / "best_vs_batch.png", best_lines, logx=True,
+    images.append(harness.plot_styled(out / "best_vs_batch.png", best_lines, logx=True,
                                  xlabel="batch size B", ylabel="best seed-mean test accuracy",
                                  title="Best accuracy over the stable lrs, per batch"))
-    images.append(xu.plot_styled(out / "stable_range_vs_batch.png", width_lines, logx=True,
+    images.append(harness.plot_styled(out / "stable_range_vs_batch.png", width_lines, logx=True,
                                  xlabel="batch size B", ylabel="number of stable 2x lr steps",
                                  title="Width of the stable range of eta~ = eta/B"))
     # short-view widths, for the report (the verdict uses the final budget)
@@ -589,7 +588,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                 f"No stable lr at {arm}, B={b}: lowest final training loss "
                 f"{min(losses, default=math.nan):.2f} (threshold "
                 f"{STABLE_FRACTION * INITIAL_LOSS:.2f}), best seed-mean test accuracy "
-                f"{xu.fmt_acc(max(accs, default=math.nan))}"
+                f"{harness.fmt_acc(max(accs, default=math.nan))}"
                 + (" (the training loss is measured in training mode, with BN statistics "
                    "over the batch: over 2 examples every normalised feature is +-1)."
                    if arm == "bn" and b == 2 else "."))
@@ -619,11 +618,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"Stability: loss finite and final training loss (mean over the last 1/"
         f"{LOG_WINDOWS} of the run) < {STABLE_FRACTION:g} x ln 10 = "
         f"{STABLE_FRACTION * INITIAL_LOSS:.3f}.\n\n"
-        + xu.base_config_table(base, ["model", "width", "dataset", "train_subset",
+        + harness.base_config_table(base, ["model", "width", "dataset", "train_subset",
                                       "test_subset", "epochs", "weight_decay", "schedule"]))
     missing = [b for b in BATCH_SIZES[preset] if not any(r["batch_size"] == b for r in recs)]
     limits_txt = (
-        xu.preset_note(preset) + " "
+        harness.preset_note(preset) + " "
         + (("Reductions: " + (f"batches {missing} have no finished run (time); "
                               if missing else "")
             + "1024 Fashion-MNIST training images and 8 epochs (the paper: CIFAR, "
@@ -637,7 +636,7 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "cell). The machine is a loaded 2-core CPU shared with other jobs, so the times "
            "are not benchmarks.")
            if preset == "cpu" else "")
-        + "\n\n" + xu.run_time_note(rows, timer) + f" Machine: {xu.environment_note()}.")
+        + "\n\n" + harness.run_time_note(rows, timer) + f" Machine: {harness.environment_note()}.")
     write_report(
         out, title="Small batch training (Masters & Luschi 2018)",
         intro=("Claims (i) best accuracy at small batches, (ii) the stable range of "
@@ -656,16 +655,16 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                         for v in verdicts.values()]
     summary["headline"] = " ".join(f"**{k}: {v['verdict']}** ({v['result']})"
                                    for k, v in verdicts.items())
-    xu.save_json(summary, out / "summary.json")
+    harness.save_json(summary, out / "summary.json")
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = xu.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    out = Path(args.out) if args.out else xu.default_out(NAME, args.preset)
+    args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    out = Path(args.out) if args.out else harness.default_out(NAME, args.preset)
     out.mkdir(parents=True, exist_ok=True)
-    xu.enable_compilation_cache()
-    timer = xu.Timer()
+    harness.enable_compilation_cache()
+    timer = harness.Timer()
     t0 = time.perf_counter()
     base = base_config(args.preset)
     grid = initial_grid(args.preset)
@@ -676,7 +675,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(MAX_ROUNDS[args.preset]):
         left = (None if args.max_minutes is None
                 else args.max_minutes - (time.perf_counter() - t0) / 60)
-        rows = xu.run_or_load(base, points(args.preset, grid, base), out / "runs",
+        rows = harness.run_or_load(base, points(args.preset, grid, base), out / "runs",
                               report_only=args.report_only or (left is not None and left <= 0),
                               max_minutes=left)
         table = cell_table(run_records(rows, out / "runs"), SEEDS[args.preset])
@@ -684,7 +683,7 @@ def main(argv: list[str] | None = None) -> dict:
             break
     if args.shard:
         return {}  # one shard's cells only: rebuild the report with --report-only
-    rows = xu.run_or_load(base, points(args.preset, grid, base), out / "runs",
+    rows = harness.run_or_load(base, points(args.preset, grid, base), out / "runs",
                           report_only=True)
     return analyse(args.preset, base, rows, out, grid, None if args.report_only else timer)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import evidence as ev  # noqa: E402
+from experiments import evidence as ev  # noqa: E402
 
 
 def test_interval_matches_hand_computed_t_interval():

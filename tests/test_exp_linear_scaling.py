@@ -169,7 +169,7 @@ def test_smoke_run_report_and_resume(tmp_path, monkeypatch):
 
 
 def test_steps_to_target_reads_the_first_crossing():
-    from lars_jax import experiment_utils as xu
+    from experiments import harness
 
     m = [{"kind": "eval", "step": 10, "test_accuracy": 0.80},
          {"kind": "train", "step": 15, "loss": 0.3},
@@ -177,27 +177,27 @@ def test_steps_to_target_reads_the_first_crossing():
          {"kind": "eval", "step": 30, "test_accuracy": 0.86},
          {"kind": "eval", "step": 40, "test_accuracy": 0.89}]
     err = lambda a: 1 - a  # noqa: E731
-    assert xu.steps_to_target(m, "test_accuracy", 0.13, transform=err) == 20
-    assert xu.steps_to_target(m, "test_accuracy", 0.12, transform=err) == 40
-    assert xu.steps_to_target(m, "test_accuracy", 0.10, transform=err) is None
-    assert xu.steps_to_target(m, "loss", 0.5) == 15
-    assert xu.steps_to_target(m, "test_accuracy", 0.86, below=False) == 20
+    assert harness.steps_to_target(m, "test_accuracy", 0.13, transform=err) == 20
+    assert harness.steps_to_target(m, "test_accuracy", 0.12, transform=err) == 40
+    assert harness.steps_to_target(m, "test_accuracy", 0.10, transform=err) is None
+    assert harness.steps_to_target(m, "loss", 0.5) == 15
+    assert harness.steps_to_target(m, "test_accuracy", 0.86, below=False) == 20
 
 
 def test_run_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
     import os
     import subprocess
 
-    from lars_jax import experiment_utils as xu
+    from experiments import harness
 
     path = tmp_path / ".claims" / "run_a"
-    assert xu._claim(path)
+    assert harness._claim(path)
     assert path.read_text().split()[0] == str(os.getpid())
-    assert not xu._claim(path)  # held by a live process (this one)
+    assert not harness._claim(path)  # held by a live process (this one)
     proc = subprocess.Popen(["true"])
     proc.wait()
     path.write_text(f"{proc.pid}\n")
-    assert xu._claim(path)  # the claimant is gone: taken over
+    assert harness._claim(path)  # the claimant is gone: taken over
     assert path.read_text().split()[0] == str(os.getpid())
 
 

@@ -3,7 +3,7 @@
 Each script runs its ``smoke`` preset (one tiny training run on a Fashion-MNIST subset)
 into a temporary folder and must write report.md, at least one PNG and the raw JSONL rows.
 The numbers are meaningless at this size; the structure and the pipeline are tested.
-The helpers of lars_jax.experiment_utils are tested on hand-made rows.
+The helpers of experiments/harness.py are tested on hand-made rows.
 """
 
 import importlib.util
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lars_jax import experiment_utils as xu
+from experiments import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 # linear_scaling_warmup and gradient_noise_scale: tests/test_exp_linear_scaling.py and
@@ -85,41 +85,41 @@ def test_experiment_smoke(name, tmp_path, monkeypatch, xla_cache):
 
 
 def test_method_matching_and_outcomes():
-    methods = [xu.Method("sgd-lin", {"optimizer": "sgd", "lr_scaling": "linear"}),
-               xu.Method("lars", {"optimizer": "lars"})]
+    methods = [harness.Method("sgd-lin", {"optimizer": "sgd", "lr_scaling": "linear"}),
+               harness.Method("lars", {"optimizer": "lars"})]
     row = {"status": "done", "varied": {"optimizer": "lars"}, "config": {"optimizer": "sgd"},
            "summary": {"status": "ok", "test_accuracy": 0.75}}
-    assert xu.method_of(row, methods) == "lars"  # varied overrides config
-    assert xu.final_accuracy(row) == 0.75
-    assert xu.outcome(row) == "ok"
+    assert harness.method_of(row, methods) == "lars"  # varied overrides config
+    assert harness.final_accuracy(row) == 0.75
+    assert harness.outcome(row) == "ok"
     bad = {"status": "failed", "error": "NonFiniteError: non-finite loss or gradients at step 3"}
-    assert xu.outcome(bad) == "diverged" and math.isnan(xu.final_accuracy(bad))
-    assert xu.outcome({"status": "failed", "error": "ValueError: x"}) == "failed"
-    assert xu.outcome({"status": "partial"}) == "unfinished"
-    assert xu.method_of({"config": {"optimizer": "clars"}}, methods) is None
+    assert harness.outcome(bad) == "diverged" and math.isnan(harness.final_accuracy(bad))
+    assert harness.outcome({"status": "failed", "error": "ValueError: x"}) == "failed"
+    assert harness.outcome({"status": "partial"}) == "unfinished"
+    assert harness.method_of({"config": {"optimizer": "clars"}}, methods) is None
 
 
 def test_mean_spread_and_curves():
-    st = xu.mean_spread([0.5, 0.7, float("nan")])
+    st = harness.mean_spread([0.5, 0.7, float("nan")])
     assert st["n"] == 2 and math.isclose(st["mean"], 0.6)
     assert math.isclose(st["std"], math.sqrt(0.02))
-    assert xu.fmt_pm(xu.mean_spread([])) == "no finished run"
+    assert harness.fmt_pm(harness.mean_spread([])) == "no finished run"
     metrics = [{"kind": "train", "step": 1, "diag/a/kernel/w_sqnorm": 2.0},
                {"kind": "eval", "epoch": 0.5, "test_accuracy": 0.3},
                {"kind": "train", "step": 2, "diag/a/kernel/w_sqnorm": 1.5,
                 "diag/b/kernel/w_sqnorm": 4.0}]
-    xs, ys = xu.curve(metrics, "test_accuracy")
+    xs, ys = harness.curve(metrics, "test_accuracy")
     assert xs.tolist() == [0.5] and ys.tolist() == [0.3]
-    ser = xu.layer_series(metrics, "w_sqnorm")
+    ser = harness.layer_series(metrics, "w_sqnorm")
     assert list(ser) == ["diag/a/kernel", "diag/b/kernel"]
     assert ser["diag/a/kernel"][1].tolist() == [2.0, 1.5]
 
 
 def test_expand_and_save_json(tmp_path):
-    pts = xu.expand([xu.Method("a", {"optimizer": "sgd", "seed": 9})], seed=[0, 1])
+    pts = harness.expand([harness.Method("a", {"optimizer": "sgd", "seed": 9})], seed=[0, 1])
     assert pts == [{"optimizer": "sgd", "seed": 0}, {"optimizer": "sgd", "seed": 1}]
-    p = xu.save_json({"x": float("nan"), "y": [1.0]}, tmp_path / "s.json")
-    assert json.loads(p.read_text()) == {"x": "nan", "y": [1.0]}
+    p = harness.save_json({"x": float("nan"), "y": [1.0]}, tmp_path / "s.json")
+    assert json.loads(p.read_text()) == {"x": None, "y": [1.0]}  # NaN as null (run_files)
 
 
 def test_presets_are_valid_configs():
@@ -146,4 +146,4 @@ def test_shard_validation(tmp_path):
 
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(ValueError, match="shard"):
-            xu.run_or_load(TrainConfig(), [{"seed": 0}], tmp_path / "runs", shard=bad)
+            harness.run_or_load(TrainConfig(), [{"seed": 0}], tmp_path / "runs", shard=bad)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -31,6 +30,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from lars_jax.compile_cache import enable_compilation_cache
+from lars_jax.run_files import read_jsonl, write_json
 
 PathLike = str | os.PathLike[str]
 
@@ -95,30 +97,6 @@ def default_out(name: str, preset: str) -> Path:
     if preset == "full":
         return base / f"{name}_full"
     return base / "_smoke" / name
-
-
-def enable_compilation_cache(path: PathLike | None = None) -> None:
-    """Turns on JAX's persistent compilation cache (repeated shapes compile once).
-
-    Runs that differ only in the learning rate or the weight decay compile to the same
-    program (both are optimizer-state arrays); with the cache the second one skips
-    compilation, which on a small CPU can cost more than training.
-
-    Args:
-      path: the cache folder (default ``$LARS_JAX_CACHE`` or ``~/.cache/lars_jax_xla``).
-
-    References:
-      JAX documentation, "Persistent compilation cache".
-    """
-    import jax
-
-    folder = Path(path or os.environ.get("LARS_JAX_CACHE", Path.home() / ".cache/lars_jax_xla"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    except Exception:  # pragma: no cover - older/newer JAX without these options
-        pass
 
 
 # ------------------------------------------------------------------ running
@@ -340,16 +318,7 @@ def read_metrics(row: Mapping[str, Any], out_dir: PathLike) -> list[dict[str, An
     path = run_dir(row, out_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interrupted run
-    return rows
+    return read_jsonl(path)  # only a line cut by an interrupted run is tolerated
 
 
 def curve(
@@ -461,25 +430,10 @@ class Timer:
 
 
 def save_json(obj: Any, path: PathLike) -> Path:
-    """Writes ``obj`` as indented JSON (NaN/inf as strings) and returns the path."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return str(x)
-        if isinstance(x, np.generic):
-            return clean(x.item())
-        if isinstance(x, np.ndarray):
-            return [clean(v) for v in x.tolist()]
-        if isinstance(x, Mapping):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(clean(obj), indent=2, sort_keys=True) + "\n")
-    return p
+    """Writes ``obj`` as indented JSON with `lars_jax.run_files.write_json` (NaN and
+    infinities as null, atomically) and returns the path."""
+    write_json(path, obj)
+    return Path(path)
 
 
 def run_time_note(rows: Sequence[Mapping[str, Any]], timer: Timer | None = None) -> str:
@@ -512,11 +466,11 @@ def preset_note(preset: str) -> str:
             "say nothing about the claim."
         )
     return (
-        "Preset `cpu`: small models (an MLP with BatchNorm, or a 4-channel ResNet-8) and "
-        "budgets of a few epochs on Fashion-MNIST, so that each experiment runs in under 20 "
-        "minutes on a 2-core CPU. The `full` preset (GPU, CIFAR-10 where available, real "
-        "budgets) is defined in the script but was NOT run: no GPU was lent to this project's "
-        "development sessions."
+        "Preset `cpu`: small models (mostly an MLP with BatchNorm) and budgets of a few "
+        "epochs on Fashion-MNIST, sized to run in under an hour on a 2-core CPU (each "
+        "report gives its measured run time and the machine's load). The `full` preset "
+        "(GPU, CIFAR-10 where available, real budgets) is defined in the script but was "
+        "NOT run: no GPU was lent to this project's development sessions."
     )
 
 
