@@ -1,0 +1,243 @@
+"""End-to-end tests of the host-streaming input path on the real imagenet2012 builder.
+
+The TFDS `imagenet2012` builder is prepared from synthesized tars (tiny random JPEGs, two
+classes) once per module; training runs a tiny ResNet for a few steps. The expectations
+are independent of the pipeline under test: the batches `train()` consumes are compared
+with `host_batches` read directly (the documented pure function of (seed, step)), a run
+interrupted by SIGKILL and resumed is compared bitwise with an uninterrupted one, and the
+1- and 8-device runs are compared with each other.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("PIL")
+
+from lars_jax import data  # noqa: E402
+from lars_jax.train import TrainConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNSETS = ["n01440764", "n01443537"]  # classes 0 and 1 of TFDS's imagenet2012 labels
+NUM_TRAIN = 32
+NUM_VAL = 8
+
+
+def _jpeg(rng: np.random.Generator, h: int, w: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory) -> Path:
+    """A prepared TFDS imagenet2012 of 32 training and 8 validation tiny JPEGs."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    manual = root / "manual"
+    manual.mkdir()
+    per_class = NUM_TRAIN // len(SYNSETS)
+    train = {f"{s}.tar": _tar_bytes({f"{s}_{i}.JPEG": _jpeg(rng, 12 + i % 5, 14 + i % 3)
+                                     for i in range(per_class)}) for s in SYNSETS}
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
+    val = {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(rng, 13, 15) for i in range(1, NUM_VAL + 1)}
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    data.prepare_imagenet(root / "tfds", manual_dir=manual)
+    return root / "tfds"
+
+
+def _config(data_dir: Path, workdir: Path, **kw) -> TrainConfig:
+    base = dict(dataset="imagenet2012", data_dir=str(data_dir), image_size=8, model="resnet8",
+                width=0.25, batch_size=8, epochs=1.0, warmup_epochs=0.0, dtype="float32",
+                eval_batch_size=8, log_every_steps=1, checkpoint_every_steps=0, plot=False,
+                progress=False, input_threads=2, workdir=str(workdir), seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_auto_streams_imagenet_and_device_path_is_refused():
+    assert TrainConfig(dataset="imagenet2012").validate().input_pipeline == "auto"
+    with pytest.raises(ValueError, match="input_pipeline"):
+        TrainConfig(dataset="imagenet2012", input_pipeline="device").validate()
+    with pytest.raises(ValueError, match="image_size"):
+        TrainConfig(dataset="imagenet2012", image_size=0).validate()
+    from lars_jax.train.input_pipeline import uses_host_input
+
+    assert uses_host_input(TrainConfig(dataset="imagenet2012"))
+    assert not uses_host_input(TrainConfig(dataset="fashion_mnist"))
+    assert uses_host_input(TrainConfig(dataset="fashion_mnist", input_pipeline="host"))
+
+
+def test_streaming_batches_equal_host_batches_and_restart_anywhere(imagenet_dir, tmp_path):
+    from lars_jax.train import parallel
+    from lars_jax.train.input_pipeline import StreamingInput
+
+    config = _config(imagenet_dir, tmp_path)
+    stream = StreamingInput(config, parallel.make_mesh(1))
+    assert (stream.num_train, stream.num_test, stream.image_shape) == (NUM_TRAIN, NUM_VAL,
+                                                                      (8, 8, 3))
+    try:
+        # Six steps = 1.5 epochs of 4 steps: crosses an epoch boundary.
+        got = [jax.device_get(stream.batch(s)) for s in range(6)]
+        again = jax.device_get(stream.batch(2))  # out of order: the reader restarts at 2
+    finally:
+        stream.close()
+    want = list(data.host_batches("imagenet2012", "train", 8, seed=3, num_steps=6,
+                                  image_size=8, data_dir=imagenet_dir, num_threads=1))
+    for (x, y), w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(x, w["image"])
+        np.testing.assert_array_equal(y, w["label"])
+    np.testing.assert_array_equal(again[0], want[2]["image"])
+    # Each epoch is a permutation: 4 steps x 8 = every example once, 16 per class.
+    epoch_labels = np.concatenate([y for _, y in got[:4]])
+    assert np.bincount(epoch_labels).tolist() == [16, 16]
+    # Random-resized crops: the same example gets different crops in different epochs.
+    assert not np.array_equal(got[0][0], got[4][0])
+
+
+def _cli_train(args: list[str], devices: int, env_extra: dict[str, str] | None = None
+               ) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(env_extra or {})
+    return subprocess.Popen([sys.executable, "-m", "lars_jax.cli", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _args(data_dir: Path, workdir: Path, **kw) -> list[str]:
+    c = _config(data_dir, workdir, **kw)
+    out = []
+    for name in ("dataset", "data_dir", "image_size", "model", "width", "batch_size",
+                 "epochs", "warmup_epochs", "dtype", "eval_batch_size", "log_every_steps",
+                 "checkpoint_every_steps", "input_threads", "workdir", "seed"):
+        out += [f"--{name.replace('_', '-')}", str(getattr(c, name))]
+    return out + ["--no-plot", "--no-progress"]
+
+
+def _metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_cli_trains_imagenet2012_streaming(imagenet_dir, tmp_path, devices):
+    work = tmp_path / f"run{devices}"
+    proc = _cli_train(_args(imagenet_dir, work, epochs=2.0), devices)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["num_devices"] == devices
+    assert summary["steps"] == 8  # 2 epochs of 32 // 8
+    assert summary["config"]["input_pipeline"] == "auto"
+    # Evaluation over all 8 validation images (chance accuracy for 2 classes is 0.5; with
+    # random pixels only the count is checkable: accuracy is a multiple of 1/8).
+    assert summary["test_accuracy"] * NUM_VAL == pytest.approx(round(summary["test_accuracy"]
+                                                                     * NUM_VAL))
+    losses = [r["loss"] for r in _metrics(work) if r["kind"] == "train"]
+    assert len(losses) == 8 and np.all(np.isfinite(losses))
+    # 1000-way head at init: loss near log(1000) on the first step.
+    assert abs(losses[0] - np.log(1000)) < 1.0
+
+
+def test_streaming_trains_the_same_on_1_and_8_devices(imagenet_dir, tmp_path):
+    """The global batch of a step does not depend on the device count (bn_span='global'
+    and float32 make the updates equal up to reduction order)."""
+    runs = {}
+    for devices in (1, 8):
+        work = tmp_path / f"d{devices}"
+        proc = _cli_train(_args(imagenet_dir, work) + ["--bn-span", "global"], devices)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        runs[devices] = [r["loss"] for r in _metrics(work) if r["kind"] == "train"]
+    np.testing.assert_allclose(runs[1], runs[8], rtol=1e-4)
+
+
+_RESUME_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from lars_jax.train import TrainConfig
+    from lars_jax.train import loop
+    from lars_jax.train.input_pipeline import StreamingInput
+    import json
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    kill_after = int(sys.argv[2])
+    batch = StreamingInput.batch
+    def recording(self, step):
+        x, y = batch(self, step)
+        with open(sys.argv[3], "a") as f:
+            f.write(json.dumps([step, float(np.asarray(x, np.float64).sum()),
+                                np.asarray(y).tolist()]) + "\\n")
+        if kill_after and step == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies before step `kill_after` runs
+        return x, y
+    StreamingInput.batch = recording
+    summary, state = loop.train(config, return_state=True)
+    leaves = [np.asarray(v) for v in __import__("jax").tree.leaves(state.params)]
+    np.savez(sys.argv[4], *leaves)
+""")
+
+
+def _resume_run(config: TrainConfig, kill_after: int, log: Path, params: Path
+                ) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run(
+        [sys.executable, "-c", _RESUME_SCRIPT, json.dumps(config.to_dict()), str(kill_after),
+         str(log), str(params)], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_and_resume_sees_the_same_batches_and_params(imagenet_dir, tmp_path):
+    # 6 steps (1.5 epochs: the resume starts in the middle of epoch 0 and crosses into 1),
+    # checkpoints every 2 steps, killed when asked for the batch of step 3 (after the
+    # checkpoint at step 2): the restart resumes at step 2.
+    straight = _config(imagenet_dir, tmp_path / "straight", epochs=1.5,
+                       checkpoint_every_steps=2)
+    r = _resume_run(straight, 0, tmp_path / "straight.log", tmp_path / "straight.npz")
+    assert r.returncode == 0, r.stdout + r.stderr
+    killed = straight.replace(workdir=str(tmp_path / "killed"))
+    r = _resume_run(killed, 3, tmp_path / "killed.log", tmp_path / "killed.npz")
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    r = _resume_run(killed, 0, tmp_path / "killed.log", tmp_path / "killed.npz")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming from step 2" in r.stderr
+
+    def rows(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    want = rows(tmp_path / "straight.log")
+    got = rows(tmp_path / "killed.log")
+    assert [w[0] for w in want] == list(range(6))
+    assert [g[0] for g in got] == [0, 1, 2, 3, 2, 3, 4, 5]  # steps 2, 3 read again
+    by_step = {}
+    for g in got:
+        by_step.setdefault(g[0], g)
+        assert by_step[g[0]] == g  # a step's batch is the same before and after the kill
+    assert [by_step[s] for s in range(6)] == want
+    a, b = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "killed.npz")
+    assert len(a.files) == len(b.files) > 0
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])  # bitwise
