@@ -241,3 +241,46 @@ def test_sigkill_and_resume_sees_the_same_batches_and_params(imagenet_dir, tmp_p
     assert len(a.files) == len(b.files) > 0
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k])  # bitwise
+
+
+# ----------------------------------------------------------------------------- recipe
+
+# claims.md section 1 (Google's MLPerf v0.7 JAX submission): global batch -> base LR, warmup
+# epochs, momentum, weight decay, epochs.
+_MLPERF_ROWS = {
+    "mlperf_resnet50_lars.toml": (3200, 10.0, 5, 0.9, 2e-4, 56),
+    "mlperf_resnet50_lars_16k.toml": (16384, 25.0, 5, 0.9, 2e-4, 56),
+    "mlperf_resnet50_lars_32k.toml": (32768, 29.0, 18, 0.929, 1e-4, 64),
+    "mlperf_resnet50_lars_64k.toml": (65536, 23.08, 33, 0.9537, 1e-4, 92),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MLPERF_ROWS))
+def test_mlperf_recipe_files_load_validate_and_match_the_table(name):
+    from lars_jax.cli import resolve_config
+    from lars_jax.train.build import learning_rate_schedule
+
+    assert sorted(p.name for p in (ROOT / "configs").glob("mlperf_*.toml")) == sorted(
+        _MLPERF_ROWS)
+    config, _ = resolve_config(TrainConfig, str(ROOT / "configs" / name), {})
+    batch, lr, warmup, momentum, wd, epochs = _MLPERF_ROWS[name]
+    config.validate(device_count=8)
+    assert (config.model, config.dataset, config.optimizer) == ("resnet50", "imagenet2012",
+                                                                "lars")
+    assert (config.batch_size, config.momentum, config.weight_decay, config.epochs,
+            config.warmup_epochs) == (batch, momentum, wd, epochs, warmup)
+    assert (config.label_smoothing, config.trust_coefficient, config.image_size) == (
+        0.1, 0.001, 224)
+    assert config.micro_batch_size(8) >= 64  # BN over >= 64 examples on 8 devices
+    # The schedule: linear from 0 to the base LR over the warmup, then poly2 to 1e-4.
+    spe = 1_281_167 // batch
+    total = round(epochs * spe)
+    w = round(warmup * spe)
+    sched = learning_rate_schedule(config, spe, total)
+    assert float(sched(0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(sched(w // 2)) == pytest.approx(lr * (w // 2) / w, rel=1e-4)
+    assert float(sched(w)) == pytest.approx(lr, rel=1e-5)
+    mid = w + (total - w) // 2
+    frac = 1 - (mid - w) / (total - w)
+    assert float(sched(mid)) == pytest.approx(1e-4 + (lr - 1e-4) * frac**2, rel=1e-4)
+    assert float(sched(total)) == pytest.approx(1e-4, rel=1e-3)
