@@ -118,6 +118,17 @@ def test_streaming_batches_equal_host_batches_and_restart_anywhere(imagenet_dir,
     assert np.bincount(epoch_labels).tolist() == [16, 16]
     # Random-resized crops: the same example gets different crops in different epochs.
     assert not np.array_equal(got[0][0], got[4][0])
+    # Subsets are TFDS split slices.
+    small = StreamingInput(config.replace(train_subset=16, test_subset=3),
+                           parallel.make_mesh(1))
+    assert (small.num_train, small.num_test) == (16, 3)
+
+
+def test_host_input_refuses_several_steps_per_call(imagenet_dir, tmp_path):
+    from lars_jax.train.build import build
+
+    with pytest.raises(ValueError, match="steps_per_call"):
+        build(_config(imagenet_dir, tmp_path, steps_per_call=2))
 
 
 def _cli_train(args: list[str], devices: int, env_extra: dict[str, str] | None = None
