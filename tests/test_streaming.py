@@ -86,6 +86,8 @@ def test_auto_streams_imagenet_and_device_path_is_refused():
         TrainConfig(dataset="imagenet2012", input_pipeline="device").validate()
     with pytest.raises(ValueError, match="image_size"):
         TrainConfig(dataset="imagenet2012", image_size=0).validate()
+    with pytest.raises(ValueError, match="image_size"):
+        TrainConfig(dataset="cifar10", image_size=32).validate()
     from lars_jax.train.input_pipeline import uses_host_input
 
     assert uses_host_input(TrainConfig(dataset="imagenet2012"))

@@ -273,8 +273,10 @@ class TrainConfig:
             bad("process_id", f"must be < num_processes={self.num_processes}")
         if self.input_pipeline == "device" and not dataset_info(self.dataset).fits_on_device:
             bad("input_pipeline", f"{self.dataset} does not fit on the device: use host or auto")
-        if self.image_size is not None and self.image_size < 1:
-            bad("image_size", "must be >= 1 or None")
+        if self.image_size is not None and (self.image_size < 1
+                                            or dataset_info(self.dataset).fits_on_device):
+            bad("image_size", "must be >= 1, and only for data sets cropped on the host "
+                "(imagenet2012); None otherwise")
         if self.input_threads < 1:
             bad("input_threads", "must be >= 1")
         if self.crop_padding < 0:
