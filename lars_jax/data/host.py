@@ -13,6 +13,9 @@ evaluation mode (`train=False`) the split is read once in order, each process ge
 examples `p, p + P, ...` of every global batch, and the last batch is padded with
 `mask == False` rows.
 
+`train()` streams from it through `lars_jax.train.input_pipeline` (`input_pipeline="host"`
+or `"auto"`), which adds the device placement, prefetching and normalisation.
+
 Batches are built by a grain `MapDataset` over step numbers, read with grain's threads and
 prefetch buffer (`num_threads`, `prefetch`); without grain installed, a small ordered
 thread pool does the same.

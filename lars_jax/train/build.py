@@ -70,9 +70,8 @@ def load_data(config: TrainConfig) -> Data:
     info = dataset_info(config.dataset)
     if not info.fits_on_device:
         raise ValueError(
-            f"TrainConfig.dataset={config.dataset!r}: train() keeps the data set in device "
-            "memory; training from the host pipeline (lars_jax.data.host_batches) is not "
-            "implemented in the trainer yet")
+            f"TrainConfig.dataset={config.dataset!r}: does not fit in device memory; "
+            "stream it with input_pipeline='host' or 'auto'")
     x_train, y_train = load_split(config.dataset, "train", data_dir=config.data_dir)
     x_test, y_test = load_split(config.dataset, info.test_split, data_dir=config.data_dir)
     if config.train_subset:
@@ -291,11 +290,13 @@ class Run(NamedTuple):
       images: the training images on the devices (uint8, replicated).
       labels: the training labels on the devices.
       eval_fn: see `make_eval_fn`.
-      test_batches: see `eval_batches`.
+      test_batches: see `eval_batches` (streamed batches with a host input).
+      input: the host-streaming input (`lars_jax.train.input_pipeline.StreamingInput`;
+        None: the data set is on the devices, in ``images`` and ``labels``).
     """
 
     config: TrainConfig
-    data: Data
+    data: Data | None
     num_devices: int
     steps_per_epoch: int
     total_steps: int
@@ -311,7 +312,8 @@ class Run(NamedTuple):
     images: jax.Array
     labels: jax.Array
     eval_fn: Callable[..., tuple[jax.Array, jax.Array]]
-    test_batches: list[tuple[Any, Any, Any, int]]
+    test_batches: Any
+    input: Any = None
 
 
 def build(config: TrainConfig, data: Data | None = None) -> Run:
@@ -328,27 +330,29 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
     if config.parallel == "pmap" and num_devices > jax.local_device_count():
         raise ValueError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
                          f"({jax.local_device_count()})")
-    data = load_data(config) if data is None else data
-    num_train = len(data.train_labels)
+    mesh = parallel.make_mesh(num_devices)
+    stream = _host_input(config, mesh) if data is None else None  # host streaming
+    data = load_data(config) if data is None and stream is None else data
+    num_train = stream.num_train if stream else len(data.train_labels)
     if num_train < config.batch_size:
         raise ValueError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
                          f"{num_train} training examples")
     epoch_steps = steps_per_epoch(config, num_train)
     total_steps = max(1, int(round(config.epochs * epoch_steps)))
 
-    mesh = parallel.make_mesh(num_devices)
     dtype = compute_dtype(config)
-    model = build_model(config, data.num_classes, axis_name=parallel.AXIS)
-    eval_model = build_model(config, data.num_classes, axis_name=None)
-    variables = init_variables(eval_model, config.seed, (1, *data.train_images.shape[1:]),
-                               dtype)
+    meta = stream or data  # num_classes, mean, std
+    model = build_model(config, meta.num_classes, axis_name=parallel.AXIS)
+    eval_model = build_model(config, meta.num_classes, axis_name=None)
+    example_shape = stream.image_shape if stream else data.train_images.shape[1:]
+    variables = init_variables(eval_model, config.seed, (1, *example_shape), dtype)
     tx, lr_fn = make_optimizer(config, epoch_steps, total_steps)
     state = jax.jit(init_train_state, static_argnums=2)(
         variables["params"], variables.get("batch_stats", {}), tx)
     state = parallel.put_replicated(state, mesh)
 
     options = StepOptions(
-        num_classes=data.num_classes, axis_name=parallel.AXIS, num_devices=num_devices,
+        num_classes=meta.num_classes, axis_name=parallel.AXIS, num_devices=num_devices,
         grad_accum_steps=config.grad_accum_steps, label_smoothing=config.label_smoothing,
         sync_batch_stats=config.bn_span != "global",
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
@@ -361,7 +365,12 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         augment = {"crop_padding": config.crop_padding, "flip": config.flip,
                    "cutout": config.cutout}
     prepare = parallel.make_prepare(seed=config.seed, batch_size=config.batch_size,
-                                    mean=data.mean, std=data.std, dtype=dtype, augment=augment)
+                                    mean=meta.mean, std=meta.std, dtype=dtype, augment=augment)
+    if stream:
+        from lars_jax.train.input_pipeline import make_streaming_prepare
+
+        prepare = make_streaming_prepare(seed=config.seed, mean=meta.mean, std=meta.std,
+                                         dtype=dtype, augment=augment)
     if config.parallel == "jit":
         train_step = parallel.jit_train_step(step_fn, prepare, mesh)
         train_steps = None
@@ -376,17 +385,32 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         unplace = parallel.unreplicate
 
     replicated = parallel.replicated(mesh)
-    eval_batch = max(num_devices, (min(config.eval_batch_size, len(data.test_labels))
+    num_test = stream.num_test if stream else len(data.test_labels)
+    eval_batch = max(num_devices, (min(config.eval_batch_size, num_test)
                                    // num_devices) * num_devices)
     return Run(
         config=config, data=data, num_devices=num_devices, steps_per_epoch=epoch_steps,
         total_steps=total_steps, mesh=mesh, model=model, tx=tx,
         lr_schedule=learning_rate_schedule(config, epoch_steps, total_steps), state=state,
         train_step=train_step, train_steps=train_steps, place=place, unplace=unplace,
-        images=parallel.put_global(data.train_images, replicated),
-        labels=parallel.put_global(data.train_labels, replicated),
-        eval_fn=make_eval_fn(eval_model, mesh, data.num_classes, data.mean, data.std, dtype),
-        test_batches=eval_batches(data, eval_batch, mesh))
+        images=None if stream else parallel.put_global(data.train_images, replicated),
+        labels=None if stream else parallel.put_global(data.train_labels, replicated),
+        eval_fn=make_eval_fn(eval_model, mesh, meta.num_classes, meta.mean, meta.std, dtype),
+        test_batches=(stream.test_batches(eval_batch) if stream
+                      else eval_batches(data, eval_batch, mesh)),
+        input=stream)
+
+
+def _host_input(config: TrainConfig, mesh: Any) -> Any:
+    """The config's `StreamingInput`, or None for the in-memory path (`input_pipeline`)."""
+    from lars_jax.train import input_pipeline
+
+    if not input_pipeline.uses_host_input(config):
+        return None
+    if config.steps_per_call > 1:
+        raise ValueError(f"TrainConfig.steps_per_call={config.steps_per_call}: the host "
+                         "input pipeline feeds one step per call (use 1)")
+    return input_pipeline.StreamingInput(config, mesh)
 
 
 def evaluate(run: Run, state: TrainState) -> tuple[float, float]:

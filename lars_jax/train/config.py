@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from lars_jax.config_io import field_specs
-from lars_jax.data.info import DATASET_NAMES
+from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
 
 Optimizer = Literal["sgd", "lars", "larc", "clars"]
@@ -56,6 +56,7 @@ ClarsGranularity = Literal["example", "device", "micro_batch"]
 DType = Literal["float32", "bfloat16"]
 Parallel = Literal["jit", "pmap"]
 NanPolicy = Literal["stop", "skip"]
+InputPipeline = Literal["auto", "device", "host"]
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -99,6 +100,14 @@ class TrainConfig:
         0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).")
     flip: bool = _f(False, "Random horizontal flips (off for the sub-epoch default job).")
     cutout: int = _f(0, "Cutout square size in pixels (0: off).")
+    # Host streaming (lars_jax.train.input_pipeline).
+    input_pipeline: InputPipeline = _f(
+        "auto", "Input path: device (whole data set in device memory), host (stream batches "
+        "from the TFDS source through grain) or auto (host when the data set does not fit "
+        "on the device: imagenet2012).")
+    image_size: int | None = _f(
+        None, "Side of the host-decoded images of imagenet2012 (None: 224).")
+    input_threads: int = _f(8, "Host input pipeline: decoding threads per process.")
 
     # Optimizer.
     optimizer: Optimizer = _f("lars", "Optimizer: sgd, lars, larc or clars.")
@@ -267,6 +276,14 @@ class TrainConfig:
         if (self.num_processes is not None and self.process_id is not None
                 and self.process_id >= self.num_processes):
             bad("process_id", f"must be < num_processes={self.num_processes}")
+        if self.input_pipeline == "device" and not dataset_info(self.dataset).fits_on_device:
+            bad("input_pipeline", f"{self.dataset} does not fit on the device: use host or auto")
+        if self.image_size is not None and (self.image_size < 1
+                                            or dataset_info(self.dataset).fits_on_device):
+            bad("image_size", "must be >= 1, and only for data sets cropped on the host "
+                "(imagenet2012); None otherwise")
+        if self.input_threads < 1:
+            bad("input_threads", "must be >= 1")
         if self.crop_padding < 0:
             bad("crop_padding", "must be >= 0")
         if self.cutout < 0:

@@ -408,8 +408,9 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
                              checkpoint_every)
             multi = run.train_steps is not None and step + config.steps_per_call <= stop
+            images, labels = run.input.batch(step) if run.input else (run.images, run.labels)
             state, metrics = (run.train_steps if multi else run.train_step)(
-                state, run.images, run.labels, np.int32(step))
+                state, images, labels, np.int32(step))
             done = config.steps_per_call if multi else 1
             step += done
             pending.append((multi, metrics))
@@ -445,6 +446,8 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
         if last_eval.get("step") != total_steps:  # killed after the last checkpoint
             last_eval = _evaluate_row(run, state, step, writer)
     finally:
+        if run.input:
+            run.input.close()  # the host input's reader thread
         progress.close()
         writer.close()
         checkpointer.close()

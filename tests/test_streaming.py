@@ -1,0 +1,292 @@
+"""End-to-end tests of the host-streaming input path on the real imagenet2012 builder.
+
+The TFDS `imagenet2012` builder is prepared from synthesized tars (tiny random JPEGs, two
+classes) once per module; training runs a tiny ResNet for a few steps. The expectations
+are independent of the pipeline under test: the batches `train()` consumes are compared
+with `host_batches` read directly (the documented pure function of (seed, step)), a run
+interrupted by SIGKILL and resumed is compared bitwise with an uninterrupted one, and the
+1- and 8-device runs are compared with each other.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("PIL")
+
+from lars_jax import data  # noqa: E402
+from lars_jax.train import TrainConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNSETS = ["n01440764", "n01443537"]  # classes 0 and 1 of TFDS's imagenet2012 labels
+NUM_TRAIN = 32
+NUM_VAL = 8
+
+
+def _jpeg(rng: np.random.Generator, h: int, w: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory) -> Path:
+    """A prepared TFDS imagenet2012 of 32 training and 8 validation tiny JPEGs."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    manual = root / "manual"
+    manual.mkdir()
+    per_class = NUM_TRAIN // len(SYNSETS)
+    train = {f"{s}.tar": _tar_bytes({f"{s}_{i}.JPEG": _jpeg(rng, 12 + i % 5, 14 + i % 3)
+                                     for i in range(per_class)}) for s in SYNSETS}
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
+    val = {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(rng, 13, 15) for i in range(1, NUM_VAL + 1)}
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    data.prepare_imagenet(root / "tfds", manual_dir=manual)
+    return root / "tfds"
+
+
+def _config(data_dir: Path, workdir: Path, **kw) -> TrainConfig:
+    base = dict(dataset="imagenet2012", data_dir=str(data_dir), image_size=8, model="resnet8",
+                width=0.25, batch_size=8, epochs=1.0, warmup_epochs=0.0, dtype="float32",
+                eval_batch_size=8, log_every_steps=1, checkpoint_every_steps=0, plot=False,
+                progress=False, input_threads=2, workdir=str(workdir), seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_auto_streams_imagenet_and_device_path_is_refused():
+    assert TrainConfig(dataset="imagenet2012").validate().input_pipeline == "auto"
+    with pytest.raises(ValueError, match="input_pipeline"):
+        TrainConfig(dataset="imagenet2012", input_pipeline="device").validate()
+    with pytest.raises(ValueError, match="image_size"):
+        TrainConfig(dataset="imagenet2012", image_size=0).validate()
+    with pytest.raises(ValueError, match="image_size"):
+        TrainConfig(dataset="cifar10", image_size=32).validate()
+    from lars_jax.train.input_pipeline import uses_host_input
+
+    assert uses_host_input(TrainConfig(dataset="imagenet2012"))
+    assert not uses_host_input(TrainConfig(dataset="fashion_mnist"))
+    assert uses_host_input(TrainConfig(dataset="fashion_mnist", input_pipeline="host"))
+
+
+def test_streaming_batches_equal_host_batches_and_restart_anywhere(imagenet_dir, tmp_path):
+    from lars_jax.train import parallel
+    from lars_jax.train.input_pipeline import StreamingInput
+
+    config = _config(imagenet_dir, tmp_path)
+    stream = StreamingInput(config, parallel.make_mesh(1))
+    assert (stream.num_train, stream.num_test, stream.image_shape) == (NUM_TRAIN, NUM_VAL,
+                                                                      (8, 8, 3))
+    try:
+        # Six steps = 1.5 epochs of 4 steps: crosses an epoch boundary.
+        got = [jax.device_get(stream.batch(s)) for s in range(6)]
+        again = jax.device_get(stream.batch(2))  # out of order: the reader restarts at 2
+    finally:
+        stream.close()
+    want = list(data.host_batches("imagenet2012", "train", 8, seed=3, num_steps=6,
+                                  image_size=8, data_dir=imagenet_dir, num_threads=1))
+    for (x, y), w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(x, w["image"])
+        np.testing.assert_array_equal(y, w["label"])
+    np.testing.assert_array_equal(again[0], want[2]["image"])
+    # Each epoch is a permutation: 4 steps x 8 = every example once, 16 per class.
+    epoch_labels = np.concatenate([y for _, y in got[:4]])
+    assert np.bincount(epoch_labels).tolist() == [16, 16]
+    # Random-resized crops: the same example gets different crops in different epochs.
+    assert not np.array_equal(got[0][0], got[4][0])
+    # Subsets are TFDS split slices.
+    small = StreamingInput(config.replace(train_subset=16, test_subset=3),
+                           parallel.make_mesh(1))
+    assert (small.num_train, small.num_test) == (16, 3)
+
+
+def test_host_input_refuses_several_steps_per_call(imagenet_dir, tmp_path):
+    from lars_jax.train.build import build
+
+    with pytest.raises(ValueError, match="steps_per_call"):
+        build(_config(imagenet_dir, tmp_path, steps_per_call=2))
+
+
+def _cli_train(args: list[str], devices: int, env_extra: dict[str, str] | None = None
+               ) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(env_extra or {})
+    return subprocess.Popen([sys.executable, "-m", "lars_jax.cli", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _args(data_dir: Path, workdir: Path, **kw) -> list[str]:
+    c = _config(data_dir, workdir, **kw)
+    out = []
+    for name in ("dataset", "data_dir", "image_size", "model", "width", "batch_size",
+                 "epochs", "warmup_epochs", "dtype", "eval_batch_size", "log_every_steps",
+                 "checkpoint_every_steps", "input_threads", "workdir", "seed"):
+        out += [f"--{name.replace('_', '-')}", str(getattr(c, name))]
+    return out + ["--no-plot", "--no-progress"]
+
+
+def _metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_trains_imagenet2012_streaming_on_1_and_8_devices(imagenet_dir, tmp_path):
+    """`lars-jax train --dataset imagenet2012` streams and trains; the global batch of a step
+    does not depend on the device count, so with bn_span='global' in float32 the 1- and
+    8-device runs agree up to reduction order."""
+    runs = {}
+    for devices in (1, 8):
+        work = tmp_path / f"run{devices}"
+        proc = _cli_train(_args(imagenet_dir, work, epochs=2.0) + ["--bn-span", "global"],
+                          devices)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        summary = json.loads((work / "summary.json").read_text())
+        assert summary["num_devices"] == devices
+        assert summary["steps"] == 8  # 2 epochs of 32 // 8
+        assert summary["config"]["input_pipeline"] == "auto"
+        # Evaluated over the 8 validation images: the accuracy is a multiple of 1/8.
+        correct = summary["test_accuracy"] * NUM_VAL
+        assert correct == pytest.approx(round(correct), abs=1e-6)
+        losses = [r["loss"] for r in _metrics(work) if r["kind"] == "train"]
+        assert len(losses) == 8 and np.all(np.isfinite(losses))
+        # A 1000-way head at initialisation: the first loss is near log(1000).
+        assert abs(losses[0] - np.log(1000)) < 1.0
+        runs[devices] = losses
+    np.testing.assert_allclose(runs[1], runs[8], rtol=1e-4)
+
+
+_RESUME_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from lars_jax.train import TrainConfig
+    from lars_jax.train import loop
+    from lars_jax.train.input_pipeline import StreamingInput
+    import json
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    kill_after = int(sys.argv[2])
+    batch = StreamingInput.batch
+    def recording(self, step):
+        x, y = batch(self, step)
+        with open(sys.argv[3], "a") as f:
+            f.write(json.dumps([step, float(np.asarray(x, np.float64).sum()),
+                                np.asarray(y).tolist()]) + "\\n")
+        if kill_after and step == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies before step `kill_after` runs
+        return x, y
+    StreamingInput.batch = recording
+    summary, state = loop.train(config, return_state=True)
+    leaves = [np.asarray(v) for v in __import__("jax").tree.leaves(state.params)]
+    np.savez(sys.argv[4], *leaves)
+""")
+
+
+def _resume_run(config: TrainConfig, kill_after: int, log: Path, params: Path
+                ) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run(
+        [sys.executable, "-c", _RESUME_SCRIPT, json.dumps(config.to_dict()), str(kill_after),
+         str(log), str(params)], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_and_resume_sees_the_same_batches_and_params(imagenet_dir, tmp_path):
+    # 6 steps (1.5 epochs: the resume starts in the middle of epoch 0 and crosses into 1),
+    # checkpoints every 2 steps, killed when asked for the batch of step 3 (after the
+    # checkpoint at step 2): the restart resumes at step 2.
+    straight = _config(imagenet_dir, tmp_path / "straight", epochs=1.5,
+                       checkpoint_every_steps=2)
+    r = _resume_run(straight, 0, tmp_path / "straight.log", tmp_path / "straight.npz")
+    assert r.returncode == 0, r.stdout + r.stderr
+    killed = straight.replace(workdir=str(tmp_path / "killed"))
+    r = _resume_run(killed, 3, tmp_path / "killed.log", tmp_path / "killed.npz")
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    r = _resume_run(killed, 0, tmp_path / "killed.log", tmp_path / "killed.npz")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming from step 2" in r.stderr
+
+    def rows(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    want = rows(tmp_path / "straight.log")
+    got = rows(tmp_path / "killed.log")
+    assert [w[0] for w in want] == list(range(6))
+    assert [g[0] for g in got] == [0, 1, 2, 3, 2, 3, 4, 5]  # steps 2, 3 read again
+    by_step = {}
+    for g in got:
+        by_step.setdefault(g[0], g)
+        assert by_step[g[0]] == g  # a step's batch is the same before and after the kill
+    assert [by_step[s] for s in range(6)] == want
+    a, b = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "killed.npz")
+    assert len(a.files) == len(b.files) > 0
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])  # bitwise
+
+
+# ----------------------------------------------------------------------------- recipe
+
+# claims.md section 1 (Google's MLPerf v0.7 JAX submission): global batch -> base LR, warmup
+# epochs, momentum, weight decay, epochs.
+_MLPERF_ROWS = {
+    "mlperf_resnet50_lars.toml": (3200, 10.0, 5, 0.9, 2e-4, 56),
+    "mlperf_resnet50_lars_16k.toml": (16384, 25.0, 5, 0.9, 2e-4, 56),
+    "mlperf_resnet50_lars_32k.toml": (32768, 29.0, 18, 0.929, 1e-4, 64),
+    "mlperf_resnet50_lars_64k.toml": (65536, 23.08, 33, 0.9537, 1e-4, 92),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MLPERF_ROWS))
+def test_mlperf_recipe_files_load_validate_and_match_the_table(name):
+    from lars_jax.cli import resolve_config
+    from lars_jax.train.build import learning_rate_schedule
+
+    assert sorted(p.name for p in (ROOT / "configs").glob("mlperf_*.toml")) == sorted(
+        _MLPERF_ROWS)
+    config, _ = resolve_config(TrainConfig, str(ROOT / "configs" / name), {})
+    batch, lr, warmup, momentum, wd, epochs = _MLPERF_ROWS[name]
+    config.validate(device_count=8)
+    assert (config.model, config.dataset, config.optimizer) == ("resnet50", "imagenet2012",
+                                                                "lars")
+    assert (config.batch_size, config.momentum, config.weight_decay, config.epochs,
+            config.warmup_epochs) == (batch, momentum, wd, epochs, warmup)
+    assert (config.label_smoothing, config.trust_coefficient, config.image_size) == (
+        0.1, 0.001, 224)
+    assert config.micro_batch_size(8) >= 64  # BN over >= 64 examples on 8 devices
+    # The schedule: linear from 0 to the base LR over the warmup, then poly2 to 1e-4.
+    spe = 1_281_167 // batch
+    total = round(epochs * spe)
+    w = round(warmup * spe)
+    sched = learning_rate_schedule(config, spe, total)
+    assert float(sched(0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(sched(w // 2)) == pytest.approx(lr * (w // 2) / w, rel=1e-4)
+    assert float(sched(w)) == pytest.approx(lr, rel=1e-5)
+    mid = w + (total - w) // 2
+    frac = 1 - (mid - w) / (total - w)
+    assert float(sched(mid)) == pytest.approx(1e-4 + (lr - 1e-4) * frac**2, rel=1e-4)
+    assert float(sched(total)) == pytest.approx(1e-4, rel=1e-3)
