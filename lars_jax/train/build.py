@@ -85,7 +85,7 @@ def load_data(config: TrainConfig) -> Data:
 
 def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
     """Optimizer steps per epoch (the last partial batch of an epoch is dropped)."""
-    return max(1, num_train // config.batch_size)
+    return config.run_steps(num_train)[0]
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -175,7 +175,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int
     if config.optimizer != "sgd":
         common.update(trust_coefficient=config.trust_coefficient,
                       denominator=config.denominator)
-        if config.optimizer == "lars" and config.clip:
+        if config.optimizer in ("lars", "clars") and config.clip:
             common["clip"] = 1.0
     factory = {"sgd": alias.sgd, "lars": alias.lars, "larc": alias.larc,
                "clars": alias.clars}[config.optimizer]
@@ -333,8 +333,9 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
     if num_train < config.batch_size:
         raise ValueError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
                          f"{num_train} training examples")
-    epoch_steps = steps_per_epoch(config, num_train)
-    total_steps = max(1, int(round(config.epochs * epoch_steps)))
+    if num_train != config.num_train_examples():  # custom data: the step checks again
+        config.validate(device_count=num_devices, num_train=num_train)
+    epoch_steps, total_steps = config.run_steps(num_train)
 
     mesh = parallel.make_mesh(num_devices)
     dtype = compute_dtype(config)
