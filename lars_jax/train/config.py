@@ -476,9 +476,10 @@ APPLIES: dict[str, Applies] = {
         "schedule cosine, poly2, linear or mlperf (constant, step and onecycle have a "
         "fixed end)", lambda c: c.schedule in ("cosine", "poly2", "linear", "mlperf"),
         "refuse"),
-    "warmup_start": Applies("warmup_epochs > 0 and a schedule other than onecycle",
-                            lambda c: c.warmup_epochs > 0 and c.schedule != "onecycle",
-                            "warn"),
+    "warmup_start": Applies(
+        "warmup_epochs > 0 and a schedule other than onecycle and mlperf (mlperf refuses "
+        "'base')", lambda c: c.warmup_epochs > 0 and c.schedule not in ("onecycle", "mlperf"),
+        "warn"),
     "keep_checkpoints": Applies("checkpoint_every_steps >= 0",
                                 lambda c: c.checkpoint_every_steps >= 0, "warn"),
 }
