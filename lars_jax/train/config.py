@@ -412,8 +412,8 @@ class TrainConfig:
                  "no warmup")
         if (self.warmup_start == "base" and warmup > 0 and self.schedule != "onecycle"
                 and self._peak_learning_rate() <= self.learning_rate):
-            warn("warmup_start", f"the scaled peak {self._peak_learning_rate():.4g} is not "
-                 f"above learning_rate={self.learning_rate}: the warmup is flat")
+            warn("warmup_start", "the scaled peak rate is not above learning_rate (batch_size "
+                 "<= base_batch_size or lr_scaling='none'): the warmup is flat")
         k = self.steps_per_call
         if k > 1:
             stops = {"log_every_steps": self.log_every_steps, "epochs": total_steps}
