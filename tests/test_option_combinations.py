@@ -233,7 +233,7 @@ def test_applies_table_agrees_with_what_the_code_builds(name):
     Catches a table entry that hides a real effect, or a field that silently stopped
     applying (e.g. clip ignored by clars, end_learning_rate ignored by a schedule)."""
     value, contexts, fingerprint = _EFFECT_CASES[name]
-    base = TrainConfig(model="mlp2", width=0.25, bn_ghost_size=32, epochs=10.0,
+    base = TrainConfig(model="mlp1", width=1 / 16, bn_ghost_size=32, epochs=10.0,
                        warmup_epochs=1.0)
     seen = set()
     for ctx in contexts:
@@ -261,8 +261,9 @@ def _warnings(**changes) -> list[str]:
 
 
 def test_clars_with_optax_denominator_is_refused_before_data(tmp_path):
-    """Item 2: it passed validation and failed after data loading. Now the config and the
-    CLI (even --print-config, which loads nothing) refuse it with one line and exit 2."""
+    """Item 2: it passed validation, --print-config and sweep --dry-run and failed after
+    data loading. Now the config, the CLI's --print-config and the sweep's dry run (neither
+    loads data) refuse it with one line and exit 2."""
     from lars_jax.cli import main
 
     assert _refusal(optimizer="clars", denominator="optax").startswith(
@@ -270,6 +271,9 @@ def test_clars_with_optax_denominator_is_refused_before_data(tmp_path):
     rc = main(["train", "--optimizer", "clars", "--denominator", "optax", "--print-config",
                "--workdir", str(tmp_path)])
     assert rc == 2
+    rc = main(["sweep", "--grid", "optimizer=lars,clars", "--denominator", "optax",
+               "--dry-run", "--out", str(tmp_path / "sweep")])
+    assert rc == 2 and not (tmp_path / "sweep" / "results.jsonl").exists()
 
 
 def test_end_learning_rate_is_refused_where_the_schedule_has_a_fixed_end():
