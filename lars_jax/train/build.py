@@ -12,11 +12,13 @@ Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)
 ``peak``; then the decay schedule over the remaining steps (`SCHEDULES`, a table of
 factories: an unknown name raises). For ``schedule="onecycle"`` the 1cycle schedule spans
 the whole run and ``warmup_epochs / epochs`` is its rising fraction; ``"mlperf"`` is
-`lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to
-``end_learning_rate``). The optimizer is wrapped in ``optax.inject_hyperparams``, so the
-rate of every step is in the optimizer state and in the logged ``lr``; the base learning
-rate and the weight decay are arrays there, not constants of the compiled step, so an lr
-or weight-decay grid compiles once per shape of run.
+`lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to ``end_learning_rate``).
+cosine, poly2, linear and mlperf end at ``end_learning_rate``; constant, step and onecycle
+have fixed ends (the peak, peak/100 and peak/250000), and `TrainConfig.validate` refuses an
+``end_learning_rate`` with them. The optimizer is wrapped in ``optax.inject_hyperparams``,
+so the rate of every step is in the optimizer state and in the logged ``lr``; the base
+learning rate and the weight decay are arrays there, not constants of the compiled step, so
+an lr or weight-decay grid compiles once per shape of run.
 
 References:
   Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
