@@ -327,7 +327,23 @@ def resolve_config(
         raise ConfigError(str(e)) from e
 
 
+def _show_config_warnings_on_one_line() -> None:
+    """Config warnings (values with no effect) print as ``lars-jax: warning: ...``."""
+    show = warnings.showwarning
+    if getattr(show, "one_line_config_warnings", False):
+        return
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ != "ConfigWarning":
+            return show(message, category, filename, lineno, file, line)
+        print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
+
+    one_line.one_line_config_warnings = True
+    warnings.showwarning = one_line
+
+
 def _validate(config: Any, device_count: int | None = None) -> None:
+    _show_config_warnings_on_one_line()
     validate = getattr(config, "validate", None)
     if not callable(validate):
         return
@@ -505,21 +521,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_config_warnings_on_one_line() -> None:
-    """Config warnings (values with no effect) print as ``lars-jax: warning: ...``."""
-    show = warnings.showwarning
-    if getattr(show, "one_line_config_warnings", False):
-        return
-
-    def one_line(message, category, filename, lineno, file=None, line=None):
-        if category.__name__ != "ConfigWarning":
-            return show(message, category, filename, lineno, file, line)
-        print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
-
-    one_line.one_line_config_warnings = True
-    warnings.showwarning = one_line
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lars-jax`` console script.
 
@@ -531,7 +532,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       130 interrupted (rerun the same command to resume).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    _show_config_warnings_on_one_line()
     cls = _config_class()
     parser = build_parser(cls)
     args, extra = parser.parse_known_args(_normalize_argv(argv))
