@@ -32,6 +32,7 @@ import re
 import sys
 import textwrap
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -326,7 +327,23 @@ def resolve_config(
         raise ConfigError(str(e)) from e
 
 
+def _show_config_warnings_on_one_line() -> None:
+    """Config warnings (values with no effect) print as ``lars-jax: warning: ...``."""
+    show = warnings.showwarning
+    if getattr(show, "one_line_config_warnings", False):
+        return
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ != "ConfigWarning":
+            return show(message, category, filename, lineno, file, line)
+        print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
+
+    one_line.one_line_config_warnings = True
+    warnings.showwarning = one_line
+
+
 def _validate(config: Any, device_count: int | None = None) -> None:
+    _show_config_warnings_on_one_line()
     validate = getattr(config, "validate", None)
     if not callable(validate):
         return

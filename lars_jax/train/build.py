@@ -12,11 +12,13 @@ Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)
 ``peak``; then the decay schedule over the remaining steps (`SCHEDULES`, a table of
 factories: an unknown name raises). For ``schedule="onecycle"`` the 1cycle schedule spans
 the whole run and ``warmup_epochs / epochs`` is its rising fraction; ``"mlperf"`` is
-`lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to
-``end_learning_rate``). The optimizer is wrapped in ``optax.inject_hyperparams``, so the
-rate of every step is in the optimizer state and in the logged ``lr``; the base learning
-rate and the weight decay are arrays there, not constants of the compiled step, so an lr
-or weight-decay grid compiles once per shape of run.
+`lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to ``end_learning_rate``).
+cosine, poly2, linear and mlperf end at ``end_learning_rate``; constant, step and onecycle
+have fixed ends (the peak, peak/100 and peak/250000), and `TrainConfig.validate` refuses an
+``end_learning_rate`` with them. The optimizer is wrapped in ``optax.inject_hyperparams``,
+so the rate of every step is in the optimizer state and in the logged ``lr``; the base
+learning rate and the weight decay are arrays there, not constants of the compiled step, so
+an lr or weight-decay grid compiles once per shape of run.
 
 References:
   Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
@@ -84,7 +86,7 @@ def load_data(config: TrainConfig) -> Data:
 
 def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
     """Optimizer steps per epoch (the last partial batch of an epoch is dropped)."""
-    return max(1, num_train // config.batch_size)
+    return config.run_steps(num_train)[0]
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -174,7 +176,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int
     if config.optimizer != "sgd":
         common.update(trust_coefficient=config.trust_coefficient,
                       denominator=config.denominator)
-        if config.optimizer == "lars" and config.clip:
+        if config.optimizer in ("lars", "clars") and config.clip:
             common["clip"] = 1.0
     factory = {"sgd": alias.sgd, "lars": alias.lars, "larc": alias.larc,
                "clars": alias.clars}[config.optimizer]
@@ -337,8 +339,9 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
     if num_train < config.batch_size:
         raise ValueError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
                          f"{num_train} training examples")
-    epoch_steps = steps_per_epoch(config, num_train)
-    total_steps = max(1, int(round(config.epochs * epoch_steps)))
+    if num_train != config.num_train_examples():  # custom data: the step checks again
+        config.validate(device_count=num_devices, num_train=num_train)
+    epoch_steps, total_steps = config.run_steps(num_train)
 
     dtype = compute_dtype(config)
     meta = stream or data  # num_classes, mean, std

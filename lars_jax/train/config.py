@@ -22,7 +22,13 @@ Batch-norm statistics span (`bn_span`), which changes results at large batch:
   number of devices (as MLPerf's ``bn_span``; Masters & Luschi find 4-8 best on CIFAR).
 
 With gradient accumulation, statistics never span micro-batches: each micro-batch is
-normalised on its own.
+normalised on its own, and the running statistics (used at evaluation) are updated once per
+step from the mean of the micro-batches' statistics, as across devices; so ``k``
+micro-batches on one device give the running statistics of ``k`` devices.
+
+Which options apply to which optimizer, norm, span and schedule is the table `APPLIES`:
+`validate` refuses (ValueError) or warns about (`ConfigWarning`) a non-default value that
+has no effect in the chosen combination (docs/cli.md lists the rules).
 
 References:
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
@@ -38,8 +44,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from lars_jax.config_io import field_specs
 from lars_jax.data.info import DATASET_NAMES, dataset_info
@@ -131,7 +139,12 @@ class TrainConfig:
         "(/10 at 50% and 75%), onecycle, mlperf (lars_jax.mlperf_lars_schedule: warmup from 0, "
         "then poly2 to end_learning_rate).",
     )
-    end_learning_rate: float = _f(0.0, "Final learning rate of the decaying schedules.")
+    end_learning_rate: float = _f(
+        0.0,
+        "Final learning rate of cosine, poly2, linear and mlperf (reached at the end of the "
+        "run). The other schedules have a fixed end and refuse a value other than 0: "
+        "constant stays at the peak, step ends at peak/100, onecycle at peak/250000.",
+    )
     momentum: float = _f(0.9, "Momentum coefficient.")
     nesterov: bool = _f(False, "Nesterov momentum.")
     weight_decay: float = _f(5e-4, "Weight decay (L2) coefficient.")
@@ -144,7 +157,9 @@ class TrainConfig:
         "paper",
         "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
     )
-    clip: bool = _f(False, "Clip the LARS trust ratio at 1 (LARC) when optimizer is lars.")
+    clip: bool = _f(
+        False,
+        "Clip the trust ratio at 1 (LARC) with optimizer lars or clars (larc always clips).")
     clars_granularity: ClarsGranularity = _f(
         "example",
         "CLARS gradient norms: example (exact per-example), device (each device's local "
@@ -240,16 +255,41 @@ class TrainConfig:
         """Examples per device per accumulation micro-batch."""
         return self.batch_size // (device_count * self.grad_accum_steps)
 
-    def validate(self, device_count: int | None = None) -> TrainConfig:
+    def run_steps(self, num_train: int) -> tuple[int, int]:
+        """``(steps_per_epoch, total_steps)`` with `num_train` training examples.
+
+        The last partial batch of an epoch is dropped; a run has at least one step.
+        """
+        epoch_steps = max(1, num_train // self.batch_size)
+        return epoch_steps, max(1, int(round(self.epochs * epoch_steps)))
+
+    def num_train_examples(self) -> int:
+        """Training examples of the data set after ``train_subset``."""
+        n = dataset_info(self.dataset).num_train
+        return min(n, self.train_subset) if self.train_subset else n
+
+    def validate(self, device_count: int | None = None, num_train: int | None = None
+                 ) -> TrainConfig:
         """Checks every field; raises ValueError naming the field. Returns self.
+
+        A value that has no effect in the chosen combination (the table `APPLIES`) is
+        refused, or only warned about (`ConfigWarning`) where a shared base config of a
+        sweep may mean it for its other runs.
 
         Args:
           device_count: the number of devices the run will use (global across processes);
             when given, the global batch must be divisible by it times grad_accum_steps.
             Defaults to `num_devices` when that is set.
+          num_train: the number of training examples (default: the data set's size after
+            ``train_subset``), for the checks that depend on the number of steps.
         """
         def bad(name: str, msg: str) -> None:
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}")
+
+        def warn(name: str, msg: str) -> None:
+            # stacklevel 1: one location, so each message is shown once per process
+            warnings.warn(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}", ConfigWarning,
+                          stacklevel=1)
 
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -265,8 +305,6 @@ class TrainConfig:
             bad("width", "must be > 0")
         if self.bn_ghost_size < 1:
             bad("bn_ghost_size", "must be >= 1")
-        if self.norm != "batch" and self.bn_span == "ghost":
-            bad("bn_span", "ghost batch norm needs norm='batch'")
         for name in ("train_subset", "test_subset", "num_devices", "num_processes"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -337,6 +375,20 @@ class TrainConfig:
         if self.clars_granularity == "micro_batch" and self.optimizer == "clars" \
                 and self.grad_accum_steps < 2:
             bad("clars_granularity", "micro_batch needs grad_accum_steps >= 2")
+        if self.optimizer == "clars" and self.denominator != "paper":
+            bad("denominator", "clars supports only denominator='paper'")
+        if self.norm == "batch" and self.bn_span == "ghost" and self.bn_ghost_size == 1:
+            bad("bn_ghost_size", "batch norm over 1 example outputs its bias only (use >= 2)")
+        if self.norm == "batch" and self.bn_span == "global" \
+                and self.batch_size == self.grad_accum_steps:
+            bad("batch_size", "a micro-batch of 1 example: batch norm over 1 example outputs "
+                "its bias only (use norm='none' or fewer grad_accum_steps)")
+        for name, rule in APPLIES.items():
+            default = _DEFAULTS[name]
+            if getattr(self, name) != default and not rule.applies(self):
+                (bad if rule.otherwise == "refuse" else warn)(
+                    name, f"has no effect: it applies only with {rule.when} "
+                    f"(leave it at {default!r})")
 
         n = device_count if device_count is not None else self.num_devices
         if n is not None:
@@ -354,6 +406,120 @@ class TrainConfig:
                 )
             if (self.optimizer == "clars" and self.clars_granularity == "device" and n < 2):
                 bad("clars_granularity", "device needs >= 2 devices (use example)")
+            if (self.norm == "batch" and self.bn_span == "device"
+                    and self.batch_size == n * self.grad_accum_steps):
+                bad("batch_size", f"1 example per device and micro-batch ({n} devices x "
+                    f"{self.grad_accum_steps} micro-batches): batch norm over 1 example "
+                    "outputs its bias only (use bn_span='global' or norm='none')")
         if self.train_subset is not None and self.train_subset < self.batch_size:
             bad("train_subset", f"must be >= batch_size={self.batch_size}")
+        self._validate_steps(num_train, bad, warn)
         return self
+
+    def _validate_steps(self, num_train: int | None, bad: Callable[[str, str], None],
+                        warn: Callable[[str, str], None]) -> None:
+        """The checks that depend on the number of steps of the run."""
+        if num_train is None:
+            try:
+                num_train = self.num_train_examples()
+            except ValueError:  # an unknown data set was refused above
+                return
+        epoch_steps, total_steps = self.run_steps(num_train)
+        eval_every = int(round(self.eval_every_epochs * epoch_steps))
+        if self.eval_every_epochs > 0 and eval_every == 0:
+            bad("eval_every_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch "
+                f"(use 0, or {1 / epoch_steps:.3g} for every step)")
+        warmup = int(round(self.warmup_epochs * epoch_steps))
+        if (self.warmup_epochs not in (0, _DEFAULTS["warmup_epochs"]) and warmup == 0
+                and self.schedule != "onecycle"):
+            warn("warmup_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch: "
+                 "no warmup")
+        if (self.warmup_start == "base" and warmup > 0 and self.schedule != "onecycle"
+                and self._peak_learning_rate() <= self.learning_rate):
+            warn("warmup_start", "the scaled peak rate is not above learning_rate (batch_size "
+                 "<= base_batch_size or lr_scaling='none'): the warmup is flat")
+        k = self.steps_per_call
+        if k > 1:
+            stops = {"log_every_steps": self.log_every_steps, "epochs": total_steps}
+            if eval_every:
+                stops["eval_every_epochs"] = eval_every
+            if self.checkpoint_every_steps > 0:
+                stops["checkpoint_every_steps"] = self.checkpoint_every_steps
+            name, every = min(stops.items(), key=lambda item: item[1])
+            if k > every:
+                why = (f"the run has {every} steps" if name == "epochs"
+                       else f"calls stop every {every} steps ({name})")
+                bad("steps_per_call", f"never used: {why}; use steps_per_call <= {every}")
+            uneven = [name for name, every in stops.items()
+                      if name != "epochs" and every % k]
+            if uneven:
+                warn("steps_per_call", f"{', '.join(uneven)} not a multiple of it: some "
+                     "calls run single steps")
+
+    def _peak_learning_rate(self) -> float:
+        """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
+        ratio = self.batch_size / self.base_batch_size
+        factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[self.lr_scaling]
+        return self.learning_rate * factor
+
+
+class ConfigWarning(UserWarning):
+    """A config value with no effect in its run, which a sweep's base config may mean."""
+
+
+class Applies(NamedTuple):
+    """Where a field has an effect (see `APPLIES`).
+
+    Attributes:
+      when: the condition in words (for messages and docs/cli.md's table).
+      applies: ``applies(config)``: True where the field has an effect.
+      otherwise: a non-default value where it has no effect is refused ("refuse") or only
+        warned about ("warn": a setting of another optimizer, span or schedule that a sweep
+        over those may share in its base config).
+    """
+
+    when: str
+    applies: Callable[[TrainConfig], bool]
+    otherwise: Literal["refuse", "warn"]
+
+
+APPLIES: dict[str, Applies] = {
+    "bn_span": Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"),
+    "bn_ghost_size": Applies("norm='batch' and bn_span='ghost'",
+                             lambda c: c.norm == "batch" and c.bn_span == "ghost", "warn"),
+    "zero_init_last_bn": Applies("norm='batch' or 'group'", lambda c: c.norm != "none",
+                                 "refuse"),
+    "trust_coefficient": Applies("optimizer lars, larc or clars",
+                                 lambda c: c.optimizer != "sgd", "warn"),
+    "denominator": Applies("optimizer lars or larc",
+                           lambda c: c.optimizer in ("lars", "larc"), "warn"),
+    "clip": Applies("optimizer lars or clars (larc always clips)",
+                    lambda c: c.optimizer in ("lars", "clars"), "warn"),
+    "clars_granularity": Applies("optimizer clars", lambda c: c.optimizer == "clars", "warn"),
+    "end_learning_rate": Applies(
+        "schedule cosine, poly2, linear or mlperf (constant, step and onecycle have a "
+        "fixed end)", lambda c: c.schedule in ("cosine", "poly2", "linear", "mlperf"),
+        "refuse"),
+    "warmup_start": Applies(
+        "warmup_epochs > 0 and a schedule other than onecycle and mlperf (mlperf refuses "
+        "'base')", lambda c: c.warmup_epochs > 0 and c.schedule not in ("onecycle", "mlperf"),
+        "warn"),
+    "keep_checkpoints": Applies("checkpoint_every_steps >= 0",
+                                lambda c: c.checkpoint_every_steps >= 0, "warn"),
+}
+"""The fields that apply only in some combinations; every other field always applies
+(`ALWAYS_APPLIES`). A new field must be added to one of the two (the tests check it)."""
+
+ALWAYS_APPLIES: frozenset[str] = frozenset({
+    "model", "width", "norm", "dataset", "data_dir", "train_subset", "test_subset",
+    "crop_padding", "flip", "cutout", "optimizer", "learning_rate", "base_batch_size",
+    "lr_scaling", "warmup_epochs", "schedule", "momentum", "nesterov", "weight_decay",
+    "label_smoothing", "batch_size", "grad_accum_steps", "epochs", "dtype", "parallel",
+    "num_devices", "steps_per_call", "coordinator_address", "num_processes", "process_id",
+    "seed", "workdir", "checkpoint_every_steps", "resume", "nan_policy",
+    "eval_every_epochs", "eval_batch_size", "log_every_steps", "log_layer_stats",
+    "log_diagnostics", "tensorboard", "plot", "progress"})
+"""Fields with an effect in every combination (`steps_per_call`, `eval_every_epochs`,
+`nesterov`, `batch_size` have their own checks in `TrainConfig.validate`)."""
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

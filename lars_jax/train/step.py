@@ -11,8 +11,12 @@ contiguous micro-batches of ``m = B_local / k`` examples, processed one after an
 ``lax.scan`` (so a global batch of 32k fits in one device's memory); the gradient is the mean
 of the micro-batch gradients, then averaged over devices with ``lax.pmean``. BatchNorm
 statistics are taken per micro-batch (per device, across devices through the model's
-``bn_axis_name``, or over ghost groups, as the model was built) and the running averages are
-threaded through the micro-batches and averaged over devices.
+``bn_axis_name``, or over ghost groups, as the model was built); the running averages are
+updated once per step: each micro-batch's update starts from the step's running statistics
+and the updates are averaged over micro-batches and devices. As the update is linear
+(``r' = m r + (1 - m) s``), that is one update with the mean of the micro-batch statistics
+``s``, so ``k`` micro-batches on one device give the running statistics of ``k`` devices with
+one micro-batch each.
 
 Every gradient "group" (one micro-batch on one device) has the same size, so the groups also
 give the gradient-noise-scale statistics for free (McCandlish et al.): ``grad_sqnorm_small``
@@ -227,15 +231,16 @@ def make_train_step(
             xs = x.reshape(accum, m, *x.shape[1:])
             ys = y.reshape(accum, m, *y.shape[1:])
 
-            def body(carry, xy):
-                stats, gsum = carry
-                loss, g, stats, acc, norms = micro_grads(params, stats, *xy)
+            def body(gsum, xy):
+                # every micro-batch starts from the step's running statistics; their
+                # updates are averaged below (one update per step, as across devices)
+                loss, g, stats, acc, norms = micro_grads(params, state.batch_stats, *xy)
                 gsum = jax.tree.map(jnp.add, gsum, g)
-                return (stats, gsum), (loss, acc, norms, _sqnorm(g))
+                return gsum, (loss, acc, norms, _sqnorm(g), stats)
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            (stats, gsum), (losses, accs, norms, sqs) = jax.lax.scan(
-                body, (state.batch_stats, zeros), (xs, ys))
+            gsum, (losses, accs, norms, sqs, stats) = jax.lax.scan(body, zeros, (xs, ys))
+            stats = jax.tree.map(lambda v: jnp.mean(v, axis=0), stats)
             grads = jax.tree.map(lambda g: g / accum, gsum)
             loss, acc = jnp.mean(losses), jnp.mean(accs)
             sq_small = jnp.mean(sqs)
