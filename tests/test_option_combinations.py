@@ -34,6 +34,8 @@ BASE = dict(model="mlp2", train_subset=512, test_subset=256, batch_size=64, epoc
 DEVICES = 8
 
 OPTION_VALUES: dict[str, list] = {
+    "max_skipped_fraction": [0.5],
+    "input_threads": [2],
     "optimizer": ["sgd", "larc", "clars"],
     "norm": ["group", "none"],
     "bn_span": ["global", "ghost"],

@@ -88,11 +88,10 @@ def test_auto_streams_imagenet_and_device_path_is_refused():
         TrainConfig(dataset="imagenet2012", image_size=0).validate()
     with pytest.raises(ValueError, match="image_size"):
         TrainConfig(dataset="cifar10", image_size=32).validate()
-    from lars_jax.train.input_pipeline import uses_host_input
 
-    assert uses_host_input(TrainConfig(dataset="imagenet2012"))
-    assert not uses_host_input(TrainConfig(dataset="fashion_mnist"))
-    assert uses_host_input(TrainConfig(dataset="fashion_mnist", input_pipeline="host"))
+    assert TrainConfig(dataset="imagenet2012").uses_host_input()
+    assert not TrainConfig(dataset="fashion_mnist").uses_host_input()
+    assert TrainConfig(dataset="fashion_mnist", input_pipeline="host").uses_host_input()
 
 
 def test_streaming_batches_equal_host_batches_and_restart_anywhere(imagenet_dir, tmp_path):

@@ -408,7 +408,7 @@ def _host_input(config: TrainConfig, mesh: Any) -> Any:
     """The config's `StreamingInput`, or None for the in-memory path (`input_pipeline`)."""
     from lars_jax.train import input_pipeline
 
-    if not input_pipeline.uses_host_input(config):
+    if not config.uses_host_input():
         return None
     if config.steps_per_call > 1:
         raise ValueError(f"TrainConfig.steps_per_call={config.steps_per_call}: the host "

@@ -268,6 +268,13 @@ class TrainConfig:
         n = dataset_info(self.dataset).num_train
         return min(n, self.train_subset) if self.train_subset else n
 
+    def uses_host_input(self) -> bool:
+        """Whether the data stream from the host (``input_pipeline`` host, or auto for a
+        data set that does not fit on the device) instead of living on the device."""
+        if self.input_pipeline == "auto":
+            return not dataset_info(self.dataset).fits_on_device
+        return self.input_pipeline == "host"
+
     def validate(self, device_count: int | None = None, num_train: int | None = None
                  ) -> TrainConfig:
         """Checks every field; raises ValueError naming the field. Returns self.
@@ -506,6 +513,11 @@ APPLIES: dict[str, Applies] = {
         "warn"),
     "keep_checkpoints": Applies("checkpoint_every_steps >= 0",
                                 lambda c: c.checkpoint_every_steps >= 0, "warn"),
+    "max_skipped_fraction": Applies("nan_policy='skip'", lambda c: c.nan_policy == "skip",
+                                    "warn"),
+    "input_threads": Applies("the host input pipeline (input_pipeline host, or auto for a "
+                             "data set that does not fit on the device)",
+                             lambda c: c.uses_host_input(), "warn"),
 }
 """The fields that apply only in some combinations; every other field always applies
 (`ALWAYS_APPLIES`). A new field must be added to one of the two (the tests check it)."""
@@ -518,8 +530,9 @@ ALWAYS_APPLIES: frozenset[str] = frozenset({
     "num_devices", "steps_per_call", "coordinator_address", "num_processes", "process_id",
     "seed", "workdir", "checkpoint_every_steps", "resume", "nan_policy",
     "eval_every_epochs", "eval_batch_size", "log_every_steps", "log_layer_stats",
-    "log_diagnostics", "tensorboard", "plot", "progress"})
+    "log_diagnostics", "tensorboard", "plot", "progress", "input_pipeline", "image_size"})
 """Fields with an effect in every combination (`steps_per_call`, `eval_every_epochs`,
-`nesterov`, `batch_size` have their own checks in `TrainConfig.validate`)."""
+`nesterov`, `batch_size`, `input_pipeline`, `image_size` have their own checks in
+`TrainConfig.validate`)."""
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

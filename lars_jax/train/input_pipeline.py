@@ -49,13 +49,6 @@ from lars_jax.train.config import TrainConfig
 DEFAULT_IMAGENET_SIZE = 224
 
 
-def uses_host_input(config: TrainConfig) -> bool:
-    """Whether `config` streams its data from the host (``input_pipeline``; see the module)."""
-    if config.input_pipeline == "auto":
-        return not dataset_info(config.dataset).fits_on_device
-    return config.input_pipeline == "host"
-
-
 def make_streaming_prepare(*, seed: int, mean: Any, std: Any, dtype: Any,
                            augment: dict[str, Any] | None = None
                            ) -> Callable[[jax.Array, jax.Array, jax.Array], Any]:
