@@ -12,6 +12,9 @@ BatchNorm statistics) of a lars_jax ResNet, per variant:
                      `lax.conv_general_dilated_patches` (itself a convolution with a one-hot
                      kernel), the issue's literal lead;
 
+* `xla <dtype> scanK` (with `--scan K`) K steps in one `lax.scan` (a while loop, as
+                     `steps_per_call` and gradient accumulation compile), time per step;
+
 all interleaved round by round (`_harness.compare`), plus the max relative difference of
 each variant's loss and updated parameters from `xla float32` after one step (same
 weights, same batch). Flags (oneDNN, thunk runtime) act process-wide: run the script once
@@ -21,6 +24,7 @@ Usage:
   python benchmarks/bench_conv_leads.py                              # ResNet-20, 28x28x1, B=64
   python benchmarks/bench_conv_leads.py --model resnet18 --image 32 --channels 3 --batch 32
   XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/bench_conv_leads.py --variants xla
+  python benchmarks/bench_conv_leads.py --variants xla --scan 2   # steps inside a while loop
   python benchmarks/bench_conv_leads.py --quick
   python benchmarks/bench_conv_leads.py --dump /tmp/hlo   # XLA_FLAGS --xla_dump_to for layouts
 
@@ -50,6 +54,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default="xla,patches,lax_patches",
                    help="comma list of xla, patches, lax_patches")
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--scan", type=int, default=0,
+                   help="also time K xla steps inside one lax.scan (per-step time reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=3)
@@ -123,8 +129,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return jax.jit(step)
 
+    def make_scan(model, k, unroll=1):
+        step = make_step(model)
+
+        def run(state):  # k steps in one while loop; the loss of the last one
+            state, losses = jax.lax.scan(lambda s, _: step(s), state, None, length=k,
+                                         unroll=unroll)
+            return state, losses[-1]
+
+        return jax.jit(run)
+
     state0 = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-    variants, first = {}, {}
+    variants, first, scan_names = {}, {}, []
     for dt in args.dtypes.split(","):
         for impl in args.variants.split(","):
             if impl not in impls:
@@ -137,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{impl} {dt}"
             first[name] = jax.device_get(step(state0))
             variants[name] = (lambda step=step: step(state0)[1])
+            if args.scan > 1 and impl == "xla":  # lead: conv layouts inside while bodies
+                scanned = make_scan(model.clone(conv_impl="xla"), args.scan)
+                variants[f"xla {dt} scan{args.scan} (per step)"] = (
+                    lambda f=scanned: f(state0)[1])
+                scan_names.append(f"xla {dt} scan{args.scan} (per step)")
+                unrolled = make_scan(model.clone(conv_impl="xla"), args.scan, unroll=True)
+                variants[f"xla {dt} scan{args.scan} unrolled (per step)"] = (
+                    lambda f=unrolled: f(state0)[1])
+                scan_names.append(f"xla {dt} scan{args.scan} unrolled (per step)")
 
     if args.torch:
         variants = {**_torch_variants(args, variables, x, y), **variants}
@@ -153,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     res = compare(variants, baseline=next(iter(variants)), warmup=args.warmup, rounds=args.rounds,
                   calls_per_round=args.calls)
+    for name in scan_names:  # a call runs args.scan steps: report per step
+        res[name] = {**res[name], "median_s": res[name]["median_s"] / args.scan}
     rows = []
     for name, r in res.items():
         rows.append({
