@@ -316,7 +316,8 @@ def section_throughput(cfg: dict[str, Any], args: argparse.Namespace, peak: floa
                     row.update({f"torch_{k}": v for k, v in t.items()})
                     row["jax_over_torch"] = r["images_per_s"] / t["images_per_s"]
                 except Exception as e:  # noqa: BLE001 - torch missing or failing
-                    notes.append(f"torch {name} batch {b}: {type(e).__name__}: {e}"[:300])
+                    traceback.print_exc()
+                    notes.append(f"torch {name} batch {b} failed: {type(e).__name__}: {e}"[:300])
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

@@ -376,9 +376,11 @@ def test_patch_conv_rejects_what_it_does_not_implement():
         create_model("resnet8", num_classes=10, conv_impl="fast")
 
 
-@pytest.mark.parametrize("name,shape,width", [("resnet8", (3, 12, 12, 3), 0.25),
-                                              ("resnet50", (2, 16, 16, 3), 0.125)])
-def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, width):
+# ResNet-50 in evaluation mode: at 16x16 its last stage is 1x1, and training-mode BatchNorm
+# over 2 values would amplify float32 rounding differences to percents.
+@pytest.mark.parametrize("name,shape,width,train", [("resnet8", (3, 12, 12, 3), 0.25, True),
+                                                    ("resnet50", (2, 16, 16, 3), 0.125, False)])
+def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, width, train):
     """Same parameter tree, same logits, same gradients as nn.Conv's XLA convolution."""
     kw = dict(num_classes=10, width=width)
     xla = create_model(name, conv_impl="xla", **kw)
@@ -390,7 +392,7 @@ def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, widt
         np.testing.assert_array_equal(a, b)
 
     def loss(model, params):
-        logits, _ = model.apply({**v_xla, "params": params}, x, train=True,
+        logits, _ = model.apply({**v_xla, "params": params}, x, train=train,
                                 mutable=["batch_stats"])
         return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
 
