@@ -485,8 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(_HERE / "results"))
     p.add_argument("--fashion-mnist-dir", default=None,
                    help="folder with the four Fashion-MNIST IDX .gz files")
-    p.add_argument("--budget-s", type=float, default=360.0,
-                   help="stop starting measurements after this many seconds")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting measurements after this many seconds (default 360; "
+                   "none with --smoke, which must run every section)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device (default: looked up by name)")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
@@ -505,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
                    tta_train=None, tta_test=None, tta_batch=64, tta_chunk=100)
     t0 = time.perf_counter()
     notes: list[str] = []
+    if args.budget_s is None:
+        args.budget_s = float("inf") if args.smoke else 360.0
     budget = Budget(args.budget_s, notes)
     v = versions()
     peak = None if v["jax_backend"] == "cpu" else peak_tflops(v["device"], args.peak_tflops)
