@@ -26,6 +26,7 @@ Usage:
   XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/bench_conv_leads.py --variants xla
   python benchmarks/bench_conv_leads.py --variants xla --scan 2   # steps inside a while loop
   python benchmarks/bench_conv_leads.py --quick
+  python benchmarks/bench_conv_leads.py --quick --layouts --variants xla --dtypes float32
   python benchmarks/bench_conv_leads.py --dump /tmp/hlo   # XLA_FLAGS --xla_dump_to for layouts
 
 References:
@@ -61,6 +62,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the PyTorch twin (eager, float32) as the first variant")
+    p.add_argument("--layouts", action="store_true",
+                   help="print the convolution layouts XLA chose for one step and for a scan")
     p.add_argument("--dump", default=None, help="directory for XLA's HLO dumps (--xla_dump_to)")
     p.add_argument("--quick", action="store_true", help="resnet8, 16x16 images, B=8, 1 round")
     p.add_argument("--no-write", action="store_true", help="do not write a results JSON")
@@ -165,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.torch:
         variants = {**_torch_variants(args, variables, x, y), **variants}
+    if args.layouts:
+        for name, fn in (("one step", make_step(base.clone(conv_impl="xla"))),
+                         ("2 steps in lax.scan", make_scan(base.clone(conv_impl="xla"), 2))):
+            print(f"convolution layouts, {name}:", conv_layouts(fn, state0))
     ref_name = next(iter(first))
     ref_state, ref_loss = first[ref_name]
     diffs = {}
@@ -197,6 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         write_results("conv_leads", rows, argv=sys.argv[1:],
                       load_average=os.getloadavg())
     return 0
+
+
+def conv_layouts(fn: Any, *args: Any) -> dict[str, int]:
+    """Counts of `dim_labels` of the convolutions in the optimized HLO of `fn(*args)`.
+
+    XLA:CPU's fast (Eigen) convolution wants `b01f_01io->b01f` (NHWC input, HWIO kernel,
+    NHWC output); "+lhs_dilation" marks input gradients of strided convolutions.
+    """
+    import re
+
+    text = fn.lower(*args).compile().as_text()
+    counts: dict[str, int] = {}
+    for window, labels in re.findall(r"convolution\(.*?window=\{([^}]*)\}, dim_labels=([\w>-]+)",
+                                     text):
+        key = labels + ("+lhs_dilation" if "lhs_dilate" in window else "")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _torch_variants(args: argparse.Namespace, variables: Any, x: Any, y: Any) -> dict[str, Any]:
