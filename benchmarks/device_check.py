@@ -34,8 +34,8 @@ Without the files section 4 is skipped with a note. Sections run in the order 1+
 new measurements once spent, noting what was skipped, and the JSON and markdown files are
 rewritten after every section, so a run cut short still leaves what it measured.
 `--smoke` runs the same code on the CPU with tiny models, images and batches (a test runs
-it). It is compilation-bound: 11 minutes on the 2-core CPU under a load average of ~25
-(ResNet-18's step alone compiled for 119 s); not yet timed on an idle machine.
+it). It is compilation-bound: 65 s on the 2-core CPU at a load average of 3-6, but 8-11
+minutes at ~25 (ResNet-18's step alone then compiled for 119 s instead of 7 s).
 
 References:
   He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, arXiv 1512.03385.
