@@ -93,23 +93,82 @@ class _ResNet(nn.Module):
         return self.Dense_0(x.mean(dim=(2, 3)))
 
 
+def _ch(c: int, width: float) -> int:
+    """Channels of a layer at a width multiplier, rounded as `lars_jax.models` rounds them."""
+    return max(1, int(round(c * width)))
+
+
 class CifarResNet(_ResNet):
     """ResNet-(6n+2) for 32x32 images: 16-32-64 channels, option-A shortcuts by default."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "A") -> None:
+                 shortcut: str = "A", width: float = 1.0) -> None:
         if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"depth must be 6n+2 with n >= 1, got {depth}")
         n = (depth - 2) // 6
-        super().__init__(in_channels, 16, [(16, n), (32, n), (64, n)], num_classes, shortcut)
+        super().__init__(in_channels, _ch(16, width),
+                         [(_ch(c, width), n) for c in (16, 32, 64)], num_classes, shortcut)
 
 
 class ResNet18(_ResNet):
     """ResNet-18 with a 3x3 stem and no max-pool (64-128-256-512), projection shortcuts."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__(in_channels, 64, [(64, 2), (128, 2), (256, 2), (512, 2)],
-                         num_classes, "B")
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
+        super().__init__(in_channels, _ch(64, width),
+                         [(_ch(c, width), 2) for c in (64, 128, 256, 512)], num_classes, "B")
+
+
+class BottleneckBlock(nn.Module):
+    """1x1, 3x3 (strided, v1.5), 1x1 (x4) conv + BN layers, projection shortcut."""
+
+    def __init__(self, cin: int, features: int, stride: int) -> None:
+        super().__init__()
+        out = 4 * features
+        self.Conv_0 = nn.Conv2d(cin, features, 1, 1, 0, bias=False)
+        self.BatchNorm_0 = nn.BatchNorm2d(features, **_BN)
+        self.Conv_1 = nn.Conv2d(features, features, 3, stride, 1, bias=False)
+        self.BatchNorm_1 = nn.BatchNorm2d(features, **_BN)
+        self.Conv_2 = nn.Conv2d(features, out, 1, 1, 0, bias=False)
+        self.BatchNorm_2 = nn.BatchNorm2d(out, **_BN)
+        self.reshape = stride != 1 or cin != out
+        if self.reshape:
+            self.proj_conv = nn.Conv2d(cin, out, 1, stride, 0, bias=False)
+            self.BatchNorm_3 = nn.BatchNorm2d(out, **_BN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.BatchNorm_0(self.Conv_0(x)))
+        y = F.relu(self.BatchNorm_1(self.Conv_1(y)))
+        y = self.BatchNorm_2(self.Conv_2(y))
+        if self.reshape:
+            x = self.BatchNorm_3(self.proj_conv(x))
+        return F.relu(x + y)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 v1.5 (7x7/2 stem, 3x3/2 max-pool, bottlenecks [3, 4, 6, 3], stride on 3x3)."""
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0
+                 ) -> None:
+        super().__init__()
+        c0 = _ch(64, width)
+        self.stem_conv = nn.Conv2d(in_channels, c0, 7, 2, 3, bias=False)
+        self.BatchNorm_0 = nn.BatchNorm2d(c0, **_BN)
+        cin, i = c0, 0
+        for stage, nblocks in enumerate((3, 4, 6, 3)):
+            features = _ch(64 * 2**stage, width)
+            for b in range(nblocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                self.add_module(f"BottleneckBlock_{i}", BottleneckBlock(cin, features, stride))
+                cin, i = 4 * features, i + 1
+        self.num_blocks = i
+        self.Dense_0 = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.BatchNorm_0(self.stem_conv(x)))
+        x = F.max_pool2d(x, 3, 2, 1)
+        for i in range(self.num_blocks):
+            x = getattr(self, f"BottleneckBlock_{i}")(x)
+        return self.Dense_0(x.mean(dim=(2, 3)))
 
 
 class MLP(nn.Module):
@@ -137,19 +196,22 @@ class MLP(nn.Module):
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3,
-                 image_size: int = 32) -> nn.Module:
-    """`resnet8/20/32/56` (CIFAR family, option A), `resnet18` or `mlp1`-`mlp4` (BatchNorm,
-    256 hidden units), as in lars_jax.models."""
+                 image_size: int = 32, width: float = 1.0) -> nn.Module:
+    """`resnet8/20/32/56` (CIFAR family, option A), `resnet18`, `resnet50` or `mlp1`-`mlp4`
+    (BatchNorm, 256 hidden units), as in lars_jax.models (`width`: the ResNets' channel
+    multiplier)."""
     depths = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56}
     mlps = {"mlp1": 1, "mlp2": 2, "mlp3": 3, "mlp4": 4}
     if name in depths:
-        return CifarResNet(depths[name], num_classes, in_channels)
+        return CifarResNet(depths[name], num_classes, in_channels, width=width)
     if name == "resnet18":
-        return ResNet18(num_classes, in_channels)
+        return ResNet18(num_classes, in_channels, width=width)
+    if name == "resnet50":
+        return ResNet50(num_classes, in_channels, width=width)
     if name in mlps:
         return MLP(mlps[name], num_classes, image_size * image_size * in_channels)
-    raise ValueError(f"name must be one of {sorted(depths) + ['resnet18'] + sorted(mlps)}, "
-                     f"got {name!r}")
+    raise ValueError(f"name must be one of {sorted(depths) + ['resnet18', 'resnet50']}"
+                     f" + {sorted(mlps)}, got {name!r}")
 
 
 class LARS(torch.optim.Optimizer):

@@ -351,3 +351,113 @@ def test_mlp_with_batch_norm_is_scale_invariant_in_its_hidden_weights():
         lambda path, a: a * 7.0 if "Dense_0" in jax.tree_util.keystr(path) else a, v)
     out2, _ = m.apply(scaled, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(out, out2, rtol=1e-4, atol=1e-4)
+
+
+# --- conv_impl: convolution as patches @ kernel (lars_jax.models.conv) -----------------------
+
+_CONV_CASES = [
+    # (input NHWC, kernel HWIO, strides, padding, kernel dilation)
+    ((2, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ((2, 9, 9, 3), (3, 3, 3, 5), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    ((1, 15, 13, 2), (7, 7, 2, 4), (2, 2), ((3, 3), (3, 3)), (1, 1)),
+    ((2, 10, 10, 3), (3, 3, 3, 2), (1, 2), "SAME", (2, 1)),
+    ((2, 10, 11, 3), (2, 3, 3, 2), (3, 1), "VALID", (1, 1)),
+]
+
+
+@pytest.mark.parametrize("lhs_shape,rhs_shape,strides,padding,dilation", _CONV_CASES)
+def test_patch_conv_equals_lax_conv_and_its_gradients(lhs_shape, rhs_shape, strides, padding,
+                                                      dilation):
+    from lars_jax.models.conv import patch_conv_general_dilated
+
+    lhs, rhs = _normal(0, lhs_shape), _normal(1, rhs_shape)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def ref(a, k):
+        return jax.lax.conv_general_dilated(a, k, strides, padding, rhs_dilation=dilation,
+                                            dimension_numbers=dn,
+                                            precision=jax.lax.Precision.HIGHEST)
+
+    def ours(a, k):
+        return patch_conv_general_dilated(a, k, strides, padding, rhs_dilation=dilation,
+                                          dimension_numbers=dn,
+                                          precision=jax.lax.Precision.HIGHEST)
+
+    want = ref(lhs, rhs)
+    got = ours(lhs, rhs)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cot = _normal(2, want.shape)
+    g_ref = jax.grad(lambda a, k: jnp.sum(ref(a, k) * cot), argnums=(0, 1))(lhs, rhs)
+    g_our = jax.grad(lambda a, k: jnp.sum(ours(a, k) * cot), argnums=(0, 1))(lhs, rhs)
+    for g, w in zip(g_our, g_ref, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+def test_patch_conv_rejects_what_it_does_not_implement():
+    from lars_jax.models.conv import patch_conv_general_dilated
+
+    x, k = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="feature_group_count"):
+        patch_conv_general_dilated(x, k, (1, 1), "SAME", feature_group_count=2)
+    with pytest.raises(ValueError, match="lhs_dilation"):
+        patch_conv_general_dilated(x, k, (1, 1), "SAME", lhs_dilation=(2, 2))
+    with pytest.raises(ValueError, match="dimension_numbers"):
+        patch_conv_general_dilated(jnp.zeros((1, 2, 4, 4)), jnp.zeros((2, 2, 3, 3)), (1, 1),
+                                   "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    with pytest.raises(ValueError, match="conv_impl"):
+        create_model("resnet8", num_classes=10, conv_impl="fast")
+
+
+# ResNet-50 in evaluation mode: at 16x16 its last stage is 1x1, and training-mode BatchNorm
+# over 2 values would amplify float32 rounding differences to percents.
+@pytest.mark.parametrize("name,shape,width,train", [("resnet8", (3, 12, 12, 3), 0.25, True),
+                                                    ("resnet50", (2, 16, 16, 3), 0.125, False)])
+def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, width, train):
+    """Same parameter tree, same logits, same gradients as nn.Conv's XLA convolution."""
+    kw = dict(num_classes=10, width=width)
+    xla = create_model(name, conv_impl="xla", **kw)
+    pat = create_model(name, conv_impl="patches", **kw)
+    x = _normal(3, shape)
+    v_xla, v_pat = _init(xla, shape), _init(pat, shape)
+    assert jax.tree.structure(v_xla) == jax.tree.structure(v_pat)
+    for a, b in zip(jax.tree.leaves(v_xla), jax.tree.leaves(v_pat), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def loss(model, params):
+        logits, _ = model.apply({**v_xla, "params": params}, x, train=train,
+                                mutable=["batch_stats"])
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
+
+    with jax.default_matmul_precision("highest"):
+        (l_x, lg_x), g_x = jax.jit(jax.value_and_grad(functools.partial(loss, xla),
+                                                      has_aux=True))(v_xla["params"])
+        (l_p, lg_p), g_p = jax.jit(jax.value_and_grad(functools.partial(loss, pat),
+                                                      has_aux=True))(v_xla["params"])
+    np.testing.assert_allclose(lg_p, lg_x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(l_p, l_x, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_x), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-7)
+
+
+def test_conv_impl_patches_keeps_the_layers_nn_conv_for_per_example_norms():
+    """value_grad_and_norms intercepts nn.Conv by exact type: the norms must not change."""
+    from lars_jax.per_example import value_grad_and_norms
+
+    shape = (4, 8, 8, 3)
+    x, y = _normal(4, shape), jnp.array([0, 1, 2, 3])
+    models_ = {impl: create_model("resnet8", num_classes=10, width=0.25, conv_impl=impl)
+               for impl in ("xla", "patches")}
+    v = _init(models_["xla"], shape)
+
+    def loss_fn(params, model):
+        logits, _ = model.apply({**v, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(4), y])
+
+    with jax.default_matmul_precision("highest"):
+        out = {impl: jax.jit(functools.partial(value_grad_and_norms, functools.partial(
+            loss_fn, model=m)))(v["params"]) for impl, m in models_.items()}
+    for a, b in zip(jax.tree.leaves(out["patches"][2]), jax.tree.leaves(out["xla"][2]),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)

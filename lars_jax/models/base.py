@@ -29,6 +29,7 @@ class ModelBase(nn.Module):
     zero_init_last_bn: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # "xla" or "patches" (lars_jax.models.conv); ResNets only
 
     def _norm_factory(self, train: bool) -> NormFactory:
         """`norm(features, zero_init=False)` for this model's normalization settings."""

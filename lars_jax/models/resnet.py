@@ -19,7 +19,8 @@ Families:
 Every model takes float NHWC images of any size and channel count (global pooling at the
 end), and returns float32 logits. `width` multiplies every channel count (rounded, >= 1).
 Computation runs in `dtype` (float32 or bfloat16) while parameters stay `param_dtype`
-(float32). With `norm="none"` the convolutions get a bias instead of a normalization layer.
+(float32); `conv_impl` chooses how the convolutions compute (`lars_jax.models.conv`).
+With `norm="none"` the convolutions get a bias instead of a normalization layer.
 `zero_init_last_bn` sets the scale of the last normalization layer of each residual block
 to zero, so that each block starts as the identity (Goyal et al. 2017).
 
@@ -42,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from lars_jax.models.base import ModelBase
+from lars_jax.models.conv import CONV_IMPLS, conv_general_dilated_for
 from lars_jax.models.mlp import MLP, MLP_DEPTHS
 from lars_jax.models.normalization import NORM_KINDS
 
@@ -67,6 +69,7 @@ class _Base(ModelBase):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=conv_kernel_init,
+            conv_general_dilated=conv_general_dilated_for(self.conv_impl),
         )
         norm = self._norm_factory(train)
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -267,6 +270,7 @@ def create_model(
     width: float = 1.0,
     dtype: Any = jnp.float32,
     zero_init_last_bn: bool = False,
+    conv_impl: str = "xla",
     **kwargs: Any,
 ) -> nn.Module:
     """Builds a ResNet (or, for the CPU experiments, an MLP) by name.
@@ -289,6 +293,11 @@ def create_model(
         "mlp<k>" with k hidden layers, the hidden width is 256 * width).
       dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
       zero_init_last_bn: zero-initialise the scale of the last norm layer in each block.
+      conv_impl: how the ResNets' `nn.Conv` layers compute: "xla" (`lax.conv_general_dilated`)
+        or "patches" (`lars_jax.models.conv.patch_conv_general_dilated`: unfolded patches
+        times the kernel, the same result; the layers stay `nn.Conv` with the same
+        parameters, so per-example norms and checkpoints work with either). Ignored by
+        the MLPs.
       **kwargs: further attributes of the model class (e.g. `shortcut="B"` for the CIFAR
         family, `bn_epsilon`).
 
@@ -322,6 +331,8 @@ def create_model(
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
     if norm not in NORM_KINDS:
         raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if bn_ghost_size is not None and (int(bn_ghost_size) != bn_ghost_size or bn_ghost_size < 1):
         raise ValueError(f"bn_ghost_size must be a positive integer or None, got {bn_ghost_size}")
     common = dict(
@@ -335,6 +346,7 @@ def create_model(
         zero_init_last_bn=zero_init_last_bn,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_impl=conv_impl,
         **kwargs,
     )
     if name in MLP_DEPTHS:
