@@ -354,8 +354,8 @@ def _step_runner(nan_policy, lr, batch=32, num_devices=2):
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_non_finite_step_leaves_the_state_of_the_last_good_step(policy):
-    """A huge learning rate makes step 1's loss non-finite (and every later one, from the
-    same parameters). The guard must leave params, BatchNorm statistics and the whole
+    """A huge learning rate makes step 1 non-finite (and every later one, from the same
+    parameters). The guard must leave params, BatchNorm statistics and the whole
     optimizer state (momentum buffer, step count) bitwise equal to a run that stopped
     before the bad step; "stop" freezes the step counter and records the step, "skip"
     counts the skipped steps and goes on.
@@ -366,7 +366,10 @@ def test_non_finite_step_leaves_the_state_of_the_last_good_step(policy):
     count advanced), or that records the wrong step."""
     import jax
 
-    lr = 1e37
+    # 1e18: step 0's new parameters stay finite (their squared norm too, which the guard
+    # also checks), step 1 is non-finite; measured for 1e16 to 1e19, so 1e18 sits two
+    # decades inside that window (at 1e37 step 0 itself overflows the parameters' norm)
+    lr = 1e18
     run = _step_runner(policy, lr)
     state, hist = run(4)
     bad = [i for i, m in enumerate(hist) if m["finite"] == 0]
