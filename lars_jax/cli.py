@@ -342,6 +342,14 @@ def _show_config_warnings_on_one_line() -> None:
     warnings.showwarning = one_line
 
 
+def _without_device_count(config: Any) -> Any:
+    """`config` with ``num_devices`` unset (its device-dependent checks wait for the
+    devices), or `config` itself where there is nothing to unset."""
+    if getattr(config, "num_devices", None) is None or not hasattr(config, "replace"):
+        return config
+    return config.replace(num_devices=None)
+
+
 def _validate(config: Any, device_count: int | None = None) -> None:
     _show_config_warnings_on_one_line()
     validate = getattr(config, "validate", None)
@@ -432,7 +440,10 @@ def _run_error(e: BaseException) -> str | None:
 
 def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
     config, _ = resolve_config(cls, args.config, overrides)
-    _validate(config)
+    # the checks that need no device first (no JAX backend yet; --print-config stops
+    # here); those that depend on the device count once the devices are known, so that
+    # "--num-devices above the devices present" is the error a user sees for it
+    _validate(_without_device_count(config))
     if args.print_config:
         _print_config(config, cls)
         return 0

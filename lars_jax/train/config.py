@@ -456,7 +456,10 @@ class TrainConfig:
             if k > every:
                 why = (f"the run has {every} steps" if name == "epochs"
                        else f"calls stop every {every} steps ({name})")
-                bad("steps_per_call", f"never used: {why}; use steps_per_call <= {every}")
+                # a speed setting with no effect on results: a sweep's shared base config
+                # may mean it for its other runs, so a warning, not a refusal
+                warn("steps_per_call", f"never used: {why} (every call runs single steps); "
+                     f"use steps_per_call <= {every}")
             uneven = [name for name, every in stops.items()
                       if name != "epochs" and every % k]
             if uneven:
