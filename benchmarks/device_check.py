@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gzip
+import importlib.util
 import json
 import os
 import platform
@@ -517,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
                    tta_train=None, tta_test=None, tta_batch=64, tta_chunk=100)
     t0 = time.perf_counter()
     notes: list[str] = []
+    if args.torch and importlib.util.find_spec("torch") is None:
+        args.torch = False
+        notes.append("torch is not installed: the PyTorch comparison is skipped")
     if args.budget_s is None:
         args.budget_s = float("inf") if args.smoke else 360.0
     budget = Budget(args.budget_s, notes)

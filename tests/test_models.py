@@ -410,10 +410,9 @@ def test_patch_conv_rejects_what_it_does_not_implement():
         create_model("resnet8", num_classes=10, conv_impl="fast")
 
 
-# ResNet-50 in evaluation mode: at 16x16 its last stage is 1x1, and training-mode BatchNorm
-# over 2 values would amplify float32 rounding differences to percents.
-@pytest.mark.parametrize("name,shape,width,train", [("resnet8", (3, 12, 12, 3), 0.25, True),
-                                                    ("resnet50", (2, 16, 16, 3), 0.125, False)])
+# (A ResNet-50 case in evaluation mode took ~27 s of the suite; its bottleneck convolutions,
+# 1x1 and strided, are among the configurations checked one by one above.)
+@pytest.mark.parametrize("name,shape,width,train", [("resnet8", (3, 12, 12, 3), 0.25, True)])
 def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, width, train):
     """Same parameter tree, same logits, same gradients as nn.Conv's XLA convolution."""
     kw = dict(num_classes=10, width=width)

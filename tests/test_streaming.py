@@ -129,7 +129,7 @@ def test_host_input_refuses_several_steps_per_call(imagenet_dir, tmp_path):
     from lars_jax.train.build import build
 
     with pytest.raises(ValueError, match="steps_per_call"):
-        build(_config(imagenet_dir, tmp_path, steps_per_call=2))
+        build(_config(imagenet_dir, tmp_path, steps_per_call=2, num_devices=1))
 
 
 def _cli_train(args: list[str], devices: int, env_extra: dict[str, str] | None = None
