@@ -42,6 +42,6 @@ cmd=${1:-train}
 shift || true
 case "$cmd" in
   train) exec "$VENV/bin/lars-jax" train "$@" ;;
-  test)  exec "$VENV/bin/python" -m pytest -n auto tests lars_jax lars_jax_launcher experiments/evidence.py experiments/harness.py "$@" ;;
+  test)  exec "$VENV/bin/python" -m pytest -n auto --dist worksteal tests lars_jax lars_jax_launcher experiments/evidence.py experiments/harness.py "$@" ;;
   *) echo "usage: bash quickstart.sh train|test [options]" >&2; exit 2 ;;
 esac
