@@ -162,14 +162,22 @@ def _time_steps(step: Callable[[], Any], warmup: int, iters: int) -> float:
 # lars_jax steps.
 
 
-def lars_step_fn(model: Any, tx: optax.GradientTransformation) -> Callable[..., Any]:
-    """step(state, x, y) -> (state, loss): value_and_grad + the update (not jitted)."""
+def bn_loss_fn(model: Any) -> Callable[..., Any]:
+    """loss_fn(params, stats, x, y) -> (mean cross-entropy, new BatchNorm statistics)."""
 
     def loss_fn(params, stats, x, y):
         logits, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                                   mutable=["batch_stats"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, upd["batch_stats"]
+
+    return loss_fn
+
+
+def lars_step_fn(model: Any, tx: optax.GradientTransformation) -> Callable[..., Any]:
+    """step(state, x, y) -> (state, loss): value_and_grad + the update (not jitted)."""
+
+    loss_fn = bn_loss_fn(model)
 
     def step(state, x, y):
         params, stats, opt_state = state
@@ -188,11 +196,7 @@ def jax_lars_step(model: Any, tx: optax.GradientTransformation) -> Callable[...,
 def jax_clars_step(model: Any, tx: optax.GradientTransformation) -> Callable[..., Any]:
     """The same step with CLARS and exact per-example gradient norms (one backward pass)."""
 
-    def loss_fn(params, stats, x, y):
-        logits, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                  mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, upd["batch_stats"]
+    loss_fn = bn_loss_fn(model)
 
     def step(state, x, y):
         params, stats, opt_state = state
