@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from _synthetic_imagenet import random_jpeg, tar_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -429,22 +430,6 @@ def test_dataset_info():
 # ----------------------------------------------------------------------------- ImageNet (real)
 
 
-def _jpeg(rng, h, w):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return buf.getvalue()
 
 
 def test_real_imagenet2012_builder_on_synthesized_tars(tmp_path):
@@ -453,12 +438,12 @@ def test_real_imagenet2012_builder_on_synthesized_tars(tmp_path):
     manual.mkdir()
     synsets = ["n01440764", "n01443537"]  # classes 0 and 1 of TFDS's labels.txt
     train = {
-        f"{s}.tar": _tar_bytes({f"{s}_{i}.JPEG": _jpeg(rng, 20 + 3 * i, 30) for i in range(3)})
+        f"{s}.tar": tar_bytes({f"{s}_{i}.JPEG": random_jpeg(rng, 20 + 3 * i, 30) for i in range(3)})
         for s in synsets
     }
-    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
-    val = {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(rng, 24, 24) for i in (1, 2, 3)}
-    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes(train))
+    val = {f"ILSVRC2012_val_{i:08d}.JPEG": random_jpeg(rng, 24, 24) for i in (1, 2, 3)}
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(val))
     data.prepare_imagenet(tmp_path / "tfds", manual_dir=manual)
     b = tfds.builder("imagenet2012", data_dir=str(tmp_path / "tfds"))
     names = b.info.features["label"].names

@@ -7,24 +7,16 @@ paired differences worked out by hand.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("exp_clars_no_warmup_verdict",
-                                                  ROOT / "experiments" / "clars_no_warmup.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-exp = _load()
+exp = importlib.import_module("experiments.clars_no_warmup")
 SEEDS = (0, 1, 2)
 
 

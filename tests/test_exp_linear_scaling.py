@@ -7,7 +7,7 @@ definition by hand (e.g. a 3-point drop in every seed at B=1024 is a failure).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -18,16 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" /
-                                                  f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-ls = _load("linear_scaling_warmup")
+ls = importlib.import_module("experiments.linear_scaling_warmup")
 BATCHES = [128, 256, 512, 1024, 2048, 4096, 8192]
 
 
@@ -205,7 +198,7 @@ def test_presets_plan_valid_configs():
     """The first points of every preset (both experiments) are valid TrainConfigs."""
     from lars_jax.sweep import plan_sweep
 
-    ns = _load("gradient_noise_scale")
+    ns = importlib.import_module("experiments.gradient_noise_scale")
     for preset in ("smoke", "cpu", "full"):
         base = ls.base_config(preset)
         pts = ls.plan(preset, base, list(ls.OPTIMIZERS), ls.BATCH_SIZES[preset], [])

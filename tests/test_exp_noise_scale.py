@@ -3,7 +3,7 @@ the pre-set criterion decides both ways on synthetic rows built from the model."
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -16,17 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import evidence as ev  # noqa: E402
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" /
-                                                  f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ns = _load("gradient_noise_scale")
+ns = importlib.import_module("experiments.gradient_noise_scale")
 BATCHES = [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 

@@ -8,9 +8,8 @@ hand-computed values on synthetic metric rows.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "exp_page_weight_decay", ROOT / "experiments" / "page_weight_decay.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-page = _load()
+page = importlib.import_module("experiments.page_weight_decay")
 CELLS = [(0.9, lr, wd) for lr in (0.2, 0.4, 0.8) for wd in (2.5e-4, 5e-4, 1e-3)] + [
     (0.0, lr, wd) for lr in (0.5, 1.0, 2.0) for wd in (1e-3, 2e-3, 4e-3)]
 

@@ -7,24 +7,16 @@ counted by hand, paired differences worked out by hand).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("exp_small_batch_verdict",
-                                                  ROOT / "experiments" / "small_batch.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-exp = _load()
+exp = importlib.import_module("experiments.small_batch")
 BATCHES = [2, 4, 8, 16, 32, 64, 128, 256, 512]
 
 

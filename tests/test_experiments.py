@@ -6,10 +6,9 @@ The numbers are meaningless at this size; the structure and the pipeline are tes
 The helpers of experiments/harness.py are tested on hand-made rows.
 """
 
-import importlib.util
+import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ["clars_no_warmup", "page_weight_decay", "small_batch"]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" /
-                                                  f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _data_available():
@@ -61,7 +53,7 @@ def test_experiment_smoke(name, tmp_path, monkeypatch, xla_cache):
     if not _data_available():
         pytest.skip("lars_jax.data or the Fashion-MNIST files are not available")
     monkeypatch.setenv("LARS_JAX_CACHE", str(xla_cache))
-    mod = _load(name)
+    mod = importlib.import_module(f"experiments.{name}")
     out = tmp_path / name
     argv = ["--preset", "smoke", "--out", str(out)]
     mod.main(argv)
@@ -127,7 +119,7 @@ def test_presets_are_valid_configs():
     from lars_jax.sweep import plan_sweep
 
     for name in EXPERIMENTS:
-        mod = _load(name)
+        mod = importlib.import_module(f"experiments.{name}")
         for preset in ("smoke", "cpu", "full"):
             base = mod.base_config(preset)
             if name == "page_weight_decay":

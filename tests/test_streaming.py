@@ -10,13 +10,11 @@ interrupted by SIGKILL and resumed is compared bitwise with an uninterrupted one
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("PIL")
 
+from _synthetic_imagenet import random_jpeg, tar_bytes  # noqa: E402
+
 from lars_jax import data  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
@@ -36,22 +36,6 @@ NUM_TRAIN = 32
 NUM_VAL = 8
 
 
-def _jpeg(rng: np.random.Generator, h: int, w: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +46,11 @@ def imagenet_dir(tmp_path_factory) -> Path:
     manual = root / "manual"
     manual.mkdir()
     per_class = NUM_TRAIN // len(SYNSETS)
-    train = {f"{s}.tar": _tar_bytes({f"{s}_{i}.JPEG": _jpeg(rng, 12 + i % 5, 14 + i % 3)
+    train = {f"{s}.tar": tar_bytes({f"{s}_{i}.JPEG": random_jpeg(rng, 12 + i % 5, 14 + i % 3)
                                      for i in range(per_class)}) for s in SYNSETS}
-    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
-    val = {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(rng, 13, 15) for i in range(1, NUM_VAL + 1)}
-    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes(train))
+    val = {f"ILSVRC2012_val_{i:08d}.JPEG": random_jpeg(rng, 13, 15) for i in range(1, NUM_VAL + 1)}
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(val))
     data.prepare_imagenet(root / "tfds", manual_dir=manual)
     return root / "tfds"
 
