@@ -2,9 +2,9 @@
 
 Each experiment script is thin: it defines its presets (a base
 :class:`lars_jax.train.TrainConfig` and a list of runs), then calls the helpers here to
-run them through :func:`lars_jax.sweep.run_sweep` (resumable, one JSON row per run),
+run them through :func:`lars_jax.runs.sweep.run_sweep` (resumable, one JSON row per run),
 to read results back (final metrics, curves, per-layer diagnostics), to aggregate over
-seeds, and to write ``report.md`` with :func:`lars_jax.report.write_report`.
+seeds, and to write ``report.md`` with :func:`lars_jax.runs.report.write_report`.
 
 Every number a report shows is read from the run folders; verdict sentences are
 computed from those numbers with thresholds the report states.
@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lars_jax.compile_cache import enable_compilation_cache
-from lars_jax.run_files import read_jsonl, write_json
+from lars_jax.runs.compile_cache import enable_compilation_cache
+from lars_jax.runs.run_files import read_jsonl, write_json
 
 PathLike = str | os.PathLike[str]
 
@@ -124,9 +124,9 @@ def run_points(
       The rows of the finished (or failed) runs, in ``points`` order.
 
     References:
-      :mod:`lars_jax.sweep`.
+      :mod:`lars_jax.runs.sweep`.
     """
-    from lars_jax.sweep import plan_sweep, run_sweep
+    from lars_jax.runs.sweep import plan_sweep, run_sweep
 
     t0 = time.perf_counter()
     if log is None:
@@ -147,7 +147,7 @@ def run_points(
 
 def load_rows(out_dir: PathLike) -> list[dict[str, Any]]:
     """The result rows already in a results folder (for ``--report-only``)."""
-    from lars_jax.report import load_results
+    from lars_jax.runs.report import load_results
 
     return load_results(out_dir)
 
@@ -278,7 +278,7 @@ def final_accuracy(row: Mapping[str, Any]) -> float:
     """Final test accuracy of a run; NaN for a failed or diverged run.
 
     Args:
-      row: a result row (from :func:`run_points` or :func:`lars_jax.report.load_results`).
+      row: a result row (from :func:`run_points` or :func:`lars_jax.runs.report.load_results`).
 
     Returns:
       The accuracy in ``[0, 1]``, or NaN when the run failed or logged no accuracy.
@@ -430,7 +430,7 @@ class Timer:
 
 
 def save_json(obj: Any, path: PathLike) -> Path:
-    """Writes ``obj`` as indented JSON with `lars_jax.run_files.write_json` (NaN and
+    """Writes ``obj`` as indented JSON with `lars_jax.runs.run_files.write_json` (NaN and
     infinities as null, atomically) and returns the path."""
     write_json(path, obj)
     return Path(path)
@@ -488,7 +488,7 @@ def plot_styled(
 ) -> Path:
     """Draws lines with per-line styles (colour, line style, markers) and writes a PNG.
 
-    For the plots :func:`lars_jax.plotting.plot_lines` cannot style: measured points as
+    For the plots :func:`lars_jax.runs.plotting.plot_lines` cannot style: measured points as
     dots against a black prediction line, or pairs of quantities of one layer in one
     colour (solid and dashed). Non-positive values are dropped on a log axis.
 
@@ -610,7 +610,7 @@ def run_adaptive(
     Returns:
       The finished rows of the points the plan asks for at the end.
     """
-    from lars_jax.sweep import run_name
+    from lars_jax.runs.sweep import run_name
 
     t0 = time.perf_counter()
     out = Path(out_dir)

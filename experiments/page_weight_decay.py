@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from experiments import evidence as ev  # noqa: E402
 from experiments import harness  # noqa: E402
 from lars_jax.diagnostics import page_lars_rate  # noqa: E402
-from lars_jax.report import Section, write_report  # noqa: E402
+from lars_jax.runs.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 NAME = "page_weight_decay"

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from experiments import harness  # noqa: E402
 from experiments.evidence import Criterion, interval, paired  # noqa: E402
-from lars_jax.report import Section, write_report  # noqa: E402
+from lars_jax.runs.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 NAME = "small_batch"

@@ -10,8 +10,11 @@ dependencies):
 
 * `lars_jax.train`: ``TrainConfig`` and ``train(config)`` (``lars_jax.train.train``),
 * `lars_jax.data`: TFDS data sets without TensorFlow,
-* `lars_jax.sweep`, `lars_jax.report`, `lars_jax.plotting`, `lars_jax.run_files`,
-  `lars_jax.cli` (the ``lars-jax`` command).
+* `lars_jax.runs`: the command line (``lars-jax``, `lars_jax.runs.cli`), sweeps, reports,
+  plots, config files and the run files they share.
+
+The folders show the layering: modules at the package root are the core; `train`, `data`
+and `runs` are the tooling, and import the core, never the other way round.
 
 Example:
   >>> import lars_jax
@@ -65,8 +68,7 @@ from lars_jax.trust_ratio import (
 
 # Subpackages above the core, imported on first attribute access (``lars_jax.train``) so
 # that ``import lars_jax`` loads neither orbax, grain, TFDS nor matplotlib.
-TOOLING = ("cli", "compile_cache", "config_io", "data", "plotting", "report", "run_files",
-           "sweep", "train")
+TOOLING = ("data", "runs", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -2,11 +2,11 @@
 
 Importing ``lars_jax`` loads jax and flax, which takes seconds. A Ctrl-C (SIGINT) or a
 SIGTERM in that window used to end in Python's own ``KeyboardInterrupt`` traceback (or be
-lost): the handlers of `lars_jax.stop_signals` can only be installed once lars_jax is
+lost): the handlers of `lars_jax.runs.stop_signals` can only be installed once lars_jax is
 imported. This module installs a recording handler first, imports the command line, and
 if a signal came during the import, stops with the same one-line message and exit status
 (``128 + signal``) as a stop before the first training step; otherwise it runs
-`lars_jax.cli.main`, which takes over the signals.
+`lars_jax.runs.cli.main`, which takes over the signals.
 
 References:
   Python `signal` module documentation (handlers run in the main thread).
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-      The exit status of `lars_jax.cli.main`, or ``128 + signal`` for a signal that
+      The exit status of `lars_jax.runs.cli.main`, or ``128 + signal`` for a signal that
       arrived while lars_jax was being imported.
     """
     received: list[int] = []
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in _SIGNALS:
         signal.signal(s, lambda signum, frame: received.append(signum))
     try:
-        from lars_jax import cli
+        from lars_jax.runs import cli
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from _sweep_helpers import TinyTrainer, tiny_base
 
-from lars_jax import cli
-from lars_jax.config_io import to_toml
-from lars_jax.sweep import run_sweep
+from lars_jax.runs import cli
+from lars_jax.runs.config_io import to_toml
+from lars_jax.runs.sweep import run_sweep
 from lars_jax.train.config import TrainConfig
 
 

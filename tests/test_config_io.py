@@ -1,4 +1,4 @@
-"""lars_jax.config_io: values typed on a command line or read from TOML/JSON files."""
+"""lars_jax.runs.config_io: values typed on a command line or read from TOML/JSON files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from lars_jax.config_io import coerce, field_specs, load_config_file, spec_by_name
+from lars_jax.runs.config_io import coerce, field_specs, load_config_file, spec_by_name
 from lars_jax.train.config import TrainConfig
 
 

@@ -196,7 +196,7 @@ def test_run_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
 
 def test_presets_plan_valid_configs():
     """The first points of every preset (both experiments) are valid TrainConfigs."""
-    from lars_jax.sweep import plan_sweep
+    from lars_jax.runs.sweep import plan_sweep
 
     ns = importlib.import_module("experiments.gradient_noise_scale")
     for preset in ("smoke", "cpu", "full"):

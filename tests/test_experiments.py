@@ -116,7 +116,7 @@ def test_expand_and_save_json(tmp_path):
 
 def test_presets_are_valid_configs():
     """Every preset's run list builds valid TrainConfigs (validated before any compute)."""
-    from lars_jax.sweep import plan_sweep
+    from lars_jax.runs.sweep import plan_sweep
 
     for name in EXPERIMENTS:
         mod = importlib.import_module(f"experiments.{name}")

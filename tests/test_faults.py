@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from _train_jobs import tiny_config, tiny_data
 
-from lars_jax import cli
-from lars_jax.run_files import SUMMARY_FILE
+from lars_jax.runs import cli
+from lars_jax.runs.run_files import SUMMARY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def _cli_train(workdir, epochs, *extra):
             "--warmup-epochs", "0", "--no-progress", "--no-plot", "--log-every-steps", "1",
             "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir", str(workdir),
             *extra]
-    return subprocess.Popen([sys.executable, "-m", "lars_jax.cli", *args], env=_env(),
+    return subprocess.Popen([sys.executable, "-m", "lars_jax.runs.cli", *args], env=_env(),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -451,7 +451,7 @@ def test_a_sweep_run_busy_in_another_process_is_not_recorded_and_a_rerun_keeps_r
         tmp_path):
     """Before: a run refused (or rerun after finishing) was recorded "done" with null
     metrics, and never run again."""
-    from lars_jax.sweep import plan_sweep, run_sweep
+    from lars_jax.runs.sweep import plan_sweep, run_sweep
     from lars_jax.train import train
     from lars_jax.train.workdir_lock import WorkdirLock
 

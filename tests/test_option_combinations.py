@@ -267,7 +267,7 @@ def test_clars_with_optax_denominator_is_refused_before_data(tmp_path):
     """Item 2: it passed validation, --print-config and sweep --dry-run and failed after
     data loading. Now the config, the CLI's --print-config and the sweep's dry run (neither
     loads data) refuse it with one line and exit 2."""
-    from lars_jax.cli import main
+    from lars_jax.runs.cli import main
 
     assert _refusal(optimizer="clars", denominator="optax").startswith(
         "TrainConfig.denominator='optax'")
@@ -375,7 +375,7 @@ def test_defaults_and_meaningful_settings_give_no_warning():
 
 
 def test_cli_prints_a_config_warning_on_one_line(tmp_path, capsys):
-    from lars_jax.cli import main
+    from lars_jax.runs.cli import main
 
     rc = main(["train", "--optimizer", "sgd", "--trust-coefficient", "0.001",
                "--print-config", "--workdir", str(tmp_path)])

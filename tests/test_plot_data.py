@@ -1,6 +1,6 @@
 """The plots draw the right data: line, bar and cell values read back from the figures.
 
-`lars_jax.plotting` returns the path of the PNG it wrote; these tests record each figure
+`lars_jax.runs.plotting` returns the path of the PNG it wrote; these tests record each figure
 as it is saved (``Figure.savefig`` wrapped) and compare its artists' data with the
 metrics the test wrote, computed here. `tests/test_plotting.py` checks the files.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from lars_jax import plotting
+from lars_jax.runs import plotting
 
 
 @pytest.fixture

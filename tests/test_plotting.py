@@ -1,4 +1,4 @@
-"""Tests for lars_jax.plotting: PNG files are written, readable and not blank."""
+"""Tests for lars_jax.runs.plotting: PNG files are written, readable and not blank."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from lars_jax.plotting import (
+from lars_jax.runs.plotting import (
     plot_bars,
     plot_heatmap,
     plot_layer_stats,

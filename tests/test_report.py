@@ -1,4 +1,4 @@
-"""Tests for lars_jax.report: loading results folders, markdown tables, reports."""
+"""Tests for lars_jax.runs.report: loading results folders, markdown tables, reports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lars_jax.report import (
+from lars_jax.runs.report import (
     Section,
     load_metrics,
     load_results,
@@ -36,7 +36,7 @@ def _run(folder: Path, name: str, cfg: dict, acc: float, metrics: bool = True) -
 
 
 def _sweep_folder(tmp_path: Path) -> Path:
-    """A sweep over batch_size x optimizer written the way lars_jax.sweep writes it."""
+    """A sweep over batch_size x optimizer written the way lars_jax.runs.sweep writes it."""
     out = tmp_path / "sweep"
     base = {"model": "resnet8", "epochs": 2.0, "learning_rate": 0.1, "workdir": "x"}
     lines = []

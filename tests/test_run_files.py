@@ -1,4 +1,4 @@
-"""lars_jax.run_files: one JSON encoding (NaN/Inf -> null) and one JSON Lines policy."""
+"""lars_jax.runs.run_files: one JSON encoding (NaN/Inf -> null) and one JSON Lines policy."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lars_jax.run_files import (
+from lars_jax.runs.run_files import (
     append_jsonl,
     dumps,
     read_json,

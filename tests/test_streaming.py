@@ -121,7 +121,7 @@ def _cli_train(args: list[str], devices: int, env_extra: dict[str, str] | None =
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     env.update(env_extra or {})
-    return subprocess.Popen([sys.executable, "-m", "lars_jax.cli", "train", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "lars_jax.runs.cli", "train", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -246,7 +246,7 @@ _MLPERF_ROWS = {
 
 @pytest.mark.parametrize("name", sorted(_MLPERF_ROWS))
 def test_mlperf_recipe_files_load_validate_and_match_the_table(name):
-    from lars_jax.cli import resolve_config
+    from lars_jax.runs.cli import resolve_config
     from lars_jax.train.build import learning_rate_schedule
 
     assert sorted(p.name for p in (ROOT / "configs").glob("mlperf_*.toml")) == sorted(

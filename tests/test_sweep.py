@@ -1,4 +1,4 @@
-"""lars_jax.sweep: grids, run names, planning, resuming and failures (with a stand-in trainer
+"""lars_jax.runs.sweep: grids, run names, planning, resuming and failures (with a stand-in trainer
 that writes the files a real run writes; tests/test_cli.py runs the real trainer)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 from _sweep_helpers import TinyTrainer, tiny_base
 
-from lars_jax.sweep import expand_grid, plan_sweep, run_name, run_sweep
+from lars_jax.runs.sweep import expand_grid, plan_sweep, run_name, run_sweep
 
 
 def test_expand_grid_and_names():

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from lars_jax import cli
+from lars_jax.runs import cli
 
 
 def _tiny_data():

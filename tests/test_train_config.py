@@ -92,8 +92,8 @@ def test_every_schedule_name_has_a_factory_and_unknown_names_raise():
 
 def test_dataset_choices_are_the_data_registry():
     """--dataset mnist used to pass validation and fail later, while loading."""
-    from lars_jax.config_io import spec_by_name
     from lars_jax.data import DATASET_NAMES
+    from lars_jax.runs.config_io import spec_by_name
 
     assert spec_by_name(TrainConfig)["dataset"].choices == DATASET_NAMES
     with pytest.raises(ValueError, match=r"TrainConfig.dataset='mnist': must be one of"):
@@ -103,8 +103,8 @@ def test_dataset_choices_are_the_data_registry():
 
 
 def test_model_choices_are_the_model_registry():
-    from lars_jax.config_io import spec_by_name
     from lars_jax.models import MODEL_NAMES
+    from lars_jax.runs.config_io import spec_by_name
 
     assert spec_by_name(TrainConfig)["model"].choices == tuple(MODEL_NAMES)
     with pytest.raises(ValueError, match=r"TrainConfig.model='resnet7'"):

@@ -13,7 +13,7 @@ defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS). The m
 * `parallel`: the same step under ``jax.jit`` + ``jax.shard_map`` on a ``"data"`` mesh or
   under ``jax.pmap``; multi-host via ``jax.distributed``.
 * `checkpoint`: Orbax checkpoints, atomic, with fallback past corrupt/incompatible ones.
-* `metrics`: JSONL rows (through `lars_jax.run_files`), optional TensorBoard.
+* `metrics`: JSONL rows (through `lars_jax.runs.run_files`), optional TensorBoard.
 * `loop`: `train`, a loop over the built run's steps.
 
 Example:

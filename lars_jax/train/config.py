@@ -49,9 +49,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
-from lars_jax.config_io import field_specs
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
+from lars_jax.runs.config_io import field_specs
 
 Optimizer = Literal["sgd", "lars", "larc", "clars"]
 Norm = Literal["batch", "group", "none"]

@@ -34,8 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from lars_jax import stop_signals
-from lars_jax.run_files import (
+from lars_jax.runs import stop_signals
+from lars_jax.runs.run_files import (
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
@@ -296,7 +296,7 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
 def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer,
                        state: Callable[[], TrainState], config: TrainConfig) -> None:
     """After SIGINT/SIGTERM: checkpoints `step` (unless done), then raises
-    `lars_jax.stop_signals.TrainingInterrupted` with the one-line message."""
+    `lars_jax.runs.stop_signals.TrainingInterrupted` with the one-line message."""
     signum = stop_signals.requested()
     if signum is None:
         return
@@ -316,7 +316,7 @@ def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer,
 
 def _plot(workdir: Path) -> None:
     try:
-        from lars_jax.plotting import plot_run
+        from lars_jax.runs.plotting import plot_run
     except ImportError as e:
         print(f"lars_jax: no plot ({e})", file=sys.stderr)
         return

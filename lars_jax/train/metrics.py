@@ -15,7 +15,7 @@ Files in the run's workdir:
 * ``config.json``: the run's config.
 
 File names, the JSON encoding (NaN and Inf as ``null``) and the reading policy are those of
-`lars_jax.run_files`.
+`lars_jax.runs.run_files`.
 
 Only process 0 writes (multi-host runs log once).
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lars_jax.run_files import METRICS_FILE, dumps, read_jsonl_lines, to_jsonable, write_jsonl
+from lars_jax.runs.run_files import METRICS_FILE, dumps, read_jsonl_lines, to_jsonable, write_jsonl
 
 
 class MetricsWriter:

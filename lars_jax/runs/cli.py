@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lars_jax.config_io import (
+from lars_jax.runs.config_io import (
     SWEEP_TABLE,
     FieldSpec,
     coerce,
@@ -459,7 +459,7 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
             raise
         print(f"{PROG} train: error: {msg}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    from lars_jax.run_files import is_primary_process
+    from lars_jax.runs.run_files import is_primary_process
 
     workdir = getattr(config, "workdir", None)
     if workdir and is_primary_process():
@@ -468,9 +468,9 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
 
 
 def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
-    from lars_jax.report import summary_report
-    from lars_jax.run_files import is_primary_process
-    from lars_jax.sweep import plan_sweep, run_sweep
+    from lars_jax.runs.report import summary_report
+    from lars_jax.runs.run_files import is_primary_process
+    from lars_jax.runs.sweep import plan_sweep, run_sweep
 
     base, table = resolve_config(cls, args.config, overrides)
     file_grid = table.get("grid", {})
@@ -499,7 +499,7 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     initialize_distributed(base)
     for run in planned:
         _validate(run.config, _device_count(run.config))
-    from lars_jax.compile_cache import enable_compilation_cache
+    from lars_jax.runs.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # runs that differ only in lr or wd compile once
     rows = run_sweep(
@@ -525,7 +525,7 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from lars_jax.report import summary_report
+    from lars_jax.runs.report import summary_report
 
     try:
         path = summary_report(
@@ -539,8 +539,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _deferring_signals(command: Callable[[], int]) -> int:
     """Runs `train` or `sweep` with SIGINT (Ctrl-C) and SIGTERM deferred from the start: the
-    trainer stops at its next step with a checkpoint (`lars_jax.stop_signals`)."""
-    from lars_jax.stop_signals import StopSignals, requested
+    trainer stops at its next step with a checkpoint (`lars_jax.runs.stop_signals`)."""
+    from lars_jax.runs.stop_signals import StopSignals, requested
 
     with StopSignals():
         code = command()
@@ -564,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["train"], ["sweep"]):  # from the first instant, before the imports
-        from lars_jax.stop_signals import StopSignals
+        from lars_jax.runs.stop_signals import StopSignals
 
         with StopSignals():
             return _main(argv)
@@ -597,7 +597,7 @@ def _main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    except KeyboardInterrupt as e:  # lars_jax.stop_signals.TrainingInterrupted, too
+    except KeyboardInterrupt as e:  # lars_jax.runs.stop_signals.TrainingInterrupted, too
         detail = str(e) if hasattr(e, "exit_code") else (
             "interrupted; run the same command again to resume from the last checkpoint")
         print(f"{PROG} {args.command}: {detail}", file=sys.stderr)

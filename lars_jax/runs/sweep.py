@@ -43,8 +43,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lars_jax.config_io import coerce, spec_by_name, unknown_field_error
-from lars_jax.run_files import (
+from lars_jax.runs.config_io import coerce, spec_by_name, unknown_field_error
+from lars_jax.runs.run_files import (
     RESULTS_FILE,
     SUMMARY_FILE,
     SWEEP_FILE,

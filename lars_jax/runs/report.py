@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lars_jax.plotting import plot_bars, plot_heatmap, plot_lines
-from lars_jax.run_files import (
+from lars_jax.runs.plotting import plot_bars, plot_heatmap, plot_lines
+from lars_jax.runs.run_files import (
     CONFIG_FILE,
     METRICS_FILE,
     RESULTS_FILE,

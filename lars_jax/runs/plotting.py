@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lars_jax.run_files import METRICS_FILE, PLOT_FILE, read_jsonl
+from lars_jax.runs.run_files import METRICS_FILE, PLOT_FILE, read_jsonl
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: `import lars_jax` stays light
     from matplotlib.figure import Figure

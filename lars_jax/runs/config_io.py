@@ -1,6 +1,6 @@
 """Config dataclasses <-> command lines, TOML/JSON files and text values.
 
-The command line (:mod:`lars_jax.cli`) and the sweep runner (:mod:`lars_jax.sweep`)
+The command line (:mod:`lars_jax.runs.cli`) and the sweep runner (:mod:`lars_jax.runs.sweep`)
 work on any flat dataclass whose fields carry ``metadata={"help": ...}``, such as
 :class:`lars_jax.train.TrainConfig`. This module holds what they share:
 
