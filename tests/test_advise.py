@@ -136,7 +136,8 @@ def test_cli_advise_end_to_end(tmp_path, monkeypatch, capsys):
     s = advice["series"]
     assert len(s["step"]) == 12 and s["step"] == list(range(12))
     # the advice's B_simple is the ratio of the bias-corrected EMAs of the series
-    w = 0.95 ** np.arange(11, -1, -1)
+    assert advice["ema"] == 0.98  # the default
+    w = 0.98 ** np.arange(11, -1, -1)
     b = (w @ np.asarray(s["trace_sigma"])) / (w @ np.asarray(s["grad_sq_norm"]))
     assert math.isclose(advice["b_simple"], b, rel_tol=1e-4)
     assert math.isclose(advice["b_crit"], advice["calibration"]["ratio"] * b, rel_tol=1e-4)

@@ -378,7 +378,7 @@ def format_advice(a: Mapping[str, Any]) -> str:
 
 
 def advise(config: Any, *, steps: int = DEFAULT_STEPS, max_seconds: float = DEFAULT_MAX_SECONDS,
-           ema: float = 0.95, data: Any = None) -> dict[str, Any]:
+           ema: float = 0.98, data: Any = None) -> dict[str, Any]:
     """Measures B_simple on the first steps of `config`'s run and writes the advice.
 
     Args:
@@ -427,8 +427,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                         help="stop measuring after this many seconds, compilation excluded "
                         f"(default {DEFAULT_MAX_SECONDS:g})")
-    parser.add_argument("--ema", type=float, default=0.95,
-                        help="EMA decay of tr(Sigma) and |G|^2 (default 0.95)")
+    parser.add_argument("--ema", type=float, default=0.98,
+                        help="EMA decay of tr(Sigma) and |G|^2 (default 0.98: about 100 steps)")
 
 
 def run_command(config: Any, args: Any) -> int:
