@@ -107,6 +107,28 @@ def test_step_noise_metrics_match_vmap_reference(accum):
                                rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("devices,accum", [(2, 1), (2, 2)])
+def test_data_parallel_step_gives_the_one_device_estimates(devices, accum):
+    """Without normalisation the global batch's gradient and per-example norms do not depend
+    on how it is split: the estimates over devices (pmean of mean_i |g_i|^2, global B) equal
+    those of one device."""
+    from lars_jax.train import TrainConfig
+    from lars_jax.train.build import build
+
+    data = _tiny_data()
+    out = []
+    for n, k in ((1, 1), (devices, accum)):
+        config = TrainConfig(model="mlp1", width=16, norm="none", batch_size=32, epochs=1,
+                             num_devices=n, grad_accum_steps=k, progress=False,
+                             dtype="float32")
+        run = build(config, data, noise_scale=True)
+        _, m = run.train_step(run.place(run.state), run.images, run.labels, np.int32(0))
+        out.append({k: float(m[k]) for k in ("noise_trace_sigma", "noise_grad_sqnorm")})
+    scale = abs(out[0]["noise_trace_sigma"])  # |G|^2 = |g_B|^2 - tr/B cancels: atol by tr
+    for key in out[0]:
+        np.testing.assert_allclose(out[1][key], out[0][key], rtol=1e-4, atol=1e-5 * scale)
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -123,6 +145,9 @@ def test_cli_advise_end_to_end(tmp_path, monkeypatch, capsys):
     import importlib
 
     monkeypatch.setattr(importlib.import_module("lars_jax.train.build"), "load_data", _tiny_data)
+    monkeypatch.setattr(importlib.import_module("lars_jax.data.sources"), "check_available",
+                        lambda *a: True)
+    monkeypatch.setenv("LARS_JAX_DATA_DIR", str(tmp_path / "data"))
     work = tmp_path / "adv"
     rc = cli.main(["advise", "--model", "mlp1", "--width", "16", "--norm", "none",
                    "--batch-size", "32", "--grad-accum-steps", "2", "--epochs", "2",

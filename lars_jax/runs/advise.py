@@ -394,14 +394,15 @@ def advise(config: Any, *, steps: int = DEFAULT_STEPS, max_seconds: float = DEFA
     Raises:
       ValueError: a bad option or config (one line naming it).
     """
-    from lars_jax.train.build import build
+    import jax
+
+    from lars_jax.train import loop
 
     _check_options(steps, max_seconds, ema)
     config.validate()
-    import jax
-
     primary = estimator_for(config, config.num_devices or jax.device_count())
-    run = build(config, data, noise_scale=primary == "per_example")
+    loop._preflight(config, data)  # train's one-line checks: devices, workdir, data set
+    run = loop._build(config, data, noise_scale=primary == "per_example")
     num_train = run.input.num_train if run.input else len(run.data.train_labels)
     series = measure(run, min(steps, run.total_steps), max_seconds, ema, config.progress,
                      primary)
