@@ -62,6 +62,17 @@ def test_batch_advice_by_hand():
     assert [b for b, r in rows.items() if r["recommended"]] == [512]  # in [B_crit/2, B_crit]
 
 
+def test_unresolved_noise_scale_gives_no_batch_advice():
+    from lars_jax.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    series = {"step": np.arange(20), "trace_sigma": rng.uniform(1, 2, 20),
+              "grad_sq_norm": rng.uniform(-1.0, -0.5, 20), "loss": np.ones(20)}
+    advice = adv._advice(series, TrainConfig(), 60000, 0.9)
+    assert math.isinf(advice["b_simple"]) and advice["batches"] == []
+    assert "no batch advice" in adv.format_advice({"estimator": "per_example", **advice})
+
+
 def test_bad_options_refused_before_compute():
     from lars_jax.train import TrainConfig
 

@@ -368,6 +368,10 @@ def format_advice(a: Mapping[str, Any]) -> str:
     if "two_batch_b_simple" in a:
         lines.append(f"two-batch estimator on the same steps: B_simple = "
                      f"{a['two_batch_b_simple']:.0f}")
+    if not a["batches"]:
+        lines.append("no batch advice: the averaged |G|^2 is not positive yet (noise dominates "
+                     "the measured steps); measure longer (--steps, --max-seconds)")
+        return "\n".join(lines)
     lines.append("batch  steps/S_min  examples/E_min  lr(linear)  lr(sqrt)  warmup steps")
     for r in a["batches"]:
         mark = "  <- recommended" if r["recommended"] else ""
