@@ -672,7 +672,9 @@ def noise_scale_from_norms(grads: Any, per_example_norms: Any) -> NoiseScaleEsti
     still have per-example spread. The estimate is then the spread of the contributions
     around the BatchNorm batch gradient, which counts that cancelling spread as noise:
     it is *not* the two-batch estimator's ``tr(Sigma)`` (there each batch size is its own
-    BatchNorm group) and tends to overstate ``tr(Sigma)`` and ``B_simple``. Without
+    BatchNorm group) and overstates ``tr(Sigma)`` and ``B_simple`` (on an MLP with ghost
+    BatchNorm over 32 the averaged ``|G|^2`` estimate went negative where the two-batch
+    estimator gave ``B_simple`` about 360: docs/advise.md). Without
     normalisation layers, or with GroupNorm / LayerNorm (per example), the ``g_i`` are
     the ordinary per-example gradients and the estimators are exact in expectation.
 

@@ -110,7 +110,9 @@ class StepOptions:
         the same backward pass) and return the one-batch gradient-noise-scale estimates of
         `lars_jax.diagnostics.noise_scale_from_sqnorms` over the global batch:
         ``noise_trace_sigma``, ``noise_grad_sqnorm`` and ``noise_example_sqnorm`` (``mean_i
-        |g_i|^2``); used by ``lars-jax advise``.
+        |g_i|^2``); used by ``lars-jax advise``. With BatchNorm the norms are those of each
+        example's contribution and the estimates overstate the noise (see
+        `noise_scale_from_norms`): advise then uses the two-batch statistics instead.
     """
 
     num_classes: int
