@@ -655,7 +655,8 @@ def noise_scale_from_norms(grads: Any, per_example_norms: Any) -> NoiseScaleEsti
     ``grads`` is the batch-mean gradient ``g_B`` and ``per_example_norms`` the tree of
     ``(B,)`` norms ``|g_i|`` of each leaf, as :func:`lars_jax.value_grad_and_norms`
     returns them: the norm of the gradient of example ``i``'s *own* loss ``l_i`` (not of
-    its ``l_i / B`` share of the mean loss), so that ``mean_i g_i = g_B``. Then::
+    its ``l_i / B`` share of the mean loss), so that ``mean_i g_i = g_B`` (for a loss
+    that sums over the batch, pass its gradient divided by ``B``). Then::
 
         tr(Sigma) ~ B/(B-1) (mean_i |g_i|^2 - |g_B|^2),    |G|^2 ~ |g_B|^2 - tr(Sigma)/B
 
