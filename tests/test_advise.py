@@ -118,8 +118,7 @@ def test_step_noise_metrics_match_vmap_reference(accum):
                                rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("devices,accum", [(2, 1), (2, 2)])
-def test_data_parallel_step_gives_the_one_device_estimates(devices, accum):
+def test_data_parallel_step_gives_the_one_device_estimates(devices: int = 2, accum: int = 2):
     """Without normalisation the global batch's gradient and per-example norms do not depend
     on how it is split: the estimates over devices (pmean of mean_i |g_i|^2, global B) equal
     those of one device."""
