@@ -204,7 +204,7 @@ def build_parser(cls: type | None = None) -> argparse.ArgumentParser:
         + f"\n\nRun `{PROG} <command> --help` for each command's options; docs/cli.md has more.",
         formatter_class=raw,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,sweep,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sweep,advise,report}")
 
     train = sub.add_parser(
         "train",
@@ -259,6 +259,14 @@ def build_parser(cls: type | None = None) -> argparse.ArgumentParser:
         "--no-report", action="store_true", help="do not write <out>/report.md at the end"
     )
     add_config_arguments(sweep, cls)
+
+    from lars_jax.runs import advise  # `lars-jax advise`: train's options + its own
+
+    adv = sub.add_parser("advise", allow_abbrev=False, help="measure the gradient noise scale "
+                         "and advise batch size, lr and warmup", description=advise.__doc__,
+                         formatter_class=raw)
+    advise.add_arguments(adv)
+    add_config_arguments(adv, cls)
 
     report = sub.add_parser(
         "report",
@@ -593,6 +601,10 @@ def _main(argv: list[str]) -> int:
             return _deferring_signals(lambda: _cmd_train(args, cls, overrides))
         if args.command == "sweep":
             return _deferring_signals(lambda: _cmd_sweep(args, cls, overrides))
+        if args.command == "advise":
+            from lars_jax.runs.advise import run_command
+
+            return run_command(resolve_config(cls, args.config, overrides)[0], args)
         return _cmd_report(args)
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)

@@ -318,8 +318,11 @@ class Run(NamedTuple):
     input: Any = None
 
 
-def build(config: TrainConfig, data: Data | None = None) -> Run:
+def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = False) -> Run:
     """Validates `config` and builds its run (`data`: instead of ``config.dataset``).
+
+    With ``noise_scale`` the step also returns the one-batch gradient-noise-scale estimates
+    from every example's gradient norm (`StepOptions.log_noise_scale`; ``lars-jax advise``).
 
     Raises:
       ValueError: a bad config, naming the field, before any compute.
@@ -361,7 +364,7 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
         nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum)
+        momentum=config.momentum, log_noise_scale=noise_scale)
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
     augment = None
     if config.crop_padding or config.flip or config.cutout:

@@ -267,12 +267,12 @@ def _preflight(config: TrainConfig, data: Data | None) -> None:
                          f"{config.dataset!r} is not prepared there")
 
 
-def _build(config: TrainConfig, data: Data | None) -> Run:
+def _build(config: TrainConfig, data: Data | None, **kwargs: Any) -> Run:
     """`build`, with a damaged data file reported as a one-line ValueError naming it."""
     from lars_jax.data.sources import DataFileError
 
     try:
-        return build(config, data)
+        return build(config, data, **kwargs)
     except DataFileError as e:
         raise ValueError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
 
