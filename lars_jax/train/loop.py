@@ -27,7 +27,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +64,34 @@ COSMETIC_FIELDS = ("progress", "plot", "tensorboard", "resume")
 # ----------------------------------------------------------------------------- helpers
 
 
+# Launchers whose environment `jax.distributed.initialize()` reads by itself: a variable
+# that marks the launcher (the set JAX checks) -> the one giving the number of processes.
+CLUSTER_ENVIRONMENTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "SLURM": (("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID"), "SLURM_NTASKS"),
+    "Open MPI": (("OMPI_MCA_orte_hnp_uri",), "OMPI_COMM_WORLD_SIZE"),
+}
+
+
+def cluster_processes(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """``(launcher, number of processes)`` when `env` is that of a task started by SLURM
+    (``srun``) or Open MPI (``mpirun``), else None."""
+    for launcher, (marks, count) in CLUSTER_ENVIRONMENTS.items():
+        if all(m in env for m in marks):
+            return launcher, int(env.get(count, "1"))
+    return None
+
+
 def maybe_initialize_distributed(config: TrainConfig) -> None:
     """Calls `jax.distributed.initialize` for multi-process runs.
 
     Used when any of ``coordinator_address``, ``num_processes``, ``process_id`` is set in
     the config, or the environment has ``JAX_COORDINATOR_ADDRESS`` (with
-    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``). Must run before anything touches a
-    device. On CPU, cross-process collectives use gloo.
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``); otherwise, in a task of a SLURM or
+    Open MPI job of more than one task (`cluster_processes`), without arguments: JAX reads
+    the coordinator, the number of processes and this process's id from the launcher's
+    variables. A one-task job is a single process and initializes nothing. Must run
+    before anything touches a device. On CPU, cross-process collectives use gloo.
     """
     env = os.environ
     addr = config.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -78,7 +99,9 @@ def maybe_initialize_distributed(config: TrainConfig) -> None:
                                      if "JAX_NUM_PROCESSES" in env else None)
     pid = config.process_id if config.process_id is not None else (
         int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
-    if addr is None and nproc is None and pid is None:
+    cluster = cluster_processes(env)
+    if addr is None and nproc is None and pid is None and (cluster is None
+                                                           or cluster[1] < 2):
         return
     if jax.distributed.is_initialized():
         return
