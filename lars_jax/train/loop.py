@@ -233,12 +233,16 @@ def _stop_if_nonfinite(state: TrainState, config: TrainConfig, checkpointer: Che
     limit = config.max_skipped_fraction * total_steps
     if bad < 1 and skipped <= limit:
         return
+    # with nan_policy="skip" the step that passed the limit was the last to change the
+    # state (StepOptions.max_skipped): its count is the state's step
+    passed_at = int(jax.device_get(state.step))
     where = (f"{checkpointer.path(last_good)} (step {last_good})" if last_good is not None
              else "none (the run had not checkpointed yet)")
     if lead:
         write_json(Path(config.workdir) / SUMMARY_FILE, {
             "status": "nonfinite", "nonfinite_step": bad if bad >= 1 else None,
             "skipped_steps": skipped, "last_good_checkpoint_step": last_good,
+            "skip_limit_step": passed_at if bad < 1 else None,
             "config": config.to_dict()})
     if bad >= 1:
         raise NonFiniteError(
@@ -247,8 +251,9 @@ def _stop_if_nonfinite(state: TrainState, config: TrainConfig, checkpointer: Che
             "add warmup, or use nan_policy='skip'.")
     raise NonFiniteError(
         f"{skipped} non-finite steps skipped of {total_steps}, more than max_skipped_fraction="
-        f"{config.max_skipped_fraction}: training stopped (nan_policy='skip'), the run "
-        f"diverged. Last good checkpoint: {where}. Lower the learning rate or add warmup.")
+        f"{config.max_skipped_fraction} (passed at step {passed_at}): training stopped "
+        f"(nan_policy='skip'), the run diverged. Last good checkpoint: {where}. Lower the "
+        "learning rate or add warmup.")
 
 
 def _writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
