@@ -539,3 +539,35 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("skipped_steps"):
         lines.insert(2, f"   skipped non-finite steps: {s['skipped_steps']}")
     return "\n".join(lines)
+
+
+def restore_checkpoint(workdir: str | os.PathLike[str], *, data: Data | None = None
+                       ) -> tuple[int, TrainState]:
+    """The newest usable checkpoint of a run folder: ``(step, state)``.
+
+    The run's ``config.json`` gives the model and optimizer (and so the state's structure);
+    the state is restored on one device (``state.params`` are the trained parameters,
+    ``state.batch_stats`` the BatchNorm running statistics). As in a resumed run, a
+    corrupt checkpoint is moved to ``checkpoints_bad/`` and the previous one is used.
+
+    Args:
+      workdir: the run's ``--workdir``.
+      data: the in-memory data set the run was given instead of ``config.dataset`` (its
+        image shape and number of classes fix the model's), if any.
+
+    Raises:
+      FileNotFoundError: the folder has no ``config.json`` or no checkpoint.
+      lars_jax.train.checkpoint.CheckpointError: checkpoints exist but none is usable.
+    """
+    workdir = Path(workdir)
+    config = TrainConfig.from_dict(read_json(workdir / CONFIG_FILE))
+    run = build(config.replace(num_devices=1, parallel="jit", steps_per_call=1), data)
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                                meta={f: getattr(config, f) for f in STRUCTURE_FIELDS})
+    try:
+        restored = checkpointer.restore_latest(run.state)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to restore")
+    return restored
