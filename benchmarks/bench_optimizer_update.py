@@ -18,9 +18,9 @@ A second, small table times one tensor's norm, the part of the update where the
 implementations differ: lars_jax's norm (``lars_jax.trust_ratio._norm``: one plain sum of
 squares, with a rescaled recomputation selected by ``lax.cond`` only where that sum
 over- or underflows), that rescaled norm alone (``_scaled_norm``: a max pass, then the
-scaled sum; what every norm cost before 2026-12-07), ``jnp.linalg.norm``, and ``optax._src.numerics.safe_norm(x, 0.)``
-(what ``optax.scale_by_trust_ratio`` uses: a where over the whole tensor and a second
-norm, which XLA:CPU does not fuse into one pass).
+scaled sum; what every norm cost before 2026-12-07), ``jnp.linalg.norm``, and
+``optax._src.numerics.safe_norm(x, 0.)`` (what ``optax.scale_by_trust_ratio`` uses: a
+where over the whole tensor and a second norm, which XLA:CPU does not fuse into one pass).
 
 Usage:
   .venv/bin/python benchmarks/bench_optimizer_update.py [--models resnet18 resnet50]

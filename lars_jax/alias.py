@@ -21,8 +21,9 @@ per-example gradient norms (exact rule unverified, see
 
 All optimizers work under :func:`jax.jit` and :func:`optax.inject_hyperparams`
 (e.g. ``optax.inject_hyperparams(lars)(learning_rate=schedule, weight_decay=schedule)``).
-Pass a callable ``mask`` to ``inject_hyperparams`` as a static argument
-(``static_args=("mask",)``), otherwise optax takes it for a schedule; a ``mask`` that
+Pass a callable ``mask`` (or ``weight_decay_mask``/``trust_ratio_mask``) to
+``inject_hyperparams`` as a static argument (``static_args=("mask",)``), otherwise optax
+takes it for a schedule; a ``mask`` that
 comes out as ``False`` (and :func:`lars_jax.default_mask` called with a step count)
 raises instead of silently turning LARS off. For gradient accumulation with CLARS use
 :func:`multi_steps`, which averages ``per_example_norms`` over the micro-batches
