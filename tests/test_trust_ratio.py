@@ -431,6 +431,22 @@ def test_complex_tensors_get_real_norms_and_the_reference_ratio(denominator, sca
     np.testing.assert_allclose(float(state.param_norm["v"]), 5.0 * 1, rtol=1e-7)
 
 
+def test_complex_clars_and_larc_ratios_are_real_and_match_the_reference():
+    w64, g64 = _complex(7, (3, 4)), _complex(8, (3, 4), 0.05)
+    norms = np.array([0.5, 1.5, 1.0])
+    w, g = {"k": jnp.asarray(w64, jnp.complex64)}, {"k": jnp.asarray(g64, jnp.complex64)}
+    clars = lars_jax.scale_by_clars_trust_ratio(weight_decay=0.01, trust_coefficient=0.1)
+    out, st = clars.update(g, clars.init(w), w, per_example_norms={"k": jnp.asarray(norms)})
+    want = trust_ratio(w64, g64, wd=0.01, tc=0.1, grad_norm=norms.mean())
+    np.testing.assert_allclose(float(st.trust_ratio["k"]), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["k"], np.complex128), want * (g64 + 0.01 * w64),
+                               rtol=1e-5)
+    larc = lars_jax.scale_by_lars_trust_ratio(trust_coefficient=1.0, clip=1.0)
+    _, st = larc.update(g, larc.init(w), w)
+    want = trust_ratio(w64, g64, wd=0.0, tc=1.0, clip=1.0)  # ||w|| / ||g|| ~ 20: clipped
+    assert want == 1.0 and float(st.trust_ratio["k"]) == 1.0
+
+
 def test_complex_optax_form_equals_optax_lars_per_step():
     w = {"k": jnp.asarray(_complex(3, (5, 4)), jnp.complex64)}
     g = {"k": jnp.asarray(_complex(4, (5, 4), 0.2), jnp.complex64)}
