@@ -178,6 +178,7 @@ def test_weight_decay_schedule_is_evaluated_per_step():
 @pytest.mark.parametrize("kwargs, name", [
     (dict(weight_decay=-1.0), "weight_decay"),
     (dict(trust_coefficient=-1e-3), "trust_coefficient"),
+    (dict(trust_coefficient=0.0), "trust_coefficient"),  # the kernels would never move
     (dict(trust_coefficient=lambda t: 1.0), "trust_coefficient"),
     (dict(eps=-1.0), "eps"),
     (dict(denominator="Paper"), "denominator"),
