@@ -67,6 +67,18 @@ __all__ = [
 _EPS = 1e-30
 
 
+def _real_f32(x: Any) -> jax.Array:
+    """``x`` in float32; a complex tensor as the real vector of its real and imaginary parts.
+
+    Sums of squares and dot products of that vector are ``sum |x|^2`` and ``Re <x, y>``:
+    the norms and cosines of complex tensors, never their real parts alone.
+    """
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        x = jnp.stack([x.real, x.imag])
+    return x.astype(jnp.float32)
+
+
 # --------------------------------------------------------------------------------------
 # Per-layer weight-norm dynamics (Page)
 # --------------------------------------------------------------------------------------
@@ -287,8 +299,8 @@ def layer_diagnostics(
         if not hasattr(w, "ndim") or w.ndim < min_ndim:
             continue
         name = path_to_name(path)
-        w32 = jnp.asarray(w, jnp.float32)
-        g32 = jnp.asarray(g, jnp.float32)
+        w32 = _real_f32(w)
+        g32 = _real_f32(g)
         w2 = jnp.sum(jnp.square(w32))
         g2 = jnp.sum(jnp.square(g32))
         wn = jnp.sqrt(w2)
@@ -303,13 +315,13 @@ def layer_diagnostics(
             (wn > 0) & (gn > 0), wg / jnp.maximum(wn * gn, _EPS), 0.0
         )
         if v is not None and hasattr(v, "shape") and v.shape == w.shape:
-            v32 = jnp.asarray(v, jnp.float32)
+            v32 = _real_f32(v)
             vn = jnp.sqrt(jnp.sum(jnp.square(v32)))
             out[f"{name}/cos_g_v"] = jnp.where(
                 (vn > 0) & (gn > 0), jnp.sum(g32 * v32) / jnp.maximum(vn * gn, _EPS), 0.0
             )
         if u is not None:
-            u32 = jnp.asarray(u, jnp.float32)
+            u32 = _real_f32(u)
             out[f"{name}/update_sqnorm"] = jnp.sum(jnp.square(u32))
             # |w + u|^2 - |w|^2 without cancellation
             out[f"{name}/actual_dw_sqnorm"] = 2.0 * jnp.sum(w32 * u32) + jnp.sum(jnp.square(u32))

@@ -43,6 +43,7 @@ import optax
 
 from lars_jax import alias, schedules
 from lars_jax.data import dataset_info, load_split, normalize
+from lars_jax.masks import default_mask
 from lars_jax.models import create_model
 from lars_jax.train import parallel
 from lars_jax.train.config import TrainConfig
@@ -174,8 +175,9 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int
     """
     common = dict(momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer != "sgd":
+        # mask: the default mask in both forms (lars's optax form alone means every tensor).
         common.update(trust_coefficient=config.trust_coefficient,
-                      denominator=config.denominator)
+                      denominator=config.denominator, mask=default_mask)
         if config.optimizer in ("lars", "clars") and config.clip:
             common["clip"] = 1.0
     factory = {"sgd": alias.sgd, "lars": alias.lars, "larc": alias.larc,
