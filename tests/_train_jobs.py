@@ -45,12 +45,12 @@ def multihost_job(workdir: str, port: str, pid: str, nproc: str) -> None:
     """One process of a multi-process run; prints its final params for the test to compare."""
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     kw = {} if nproc == "1" else dict(coordinator_address=f"localhost:{port}",
                                       num_processes=int(nproc), process_id=int(pid))
-    summary, state = train(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
-                           data=tiny_data(), return_state=True)
+    summary, state = train_with_state(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
+                                      data=tiny_data())
     leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
     print("PARAMS", json.dumps(np.concatenate(leaves).tolist()))
     print("SUMMARY", json.dumps({k: summary[k] for k in ("num_processes", "num_devices", "steps")}))

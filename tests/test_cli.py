@@ -212,7 +212,9 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
         rc == 1
         and err.strip() == "lars-jax train: error: NonFiniteError: non-finite loss at step 3"
     )
-    late = ValueError("TrainConfig.batch_size=256: larger than the 100 training examples")
+    from lars_jax.runs.errors import ConfigError
+
+    late = ConfigError("TrainConfig.batch_size=256: larger than the 100 training examples")
     monkeypatch.setattr(cli, "_train_fn", lambda: raising(late))
     rc, _, err = _run_cli(capsys, *argv)
     assert rc == 2 and "larger than the 100 training examples" in err and "Traceback" not in err

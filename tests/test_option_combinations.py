@@ -454,14 +454,14 @@ def _tiny_data():
 
 
 def _run(tmp_path, name, **kw):
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     cfg = TrainConfig(**{**dict(model="mlp1", width=1 / 16, batch_size=32, epochs=1.0,
                                 warmup_epochs=0.0, learning_rate=0.5, dtype="float32",
                                 checkpoint_every_steps=-1, plot=False, progress=False,
                                 log_every_steps=2, eval_batch_size=64,
                                 workdir=str(tmp_path / name)), **kw})
-    return train(cfg, data=_tiny_data(), return_state=True)
+    return train_with_state(cfg, data=_tiny_data())
 
 
 def test_accumulation_gives_the_running_statistics_of_as_many_devices(tmp_path):

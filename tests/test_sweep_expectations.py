@@ -50,13 +50,13 @@ def test_cli_sweep_records_the_measured_accuracy_then_resumes(capsys, tmp_path, 
     from an earlier evaluation or another run, and a resumed sweep that retrains."""
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     data = _tiny_data()
     finals = {}
 
     def train_and_keep_state(config):
-        summary, state = train(config, data=data, return_state=True)
+        summary, state = train_with_state(config, data=data)
         finals[config.optimizer] = (config, jax.device_get(state))
         return summary
 
