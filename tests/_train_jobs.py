@@ -13,14 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def tiny_data():
-    from lars_jax.train import Data
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
-    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
+from _tiny_data import tiny_data  # noqa: E402  (re-exported for the tests)
 
 
 def tiny_config(workdir, **kw):

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import tomllib
 
-import numpy as np
 import pytest
 from _sweep_helpers import TinyTrainer, tiny_base
 
@@ -225,15 +224,3 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):  # unexpected errors keep their traceback
         cli.main(argv)
 
-
-# --------------------------------------------------------------------------- a real run
-
-
-def _tiny_data():
-    """256 + 64 random 12x12 images; the label says which half is brighter."""
-    from lars_jax.train import Data
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
-    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
