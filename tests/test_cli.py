@@ -224,3 +224,21 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):  # unexpected errors keep their traceback
         cli.main(argv)
 
+
+
+def test_run_errors_are_caught_by_type(capsys, tmp_path, monkeypatch):
+    """Any `RunError` (whatever its class name) is one line and exit status 1; a
+    `ConfigError` raised during the run is exit status 2."""
+    from lars_jax.runs.errors import ConfigError, RunError
+
+    class DiskFull(RunError):
+        pass
+
+    argv = ["train", "--workdir", str(tmp_path / "w"), "--num-devices", "1"]
+    for exc, code in ((DiskFull("no space left"), 1), (ConfigError("TrainConfig.x=1: bad"), 2)):
+        def run(config, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(cli, "_train_fn", lambda run=run: run)
+        rc, _, err = _run_cli(capsys, *argv)
+        assert rc == code and err.count("\n") == 1 and str(exc) in err, (rc, err)
