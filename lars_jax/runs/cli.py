@@ -1,26 +1,20 @@
-"""The ``lars-jax`` command: ``train``, ``sweep`` and ``report``.
+"""The ``lars-jax`` command: ``train``, ``sweep`` and ``report`` (docs/cli.md).
 
-Every field of :class:`lars_jax.train.TrainConfig` is a flag of ``train`` and ``sweep``
-(``--batch-size 1024``; ``--batch_size`` works too; booleans as ``--flip``/``--no-flip``;
-``none`` for optional fields), generated with argparse from the field's declarations (type,
-default, help, group, choices: `lars_jax.train.config.FieldMeta`). Settings can also come
-from a TOML or JSON file (``--config run.toml``), flags overriding the file. The resolved
-config is validated once, before any compute: a bad value stops the command with a one-line
-message naming the field and exit status 2 (`lars_jax.runs.errors.ConfigError`); an
-expected failure of the run (`RunError`) is one line with exit status 1.
+Every `TrainConfig` field is a flag of ``train`` and ``sweep`` (``--batch-size 1024`` or
+``--batch_size``; ``--flip``/``--no-flip``; ``none`` for optional fields), generated with
+argparse from the field's declarations (`lars_jax.train.config.FieldMeta`). A TOML or JSON
+file (``--config run.toml``) may set fields too, flags overriding it. The config is
+validated once, before any compute: a `ConfigError` is one line with exit status 2, an
+expected failure of the run (`RunError`) one line with exit status 1.
 
 Examples::
 
-    lars-jax train                                   # the README's main job
     lars-jax train --config my.toml --epochs 5 --print-config
     lars-jax sweep --grid batch_size=128,1024 --grid optimizer=sgd,lars --out runs/s1
     lars-jax report runs/s1
 
-See ``docs/cli.md`` for the config file format and the sweep layout.
-
 References:
-  Python ``argparse`` documentation (BooleanOptionalAction, sub-commands);
-  TOML v1.0.0, https://toml.io/en/v1.0.0.
+  Python ``argparse`` documentation (BooleanOptionalAction, sub-commands).
 """
 
 from __future__ import annotations
@@ -33,11 +27,10 @@ import textwrap
 import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lars_jax.runs.config_io import (
     SWEEP_TABLE,
-    FieldSpec,
     coerce,
     coerce_dict,
     field_specs,
@@ -45,6 +38,9 @@ from lars_jax.runs.config_io import (
     to_toml,
 )
 from lars_jax.runs.errors import ConfigError, ConfigWarning, RunError
+
+if TYPE_CHECKING:
+    from lars_jax.runs.config_io import FieldSpec
 
 __all__ = ["ConfigError", "build_parser", "main", "resolve_config"]
 

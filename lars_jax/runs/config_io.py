@@ -13,19 +13,20 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import math
 import os
 import textwrap
 import tomllib
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from lars_jax.runs.errors import ConfigError
+
+if TYPE_CHECKING:  # the config module is imported lazily (it imports the models)
+    from lars_jax.train.config import FieldMeta as FieldSpec
 
 PathLike = str | os.PathLike[str]
 _TRUE_WORDS = ("true", "yes", "on", "1")
@@ -33,20 +34,8 @@ _FALSE_WORDS = ("false", "no", "off", "0")
 SWEEP_TABLE = "sweep"  # the table of a config file that is not config fields
 
 
-class FieldSpec(NamedTuple):
-    """How one config field is typed and documented (``type``: bool, int, float or str)."""
-
-    name: str
-    type: type
-    optional: bool
-    choices: tuple[Any, ...] | None
-    help: str
-    default: Any
-    group: str
-
-
 def field_specs(cls: type | None = None) -> list[FieldSpec]:
-    """Describes the fields of `TrainConfig` (the only config class), in declaration order.
+    """The declarations of `TrainConfig`'s fields (the only config class), in order.
 
     Raises:
       TypeError: `cls` is another class.
@@ -55,18 +44,7 @@ def field_specs(cls: type | None = None) -> list[FieldSpec]:
 
     if cls not in (None, TrainConfig):
         raise TypeError(f"cls: {cls!r} is not TrainConfig")
-    hints = typing.get_type_hints(TrainConfig)
-    specs = []
-    for f in dataclasses.fields(TrainConfig):
-        meta, tp = field_meta()[f.name], hints[f.name]
-        optional = type(None) in typing.get_args(tp)
-        if meta.choices:
-            tp = type(meta.choices[0])
-        elif optional:
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        specs.append(FieldSpec(f.name, tp, optional, meta.choices, meta.help, f.default,
-                               meta.group))
-    return specs
+    return list(field_meta().values())
 
 
 def spec_by_name(cls: type | None = None) -> dict[str, FieldSpec]:

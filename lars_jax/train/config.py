@@ -1,38 +1,19 @@
 """Training configuration: one flat dataclass whose fields declare how they behave.
 
-Every field has a default; the defaults are the README's main job: ResNet-20 on
-Fashion-MNIST with LARS, sized for under 10 minutes on the project's 2-core CPU (ResNet-20
-trains at ~370 images/s in bfloat16 there; 92% test accuracy after 464 s, BENCHMARKS.md):
-batch 64, 3 epochs (2812 steps), warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch
-256, linear scaling), cosine decay to 0, momentum 0.9, weight decay 5e-4, trust
-coefficient 0.02, no augmentation (it slows convergence in such a short run), the test set
-evaluated at the end.
+The defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS in under 10
+minutes on the project's 2-core CPU (92% test accuracy after 464 s, BENCHMARKS.md): batch 64,
+3 epochs, warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch 256, linear scaling),
+cosine decay to 0, momentum 0.9, weight decay 5e-4, trust coefficient 0.02, no
+augmentation (it slows so short a run), the test set evaluated at the end.
 
-Each field declares, in its `dataclasses.field` metadata (`FieldMeta`): its ``--help`` text
-and group, its choices or range, where it applies (`Applies`; `APPLIES` gathers them) and
-its kind (`Kind`): whether a change makes another run, another checkpoint structure, only
-another output folder, or nothing that a run computes (`fields_of_kind`). The command line
-is generated from these declarations (`lars_jax.runs.cli`); `TrainConfig.validate` checks
-the ranges in one loop and the rules between fields in small functions below it.
-
-Batch-norm statistics span (`bn_span`), which changes results at large batch:
-
-* ``"device"``: each device normalises over its own slice of the global batch
-  (``batch_size / num_devices / grad_accum_steps`` examples); the usual data-parallel
-  default (Goyal et al. use 32 examples per worker).
-* ``"global"``: statistics are averaged over all devices (cross-device BN through the
-  model's ``bn_axis_name``), i.e. over one whole micro-batch; what a single device with the
-  same micro-batch computes.
-* ``"ghost"``: fixed-size ghost groups of ``bn_ghost_size`` examples, independent of the
-  number of devices (as MLPerf's ``bn_span``; Masters & Luschi find 4-8 best on CIFAR).
-
-With gradient accumulation, statistics never span micro-batches: each micro-batch is
-normalised on its own, and the running statistics (used at evaluation) are updated once per
-step from the mean of the micro-batches' statistics, as across devices; so ``k``
-micro-batches on one device give the running statistics of ``k`` devices.
-
-A non-default value that has no effect in the chosen combination (its `Applies`) is refused
-(`ConfigError`, a ValueError) or warned about (`ConfigWarning`); docs/cli.md lists the rules.
+Each field declares in its metadata (`FieldMeta`) its ``--help`` text and group, its
+choices or range, where it applies (`Applies`, gathered in `APPLIES`) and its `Kind`
+(`fields_of_kind`). The command line is generated from these declarations
+(`lars_jax.runs.cli`); `TrainConfig.validate` checks the ranges in one loop and the rules
+between fields in the small functions below it. A non-default value with no effect in its
+combination is refused (`ConfigError`, a ValueError) or warned about (`ConfigWarning`).
+docs/cli.md lists the rules, and what each batch-norm span (``bn_span``: device, global,
+ghost) and gradient accumulation do to the batch-norm statistics.
 
 References:
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
@@ -119,7 +100,9 @@ class Applies(NamedTuple):
 
 
 class FieldMeta(NamedTuple):
-    """What a `TrainConfig` field declares (its `dataclasses.field` metadata["meta"])."""
+    """What a `TrainConfig` field declares (its `dataclasses.field` metadata["meta"]), and
+    in `field_meta()` its name, scalar type (bool, int, float or str), whether it may be
+    None and its default."""
 
     help: str
     group: str
@@ -127,6 +110,10 @@ class FieldMeta(NamedTuple):
     choices: tuple[Any, ...] | None = None
     range: Range | None = None
     applies: Applies | None = None
+    name: str = ""
+    type: type = object
+    optional: bool = False
+    default: Any = None
 
 
 def _field(group: str, default: Any, help: str, *, kind: Kind = "result",
@@ -156,7 +143,7 @@ def _lars_family(c: Any) -> bool:
 
 @dataclass
 class TrainConfig:
-    """All settings of one training run (see the module docstring for `bn_span`)."""
+    """All settings of one training run."""
 
     model: str = _model("resnet20", f"Model name, one of {', '.join(MODEL_NAMES)}.",
                         choices=tuple(MODEL_NAMES), kind="structural")
@@ -412,9 +399,12 @@ def field_meta() -> dict[str, FieldMeta]:
     out = {}
     for f in dataclasses.fields(TrainConfig):
         meta, tp = f.metadata["meta"], hints[f.name]
-        if typing.get_origin(tp) is Literal:
-            meta = meta._replace(choices=typing.get_args(tp))
-        out[f.name] = meta
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        choices = tuple(args) if typing.get_origin(tp) is Literal else meta.choices
+        tp = type(choices[0]) if choices else args[0] if optional else tp
+        out[f.name] = meta._replace(name=f.name, type=tp, optional=optional,
+                                    default=f.default, choices=choices)
     return out
 
 
