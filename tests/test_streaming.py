@@ -184,7 +184,7 @@ _RESUME_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # dies before step `kill_after` runs
         return x, y
     StreamingInput.batch = recording
-    summary, state = loop.train(config, return_state=True)
+    summary, state = loop.train_with_state(config)
     leaves = [np.asarray(v) for v in __import__("jax").tree.leaves(state.params)]
     np.savez(sys.argv[4], *leaves)
 """)
