@@ -6,6 +6,14 @@ are independent of the pipeline under test: the batches `train()` consumes are c
 with `host_batches` read directly (the documented pure function of (seed, step)), a run
 interrupted by SIGKILL and resumed is compared bitwise with an uninterrupted one, and the
 1- and 8-device runs are compared with each other.
+
+Across processes (issue 28): two local processes of 2 CPU devices each (`jax.distributed`
+with a localhost coordinator, gloo collectives) are launched with the documented
+``lars-jax train --coordinator-address ... --num-processes 2 --process-id P`` and compared
+with one process of 4 devices: what each process fed (the pipeline's own input log: record
+numbers, labels, image hashes), the losses (jit and pmap), a SIGKILL of both processes and
+a restart (bitwise), and a resume by one process of the two's checkpoint. The launches run
+once per module and are shared by the tests.
 """
 
 from __future__ import annotations
@@ -332,6 +340,11 @@ def _launch(args: list[str], out: Path, *, processes: int, devices: int, kill_at
     if processes > 1:
         multi = ["--coordinator-address", f"localhost:{_free_port()}",
                  "--num-processes", str(processes)]
+        # No persistent compilation cache: JAX writes its entries from process 0 only, so
+        # a rerun's process 0 would load its programs while process 1 compiles them, and
+        # gloo gives up when they then reach the first collective more than 30 s apart.
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     procs = []
     for p in range(processes):
         with open(out / f"stdout{p}.txt", "w") as log:
@@ -478,3 +491,14 @@ def test_resume_with_another_process_count_reads_the_same_batches(two_process_ru
     b = np.load(two_process_runs["as_one"] / "params.npz")
     for k in a.files:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_mesh_that_leaves_a_process_without_its_rows_is_refused(imagenet_dir, tmp_path):
+    # --num-devices 2 of the 4: the mesh holds process 0's two devices only, so process 1
+    # would feed rows no device holds (and process 0 only half of its rows).
+    procs = _launch(_args(imagenet_dir, tmp_path / "work") + ["--num-devices", "2"], tmp_path,
+                    processes=2, devices=2)
+    text = _wait(procs, tmp_path, returncode=2)
+    errors = [line for line in text.splitlines() if line.startswith("lars-jax train: error")]
+    assert len(errors) == 1 and "TrainConfig.num_devices=2" in errors[0], text[-3000:]
+    assert "contiguous share" in errors[0]
