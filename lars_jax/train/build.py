@@ -356,9 +356,12 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
     """
     num_devices = config.num_devices or jax.device_count()
     config.validate(device_count=num_devices)  # nothing again after the command line's
-    if config.parallel == "pmap" and jax.process_count() > 1:
-        raise ConfigError("TrainConfig.parallel='pmap': multi-process runs need parallel='jit'")
-    if config.parallel == "pmap" and num_devices > jax.local_device_count():
+    if (config.parallel == "pmap" and jax.process_count() > 1
+            and num_devices != jax.device_count()):
+        raise ConfigError(f"TrainConfig.num_devices={num_devices}: multi-process pmap runs on "
+                          f"all {jax.device_count()} devices (leave num_devices unset)")
+    if (config.parallel == "pmap" and jax.process_count() == 1
+            and num_devices > jax.local_device_count()):
         raise ConfigError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
                           f"({jax.local_device_count()})")
     mesh = parallel.make_mesh(num_devices)
@@ -413,8 +416,11 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         devices = mesh.devices.tolist()
         train_step = parallel.pmap_train_step(step_fn, prepare, devices)
         train_steps = None
-        place = lambda s: parallel.replicate(jax.device_get(s), devices)
+        local = [d for d in devices if d.process_index == jax.process_index()]
+        place = lambda s: parallel.replicate(jax.device_get(s), local)
         unplace = parallel.unreplicate
+        if jax.process_count() > 1:  # global arrays for evaluation and checkpoints
+            unplace = lambda s: parallel.put_replicated(parallel.unreplicate(s), mesh)
 
     replicated = parallel.replicated(mesh)
     num_test = stream.num_test if stream else len(data.test_labels)
