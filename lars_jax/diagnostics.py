@@ -9,7 +9,7 @@ Two groups of pure JAX functions, both cheap enough to run inside a jitted train
   the current gradient ``g_t`` and the momentum buffer ``v_{t-1}`` found in an Optax
   optimizer state.
 * :func:`noise_scale_estimates`, :func:`noise_scale_init` / :func:`noise_scale_update`
-  and :func:`noise_scale_from_metrics` implement the unbiased two-batch estimators of
+  and :func:`noise_scale_from_rows` implement the unbiased two-batch estimators of
   McCandlish et al. for ``|G|^2`` and ``tr(Sigma)`` and the "simple" gradient noise
   scale ``B_simple = tr(Sigma) / |G|^2``, averaging numerator and denominator
   separately (exponential moving averages) before dividing.
@@ -34,10 +34,8 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -53,9 +51,9 @@ __all__ = [
     "layer_diagnostics",
     "noise_scale_average",
     "noise_scale_estimates",
-    "noise_scale_from_metrics",
     "noise_scale_from_norms",
     "noise_scale_from_sqnorms",
+    "noise_scale_from_rows",
     "noise_scale_init",
     "noise_scale_series",
     "noise_scale_update",
@@ -65,6 +63,18 @@ __all__ = [
 ]
 
 _EPS = 1e-30
+
+
+def _real_f32(x: Any) -> jax.Array:
+    """``x`` in float32; a complex tensor as the real vector of its real and imaginary parts.
+
+    Sums of squares and dot products of that vector are ``sum |x|^2`` and ``Re <x, y>``:
+    the norms and cosines of complex tensors, never their real parts alone.
+    """
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        x = jnp.stack([x.real, x.imag])
+    return x.astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -287,8 +297,8 @@ def layer_diagnostics(
         if not hasattr(w, "ndim") or w.ndim < min_ndim:
             continue
         name = path_to_name(path)
-        w32 = jnp.asarray(w, jnp.float32)
-        g32 = jnp.asarray(g, jnp.float32)
+        w32 = _real_f32(w)
+        g32 = _real_f32(g)
         w2 = jnp.sum(jnp.square(w32))
         g2 = jnp.sum(jnp.square(g32))
         wn = jnp.sqrt(w2)
@@ -303,13 +313,13 @@ def layer_diagnostics(
             (wn > 0) & (gn > 0), wg / jnp.maximum(wn * gn, _EPS), 0.0
         )
         if v is not None and hasattr(v, "shape") and v.shape == w.shape:
-            v32 = jnp.asarray(v, jnp.float32)
+            v32 = _real_f32(v)
             vn = jnp.sqrt(jnp.sum(jnp.square(v32)))
             out[f"{name}/cos_g_v"] = jnp.where(
                 (vn > 0) & (gn > 0), jnp.sum(g32 * v32) / jnp.maximum(vn * gn, _EPS), 0.0
             )
         if u is not None:
-            u32 = jnp.asarray(u, jnp.float32)
+            u32 = _real_f32(u)
             out[f"{name}/update_sqnorm"] = jnp.sum(jnp.square(u32))
             # |w + u|^2 - |w|^2 without cancellation
             out[f"{name}/actual_dw_sqnorm"] = 2.0 * jnp.sum(w32 * u32) + jnp.sum(jnp.square(u32))
@@ -512,31 +522,22 @@ def noise_scale_series(
     }
 
 
-def _read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return rows
-
-
-def noise_scale_from_metrics(
-    path: str | os.PathLike[str],
+def noise_scale_from_rows(
+    rows: Sequence[Mapping[str, Any]],
     ema: float = 0.95,
     *,
     step_key: str = "step",
     row_filter: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Computes ``B_simple`` over training from a trainer's ``metrics.jsonl``.
+    """Computes ``B_simple`` over training from a trainer's metric rows.
 
     Uses the rows that carry ``grad_sqnorm_small``, ``grad_sqnorm_big``, ``batch_small``
     and ``batch_big`` (logged by the trainer when a step has at least two gradient
-    groups: devices or accumulation micro-batches).
+    groups: devices or accumulation micro-batches). Reading them from a run's
+    ``metrics.jsonl`` is `lars_jax.runs.run_files.noise_scale_from_metrics`.
 
     Args:
-      path: the ``metrics.jsonl`` file, or the run directory holding it.
+      rows: the metric rows (dicts), in step order.
       ema: EMA decay in ``[0, 1)``.
       step_key: the key holding the step number.
       row_filter: optional predicate selecting rows.
@@ -545,17 +546,18 @@ def noise_scale_from_metrics(
       dict of numpy arrays: ``step`` plus the entries of :func:`noise_scale_series`
       (empty arrays when no row carries the four keys).
 
+    Example:
+      >>> rows = [{"step": 1, "grad_sqnorm_small": 2.0, "grad_sqnorm_big": 1.25,
+      ...          "batch_small": 4, "batch_big": 16}]
+      >>> [float(b) for b in noise_scale_from_rows(rows)["b_simple"]]
+      [4.0]
+
     References:
       McCandlish et al., "An Empirical Model of Large-Batch Training", 2018.
     """
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        p = os.path.join(p, "metrics.jsonl")
-    if not os.path.exists(p):
-        raise ValueError(f"path {p!r} does not exist")
     keys = ("grad_sqnorm_small", "grad_sqnorm_big", "batch_small", "batch_big")
     rows = [
-        r for r in _read_jsonl(p)
+        r for r in rows
         if all(r.get(k) is not None for k in keys) and (row_filter is None or row_filter(r))
     ]
     rows = [r for r in rows if float(r["batch_big"]) > float(r["batch_small"])]

@@ -49,17 +49,17 @@ def _fashion_mnist_prepared() -> bool:
 def test_the_outputs_section_of_cli_md_runs_on_a_real_run(tmp_path, monkeypatch, capsys):
     """docs/cli.md's Outputs snippets, as written, on a run folder of a real (tiny) run: they
     read the summary and the metric rows, restore the final parameters of the checkpoint
-    and train with return_state. Before: no such section, and no restore_checkpoint."""
+    and train with train_with_state. Before: no such section, and no restore_checkpoint."""
     import jax
     import numpy as np
 
-    from lars_jax.train import TrainConfig, train
+    from lars_jax.train import TrainConfig, train_with_state
 
     monkeypatch.chdir(tmp_path)
     cfg = TrainConfig(model="mlp1", train_subset=256, test_subset=128, batch_size=64,
                       epochs=1, warmup_epochs=0.0, num_devices=1, log_every_steps=2,
                       workdir="runs/default", progress=False, plot=False, dtype="float32")
-    first, final = train(cfg, return_state=True)
+    first, final = train_with_state(cfg)
     capsys.readouterr()
     blocks = _section_blocks("docs/cli.md", "Outputs")
     assert len(blocks) == 3

@@ -41,7 +41,7 @@ References:
 
 from lars_jax.train.build import Data, Run, build
 from lars_jax.train.config import TrainConfig
-from lars_jax.train.loop import NonFiniteError, restore_checkpoint, train
+from lars_jax.train.loop import NonFiniteError, restore_checkpoint, train, train_with_state
 
 __all__ = ["Data", "NonFiniteError", "Run", "TrainConfig", "build", "restore_checkpoint",
-           "train"]
+           "train", "train_with_state"]
