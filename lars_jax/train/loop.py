@@ -45,7 +45,7 @@ from lars_jax.runs.run_files import (
 )
 from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import Checkpointer
-from lars_jax.train.config import TrainConfig, fields_of_kind
+from lars_jax.train.config import TrainConfig, field_meta, fields_of_kind
 from lars_jax.train.metrics import MetricsWriter, mean_rows
 from lars_jax.train.step import TrainState
 from lars_jax.train.workdir_lock import WorkdirLock
@@ -299,19 +299,81 @@ def _build(config: TrainConfig, data: Data | None, **kwargs: Any) -> Run:
         raise ConfigError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
 
 
-def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
-    """The summary of this very run when it already finished in its workdir, else None."""
-    path = Path(config.workdir) / SUMMARY_FILE
-    if not config.resume or not path.exists():
-        return None
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or not a readable object."""
     try:
-        summary = read_json(path)
+        value = read_json(path) if path.exists() else None
     except ValueError:
         return None
-    cosmetic = fields_of_kind("cosmetic")
-    same = lambda d: {k: v for k, v in d.items() if k not in cosmetic}
-    if (not isinstance(summary, dict) or summary.get("status") != "ok"
-            or same(summary.get("config") or {}) != same(to_jsonable(config.to_dict()))):
+    return value if isinstance(value, dict) else None
+
+
+def _changed_fields(config: TrainConfig, recorded: dict[str, Any]) -> list[str]:
+    """The structural and result fields whose value in `recorded` (a config dict; a field
+    it lacks has its default) differs from `config`'s."""
+    ours, meta = to_jsonable(config.to_dict()), field_meta()
+    return [name for name in fields_of_kind("structural") + fields_of_kind("result")
+            if to_jsonable(recorded.get(name, meta[name].default)) != ours[name]]
+
+
+def _check_same_run(config: TrainConfig) -> dict[str, Any] | None:
+    """Refuses a config whose run differs from the one its workdir holds, before anything
+    is written there; returns the workdir's finished summary that this run extends (None
+    when it extends none).
+
+    The workdir's run is its ``config.json`` (else its ``summary.json``'s config). A change
+    of a structural or result field is refused (ConfigError, one line naming the fields
+    and the ways out); cosmetic fields may change. With ``extend_epochs`` the epochs of a
+    finished run may be raised. ``resume=False`` starts over and checks nothing.
+    """
+    workdir = Path(config.workdir)
+    summary = _read_dict(workdir / SUMMARY_FILE)
+    recorded = _read_dict(workdir / CONFIG_FILE) or (summary or {}).get("config")
+    if not config.resume or not isinstance(recorded, dict):
+        return None
+    finished = (summary if summary is not None and summary.get("status") == "ok"
+                and _changed_fields(config, summary.get("config") or {}) == ["epochs"]
+                else None)
+    changed = _changed_fields(config, recorded)
+    if not changed:
+        return finished  # an extension killed before its end, rerun: still one
+    old = lambda name: recorded.get(name, field_meta()[name].default)
+    diff = ", ".join(f"{name} {old(name)!r} -> {getattr(config, name)!r}" for name in changed)
+    where = f"TrainConfig.{changed[0]}={getattr(config, changed[0])!r}: {config.workdir}"
+    if changed == ["epochs"] and config.extend_epochs:
+        if config.epochs <= old("epochs"):
+            raise ConfigError(f"{where} holds a run of {old('epochs')!r} epochs: "
+                              "--extend-epochs only raises epochs; use a new --workdir")
+        if finished is None:
+            raise ConfigError(f"{where} holds a run of {old('epochs')!r} epochs that has "
+                              "not finished: finish it first (the same command without the "
+                              "new --epochs), or use a new --workdir")
+        return finished
+    raise ConfigError(
+        f"{where} holds another run (changed: {diff}): use a new --workdir, or "
+        "--extend-epochs to train its finished run on to more epochs (only epochs may "
+        "change; --no-resume starts over there)")
+
+
+def _extension_record(previous: dict[str, Any] | None, config: TrainConfig
+                      ) -> list[dict[str, Any]] | None:
+    """summary.json's ``epochs_extended`` of a run that extends `previous` (its finished
+    summary): the earlier extensions, then ``{from_epochs, from_step, to_epochs}``."""
+    if previous is None:
+        return None
+    before = previous["config"].get("epochs")
+    return [*previous.get("epochs_extended", []), {
+        "from_epochs": before, "from_step": previous.get("steps"), "to_epochs": config.epochs}]
+
+
+def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of this very run when it already finished in its workdir (the same
+    structural and result fields; cosmetic ones and the folder's path may differ), else
+    None."""
+    summary = _read_dict(Path(config.workdir) / SUMMARY_FILE)
+    if (not config.resume or summary is None or summary.get("status") != "ok"
+            or not isinstance(summary.get("config"), dict)
+            or _changed_fields(config, summary["config"])):
         return None
     return summary
 
@@ -403,6 +465,7 @@ def _train(config: TrainConfig, data: Data | None, keep_finished: bool
         stop_signals.raise_if_requested("before training started")
         lead = jax.process_index() == 0
         with WorkdirLock(config.workdir) if lead else contextlib.nullcontext():
+            extends = _check_same_run(config)
             finished = _finished_summary(config)
             if finished is not None and keep_finished:
                 if lead:
@@ -417,6 +480,8 @@ def _train(config: TrainConfig, data: Data | None, keep_finished: bool
             summary = _summary(run, result, t_start)
             if finished is not None and result.resumed_from == run.total_steps:
                 summary = finished  # rerun of a finished run: its results as they were
+            elif extends is not None:
+                summary["epochs_extended"] = _extension_record(extends, config)
             if lead:
                 workdir = Path(config.workdir)
                 write_json(workdir / SUMMARY_FILE, summary)
@@ -440,14 +505,13 @@ def _loop(run: Run, lead: bool) -> _LoopResult:
     """The steps of a built run: restore, train, log, evaluate, checkpoint, stop on request."""
     config, epoch_steps, total_steps = run.config, run.steps_per_epoch, run.total_steps
     workdir = Path(config.workdir)
-    if lead:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json(workdir / CONFIG_FILE, config.to_dict())
     eval_every = int(round(config.eval_every_epochs * epoch_steps))
     checkpoint_every = max(config.checkpoint_every_steps, 0)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, meta={
         f: getattr(config, f) for f in fields_of_kind("structural")})
     state, resumed_from = _restore(run, checkpointer, lead)
+    if lead:  # the checks passed (same run, usable checkpoints): this run is the workdir's
+        write_json(workdir / CONFIG_FILE, config.to_dict())
     last_good = resumed_from
     state = run.place(state)
     writer = MetricsWriter(workdir, enabled=lead, tensorboard=config.tensorboard,
