@@ -79,3 +79,28 @@ def test_the_outputs_section_of_cli_md_runs_on_a_real_run(tmp_path, monkeypatch,
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert (tmp_path / "runs" / "mine" / "summary.json").exists()
+
+
+def test_the_error_examples_of_cli_md_are_what_the_command_prints(capsys):
+    """Each ``$ lars-jax ...`` of docs/cli.md's Errors block prints the line quoted under it
+    and exits 2, whatever the machine's device count (before: an example needed 8 devices,
+    and on fewer it printed another error)."""
+    import shlex
+
+    from lars_jax.runs import cli
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    block = text[text.index("### Errors"):]
+    block = block[block.index("```\n") + 4:]
+    lines = block[:block.index("```")].splitlines()
+    examples = [(lines[i][2:], lines[i + 1]) for i in range(0, len(lines), 2)]
+    assert len(examples) == 3 and all(cmd.startswith("lars-jax ") for cmd, _ in examples)
+    for cmd, expected in examples:
+        capsys.readouterr()
+        try:
+            rc = cli.main(shlex.split(cmd)[1:])
+        except SystemExit as e:
+            rc = e.code
+        assert rc == 2, cmd
+        assert capsys.readouterr().err.strip().splitlines()[-1] == expected, cmd
+    assert "--num-devices 8" not in block[:block.index("```")]

@@ -293,8 +293,8 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     from lars_jax.runs.run_files import is_primary_process
 
     if is_primary_process():
-        print(f"{PROG} train: results in {config.workdir}/ (summary.json, metrics.jsonl, "
-              "curves.png)")
+        files = "summary.json, metrics.jsonl" + (", curves.png" if config.plot else "")
+        print(f"{PROG} train: results in {config.workdir}/ ({files})")
     return 0
 
 
