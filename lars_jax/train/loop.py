@@ -242,12 +242,12 @@ def _stop_if_nonfinite(state: TrainState, config: TrainConfig, checkpointer: Che
         raise NonFiniteError(
             f"non-finite loss, gradients or parameters at step {bad}: training stopped "
             f"(nan_policy='stop'). Last good checkpoint: {where}. Lower the learning rate, "
-            "add warmup, or use nan_policy='skip'.")
+            "add warmup, or use nan_policy='skip' (in a new --workdir, or with --no-resume).")
     raise NonFiniteError(
         f"{skipped} non-finite steps skipped of {total_steps}, more than max_skipped_fraction="
         f"{config.max_skipped_fraction} (passed at step {passed_at}): training stopped "
         f"(nan_policy='skip'), the run diverged. Last good checkpoint: {where}. Lower the "
-        "learning rate or add warmup.")
+        "learning rate or add warmup (in a new --workdir, or with --no-resume).")
 
 
 def _writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
