@@ -418,7 +418,10 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
     """Runs one training job; returns the summary (also written to ``summary.json``).
 
     A run that already finished in ``config.workdir`` with the same config (up to its
-    cosmetic fields) is not trained again: its summary is returned as it was.
+    cosmetic fields) is not trained again: its summary is returned as it was. A workdir
+    holds one run: a config that differs from its run in a structural or result field is
+    refused before anything is written there (``extend_epochs`` may raise a finished run's
+    epochs; ``resume=False`` starts over).
 
     Args:
       config: the run's settings (validated first; bad values raise ConfigError naming the
@@ -434,7 +437,7 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
       ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``.
 
     Raises:
-      ConfigError: a bad config (a ValueError).
+      ConfigError: a bad config (a ValueError), or a workdir that holds another run.
       NonFiniteError: NaN/Inf loss or gradients with ``nan_policy="stop"``.
       CheckpointError: checkpoints exist but none is usable.
     """
