@@ -26,13 +26,11 @@ import textwrap
 import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lars_jax.runs import config_io
 from lars_jax.runs.errors import ConfigError, ConfigWarning, RunError
-
-if TYPE_CHECKING:
-    from lars_jax.runs.config_io import FieldSpec
+from lars_jax.train.config import FieldMeta, TrainConfig, field_meta
 
 __all__ = ["ConfigError", "build_parser", "main", "resolve_config"]
 
@@ -54,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
-        flags = [flag_name(s.name) for s in config_io.field_specs()]
+        flags = [flag_name(s.name) for s in field_meta().values()]
         close = difflib.get_close_matches(unknown[1], flags, n=2) if unknown else []
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         self.exit(EXIT_BAD_CONFIG, f"{self.prog}: error: {message}{hint}\n"
@@ -69,7 +67,7 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _metavar(spec: FieldSpec) -> str | None:
+def _metavar(spec: FieldMeta) -> str | None:
     if spec.type is bool:
         return None
     text = ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices
@@ -77,7 +75,7 @@ def _metavar(spec: FieldSpec) -> str | None:
     return text + ("|none" if spec.optional else "")
 
 
-def _help_text(spec: FieldSpec, first_sentence: bool = False) -> str:
+def _help_text(spec: FieldMeta, first_sentence: bool = False) -> str:
     """The field's help with its default (``--help`` escapes ``%``)."""
     d = spec.default
     default = "none" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
@@ -87,7 +85,7 @@ def _help_text(spec: FieldSpec, first_sentence: bool = False) -> str:
     return text if "(default" in text else f"{text} (default: {default})"
 
 
-def _type_fn(spec: FieldSpec) -> Callable[[str], Any]:
+def _type_fn(spec: FieldMeta) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return config_io.coerce(spec, text)
@@ -101,7 +99,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per `TrainConfig` field to `parser`, in the fields' help groups (default
     ``SUPPRESS``: the namespace holds only the fields given, which override a config file)."""
     groups: dict[str, Any] = {}
-    for spec in config_io.field_specs():
+    for spec in field_meta().values():
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(f"{spec.group} (TrainConfig)")
         kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS,
@@ -115,7 +113,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fields_epilog() -> str:
     lines = [f"TrainConfig options (flags of `{PROG} train` and `{PROG} sweep`):"]
-    for spec in config_io.field_specs():
+    for spec in field_meta().values():
         flag = flag_name(spec.name)
         flag += f"/--no-{flag[2:]}" if spec.type is bool else f" {_metavar(spec)}"
         lines += [f"  {flag}", textwrap.fill(_help_text(spec, first_sentence=True), 88,
@@ -205,19 +203,15 @@ def resolve_config(cls: type, config_file: str | None, overrides: Mapping[str, A
     return cls(**{**config_io.coerce_dict(data), **overrides}), sweep_table
 
 
-def _show_config_warnings_on_one_line() -> None:
-    """Config warnings (values with no effect) print as ``lars-jax: warning: ...``."""
-    show = warnings.showwarning
-    if getattr(show, "one_line_config_warnings", False):
-        return
+_showwarning = warnings.showwarning
 
-    def one_line(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, ConfigWarning):
-            return show(message, category, filename, lineno, file, line)
-        print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
-    one_line.one_line_config_warnings = True
-    warnings.showwarning = one_line
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: typing.TextIO | None = None, line: str | None = None) -> None:
+    """Shows a `ConfigWarning` (a value with no effect) as ``lars-jax: warning: ...``."""
+    if not issubclass(category, ConfigWarning):
+        return _showwarning(message, category, filename, lineno, file, line)
+    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _device_count(config: Any) -> int:
@@ -254,9 +248,8 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _cmd_train(args: argparse.Namespace, config: Any) -> int:
-    # the checks that need no device first (no JAX backend yet; --print-config stops
-    # here); those that depend on the device count once the devices are known, so that
-    # "--num-devices above the devices present" is the error a user sees for it
+    # no JAX backend before --print-config; the device checks once the devices are known
+    # (so that "--num-devices above the devices present" is the error a user sees for it)
     config.validate(devices_later=True)
     if args.print_config:
         print(f"# TrainConfig (resolved); reuse with: {PROG} train --config FILE")
@@ -333,11 +326,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lars-jax`` console script.
-
-    ``train`` and ``sweep`` run with SIGINT (Ctrl-C) and SIGTERM deferred from the first
-    instant (`lars_jax.runs.stop_signals`, installed here once): the trainer stops at its
-    next step with a checkpoint.
+    """Entry point of the ``lars-jax`` console script. ``train`` and ``sweep`` run with
+    SIGINT and SIGTERM deferred (`lars_jax.runs.stop_signals`, installed here once): the
+    trainer stops at its next step with a checkpoint.
 
     Returns:
       The exit status: 0 success, 1 a run failed, 2 bad command line or config,
@@ -359,8 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from lars_jax.train.config import TrainConfig
-
     parser = build_parser()
     args, extra = parser.parse_known_args(_normalize_argv(argv))
     if extra:  # the message names the sub-command: "lars-jax train: error: ..."
@@ -369,8 +358,8 @@ def _main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_CONFIG
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.help()}
-    _show_config_warnings_on_one_line()
+    overrides = {k: v for k, v in vars(args).items() if k in field_meta()}
+    warnings.showwarning = _show_warning
     try:
         if args.command == "report":
             return _cmd_report(args)

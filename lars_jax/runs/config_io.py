@@ -15,12 +15,10 @@ import textwrap
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lars_jax.runs.errors import ConfigError
-
-if TYPE_CHECKING:  # the config module is imported lazily (it imports the models)
-    from lars_jax.train.config import FieldMeta as FieldSpec
+from lars_jax.train.config import FieldMeta, TrainConfig, field_meta
 
 SWEEP_TABLE = "sweep"  # the table of a config file that is not config fields
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
@@ -28,27 +26,17 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def spec_by_name(cls: type | None = None) -> dict[str, FieldSpec]:
-    """`TrainConfig`'s field declarations by name, in order (another `cls`: TypeError)."""
-    from lars_jax.train.config import TrainConfig, field_meta
-
-    if cls not in (None, TrainConfig):
+def spec_by_name(cls: type = TrainConfig) -> dict[str, FieldMeta]:
+    """`field_meta()` of `cls`, which must be `TrainConfig` (another class: TypeError)."""
+    if cls is not TrainConfig:
         raise TypeError(f"cls: {cls!r} is not TrainConfig")
     return dict(field_meta())
 
 
-def field_specs(cls: type | None = None) -> list[FieldSpec]:
-    """The values of :func:`spec_by_name`."""
-    return list(spec_by_name(cls).values())
-
-
 def field_name(key: str) -> str:
-    """A config file's or a grid's key as a field name (``-`` read as ``_``).
-
-    Raises:
-      ConfigError: no such field (with the close matches).
-    """
-    name, names = key.replace("-", "_"), list(spec_by_name())
+    """A config file's or a grid's key as a field name (``-`` read as ``_``); an unknown
+    key raises `ConfigError` with the close matches."""
+    name, names = key.replace("-", "_"), list(field_meta())
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -56,7 +44,7 @@ def field_name(key: str) -> str:
     return name
 
 
-def coerce(spec: FieldSpec, value: Any, *, cls_name: str = "TrainConfig",
+def coerce(spec: FieldMeta, value: Any, *, cls_name: str = "TrainConfig",
            from_text: bool = True) -> Any:
     """A value from a command line (text: ``none`` for optional fields; true/false, yes/no,
     on/off; numbers) or a config file as the field's type, or a `ConfigError` naming the
@@ -110,7 +98,7 @@ def coerce(spec: FieldSpec, value: Any, *, cls_name: str = "TrainConfig",
 def coerce_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     """A config file's ``{field: value}`` typed (``from_text=False``); unknown keys raise
     `ConfigError` with suggestions."""
-    specs = spec_by_name()
+    specs = field_meta()
     typed = {}
     for key, value in values.items():
         name = field_name(key)

@@ -324,10 +324,8 @@ class TrainConfig:
         return self.batch_size // (device_count * self.grad_accum_steps)
 
     def run_steps(self, num_train: int) -> tuple[int, int]:
-        """``(steps_per_epoch, total_steps)`` with `num_train` training examples.
-
-        The last partial batch of an epoch is dropped; a run has at least one step.
-        """
+        """``(steps_per_epoch, total_steps)`` with `num_train` training examples (the last
+        partial batch of an epoch is dropped; a run has at least one step)."""
         epoch_steps = max(1, num_train // self.batch_size)
         return epoch_steps, max(1, int(round(self.epochs * epoch_steps)))
 
