@@ -92,8 +92,12 @@ def test_the_error_examples_of_cli_md_are_what_the_command_prints(capsys):
     text = (ROOT / "docs" / "cli.md").read_text()
     block = text[text.index("### Errors"):]
     block = block[block.index("```\n") + 4:]
-    lines = block[:block.index("```")].splitlines()
-    examples = [(lines[i][2:], lines[i + 1]) for i in range(0, len(lines), 2)]
+    examples: list[tuple[str, list[str]]] = []  # (command, the lines printed under it)
+    for line in block[:block.index("```")].splitlines():
+        if line.startswith("$ "):
+            examples.append((line[2:], []))
+        else:
+            examples[-1][1].append(line)
     assert len(examples) == 3 and all(cmd.startswith("lars-jax ") for cmd, _ in examples)
     for cmd, expected in examples:
         capsys.readouterr()
@@ -102,5 +106,5 @@ def test_the_error_examples_of_cli_md_are_what_the_command_prints(capsys):
         except SystemExit as e:
             rc = e.code
         assert rc == 2, cmd
-        assert capsys.readouterr().err.strip().splitlines()[-1] == expected, cmd
+        assert capsys.readouterr().err.strip().splitlines() == expected, cmd
     assert "--num-devices 8" not in block[:block.index("```")]
