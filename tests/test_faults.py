@@ -6,9 +6,13 @@ epoch) with an MLP on one device; the signal tests run the real ``lars-jax train
 command on a Fashion-MNIST subset.
 """
 
+import gzip
+import hashlib
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -163,34 +167,69 @@ def test_a_checkpoint_with_flipped_bytes_is_set_aside_and_the_previous_one_resum
 
 # ------------------------------------------------------------------ 4, 5: signals
 
-def _cli_train(workdir, epochs, *extra):
+def _cli_train(workdir, epochs, *extra, data_dir):
     args = ["train", "--model", "mlp1", "--train-subset", "512", "--test-subset", "128",
             "--batch-size", "32", "--num-devices", "1", "--epochs", str(epochs),
             "--warmup-epochs", "0", "--no-progress", "--no-plot", "--log-every-steps", "1",
             "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir", str(workdir),
-            *extra]
+            "--data-dir", str(data_dir), *extra]
     return subprocess.Popen([sys.executable, "-m", "lars_jax.runs.cli", *args], env=_env(),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def _fashion_mnist_prepared():
-    try:
-        from lars_jax.data.sources import builder
-
-        return builder("fashion_mnist").is_prepared()
-    except Exception:
-        return False
+TINY_TRAIN, TINY_TEST = 640, 160
 
 
-needs_fashion_mnist = pytest.mark.skipif(not _fashion_mnist_prepared(),
-                                         reason="Fashion-MNIST not prepared here")
+def _idx_gz(path, array, magic):
+    header = struct.pack(">II", magic, len(array) // (784 if magic == 0x803 else 1))
+    if magic == 0x803:
+        header += struct.pack(">II", 28, 28)
+    path.write_bytes(gzip.compress(header + np.asarray(array, np.uint8).tobytes()))
 
 
-@needs_fashion_mnist
-def test_ctrl_c_before_the_first_step_exits_130_with_one_line(tmp_path):
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist(tmp_path_factory):
+    """A TFDS data dir with a tiny `fashion_mnist` (640 training and 160 test images),
+    prepared by TFDS's own builder (`prepare_with_local_files`) from idx files holding the
+    first images of the Debian files when they are installed, else random images.
+
+    TFDS's Fashion-MNIST builder hard-codes 60,000/10,000 examples; they are set to the
+    tiny counts while it runs. The decoded-array cache is filled here, once, so the runs
+    the tests start read it."""
+    from tensorflow_datasets.image_classification import mnist
+
+    from lars_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR
+    from lars_jax.data.sources import builder, load_split, prepare_with_local_files
+
+    root = tmp_path_factory.mktemp("tiny_fashion_mnist")
+    src = root / "idx"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for part, n in (("train", TINY_TRAIN), ("t10k", TINY_TEST)):
+        debian = Path(DEFAULT_SOURCE_DIR) / f"{part}-images-idx3-ubyte.gz"
+        if debian.exists():
+            x = np.frombuffer(gzip.decompress(debian.read_bytes())[16:16 + n * 784], np.uint8)
+            labels = Path(DEFAULT_SOURCE_DIR) / f"{part}-labels-idx1-ubyte.gz"
+            y = np.frombuffer(gzip.decompress(labels.read_bytes())[8:8 + n], np.uint8)
+        else:
+            x, y = rng.integers(0, 256, n * 784), rng.integers(0, 10, n)
+        _idx_gz(src / f"{part}-images-idx3-ubyte.gz", x, 0x803)
+        _idx_gz(src / f"{part}-labels-idx1-ubyte.gz", y, 0x801)
+    data_dir = root / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mnist, "_TRAIN_EXAMPLES", TINY_TRAIN)
+        mp.setattr(mnist, "_TEST_EXAMPLES", TINY_TEST)
+        prepare_with_local_files(builder("fashion_mnist", data_dir),
+                                 {p.name: p for p in src.iterdir()})
+    for split in ("train", "test"):
+        load_split("fashion_mnist", split, data_dir)
+    return data_dir
+
+
+def test_ctrl_c_before_the_first_step_exits_130_with_one_line(tmp_path, tiny_fashion_mnist):
     """Before: SIGSEGV in 8 of 15 tries, ignored in 2."""
-    proc = _cli_train(tmp_path, 1)
+    proc = _cli_train(tmp_path, 1, data_dir=tiny_fashion_mnist)
     # the lock is taken after the checks, before data loading and compilation: the signal
     # arrives during the setup, before the first step
     while not (tmp_path / ".lock").exists():
@@ -234,12 +273,12 @@ def test_a_signal_while_lars_jax_imports_exits_with_one_line(tmp_path, signum):
     assert not (tmp_path / SUMMARY_FILE).exists()
 
 
-@needs_fashion_mnist
-def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(tmp_path):
+def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
+        tmp_path, tiny_fashion_mnist):
     """Before: exit -15, no message, no checkpoint."""
     epochs = 20  # 320 steps of 32: long enough to be stopped mid-run
-    ref = _cli_train(tmp_path / "ref", epochs)
-    victim = _cli_train(tmp_path / "victim", epochs)
+    ref = _cli_train(tmp_path / "ref", epochs, data_dir=tiny_fashion_mnist)
+    victim = _cli_train(tmp_path / "victim", epochs, data_dir=tiny_fashion_mnist)
     metrics = tmp_path / "victim" / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
@@ -255,7 +294,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(tmp
     assert f"checkpoint of step {step} saved" in last
     assert (tmp_path / "victim" / "checkpoints" / str(step)).is_dir()
     assert not (tmp_path / "victim" / SUMMARY_FILE).exists()
-    resumed = _cli_train(tmp_path / "victim", epochs)
+    resumed = _cli_train(tmp_path / "victim", epochs, data_dir=tiny_fashion_mnist)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert f"resuming from step {step}" in err
@@ -313,31 +352,24 @@ def test_cifar10_offline_fails_at_once_naming_the_offline_preparation(tmp_path, 
 
 
 @pytest.fixture()
-def fashion_mnist_copy(tmp_path):
-    """A data dir whose Fashion-MNIST test records are a copy (the train ones linked)."""
+def fashion_mnist_copy(tmp_path, tiny_fashion_mnist):
+    """A copy of the tiny Fashion-MNIST data dir (prepared records and array cache)."""
     from lars_jax.data.sources import builder
 
-    src = Path(builder("fashion_mnist").data_dir)
-    dst = tmp_path / "data" / "fashion_mnist" / src.name
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if "train" in f.name:
-            (dst / f.name).symlink_to(f)
-        else:
-            (dst / f.name).write_bytes(f.read_bytes())
-    return tmp_path / "data", dst
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_fashion_mnist, data_dir)
+    return data_dir, Path(builder("fashion_mnist", data_dir).data_dir)
 
 
-@needs_fashion_mnist
 def test_a_truncated_npy_cache_is_rebuilt_and_a_truncated_record_file_named(
         fashion_mnist_copy, capsys):
     from lars_jax.data.sources import DataFileError, load_split
 
     data_dir, prepared = fashion_mnist_copy
-    images, labels = load_split("fashion_mnist", "test[:300]", data_dir)
-    cache = next((data_dir / "lars_jax_cache").rglob("*_images.npy"))
+    images, labels = load_split("fashion_mnist", "test[:100]", data_dir)
+    cache = next((data_dir / "lars_jax_cache").rglob("test_100__images.npy"))
     cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
-    again, again_labels = load_split("fashion_mnist", "test[:300]", data_dir)
+    again, again_labels = load_split("fashion_mnist", "test[:100]", data_dir)
     assert "cannot be read" in capsys.readouterr().err
     np.testing.assert_array_equal(again, images)
     np.testing.assert_array_equal(again_labels, labels)
@@ -347,6 +379,53 @@ def test_a_truncated_npy_cache_is_rebuilt_and_a_truncated_record_file_named(
     with pytest.raises(DataFileError, match="delete that folder") as e:
         load_split("fashion_mnist", "test", data_dir, cache=False)
     assert str(prepared) in str(e.value)
+
+
+def test_changed_bytes_in_the_array_cache_are_found_and_decoded_again(fashion_mnist_copy,
+                                                                        capsys):
+    """Before: a cache with changed bytes was used as it was (test accuracy 0.104 instead
+    of 0.798 in the issue's probe, exit 0, no warning)."""
+    from lars_jax.data.sources import load_split
+
+    data_dir, _ = fashion_mnist_copy
+    cache = next((data_dir / "lars_jax_cache").rglob("test_images.npy"))
+    pristine = np.load(cache)  # written by the fixture from the prepared records
+    data = bytearray(cache.read_bytes())
+    for i in range(len(data) - 500, len(data) - 400):  # pixels; the header still parses
+        data[i] ^= 0x5A
+    cache.write_bytes(bytes(data))
+    assert not np.array_equal(np.load(cache), pristine)
+    images, _ = load_split("fashion_mnist", "test", data_dir)
+    err = capsys.readouterr().err
+    assert "the SHA-256 of test_images.npy differs" in err and str(cache.parent) in err
+    np.testing.assert_array_equal(images, pristine)
+    np.testing.assert_array_equal(np.load(cache), pristine)  # rewritten
+    load_split("fashion_mnist", "test", data_dir)
+    assert capsys.readouterr().err == ""  # and trusted again
+
+
+@pytest.mark.parametrize("bad", [37, -5])
+def test_a_label_out_of_range_in_the_cache_is_a_one_line_error_naming_the_file(
+        fashion_mnist_copy, capsys, bad):
+    """Even with checksums that match (a cache written from bad labels): labels outside
+    [0, 10) are refused. Before: accepted (train loss 0.169 next to accuracy 0.255)."""
+    from lars_jax.data.sources import DataFileError, load_split
+
+    data_dir, _ = fashion_mnist_copy
+    labels_file = next((data_dir / "lars_jax_cache").rglob("train_labels.npy"))
+    labels = np.load(labels_file)
+    labels[7] = bad
+    np.save(labels_file, labels)
+    sums_file = labels_file.with_name("train_sha256.json")
+    sums = json.loads(sums_file.read_text())
+    sums[labels_file.name] = hashlib.sha256(labels_file.read_bytes()).hexdigest()
+    sums_file.write_text(json.dumps(sums))
+    with pytest.raises(DataFileError, match=f"label {bad} at index 7 is outside \\[0, 10\\)"):
+        load_split("fashion_mnist", "train", data_dir)
+    rc, err = _cli(capsys, "--dataset", "fashion_mnist", "--data-dir", str(data_dir),
+                   "--workdir", str(data_dir.parent / "wd"), "--num-devices", "1")
+    assert rc == 2 and len(err) == 1, err
+    assert str(labels_file) in err[0] and f"label {bad} at index 7" in err[0]
 
 
 # ------------------------------------------------------------------ 8, 9: non-finite
