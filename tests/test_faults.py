@@ -245,7 +245,7 @@ def test_ctrl_c_before_the_first_step_exits_130_with_one_line(tmp_path, tiny_fas
     assert not (tmp_path / SUMMARY_FILE).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_lars_jax_imports_exits_with_one_line(tmp_path, signum):
     """The console script's entry point (lars_jax_launcher) records a signal that arrives
     while jax and flax are being imported. Before: Python's own KeyboardInterrupt
@@ -306,6 +306,42 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
     assert s_ref == s_res == 320
     for a, b in zip(p_ref, p_res, strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def _wait_for_rows(proc, metrics, rows):
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= rows):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+
+
+def _checkpoints(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_sighup_saves_the_current_step_and_exits_129_even_with_the_terminal_gone(
+        tmp_path, tiny_fashion_mnist):
+    """A closed terminal or ssh session. Before: exit 129 by the default action, no
+    message, no checkpoint. The second time the run's stderr is a pipe nobody reads any
+    more (as a hung-up terminal: writes fail): it still checkpoints and exits 129."""
+    run = lambda: _cli_train(tmp_path, 20, data_dir=tiny_fashion_mnist)
+    proc = run()
+    _wait_for_rows(proc, tmp_path / "metrics.jsonl", 3)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lars-jax train: SIGHUP at step ") and "Traceback" not in err, err
+    step = int(last.split("SIGHUP at step ")[1].split(":")[0])
+    assert f"checkpoint of step {step} saved" in last and _checkpoints(tmp_path) == [step]
+    proc = run()
+    _wait_for_rows(proc, tmp_path / "metrics.jsonl", step + 3)
+    proc.stderr.close()
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 129
+    later = _checkpoints(tmp_path)
+    assert len(later) == 2 and later[0] == step < later[1] < 320
+    assert not (tmp_path / SUMMARY_FILE).exists()
 
 
 # ------------------------------------------------------------------ 6: one-line errors
@@ -546,3 +582,57 @@ def test_a_sweep_run_busy_in_another_process_is_not_recorded_and_a_rerun_keeps_r
     (tmp_path / "sweep" / "results.jsonl").unlink()  # killed before its row was written
     (again,) = run_sweep(base, grid, tmp_path / "sweep", train_fn=train_fn)
     assert again["summary"] == row["summary"]
+
+
+def _sweep_cli(capsys, out, data_dir, *extra):
+    rc = cli.main(["sweep", "--grid", "seed=0,1", "--out", str(out), "--model", "mlp1",
+                   "--dataset", "fashion_mnist", "--data-dir", str(data_dir), "--train-subset",
+                   "64", "--test-subset", "32", "--batch-size", "32", "--num-devices", "1",
+                   "--epochs", "1", "--warmup-epochs", "0", "--no-progress", "--no-plot",
+                   *extra])
+    return rc, capsys.readouterr()
+
+
+def test_a_damaged_sweep_folder_is_repaired_skipped_past_and_named(
+        tmp_path, tiny_fashion_mnist, capsys):
+    """A sweep killed while writing a results row, and one garbage line in a run's
+    metrics.jsonl. Before: the next sweep appended its row to the cut-off line, and from
+    then on sweep, sweep --dry-run and report failed (`line 2 is not a JSON object`, exit
+    2); the garbage line made `sweep` print "2 done" and then a traceback."""
+    out = tmp_path / "sweep"
+    rc, _ = _sweep_cli(capsys, out, tiny_fashion_mnist, "--no-report")
+    assert rc == 0
+    results = out / "results.jsonl"
+    first, second = results.read_text().splitlines()
+    results.write_text(first + "\n" + second[: len(second) // 2])  # killed mid-write
+    metrics = out / "seed=0" / "metrics.jsonl"
+    rows = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join(rows[:1] + ["\x00\x17garbage{\n"] + rows[1:]))
+
+    rc, cap = _sweep_cli(capsys, out, tiny_fashion_mnist)
+    assert rc == 0 and "Traceback" not in cap.err, cap.err
+    assert "seed=0: done, skipped" in cap.err
+    assert "seed=1: done (summary.json found), recorded" in cap.err
+    assert f"{results}: line(s) 2 not valid JSON rows; skipped" in cap.err
+    assert f"{metrics}: line(s) 2 not valid JSON rows; skipped" in cap.err
+    lines = results.read_text().split("\n")
+    assert lines[:2] == [first, second[: len(second) // 2]] and lines[3] == ""
+    assert json.loads(lines[2])["run"] == "seed=1"  # a line of its own
+    assert json.loads(lines[2])["summary"] == json.loads(second)["summary"]
+    for argv in (["sweep", "--dry-run"], ["report"]):
+        rc, cap = (_sweep_cli(capsys, out, tiny_fashion_mnist, "--dry-run")
+                   if argv[0] == "sweep" else (cli.main(["report", str(out)]),
+                                               capsys.readouterr()))
+        assert rc == 0 and "Traceback" not in cap.err, (argv, cap.err)
+    assert "done     seed=0\ndone     seed=1" in _sweep_cli(
+        capsys, out, tiny_fashion_mnist, "--dry-run")[1].out
+    report = (out / "report.md").read_text()
+    assert "2 runs: 2 done." in report
+    # a damaged summary.json: named, and the run is resumed to write it again
+    (out / "seed=1" / SUMMARY_FILE).write_text('{"status": "ok", "test_acc')
+    results.unlink()
+    rc, cap = _sweep_cli(capsys, out, tiny_fashion_mnist, "--no-report")
+    assert rc == 0 and "summary.json: not valid JSON" in cap.err, cap.err
+    assert "seed=1: resuming" in cap.err
+    assert _strict_json(out / "seed=1" / SUMMARY_FILE)["test_accuracy"] == \
+        json.loads(second)["summary"]["test_accuracy"]

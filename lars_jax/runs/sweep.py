@@ -51,7 +51,7 @@ from lars_jax.runs.run_files import (
     append_jsonl,
     is_primary_process,
     read_json,
-    read_jsonl,
+    read_jsonl_skipping,
     write_json,
 )
 
@@ -235,15 +235,21 @@ def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
     path = out / RESULTS_FILE
     rows: dict[str, dict[str, Any]] = {}
     if path.exists():
-        for row in read_jsonl(path):
+        for row in read_jsonl_skipping(path):
             if "run" in row:
                 rows[str(row["run"])] = row  # the last row of a run wins
     return rows
 
 
 def _summary_ok(path: Path) -> bool:
-    """Whether a run's summary.json records a finished run (not e.g. a non-finite stop)."""
-    summary = read_json(path)
+    """Whether a run's summary.json records a finished run (not e.g. a non-finite stop; a
+    damaged summary.json is named and the run counts as unfinished: the trainer writes it
+    again from the run's last checkpoint)."""
+    try:
+        summary = read_json(path)
+    except ValueError as e:
+        print(f"lars_jax sweep: {e}; the run is resumed to write it again", file=sys.stderr)
+        return False
     return isinstance(summary, dict) and summary.get("status", "ok") == "ok"
 
 
