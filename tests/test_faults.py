@@ -584,8 +584,8 @@ def test_a_sweep_run_busy_in_another_process_is_not_recorded_and_a_rerun_keeps_r
     assert again["summary"] == row["summary"]
 
 
-def _sweep_cli(capsys, out, data_dir, *extra):
-    rc = cli.main(["sweep", "--grid", "seed=0,1", "--out", str(out), "--model", "mlp1",
+def _sweep_cli(capsys, out, data_dir, *extra, grid="seed=0,1"):
+    rc = cli.main(["sweep", "--grid", grid, "--out", str(out), "--model", "mlp1",
                    "--dataset", "fashion_mnist", "--data-dir", str(data_dir), "--train-subset",
                    "64", "--test-subset", "32", "--batch-size", "32", "--num-devices", "1",
                    "--epochs", "1", "--warmup-epochs", "0", "--no-progress", "--no-plot",
@@ -636,3 +636,116 @@ def test_a_damaged_sweep_folder_is_repaired_skipped_past_and_named(
     assert "seed=1: resuming" in cap.err
     assert _strict_json(out / "seed=1" / SUMMARY_FILE)["test_accuracy"] == \
         json.loads(second)["summary"]["test_accuracy"]
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path):
+    """``mount(name, size)`` -> a folder on a tmpfs of that size; ``resize(folder, size)``.
+    Skipped (with the reason) where tmpfs cannot be mounted: that needs root, as in CI."""
+    if os.geteuid() != 0:
+        pytest.skip("disk full is simulated on a small tmpfs, and mounting one needs root "
+                    "(CI runs as root)")
+    mounted = []
+
+    def mount(name, size):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(folder)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    def resize(folder, size):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    yield mount, resize
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_disk_full_mid_run_is_one_line_frees_the_failed_save_and_the_same_command_resumes(
+        small_tmpfs, tiny_fashion_mnist, capsys):
+    """A checkpoint of this run takes 1.6 MB: two fit on the 4 MB disk, the third does not.
+    Before: 43 to 725 lines of tracebacks, the `*.orbax-checkpoint-tmp` folder stayed and
+    kept the disk full, and in a sweep the run was recorded failed and skipped by a plain
+    rerun."""
+    mount, resize = small_tmpfs
+    disk = mount("disk", "4m")
+    workdir = disk / "run"
+    argv = ["--train-subset", "256", "--epochs", "2", "--checkpoint-every-steps", "2",
+            "--dataset", "fashion_mnist", "--data-dir", str(tiny_fashion_mnist),
+            "--num-devices", "1", "--workdir", str(workdir)]
+    rc, err = _cli(capsys, *argv)
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith(f"lars-jax train: error: StorageError: cannot write in {workdir}: "
+                             "no space left on the device ("), err
+    assert "the last checkpoint, step 4, is intact" in err[0]
+    assert "run the same command again to resume" in err[0]
+    assert list(disk.rglob("*orbax-checkpoint-tmp*")) == []  # the failed save's folder
+    resize(disk, "16m")
+    rc, err = _cli(capsys, *argv)
+    assert rc == 0 and "lars_jax: resuming from step 4" in "\n".join(err), err
+    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 16
+
+    # a sweep: the cell that failed for its disk is run again by a plain rerun, the
+    # diverged one is not
+    out = mount("sweep", "4m") / "out"
+    grid = "learning_rate=1e30,0.1"
+    extra = ("--no-report", "--train-subset", "256", "--epochs", "2",
+             "--checkpoint-every-steps", "2", "--optimizer", "sgd", "--lr-scaling", "none",
+             "--schedule", "constant")
+    rc, cap = _sweep_cli(capsys, out, tiny_fashion_mnist, *extra, grid=grid)
+    assert rc == 1 and "Traceback" not in cap.err, cap.err
+    rows = {r["run"]: r for r in map(json.loads, (out / "results.jsonl").open())}
+    diverged, full = rows["learning_rate=1e+30"], rows["learning_rate=0.1"]
+    assert diverged["error"].startswith("NonFiniteError") and "environmental" not in diverged
+    assert full["error"].startswith("StorageError") and full["environmental"] is True
+    assert "run again by the same command" in cap.err
+    resize(out.parent, "16m")
+    rc, cap = _sweep_cli(capsys, out, tiny_fashion_mnist, *extra, grid=grid)
+    assert "learning_rate=1e+30: failed earlier (NonFiniteError" in cap.err
+    assert "learning_rate=0.1: resuming" in cap.err
+    assert rc == 1  # the diverged run is still a failure, reported as such
+    rows = {r["run"]: r for r in map(json.loads, (out / "results.jsonl").open())}
+    assert rows["learning_rate=0.1"]["status"] == "done"
+    assert rows["learning_rate=0.1"]["summary"]["resumed_from_step"] == 4
+
+
+def test_a_workdir_turned_read_only_mid_run_is_one_line_and_the_same_command_resumes(
+        small_tmpfs, tiny_fashion_mnist, capsys):
+    """The checkpoint folder becomes read-only (a read-only bind mount over it) while the
+    run trains. Before: tracebacks."""
+    import threading
+
+    mount, _ = small_tmpfs
+    workdir = mount("rw", "64m") / "run"
+    checkpoints = workdir / "checkpoints"
+    argv = ["--train-subset", "256", "--epochs", "40", "--checkpoint-every-steps", "4",
+            "--keep-checkpoints", "1", "--dataset", "fashion_mnist", "--data-dir",
+            str(tiny_fashion_mnist), "--num-devices", "1", "--workdir", str(workdir)]
+    bound = []
+
+    def make_read_only():
+        deadline = time.time() + 240
+        while time.time() < deadline and not (checkpoints / "4").is_dir():
+            time.sleep(0.005)
+        for opts in (["--bind"], ["-o", "remount,bind,ro"]):
+            subprocess.run(["mount", *opts, str(checkpoints), str(checkpoints)], check=True)
+        bound.append(checkpoints)
+
+    thread = threading.Thread(target=make_read_only)
+    thread.start()
+    try:
+        rc, err = _cli(capsys, *argv)
+    finally:
+        thread.join()
+        subprocess.run(["umount", str(checkpoints)], check=False)
+    assert bound and rc == 1 and len(err) == 1, err
+    assert err[0].startswith(f"lars-jax train: error: StorageError: cannot write in {workdir}: "
+                             "read-only file system ("), err
+    step = int(err[0].split("the last checkpoint, step ")[1].split(",")[0])
+    rc, err = _cli(capsys, *argv)
+    assert rc == 0 and f"lars_jax: resuming from step {step}" in "\n".join(err), err
+    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 320

@@ -433,7 +433,8 @@ def _is_config_error(e: BaseException, cls: type) -> bool:
 
 def _run_error(e: BaseException) -> str | None:
     """A one-line message for the trainer's expected failures, None for anything else."""
-    if type(e).__name__ in ("NonFiniteError", "CheckpointError", "WorkdirLockedError"):
+    if type(e).__name__ in ("NonFiniteError", "CheckpointError", "WorkdirLockedError",
+                            "StorageError"):
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -451,7 +452,7 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     _validate(config, _device_count(config))
     try:
         _train_fn()(config)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         if _is_config_error(e, cls):
             raise ConfigError(str(e)) from e
         msg = _run_error(e)
@@ -515,9 +516,12 @@ def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
         print(f"{PROG} sweep: report written to {path}")
     failed = [r["run"] for r in rows if r.get("status") == "failed"]
     if failed:
+        rerun = ("; those that failed for their storage (disk full, read-only) are run "
+                 "again by the same command" if any(r.get("environmental") for r in rows)
+                 else "")
         print(
             f"{PROG} sweep: {len(failed)} of {len(rows)} runs failed ({', '.join(failed)}); "
-            "they are recorded in results.jsonl; --retry-failed reruns them",
+            f"they are recorded in results.jsonl; --retry-failed reruns them{rerun}",
             file=sys.stderr,
         )
         return EXIT_RUN_FAILED
@@ -597,6 +601,11 @@ def _main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    except OSError as e:  # lars_jax.runs.storage.StorageError: disk full, read-only
+        if type(e).__name__ != "StorageError":
+            raise
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt as e:  # lars_jax.runs.stop_signals.TrainingInterrupted, too
         detail = str(e) if hasattr(e, "exit_code") else (
             "interrupted; run the same command again to resume from the last checkpoint")

@@ -7,13 +7,16 @@ and trains the runs in grid order. Each finished run appends one JSON row to
 ``<out_dir>/results.jsonl``::
 
     {"run": ..., "workdir": ..., "status": "done" | "failed", "varied": {...},
-     "config": {...}, "summary": {...}, "error": ..., "time_s": ..., "finished_at": ...}
+     "config": {...}, "summary": {...}, "error": ..., "environmental": true (only
+     for a failure of the storage), "time_s": ..., "finished_at": ...}
 
 Running the same sweep again is how it resumes:
 
 * a run with a ``done`` row (or a ``summary.json`` in its folder) is skipped;
 * a run with a ``failed`` row (e.g. it diverged and the trainer stopped it) is
-  skipped too unless ``retry_failed=True``: a failure is a result;
+  skipped too unless ``retry_failed=True``: a failure is a result; but a run that
+  failed for an environmental reason (disk full, quota, read-only file system: the row
+  has ``"environmental": true``) is run again, resuming from its last checkpoint;
 * any other run is (re)started; an interrupted one resumes from the last checkpoint
   in its folder, through the trainer's own ``resume``.
 
@@ -54,6 +57,7 @@ from lars_jax.runs.run_files import (
     read_jsonl_skipping,
     write_json,
 )
+from lars_jax.runs.storage import StorageError, storage_problem
 
 PathLike = str | os.PathLike[str]
 TrainFn = Callable[[Any], Mapping[str, Any]]
@@ -394,7 +398,8 @@ def run_sweep(
             log(f"{tag}: done, skipped")
             results.append(row)
             continue
-        if run.status == "failed" and not retry_failed and row is not None:
+        if (run.status == "failed" and not retry_failed and row is not None
+                and not row.get("environmental")):
             log(f"{tag}: failed earlier ({row.get('error', '?')}), skipped")
             results.append(row)
             continue
@@ -412,7 +417,7 @@ def run_sweep(
             row["summary"] = _summary_row(read_json(summary_path))
             log(f"{tag}: done (summary.json found), recorded")
         else:
-            verb = "resuming" if run.status == "partial" else "starting"
+            verb = "resuming" if run.status in ("partial", "failed") else "starting"
             log(f"{tag}: {verb}")
             t0 = time.perf_counter()
             try:
@@ -425,11 +430,21 @@ def run_sweep(
                     raise
                 row["status"] = "failed"
                 row["error"] = f"{type(e).__name__}: {e}"
+                if isinstance(e, StorageError) or storage_problem(e) is not None:
+                    row["environmental"] = True  # nothing wrong with the run: rerun it
                 log(f"{tag}: failed: {row['error']}")
             row["time_s"] = round(time.perf_counter() - t0, 3)
         row["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         if primary:
-            append_jsonl(out / RESULTS_FILE, row, sync=True)
+            try:
+                append_jsonl(out / RESULTS_FILE, row, sync=True)
+            except OSError as e:
+                why = storage_problem(e)
+                if why is None:
+                    raise
+                raise StorageError(
+                    f"cannot write {out / RESULTS_FILE}: {why} ({e}); free space there (or "
+                    "make it writable), then run the same sweep again") from e
         results.append(row)
     failed = sum(r.get("status") == "failed" for r in results)
     log(f"sweep {out}: {len(results) - failed} done, {failed} failed")

@@ -43,6 +43,7 @@ from lars_jax.runs.run_files import (
     to_jsonable,
     write_json,
 )
+from lars_jax.runs.storage import StorageError, storage_problem
 from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import STRUCTURE_FIELDS, Checkpointer
 from lars_jax.train.config import TrainConfig
@@ -353,6 +354,8 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
       ValueError: a bad config.
       NonFiniteError: NaN/Inf loss or gradients with ``nan_policy="stop"``.
       lars_jax.train.checkpoint.CheckpointError: checkpoints exist but none is usable.
+      lars_jax.runs.storage.StorageError: the run's files could not be written (disk full,
+        quota, read-only file system); the same call resumes once the cause is gone.
     """
     t_start = time.perf_counter()
     config.validate()
@@ -362,7 +365,26 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
         stop_signals.raise_if_requested("before training started")
         lead = jax.process_index() == 0
         with WorkdirLock(config.workdir) if lead else contextlib.nullcontext():
-            return _train_locked(config, data, return_state, t_start, lead)
+            try:
+                return _train_locked(config, data, return_state, t_start, lead)
+            except Exception as e:  # disk full, read-only: one line, nothing of the run lost
+                why = storage_problem(e)
+                if why is None or isinstance(e, StorageError):
+                    raise
+                raise _storage_error(config, why, e) from e
+
+
+def _storage_error(config: TrainConfig, why: str, error: Exception) -> StorageError:
+    """The one-line error for a run whose files could not be written."""
+    folder = Path(config.workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() \
+        else []
+    last = f"the last checkpoint, step {max(steps)}, is intact" if steps else "no checkpoint yet"
+    first = (str(error).splitlines() or [""])[0][:300]
+    return StorageError(
+        f"cannot write in {config.workdir}: {why} ({type(error).__name__}: {first}); "
+        f"{last}. Free space there (or make it writable), then run the same command again "
+        "to resume")
 
 
 def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_start: float,
