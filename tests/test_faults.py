@@ -344,6 +344,71 @@ def test_sighup_saves_the_current_step_and_exits_129_even_with_the_terminal_gone
     assert not (tmp_path / SUMMARY_FILE).exists()
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _two_process_train(logs, workdir, data_dir):
+    """Both processes of a run on 2 CPU processes x 1 device (localhost coordinator);
+    output to files, not pipes (a full pipe would block one process, and with it the
+    other's collectives)."""
+    port, procs = _free_port(), []
+    for pid, log in enumerate(logs):
+        args = ["train", "--model", "mlp1", "--dataset", "fashion_mnist", "--data-dir",
+                str(data_dir), "--train-subset", "512", "--test-subset", "128",
+                "--batch-size", "32", "--epochs", "20", "--warmup-epochs", "0",
+                "--no-progress", "--no-plot", "--log-every-steps", "1",
+                "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir",
+                str(workdir), "--num-devices", "2", "--coordinator-address",
+                f"localhost:{port}", "--num-processes", "2", "--process-id", str(pid)]
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "lars_jax.runs.cli", *args],
+                                          env=_env(1), cwd=REPO, stdout=out,
+                                          stderr=subprocess.STDOUT))
+    return procs
+
+
+def test_sigterm_to_a_two_process_run_checkpoints_the_same_step_on_both_and_exits_143(
+        tmp_path, tiny_fashion_mnist):
+    """JAX's preemption notifier takes SIGTERM in multi-process runs; the loop asks JAX's
+    preemption sync point at every iteration, so both processes checkpoint one step
+    together. Before: both logged only `SIGTERM caught`, trained to the end and exited 0.
+    The rerun of the same two commands resumes there and finishes."""
+    workdir = tmp_path / "run"
+    logs = [tmp_path / f"p{pid}.log" for pid in (0, 1)]
+    procs = _two_process_train(logs, workdir, tiny_fashion_mnist)
+    try:
+        _wait_for_rows(procs[0], workdir / "metrics.jsonl", 3)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=240) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [143, 143], texts
+    last = [text.strip().splitlines()[-1] for text in texts]
+    steps = {int(line.split("SIGTERM at step ")[1].split(":")[0]) for line in last
+             if line.startswith("lars-jax train: SIGTERM at step ")}
+    assert len(steps) == 1, last  # the same step on both
+    step = steps.pop()
+    assert 3 <= step < 320 and all(f"checkpoint of step {step} saved" in x for x in last), last
+    assert _checkpoints(workdir) == [step] and not (workdir / SUMMARY_FILE).exists()
+    assert not any("Traceback" in text for text in texts)
+    procs = _two_process_train(logs, workdir, tiny_fashion_mnist)
+    codes = [proc.wait(timeout=300) for proc in procs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts
+    assert f"resuming from step {step}" in texts[0]
+    summary = _strict_json(workdir / SUMMARY_FILE)
+    assert summary["steps"] == 320 and summary["resumed_from_step"] == step
+    assert summary["num_processes"] == 2
+
+
 # ------------------------------------------------------------------ 6: one-line errors
 
 

@@ -11,6 +11,15 @@ Ctrl-C end in SIGSEGV). A second signal quits at once (`os._exit`), for a run st
 before its next safe point; checkpoints stay consistent (Orbax renames a finished one into
 place) and the workdir lock dies with the process.
 
+Multi-process runs: `jax.distributed.initialize` installs JAX's own SIGTERM handler (its
+preemption notifier), which tells every process of the run. There the training loop asks
+`preemption_sync_point` at every iteration (JAX's
+`multihost_utils.reached_preemption_sync_point`): it becomes true at the same iteration
+on every process, which then all checkpoint that step together and stop as after a
+SIGTERM here (exit 143). A SIGINT or SIGHUP must reach every process at once (as a
+terminal's Ctrl-C does for a process group); a signal reaching only some of them leaves the
+others waiting in the next collective.
+
 The exit status is the shell's convention, ``128 + signal``: 130 for SIGINT, 143 for
 SIGTERM, 129 for SIGHUP. After a SIGHUP the terminal may be gone: when the line cannot be
 written there, standard output and error are sent to ``/dev/null`` from then on, so the
@@ -87,6 +96,39 @@ def raise_if_requested(where: str) -> None:
     if _requested is not None:
         raise TrainingInterrupted(_requested, f"{signal_name(_requested)} {where}: nothing "
                                   "to save; run the same command again")
+
+
+_preemption_service: bool | None = None  # None: not asked yet in this process
+
+
+def preemption_sync_point(iteration: int) -> bool:
+    """Whether every process of a multi-process run has reached the iteration at which to
+    checkpoint after a SIGTERM (JAX's preemption sync point); always False in a single
+    process or with JAX's preemption service off.
+
+    Args:
+      iteration: the loop iteration, counted from 0 at the start of this process's run;
+        call it at every iteration, with the same count on every process.
+
+    References:
+      JAX, `jax.experimental.multihost_utils.reached_preemption_sync_point`.
+    """
+    global _preemption_service
+    if _preemption_service is False:
+        return False
+    import jax
+
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    try:
+        reached = multihost_utils.reached_preemption_sync_point(iteration)
+    except RuntimeError:  # jax_enable_preemption_service off: our SIGTERM handler stays
+        _preemption_service = False
+        return False
+    _preemption_service = True
+    return reached
 
 
 class StopSignals:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -295,10 +296,15 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
 
 
 def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer,
-                       state: Callable[[], TrainState], config: TrainConfig) -> None:
-    """After SIGINT/SIGTERM: checkpoints `step` (unless done), then raises
-    `lars_jax.runs.stop_signals.TrainingInterrupted` with the one-line message."""
+                       state: Callable[[], TrainState], config: TrainConfig,
+                       iteration: int) -> None:
+    """After SIGINT/SIGTERM/SIGHUP, or at JAX's preemption sync point of a multi-process
+    run (`iteration`: the loop iteration, the same on every process): checkpoints `step`
+    (unless done), then raises `lars_jax.runs.stop_signals.TrainingInterrupted` with the
+    one-line message."""
     signum = stop_signals.requested()
+    if signum is None and stop_signals.preemption_sync_point(iteration):
+        signum = signal.SIGTERM  # JAX's notifier took it, on one process or all
     if signum is None:
         return
     name = stop_signals.signal_name(signum)
@@ -421,11 +427,13 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
     # a resumed run starts from the rows it already wrote (a finished one may take none)
     last_train = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "train"), {})
     last_eval = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "eval"), {})
+    iteration = 0  # calls of stop_check: the same count on every process
     stop_check = lambda: _stop_if_requested(step, last_good, checkpointer,
-                                            lambda: run.unplace(state), config)
+                                            lambda: run.unplace(state), config, iteration)
     try:
         stop_check()
         while step < total_steps:
+            iteration += 1
             started = time.perf_counter()
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
                              checkpoint_every)
