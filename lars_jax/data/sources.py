@@ -473,10 +473,10 @@ def _write_cache(images: np.ndarray, labels: np.ndarray, img_path: Path, lab_pat
         buf = io.BytesIO()
         np.save(buf, arr)
         data = buf.getvalue()
-        tmp = path.with_suffix(".tmp.npy")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process
         tmp.write_bytes(data)
         os.replace(tmp, path)
         sums[path.name] = hashlib.sha256(data).hexdigest()
-    tmp = sums_path.with_suffix(".tmp")
+    tmp = sums_path.with_name(f"{sums_path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(sums, indent=1, sort_keys=True))
     os.replace(tmp, sums_path)
