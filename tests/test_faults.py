@@ -79,6 +79,14 @@ def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys):
     (tmp_path / SUMMARY_FILE).unlink()
     recovered = train(cfg, data=tiny_data())
     assert recovered["resumed_from_step"] == 8 and recovered["status"] == "ok"
+    # the timings are this rerun's, and the summary says so (item 7 of issue 25; before:
+    # the rerun's wall time and throughput were shown as the run's)
+    assert first["timed_from_step"] == 0 and recovered["timed_from_step"] == 8
+    assert recovered["images_per_s"] is None and recovered["train_time_s"] == 0.0
+    from lars_jax.train.loop import format_summary
+
+    assert "(this invocation only: from step 8)" in format_summary(recovered)
+    assert "this invocation only" not in format_summary(first)
     for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps"):
         assert recovered[key] == first[key], key
     assert _rows(tmp_path) == rows  # nothing logged twice

@@ -352,6 +352,10 @@ def train(config: TrainConfig, *, data: Data | None = None, return_state: bool =
       The summary dict: ``test_accuracy``, ``test_loss``, ``train_loss``,
       ``train_accuracy`` (last logged), ``steps``, ``epochs``, ``images_per_s`` (training
       throughput after compilation), ``wall_time_s``, ``compile_time_s``,
+      ``train_time_s`` (these four time this call only: the steps from
+      ``timed_from_step`` on, which is the resume step of a resumed run; a finished run
+      whose summary.json was lost and is rerun has ``timed_from_step == steps``, no
+      throughput, and the time of the rerun),
       ``skipped_steps``, ``resumed_from_step``, ``num_devices``, ``num_processes``,
       ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``; with
       ``return_state``, the pair ``(summary, state)``.
@@ -497,6 +501,7 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
         "train_time_s": clock.train_time,
         "wall_time_s": time.perf_counter() - t_start,
         "compile_time_s": clock.compile_time,
+        "timed_from_step": resumed_from or 0,
         "skipped_steps": int(jax.device_get(final.skipped)),
         "resumed_from_step": resumed_from,
         "num_devices": run.num_devices,
@@ -530,12 +535,14 @@ def format_summary(s: dict[str, Any]) -> str:
     c = s["config"]
     num = lambda v: "n/a (NaN or Inf)" if v is None else f"{v:.4f}"
     ips = s.get("images_per_s")
+    timed = s.get("timed_from_step") or 0
+    scope = f" (this invocation only: from step {timed})" if timed else ""
     lines = [
         f"== {c['model']} on {c['dataset']} with {c['optimizer']}, batch {c['batch_size']}, "
         f"{s['epochs']:.3g} epochs ({s['steps']} steps) on {s['num_devices']} device(s)",
         f"   test accuracy {num(s.get('test_accuracy'))}, test loss {num(s.get('test_loss'))}",
         f"   wall time {s['wall_time_s']:.1f} s (compile {s['compile_time_s'] or 0:.1f} s), "
-        + (f"{ips:.1f} images/s" if ips else "throughput n/a"),
+        + (f"{ips:.1f} images/s" if ips else "throughput n/a") + scope,
         f"   metrics: {Path(s['workdir']) / METRICS_FILE}",
     ]
     if s.get("skipped_steps"):
