@@ -6,12 +6,17 @@ TensorFlow), and yields batches of uint8 images and int32 labels for this proces
 Order and determinism: in training mode (`train=True`) the global batch of step `s` is the
 slice `[(s % spe) * B, (s % spe + 1) * B)` of the permutation of epoch `s // spe`, drawn
 from `np.random.default_rng([seed, epoch])` (the remainder of each epoch is dropped), and
-process `p` of `P` takes the `p`-th contiguous `B / P` of it. Random crops/flips use
-`np.random.default_rng([seed, step, p, 1])`. So batches depend only on (seed, step, process),
-and starting at `start_step` gives exactly the batches of an uninterrupted run. In
-evaluation mode (`train=False`) the split is read once in order, each process gets the
-examples `p, p + P, ...` of every global batch, and the last batch is padded with
+process `p` of `P` takes the `p`-th contiguous `B / P` of it. The random crop and flip of
+row `r` of the global batch use `np.random.default_rng([seed, step, r, 1])`. So the global
+batch depends only on (seed, step), not on the number of processes: `P` processes together
+read exactly the batch one process reads, each example of an epoch once, and starting at
+`start_step` (with any `P`) gives exactly the batches of an uninterrupted run. In
+evaluation mode (`train=False`) the split is read once in order, process `p` gets the
+`p`-th contiguous `B / P` of every global batch, and the last batch is padded with
 `mask == False` rows.
+
+Each batch also carries ``"index"``: the record numbers (in `split`) of its rows, so a
+caller can log and check which examples a process fed.
 
 `train()` streams from it through `lars_jax.train.input_pipeline` (`input_pipeline="host"`
 or `"auto"`), which adds the device placement, prefetching and normalisation.
@@ -175,7 +180,8 @@ def host_batches(
 
     Yields:
       {"image": uint8 [batch_size / process_count, H, W, C], "label": int32 [...],
-       "mask": bool [...]} (mask is all True in training).
+       "mask": bool [...], "index": int64 [...]} (mask is all True in training; index: the
+      record numbers in `split`, 0 in padded rows).
     """
     info = dataset_info(name)
     if batch_size <= 0 or batch_size % process_count:
@@ -213,8 +219,8 @@ def host_batches(
         total = math.ceil(n / batch_size)
 
         def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
-            glob = step * batch_size + np.arange(batch_size)
-            idx = glob[process_index::process_count]
+            start = step * batch_size + process_index * local
+            idx = start + np.arange(local)
             mask = idx < n
             return np.where(mask, idx, 0), mask
 
@@ -223,15 +229,18 @@ def host_batches(
     def load(step: int) -> Batch:
         idx, mask = indices(int(step))
         examples = [src[int(i)] for i in idx]
-        rng = np.random.default_rng([seed, int(step), process_index, 1])
         images = []
-        for ex in examples:
+        for row, ex in enumerate(examples, start=process_index * local):
             img = np.asarray(ex["image"])
-            if resize:
-                img = random_resized_crop(rng, img, size) if train else center_crop(img, size)
+            if resize and train:  # one generator per row of the global batch
+                rng = np.random.default_rng([seed, int(step), row, 1])
+                img = random_resized_crop(rng, img, size)
+            elif resize:
+                img = center_crop(img, size)
             images.append(img)
         labels = np.asarray([ex["label"] for ex in examples], np.int32)
-        return {"image": np.stack(images), "label": labels, "mask": mask}
+        return {"image": np.stack(images), "label": labels, "mask": mask,
+                "index": idx.astype(np.int64)}
 
     grain = None
     if use_grain:

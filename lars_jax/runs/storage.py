@@ -4,7 +4,8 @@ from failures of the run.
 A run that cannot write its files has nothing wrong with it: once space is freed (or the
 folder is writable again) the same command resumes from the last checkpoint, and a sweep
 retries such a run on a plain rerun (a diverged run, in contrast, is a result and is not
-retried). `storage_problem` recognises these errors wherever they come from: Python's
+retried): the trainer raises `lars_jax.runs.errors.StorageError` for them. `storage_problem`
+recognises these errors wherever they come from: Python's
 `OSError` (``errno`` ENOSPC, EDQUOT, EROFS) and the text of TensorStore's errors, which
 Orbax raises as ``ValueError`` (``No space left on device [os_error_code='28']``).
 
@@ -29,15 +30,6 @@ _TEXTS = {
     "Read-only file system": errno.EROFS,
     **{f"os_error_code='{code}'": code for code in _ERRNOS},
 }
-
-
-class StorageError(OSError):
-    """A run stopped because its files cannot be written (disk full, quota, read-only).
-
-    The message is one line naming the folder, the cause and what to do; nothing of the
-    run is lost (the last checkpoint is intact, a failed checkpoint's temporary folder is
-    removed) and the same command resumes once the cause is gone.
-    """
 
 
 def storage_problem(error: BaseException) -> str | None:
