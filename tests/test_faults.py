@@ -442,6 +442,34 @@ def test_impossible_devices_and_unwritable_folders_are_one_line_errors(tmp_path,
     assert not wd.exists()
 
 
+def test_config_edges_are_one_line_errors_before_any_compute(tmp_path, capsys):
+    """Before: a config file of garbage bytes gave an error without the file's name;
+    `--seed 1e20` and `--learning-rate 1e308` gave 46-line tracebacks; `--train-subset
+    100000` was silently capped at 60,000 but recorded as 100,000 (now refused)."""
+    garbage = tmp_path / "c.toml"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe garbage")
+    cases = [
+        (["--config", str(garbage)], f"config file {str(garbage)!r}: not UTF-8 text"),
+        (["--seed", "1e20"], "TrainConfig.seed=100000000000000000000: must be in [0, "
+                             "4294967296)"),
+        (["--learning-rate", "1e308"], "TrainConfig.learning_rate=1e+308: scaled (linear) to "
+                                       "batch_size=32 it is 1.25e+307, above the float32 "
+                                       "range"),
+        (["--train-subset", "100000"], "TrainConfig.train_subset=100000: above the 60000 "
+                                       "training examples of fashion_mnist"),
+        (["--test-subset", "10001"], "TrainConfig.test_subset=10001: above the 10000 test "
+                                     "examples of fashion_mnist"),
+    ]
+    for argv, want in cases:
+        rc, err = _cli(capsys, "--workdir", str(tmp_path / "wd"), *argv)
+        assert rc == 2 and len(err) == 1 and want in err[0], (argv, err)
+    assert not (tmp_path / "wd").exists()
+    # the edges themselves are accepted: the largest seed, all 60,000 examples
+    rc, err = _cli(capsys, "--seed", str(2**32 - 1), "--train-subset", "60000",
+                   "--print-config")
+    assert rc == 0, err
+
+
 def test_cifar10_offline_fails_at_once_naming_the_offline_preparation(tmp_path, capsys,
                                                                       monkeypatch):
     """Before: about 207 s of download retries, five tracebacks, .tmp debris. The machine

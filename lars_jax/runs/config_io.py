@@ -147,9 +147,12 @@ def load_config_file(path: PathLike) -> dict[str, Any]:
     p = Path(path)
     where = f"config file {str(p)!r}"
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{where}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:  # binary garbage, or another encoding
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}: {e.reason}); a config "
+                          "file is TOML or JSON") from e
     try:
         if p.suffix.lower() == ".json":
             data = json.loads(text)
