@@ -1,9 +1,11 @@
-"""Fault injection (issue 17): each fault on a tiny run, with real files, real signals and
-subprocesses, and the behaviour asserted after it. docs/faults.md is the table of these.
+"""Fault injection (issues 17 and 25): each fault on a tiny run, with real files, real
+signals, subprocesses and (as root) small tmpfs mounts, and the behaviour asserted after it.
+docs/faults.md is the table of these.
 
 In-process runs use `_train_jobs.tiny_data` (256 training images of 12x12, 8 steps per
-epoch) with an MLP on one device; the signal tests run the real ``lars-jax train``
-command on a Fashion-MNIST subset.
+epoch) with an MLP on one device; the command-line runs (signals, sweeps, disk full) use
+the `tiny_fashion_mnist` fixture, a 640-image Fashion-MNIST prepared here by TFDS's own
+builder, so that nothing skips on a fresh clone.
 """
 
 import gzip

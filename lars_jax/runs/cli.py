@@ -366,13 +366,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lars-jax`` console script.
 
-    ``train`` and ``sweep`` run with SIGINT (Ctrl-C) and SIGTERM deferred from the first
+    ``train`` and ``sweep`` run with SIGINT (Ctrl-C), SIGTERM and SIGHUP deferred from the first
     instant (`lars_jax.runs.stop_signals`, installed here once): the trainer stops at its
     next step with a checkpoint.
 
     Returns:
       The exit status: 0 success, 1 a run failed, 2 bad command line or config,
-      130 interrupted by SIGINT, 143 by SIGTERM (rerun the same command to resume).
+      130 interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP (rerun the same command
+      to resume).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] not in (["train"], ["sweep"]):
