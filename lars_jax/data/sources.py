@@ -443,6 +443,8 @@ def _read_cache(img_path: Path, lab_path: Path, sums_path: Path
     why = None
     try:
         want = json.loads(sums_path.read_text()) if sums_path.exists() else None
+        if want is not None and not isinstance(want, dict):
+            raise ValueError(f"{sums_path.name} is not a JSON object")
         arrays = []
         for path in (img_path, lab_path):
             digest, arr = _sha256_and_array(path)
