@@ -455,8 +455,10 @@ def test_config_edges_are_one_line_errors_before_any_compute(tmp_path, capsys):
         (["--seed", "1e20"], "TrainConfig.seed=100000000000000000000: must be in [0, "
                              "4294967296)"),
         (["--learning-rate", "1e308"], "TrainConfig.learning_rate=1e+308: scaled (linear) to "
-                                       "batch_size=32 it is 1.25e+307, above the float32 "
-                                       "range"),
+                                       "batch_size=32 it is inf, above the float32 range"),
+        (["--learning-rate", "1e39", "--lr-scaling", "sqrt", "--base-batch-size", "8"],
+         "TrainConfig.learning_rate=1e+39: scaled (sqrt) to batch_size=32 it is 2e+39, above "
+         "the float32 range"),
         (["--train-subset", "100000"], "TrainConfig.train_subset=100000: above the 60000 "
                                        "training examples of fashion_mnist"),
         (["--test-subset", "10001"], "TrainConfig.test_subset=10001: above the 10000 test "
