@@ -50,8 +50,10 @@ from lars_jax.train.step import (
     StepOptions,
     TrainState,
     cross_entropy,
+    has_convolution,
     init_train_state,
     make_train_step,
+    unroll_loops,
 )
 
 
@@ -361,7 +363,8 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
         nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum)
+        momentum=config.momentum, unroll=_unroll(
+            config, mesh, eval_model, variables, jax.ShapeDtypeStruct((1, *example_shape), dtype)))
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
     augment = None
     if config.crop_padding or config.flip or config.cutout:
@@ -378,7 +381,8 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         train_step = parallel.jit_train_step(step_fn, prepare, mesh)
         train_steps = None
         if config.steps_per_call > 1:
-            train_steps = parallel.jit_train_steps(step_fn, prepare, mesh, config.steps_per_call)
+            train_steps = parallel.jit_train_steps(step_fn, prepare, mesh, config.steps_per_call,
+                                                   unroll=options.unroll)
         place = unplace = lambda s: s
     else:
         devices = mesh.devices.tolist()
@@ -402,6 +406,20 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         test_batches=(stream.test_batches(eval_batch) if stream
                       else eval_batches(data, eval_batch, mesh)),
         input=stream)
+
+
+def _unroll(config: TrainConfig, mesh: Any, model: nn.Module, variables: Any,
+            example: jax.ShapeDtypeStruct) -> bool:
+    """`unroll_loops` for this run: the mesh's platform, a convolution in the forward pass.
+
+    Only runs with a loop (``grad_accum_steps`` or ``steps_per_call`` above 1) trace the
+    forward pass to look for convolutions; single steps compile no loop either way.
+    """
+    if config.grad_accum_steps == 1 and config.steps_per_call == 1:
+        return False
+    forward = functools.partial(model.apply, train=False)
+    return unroll_loops(mesh.devices.flat[0].platform,
+                        has_convolution(forward, variables, example))
 
 
 def _host_input(config: TrainConfig, mesh: Any) -> Any:
