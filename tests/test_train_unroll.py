@@ -117,3 +117,21 @@ def test_unroll_chosen_for_convolutions_on_the_cpu_only():
     assert unroll_loops("cpu", True)
     assert not unroll_loops("gpu", True) and not unroll_loops("tpu", True)
     assert not unroll_loops("cpu", False)
+
+
+def test_the_trainer_unrolls_a_resnet_and_keeps_an_mlp_rolled(tmp_path):
+    """`build` on the CPU: a ResNet's accumulation adds no ``while`` loop to the program
+    (the batch preparation's random bits have their own loops, the same with and without
+    accumulation); an MLP's accumulation stays one rolled loop."""
+    from _train_jobs import tiny_config, tiny_data
+
+    from lars_jax.train import build
+
+    def whiles(model, accum):
+        run = build(tiny_config(tmp_path, model=model, num_devices=1, grad_accum_steps=accum),
+                    tiny_data())
+        lowered = run.train_step.lower(run.state, run.images, run.labels, np.int32(0))
+        return lowered.as_text().count("stablehlo.while")
+
+    assert whiles("resnet8", 2) == whiles("resnet8", 1)
+    assert whiles("mlp1", 2) == whiles("mlp1", 1) + 1
