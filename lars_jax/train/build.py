@@ -47,7 +47,7 @@ from lars_jax.masks import default_mask
 from lars_jax.models import create_model
 from lars_jax.runs.errors import ConfigError
 from lars_jax.train import parallel
-from lars_jax.train.config import TrainConfig
+from lars_jax.train.config import TrainConfig, peak_learning_rate
 from lars_jax.train.step import (
     StepOptions,
     TrainState,
@@ -115,13 +115,6 @@ SCHEDULES: dict[str, Callable[[_Decay], optax.Schedule]] = {
 }
 """Decay after a gradual warmup, by `TrainConfig.schedule` name ("onecycle" and "mlperf"
 contain their own warmup and are made in `learning_rate_schedule`)."""
-
-
-def peak_learning_rate(config: TrainConfig) -> float:
-    """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
-    scale = {"linear": schedules.linear_scaling, "sqrt": schedules.sqrt_scaling,
-             "none": lambda lr, b, b0: lr}[config.lr_scaling]
-    return scale(config.learning_rate, config.batch_size, config.base_batch_size)
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int
