@@ -290,16 +290,32 @@ def compute_note(rows: Sequence[Mapping[str, Any]], out: PathLike) -> str:
             if ln.startswith("Model name"))
     except StopIteration:
         cpu_model = "unknown CPU"
-    tv = Path(out) / "time_v.txt"
     return (f"{len(rows)} runs: {wall / 60:.1f} min of summed run wall time, "
             f"{cpu / 60:.1f} min of process CPU time (the trainer's threads on {os.cpu_count()} "
             f"cores).{span} Load average (1 min) at run starts and ends: "
             + (f"{min(loads):.1f} to {max(loads):.1f}, median {float(np.median(loads)):.1f}"
                if loads else "not recorded")
             + f". Machine: {cpu_model}; {environment_note()}; shared with other developers' "
-            "work, so wall times are indicative only"
-            + (" (`time_v.txt`: `/usr/bin/time -v` of the whole invocation)." if tv.exists()
-               else "."))
+            "work, so wall times are indicative only." + time_v_note(out))
+
+
+def time_v_note(out: PathLike) -> str:
+    """Wall and CPU time of each worker process from its ``time_v*.txt``
+    (``/usr/bin/time -v``), if any."""
+    parts = []
+    for p in sorted(Path(out).glob("time_v*.txt")):
+        f = {}
+        for ln in p.read_text().splitlines():
+            if ": " in ln:
+                k, v = ln.strip().rsplit(": ", 1)
+                f[k] = v
+        if "User time (seconds)" in f:
+            cpu = float(f["User time (seconds)"]) + float(f.get("System time (seconds)", 0))
+            parts.append(f"{p.stem.removeprefix('time_v_')}: "
+                         f"{f.get('Elapsed (wall clock) time (h:mm:ss or m:ss)', '?')} wall, "
+                         f"{cpu / 60:.1f} min CPU")
+    return (" `/usr/bin/time -v` per worker process (files `time_v_*.txt`): "
+            + "; ".join(parts) + ".") if parts else ""
 
 
 def expand(methods: Sequence[Method], **axes: Sequence[Any]) -> list[dict[str, Any]]:
