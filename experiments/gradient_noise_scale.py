@@ -456,6 +456,18 @@ def calibration(fits: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             "status": f["status"]}
 
 
+def calibration_text(cal: Mapping[str, Any]) -> str:
+    if not cal.get("usable"):
+        return f"No calibration: {cal.get('why')}."
+    return (f"`summary.json` key `calibration`: B_crit / B_simple = "
+            f"{cal['b_crit_over_b_simple']:.2f} (95% bootstrap {cal['lo']:.2f} to "
+            f"{cal['hi']:.2f}) at {100 * cal['target_error']:g}% test error, the hardest target "
+            f"whose B_crit is located inside the measured batches (status {cal['status']}); "
+            f"per target, `fits.<target>` holds b_crit, s_min, e_min and ratio with their "
+            f"`_lo`/`_hi` ends. A tool that turns a measured B_simple into a batch advice can "
+            f"multiply by this ratio; it is one small task's ratio, not a constant.")
+
+
 def setup_text(preset: str, base: TrainConfig) -> str:
     b, k = NOISE_RUN[preset]
     return (
@@ -506,6 +518,7 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
                   Section("Pre-registration", harness.registered_note(out, rows)),
                   Section("Verdict", NOISE_SCALE.section(rows)),
                   Section("Steps to target", steps_table(rows), images),
+                  Section("Calibration (summary.json)", calibration_text(calibration(fits))),
                   Section("Limits of the evidence", limits_text()),
                   Section("Compute", harness.compute_note(rows, out))])
     head = "; ".join(f"{100 * float(k):g}%: B_crit {f['b_crit']:.0f} [{f['b_crit_lo']:.0f}, "
