@@ -343,14 +343,9 @@ def _mean_curve(recs: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[fl
     return list(cs[0][0][:n]), np.nanmean(ys, axis=0).tolist() if ys.size else []
 
 
-def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
-            probe_recs: list[dict], grid: Mapping[str, Sequence[float]], out: Path,
-            timer: harness.Timer | None) -> dict:
-    with open(out / "rows.jsonl", "w") as f:
-        for r in [*probe_recs, *recs]:
-            f.write(json.dumps(r) + "\n")
-    images = []
-    # probes: final accuracy vs lr, with and without warmup, one line per regime
+def _plot_probes(preset: str, probe_recs: list[dict], out: Path) -> list[Path]:
+    """Probes: final accuracy vs lr, with and without warmup, one line per regime."""
+    images: list[Path] = []
     if probe_recs:
         lines = []
         colors = ["C0", "C1", "C2", "C3", "C4"]
@@ -370,7 +365,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                                      ylabel="final test accuracy (seed 0)", logx=True,
                                      title="Probes: LARS with (dashed) and without warmup",
                                      hlines={"chance": 0.1}))
-    best = best_lrs(recs)
+    return images
+
+
+def _plot_grids(base: TrainConfig, recs: list[dict], out: Path) -> list[Path]:
+    """Each method's lr grid (seed 0)."""
+    images: list[Path] = []
     # lr grids (seed 0)
     lines = []
     for i, m in enumerate(METHODS):
@@ -384,6 +384,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
                                      ylabel="final test accuracy (seed 0)", logx=True,
                                      title=f"Each method's lr grid, batch {base.batch_size}",
                                      hlines={"chance": 0.1}))
+    return images
+
+
+def _plot_best_curves(base: TrainConfig, recs: list[dict], out: Path) -> list[Path]:
+    """Training loss per step at each method's best lr, mean over seeds."""
+    images: list[Path] = []
+    best = best_lrs(recs)
     # training loss per step at each method's best lr, mean over seeds
     lines = []
     for i, m in enumerate(METHODS):
@@ -402,6 +409,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
             ylabel="training loss (mean over seeds)", logy=True,
             title="First epochs: training loss at each method's best lr",
             hlines={"ln 10 (initial)": math.log(10)}))
+    return images
+
+
+def _plot_lars_warmup(preset: str, recs: list[dict], out: Path) -> list[Path]:
+    """The same lr with and without warmup (LARS): the failure the probes looked for."""
+    images: list[Path] = []
     # the same lr with and without warmup (LARS): the failure the probes looked for
     lines = []
     for i, lr in enumerate(sorted(set(LR_GRID[preset].get(LARS_NW, [])))):
@@ -418,12 +431,12 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
             logy=True, title="LARS with (dashed) and without warmup, seed 0",
             hlines={"ln 10 (initial)": math.log(10)}, legend_cols=2))
 
-    probe_table = ["| probe | base lr | warmup epochs | final test accuracy | outcome |",
-                   "| :-- | --: | --: | --: | :-- |"]
-    for r in probe_recs:
-        probe_table.append(f"| {r['regime']}: {r['probe']} | {r['learning_rate']:g} | "
-                           f"{r['warmup_epochs']:g} | {harness.fmt_acc(_acc(r))} | "
-                           f"{r['outcome']} |")
+    return images
+
+
+def _grid_table(recs: list[dict]) -> tuple[list[str], dict[str, Any]]:
+    """Per method: the lr grid, the best lr, its edge and the seeds at it."""
+    best = best_lrs(recs)
     grid_table = ["| method | lrs run (seed 0) | best lr | on an edge | seeds at best | "
                   "accuracy at best, mean ± std |", "| :-- | :-- | --: | :-- | :-- | :-- |"]
     summary_stats = {}
@@ -441,22 +454,16 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
             f"| {m} | {cells} | "
             f"{lr if lr is not None else '–'} | {edge or 'no'} | {sorted(acc)} | "
             f"{harness.fmt_pm(ms)} |")
-    verdict, details = CRITERION(recs)
-    setup = (
-        f"Batch {base.batch_size} of {base.train_subset or 'all'} training images "
-        f"({(base.train_subset or 0) // base.batch_size or '?'} steps per epoch), "
-        f"{base.epochs:g} epochs; base lrs given at batch {base.base_batch_size} and scaled "
-        f"linearly; warmup (when on) {WARMUP_FRACTION:g} of the budget from 0; cosine decay; "
-        f"momentum {base.momentum}, weight decay {base.weight_decay}, trust coefficient "
-        f"{base.trust_coefficient}. CLARS per example: mean of exact per-example gradient "
-        f"norms; per micro-batch: mean of the norms of {MICRO_BATCHES} micro-batch gradients "
-        f"(gradient accumulation). The CLARS rule is the project's reading of the paper "
-        f"(marked unverified in lars_jax.scale_by_clars_trust_ratio). Biases are excluded "
-        f"from the trust ratio and weight decay (lars_jax.default_mask) and take the plain "
-        f"lr in LARS and CLARS alike.\n\n"
-        + harness.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",
-                                      "batch_size", "epochs", "momentum", "weight_decay",
-                                      "trust_coefficient", "denominator"]))
+    return grid_table, summary_stats
+
+
+def _probe_text(preset: str, probe_recs: list[dict]) -> str:
+    probe_table = ["| probe | base lr | warmup epochs | final test accuracy | outcome |",
+                   "| :-- | --: | --: | --: | :-- |"]
+    for r in probe_recs:
+        probe_table.append(f"| {r['regime']}: {r['probe']} | {r['learning_rate']:g} | "
+                           f"{r['warmup_epochs']:g} | {harness.fmt_acc(_acc(r))} | "
+                           f"{r['outcome']} |")
     regime_lines = ["| probe | best without warmup | best with warmup | with minus without |",
                     "| :-- | :-- | :-- | --: |"]
     helped = []
@@ -484,8 +491,29 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
            "None does (warmup raises the accuracy only at some lrs above the best one).")
         + "\n\n" + "\n".join(regime_lines) + "\n\nAll probe runs:\n\n"
         + "\n".join(probe_table) + "\n\n")
-    results = ((probe_text + "**Main comparison** (the regime of probe B: mlp2, no BN).\n\n"
-                if probe_recs else "") + "\n".join(grid_table) + "\n")
+    return probe_text
+
+
+def _setup_text(base: TrainConfig) -> str:
+    setup = (
+        f"Batch {base.batch_size} of {base.train_subset or 'all'} training images "
+        f"({(base.train_subset or 0) // base.batch_size or '?'} steps per epoch), "
+        f"{base.epochs:g} epochs; base lrs given at batch {base.base_batch_size} and scaled "
+        f"linearly; warmup (when on) {WARMUP_FRACTION:g} of the budget from 0; cosine decay; "
+        f"momentum {base.momentum}, weight decay {base.weight_decay}, trust coefficient "
+        f"{base.trust_coefficient}. CLARS per example: mean of exact per-example gradient "
+        f"norms; per micro-batch: mean of the norms of {MICRO_BATCHES} micro-batch gradients "
+        f"(gradient accumulation). The CLARS rule is the project's reading of the paper "
+        f"(marked unverified in lars_jax.scale_by_clars_trust_ratio). Biases are excluded "
+        f"from the trust ratio and weight decay (lars_jax.default_mask) and take the plain "
+        f"lr in LARS and CLARS alike.\n\n"
+        + harness.base_config_table(base, ["model", "width", "norm", "dataset", "train_subset",
+                                      "batch_size", "epochs", "momentum", "weight_decay",
+                                      "trust_coefficient", "denominator"]))
+    return setup
+
+
+def _limits_text(preset: str, rows: list[dict], timer: harness.Timer | None) -> str:
     limits_txt = (
         harness.preset_note(preset) + " "
         + ("Reductions: an MLP without normalisation on 8192 Fashion-MNIST images, batch "
@@ -499,13 +527,30 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
            "machine is a loaded 2-core CPU shared with other jobs."
            if preset == "cpu" else "")
         + "\n\n" + harness.run_time_note(rows, timer) + f" Machine: {harness.environment_note()}.")
+    return limits_txt
+
+
+def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
+            probe_recs: list[dict], grid: Mapping[str, Sequence[float]], out: Path,
+            timer: harness.Timer | None) -> dict:
+    with open(out / "rows.jsonl", "w") as f:
+        for r in [*probe_recs, *recs]:
+            f.write(json.dumps(r) + "\n")
+    images = (_plot_probes(preset, probe_recs, out) + _plot_grids(base, recs, out)
+              + _plot_best_curves(base, recs, out) + _plot_lars_warmup(preset, recs, out))
+    grid_table, summary_stats = _grid_table(recs)
+    verdict, details = CRITERION(recs)
+    probe_text = _probe_text(preset, probe_recs)
+    results = ((probe_text + "**Main comparison** (the regime of probe B: mlp2, no BN).\n\n"
+                if probe_recs else "") + "\n".join(grid_table) + "\n")
     write_report(
         out, title="Does large-batch training need warmup? CLARS vs LARS (Huo et al.)",
         intro=("Raw rows: `rows.jsonl` (one per run, probes included, with the training-loss "
                "curve), `runs/results.jsonl`, `probes/*/results.jsonl`."),
-        sections=[Section("Setup", setup), Section("Results", results, images),
+        sections=[Section("Setup", _setup_text(base)), Section("Results", results, images),
                   Section("Verdict", CRITERION.section(recs)),
-                  Section("Limits of the evidence", limits_txt)])
+                  Section("Limits of the evidence",
+                          _limits_text(preset, rows, timer))])
     acc = {m: st["by_seed"] for m, st in summary_stats.items()}
     diffs = {f"{a} minus {b}": paired(acc[a], acc[b]) for a, b in
              ((LARS_WU, LARS_NW), (CLARS_EX, LARS_WU), (CLARS_EX, LARS_NW),
@@ -530,15 +575,14 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], recs: list[dict],
 
 def main(argv: list[str] | None = None) -> dict:
     args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    out = Path(args.out) if args.out else harness.default_out(NAME, args.preset)
-    out.mkdir(parents=True, exist_ok=True)
-    harness.enable_compilation_cache()
-    timer = harness.Timer()
-    base = base_config(args.preset)
-    rows, recs, probe_recs, grid = run_all(args.preset, base, out, args.report_only,
+    # the harness sets up the folder, cache, timer and base and runs the initial lr grids;
+    # run_all then adds the probes, the edge extensions and the seeds (resumable: the
+    # initial grid is not retrained)
+    run = harness.run_experiment(NAME, args, base_config, lambda p, b: points(
+        p, b, {m: list(v) for m, v in LR_GRID[p].items()}))
+    rows, recs, probe_recs, grid = run_all(args.preset, run.base, run.out, args.report_only,
                                            args.max_minutes)
-    return analyse(args.preset, base, rows, recs, probe_recs, grid, out,
-                   None if args.report_only else timer)
+    return analyse(args.preset, run.base, rows, recs, probe_recs, grid, run.out, run.timer)
 
 
 if __name__ == "__main__":

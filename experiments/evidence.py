@@ -145,6 +145,44 @@ def describe_difference(d: Interval, margin: float = 0.0) -> str:
     return "higher" if d.mean > 0 else "lower"
 
 
+Status = Literal["holds", "fails", "undecided"]
+
+
+def margin_status(d: Interval, low: float = -math.inf, high: float = math.inf,
+                  min_n: int = 4) -> tuple[Status, str]:
+    """Issue 23's rule 4: a quantity *holds* only when its whole 95% interval lies inside
+    ``[low, high]``, *fails* only when the whole interval lies beyond it, else undecided.
+
+    Args:
+      d: the interval (e.g. of paired differences over evaluation seeds).
+      low: lower end of the margin (``-inf``: no lower end).
+      high: upper end of the margin.
+      min_n: fewer values than this decide nothing (rule 3: at least 4 evaluation seeds).
+
+    Returns:
+      ``(status, reason)``; the reason names the interval's position.
+
+    Example:
+      >>> margin_status(Interval(-0.5, 0.1, -0.8, -0.2, 4, 0.01, 0), low=-1.0)
+      ('holds', 'interval [-0.8, -0.2] inside [-1, inf]')
+      >>> margin_status(Interval(-1.1, 0.1, -1.4, -0.8, 4, 0.01, 0), low=-1.0)[0]
+      'undecided'
+      >>> margin_status(Interval(-2.0, 0.1, -2.3, -1.7, 4, 0.01, 0), low=-1.0)[0]
+      'fails'
+    """
+    band = f"[{low:g}, {high:g}]"
+    if d.n < min_n:
+        return "undecided", f"n={d.n} < {min_n} evaluation seeds"
+    if not (math.isfinite(d.lo) and math.isfinite(d.hi)):
+        return "undecided", "no finite interval"
+    where = f"interval [{d.lo:.3g}, {d.hi:.3g}]"
+    if low <= d.lo and d.hi <= high:
+        return "holds", f"{where} inside {band}"
+    if d.hi < low or d.lo > high:
+        return "fails", f"{where} wholly outside {band}"
+    return "undecided", f"{where} overlaps the edge of {band}"
+
+
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], samples: Sequence[Any],
                        n_boot: int = 2000, confidence: float = 0.95,
                        seed: int = 0) -> tuple[float, float, float]:

@@ -119,6 +119,7 @@ def run_points(
     *,
     max_minutes: float | None = None,
     log: Callable[[str], None] | None = None,
+    train_fn: Callable[[Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Trains an explicit list of runs (resumable) and returns their result rows.
 
@@ -129,6 +130,8 @@ def run_points(
       max_minutes: start no new run after this many minutes; the runs not started are
         left for the next invocation (the sweep resumes) and are missing from the result.
       log: progress printer (default: stdout with elapsed time).
+      train_fn: ``config -> summary`` (default :func:`lars_jax.train.train`), e.g.
+        :func:`train_until`.
 
     Returns:
       The rows of the finished (or failed) runs, in ``points`` order.
@@ -144,14 +147,14 @@ def run_points(
             print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
     pts = [dict(p) for p in points]
     if max_minutes is None:
-        return run_sweep(base, pts, out_dir, log=log)
+        return run_sweep(base, pts, out_dir, log=log, train_fn=train_fn)
     plan_sweep(base, pts, out_dir)  # validate every run before any compute
     rows = []
     for i, p in enumerate(pts):
         if time.perf_counter() - t0 > 60 * max_minutes:
             log(f"time budget of {max_minutes:g} min spent: {len(pts) - i} runs not started")
             break
-        rows += run_sweep(base, [p], out_dir, log=log)
+        rows += run_sweep(base, [p], out_dir, log=log, train_fn=train_fn)
     return rows
 
 
@@ -215,22 +218,114 @@ class ExperimentRun(NamedTuple):
 
 def run_experiment(
     name: str, args: argparse.Namespace, base_config: Callable[[str], Any],
-    points: Callable[[str, Any], Sequence[Mapping[str, Any]]],
+    points: Callable[[str, Any], Sequence[Mapping[str, Any]]] | None = None, *,
+    registered: Callable[[str, Any], Registered] | None = None,
 ) -> ExperimentRun:
     """The common body of every experiment's ``main``: output folder, compilation cache,
-    timer, base config, then :func:`run_or_load` of ``points(preset, base)``.
+    timer, base config, then the runs.
+
+    Either ``points(preset, base)`` (a fixed list of runs through :func:`run_or_load`; the
+    rows are the sweep's) or ``registered(preset, base)`` (issue 23's rules: the criterion
+    is written to ``criterion.json`` before any run, or checked against the one there, and
+    refused if it changed; runs follow the adaptive plan; the rows returned are those of
+    ``rows.jsonl``, all of the registered criterion).
 
     ``args`` comes from :func:`experiment_parser` (possibly with extra options).
     """
+    if (points is None) == (registered is None):
+        raise ValueError("run_experiment needs exactly one of points= and registered=")
     out = Path(args.out) if args.out else default_out(name, args.preset)
     out.mkdir(parents=True, exist_ok=True)
     enable_compilation_cache()
     timer = Timer()
     base = base_config(args.preset)
+    if registered is not None:
+        reg = registered(args.preset, base)
+        crit = (read_criterion(out) if args.report_only else preregister(out, reg.spec))
+        if crit["criterion_sha"] != reg.spec["criterion_sha"]:
+            raise CriterionMismatch(
+                f"{out / 'criterion.json'}: criterion_sha {crit['criterion_sha'][:12]} is not "
+                f"the script's {reg.spec['criterion_sha'][:12]}: refusing to score its rows")
+        if not args.report_only:
+            if args.shard:
+                raise ValueError("--shard: run several workers on one folder instead "
+                                 "(registered runs are claimed one at a time)")
+            _run_registered(base, reg, out, crit["criterion_sha"], args.max_minutes)
+        rows = load_registered_rows(out, crit["criterion_sha"])
+        return ExperimentRun(base, rows, out, None if args.report_only else timer)
     rows = run_or_load(base, points(args.preset, base), out / "runs",
                        report_only=args.report_only, max_minutes=args.max_minutes,
                        shard=args.shard)
     return ExperimentRun(base, rows, out, None if args.report_only else timer)
+
+
+def registered_note(out: PathLike, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The report's pre-registration line: sha, when it was fixed, first run, row counts."""
+    crit = read_criterion(out)
+    ends = sorted(str(r["finished_at"]) for r in rows if r.get("finished_at"))
+    n_sc = sum(bool(r.get("scored")) for r in rows)
+    why: dict[str, int] = {}
+    for r in rows:
+        if not r.get("scored"):
+            k = str(r.get("why_not")).split(":")[0]
+            why[k] = why.get(k, 0) + 1
+    return (f"Criterion fixed at **{crit['fixed_at']}** (`criterion.json`, criterion_sha "
+            f"`{crit['criterion_sha'][:16]}`), before the first run; runs finished "
+            f"{ends[0] if ends else '-'} to {ends[-1] if ends else '-'}. {len(rows)} rows, "
+            f"all of this sha; {n_sc} scored"
+            + (", not scored: " + ", ".join(f"{v} {k}" for k, v in sorted(why.items()))
+               if why else "") + ".")
+
+
+def compute_note(rows: Sequence[Mapping[str, Any]], out: PathLike) -> str:
+    """Measured compute: summed wall and process CPU time of the runs, the span of the
+    runs, the load average around them, the CPU, and ``time_v.txt`` if present."""
+    import datetime as dt
+    import subprocess
+
+    wall = sum(float(r.get("wall_s") or 0) for r in rows)
+    cpu = sum(float(r.get("cpu_s") or 0) for r in rows)
+    loads = [x for r in rows for x in (r.get("load_avg") or [])]
+    ends = [(dt.datetime.fromisoformat(str(r["finished_at"])), float(r.get("wall_s") or 0))
+            for r in rows if r.get("finished_at")]
+    span = ""
+    if ends:
+        start = min(e - dt.timedelta(seconds=t) for e, t in ends)
+        stop = max(e for e, _ in ends)
+        span = (f" They span {(stop - start).total_seconds() / 60:.0f} min of wall time "
+                f"({start:%Y-%m-%d %H:%M}-{stop:%H:%M} UTC).")
+    try:
+        cpu_model = next(ln.split(":", 1)[1].strip() for ln in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+            if ln.startswith("Model name"))
+    except StopIteration:
+        cpu_model = "unknown CPU"
+    return (f"{len(rows)} runs: {wall / 60:.1f} min of summed run wall time, "
+            f"{cpu / 60:.1f} min of process CPU time (the trainer's threads on {os.cpu_count()} "
+            f"cores).{span} Load average (1 min) at run starts and ends: "
+            + (f"{min(loads):.1f} to {max(loads):.1f}, median {float(np.median(loads)):.1f}"
+               if loads else "not recorded")
+            + f". Machine: {cpu_model}; {environment_note()}; shared with other developers' "
+            "work, so wall times are indicative only." + time_v_note(out))
+
+
+def time_v_note(out: PathLike) -> str:
+    """Wall and CPU time of each worker process from its ``time_v*.txt``
+    (``/usr/bin/time -v``), if any."""
+    parts = []
+    for p in sorted(Path(out).glob("time_v*.txt")):
+        f = {}
+        for ln in p.read_text().splitlines():
+            if ": " in ln:
+                k, v = ln.strip().rsplit(": ", 1)
+                f[k] = v
+        if "User time (seconds)" in f:
+            cpu = float(f["User time (seconds)"]) + float(f.get("System time (seconds)", 0))
+            parts.append(f"{p.stem.removeprefix('time_v_')}: "
+                         f"{f.get('Elapsed (wall clock) time (h:mm:ss or m:ss)', '?')} wall, "
+                         f"{cpu / 60:.1f} min CPU")
+    return (" `/usr/bin/time -v` per worker process (files `time_v_*.txt`): "
+            + "; ".join(parts) + ".") if parts else ""
 
 
 def expand(methods: Sequence[Method], **axes: Sequence[Any]) -> list[dict[str, Any]]:
@@ -669,3 +764,257 @@ def steps_to_target(metrics: Sequence[Mapping[str, Any]], key: str, target: floa
         if math.isfinite(v) and (v <= target if below else v >= target):
             return int(s)
     return None
+
+
+# ------------------------------------------------------------------ pre-registration (v3)
+#
+# Issue 23's rules, enforced here rather than promised in prose: a script fixes its
+# criterion in ``results/<name>/criterion.json`` before its first run; every row it
+# records carries that criterion's sha and the fields that say whether the row may be
+# scored; analysis refuses rows of another criterion.
+
+MIN_SCORED_STEPS = 200  # rule 1: a scored run takes at least this many optimizer steps
+MIN_BN_EXAMPLES = 4  # rule 5: BatchNorm over fewer examples is shown, never scored
+MIN_EVAL_SEEDS = 4  # rule 3: a paired difference that decides a verdict has >= 4 seeds
+ROW_FIELDS = ("criterion_sha", "finished_at", "seed", "total_steps", "scored",
+              "budget_exempt")
+
+
+class CriterionMismatch(ValueError):
+    """Rows or a results folder belong to another criterion than the one in force."""
+
+
+def _source_of(fns: Sequence[Callable[..., Any]]) -> str:
+    import inspect
+
+    return "\n\n".join(inspect.getsource(f) for f in fns)
+
+
+def criterion_spec(criterion: str, *, grids: Mapping[str, Any], seeds: Mapping[str, Any],
+                   budgets: Mapping[str, Any], decide: Sequence[Callable[..., Any]]
+                   ) -> dict[str, Any]:
+    """The pre-registered content of an experiment, with its sha256.
+
+    Args:
+      criterion: the decision rules in words (what the report prints).
+      grids: batch sizes, lr grids and their extension rules.
+      seeds: selection and evaluation seeds.
+      budgets: step caps, epochs, thresholds.
+      decide: the functions that turn rows into verdicts; their source is part of the
+        criterion, so editing one changes the sha.
+
+    Returns:
+      ``{"criterion", "grids", "seeds", "budgets", "decide_source", "criterion_sha"}``;
+      the sha is over the canonical JSON of the other five fields.
+    """
+    import hashlib
+    import json
+
+    spec = {"criterion": criterion, "grids": dict(grids), "seeds": dict(seeds),
+            "budgets": dict(budgets), "decide_source": _source_of(decide)}
+    canon = json.dumps(spec, sort_keys=True, default=str).encode()
+    spec["criterion_sha"] = hashlib.sha256(canon).hexdigest()
+    return spec
+
+
+def preregister(out: PathLike, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Writes ``out/criterion.json`` (with ``fixed_at``) unless it already holds ``spec``.
+
+    Args:
+      out: the experiment's results folder.
+      spec: from :func:`criterion_spec`.
+
+    Returns:
+      The criterion in force (the stored one, so ``fixed_at`` is the first write's time).
+
+    Raises:
+      CriterionMismatch: the folder holds another criterion (or rows without one): a
+        changed criterion needs a new results folder, the old one deleted or kept as
+        superseded elsewhere, never mixed.
+    """
+    import json
+
+    path = Path(out) / "criterion.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("criterion_sha") != spec["criterion_sha"]:
+            raise CriterionMismatch(
+                f"{path}: fixed at {stored.get('fixed_at')} with criterion_sha "
+                f"{str(stored.get('criterion_sha'))[:12]}, but the script's criterion is now "
+                f"{spec['criterion_sha'][:12]}: move the folder aside as superseded or "
+                f"delete it (rows of two criteria are never mixed)")
+        return stored
+    if (Path(out) / "rows.jsonl").exists():
+        raise CriterionMismatch(f"{Path(out) / 'rows.jsonl'} exists without criterion.json: "
+                                f"rows of an unregistered criterion; move the folder aside")
+    fixed = {**spec, "fixed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json(fixed, path)
+    return fixed
+
+
+def read_criterion(out: PathLike) -> dict[str, Any]:
+    """The stored ``criterion.json`` of a results folder."""
+    import json
+
+    path = Path(out) / "criterion.json"
+    if not path.exists():
+        raise CriterionMismatch(f"{path}: no criterion.json (nothing was pre-registered)")
+    return json.loads(path.read_text())
+
+
+def load_registered_rows(out: PathLike, sha: str) -> list[dict[str, Any]]:
+    """The rows of ``out/rows.jsonl``, refusing (one line) any of another criterion.
+
+    Raises:
+      CriterionMismatch: a row lacks a field of :data:`ROW_FIELDS` or carries another
+        ``criterion_sha``.
+    """
+    path = Path(out) / "rows.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    for i, r in enumerate(rows, 1):
+        missing = [f for f in ROW_FIELDS if f not in r]
+        if missing:
+            raise CriterionMismatch(f"{path}:{i}: row lacks {missing}: not a registered row")
+        if r["criterion_sha"] != sha:
+            raise CriterionMismatch(
+                f"{path}:{i}: row of criterion_sha {str(r['criterion_sha'])[:12]}, not "
+                f"{sha[:12]}: refusing to score rows of another criterion")
+    return rows
+
+
+def score_row(row: Mapping[str, Any], *, selection_seeds: Sequence[int] = (),
+              min_steps: int = MIN_SCORED_STEPS, min_bn: int = MIN_BN_EXAMPLES
+              ) -> tuple[bool, str | None]:
+    """Whether a run may be scored, and why not (rules 1, 3 and 5 of issue 23).
+
+    A run on a selection seed only chooses the learning rate; a run that is not
+    ``budget_exempt`` with fewer than ``min_steps`` optimizer steps is budget-bound;
+    BatchNorm over fewer than ``min_bn`` examples (``bn_examples``) is degenerate. A run
+    that diverged is scored (divergence is a result at its lr).
+
+    Example:
+      >>> score_row({"seed": 0, "total_steps": 120, "budget_exempt": False})
+      (False, 'budget-bound: 120 steps < 200')
+      >>> score_row({"seed": 0, "total_steps": 120, "budget_exempt": True})
+      (True, None)
+      >>> score_row({"seed": 9, "total_steps": 500, "budget_exempt": False},
+      ...           selection_seeds=(9,))
+      (False, 'lr-selection seed 9')
+    """
+    if int(row["seed"]) in set(selection_seeds):
+        return False, f"lr-selection seed {row['seed']}"
+    bn = row.get("bn_examples")
+    if bn is not None and int(bn) < min_bn:
+        return False, f"BatchNorm over {bn} examples < {min_bn}"
+    steps = row.get("total_steps")
+    if not row.get("budget_exempt") and (steps is None or int(steps) < min_steps):
+        return False, f"budget-bound: {steps} steps < {min_steps}"
+    return True, None
+
+
+def scored(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Only the rows marked ``scored``."""
+    return [dict(r) for r in rows if r.get("scored")]
+
+
+def point_key(point: Mapping[str, Any]) -> str:
+    """Canonical text of a run point (how a row is matched to the point it ran)."""
+    import json
+
+    return json.dumps({k: point[k] for k in sorted(point)}, sort_keys=True, default=str)
+
+
+class Registered(NamedTuple):
+    """What a v3 experiment hands to :func:`run_experiment`.
+
+    Attributes:
+      spec: from :func:`criterion_spec`.
+      plan: ``(rows so far) -> points wanted now`` (priority order), adaptive: it may add
+        grid extensions and evaluation seeds as rows arrive.
+      to_row: ``(results row of the sweep, its run folder, the point) -> flat row`` with at
+        least ``seed``, ``total_steps``, ``budget_exempt`` (and ``bn_examples`` with BN);
+        the harness adds ``criterion_sha``, ``finished_at``, ``scored``, ``why_not``,
+        ``point``, ``cpu_s`` and ``load_avg``.
+      selection_seeds: seeds that only choose learning rates (never scored).
+      train_fn: ``config -> summary`` (default :func:`lars_jax.train.train`).
+    """
+
+    spec: dict[str, Any]
+    plan: Callable[[list[dict[str, Any]]], Sequence[Mapping[str, Any]]]
+    to_row: Callable[[Mapping[str, Any], Path, Mapping[str, Any]], dict[str, Any]]
+    selection_seeds: tuple[int, ...] = ()
+    train_fn: Callable[[Any], dict[str, Any]] | None = None
+
+
+def train_until(reached: Callable[[Path], bool], chunks: Callable[[Any], Sequence[int]]
+                ) -> Callable[[Any], dict[str, Any]]:
+    """A ``train_fn`` that trains in chunks of steps and stops once ``reached(workdir)``.
+
+    With a constant learning rate the run is the same as one uninterrupted run of its
+    length (the trainer resumes exactly from the chunk's checkpoint), so a steps-to-target
+    run need not pay for the steps after its target: the cap is the config's ``epochs``,
+    the chunk ends ``chunks(config)`` (increasing step counts, the last one the cap).
+    """
+    def fn(config: Any) -> dict[str, Any]:
+        from lars_jax.train import train
+
+        if config.schedule != "constant" or config.warmup_epochs:
+            raise ValueError("train_until needs schedule='constant' without warmup (a "
+                             "chunked run must equal one run of the full length)")
+        spe, _ = config.run_steps(config.num_train_examples())
+        summary: dict[str, Any] = {}
+        for steps in chunks(config):
+            summary = train(dataclasses.replace(config, epochs=steps / spe, resume=True,
+                                                checkpoint_every_steps=0))
+            if reached(Path(config.workdir)):
+                break
+        return summary
+
+    return fn
+
+
+def _append_row(out: Path, row: Mapping[str, Any]) -> None:
+    import json
+
+    line = (json.dumps(dict(row), default=float) + "\n").encode()
+    fd = os.open(out / "rows.jsonl", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, line)  # one write per line: concurrent workers do not interleave
+    finally:
+        os.close(fd)
+
+
+def _run_registered(base: Any, reg: Registered, out: Path, sha: str,
+                    max_minutes: float | None) -> None:
+    """Runs what ``reg.plan`` asks for, one claimed point at a time, appending a stamped
+    row to ``out/rows.jsonl`` after each run."""
+    t0 = time.perf_counter()
+    runs = out / "runs"
+    while True:
+        rows = load_registered_rows(out, sha)
+        done = {r["point_key"] for r in rows}
+        todo = [dict(p) for p in reg.plan(rows) if point_key(p) not in done]
+        if not todo:
+            return
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            print(f"time budget of {max_minutes:g} min spent: {len(todo)} runs left", flush=True)
+            return
+        from lars_jax.runs.sweep import run_name
+
+        mine = next((p for p in todo if _claim(out / ".claims" / run_name(p))), None)
+        if mine is None:
+            print(f"{len(todo)} runs left, all claimed by other processes", flush=True)
+            return
+        cpu0, load0 = time.process_time(), os.getloadavg()[0]
+        (res,) = run_points(base, [mine], runs, train_fn=reg.train_fn)
+        row = dict(reg.to_row(res, run_dir(res, runs), mine))
+        row.update(point=mine, point_key=point_key(mine), criterion_sha=sha,
+                   finished_at=res.get("finished_at") or _dt.datetime.now(_dt.UTC).isoformat(
+                       timespec="seconds"),
+                   wall_s=res.get("time_s"), cpu_s=round(time.process_time() - cpu0, 2),
+                   load_avg=[round(load0, 2), round(os.getloadavg()[0], 2)])
+        row.setdefault("budget_exempt", False)
+        ok, why = score_row(row, selection_seeds=reg.selection_seeds)
+        row.update(scored=ok, why_not=why)
+        _append_row(out, row)

@@ -731,10 +731,8 @@ def _c_plots(rows: Sequence[Mapping[str, Any]], batch: int, out: Path, tag: str
             title="n small steps vs one large step (linear rule)")]
 
 
-def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
-           out: Path) -> dict[str, list[Path]]:
-    s = SETTINGS[preset]
-    imgs: dict[str, list[Path]] = {}
+def _plot_rate(derived: list[dict], out: Path, imgs: dict[str, list[Path]]) -> None:
+    """(b): measured against predicted rate, log-log, with the fits."""
     # (b) log-log measured vs predicted
     lines: list[dict[str, Any]] = []
     allx = [r["predicted_rate"] for r in derived if r.get("measured_rate")]
@@ -761,6 +759,11 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
                                     xlabel="predicted sqrt(2 lr wd / (1-rho))",
                                     ylabel="measured lr |g| / ((1-rho) |w|)",
                                     title="Hidden (scale-invariant) layers, plateau")]
+
+
+def _plot_w(preset: str, metrics: dict[tuple, list[dict]], out: Path,
+            imgs: dict[str, list[Path]]) -> None:
+    """(a): |w|^2 and its net change over time, central cells, seed 0."""
     # (a) |w|^2 and its net change over time, central cells, seed 0
     wl, cl = [], []
     for rho in (0.9, 0.0):
@@ -794,12 +797,11 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
                                    f"-{DRIFT_BAND}": -DRIFT_BAND}, legend_cols=2,
                            title=f"Net change of |w|^2 (24 block means), central cells; "
                                  f"plateau from {WINDOW_START} tau")]
-    # (c) |g| vs n and the step ratio
-    imgs["c"] = _c_plots(derived, s["batch"], out, "")
-    for key, suffix in ADDED_C.items():
-        if s.get(key):
-            imgs["c" + suffix] = _c_plots(_suffix_rows(derived, suffix), s[key]["batch"], out,
-                                          suffix)
+
+
+def _plot_cos(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]], out: Path,
+              imgs: dict[str, list[Path]]) -> None:
+    """(d): cos(g_t, v_t-1) over time and over the batch scan."""
     # (d) cos over time and over batch
     key = (*centre(preset, 0.9), 0)
     m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
@@ -826,12 +828,28 @@ def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
             logx=True, xlabel="batch (SGD+momentum from the central run's weights)",
             ylabel="cos(g_t, v_t-1)", hlines={"0": 0.0, f"+{COS_BAND}": COS_BAND},
             title="Where gradients stop being noise dominated"))
+
+
+def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
+           out: Path) -> dict[str, list[Path]]:
+    s = SETTINGS[preset]
+    imgs: dict[str, list[Path]] = {}
+    _plot_rate(derived, out, imgs)
+    _plot_w(preset, metrics, out, imgs)
+    # (c) |g| vs n and the step ratio
+    imgs["c"] = _c_plots(derived, s["batch"], out, "")
+    for key, suffix in ADDED_C.items():
+        if s.get(key):
+            imgs["c" + suffix] = _c_plots(_suffix_rows(derived, suffix), s[key]["batch"], out,
+                                          suffix)
+    _plot_cos(preset, derived, metrics, out, imgs)
     return imgs
 
 
-def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: harness.Timer | None, steps: list[dict]) -> dict:
-    """Derived rows, verdicts from ``CRITERIA``, plots, report.md and summary.json."""
+def _derived(preset: str, rows: list[dict], out: Path
+             ) -> tuple[list[dict], dict[tuple, list[dict]]]:
+    """Per run and layer rows (the MLP's and the conv confirmation's) and the MLP's
+    metrics by cell and seed."""
     s = SETTINGS[preset]
     metrics: dict[tuple, list[dict]] = {}
     derived: list[dict] = []
@@ -848,22 +866,14 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             if model != s["model"]:  # the convolutional confirmation: its own kind
                 lr_rows = [dict(r, kind="run_layer_conv", model=model) for r in lr_rows]
             derived += lr_rows
-    derived += steps
-    with open(out / "rows.jsonl", "w") as f:
-        for r in derived:
-            f.write(json.dumps(r) + "\n")
-    verdicts = {k: crit(derived) for k, crit in CRITERIA.items()}
-    imgs = _plots(preset, derived, metrics, out)
+    return derived, metrics
 
-    # tables
+
+def _table_a(derived: list[dict]) -> str:
+    """(a) per cell: net change / shrink, per-step ratio, head, accuracy."""
     cells_a = _per_cell(derived, "drift")
     step_med = _per_cell(derived, "step_change_median")
     step_iqr = _per_cell(derived, "step_change_iqr")
-    ratio = {c: ev.interval([r["measured_rate"] / r["predicted_rate"] for r in derived
-                             if r.get("kind") == "run_layer" and r.get("scale_invariant")
-                             and _cell_key(r) == c and r.get("measured_rate")])
-             for c in cells_a}
-    cos_c = _per_cell(derived, "cos_gv_median", rho=0.9)
     head = [r for r in derived if r.get("kind") == "run_layer" and not r.get("scale_invariant")
             and r.get("drift") is not None]
     acc = {c: ev.interval([r["test_accuracy"] for r in head if _cell_key(r) == c])
@@ -876,12 +886,25 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         table_a += (f"| {_cell_name(c)} | {_fmt_iv(iv)} | {step_med[c].mean:+.2f}, "
                     f"{step_iqr[c].mean:.2f} | {np.mean(hd):+.3f} | "
                     f"{100 * acc[c].mean:.1f}% |\n")
+    return table_a
+
+
+def _table_b(derived: list[dict]) -> str:
+    """(b) per cell: predicted rate and measured / predicted."""
+    ratio = {c: ev.interval([r["measured_rate"] / r["predicted_rate"] for r in derived
+                             if r.get("kind") == "run_layer" and r.get("scale_invariant")
+                             and _cell_key(r) == c and r.get("measured_rate")])
+             for c in _per_cell(derived, "drift")}
     table_b = ("| cell | predicted | measured / predicted (seeds x layers: mean [95% CI]) |\n"
                "| :-- | --: | --: |\n") + "".join(
         f"| {_cell_name(c)} | {page_lars_rate(c[1], c[2], c[0]):.4f} | {_fmt_iv(iv, '.3f')} |\n"
         for c, iv in ratio.items())
-    table = _sqrt_n_table(derived)
-    table_c = _c_table(table, s["batch"])
+    return table_b
+
+
+def _table_d(derived: list[dict]) -> str:
+    """(d) per cell: median cos(g_t, v_t-1); and the batch scan."""
+    cos_c = _per_cell(derived, "cos_gv_median", rho=0.9)
     scan = [r for r in derived if r.get("kind") == "cos_scan"]
     table_d = ("| cell | median cos(g_t, v_t-1) (seeds: mean [95% CI]) |\n| :-- | --: |\n"
                + "".join(f"| {_cell_name(c)} | {_fmt_iv(iv)} |\n" for c, iv in cos_c.items()))
@@ -892,7 +915,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                                     if r["batch"] == b)
             + " | " + ", ".join(f"{r['noise_fraction']:.3f}" for r in scan if r["batch"] == b)
             + " |\n" for b in sorted({r["batch"] for r in scan}))
+    return table_d
 
+
+def _setup_text(preset: str, base: TrainConfig, derived: list[dict]) -> str:
+    s = SETTINGS[preset]
     cw = [abs(r["cos_w_g_median"]) for r in derived
           if r.get("scale_invariant") and r.get("cos_w_g_median") is not None]
     grid = ", ".join(f"momentum {rho:g}: lr {g['lr']} x wd {g['wd']}" for rho, g in
@@ -914,13 +941,25 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"reference on all {s['train_subset'] or 'the'} training images.\n\n"
         + harness.base_config_table(base, ["model", "width", "norm", "dataset", "batch_size",
                                       "schedule", "warmup_epochs", "dtype"]))
-    sections = [Section("Setup", setup)]
-    names = {"a": "(a) Balance of shrink and growth of |w|^2",
-             "b": "(b) lr|g|/|w| against sqrt(2 lr wd/(1-rho))",
-             "c": "(c) Page's sqrt(n) argument: |g| against n, n small steps vs one large",
-             "d": "(d) cos(g_t, v_t-1)"}
-    bodies = {"a": table_a, "b": table_b, "c": table_c + _c_reading(table, s["batch"]),
-              "d": table_d + _d_reading(scan)}
+    return setup
+
+
+NAMES = {"a": "(a) Balance of shrink and growth of |w|^2",
+         "b": "(b) lr|g|/|w| against sqrt(2 lr wd/(1-rho))",
+         "c": "(c) Page's sqrt(n) argument: |g| against n, n small steps vs one large",
+         "d": "(d) cos(g_t, v_t-1)"}
+
+
+def _criteria_sections(preset: str, derived: list[dict], imgs: dict[str, list[Path]],
+                       sections: list[Any]) -> dict[str, tuple[ev.Verdict, list[str], dict]]:
+    """One section per criterion (and the added analyses of (c)); returns the added ones."""
+    s = SETTINGS[preset]
+    table = _sqrt_n_table(derived)
+    scan = [r for r in derived if r.get("kind") == "cos_scan"]
+    names = NAMES
+    bodies = {"a": _table_a(derived), "b": _table_b(derived),
+              "c": _c_table(table, s["batch"]) + _c_reading(table, s["batch"]),
+              "d": _table_d(derived) + _d_reading(scan)}
     added: dict[str, tuple[ev.Verdict, list[str], dict]] = {}
     for k, crit in CRITERIA.items():
         sections.append(Section(names[k], crit.section(derived) + "\n\n" + bodies[k],
@@ -941,13 +980,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                 f"(computed): {v}.**\n\n" + "\n".join(lines) + "\n\n"
                 + _c_table(t2, s[key]["batch"]) + _c_reading(t2, s[key]["batch"]),
                 imgs.get("c" + suffix, [])))
-    conv_verdicts = _conv_section(preset, derived, out, sections)
-    sections.append(Section("Verdict", "\n".join(
-        f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items()) + "".join(
-        f"\n- (c, added {j + 1}, not pre-set) base batch {s[key]['batch']}: {added[key][0]}"
-        for j, key in enumerate(ADDED_C) if key in added) + "".join(
-        f"\n- ({k}) ResNet-8 confirmation (grid chosen after the MLP results): {v}"
-        for k, (v, _) in conv_verdicts.items())))
+    return added
+
+
+def _limits_text(preset: str, rows: list[dict], timer: harness.Timer | None,
+                 derived: list[dict]) -> str:
     limits = (
         harness.preset_note(preset) + " "
         + ("Reductions for the loaded 2-core CPU: the BN-MLP (width 0.5, 128 hidden units) "
@@ -974,13 +1011,15 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                     if r.get("kind") == "timing")
         + f" (wall clock, including their retraining). Machine: {harness.environment_note()}"
         + " (2 cores shared with other jobs: load average 18-26 during the runs).")
-    sections.append(Section("Limits of the evidence", limits))
-    write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
-                 intro=("Page's four claims about weight decay on scale-invariant layers, each "
-                        "tested by a criterion fixed in the script before the runs "
-                        "(`CRITERIA` in experiments/page_weight_decay.py); every verdict is "
-                        "computed from `rows.jsonl` by that code. Raw runs: `runs/`."),
-                 sections=sections)
+    return limits
+
+
+def _summary(preset: str, derived: list[dict], verdicts: dict[str, Any],
+             added: dict[str, Any], conv_verdicts: dict[str, Any]) -> dict[str, Any]:
+    s = SETTINGS[preset]
+    cells_a = _per_cell(derived, "drift")
+    cos_c = _per_cell(derived, "cos_gv_median", rho=0.9)
+    table = _sqrt_n_table(derived)
     summary = {"preset": preset, "claims": []}
     short = _short_results(derived, cells_a, cos_c, table)
     for k, (v, details) in verdicts.items():
@@ -1002,6 +1041,39 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             "what": "ResNet-8, same criteria, one seed, grid chosen after the MLP results",
             **{k: {"verdict": v, "details": d} for k, (v, d) in conv_verdicts.items()}}
     summary["headline"] = "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items())
+    return summary
+
+
+def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
+            timer: harness.Timer | None, steps: list[dict]) -> dict:
+    """Derived rows, verdicts from ``CRITERIA``, plots, report.md and summary.json."""
+    s = SETTINGS[preset]
+    derived, metrics = _derived(preset, rows, out)
+    derived += steps
+    with open(out / "rows.jsonl", "w") as f:
+        for r in derived:
+            f.write(json.dumps(r) + "\n")
+    verdicts = {k: crit(derived) for k, crit in CRITERIA.items()}
+    imgs = _plots(preset, derived, metrics, out)
+    sections = [Section("Setup", _setup_text(preset, base, derived))]
+    added = _criteria_sections(preset, derived, imgs, sections)
+    conv_verdicts = _conv_section(preset, derived, out, sections)
+    names = NAMES
+    sections.append(Section("Verdict", "\n".join(
+        f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items()) + "".join(
+        f"\n- (c, added {j + 1}, not pre-set) base batch {s[key]['batch']}: {added[key][0]}"
+        for j, key in enumerate(ADDED_C) if key in added) + "".join(
+        f"\n- ({k}) ResNet-8 confirmation (grid chosen after the MLP results): {v}"
+        for k, (v, _) in conv_verdicts.items())))
+    sections.append(Section("Limits of the evidence", _limits_text(preset, rows, timer,
+                                                                    derived)))
+    write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
+                 intro=("Page's four claims about weight decay on scale-invariant layers, each "
+                        "tested by a criterion fixed in the script before the runs "
+                        "(`CRITERIA` in experiments/page_weight_decay.py); every verdict is "
+                        "computed from `rows.jsonl` by that code. Raw runs: `runs/`."),
+                 sections=sections)
+    summary = _summary(preset, derived, verdicts, added, conv_verdicts)
     harness.save_json(summary, out / "summary.json")
     return summary
 

@@ -21,6 +21,7 @@ Usage:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -504,18 +505,14 @@ def _heatmap(out: Path, table, grid, arm: str, batches: Sequence[int], title: st
     return out
 
 
-def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            grid: dict[tuple[str, int], set[int]], timer: harness.Timer | None) -> dict:
-    recs = run_records(rows, out / "runs")
-    with open(out / "rows.jsonl", "w") as f:
-        for r in recs:
-            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v)
-                                    else v) for k, v in r.items()}) + "\n")
-    seeds = SEEDS[preset]
-    bounds = LOG2_LR_BOUNDS[preset]
+def _stability_tables(preset: str, base: TrainConfig, recs: list[dict], out: Path,
+                      grid: dict[tuple[str, int], set[int]], summary: dict[str, Any]
+                      ) -> tuple[list[str], list[Path]]:
+    """The stable-range table and heatmaps per budget (final, short view); fills
+    ``summary["cells"]``."""
+    seeds, bounds = SEEDS[preset], LOG2_LR_BOUNDS[preset]
     images: list[Path] = []
     results = []
-    summary: dict[str, Any] = {"preset": preset, "cells": {}}
     for budget, label in (("final", f"after {base.epochs:g} epochs"),
                           ("epoch1", "short view: training loss in epoch 0.5-1")):
         table = cell_table(recs, seeds, budget)
@@ -550,6 +547,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
             for g in GHOST_SIZES:
                 images.append(_heatmap(out / f"heatmap_ghost{g}.png", table, grid,
                                        f"ghost{g}", gb, f"ghost BN over {g}", label))
+    return results, images
+
+
+def _batch_plots(preset: str, recs: list[dict], out: Path) -> list[Path]:
+    """Best accuracy and stable-range width against the batch."""
+    seeds = SEEDS[preset]
+    images: list[Path] = []
     table = cell_table(recs, seeds, "final")
     best_lines, width_lines = [], []
     for i, arm in enumerate(("none", "bn")):
@@ -569,6 +573,13 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     images.append(harness.plot_styled(out / "stable_range_vs_batch.png", width_lines, logx=True,
                                  xlabel="batch size B", ylabel="number of stable 2x lr steps",
                                  title="Width of the stable range of eta~ = eta/B"))
+    return images
+
+
+def _verdicts(preset: str, recs: list[dict]) -> tuple[list[str], dict[str, Any],
+                                                      dict[str, dict[int, int]]]:
+    """The verdict sections, the verdict records, and the short-view widths."""
+    seeds = SEEDS[preset]
     # short-view widths, for the report (the verdict uses the final budget)
     short = {arm: _widths(recs, arm, "epoch1")[0] for arm in ("none", "bn")}
     verdict_md, verdicts = [], {}
@@ -605,6 +616,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
     verdict_md.append("Short view (training loss in the second half of epoch 1, lr not yet "
                       "decayed; same runs), number of stable lrs per batch: "
                       + "; ".join(f"{arm}: {short[arm]}" for arm in short) + ".")
+    return verdict_md, verdicts, short
+
+
+def _setup_text(preset: str, base: TrainConfig) -> str:
+    bounds, seeds = LOG2_LR_BOUNDS[preset], SEEDS[preset]
     setup = (
         f"Plain SGD (momentum 0), mean-loss learning rate eta = eta~ x B; eta~ in 2x steps "
         f"starting from {{{', '.join(f'2^{e}' for e in INITIAL_LOG2_LR[preset])}}} and "
@@ -620,6 +636,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
         f"{STABLE_FRACTION * INITIAL_LOSS:.3f}.\n\n"
         + harness.base_config_table(base, ["model", "width", "dataset", "train_subset",
                                       "test_subset", "epochs", "weight_decay", "schedule"]))
+    return setup
+
+
+def _limits_text(preset: str, recs: list[dict], rows: list[dict],
+                 timer: harness.Timer | None) -> str:
     missing = [b for b in BATCH_SIZES[preset] if not any(r["batch_size"] == b for r in recs)]
     limits_txt = (
         harness.preset_note(preset) + " "
@@ -637,6 +658,20 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
            "are not benchmarks.")
            if preset == "cpu" else "")
         + "\n\n" + harness.run_time_note(rows, timer) + f" Machine: {harness.environment_note()}.")
+    return limits_txt
+
+
+def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
+            grid: dict[tuple[str, int], set[int]], timer: harness.Timer | None) -> dict:
+    recs = run_records(rows, out / "runs")
+    with open(out / "rows.jsonl", "w") as f:
+        for r in recs:
+            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v)
+                                    else v) for k, v in r.items()}) + "\n")
+    summary: dict[str, Any] = {"preset": preset, "cells": {}}
+    results, images = _stability_tables(preset, base, recs, out, grid, summary)
+    images += _batch_plots(preset, recs, out)
+    verdict_md, verdicts, short = _verdicts(preset, recs)
     write_report(
         out, title="Small batch training (Masters & Luschi 2018)",
         intro=("Claims (i) best accuracy at small batches, (ii) the stable range of "
@@ -644,10 +679,11 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
                "criterion fixed in code before the run and a verdict computed from the rows. "
                "Raw rows: `rows.jsonl` (one per run), `runs/results.jsonl`, "
                "`runs/<run>/metrics.jsonl`."),
-        sections=[Section("Setup", setup),
+        sections=[Section("Setup", _setup_text(preset, base)),
                   Section("Results", "\n".join(results), images),
                   Section("Verdict", "\n\n".join(verdict_md)),
-                  Section("Limits of the evidence", limits_txt)])
+                  Section("Limits of the evidence",
+                          _limits_text(preset, recs, rows, timer))])
     summary["claims"] = verdicts
     summary["short_view_widths"] = {a: {str(b): w for b, w in v.items()}
                                     for a, v in short.items()}
@@ -661,31 +697,30 @@ def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
 
 def main(argv: list[str] | None = None) -> dict:
     args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    out = Path(args.out) if args.out else harness.default_out(NAME, args.preset)
-    out.mkdir(parents=True, exist_ok=True)
-    harness.enable_compilation_cache()
-    timer = harness.Timer()
-    t0 = time.perf_counter()
-    base = base_config(args.preset)
     grid = initial_grid(args.preset)
     if args.shard:  # shard by (arm, batch) cell: each cell's rounds stay in one process
         i, n = (int(v) for v in args.shard.split("/"))
         grid = {c: grid[c] for c in cells(args.preset)[i::n]}
-    rows: list[dict] = []
-    for _ in range(MAX_ROUNDS[args.preset]):
-        left = (None if args.max_minutes is None
-                else args.max_minutes - (time.perf_counter() - t0) / 60)
-        rows = harness.run_or_load(base, points(args.preset, grid, base), out / "runs",
-                              report_only=args.report_only or (left is not None and left <= 0),
-                              max_minutes=left)
+    t0 = time.perf_counter()
+    # the harness sets up the folder, cache, timer and base and runs the first round
+    run = harness.run_experiment(NAME, argparse.Namespace(**{**vars(args), "shard": None}),
+                                 base_config, lambda p, b: points(p, grid, b))
+    base, out, rows = run.base, run.out, run.rows
+    for _ in range(MAX_ROUNDS[args.preset] - 1):  # the harness ran the first round
         table = cell_table(run_records(rows, out / "runs"), SEEDS[args.preset])
         if not extend(grid, table, LOG2_LR_BOUNDS[args.preset]):
             break
+        left = (None if args.max_minutes is None
+                else args.max_minutes - (time.perf_counter() - t0) / 60)
+        rows = harness.run_or_load(base, points(args.preset, grid, base), out / "runs",
+                                   report_only=args.report_only or (left is not None
+                                                                    and left <= 0),
+                                   max_minutes=left)
     if args.shard:
         return {}  # one shard's cells only: rebuild the report with --report-only
     rows = harness.run_or_load(base, points(args.preset, grid, base), out / "runs",
-                          report_only=True)
-    return analyse(args.preset, base, rows, out, grid, None if args.report_only else timer)
+                               report_only=True)
+    return analyse(args.preset, base, rows, out, grid, run.timer)
 
 
 if __name__ == "__main__":

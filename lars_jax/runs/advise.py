@@ -62,50 +62,47 @@ def calibration_from_summary(summary: Mapping[str, Any], source: str = SUMMARY_F
                              ) -> dict[str, Any]:
     """The calibration ``B_crit / B_simple`` from experiment 5's ``summary.json``.
 
-    Per target error ``t`` of the summary's ``fits``: ``ratio_t = b_crit_t / B_simple_t``
-    with ``B_simple_t`` the mean over seeds of the summary's ``b_simple`` rows at ``t``, and
-    the interval ``[lo_t, hi_t] / B_simple_t`` from the fit's 95% bootstrap interval. The
-    combined ratio is the geometric mean over targets; its interval the envelope of the
-    per-target intervals (the seed spread of B_simple is not included).
+    Experiment 5 (``experiments/gradient_noise_scale.py``, pre-registered, v3) fixes which
+    ratio a tool may read: its ``calibration`` key names the hardest target error whose
+    B_crit lies inside the measured batches, with the ratio's 95% two-stage bootstrap
+    interval (over seeds and batches). That ratio is taken as it is; the per-target ratios
+    of ``fits`` are kept beside it for the record.
 
     Args:
-      summary: the parsed summary (``fits``, ``b_simple``, ``verdict``).
+      summary: the parsed summary (``calibration``, ``fits``, ``verdict``, ``criterion_sha``).
       source: where it was read, recorded in the result.
 
     Returns:
-      A JSON-serialisable dict: ``ratio``, ``ratio_lo``, ``ratio_hi``, ``targets`` (one
-      entry per target), ``verdict``, ``source``, ``sha256`` of the canonical summary.
+      A JSON-serialisable dict: ``ratio``, ``ratio_lo``, ``ratio_hi``, ``target_error``,
+      ``targets`` (every fitted target), ``verdict``, ``criterion_sha``, ``source``, and the
+      ``sha256`` of the canonical summary.
 
     Raises:
-      ValueError: a summary without a target that has both a fit and B_simple.
+      ValueError: a summary without a usable calibration.
     """
+    cal = summary.get("calibration") or {}
+    if not cal.get("usable"):
+        raise ValueError(f"{source}: no usable calibration "
+                         f"({cal.get('why', 'no calibration key')})")
     fits = summary.get("fits") or {}
-    rows = summary.get("b_simple") or []
-    targets = []
-    for key in sorted(fits, key=float):
-        fit = fits[key]
-        vals = [float(r["b_simple"]) for r in rows if r.get("b_simple") is not None
-                and math.isclose(float(r["target"]), float(key)) and math.isfinite(r["b_simple"])]
-        if not vals or not all(math.isfinite(float(fit[k])) for k in ("b_crit", "lo", "hi")):
-            continue
-        b = float(np.mean(vals))
-        targets.append({"target_error": float(key), "b_crit": float(fit["b_crit"]),
-                        "b_crit_lo": float(fit["lo"]), "b_crit_hi": float(fit["hi"]),
-                        "b_simple": b, "seeds": len(vals),
-                        "ratio": float(fit["b_crit"]) / b, "ratio_lo": float(fit["lo"]) / b,
-                        "ratio_hi": float(fit["hi"]) / b})
-    if not targets:
-        raise ValueError(f"{source}: no target has both a B_crit fit and a B_simple value")
+    targets = [{"target_error": float(k), "status": f.get("status"), "ratio": f.get("ratio"),
+                "ratio_lo": f.get("ratio_lo"), "ratio_hi": f.get("ratio_hi"),
+                "b_crit": f.get("b_crit")} for k, f in sorted(fits.items(), key=lambda kv:
+                                                               float(kv[0]))]
     canonical = json.dumps(summary, sort_keys=True, separators=(",", ":")).encode()
     return {
-        "ratio": float(np.exp(np.mean([np.log(t["ratio"]) for t in targets]))),
-        "ratio_lo": min(t["ratio_lo"] for t in targets),
-        "ratio_hi": max(t["ratio_hi"] for t in targets),
+        "ratio": float(cal["b_crit_over_b_simple"]),
+        "ratio_lo": float(cal["lo"]),
+        "ratio_hi": float(cal["hi"]),
+        "target_error": float(cal["target_error"]),
+        "status": cal.get("status"),
         "targets": targets,
         "verdict": summary.get("verdict"),
-        "task": "Fashion-MNIST, mlp2 with ghost BatchNorm 32, SGD+momentum, 6 epochs; "
-                "B_simple by the two-batch estimator (B_small 32, B_big 128, EMA 0.95) read "
-                "when the B=128 run reaches each target test error",
+        "criterion_sha": summary.get("criterion_sha"),
+        "task": "Fashion-MNIST, mlp2 with ghost BatchNorm over 32, SGD with momentum at a "
+                "constant lr tuned per batch on a separate seed, steps to the target test "
+                "error for batches 128-8192; B_simple by the two-batch estimator (B_small 32, "
+                "B_big 128, EMA 0.95) when the B=128 runs reach the target",
         "source": source,
         "sha256": hashlib.sha256(canonical).hexdigest(),
         "generated_by": "python -m lars_jax.runs.advise " + source,
