@@ -4,7 +4,8 @@ and a large-batch ResNet trainer with experiments that test the published claims
 ``import lars_jax`` loads the core only: the optimizers (`lars_jax.trust_ratio`,
 `lars_jax.alias`, `lars_jax.masks`, `lars_jax.schedules`), the in-jit diagnostics
 (`lars_jax.diagnostics`), per-example gradient norms (`lars_jax.per_example`) and the models
-(`lars_jax.models`); it needs only jax, optax, flax, chex and numpy. The tooling built on it
+(`lars_jax.models`); it needs only jax, optax, flax, chex and numpy. The float64 reference
+for tests (`lars_jax.testing`) is core too, loaded on first access. The tooling built on it
 is in subpackages, imported on first use (``pip install 'lars-jax[train]'`` for their
 dependencies):
 
@@ -74,10 +75,13 @@ from lars_jax.trust_ratio import (
 # Subpackages above the core, imported on first attribute access (``lars_jax.train``) so
 # that ``import lars_jax`` loads neither orbax, grain, TFDS nor matplotlib.
 TOOLING = ("data", "runs", "train")
+# Core modules that ``import lars_jax`` does not load, imported on first attribute access
+# the same way (the float64 reference is for tests only).
+LAZY_CORE = ("testing",)
 
 
 def __getattr__(name: str) -> Any:
-    if name in TOOLING:
+    if name in TOOLING or name in LAZY_CORE:
         return importlib.import_module(f"lars_jax.{name}")
     raise AttributeError(f"module 'lars_jax' has no attribute {name!r}")
 

@@ -104,16 +104,21 @@ def test_import_lars_jax_is_light_and_exposes_the_train_subpackage():
 
     Before the redesign the root re-exported the function ``train``, so
     ``lars_jax.train.TrainConfig`` failed, and the root imported orbax and tensorstore.
+    Before issue 30, ``lars_jax.testing`` raised AttributeError after ``import lars_jax``;
+    it is now loaded on first access, like the tooling.
     """
     code = (
         "import json, sys\n"
         "import lars_jax\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "names = [n for n in lars_jax.__all__ if not hasattr(lars_jax, n)]\n"
+        "eager = 'lars_jax.testing' in sys.modules\n"
+        "testing = callable(lars_jax.testing.assert_matches_reference)\n"
         "cfg = lars_jax.train.TrainConfig(batch_size=128)\n"
         "print(json.dumps({'heavy': heavy, 'missing': names, 'batch': cfg.batch_size,\n"
         "                  'train_is_module': type(lars_jax.train).__name__,\n"
-        "                  'fn': callable(lars_jax.train.train)}))\n"
+        "                  'fn': callable(lars_jax.train.train), 'testing': testing,\n"
+        "                  'eager': eager}))\n"
     )
     env_path = str(ROOT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -122,7 +127,7 @@ def test_import_lars_jax_is_light_and_exposes_the_train_subpackage():
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"heavy": [], "missing": [], "batch": 128, "train_is_module": "module",
-                   "fn": True}
+                   "fn": True, "testing": True, "eager": False}
 
 
 def test_unknown_root_attribute_raises():

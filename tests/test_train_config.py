@@ -120,7 +120,13 @@ def test_field_kinds_are_declared_where_the_fields_are():
     assert set(fields_of_kind("structural")) == {
         "model", "width", "norm", "dataset", "optimizer", "nesterov", "zero_init_last_bn",
         "denominator"}
-    assert set(fields_of_kind("cosmetic")) == {"progress", "plot", "tensorboard", "resume"}
+    # issue 30: also where the data and the coordinator are, this process's id, the
+    # checkpoint cadence and the permission to extend epochs (a workdir's run is its
+    # structural and result fields)
+    assert set(fields_of_kind("cosmetic")) == {
+        "progress", "plot", "tensorboard", "resume", "extend_epochs", "data_dir",
+        "input_threads", "coordinator_address", "process_id", "checkpoint_every_steps",
+        "keep_checkpoints"}
     assert fields_of_kind("location") == ("workdir",)
     with pytest.raises(ValueError, match="kind='bogus'"):
         fields_of_kind("bogus")

@@ -260,8 +260,8 @@ def _cmd_train(args: argparse.Namespace, config: Any) -> int:
     from lars_jax.runs.run_files import is_primary_process
 
     if is_primary_process():
-        print(f"{PROG} train: results in {config.workdir}/ (summary.json, metrics.jsonl, "
-              "curves.png)")
+        files = "summary.json, metrics.jsonl" + (", curves.png" if config.plot else "")
+        print(f"{PROG} train: results in {config.workdir}/ ({files})")
     return 0
 
 

@@ -14,7 +14,8 @@ defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS). The m
   under ``jax.pmap``; multi-host via ``jax.distributed``.
 * `checkpoint`: Orbax checkpoints, atomic, with fallback past corrupt/incompatible ones.
 * `metrics`: JSONL rows (through `lars_jax.runs.run_files`), optional TensorBoard.
-* `loop`: `train`, a loop over the built run's steps.
+* `loop`: `train`, a loop over the built run's steps; `restore_checkpoint(workdir)`, the
+  trained state of a run folder.
 
 Example:
   >>> from lars_jax.train import TrainConfig
@@ -40,6 +41,7 @@ References:
 
 from lars_jax.train.build import Data, Run, build
 from lars_jax.train.config import TrainConfig
-from lars_jax.train.loop import NonFiniteError, train, train_with_state
+from lars_jax.train.loop import NonFiniteError, restore_checkpoint, train, train_with_state
 
-__all__ = ["Data", "NonFiniteError", "Run", "TrainConfig", "build", "train", "train_with_state"]
+__all__ = ["Data", "NonFiniteError", "Run", "TrainConfig", "build", "restore_checkpoint",
+           "train", "train_with_state"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -386,7 +387,9 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         grad_accum_steps=config.grad_accum_steps, label_smoothing=config.label_smoothing,
         sync_batch_stats=config.bn_span != "global",
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
-        nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
+        nan_policy=config.nan_policy,
+        max_skipped=math.floor(config.max_skipped_fraction * total_steps),
+        log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
         momentum=config.momentum, log_noise_scale=noise_scale, unroll=_unroll(
             config, mesh, eval_model, variables, jax.ShapeDtypeStruct((1, *example_shape), dtype)))

@@ -1,7 +1,8 @@
 """Training configuration: one flat dataclass whose fields declare how they behave.
 
 The defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS in under 10
-minutes on the project's 2-core CPU (92% test accuracy after 464 s, BENCHMARKS.md): batch 64,
+minutes on the project's 2-core CPU (92% test accuracy after 464 s on 2026-12-01's AMD EPYC,
+in a run evaluated every half epoch, BENCHMARKS.md): batch 64,
 3 epochs, warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch 256, linear scaling),
 cosine decay to 0, momentum 0.9, weight decay 5e-4, trust coefficient 0.02, no
 augmentation (it slows so short a run), the test set evaluated at the end.
@@ -58,7 +59,9 @@ Kind = Literal["structural", "result", "location", "cosmetic"]
 """What a change of a field changes: ``structural``, the run and its checkpoints' state
 (a checkpoint of another value is not restored); ``result``, what the run computes;
 ``location``, only where it writes (a sweep sets it itself); ``cosmetic``, nothing the run
-computes (a finished run rerun with another value keeps its results)."""
+computes (a finished run rerun with another value keeps its results). A workdir holds one
+run: rerunning it with a structural or result field changed is refused
+(`lars_jax.train.loop`), a cosmetic one may change."""
 
 
 class Range(NamedTuple):
@@ -159,7 +162,8 @@ class TrainConfig:
     dataset: str = _data("fashion_mnist", f"Data set, one of {', '.join(DATASET_NAMES)}.",
                          choices=tuple(DATASET_NAMES), kind="structural")
     data_dir: str | None = _data(
-        None, "Data directory (default: the data module's search path).")
+        None, "Data directory (default: $LARS_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
+        "~/tensorflow_datasets).", kind="cosmetic")
     train_subset: int | None = _data(
         None, "Use only the first N training examples (None: all), for fast experiments.",
         ge=1)
@@ -167,7 +171,8 @@ class TrainConfig:
     crop_padding: int = _data(
         0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).",
         ge=0)
-    flip: bool = _data(False, "Random horizontal flips (off for the sub-epoch default job).")
+    flip: bool = _data(False, "Random horizontal flips (off by default: they slow convergence "
+                       "in a run as short as the default 3 epochs).")
     cutout: int = _data(0, "Cutout square size in pixels (0: off).", ge=0)
     input_pipeline: InputPipeline = _data(  # host streaming: lars_jax.train.input_pipeline
         "auto", "Input path: device (whole data set in device memory), host (stream batches "
@@ -176,7 +181,7 @@ class TrainConfig:
     image_size: int | None = _data(
         None, "Side of the host-decoded images of imagenet2012 (None: 224).")
     input_threads: int = _data(
-        8, "Host input pipeline: decoding threads per process.", ge=1,
+        8, "Host input pipeline: decoding threads per process.", ge=1, kind="cosmetic",
         applies=Applies("the host input pipeline (input_pipeline host, or auto for a data "
                         "set that does not fit on the device)",
                         lambda c: c.uses_host_input(), "warn"))
@@ -254,22 +259,31 @@ class TrainConfig:
         1, "Optimizer steps per compiled call (lax.scan; jit path): fewer dispatches for "
         "small models and batches. Calls stop at log, eval and checkpoint steps.", ge=1)
     coordinator_address: str | None = _parallel(
-        None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS).")
+        None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS).",
+        kind="cosmetic")
     num_processes: int | None = _parallel(None, "Multi-host: number of processes.", ge=1)
-    process_id: int | None = _parallel(None, "Multi-host: this process's id.", ge=0)
+    process_id: int | None = _parallel(None, "Multi-host: this process's id.", ge=0,
+                                       kind="cosmetic")
 
     seed: int = _manage(0, "Random seed (init, data order and augmentation derive from it).",
                         ge=0, lt=2**32)
     workdir: str = _manage(
         "runs/default", "Output folder: metrics, checkpoints, summary, plots.", kind="location")
     checkpoint_every_steps: int = _manage(
-        200, "Save a checkpoint every N steps (0: only at the end; -1: never).", ge=-1)
+        200, "Save a checkpoint every N steps (0: only at the end; -1: never).", ge=-1,
+        kind="cosmetic")
     keep_checkpoints: int = _manage(
-        3, "Number of checkpoints to keep.", ge=1,
+        3, "Number of checkpoints to keep.", ge=1, kind="cosmetic",
         applies=Applies("checkpoint_every_steps >= 0",
                         lambda c: c.checkpoint_every_steps >= 0, "warn"))
     resume: bool = _manage(
-        True, "Resume from the latest good checkpoint in workdir, if any.", kind="cosmetic")
+        True, "Resume from the latest good checkpoint in workdir, if any (no: start over "
+        "there, the old checkpoints archived).", kind="cosmetic")
+    extend_epochs: bool = _manage(
+        False, "Let this run raise the epochs of the finished run in workdir: it trains on "
+        "from its last step under the longer run's schedule, and summary.json records the "
+        "extension (epochs_extended). Without it a changed setting is refused.",
+        kind="cosmetic")
     nan_policy: NanPolicy = _manage(
         "stop", "On NaN/Inf loss, gradients or updated parameters: stop (with a clear error) "
         "or skip the step (parameters, optimizer state and schedule stay as they were).")

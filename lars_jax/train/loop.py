@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,16 +47,35 @@ from lars_jax.runs.run_files import (
 from lars_jax.runs.storage import storage_problem
 from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import Checkpointer
-from lars_jax.train.config import TrainConfig, fields_of_kind
+from lars_jax.train.config import TrainConfig, field_meta, fields_of_kind
 from lars_jax.train.metrics import MetricsWriter, mean_rows
 from lars_jax.train.step import TrainState
 from lars_jax.train.workdir_lock import WorkdirLock
 
-__all__ = ["NonFiniteError", "format_summary", "maybe_initialize_distributed", "next_stop",
-           "train", "train_with_state"]
+__all__ = ["NonFiniteError", "cluster_processes", "format_summary",
+           "maybe_initialize_distributed", "next_stop", "restore_checkpoint", "train",
+           "train_with_state"]
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+# Launchers whose environment `jax.distributed.initialize()` reads by itself: a variable
+# that marks the launcher (the set JAX checks) -> the one giving the number of processes.
+CLUSTER_ENVIRONMENTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "SLURM": (("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID"), "SLURM_NTASKS"),
+    "Open MPI": (("OMPI_MCA_orte_hnp_uri",), "OMPI_COMM_WORLD_SIZE"),
+}
+
+
+def cluster_processes(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """``(launcher, number of processes)`` when `env` is that of a task started by SLURM
+    (``srun``) or Open MPI (``mpirun``), else None."""
+    for launcher, (marks, count) in CLUSTER_ENVIRONMENTS.items():
+        if all(m in env for m in marks):
+            return launcher, int(env.get(count, "1"))
+    return None
 
 
 def maybe_initialize_distributed(config: TrainConfig) -> None:
@@ -64,8 +83,11 @@ def maybe_initialize_distributed(config: TrainConfig) -> None:
 
     Used when any of ``coordinator_address``, ``num_processes``, ``process_id`` is set in
     the config, or the environment has ``JAX_COORDINATOR_ADDRESS`` (with
-    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``). Must run before anything touches a
-    device. On CPU, cross-process collectives use gloo.
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``); otherwise, in a task of a SLURM or
+    Open MPI job of more than one task (`cluster_processes`), without arguments: JAX reads
+    the coordinator, the number of processes and this process's id from the launcher's
+    variables. A one-task job is a single process and initializes nothing. Must run
+    before anything touches a device. On CPU, cross-process collectives use gloo.
     """
     env = os.environ
     addr = config.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -73,7 +95,9 @@ def maybe_initialize_distributed(config: TrainConfig) -> None:
                                      if "JAX_NUM_PROCESSES" in env else None)
     pid = config.process_id if config.process_id is not None else (
         int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
-    if addr is None and nproc is None and pid is None:
+    cluster = cluster_processes(env)
+    if addr is None and nproc is None and pid is None and (cluster is None
+                                                           or cluster[1] < 2):
         return
     if jax.distributed.is_initialized():
         return
@@ -205,22 +229,27 @@ def _stop_if_nonfinite(state: TrainState, config: TrainConfig, checkpointer: Che
     limit = config.max_skipped_fraction * total_steps
     if bad < 1 and skipped <= limit:
         return
+    # with nan_policy="skip" the step that passed the limit was the last to change the
+    # state (StepOptions.max_skipped): its count is the state's step
+    passed_at = int(jax.device_get(state.step))
     where = (f"{checkpointer.path(last_good)} (step {last_good})" if last_good is not None
              else "none (the run had not checkpointed yet)")
     if lead:
         write_json(Path(config.workdir) / SUMMARY_FILE, {
             "status": "nonfinite", "nonfinite_step": bad if bad >= 1 else None,
             "skipped_steps": skipped, "last_good_checkpoint_step": last_good,
+            "skip_limit_step": passed_at if bad < 1 else None,
             "config": config.to_dict()})
     if bad >= 1:
         raise NonFiniteError(
             f"non-finite loss, gradients or parameters at step {bad}: training stopped "
             f"(nan_policy='stop'). Last good checkpoint: {where}. Lower the learning rate, "
-            "add warmup, or use nan_policy='skip'.")
+            "add warmup, or use nan_policy='skip' (in a new --workdir, or with --no-resume).")
     raise NonFiniteError(
         f"{skipped} non-finite steps skipped of {total_steps}, more than max_skipped_fraction="
-        f"{config.max_skipped_fraction}: training stopped (nan_policy='skip'), the run "
-        f"diverged. Last good checkpoint: {where}. Lower the learning rate or add warmup.")
+        f"{config.max_skipped_fraction} (passed at step {passed_at}): training stopped "
+        f"(nan_policy='skip'), the run diverged. Last good checkpoint: {where}. Lower the "
+        "learning rate or add warmup (in a new --workdir, or with --no-resume).")
 
 
 def _writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
@@ -272,19 +301,81 @@ def _build(config: TrainConfig, data: Data | None, **kwargs: Any) -> Run:
         raise ConfigError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
 
 
-def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
-    """The summary of this very run when it already finished in its workdir, else None."""
-    path = Path(config.workdir) / SUMMARY_FILE
-    if not config.resume or not path.exists():
-        return None
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or not a readable object."""
     try:
-        summary = read_json(path)
+        value = read_json(path) if path.exists() else None
     except ValueError:
         return None
-    cosmetic = fields_of_kind("cosmetic")
-    same = lambda d: {k: v for k, v in d.items() if k not in cosmetic}
-    if (not isinstance(summary, dict) or summary.get("status") != "ok"
-            or same(summary.get("config") or {}) != same(to_jsonable(config.to_dict()))):
+    return value if isinstance(value, dict) else None
+
+
+def _changed_fields(config: TrainConfig, recorded: dict[str, Any]) -> list[str]:
+    """The structural and result fields whose value in `recorded` (a config dict; a field
+    it lacks has its default) differs from `config`'s."""
+    ours, meta = to_jsonable(config.to_dict()), field_meta()
+    return [name for name in fields_of_kind("structural") + fields_of_kind("result")
+            if to_jsonable(recorded.get(name, meta[name].default)) != ours[name]]
+
+
+def _check_same_run(config: TrainConfig) -> dict[str, Any] | None:
+    """Refuses a config whose run differs from the one its workdir holds, before anything
+    is written there; returns the workdir's finished summary that this run extends (None
+    when it extends none).
+
+    The workdir's run is its ``config.json`` (else its ``summary.json``'s config). A change
+    of a structural or result field is refused (ConfigError, one line naming the fields
+    and the ways out); cosmetic fields may change. With ``extend_epochs`` the epochs of a
+    finished run may be raised. ``resume=False`` starts over and checks nothing.
+    """
+    workdir = Path(config.workdir)
+    summary = _read_dict(workdir / SUMMARY_FILE)
+    recorded = _read_dict(workdir / CONFIG_FILE) or (summary or {}).get("config")
+    if not config.resume or not isinstance(recorded, dict):
+        return None
+    finished = (summary if summary is not None and summary.get("status") == "ok"
+                and _changed_fields(config, summary.get("config") or {}) == ["epochs"]
+                else None)
+    changed = _changed_fields(config, recorded)
+    if not changed:
+        return finished  # an extension killed before its end, rerun: still one
+    old = lambda name: recorded.get(name, field_meta()[name].default)
+    diff = ", ".join(f"{name} {old(name)!r} -> {getattr(config, name)!r}" for name in changed)
+    where = f"TrainConfig.{changed[0]}={getattr(config, changed[0])!r}: {config.workdir}"
+    if changed == ["epochs"] and config.extend_epochs:
+        if config.epochs <= old("epochs"):
+            raise ConfigError(f"{where} holds a run of {old('epochs')!r} epochs: "
+                              "--extend-epochs only raises epochs; use a new --workdir")
+        if finished is None:
+            raise ConfigError(f"{where} holds a run of {old('epochs')!r} epochs that has "
+                              "not finished: finish it first (the same command without the "
+                              "new --epochs), or use a new --workdir")
+        return finished
+    raise ConfigError(
+        f"{where} holds another run (changed: {diff}): use a new --workdir, or "
+        "--extend-epochs to train its finished run on to more epochs (only epochs may "
+        "change; --no-resume starts over there)")
+
+
+def _extension_record(previous: dict[str, Any] | None, config: TrainConfig
+                      ) -> list[dict[str, Any]] | None:
+    """summary.json's ``epochs_extended`` of a run that extends `previous` (its finished
+    summary): the earlier extensions, then ``{from_epochs, from_step, to_epochs}``."""
+    if previous is None:
+        return None
+    before = previous["config"].get("epochs")
+    return [*previous.get("epochs_extended", []), {
+        "from_epochs": before, "from_step": previous.get("steps"), "to_epochs": config.epochs}]
+
+
+def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of this very run when it already finished in its workdir (the same
+    structural and result fields; cosmetic ones and the folder's path may differ), else
+    None."""
+    summary = _read_dict(Path(config.workdir) / SUMMARY_FILE)
+    if (not config.resume or summary is None or summary.get("status") != "ok"
+            or not isinstance(summary.get("config"), dict)
+            or _changed_fields(config, summary["config"])):
         return None
     return summary
 
@@ -333,7 +424,10 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
     """Runs one training job; returns the summary (also written to ``summary.json``).
 
     A run that already finished in ``config.workdir`` with the same config (up to its
-    cosmetic fields) is not trained again: its summary is returned as it was.
+    cosmetic fields) is not trained again: its summary is returned as it was. A workdir
+    holds one run: a config that differs from its run in a structural or result field is
+    refused before anything is written there (``extend_epochs`` may raise a finished run's
+    epochs; ``resume=False`` starts over).
 
     Args:
       config: the run's settings (validated first; bad values raise ConfigError naming the
@@ -353,7 +447,7 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
       ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``.
 
     Raises:
-      ConfigError: a bad config (a ValueError).
+      ConfigError: a bad config (a ValueError), or a workdir that holds another run.
       NonFiniteError: NaN/Inf loss or gradients with ``nan_policy="stop"``.
       CheckpointError: checkpoints exist but none is usable.
       StorageError: the run's files could not be written (disk full, quota, read-only file
@@ -411,6 +505,7 @@ def _storage_error(config: TrainConfig, why: str, error: Exception) -> StorageEr
 def _train_locked(config: TrainConfig, data: Data | None, keep_finished: bool, t_start: float,
                   lead: bool) -> tuple[dict[str, Any], TrainState | None]:
     """`_train` inside the workdir lock."""
+    extends = _check_same_run(config)
     finished = _finished_summary(config)
     if finished is not None and keep_finished:
         if lead:
@@ -425,6 +520,8 @@ def _train_locked(config: TrainConfig, data: Data | None, keep_finished: bool, t
     summary = _summary(run, result, t_start)
     if finished is not None and result.resumed_from == run.total_steps:
         summary = finished  # rerun of a finished run: its results as they were
+    elif extends is not None:
+        summary["epochs_extended"] = _extension_record(extends, config)
     if lead:
         workdir = Path(config.workdir)
         write_json(workdir / SUMMARY_FILE, summary)
@@ -448,14 +545,13 @@ def _loop(run: Run, lead: bool) -> _LoopResult:
     """The steps of a built run: restore, train, log, evaluate, checkpoint, stop on request."""
     config, epoch_steps, total_steps = run.config, run.steps_per_epoch, run.total_steps
     workdir = Path(config.workdir)
-    if lead:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json(workdir / CONFIG_FILE, config.to_dict())
     eval_every = int(round(config.eval_every_epochs * epoch_steps))
     checkpoint_every = max(config.checkpoint_every_steps, 0)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, meta={
         f: getattr(config, f) for f in fields_of_kind("structural")})
     state, resumed_from = _restore(run, checkpointer, lead)
+    if lead:  # the checks passed (same run, usable checkpoints): this run is the workdir's
+        write_json(workdir / CONFIG_FILE, config.to_dict())
     last_good = resumed_from
     state = run.place(state)
     writer = MetricsWriter(workdir, enabled=lead, tensorboard=config.tensorboard,
@@ -573,3 +669,35 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("skipped_steps"):
         lines.insert(2, f"   skipped non-finite steps: {s['skipped_steps']}")
     return "\n".join(lines)
+
+
+def restore_checkpoint(workdir: str | os.PathLike[str], *, data: Data | None = None
+                       ) -> tuple[int, TrainState]:
+    """The newest usable checkpoint of a run folder: ``(step, state)``.
+
+    The run's ``config.json`` gives the model and optimizer (and so the state's structure);
+    the state is restored on one device (``state.params`` are the trained parameters,
+    ``state.batch_stats`` the BatchNorm running statistics). As in a resumed run, a
+    corrupt checkpoint is moved to ``checkpoints_bad/`` and the previous one is used.
+
+    Args:
+      workdir: the run's ``--workdir``.
+      data: the in-memory data set the run was given instead of ``config.dataset`` (its
+        image shape and number of classes fix the model's), if any.
+
+    Raises:
+      FileNotFoundError: the folder has no ``config.json`` or no checkpoint.
+      lars_jax.train.checkpoint.CheckpointError: checkpoints exist but none is usable.
+    """
+    workdir = Path(workdir)
+    config = TrainConfig.from_dict(read_json(workdir / CONFIG_FILE))
+    run = build(config.replace(num_devices=1, parallel="jit", steps_per_call=1), data)
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                                meta={f: getattr(config, f) for f in fields_of_kind("structural")})
+    try:
+        restored = checkpointer.restore_latest(run.state)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to restore")
+    return restored

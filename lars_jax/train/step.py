@@ -62,7 +62,8 @@ class TrainState(NamedTuple):
       skipped: steps skipped because of non-finite loss, gradients or updated parameters
         (nan_policy="skip"; a skipped step leaves parameters, BatchNorm statistics and the
         optimizer state, hence the learning-rate schedule's count, as they were, like
-        `optax.apply_if_finite`).
+        `optax.apply_if_finite`). Once it passes `StepOptions.max_skipped` the state no
+        longer changes, so the count read later is the one that passed the limit.
       nonfinite_step: -1, or the number of steps completed before the one whose loss,
         gradients or updated parameters were non-finite (nan_policy="stop"; from then on
         the state no longer changes).
@@ -106,6 +107,9 @@ class StepOptions:
         "micro_batch": which gradient norms are passed to the optimizer's update as
         ``per_example_norms``.
       nan_policy: "stop" or "skip".
+      max_skipped: nan_policy="skip": the most skipped steps a run may have (None: no
+        limit); the step after which ``skipped`` exceeds it is the last that changes the
+        state (the host reads ``skipped`` only at log points).
       log_layer_stats: return per-layer trust ratios, weight and gradient norms.
       log_diagnostics: return `lars_jax.diagnostics.layer_diagnostics` scalars.
       weight_decay: for the diagnostics.
@@ -130,6 +134,7 @@ class StepOptions:
     sync_batch_stats: bool = True
     clars_granularity: str | None = None
     nan_policy: str = "stop"
+    max_skipped: int | None = None
     log_layer_stats: bool = False
     log_diagnostics: bool = False
     weight_decay: float = 0.0
@@ -323,9 +328,11 @@ def make_train_step(
         finite = (jnp.isfinite(loss) & _all_finite(grads)
                   & jnp.isfinite(_sqnorm(new_params)))
         if opts.nan_policy == "skip":
-            ok = finite
-            step_inc = jnp.ones((), jnp.int32)
-            skipped = state.skipped + (~finite).astype(jnp.int32)
+            running = (jnp.ones((), bool) if opts.max_skipped is None
+                       else state.skipped <= opts.max_skipped)
+            ok = finite & running
+            step_inc = running.astype(jnp.int32)
+            skipped = state.skipped + (running & ~finite).astype(jnp.int32)
             nonfinite_step = state.nonfinite_step
         else:
             running = state.nonfinite_step < 0
