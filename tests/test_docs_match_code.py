@@ -36,17 +36,8 @@ def _section_blocks(doc: str, title: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
 
 
-def _fashion_mnist_prepared() -> bool:
-    try:
-        from lars_jax.data.sources import builder
-
-        return builder("fashion_mnist").is_prepared()
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _fashion_mnist_prepared(), reason="Fashion-MNIST not prepared here")
-def test_the_outputs_section_of_cli_md_runs_on_a_real_run(tmp_path, monkeypatch, capsys):
+def test_the_outputs_section_of_cli_md_runs_on_a_real_run(tmp_path, monkeypatch, capsys,
+                                                         tiny_fashion_mnist):
     """docs/cli.md's Outputs snippets, as written, on a run folder of a real (tiny) run: they
     read the summary and the metric rows, restore the final parameters of the checkpoint
     and train with train_with_state. Before: no such section, and no restore_checkpoint."""
@@ -58,7 +49,8 @@ def test_the_outputs_section_of_cli_md_runs_on_a_real_run(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     cfg = TrainConfig(model="mlp1", train_subset=256, test_subset=128, batch_size=64,
                       epochs=1, warmup_epochs=0.0, num_devices=1, log_every_steps=2,
-                      workdir="runs/default", progress=False, plot=False, dtype="float32")
+                      workdir="runs/default", progress=False, plot=False, dtype="float32",
+                      data_dir=str(tiny_fashion_mnist))
     first, final = train_with_state(cfg)
     capsys.readouterr()
     blocks = _section_blocks("docs/cli.md", "Outputs")
