@@ -5,8 +5,14 @@ TensorFlow), and yields batches of uint8 images and int32 labels for this proces
 
 Order and determinism: in training mode (`train=True`) the global batch of step `s` is the
 slice `[(s % spe) * B, (s % spe + 1) * B)` of the permutation of epoch `s // spe`, drawn
-from `np.random.default_rng([seed, epoch])` (the remainder of each epoch is dropped), and
-process `p` of `P` takes the `p`-th contiguous `B / P` of it. Random crops/flips use
+from `np.random.default_rng([seed, epoch])`, and process `p` of `P` takes the `p`-th
+contiguous `B / P` of it. The remainder of each epoch (its last `N mod B` examples) is
+dropped (`remainder="drop"`, `spe = N // B`), or kept as a padded last step
+(`remainder="pad"`, `spe = ceil(N / B)`, MLPerf's step counting): its `R` examples are
+spread round-robin over `pad_groups` equal contiguous groups of the global batch (the
+devices, or devices x accumulation micro-batches, that normalise separately), so every group
+holds `R // pad_groups` or one more; the other rows are zero images with label -1 and
+`mask == False`. Random crops/flips use
 `np.random.default_rng([seed, step, p, 1])`. So batches depend only on (seed, step, process),
 and starting at `start_step` gives exactly the batches of an uninterrupted run. In
 evaluation mode (`train=False`) the split is read once in order, each process gets the
@@ -42,7 +48,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,6 +63,9 @@ from lars_jax.data.sources import (
 )
 
 Batch = dict[str, np.ndarray]
+Remainder = Literal["drop", "pad"]
+PAD_LABEL = -1
+"""Label of the padding rows of a kept remainder batch (`host_batches(remainder="pad")`)."""
 
 
 def _data_source(name: str, split: str, data_dir: str | os.PathLike | None) -> Any:
@@ -138,6 +147,25 @@ def _ordered_prefetch(
             yield pending.popleft().result()
 
 
+def _pad_spread(glob: np.ndarray, batch_size: int, groups: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A global batch's example indices and mask, a short (remainder) batch padded.
+
+    A full batch is returned as it is (mask all True). The `R` examples of a short one go
+    round-robin into `groups` equal contiguous groups (example `j` to group `j % groups`,
+    slot `j // groups`), the other rows are padding (index 0, mask False).
+    """
+    if len(glob) == batch_size:
+        return glob, np.ones(batch_size, bool)
+    per = batch_size // groups
+    j = np.arange(len(glob))
+    rows = (j % groups) * per + j // groups
+    idx = np.zeros(batch_size, glob.dtype)
+    mask = np.zeros(batch_size, bool)
+    idx[rows], mask[rows] = glob, True
+    return idx, mask
+
+
 def host_batches(
     name: str,
     split: str,
@@ -154,6 +182,8 @@ def host_batches(
     num_threads: int = 4,
     prefetch: int = 4,
     use_grain: bool = True,
+    remainder: Remainder = "drop",
+    pad_groups: int = 1,
 ) -> Iterator[Batch]:
     """Batches of one process from a TFDS data source, deterministic in (seed, step).
 
@@ -172,10 +202,16 @@ def host_batches(
       num_threads: reader threads.
       prefetch: batches read ahead.
       use_grain: use grain (if installed) for threading and prefetching.
+      remainder: training only: "drop" each epoch's last partial batch, or "pad" it to a
+        full batch (zero images, label `PAD_LABEL`, mask False; module docstring).
+      pad_groups: training with remainder="pad": the number of equal contiguous groups of
+        the global batch over which a remainder's examples are spread (a divisor of
+        batch_size).
 
     Yields:
       {"image": uint8 [batch_size / process_count, H, W, C], "label": int32 [...],
-       "mask": bool [...]} (mask is all True in training).
+       "mask": bool [...]} (mask is all True in training, except on the padding rows of a
+      kept remainder).
     """
     info = dataset_info(name)
     if batch_size <= 0 or batch_size % process_count:
@@ -193,10 +229,15 @@ def host_batches(
     size = image_size or info.image_shape[0]
     resize = not info.fits_on_device
 
+    if remainder not in ("drop", "pad"):
+        raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
+    if pad_groups < 1 or batch_size % pad_groups:
+        raise ValueError(f"pad_groups ({pad_groups}) must be a positive divisor of batch_size "
+                         f"({batch_size})")
     if train:
         if n < batch_size:
             raise ValueError(f"batch_size ({batch_size}) > examples in {split!r} ({n})")
-        spe = n // batch_size
+        spe = -(-n // batch_size) if remainder == "pad" else n // batch_size
         perms: dict[int, np.ndarray] = {}
 
         def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,8 +246,9 @@ def host_batches(
                 perms.clear()
                 perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
             glob = perms[epoch][pos * batch_size : (pos + 1) * batch_size]
-            idx = glob[process_index * local : (process_index + 1) * local]
-            return idx, np.ones(local, bool)
+            glob, mask = _pad_spread(glob, batch_size, pad_groups)
+            part = slice(process_index * local, (process_index + 1) * local)
+            return glob[part], mask[part]
 
         stop = None if num_steps is None else start_step + num_steps
     else:
@@ -222,7 +264,8 @@ def host_batches(
 
     def load(step: int) -> Batch:
         idx, mask = indices(int(step))
-        examples = [src[int(i)] for i in idx]
+        real = idx if mask.all() else idx[mask]  # a kept remainder: padding rows not read
+        examples = [src[int(i)] for i in real]
         rng = np.random.default_rng([seed, int(step), process_index, 1])
         images = []
         for ex in examples:
@@ -231,7 +274,14 @@ def host_batches(
                 img = random_resized_crop(rng, img, size) if train else center_crop(img, size)
             images.append(img)
         labels = np.asarray([ex["label"] for ex in examples], np.int32)
-        return {"image": np.stack(images), "label": labels, "mask": mask}
+        if len(real) == len(idx):
+            return {"image": np.stack(images), "label": labels, "mask": mask}
+        shape = (size, size, info.image_shape[-1]) if resize else tuple(info.image_shape)
+        out = {"image": np.zeros((len(idx), *shape), np.uint8),
+               "label": np.full(len(idx), PAD_LABEL, np.int32), "mask": mask}
+        if examples:
+            out["image"][mask], out["label"][mask] = np.stack(images), labels
+        return out
 
     grain = None
     if use_grain:

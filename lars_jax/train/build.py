@@ -13,6 +13,8 @@ Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)
 factories: an unknown name raises). For ``schedule="onecycle"`` the 1cycle schedule spans
 the whole run and ``warmup_epochs / epochs`` is its rising fraction; ``"mlperf"`` is
 `lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to ``end_learning_rate``).
+In MLPerf mode (``TrainConfig.mlperf``) the mlperf schedule decays over
+``total - warmup + 1`` steps, as the MLPerf references (`lars_jax.mlperf_decay_steps`).
 cosine, poly2, linear and mlperf end at ``end_learning_rate``; constant, step and onecycle
 have fixed ends (the peak, peak/100 and peak/250000), and `TrainConfig.validate` refuses an
 ``end_learning_rate`` with them. The optimizer is wrapped in ``optax.inject_hyperparams``,
@@ -133,8 +135,10 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_step
         pct = warmup / total_steps if warmup else 0.3
         return schedules.onecycle(total_steps, peak, pct_start=min(max(pct, 1e-3), 0.999))
     if config.schedule == "mlperf":
-        return schedules.mlperf_lars_schedule(
-            peak, min(warmup, total_steps - 1), total_steps, end_lr=end)
+        warmup = min(warmup, total_steps - 1)
+        decay = schedules.mlperf_decay_steps(total_steps, warmup) if config.mlperf else None
+        return schedules.mlperf_lars_schedule(peak, warmup, total_steps, end_lr=end,
+                                              decay_steps=decay)
     if config.schedule not in SCHEDULES:
         raise ValueError(f"TrainConfig.schedule={config.schedule!r}: must be one of "
                          f"{', '.join([*SCHEDULES, 'onecycle', 'mlperf'])}")
@@ -361,7 +365,7 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
         nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum)
+        momentum=config.momentum, masked=config.mlperf)
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
     augment = None
     if config.crop_padding or config.flip or config.cutout:

@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
 from lars_jax.runs.config_io import field_specs
+from lars_jax.schedules import mlperf_total_steps
 
 Optimizer = Literal["sgd", "lars", "larc", "clars"]
 Norm = Literal["batch", "group", "none"]
@@ -219,6 +220,15 @@ class TrainConfig:
     tensorboard: bool = _f(False, "Also write TensorBoard summaries (needs tensorboardX).")
     plot: bool = _f(True, "Write an end-of-run plot (PNG) of the loss/accuracy curves.")
     progress: bool = _f(True, "Show a tqdm progress bar.")
+    mlperf: bool = _f(
+        False, "MLPerf mode (BUILD.md, MLPerf-style runs): the reference's step counting "
+        "(ceil(N/B) steps per epoch, poly decay over total - warmup + 1 steps), the remainder "
+        "batch kept "
+        "(padded, masked in the loss and the BN statistics), evaluation every 4 epochs, stop "
+        "at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
+    target_accuracy: float = _f(
+        0.759, "MLPerf mode: stop at the first evaluation reaching this top-1 accuracy (the "
+        "rules' 75.9%).")
 
     # ------------------------------------------------------------------ helpers
 
@@ -258,8 +268,13 @@ class TrainConfig:
     def run_steps(self, num_train: int) -> tuple[int, int]:
         """``(steps_per_epoch, total_steps)`` with `num_train` training examples.
 
-        The last partial batch of an epoch is dropped; a run has at least one step.
+        The last partial batch of an epoch is dropped; a run has at least one step. In
+        MLPerf mode (``mlperf``) it is kept: ``ceil(num_train / batch_size)`` steps per
+        epoch and ``epochs`` times that (`lars_jax.schedules.mlperf_total_steps`).
         """
+        if self.mlperf:
+            epoch_steps = mlperf_total_steps(num_train, self.batch_size, 1)
+            return epoch_steps, epoch_steps * int(self.epochs)
         epoch_steps = max(1, num_train // self.batch_size)
         return epoch_steps, max(1, int(round(self.epochs * epoch_steps)))
 
@@ -420,8 +435,42 @@ class TrainConfig:
                     "outputs its bias only (use bn_span='global' or norm='none')")
         if self.train_subset is not None and self.train_subset < self.batch_size:
             bad("train_subset", f"must be >= batch_size={self.batch_size}")
+        if self.mlperf:
+            self._validate_mlperf(n, num_train, bad)
         self._validate_steps(num_train, bad, warn)
         return self
+
+    def _validate_mlperf(self, device_count: int | None, num_train: int | None,
+                         bad: Callable[[str, str], None]) -> None:
+        """The settings MLPerf mode follows or supports (`mlperf`)."""
+        if not 0 < self.target_accuracy <= 1:
+            bad("target_accuracy", "must be in (0, 1]")
+        wanted = {"optimizer": "lars", "schedule": "mlperf", "denominator": "paper",
+                  "clip": False, "eval_every_epochs": 4, "steps_per_call": 1}
+        for name, value in wanted.items():
+            if getattr(self, name) != value:
+                bad(name, f"MLPerf mode (mlperf=True) needs {name}={value!r} (the ResNet-50 "
+                    "LARS rules and reference)")
+        if self.norm == "batch" and self.bn_span != "device":
+            bad("bn_span", "MLPerf mode masks the padding of the remainder batch out of each "
+                "device's BN statistics: use bn_span='device' (the recipes' setting)")
+        if not self.uses_host_input():
+            bad("input_pipeline", "MLPerf mode streams from the host (host, or auto for "
+                "imagenet2012)")
+        if self.epochs != int(self.epochs):
+            bad("epochs", "MLPerf mode counts whole epochs: must be an integer")
+        if num_train is None:
+            num_train = self.num_train_examples()
+        spe = mlperf_total_steps(num_train, self.batch_size, 1)
+        if self.warmup_epochs * spe != int(self.warmup_epochs * spe):
+            bad("warmup_epochs", f"MLPerf mode: warmup_epochs x {spe} steps per epoch must be "
+                "a whole number of steps")
+        rest = num_train % self.batch_size
+        groups = (device_count or 1) * self.grad_accum_steps
+        if rest and rest < groups:
+            bad("batch_size", f"MLPerf mode keeps the last {rest} examples of each epoch as a "
+                f"padded batch, fewer than the {groups} devices x micro-batches that each "
+                "need one")
 
     def _validate_steps(self, num_train: int | None, bad: Callable[[str, str], None],
                         warn: Callable[[str, str], None]) -> None:
@@ -521,6 +570,7 @@ APPLIES: dict[str, Applies] = {
     "input_threads": Applies("the host input pipeline (input_pipeline host, or auto for a "
                              "data set that does not fit on the device)",
                              lambda c: c.uses_host_input(), "warn"),
+    "target_accuracy": Applies("mlperf=True", lambda c: c.mlperf, "refuse"),
 }
 """The fields that apply only in some combinations; every other field always applies
 (`ALWAYS_APPLIES`). A new field must be added to one of the two (the tests check it)."""
@@ -533,7 +583,8 @@ ALWAYS_APPLIES: frozenset[str] = frozenset({
     "num_devices", "steps_per_call", "coordinator_address", "num_processes", "process_id",
     "seed", "workdir", "checkpoint_every_steps", "resume", "nan_policy",
     "eval_every_epochs", "eval_batch_size", "log_every_steps", "log_layer_stats",
-    "log_diagnostics", "tensorboard", "plot", "progress", "input_pipeline", "image_size"})
+    "log_diagnostics", "tensorboard", "plot", "progress", "input_pipeline", "image_size",
+    "mlperf"})
 """Fields with an effect in every combination (`steps_per_call`, `eval_every_epochs`,
 `nesterov`, `batch_size`, `input_pipeline`, `image_size` have their own checks in
 `TrainConfig.validate`)."""

@@ -385,6 +385,7 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
     eval_every = int(round(config.eval_every_epochs * epoch_steps))
     checkpoint_every = max(config.checkpoint_every_steps, 0)
 
+    mlperf = _mlperf_log(run, lead, t_start) if config.mlperf else None
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                                 meta={f: getattr(config, f) for f in STRUCTURE_FIELDS})
     state, resumed_from = _restore(run, checkpointer, lead)
@@ -401,9 +402,12 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
     last_eval = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "eval"), {})
     stop_check = lambda: _stop_if_requested(step, last_good, checkpointer,
                                             lambda: run.unplace(state), config)
+    reached = False  # MLPerf mode: the target accuracy was reached (the run stops)
     try:
         stop_check()
-        while step < total_steps:
+        if mlperf:
+            mlperf.run_start(step)
+        while step < total_steps and not reached:
             started = time.perf_counter()
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
                              checkpoint_every)
@@ -416,6 +420,8 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
             pending.append((multi, metrics))
             clock.ran(multi, done, started, metrics)
             progress.update(done)
+            if mlperf:
+                mlperf.step_done(step)
 
             last = step == total_steps
             log = last or step % config.log_every_steps == 0
@@ -437,15 +443,20 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
                                    total_steps)
             with clock.pause():
                 if do_eval:
+                    if mlperf:
+                        mlperf.eval_start(step)
                     last_eval = _evaluate_row(run, state, step, writer)
                     progress.eval_row(last_eval)
+                    reached = bool(mlperf) and mlperf.evaluated(step, last_eval["test_accuracy"])
                 if do_checkpoint:
                     checkpointer.save(step, run.unplace(state))
                     last_good = step
                 stop_check()
-        if last_eval.get("step") != total_steps:  # killed after the last checkpoint
+        if last_eval.get("step") != step:  # killed after the last checkpoint
             last_eval = _evaluate_row(run, state, step, writer)
     finally:
+        if mlperf:
+            mlperf.close()  # run_stop "aborted" unless the target was reached
         if run.input:
             run.input.close()  # the host input's reader thread
         progress.close()
@@ -477,6 +488,9 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
         "workdir": str(workdir),
         "config": config.to_dict(),
     }
+    if mlperf:
+        summary["mlperf_status"] = mlperf.status
+        summary["mlperf_log"] = mlperf.path
     if finished is not None and resumed_from == total_steps:
         summary = finished  # rerun of a finished run: its results as they were
     if lead:
@@ -485,6 +499,27 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
         if config.plot:
             _plot(workdir)
     return (summary, final) if return_state else summary
+
+
+def _mlperf_log(run: Run, lead: bool, t_start: float) -> Any:
+    """MLPerf mode: the run's `lars_jax.runs.mlperf_log.MlperfLog`, its header written."""
+    from lars_jax import schedules
+    from lars_jax.runs import mlperf_log
+    from lars_jax.train.build import peak_learning_rate
+
+    config, spe, total = run.config, run.steps_per_epoch, run.total_steps
+    warmup = int(round(config.warmup_epochs * spe))
+    steps = mlperf_log.MlperfSteps(spe, total, warmup, schedules.mlperf_decay_steps(total, warmup))
+    init_ms = int(time.time() * 1000 - (time.perf_counter() - t_start) * 1000)
+    log = mlperf_log.MlperfLog(config.workdir, steps, config.target_accuracy, enabled=lead,
+                               init_time_ms=init_ms)
+    num_train = run.input.num_train if run.input else len(run.data.train_labels)
+    num_eval = run.input.num_test if run.input else len(run.data.test_labels)
+    platform = f"{run.num_devices}x{jax.devices()[0].device_kind}"
+    log.header(platform, mlperf_log.hyperparameters(
+        config, steps, peak_lr=peak_learning_rate(config), num_train=num_train,
+        num_eval=num_eval, num_devices=run.num_devices))
+    return log
 
 
 def _evaluate_row(run: Run, state: TrainState, step: int, writer: MetricsWriter
