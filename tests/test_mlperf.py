@@ -110,7 +110,8 @@ def _mlperf_config(**kw) -> TrainConfig:
     base = dict(dataset="imagenet2012", model="resnet50", mlperf=True, optimizer="lars",
                 schedule="mlperf", warmup_epochs=5, epochs=56, batch_size=3200,
                 eval_every_epochs=4, end_learning_rate=1e-4, learning_rate=10.0,
-                lr_scaling="none", base_batch_size=3200)
+                lr_scaling="none", base_batch_size=3200, weight_decay=2e-4,
+                label_smoothing=0.1, trust_coefficient=0.001)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -296,3 +297,40 @@ def test_tiny_mlperf_run_stops_at_the_target_and_its_log_passes_the_checker(
     ok = checker.check_file(str(tmp_path / "run" / "mlperf_log.txt"),
                             "training_4.0.0/common.yaml")
     assert ok, [*checker.overwritable.values(), *checker.not_overwritable]
+
+
+def test_mllog_blocks_of_a_run_that_misses_the_target(tmp_path):
+    """10 epochs of 2 steps: blocks 1-4, 5-8 and 9-10, evaluations at epochs 4, 8 and 10,
+    none reaching the target: run_stop "aborted"; the checker then fails exactly the
+    quality rule."""
+    from mlperf_logging.compliance_checker import mlp_compliance
+
+    from lars_jax.runs import mlperf_log
+
+    config = _mlperf_config(epochs=10, warmup_epochs=1)
+    steps = mlperf_log.MlperfSteps(2, 20, 2, lars_jax.mlperf_decay_steps(20, 2))
+    log = mlperf_log.MlperfLog(tmp_path, steps, 0.759)
+    log.header("8xcpu", mlperf_log.hyperparameters(
+        config, steps, peak_lr=10.0, num_train=40, num_eval=10, num_devices=8))
+    log.run_start()
+    for step in range(1, 21):
+        log.step_done(step)
+        if step % 8 == 0 or step == 20:
+            log.eval_start(step)
+            assert not log.evaluated(step, 0.5 + step / 100)
+    log.close()
+    events = _mllog(tmp_path / "mlperf_log.txt")
+    blocks = [(e["key"], e["metadata"]["first_epoch_num"], e["metadata"]["epoch_count"])
+              for e in events if e["key"].startswith("block_")]
+    assert blocks == [("block_start", 1, 4), ("block_stop", 1, 4), ("block_start", 5, 4),
+                      ("block_stop", 5, 4), ("block_start", 9, 2), ("block_stop", 9, 2)]
+    assert [e["metadata"]["epoch_num"] for e in events if e["key"] == "eval_accuracy"] == [
+        4, 8, 10]
+    assert [e["metadata"]["epoch_num"] for e in events if e["key"] == "epoch_stop"] == list(
+        range(1, 11))
+    assert events[-1]["key"] == "run_stop" and events[-1]["metadata"]["status"] == "aborted"
+    checker = mlp_compliance.make_checker("training", "4.0.0", quiet=False, werror=True)
+    assert not checker.check_file(str(tmp_path / "mlperf_log.txt"),
+                                  "training_4.0.0/common.yaml")
+    messages = [*checker.overwritable.values(), *checker.not_overwritable]
+    assert len(messages) == 1 and messages[0].startswith("Failed checks for eval_accuracy")
