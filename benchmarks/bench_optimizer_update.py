@@ -7,16 +7,20 @@ ResNet-50 (25.56M), BatchNorm scales/offsets and the classifier bias included.
 
 Variants (all momentum 0.9, weight decay 1e-4, trust coefficient 0.001):
   lars_jax.lars          paper denominator, default mask (ndim > 1 tensors only)
-  lars_jax.lars[optax]   denominator="optax", mask=True: the same math as optax.lars
+  lars_jax.lars[optax]   denominator="optax" (optax.lars's defaults: every tensor): the
+                         same math and arguments as optax.lars, the drop-in form
   lars_jax.larc          as lars_jax.lars with clip=1
   lars_jax.clars         as lars_jax.lars with per-example norms given (n = 8 per tensor)
   optax.lars             defaults: trust ratio and weight decay on every tensor
   optax.sgd              momentum SGD, no weight decay (the floor)
 
-A second, small table explains the gap to optax.lars: one tensor's norm computed with
-``jnp.linalg.norm`` (what lars_jax uses) versus ``optax._src.numerics.safe_norm(x, 0.)``
-(what ``optax.scale_by_trust_ratio`` uses: a where over the whole tensor and a second
-norm, which XLA:CPU does not fuse into one pass).
+A second, small table times one tensor's norm, the part of the update where the
+implementations differ: lars_jax's norm (``lars_jax.trust_ratio._norm``: one plain sum of
+squares, with a rescaled recomputation selected by ``lax.cond`` only where that sum
+over- or underflows), that rescaled norm alone (``_scaled_norm``: a max pass, then the
+scaled sum; what every norm cost before 2026-12-07), ``jnp.linalg.norm``, and
+``optax._src.numerics.safe_norm(x, 0.)`` (what ``optax.scale_by_trust_ratio`` uses: a
+where over the whole tensor and a second norm, which XLA:CPU does not fuse into one pass).
 
 Usage:
   .venv/bin/python benchmarks/bench_optimizer_update.py [--models resnet18 resnet50]
@@ -106,7 +110,7 @@ def variants(params, grads, norms) -> dict[str, Callable[[], object]]:
         "optax.lars": make_step(optax.lars(lr, trust_coefficient=1e-3, **hp), params, grads),
         "lars_jax.lars": make_step(lars_jax.lars(lr, **hp), params, grads),
         "lars_jax.lars[optax]": make_step(
-            lars_jax.lars(lr, denominator="optax", mask=True, **hp), params, grads),
+            lars_jax.lars(lr, denominator="optax", **hp), params, grads),
         "lars_jax.larc": make_step(lars_jax.larc(lr, **hp), params, grads),
         "lars_jax.clars": make_step(lars_jax.clars(lr, **hp), params, grads,
                                     per_example_norms=norms),
@@ -115,13 +119,20 @@ def variants(params, grads, norms) -> dict[str, Callable[[], object]]:
 
 
 def norm_probe(rounds: int, calls: int) -> list[dict]:
-    """Times one norm of a 4096 x 2048 float32 tensor: jnp.linalg.norm vs optax's safe_norm."""
+    """Times one norm of a 4096 x 2048 float32 tensor: lars_jax's, jnp.linalg.norm, optax's."""
     from optax._src import numerics  # private, but it is exactly what optax.lars runs
 
+    # private: the norm every lars_jax update takes, and its rescaled fallback (which was
+    # every norm before the one-reduction path)
+    from lars_jax.trust_ratio import _norm, _scaled_norm
+
     x = jax.random.normal(jax.random.key(2), (4096, 2048), jnp.float32)
+    ours = jax.jit(_norm)
+    scaled = jax.jit(_scaled_norm)
     plain = jax.jit(jnp.linalg.norm)
     safe = jax.jit(lambda v: numerics.safe_norm(v, 0.0))
-    res = compare({"jnp.linalg.norm": lambda: plain(x), "optax safe_norm": lambda: safe(x)},
+    res = compare({"lars_jax norm": lambda: ours(x), "lars_jax scaled norm": lambda: scaled(x),
+                   "jnp.linalg.norm": lambda: plain(x), "optax safe_norm": lambda: safe(x)},
                   baseline="jnp.linalg.norm", rounds=rounds, calls_per_round=calls)
     return [{"model": "norm 4096x2048", "params": x.size, "tensors": 1, "variant": name,
              "median_ms": 1e3 * r["median_s"], "min_ms": 1e3 * r["min_s"],

@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 from experiments import evidence as ev  # noqa: E402
 from experiments import harness  # noqa: E402
 from experiments import linear_scaling_warmup as ls  # noqa: E402
-from lars_jax.diagnostics import noise_scale_from_metrics  # noqa: E402
 from lars_jax.runs.report import Section, write_report  # noqa: E402
+from lars_jax.runs.run_files import noise_scale_from_metrics  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 NAME = "gradient_noise_scale"

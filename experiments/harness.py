@@ -32,12 +32,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lars_jax.runs.compile_cache import enable_compilation_cache
-from lars_jax.runs.run_files import read_jsonl, write_json
+from lars_jax.runs.run_files import (
+    ERROR,
+    RUN_DONE,
+    RUN_FAILED,
+    STATUS,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    SUMMARY,
+    TEST_ACCURACY,
+    read_jsonl,
+    write_json,
+)
 
 PathLike = str | os.PathLike[str]
 
 PRESETS = ("smoke", "cpu", "full")
-ACCURACY_KEYS = ("final_test_accuracy", "test_accuracy", "final_eval_accuracy", "eval_accuracy")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -283,27 +293,25 @@ def final_accuracy(row: Mapping[str, Any]) -> float:
     Returns:
       The accuracy in ``[0, 1]``, or NaN when the run failed or logged no accuracy.
     """
-    if row.get("status") != "done":
+    if row.get(STATUS) != RUN_DONE:
         return math.nan
-    summary = row.get("summary") or {}
-    if summary.get("diverged") or summary.get("stopped_on_nan"):
+    summary = row.get(SUMMARY) or {}
+    v = summary.get(TEST_ACCURACY)  # None for a run stopped on NaN/Inf (STATUS_NONFINITE)
+    if summary.get(STATUS, STATUS_OK) != STATUS_OK or not isinstance(v, int | float) \
+            or isinstance(v, bool):
         return math.nan
-    for k in ACCURACY_KEYS:
-        v = summary.get(k)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v) if math.isfinite(v) else math.nan
-    return math.nan
+    return float(v) if math.isfinite(v) else math.nan
 
 
 def outcome(row: Mapping[str, Any]) -> str:
     """``"ok"``, ``"diverged"`` (non-finite loss stopped the run), ``"failed"`` or
     ``"unfinished"`` (a run folder without a result: interrupted or still running)."""
-    if row.get("status") not in ("done", "failed"):
+    if row.get(STATUS) not in (RUN_DONE, RUN_FAILED):
         return "unfinished"
-    if row.get("status") == "done":
-        status = (row.get("summary") or {}).get("status", "ok")
-        return "diverged" if status == "nonfinite" else "ok"
-    err = str(row.get("error", "")).lower()
+    if row.get(STATUS) == RUN_DONE:
+        status = (row.get(SUMMARY) or {}).get(STATUS, STATUS_OK)
+        return "diverged" if status == STATUS_NONFINITE else "ok"
+    err = str(row.get(ERROR, "")).lower()
     return "diverged" if ("non-finite" in err or "nonfinite" in err) else "failed"
 
 

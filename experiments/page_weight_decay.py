@@ -481,7 +481,7 @@ def _final_state(preset: str, base: TrainConfig, rho: float, batch: int | None =
     """
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     _, lr, wd = centre(preset, rho)
     pt = point(preset, rho, lr, wd, 0)
@@ -494,7 +494,7 @@ def _final_state(preset: str, base: TrainConfig, rho: float, batch: int | None =
                   epochs=steps / (n_train // batch))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = dataclasses.replace(base, **pt, workdir=tmp, resume=False, log_diagnostics=False)
-        _, state = train(cfg, return_state=True)
+        _, state = train_with_state(cfg)
     return jax.device_get(state.params), jax.device_get(state.batch_stats), lr, wd
 
 

@@ -21,8 +21,9 @@ per-example gradient norms (exact rule unverified, see
 
 All optimizers work under :func:`jax.jit` and :func:`optax.inject_hyperparams`
 (e.g. ``optax.inject_hyperparams(lars)(learning_rate=schedule, weight_decay=schedule)``).
-Pass a callable ``mask`` to ``inject_hyperparams`` as a static argument
-(``static_args=("mask",)``), otherwise optax takes it for a schedule; a ``mask`` that
+Pass a callable ``mask`` (or ``weight_decay_mask``/``trust_ratio_mask``) to
+``inject_hyperparams`` as a static argument (``static_args=("mask",)``), otherwise optax
+takes it for a schedule; a ``mask`` that
 comes out as ``False`` (and :func:`lars_jax.default_mask` called with a step count)
 raises instead of silently turning LARS off. For gradient accumulation with CLARS use
 :func:`multi_steps`, which averages ``per_example_norms`` over the micro-batches
@@ -48,10 +49,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from lars_jax.masks import MaskOrFn, check_trust_ratio_mask, resolve_mask
+from lars_jax.masks import MaskOrFn, check_trust_ratio_mask, default_mask, resolve_mask
 from lars_jax.trust_ratio import (
+    _check_inexact,
+    _is_zero_constant,
     check_momentum,
     check_non_negative,
     scale_by_clars_trust_ratio,
@@ -70,13 +74,99 @@ def _momentum_and_lr(
     ]
 
 
+def _refuse_non_float(
+    tx: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` (same state) that refuses integer or boolean params and updates, by dtype.
+
+    ``optax.apply_updates`` would truncate their steps; tensors outside the trust-ratio
+    mask never reach the trust-ratio transform's own check, so the whole chain checks.
+    """
+
+    def init_fn(params: optax.Params) -> optax.OptState:
+        _check_inexact(params, "params")
+        return tx.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _check_inexact(updates, "updates")
+        if params is not None:
+            _check_inexact(params, "params")
+        return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_mask_value(name: str, value: Any) -> None:
+    """Refuses numbers where a mask is expected (e.g. a trust coefficient passed by position)."""
+    if isinstance(value, (int, float, complex, np.number)) and not isinstance(
+        value, (bool, np.bool_)
+    ):
+        raise ValueError(
+            f"`{name}` must be a bool, a pytree of bools like the params, or a callable "
+            f"returning one; got {value!r}."
+        )
+
+
+def _lars_masks(
+    denominator: str, mask: MaskOrFn | None, weight_decay_mask: MaskOrFn | None,
+    trust_ratio_mask: MaskOrFn | None,
+) -> tuple[MaskOrFn | None, MaskOrFn]:
+    """``(separate weight-decay mask or None, trust-ratio mask)`` from lars's mask arguments.
+
+    ``None`` first: weight decay goes with the trust ratio (one transform, one mask).
+    """
+    _check_mask_value("weight_decay_mask", weight_decay_mask)
+    _check_mask_value("trust_ratio_mask", trust_ratio_mask)
+    _check_mask_value("mask", mask)
+    if weight_decay_mask is None:
+        weight_decay_mask = True  # optax.add_decayed_weights(mask=None): every tensor
+    if trust_ratio_mask is None:
+        raise ValueError("`trust_ratio_mask` must be a bool, a pytree of bools or a callable.")
+    check_trust_ratio_mask(trust_ratio_mask, name="trust_ratio_mask")
+    optax_masks = weight_decay_mask is not True or trust_ratio_mask is not True
+    if mask is not None:
+        check_trust_ratio_mask(mask)
+        if optax_masks:
+            raise ValueError(
+                "pass either `mask` (weight decay and trust ratio together) or optax.lars's "
+                "`weight_decay_mask`/`trust_ratio_mask`, not both."
+            )
+        return None, mask
+    if denominator != "optax":
+        if optax_masks:
+            raise ValueError(
+                "`weight_decay_mask`/`trust_ratio_mask` (optax.lars's separate masks) need "
+                "denominator='optax'; the paper form couples the two, use `mask`."
+            )
+        return None, default_mask
+    if weight_decay_mask is trust_ratio_mask:
+        return None, trust_ratio_mask
+    return weight_decay_mask, trust_ratio_mask
+
+
+def _layerwise(
+    ratio: optax.GradientTransformation, ratio_mask: MaskOrFn,
+    learning_rate: optax.ScalarOrSchedule, momentum: Any, nesterov: bool, *,
+    decay: optax.GradientTransformation | None = None, mask_extra_args: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """The chain behind lars/larc/clars: [decay], masked trust ratio, learning rate, trace."""
+    tail = _momentum_and_lr(learning_rate, momentum, nesterov)
+    head = [] if decay is None else [decay]
+    masked = optax.masked(ratio, resolve_mask(ratio_mask),
+                          mask_compatible_extra_args=mask_extra_args)
+    return _refuse_non_float(optax.chain(*head, masked, *tail))
+
+
 def lars(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn | None = True,
     trust_coefficient: jax.typing.ArrayLike = 0.001,
+    eps: jax.typing.ArrayLike = 0.0,
+    trust_ratio_mask: MaskOrFn | None = True,
     momentum: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
-    eps: jax.typing.ArrayLike = 0.0,
+    *,
     denominator: str = "paper",
     clip: jax.typing.ArrayLike | None = None,
     mask: MaskOrFn | None = None,
@@ -90,25 +180,45 @@ def lars(
         other tensors:     v = m * v + lr_t * g
         all tensors:       w = w - v
 
+    The positional parameters are ``optax.lars``'s, in its order and with its defaults;
+    ``denominator``, ``clip`` and ``mask`` are keyword-only. With
+    ``denominator="optax"``, ``lars_jax.lars`` is a drop-in for ``optax.lars``: the same
+    call (masks included) gives the same updates, complex parameters too.
+
+    Masks. ``mask`` is lars_jax's one mask: the tensors that get BOTH weight decay and the
+    trust ratio (the others get plain momentum SGD, as in MLPerf). ``weight_decay_mask``
+    and ``trust_ratio_mask`` are ``optax.lars``'s two masks, with optax's meaning, used
+    in the optax form only:
+
+    * ``denominator="paper"`` (default): ``mask`` decides; ``None`` means
+      :func:`lars_jax.default_mask` (tensors with ``ndim > 1``). The two optax masks
+      must be left at ``True`` (the paper denominator couples weight decay and ratio).
+    * ``denominator="optax"`` with ``mask=None``: optax's masks, defaults ``True``: every
+      tensor gets weight decay and the ratio, exactly as ``optax.lars``. Pass
+      ``mask=lars_jax.default_mask`` to keep biases and normalization parameters out.
+    * ``mask`` together with a non-``True`` optax mask is ambiguous and raises.
+
     Args:
       learning_rate: global rate ``lr_t >= 0``, a float or an optax schedule (e.g.
         :func:`lars_jax.mlperf_lars_schedule`).
       weight_decay: coupled weight decay ``>= 0`` for the masked tensors (float or
         schedule).
-      trust_coefficient: ``tc >= 0`` (0.001 in the paper; the MLPerf recipe uses 0.001
+      weight_decay_mask: optax form only: tensors that get weight decay (a bool, a pytree
+        of bools like the params or a prefix of it, or a callable returning one;
+        ``None`` means every tensor, as in optax).
+      trust_coefficient: ``tc > 0`` (0.001 in the paper; the MLPerf recipe uses 0.001
         with base rates of 10 to 29).
+      eps: ``>= 0``, added to the ratio's denominator.
+      trust_ratio_mask: optax form only: tensors that get the trust ratio (as
+        ``weight_decay_mask``, not ``False``/``None``).
       momentum: ``m`` in ``[0, 1)``.
       nesterov: Nesterov momentum (``optax.trace(nesterov=True)``).
-      eps: ``>= 0``, added to the ratio's denominator.
       denominator: ``"paper"`` (above) or ``"optax"`` (``||g + wd * w||`` in the
-        denominator). With ``denominator="optax"`` and ``mask=True`` this equals
-        ``optax.lars(learning_rate, weight_decay, trust_coefficient=tc, eps=eps,
-        momentum=m, nesterov=nesterov)``, whose masks default to all tensors.
+        denominator, as ``optax.lars``).
       clip: ``None`` or ``> 0``: LARC clipping of the ratio (see :func:`larc`).
-      mask: which tensors get BOTH weight decay and the trust ratio: ``None`` (the
-        default, :func:`lars_jax.default_mask`: tensors with ``ndim > 1``), a pytree
-        of booleans like the params (or a prefix of them, e.g. ``True``), or a callable
-        returning one. The other tensors get plain momentum SGD, as in MLPerf.
+      mask: which tensors get BOTH weight decay and the trust ratio: ``None`` (see
+        Masks above), a pytree of booleans like the params (or a prefix of them, e.g.
+        ``True``), or a callable returning one.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`. Its state contains a
@@ -117,9 +227,11 @@ def lars(
 
     Raises:
       ValueError: negative ``learning_rate`` (or schedule value at step 0),
-        ``weight_decay``, ``trust_coefficient`` or ``eps``; ``momentum`` outside
-        ``[0, 1)``; unknown ``denominator``; ``clip <= 0``; ``mask=False`` (see the
-        module docstring); at ``update``, a ``per_example_norms`` argument (CLARS only).
+        ``weight_decay`` or ``eps``; ``trust_coefficient <= 0``; ``momentum`` outside
+        ``[0, 1)``; unknown ``denominator``; ``clip <= 0``; ``mask=False`` or
+        ``trust_ratio_mask=False`` (see the module docstring); a number as a mask; the
+        mask combinations above; integer params (at ``init``/``update``); at
+        ``update``, a ``per_example_norms`` argument (CLARS only).
 
     Examples:
       Least squares with a weight matrix and a bias; the loss drops quickly:
@@ -143,28 +255,50 @@ def lars(
       >>> bool(loss(params) < 0.1 * loss_before)
       True
 
+      The optax drop-in (same arguments as ``optax.lars``):
+
+      >>> kw = dict(weight_decay=1e-4, weight_decay_mask={"kernel": True, "bias": False})
+      >>> ours = lars_jax.lars(0.1, denominator="optax", **kw)
+      >>> ref = optax.lars(0.1, **kw)
+      >>> g = jax.grad(loss)(params)
+      >>> a, _ = ours.update(g, ours.init(params), params)
+      >>> b, _ = ref.update(g, ref.init(params), params)
+      >>> bool(jnp.allclose(a["kernel"], b["kernel"], rtol=1e-6))
+      True
+
     References:
       You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
       <https://arxiv.org/abs/1708.03888>`_, 2017.
 
       MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7).
     """
-    check_trust_ratio_mask(mask)
-    tail = _momentum_and_lr(learning_rate, momentum, nesterov)
+    decay_mask, ratio_mask = _lars_masks(denominator, mask, weight_decay_mask,
+                                         trust_ratio_mask)
+    if decay_mask is None:
+        ratio = scale_by_lars_trust_ratio(
+            weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+            denominator=denominator, clip=clip,
+        )
+        return _layerwise(ratio, ratio_mask, learning_rate, momentum, nesterov)
+    # optax.lars's own structure: decay (its mask), then the ratio of g + wd * w.
+    check_non_negative("weight_decay", weight_decay)
     ratio = scale_by_lars_trust_ratio(
-        weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
-        denominator=denominator, clip=clip,
+        trust_coefficient=trust_coefficient, eps=eps, denominator="optax", clip=clip
     )
-    return optax.chain(optax.masked(ratio, resolve_mask(mask)), *tail)
+    decay = optax.add_decayed_weights(weight_decay, mask=decay_mask)
+    return _layerwise(ratio, ratio_mask, learning_rate, momentum, nesterov, decay=decay)
 
 
 def larc(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn | None = True,
     trust_coefficient: jax.typing.ArrayLike = 0.001,
+    eps: jax.typing.ArrayLike = 0.0,
+    trust_ratio_mask: MaskOrFn | None = True,
     momentum: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
-    eps: jax.typing.ArrayLike = 0.0,
+    *,
     denominator: str = "paper",
     clip: jax.typing.ArrayLike | None = 1.0,
     mask: MaskOrFn | None = None,
@@ -183,10 +317,12 @@ def larc(
     Args:
       learning_rate: as in :func:`lars`.
       weight_decay: as in :func:`lars`.
+      weight_decay_mask: as in :func:`lars` (optax form only).
       trust_coefficient: as in :func:`lars`.
+      eps: as in :func:`lars`.
+      trust_ratio_mask: as in :func:`lars` (optax form only).
       momentum: as in :func:`lars`.
       nesterov: as in :func:`lars`.
-      eps: as in :func:`lars`.
       denominator: as in :func:`lars`.
       clip: upper bound ``> 0`` of the ratio (default 1.0).
       mask: as in :func:`lars`.
@@ -222,15 +358,15 @@ def larc(
       NVIDIA apex, ``apex.parallel.LARC``.
     """
     return lars(
-        learning_rate, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-        momentum=momentum, nesterov=nesterov, eps=eps, denominator=denominator,
-        clip=clip, mask=mask,
+        learning_rate, weight_decay, weight_decay_mask, trust_coefficient, eps,
+        trust_ratio_mask, momentum, nesterov, denominator=denominator, clip=clip, mask=mask,
     )
 
 
 def clars(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule = 0.0,
+    *,
     trust_coefficient: jax.typing.ArrayLike = 0.001,
     momentum: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
@@ -241,7 +377,8 @@ def clars(
 ) -> optax.GradientTransformationExtraArgs:
     """CLARS: LARS with the mean per-example gradient norm in the ratio (UNVERIFIED rule).
 
-    As :func:`lars`, but for the masked tensors::
+    As :func:`lars` (paper form, one ``mask``; the arguments after ``weight_decay`` are
+    keyword-only), but for the masked tensors::
 
         ratio = tc * ||w|| / (mean_i ||g_i|| + wd * ||w|| + eps)
 
@@ -300,14 +437,13 @@ def clars(
       Huo, Gu, Huang, `Large Batch Training Does Not Need Warmup
       <https://arxiv.org/abs/2002.01576>`_, 2020.
     """
+    _check_mask_value("mask", mask)
     check_trust_ratio_mask(mask)
-    tail = _momentum_and_lr(learning_rate, momentum, nesterov)
     ratio = scale_by_clars_trust_ratio(
         weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
         denominator=denominator, clip=clip,
     )
-    masked = optax.masked(ratio, resolve_mask(mask), mask_compatible_extra_args=True)
-    return optax.chain(masked, *tail)
+    return _layerwise(ratio, mask, learning_rate, momentum, nesterov, mask_extra_args=True)
 
 
 def _times(a: optax.ScalarOrSchedule, b: optax.ScalarOrSchedule, sign: float):
@@ -380,19 +516,14 @@ def sgd(
     """
     check_non_negative("weight_decay", weight_decay)
     tail = _momentum_and_lr(learning_rate, momentum, nesterov)
-    no_decay = not callable(weight_decay) and _is_python_zero(weight_decay)
-    if no_decay:
-        return optax.chain(*tail)
+    if not callable(weight_decay) and _is_zero_constant(weight_decay):
+        return _refuse_non_float(optax.chain(*tail))
     m = resolve_mask(mask)
     if decoupled_weight_decay:
         decay = optax.add_decayed_weights(_times(learning_rate, weight_decay, -1.0))
-        return optax.chain(*tail, optax.masked(decay, m))
+        return _refuse_non_float(optax.chain(*tail, optax.masked(decay, m)))
     decay = optax.add_decayed_weights(weight_decay)
-    return optax.chain(optax.masked(decay, m), *tail)
-
-
-def _is_python_zero(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
+    return _refuse_non_float(optax.chain(optax.masked(decay, m), *tail))
 
 
 class MultiStepsNormsState(NamedTuple):

@@ -9,7 +9,7 @@ Two groups of pure JAX functions, both cheap enough to run inside a jitted train
   the current gradient ``g_t`` and the momentum buffer ``v_{t-1}`` found in an Optax
   optimizer state.
 * :func:`noise_scale_estimates`, :func:`noise_scale_init` / :func:`noise_scale_update`
-  and :func:`noise_scale_from_metrics` implement the unbiased two-batch estimators of
+  and :func:`noise_scale_from_rows` implement the unbiased two-batch estimators of
   McCandlish et al. for ``|G|^2`` and ``tr(Sigma)`` and the "simple" gradient noise
   scale ``B_simple = tr(Sigma) / |G|^2``, averaging numerator and denominator
   separately (exponential moving averages) before dividing.
@@ -34,10 +34,8 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -46,11 +44,16 @@ import numpy as np
 import optax
 
 __all__ = [
+    "NoiseScaleAverage",
+    "NoiseScaleEstimate",
     "NoiseScaleState",
     "find_momentum_buffer",
     "layer_diagnostics",
+    "noise_scale_average",
     "noise_scale_estimates",
-    "noise_scale_from_metrics",
+    "noise_scale_from_norms",
+    "noise_scale_from_sqnorms",
+    "noise_scale_from_rows",
     "noise_scale_init",
     "noise_scale_series",
     "noise_scale_update",
@@ -60,6 +63,18 @@ __all__ = [
 ]
 
 _EPS = 1e-30
+
+
+def _real_f32(x: Any) -> jax.Array:
+    """``x`` in float32; a complex tensor as the real vector of its real and imaginary parts.
+
+    Sums of squares and dot products of that vector are ``sum |x|^2`` and ``Re <x, y>``:
+    the norms and cosines of complex tensors, never their real parts alone.
+    """
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        x = jnp.stack([x.real, x.imag])
+    return x.astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -282,8 +297,8 @@ def layer_diagnostics(
         if not hasattr(w, "ndim") or w.ndim < min_ndim:
             continue
         name = path_to_name(path)
-        w32 = jnp.asarray(w, jnp.float32)
-        g32 = jnp.asarray(g, jnp.float32)
+        w32 = _real_f32(w)
+        g32 = _real_f32(g)
         w2 = jnp.sum(jnp.square(w32))
         g2 = jnp.sum(jnp.square(g32))
         wn = jnp.sqrt(w2)
@@ -298,13 +313,13 @@ def layer_diagnostics(
             (wn > 0) & (gn > 0), wg / jnp.maximum(wn * gn, _EPS), 0.0
         )
         if v is not None and hasattr(v, "shape") and v.shape == w.shape:
-            v32 = jnp.asarray(v, jnp.float32)
+            v32 = _real_f32(v)
             vn = jnp.sqrt(jnp.sum(jnp.square(v32)))
             out[f"{name}/cos_g_v"] = jnp.where(
                 (vn > 0) & (gn > 0), jnp.sum(g32 * v32) / jnp.maximum(vn * gn, _EPS), 0.0
             )
         if u is not None:
-            u32 = jnp.asarray(u, jnp.float32)
+            u32 = _real_f32(u)
             out[f"{name}/update_sqnorm"] = jnp.sum(jnp.square(u32))
             # |w + u|^2 - |w|^2 without cancellation
             out[f"{name}/actual_dw_sqnorm"] = 2.0 * jnp.sum(w32 * u32) + jnp.sum(jnp.square(u32))
@@ -507,31 +522,22 @@ def noise_scale_series(
     }
 
 
-def _read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return rows
-
-
-def noise_scale_from_metrics(
-    path: str | os.PathLike[str],
+def noise_scale_from_rows(
+    rows: Sequence[Mapping[str, Any]],
     ema: float = 0.95,
     *,
     step_key: str = "step",
     row_filter: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Computes ``B_simple`` over training from a trainer's ``metrics.jsonl``.
+    """Computes ``B_simple`` over training from a trainer's metric rows.
 
     Uses the rows that carry ``grad_sqnorm_small``, ``grad_sqnorm_big``, ``batch_small``
     and ``batch_big`` (logged by the trainer when a step has at least two gradient
-    groups: devices or accumulation micro-batches).
+    groups: devices or accumulation micro-batches). Reading them from a run's
+    ``metrics.jsonl`` is `lars_jax.runs.run_files.noise_scale_from_metrics`.
 
     Args:
-      path: the ``metrics.jsonl`` file, or the run directory holding it.
+      rows: the metric rows (dicts), in step order.
       ema: EMA decay in ``[0, 1)``.
       step_key: the key holding the step number.
       row_filter: optional predicate selecting rows.
@@ -540,17 +546,18 @@ def noise_scale_from_metrics(
       dict of numpy arrays: ``step`` plus the entries of :func:`noise_scale_series`
       (empty arrays when no row carries the four keys).
 
+    Example:
+      >>> rows = [{"step": 1, "grad_sqnorm_small": 2.0, "grad_sqnorm_big": 1.25,
+      ...          "batch_small": 4, "batch_big": 16}]
+      >>> [float(b) for b in noise_scale_from_rows(rows)["b_simple"]]
+      [4.0]
+
     References:
       McCandlish et al., "An Empirical Model of Large-Batch Training", 2018.
     """
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        p = os.path.join(p, "metrics.jsonl")
-    if not os.path.exists(p):
-        raise ValueError(f"path {p!r} does not exist")
     keys = ("grad_sqnorm_small", "grad_sqnorm_big", "batch_small", "batch_big")
     rows = [
-        r for r in _read_jsonl(p)
+        r for r in rows
         if all(r.get(k) is not None for k in keys) and (row_filter is None or row_filter(r))
     ]
     rows = [r for r in rows if float(r["batch_big"]) > float(r["batch_small"])]
@@ -566,3 +573,257 @@ def noise_scale_from_metrics(
     res = {k: np.asarray(v) for k, v in out.items()}
     res["step"] = np.asarray([r.get(step_key, i) for i, r in enumerate(rows)])
     return res
+
+
+# --------------------------------------------------------------------------------------
+# Gradient noise scale from one batch's per-example gradient norms
+# --------------------------------------------------------------------------------------
+
+
+class NoiseScaleEstimate(NamedTuple):
+    """One batch's unbiased estimates of the gradient noise scale's parts.
+
+    Attributes:
+      trace_sigma: ``B/(B-1) * (mean_i |g_i|^2 - |g_B|^2)``, unbiased for ``tr(Sigma)``.
+      grad_sq_norm: ``|g_B|^2 - trace_sigma / B``, unbiased for ``|G|^2`` (can be < 0).
+      b_simple: ``trace_sigma / grad_sq_norm`` of this batch alone (``+inf`` when
+        ``grad_sq_norm <= 0``); noisy: average the two parts over batches
+        (:func:`noise_scale_average`) before dividing.
+      mean_example_sq_norm: ``mean_i |g_i|^2``.
+      batch_grad_sq_norm: ``|g_B|^2``.
+      batch_size: ``B``.
+    """
+
+    trace_sigma: jax.Array
+    grad_sq_norm: jax.Array
+    b_simple: jax.Array
+    mean_example_sq_norm: jax.Array
+    batch_grad_sq_norm: jax.Array
+    batch_size: jax.Array
+
+
+def _at_least_f32(x: jax.typing.ArrayLike) -> jax.Array:
+    x = jnp.asarray(x)
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return x.astype(dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
+
+
+def noise_scale_from_sqnorms(
+    mean_example_sq_norm: jax.typing.ArrayLike,
+    batch_grad_sq_norm: jax.typing.ArrayLike,
+    batch_size: jax.typing.ArrayLike,
+) -> NoiseScaleEstimate:
+    """The one-batch estimators from ``mean_i |g_i|^2``, ``|g_B|^2`` and ``B``.
+
+    With ``g_B = mean_i g_i`` of ``B`` independent per-example gradients,
+    ``mean_i |g_i|^2 - |g_B|^2 = (1/B) sum_i |g_i - g_B|^2``, the (biased) sample variance
+    summed over coordinates; ``B/(B-1)`` times it is unbiased for ``tr(Sigma)``, and as
+    ``E|g_B|^2 = |G|^2 + tr(Sigma)/B``, ``|g_B|^2 - tr(Sigma)/B`` is unbiased for ``|G|^2``.
+    This is :func:`noise_scale_from_norms` for callers that already reduced the norms (a
+    data-parallel step: ``mean_example_sq_norm`` averaged over devices, ``|g_B|^2`` of the
+    all-reduced gradient and ``B`` the global batch).
+
+    Args:
+      mean_example_sq_norm: ``mean_i |g_i|^2`` (scalar, or any shape with the others).
+      batch_grad_sq_norm: ``|g_B|^2``.
+      batch_size: ``B >= 2``.
+
+    Returns:
+      A :class:`NoiseScaleEstimate` (float32, or float64 for float64 inputs).
+
+    Example:
+      >>> est = noise_scale_from_sqnorms(5.0, 2.0, 4)  # mean_i |g_i|^2 = 5, |g_B|^2 = 2, B = 4
+      >>> float(est.trace_sigma), float(est.grad_sq_norm)
+      (4.0, 1.0)
+
+    References:
+      McCandlish et al., "An Empirical Model of Large-Batch Training", arXiv:1812.06162,
+      2018 (section 2.2 and appendix A.1: ``E|G_B|^2 = |G|^2 + tr(Sigma)/B``).
+    """
+    if isinstance(batch_size, (int, float)) and batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2, got {batch_size}")
+    mean_sq = _at_least_f32(mean_example_sq_norm)
+    g2 = _at_least_f32(batch_grad_sq_norm).astype(mean_sq.dtype)
+    b = jnp.asarray(batch_size, mean_sq.dtype)
+    trace = b / (b - 1.0) * (mean_sq - g2)
+    grad_sq = g2 - trace / b
+    b_simple = jnp.where(grad_sq > 0, trace / jnp.maximum(grad_sq, _EPS), jnp.inf)
+    return NoiseScaleEstimate(trace, grad_sq, b_simple, mean_sq, g2, b)
+
+
+def noise_scale_from_norms(grads: Any, per_example_norms: Any) -> NoiseScaleEstimate:
+    """Unbiased one-batch ``tr(Sigma)``, ``|G|^2`` and ``B_simple`` from per-example norms.
+
+    ``grads`` is the batch-mean gradient ``g_B`` and ``per_example_norms`` the tree of
+    ``(B,)`` norms ``|g_i|`` of each leaf, as :func:`lars_jax.value_grad_and_norms`
+    returns them: the norm of the gradient of example ``i``'s *own* loss ``l_i`` (not of
+    its ``l_i / B`` share of the mean loss), so that ``mean_i g_i = g_B`` (for a loss
+    that sums over the batch, pass its gradient divided by ``B``). Then::
+
+        tr(Sigma) ~ B/(B-1) (mean_i |g_i|^2 - |g_B|^2),    |G|^2 ~ |g_B|^2 - tr(Sigma)/B
+
+    with ``|g_i|^2`` the sum over leaves of the squared leaf norms; both are unbiased for
+    independent examples (:func:`noise_scale_from_sqnorms`). The sum is taken in float32
+    (float64 for float64 inputs); pure and jittable.
+
+    BatchNorm: examples in a batch are coupled, and ``g_i`` is example ``i``'s
+    *contribution* to the batch gradient times ``B`` (``B a_i^T d_i`` with the cotangent
+    ``d_i`` already carrying BatchNorm's cross-example terms), which still averages to
+    ``g_B`` exactly. The contributions are not independent draws: BatchNorm's backward
+    centres the cotangents over its group, so components that cancel in the batch sum
+    (e.g. the bias of a layer feeding a BatchNorm, whose batch gradient is exactly 0)
+    still have per-example spread. The estimate is then the spread of the contributions
+    around the BatchNorm batch gradient, which counts that cancelling spread as noise:
+    it is *not* the two-batch estimator's ``tr(Sigma)`` (there each batch size is its own
+    BatchNorm group) and overstates ``tr(Sigma)`` and ``B_simple`` (on an MLP with ghost
+    BatchNorm over 32 the averaged ``|G|^2`` estimate went negative where the two-batch
+    estimator gave ``B_simple`` about 360: docs/advise.md). Without
+    normalisation layers, or with GroupNorm / LayerNorm (per example), the ``g_i`` are
+    the ordinary per-example gradients and the estimators are exact in expectation.
+
+    Args:
+      grads: the batch-mean gradient tree ``g_B``.
+      per_example_norms: a tree with the same leaves as ``grads`` (or any tree of
+        ``(B,)`` arrays) holding the per-example norms ``|g_i|`` of each leaf.
+
+    Returns:
+      A :class:`NoiseScaleEstimate`.
+
+    Raises:
+      ValueError: when the norm leaves are not all ``(B,)`` with one ``B >= 2``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> g = jnp.array([[1.0, 0.0], [-1.0, 2.0]])  # two examples' gradients
+      >>> est = noise_scale_from_norms({"w": g.mean(0)}, {"w": jnp.linalg.norm(g, axis=1)})
+      >>> float(est.trace_sigma), float(est.grad_sq_norm)  # |g1 - g2|^2 / 2 = 4; 1 - 4/2
+      (4.0, -1.0)
+
+    References:
+      McCandlish et al., "An Empirical Model of Large-Batch Training", arXiv:1812.06162,
+      2018 (section 2.2, appendix A.1).
+      Goodfellow, "Efficient per-example gradient computations", arXiv:1510.01799, 2015.
+      Ioffe, Szegedy, "Batch Normalization", arXiv:1502.03167, 2015 (section 3: the
+      gradient through the batch statistics).
+    """
+    leaves = jax.tree_util.tree_leaves(per_example_norms)
+    shapes = {tuple(jnp.shape(n)) for n in leaves}
+    if not leaves or len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(
+            f"per_example_norms: every leaf must have shape (B,) with one B, got {sorted(shapes)}"
+        )
+    batch = next(iter(shapes))[0]
+    if batch < 2:
+        raise ValueError(f"per_example_norms: need a batch of B >= 2 examples, got B={batch}")
+    mean_sq = sum(jnp.mean(jnp.square(_at_least_f32(n))) for n in leaves)
+    g2 = sum(jnp.sum(jnp.square(_at_least_f32(g))) for g in jax.tree_util.tree_leaves(grads))
+    return noise_scale_from_sqnorms(mean_sq, g2, batch)
+
+
+class NoiseScaleAverage(NamedTuple):
+    """Exponential moving averages of one-batch estimates, with standard errors.
+
+    Every field is an array with one entry per step (the average up to that step).
+
+    Attributes:
+      trace_sigma: EMA of ``tr(Sigma)`` (bias corrected).
+      grad_sq_norm: EMA of ``|G|^2`` (bias corrected).
+      b_simple: ``trace_sigma / grad_sq_norm`` (``+inf`` while ``grad_sq_norm <= 0``).
+      trace_sigma_se: standard error of ``trace_sigma``.
+      grad_sq_norm_se: standard error of ``grad_sq_norm``.
+      b_simple_se: standard error of ``b_simple`` (delta method, with the covariance).
+      b_simple_lo: lower end of the ``z``-interval (``max(b - z se, 0)``).
+      b_simple_hi: upper end (``+inf`` while ``grad_sq_norm - z se`` is not positive).
+      effective_count: Kish's effective number of steps ``(sum w)^2 / sum w^2``.
+    """
+
+    trace_sigma: jax.Array
+    grad_sq_norm: jax.Array
+    b_simple: jax.Array
+    trace_sigma_se: jax.Array
+    grad_sq_norm_se: jax.Array
+    b_simple_se: jax.Array
+    b_simple_lo: jax.Array
+    b_simple_hi: jax.Array
+    effective_count: jax.Array
+
+
+def noise_scale_average(
+    trace_sigma: jax.typing.ArrayLike,
+    grad_sq_norm: jax.typing.ArrayLike,
+    decay: float = 0.95,
+    z: float = 1.96,
+) -> NoiseScaleAverage:
+    """Averages one-batch estimates over steps: EMAs of numerator and denominator apart.
+
+    McCandlish et al. advise averaging ``tr(Sigma)`` and ``|G|^2`` separately before
+    dividing (the ratio of single-batch estimates is heavily biased and can be negative).
+    With weights ``w_t = decay^(T-t)``, the EMAs are weighted means; their standard
+    errors treat the per-step estimates as independent (fresh batches) with the weighted
+    sample (co)variance over the window, divided by the effective count
+    ``(sum w)^2 / sum w^2`` (``(1+decay)/(1-decay)`` in the limit: 39 for 0.95). The
+    interval of ``B_simple`` is the delta-method ``b +- z se``, open above while the
+    ``|G|^2`` interval reaches 0. Parameters drift during training, so this is the
+    uncertainty of a moving target's recent level; pure and jittable (``lax.scan``).
+
+    Args:
+      trace_sigma: one-batch ``tr(Sigma)`` estimates, shape ``[T]``.
+      grad_sq_norm: one-batch ``|G|^2`` estimates, shape ``[T]``.
+      decay: EMA decay in ``[0, 1)``.
+      z: half-width of the interval in standard errors (1.96: 95% for a normal).
+
+    Returns:
+      A :class:`NoiseScaleAverage` of ``[T]`` arrays (standard errors are ``+inf`` at
+      the first step, where no spread is known).
+
+    Example:
+      >>> avg = noise_scale_average([4.0, 6.0], [1.0, 1.0], decay=0.0)
+      >>> float(avg.b_simple[-1])  # decay 0: the last step alone
+      6.0
+
+    References:
+      McCandlish et al., "An Empirical Model of Large-Batch Training", arXiv:1812.06162,
+      2018 (appendix A.1: average numerator and denominator separately).
+      Kish, "Survey Sampling", Wiley, 1965 (effective sample size of weighted means).
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}")
+    if not z > 0:
+        raise ValueError(f"z must be > 0, got {z}")
+    t = _at_least_f32(trace_sigma)
+    g = _at_least_f32(grad_sq_norm).astype(t.dtype)
+    if t.ndim != 1 or t.shape != g.shape or t.shape[0] == 0:
+        raise ValueError(
+            f"trace_sigma and grad_sq_norm must be 1-D of one length >= 1, got {t.shape} and "
+            f"{g.shape}"
+        )
+    d = jnp.asarray(decay, t.dtype)
+
+    def step(acc, tg):
+        x, y = tg
+        w, w2, *sums = acc  # sum of weights, of squared weights (decaying as d^2), sums
+        sums = [d * a + v for a, v in zip(sums, (x, y, x * x, y * y, x * y), strict=True)]
+        acc = (d * w + 1.0, d * d * w2 + 1.0, *sums)
+        return acc, acc
+
+    zero = jnp.zeros((), t.dtype)
+    _, (w, w2, sx, sy, sxx, syy, sxy) = jax.lax.scan(step, (zero,) * 7, (t, g))
+    mx, my = sx / w, sy / w
+    # unbiased weighted (co)variance ("reliability weights"); undefined at one step
+    denom = w * w - w2
+    has_spread = denom > 0
+    scale = jnp.where(has_spread, w * w / jnp.where(has_spread, denom, 1.0), jnp.inf)
+    n_eff = w * w / w2
+    var_x = jnp.maximum(sxx / w - mx * mx, 0.0) * scale / n_eff
+    var_y = jnp.maximum(syy / w - my * my, 0.0) * scale / n_eff
+    cov = (sxy / w - mx * my) * jnp.where(has_spread, scale, 0.0) / n_eff
+    pos = my > 0
+    b = jnp.where(pos, mx / jnp.where(pos, my, 1.0), jnp.inf)
+    safe_x = jnp.where(mx != 0, mx, 1.0)
+    safe_y = jnp.where(pos, my, 1.0)
+    rel2 = var_x / safe_x**2 + var_y / safe_y**2 - 2.0 * cov / (safe_x * safe_y)
+    b_se = jnp.where(pos & has_spread, jnp.abs(b) * jnp.sqrt(jnp.maximum(rel2, 0.0)), jnp.inf)
+    se_x, se_y = jnp.sqrt(var_x), jnp.sqrt(var_y)
+    lo = jnp.where(pos & has_spread, jnp.maximum(b - z * b_se, 0.0), 0.0)
+    hi = jnp.where(pos & has_spread & (my - z * se_y > 0), b + z * b_se, jnp.inf)
+    return NoiseScaleAverage(mx, my, b, se_x, se_y, b_se, lo, hi, n_eff)

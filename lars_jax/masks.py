@@ -70,17 +70,21 @@ def _reject_step_count(params: Any) -> None:
         raise ValueError(f"`mask` was called with a step count, not with params: {_INJECT_HINT}.")
 
 
-def check_trust_ratio_mask(mask: Any) -> None:
-    """Raises ValueError for ``mask=False``, which turns the trust ratio off everywhere.
+def check_trust_ratio_mask(mask: Any, name: str = "mask") -> None:
+    """Raises ValueError for a ``False`` mask, which turns the trust ratio off everywhere.
 
     That is what a callable mask becomes under ``optax.inject_hyperparams`` without
     ``static_args=("mask",)`` (optax calls it with the step count): LARS would silently
     run as momentum SGD. A pytree of booleans that are all False is still accepted.
+
+    Args:
+      mask: the mask argument (``mask``, or ``trust_ratio_mask`` of the optax form).
+      name: the argument's name, for the message.
     """
     if isinstance(mask, (bool, np.bool_)) and not mask:
         raise ValueError(
-            "`mask=False` turns the trust ratio off for every tensor (that is momentum SGD: "
-            f"use lars_jax.sgd). If you passed a callable mask, {_INJECT_HINT}."
+            f"`{name}=False` turns the trust ratio off for every tensor (that is momentum "
+            f"SGD: use lars_jax.sgd). If you passed a callable mask, {_INJECT_HINT}."
         )
 
 

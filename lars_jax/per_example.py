@@ -48,6 +48,19 @@ Semantics:
 * With ``num_groups=k`` (micro-batch mode) the batch is cut into ``k`` contiguous equal
   groups and the norms are those of each group's mean-loss gradient (for ``k`` devices:
   the local gradients before the all-reduce).
+* The loss is the mean of the per-example losses (``loss_reduction="mean"``, the default)
+  or their sum (``loss_reduction="sum"``); the norms are the same either way.
+* Parameter-only terms are exact: a loss that also reads parameters outside the layer
+  calls in a term of the parameters alone (an L2 penalty ``wd * sum(p ** 2)``, however
+  written) adds that term's gradient ``q`` to every example's gradient: the squared norm of
+  example ``i`` is ``|g_i|^2 + 2 g_i . q + |q|^2``, with ``g_i . q`` taken inside the
+  layer's backward step (the layer's output tangent in the direction ``q`` against the
+  output cotangent). Which parameters a loss reads outside its layer calls, and what that
+  read depends on, is read off the traced program (``jax.make_jaxpr``) before the pass. A
+  read whose gradient depends on the batch or the activations (tied weights, a parameter
+  scaling the logits) raises a ``ValueError`` naming the parameter, as does a penalised
+  parameter that reaches its layer transformed (cast, scaled, inside ``nn.remat``).
+* Complex parameters or layers raise a ``ValueError`` (LARS itself takes ``|x|^2``).
 
 Dense, Conv and Embed are identified by exact type; normalisation layers also by subclass
 (such as a ghost BatchNorm), which must compute ``x_hat * scale + bias`` per feature and give
@@ -80,6 +93,7 @@ from flax.linen import linear as _linear
 PyTree = Any
 
 _METHODS = ("auto", "ghost", "direct")
+_REDUCTIONS = ("mean", "sum")
 # For layers whose per-example kernel gradients are formed ("direct"), take the kernel
 # gradient from their sum instead of a second weight-gradient computation by autodiff.
 _FUSE_DIRECT = True
@@ -101,6 +115,7 @@ class _Layer:
     module: nn.Module
     out_shape: jax.ShapeDtypeStruct
     in_shape: tuple[int, ...]
+    param_shapes: dict[str, jax.ShapeDtypeStruct] = dataclasses.field(default_factory=dict)
     plan: str = ""  # "norm", "embed", "closed" (T = 1), "ghost" or "direct"
 
 
@@ -163,6 +178,10 @@ def _discover(fn: Callable[..., Any], *args, **kwargs) -> list[_Layer]:
                 module=module.clone(parent=None),
                 out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
                 in_shape=tuple(a[0].shape),
+                param_shapes={
+                    k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                    for k, v in module.variables.get("params", {}).items()
+                },
             )
         )
         return out
@@ -458,24 +477,56 @@ def _after(x: jax.Array, ct: jax.Array) -> jax.Array:
     return x + zero
 
 
+def _with_direct_term(
+    sq: jax.Array,
+    forward: Callable[..., jax.Array],
+    layer_params: dict[str, jax.Array],
+    x: jax.Array,
+    others: dict,
+    name: str,
+    direct: dict[str, jax.Array],
+    ct: jax.Array,
+    groups: int,
+) -> jax.Array:
+    """``|s_g + q / G|^2`` from ``sq = |s_g|^2``: a parameter-only term's gradient ``q``.
+
+    ``s_g`` is group ``g``'s share of the layer gradient (cotangent scaling) and ``q`` the
+    gradient of the loss's terms that read the parameter outside any layer, which every
+    example (group) shares equally. ``s_g . q`` is the layer's output tangent in the
+    direction ``q`` dotted with the output cotangent, summed over the group.
+    """
+    q = direct.get(name)
+    if q is None:
+        return sq
+    tangent = {k: (q if k == name else jnp.zeros_like(v)).astype(v.dtype)
+               for k, v in layer_params.items()}
+    _, t = jax.jvp(lambda pp: forward(pp, x, others), (layer_params,), (tangent,))
+    prod = t.astype(jnp.float32) * ct.astype(jnp.float32)
+    inner = jnp.sum(prod.reshape(groups, -1), axis=1)
+    q32 = q.astype(jnp.float32)
+    out = sq + 2.0 * inner / groups + jnp.sum(q32 * q32) / groups**2
+    return jnp.maximum(out, 0.0)  # rounding when s_g = -q / G
+
+
 def _make_tap(layer: _Layer, groups: int, rest: tuple, kwargs: dict) -> Callable[..., Any]:
-    """``tap(layer_params, x, others, probes) -> layer output``, with the norms as the
-    cotangent of ``probes`` (a dict ``{param name: (G,) zeros}``)."""
+    """``tap(layer_params, x, others, probes, direct) -> layer output``, with the norms as
+    the cotangent of ``probes`` (a dict ``{param name: (G,) zeros}``); ``direct`` holds the
+    gradients of parameter-only loss terms (see :func:`_with_direct_term`)."""
     module = layer.module
     forward = _apply_fn(module, rest, kwargs)
     differentiable_x = layer.kind != "embed"
 
     @jax.custom_vjp
-    def tap(layer_params, x, others, probes):
-        del probes
+    def tap(layer_params, x, others, probes, direct):
+        del probes, direct
         return forward(layer_params, x, others)
 
-    def tap_fwd(layer_params, x, others, probes):
+    def tap_fwd(layer_params, x, others, probes, direct):
         del probes
-        return forward(layer_params, x, others), (layer_params, x, others)
+        return forward(layer_params, x, others), (layer_params, x, others, direct)
 
     def tap_bwd(res, ct):
-        layer_params, x, others = res
+        layer_params, x, others, direct = res
         x = _after(x, ct)
         if differentiable_x:
             _, vjp = jax.vjp(lambda p, xx: forward(p, xx, others), layer_params, x)
@@ -495,7 +546,11 @@ def _make_tap(layer: _Layer, groups: int, rest: tuple, kwargs: dict) -> Callable
                 # Replaces autodiff's kernel gradient, which XLA then never computes.
                 d_params = dict(d_params)
                 d_params["kernel"] = _summed_like(kernel_grad, layer_params["kernel"])
-        return d_params, d_x, None, sq
+        sq = {
+            name: _with_direct_term(v, forward, layer_params, x, others, name, direct, ct, groups)
+            for name, v in sq.items()
+        }
+        return d_params, d_x, None, sq, None
 
     tap.defvjp(tap_fwd, tap_bwd)
     return tap
@@ -509,12 +564,17 @@ def _tapped_call(
     kwargs: dict,
     next_fun: Any,
     probes: dict[str, jax.Array],
+    direct: dict[str, jax.Array] | None = None,
+    replace_params: dict[str, jax.Array] | None = None,
 ) -> jax.Array:
-    """Runs one intercepted layer call through its tap."""
+    """Runs one intercepted layer call through its tap (with ``replace_params`` instead of
+    the module's own parameters when given)."""
     variables = module.variables
     layer_params = dict(variables.get("params", {}))
     if not layer_params:  # e.g. a normalisation layer without scale and bias
         return next_fun(*args, **kwargs)
+    if replace_params is not None:
+        layer_params = dict(replace_params)
     for value in (*args[1:], *kwargs.values()):
         if isinstance(value, jax.Array):
             raise ValueError(
@@ -527,7 +587,7 @@ def _tapped_call(
         # output is unused, so XLA keeps only the statistics.
         next_fun(*args, **kwargs)
     tap = _make_tap(layer, groups, args[1:], kwargs)
-    return tap(layer_params, args[0], others, probes)
+    return tap(layer_params, args[0], others, probes, direct or {})
 
 
 # ---------------------------------------------------------------------------------------
@@ -578,6 +638,113 @@ def _param_names(layer: _Layer) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------
+# Parameters read outside the layer calls (e.g. an L2 penalty in the loss).
+
+# Primitives that call a jaxpr with the same inputs and outputs: their dependencies are
+# followed inside. Any other primitive with a sub-jaxpr (scan, while, cond) makes each of
+# its outputs depend on all of its inputs, which can only over-report dependencies.
+_CALL_PRIMITIVES = frozenset({
+    "jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
+    "custom_vjp_call", "custom_vjp_call_jaxpr",
+})
+
+
+def _inner_jaxpr(eqn: jax.extend.core.JaxprEqn) -> jax.extend.core.Jaxpr | None:
+    if eqn.primitive.name not in _CALL_PRIMITIVES:
+        return None
+    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        inner = eqn.params.get(key)
+        if isinstance(inner, jax.extend.core.ClosedJaxpr):
+            inner = inner.jaxpr
+        if (isinstance(inner, jax.extend.core.Jaxpr) and len(inner.invars) == len(eqn.invars)
+                and len(inner.outvars) == len(eqn.outvars)):
+            return inner
+    return None
+
+
+def _dependencies(jaxpr: jax.extend.core.Jaxpr, in_deps: Sequence[int]) -> list[int]:
+    """For each output of ``jaxpr``, the bit set of the inputs it depends on."""
+    env: dict[Any, int] = dict(zip(jaxpr.invars, in_deps, strict=True))
+
+    def read(v: Any) -> int:
+        return 0 if isinstance(v, jax.extend.core.Literal) else env.get(v, 0)
+
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        inner = _inner_jaxpr(eqn)
+        if inner is not None:
+            outs = _dependencies(inner, ins)
+        else:
+            everything = 0
+            for d in ins:
+                everything |= d
+            outs = [everything] * len(eqn.outvars)
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _loss_with_layer_params(
+    loss_fn: Callable[..., Any], layers: Sequence[_Layer], groups: int, has_aux: bool
+) -> Callable[..., jax.Array]:
+    """``f(params, layer_params, (args, kwargs))``: the loss, with every recognised layer
+    computing with ``layer_params[i]`` instead of its own parameters, so that ``params``
+    reaches the loss only through the reads outside the layer calls."""
+    by_path = {layer.path: i for i, layer in enumerate(layers)}
+
+    def f(p, layer_params, batch):
+        def record(module, a, kw, next_fun):
+            i = by_path[tuple(module.path)]
+            probes = {n: jnp.zeros((groups,), jnp.float32) for n in _param_names(layers[i])}
+            return _tapped_call(layers[i], groups, module, a, kw, next_fun, probes,
+                                replace_params=layer_params[i])
+
+        with nn.intercept_methods(_make_interceptor(record)):
+            res = loss_fn(p, *batch[0], **batch[1])
+        return res[0] if has_aux else res
+
+    return f
+
+
+def _direct_reads(
+    loss_fn: Callable[..., Any], params: PyTree, layers: Sequence[_Layer], groups: int,
+    has_aux: bool, args: tuple, kwargs: dict,
+) -> tuple[list[bool], Callable[[], PyTree]]:
+    """Which leaves of ``params`` the loss reads outside the layer calls, and a function
+    computing the gradient of those reads.
+
+    Traces (abstractly) the gradient of the loss with the layers fed separate parameters.
+    A leaf is read outside the layers when the loss depends on it there; the gradient of
+    those reads must then depend on ``params`` alone (a parameter-only term such as an L2
+    penalty, which every example shares), else the leaf is named in a ``ValueError``.
+    """
+    f = _loss_with_layer_params(loss_fn, layers, groups, has_aux)
+    shapes = [dict(layer.param_shapes) for layer in layers]
+    closed = jax.make_jaxpr(jax.value_and_grad(f))(params, shapes, (args, kwargs))
+    n_p = len(jax.tree.leaves(params))
+    n_in = len(closed.jaxpr.invars)
+    out = _dependencies(closed.jaxpr, [1 << k for k in range(n_in)])
+    loss_deps, grad_deps = out[0], out[1:]
+    reads = [bool(loss_deps >> j & 1) for j in range(n_p)]
+    others = ~((1 << n_p) - 1)
+    paths = [_path_str(_path_of_keypath(k))
+             for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    bad = [paths[j] for j in range(n_p) if reads[j] and grad_deps[j] & others]
+    if bad:
+        raise ValueError(
+            f"value_grad_and_norms: parameter(s) {bad} are read outside their layer call in "
+            "a loss term that depends on the batch or the activations (e.g. tied weights), "
+            "which per-example norms do not support; only parameter-only terms (such as an "
+            "L2 penalty) may read parameters outside the layer calls"
+        )
+
+    def direct_grads() -> PyTree:
+        zeros = [{k: jnp.zeros(v.shape, v.dtype) for k, v in s.items()} for s in shapes]
+        return jax.grad(f)(params, zeros, (args, kwargs))
+
+    return reads, direct_grads
+
+
+# ---------------------------------------------------------------------------------------
 # Public API.
 
 
@@ -588,15 +755,18 @@ def value_grad_and_norms(
     has_aux: bool = False,
     num_groups: int | None = None,
     method: str = "auto",
+    loss_reduction: str = "mean",
     **kwargs: Any,
 ) -> tuple[Any, PyTree, PyTree]:
     """Loss, batch gradient and per-example gradient norms, in one forward and one backward pass.
 
     Args:
       loss_fn: ``loss_fn(params, *args, **kwargs)`` returning the MEAN over the batch of the
-        per-example losses (or ``(loss, aux)`` with ``has_aux=True``). It must call a Flax
-        linen model's ``apply`` (``mutable=["batch_stats"]`` is fine); the model's
-        parametrised layers must be ``nn.Dense``, ``nn.Conv``, ``nn.Embed``,
+        per-example losses, or their SUM with ``loss_reduction="sum"`` (or ``(loss,
+        aux)`` with ``has_aux=True``), plus optionally terms of the parameters alone
+        (a weight-decay penalty), which are exact (see Semantics in the module docs).
+        It must call a Flax linen model's ``apply`` (``mutable=["batch_stats"]`` is fine);
+        the model's parametrised layers must be ``nn.Dense``, ``nn.Conv``, ``nn.Embed``,
         ``nn.BatchNorm``, ``nn.GroupNorm`` or ``nn.LayerNorm``, each called once.
       params: the parameters differentiated (the ``"params"`` collection, or a variables
         dict holding it under ``"params"``).
@@ -607,6 +777,11 @@ def value_grad_and_norms(
         (leaves of shape ``(k,)``). ``k`` must divide ``B``.
       method: ``"auto"`` chooses per layer between the ghost norm and the per-layer
         per-example gradient by cost; ``"ghost"`` or ``"direct"`` force one of them.
+      loss_reduction: how ``loss_fn`` reduces the per-example losses over the batch:
+        ``"mean"`` (default) or ``"sum"``. It is not detected: a sum loss passed as
+        ``"mean"`` gives norms ``B`` times too large. A parameter-only term counts in
+        every example's loss as its share of the reduction (whole for a mean, ``1/B``
+        of it for a sum).
       **kwargs: further keyword arguments of ``loss_fn``.
 
     Returns:
@@ -616,9 +791,11 @@ def value_grad_and_norms(
       (or of each group's mean loss).
 
     Raises:
-      ValueError: for an unknown ``method``, a ``num_groups`` that does not divide the
-        batch, or parameters that do not belong to a recognised layer (named in the
-        message).
+      ValueError: for an unknown ``method`` or ``loss_reduction``, a ``num_groups`` that
+        does not divide the batch, complex parameters or layers, parameters that do not
+        belong to a recognised layer, and parameters read outside their layer call in a
+        term that depends on the batch or activations, or that reach their layer
+        transformed while also read outside it (each named in the message).
 
     Example:
       Train a small MLP with CLARS, whose trust ratio divides by the mean per-example
@@ -655,9 +832,64 @@ def value_grad_and_norms(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if loss_reduction not in _REDUCTIONS:
+        raise ValueError(f"loss_reduction must be one of {_REDUCTIONS}, got {loss_reduction!r}")
     if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 1):
         raise ValueError(f"num_groups must be a positive int or None, got {num_groups!r}")
+    _refuse_complex(params)
 
+    layers, batch, groups = _layers_and_groups(loss_fn, params, num_groups, method, args, kwargs)
+    prefix = _params_prefix(params, layers)
+    by_path = {layer.path: i for i, layer in enumerate(layers)}
+    reads, direct_grads = _direct_reads(loss_fn, params, layers, groups, has_aux, args, kwargs)
+    direct: list[dict[str, jax.Array]] = [{} for _ in layers]
+    if any(reads):
+        keys = [_path_of_keypath(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        q_leaves = jax.tree.leaves(direct_grads())
+        for key, read, q in zip(keys, reads, q_leaves, strict=True):
+            i = by_path.get(key[len(prefix):-1]) if read else None
+            if i is not None:
+                direct[i][key[-1]] = q
+
+    def probed_loss(p, probes):
+        def record(module, a, kw, next_fun):
+            i = by_path[tuple(module.path)]
+            _check_read_as_is(layers[i], module, p, prefix, direct[i])
+            return _tapped_call(layers[i], groups, module, a, kw, next_fun, probes[i],
+                                direct=direct[i])
+
+        with nn.intercept_methods(_make_interceptor(record)):
+            res = loss_fn(p, *args, **kwargs)
+        return res if has_aux else (res, None)
+
+    axes = _varying_axes((params, args, kwargs))
+    probes = [{name: _zero_probe(groups, axes) for name in _param_names(lr)} for lr in layers]
+    (loss, aux), (grads, sq_tree) = jax.value_and_grad(probed_loss, argnums=(0, 1), has_aux=True)(
+        params, probes
+    )
+    # The cotangents are those of the reduced loss: scale the group sums back to the
+    # gradients of each group's mean loss.
+    scale = groups if loss_reduction == "mean" else groups / batch
+    norms = _norms_like(params, layers, sq_tree, prefix, scale)
+    value = (loss, aux) if has_aux else loss
+    return value, grads, norms
+
+
+def _refuse_complex(params: PyTree) -> None:
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jnp.iscomplexobj(leaf):
+            raise ValueError(
+                f"value_grad_and_norms: parameter {_path_str(_path_of_keypath(keypath))} is "
+                "complex; per-example norms support real parameters only (split it into "
+                "real and imaginary parts, or use LARS, whose norms take |x|^2)"
+            )
+
+
+def _layers_and_groups(
+    loss_fn: Callable[..., Any], params: PyTree, num_groups: int | None, method: str,
+    args: tuple, kwargs: dict,
+) -> tuple[list[_Layer], int, int]:
+    """Discovers the layer calls, checks them and plans each; returns (layers, B, G)."""
     layers = _discover(loss_fn, params, *args, **kwargs)
     if not layers:
         raise ValueError(f"value_grad_and_norms: loss_fn called no layer of {_SUPPORTED} "
@@ -669,32 +901,45 @@ def value_grad_and_norms(
                 f"value_grad_and_norms: layer {_path_str(layer.path)} has leading dimension "
                 f"{layer.out_shape.shape[0]}, other layers {batch}: the batch must be axis 0"
             )
+        if jnp.issubdtype(layer.out_shape.dtype, jnp.complexfloating):
+            raise ValueError(
+                f"value_grad_and_norms: layer {_path_str(layer.path)} computes in complex "
+                f"{layer.out_shape.dtype}; per-example norms support real layers only"
+            )
     groups = batch if num_groups is None else num_groups
     if batch % groups:
         raise ValueError(f"num_groups={num_groups} does not divide the batch size {batch}")
-
     for layer in layers:
         layer.plan = _plan(layer, groups, method)
         if layer.kind == "conv":  # validate the configuration before the real pass
             _check_conv(layer.module, layer.in_shape, _path_str(layer.path))
-    prefix = _params_prefix(params, layers)
-    by_path = {layer.path: i for i, layer in enumerate(layers)}
+    return layers, batch, groups
 
-    def probed_loss(p, probes):
-        def record(module, a, kw, next_fun):
-            i = by_path[tuple(module.path)]
-            return _tapped_call(layers[i], groups, module, a, kw, next_fun, probes[i])
 
-        with nn.intercept_methods(_make_interceptor(record)):
-            res = loss_fn(p, *args, **kwargs)
-        return res if has_aux else (res, None)
+def _check_read_as_is(
+    layer: _Layer, module: nn.Module, p: PyTree, prefix: tuple[str, ...],
+    direct: dict[str, jax.Array],
+) -> None:
+    """A parameter read outside its layer must reach the layer unchanged (the same value)."""
+    if not direct:
+        return
+    own = module.variables.get("params", {})
+    given = _subtree(p, prefix + layer.path) or {}
+    for name in direct:
+        if own.get(name) is not given.get(name):
+            raise ValueError(
+                f"value_grad_and_norms: parameter {_path_str(prefix + layer.path + (name,))} "
+                "is read outside its layer call and reaches the layer transformed (cast, "
+                "scaled, or inside a lifted transform such as nn.remat); per-example norms "
+                "support a penalty only on parameters passed to the layer unchanged"
+            )
 
-    axes = _varying_axes((params, args, kwargs))
-    probes = [{name: _zero_probe(groups, axes) for name in _param_names(lr)} for lr in layers]
-    (loss, aux), (grads, sq_tree) = jax.value_and_grad(probed_loss, argnums=(0, 1), has_aux=True)(
-        params, probes
-    )
 
+def _norms_like(
+    params: PyTree, layers: Sequence[_Layer], sq_tree: Sequence[dict[str, jax.Array]],
+    prefix: tuple[str, ...], scale: float,
+) -> PyTree:
+    """The norms, ``scale * sqrt(sq)``, as a tree like ``params`` (every leaf must have one)."""
     sq = {
         prefix + layer.path + (name,): v
         for layer, layer_sq in zip(layers, sq_tree, strict=True)
@@ -706,8 +951,7 @@ def value_grad_and_norms(
     for keypath, _ in leaves_with_path:
         key = _path_of_keypath(keypath)
         if key in sq:
-            # The cotangents are those of the mean loss: scale the group sums back.
-            norms_leaves.append(groups * jnp.sqrt(sq.pop(key)))
+            norms_leaves.append(scale * jnp.sqrt(sq.pop(key)))
         else:
             missing.append(_path_str(key))
     if missing:
@@ -716,9 +960,7 @@ def value_grad_and_norms(
             f"({_SUPPORTED}): {missing} (for Flax NNX models use "
             "lars_jax.nnx_value_grad_and_norms)"
         )
-    norms = jax.tree_util.tree_unflatten(treedef, norms_leaves)
-    value = (loss, aux) if has_aux else loss
-    return value, grads, norms
+    return jax.tree_util.tree_unflatten(treedef, norms_leaves)
 
 
 def _leaf_norms(tree: PyTree, batch_dims: int = 1) -> PyTree:

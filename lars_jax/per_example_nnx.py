@@ -31,9 +31,15 @@ example's contribution to the batch gradient; ``num_groups`` for micro-batch nor
 Other state (BatchNorm statistics, RNG counters of ``nnx.Dropout``) is updated in
 ``model`` as ``nnx.grad`` would. Layers are matched by exact type and must use their
 default ``dot_general`` / ``conv_general_dilated`` / ``promote_dtype``; every
-``nnx.Param`` must belong to such a layer and be used only through the layer's
-``__call__`` (once per forward pass): anything else raises ``ValueError`` naming the
-parameter instead of returning wrong norms.
+``nnx.Param`` must belong to such a layer, called once per forward pass.
+
+Reading parameters in the loss outside the layer calls (``nnx.state(model, nnx.Param)``,
+``model.layer.kernel[...]``) gives their values, and a term of the parameters alone (an
+L2 penalty) is exact in the norms, as in :func:`lars_jax.value_grad_and_norms`; a read
+whose gradient depends on the batch or activations (tied weights) raises ``ValueError``
+naming the parameter. NNX objects among the loss's arguments (``nnx.Rngs``, passed
+positionally or by keyword) are handled as ``nnx.value_and_grad`` does: the loss sees a
+copy, and the original's state (RNG counters) is updated after the pass.
 
 References:
   Goodfellow, "Efficient per-example gradient computations", arXiv 1510.01799, 2015.
@@ -120,24 +126,6 @@ def _linen_twin(layer: nnx.Module, name: str) -> nn.Module:
     raise AssertionError(t)  # pragma: no cover - _PARAM_NAMES lists the types
 
 
-class _ParamUsedOutsideLayer:
-    """Stands in for a recognised layer's parameters: any direct use raises."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def _fail(self, *args: Any, **kwargs: Any):
-        raise ValueError(
-            f"nnx_value_grad_and_norms: parameter {self._name} is used outside its layer's "
-            "__call__ (e.g. weight tying or Embed.attend); its per-example norms would miss "
-            "that use, so it is not supported."
-        )
-
-    __getitem__ = __array__ = __jax_array__ = _fail
-    value = property(_fail)
-    get_value = _fail
-
-
 _MIN_FLAX = (0, 12)
 
 
@@ -182,6 +170,7 @@ def nnx_value_grad_and_norms(
     has_aux: bool = False,
     num_groups: int | None = None,
     method: str = "auto",
+    loss_reduction: str = "mean",
     **kwargs: Any,
 ) -> tuple[Any, nnx.State, nnx.State]:
     """Loss, gradient and per-example gradient norms of an NNX model in one backward pass.
@@ -198,6 +187,8 @@ def nnx_value_grad_and_norms(
       num_groups: ``None`` for per-example norms, ``k`` for the norms of ``k``
         contiguous equal micro-batches (as in :func:`lars_jax.value_grad_and_norms`).
       method: ``"auto"``, ``"ghost"`` or ``"direct"`` (as there).
+      loss_reduction: ``"mean"`` (default) or ``"sum"``: how ``loss_fn`` reduces the
+        per-example losses (as there; not detected).
       **kwargs: further keyword arguments of ``loss_fn``.
 
     Returns:
@@ -209,8 +200,9 @@ def nnx_value_grad_and_norms(
 
     Raises:
       ValueError: for parameters outside the supported layers, layers with custom
-        ``dot_general``/``promote_dtype``, a parameter used outside its layer's
-        ``__call__``, a layer called twice, or the errors of
+        ``dot_general``/``promote_dtype``, a parameter read outside its layer's
+        ``__call__`` in a term that depends on the batch (tied weights,
+        ``Embed.attend``), a layer called twice, or the errors of
         :func:`lars_jax.value_grad_and_norms`.
 
     Examples:
@@ -249,6 +241,7 @@ def nnx_value_grad_and_norms(
     """
     _check_flax_version()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    treedef = jax.tree.structure(params)
     layers = _recognised_layers(model)
     names = {path: _path_name(path) for path in layers}
     if len(set(names.values())) != len(names):
@@ -281,60 +274,96 @@ def nnx_value_grad_and_norms(
         if type(layer) is nnx.BatchNorm
     }
 
+    node_args, packed = _take_graph_nodes(args, kwargs)
+
     class _Host(nn.Module):
         """Runs ``loss_fn`` on a copy of the model whose layers call linen twins."""
 
         @nn.compact
-        def __call__(self, *a: Any, **kw: Any):
-            copy = nnx.merge(graphdef, params, rest, copy=True)
+        def __call__(self, batch: tuple[tuple, dict]):
+            # The copy's parameters are the host's own (the linen "params" leaves), so
+            # that reads of them outside the layers (nnx.state, model.layer.kernel) are
+            # seen by value_grad_and_norms as such.
+            host_params = self.variables.get("params", {})
+            p_state = jax.tree.unflatten(
+                treedef, [host_params[n][a] for n, a in linen_key])
+            copy = nnx.merge(graphdef, p_state, rest, copy=True)
             twins: dict[int, nn.Module] = {}
-            hidden = []
             for path, layer in _recognised_layers(copy).items():
                 twins[id(layer)] = _linen_twin(layer, names[path])
-                for attr in _PARAM_NAMES[type(layer)]:
-                    value = getattr(layer, attr, None)
-                    if value is not None:
-                        hidden.append((layer, attr, value))
-                        object.__setattr__(
-                            layer, attr, _ParamUsedOutsideLayer(_path_name(path + (attr,)))
-                        )
                 layer.__class__ = _redirected_class(type(layer), twins)
+            a, kw, nodes = _put_graph_nodes(batch, node_args)
             res = loss_fn(copy, *a, **kw)
-            for layer, attr, value in hidden:
-                object.__setattr__(layer, attr, value)
-            return res, nnx.state(copy, nnx.Not(nnx.Param))
+            return res, (nnx.state(copy, nnx.Not(nnx.Param)), [nnx.state(n) for n in nodes])
 
     host = _Host()
 
-    def linen_loss(p, *a, **kw):
+    def linen_loss(p, batch):
         variables = {"params": p}
         new_stats = None
         if batch_stats:
             variables["batch_stats"] = batch_stats
-            (res, new_rest), mutated = host.apply(
-                variables, *a, mutable=["batch_stats"], **kw
-            )
+            (res, new_rest), mutated = host.apply(variables, batch, mutable=["batch_stats"])
             new_stats = mutated["batch_stats"]
         else:
-            res, new_rest = host.apply(variables, *a, **kw)
+            res, new_rest = host.apply(variables, batch)
         loss, aux = res if has_aux else (res, None)
         return loss, (aux, new_rest, new_stats)
 
-    (loss, (aux, new_rest, new_stats)), linen_grads, linen_norms = value_grad_and_norms(
-        linen_loss, linen_params, *args, has_aux=True, num_groups=num_groups,
-        method=method, **kwargs,
-    )
+    (loss, (aux, (new_rest, new_nodes), new_stats)), linen_grads, linen_norms = (
+        value_grad_and_norms(linen_loss, linen_params, packed, has_aux=True,
+                             num_groups=num_groups, method=method,
+                             loss_reduction=loss_reduction))
+    for (_, original, _), new_state in zip(node_args, new_nodes, strict=True):
+        nnx.update(original, new_state)
     nnx.update(model, new_rest)
     for path, layer in layers.items():
         if new_stats is not None and names[path] in new_stats:
             layer.mean[...] = new_stats[names[path]]["mean"]
             layer.var[...] = new_stats[names[path]]["var"]
-    treedef = jax.tree.structure(params)
     grads = jax.tree.unflatten(treedef, [linen_grads[n][a] for n, a in linen_key])
     norms = jax.tree.unflatten(treedef, [linen_norms[n][a] for n, a in linen_key])
     value = (loss, aux) if has_aux else loss
     return value, grads, norms
 
+
+def _take_graph_nodes(
+    args: tuple, kwargs: dict
+) -> tuple[list[tuple[int | str, Any, tuple[Any, Any]]], tuple[tuple, dict]]:
+    """Takes the NNX objects (``nnx.Rngs``, ...) out of the loss's arguments.
+
+    Returns ``[(position or keyword, object, (graphdef, state))]`` and the arguments with
+    ``None`` in their place. Inside the pass each is rebuilt from its state (an object
+    from outside the traced function cannot be mutated inside it) and the original is
+    updated afterwards, as ``nnx.grad`` does.
+    """
+    nodes = []
+    a = list(args)
+    kw = dict(kwargs)
+    for where, value in [*enumerate(args), *kwargs.items()]:
+        if nnx.graph.is_graph_node(value):
+            nodes.append((where, value, nnx.split(value)))
+            if isinstance(where, int):
+                a[where] = None
+            else:
+                kw[where] = None
+    return nodes, (tuple(a), kw)
+
+
+def _put_graph_nodes(
+    batch: tuple[tuple, dict], nodes: list[tuple[int | str, Any, tuple[Any, Any]]]
+) -> tuple[list, dict, list]:
+    """The arguments with fresh copies of the objects :func:`_take_graph_nodes` took."""
+    a, kw = list(batch[0]), dict(batch[1])
+    copies = []
+    for where, _, (graphdef, state) in nodes:
+        copy = nnx.merge(graphdef, state, copy=True)
+        copies.append(copy)
+        if isinstance(where, int):
+            a[where] = copy
+        else:
+            kw[where] = copy
+    return a, kw, copies
 
 
 def _redirected_class(cls: type, twins: dict[int, nn.Module]) -> type:

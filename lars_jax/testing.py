@@ -51,9 +51,15 @@ __all__ = [
 ]
 
 
+def _as64(x: Any) -> np.ndarray:
+    """``x`` in float64, or complex128 for complex ``x`` (never dropping imaginary parts)."""
+    x = np.asarray(x)
+    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
 def reference_norm(x: Any) -> float:
-    """``||x||`` in float64 (NaN/Inf propagate)."""
-    return float(np.sqrt(np.sum(np.asarray(x, np.float64) ** 2)))
+    """``||x|| = sqrt(sum |x|^2)`` in float64, real also for complex ``x`` (NaN/Inf propagate)."""
+    return float(np.sqrt(np.sum(np.abs(_as64(x)) ** 2)))
 
 
 def reference_trust_ratio(
@@ -76,8 +82,8 @@ def reference_trust_ratio(
       The ratio: 1 where ``||w||`` or the gradient-norm term is 0, NaN where either is
       not finite.
     """
-    w = np.asarray(w, np.float64)
-    g = np.asarray(g, np.float64)
+    w = _as64(w)
+    g = _as64(g)
     wd, tc = float(weight_decay), float(trust_coefficient)
     wn = reference_norm(w)
     if denominator == "paper":
@@ -127,9 +133,9 @@ def reference_lars_step(
     grad_norms = grad_norms if grad_norms is not None else [None] * len(ws)
     lr, wd = float(learning_rate), float(weight_decay)
     for w, g, v, m_, gn in zip(ws, gs, vs, mask, grad_norms, strict=True):
-        w = np.asarray(w, np.float64)
-        g = np.asarray(g, np.float64)
-        v = np.asarray(v, np.float64)
+        w = _as64(w)
+        g = _as64(g)
+        v = _as64(v)
         if m_:
             r = reference_trust_ratio(
                 w, g, weight_decay=wd, trust_coefficient=trust_coefficient, eps=eps,
@@ -190,7 +196,7 @@ def reference_lars_updates(
       A list with one float64 update pytree per step (``params_{t+1} - params_t``).
     """
     leaves, treedef = jax.tree.flatten(params)
-    ws = [np.asarray(w, np.float64) for w in leaves]
+    ws = [_as64(w) for w in leaves]
     vs = [np.zeros_like(w) for w in ws]
     mask_list = _mask_leaves(mask, params)
     at = lambda s, t: float(s(t)) if callable(s) else float(s)

@@ -32,7 +32,8 @@ def lars_run(
     lrs: Sequence[float], wds: Sequence[float], **kw,
 ) -> list[np.ndarray]:
     """Several steps with per-step learning rates and weight decays; returns final weights."""
-    ws = [np.asarray(w, np.float64) for w in ws]
+    ws = [np.asarray(w) for w in ws]
+    ws = [w.astype(np.complex128 if np.iscomplexobj(w) else np.float64) for w in ws]
     vs = [np.zeros_like(w) for w in ws]
     for gs, lr, wd in zip(grads_per_step, lrs, wds, strict=True):
         ws, vs, _ = lars_step(ws, gs, vs, lr=lr, wd=wd, **kw)

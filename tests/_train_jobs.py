@@ -13,14 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def tiny_data():
-    from lars_jax.train import Data
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
-    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
+from _tiny_data import tiny_data  # noqa: E402  (re-exported for the tests)
 
 
 def tiny_config(workdir, **kw):
@@ -45,12 +38,12 @@ def multihost_job(workdir: str, port: str, pid: str, nproc: str) -> None:
     """One process of a multi-process run; prints its final params for the test to compare."""
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     kw = {} if nproc == "1" else dict(coordinator_address=f"localhost:{port}",
                                       num_processes=int(nproc), process_id=int(pid))
-    summary, state = train(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
-                           data=tiny_data(), return_state=True)
+    summary, state = train_with_state(tiny_config(workdir, num_devices=4, epochs=1.0, **kw),
+                                      data=tiny_data())
     leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
     print("PARAMS", json.dumps(np.concatenate(leaves).tolist()))
     print("SUMMARY", json.dumps({k: summary[k] for k in ("num_processes", "num_devices", "steps")}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -535,3 +537,209 @@ def test_multi_steps_with_lars_equals_optax_multi_steps():
         u1, s1 = ours.update(g, s1, params)
         u2, s2 = ref.update(g, s2, params)
         chex.assert_trees_all_equal(u1, u2)
+
+
+# ------------------------------------------------------ drop-in for optax.lars (issue 24)
+
+
+@pytest.mark.parametrize("factory", [lars_jax.lars, lars_jax.larc])
+def test_signature_starts_with_optax_lars_signature(factory):
+    """Same names, order, kinds and defaults as optax.lars; our extras are keyword-only."""
+    ref = list(inspect.signature(optax.lars).parameters.values())
+    ours = list(inspect.signature(factory).parameters.values())
+    for r, o in zip(ref, ours[:len(ref)], strict=True):
+        assert (o.name, o.kind, o.default) == (r.name, r.kind, r.default)
+    extras = ours[len(ref):]
+    assert [p.name for p in extras] == ["denominator", "clip", "mask"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extras)
+
+
+def _complex_tree(seed, ids, scale=1.0):
+    re, im = random_tree(seed, ids, scale), random_tree(seed + 7, ids, scale)
+    return jax.tree.map(lambda a, b: jnp.asarray(a + 1j * b, jnp.complex64), re, im)
+
+
+def _two_masks(params):
+    """Two different masks: decay on kernels, the ratio on every layer0 tensor only."""
+    wd_mask = jax.tree.map(lambda x: np.ndim(x) > 1, params)
+    tr_mask = {k: jax.tree.map(lambda _, k=k: k == "layer0", v) for k, v in params.items()}
+    return wd_mask, tr_mask
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, phases=PHASES)
+@given(ids=st.lists(st.integers(0, len(SHAPES) - 1), min_size=3, max_size=4),
+       seed=st.integers(0, 2**16), hp=hparams, complex_=st.booleans(),
+       schedule=st.booleans())
+def test_optax_form_with_two_different_masks_equals_optax_lars(ids, seed, hp, complex_,
+                                                               schedule):
+    make = _complex_tree if complex_ else lambda *a, **k: _to_jax(random_tree(*a, **k))
+    params = make(seed, ids)
+    steps = [make(seed + 1 + t, ids, scale=0.3) for t in range(3)]
+    wd_mask, tr_mask = _two_masks(params)
+    wd = optax.linear_schedule(hp["wd"], 2 * hp["wd"], 3) if schedule else hp["wd"]
+    kw = dict(weight_decay=wd, weight_decay_mask=wd_mask, trust_coefficient=hp["tc"],
+              eps=hp["eps"], trust_ratio_mask=tr_mask, momentum=hp["momentum"],
+              nesterov=hp["nesterov"])
+    ours, _ = _run(lars_jax.lars(hp["lr"], denominator="optax", **kw), params, steps, True)
+    ref, _ = _run(optax.lars(hp["lr"], **kw), params, steps, True)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-6)
+    # Callable masks (optax's other form) give the same.
+    kw.update(weight_decay_mask=lambda p: wd_mask, trust_ratio_mask=lambda p: tr_mask)
+    ours2, _ = _run(lars_jax.lars(hp["lr"], denominator="optax", **kw), params, steps, True)
+    chex.assert_trees_all_close(ours2, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_optax_form_defaults_are_optax_lars_defaults():
+    """denominator='optax' alone: every tensor gets decay and ratio, as optax.lars(lr, wd)."""
+    params = _to_jax(random_tree(11, [1, 3, 5]))
+    steps = [_to_jax(random_tree(12 + t, [1, 3, 5], scale=0.3)) for t in range(3)]
+    ours, _ = _run(lars_jax.lars(0.5, 1e-2, denominator="optax"), params, steps, True)
+    ref, _ = _run(optax.lars(0.5, 1e-2), params, steps, True)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-6)
+    # Positional arguments mean what they mean in optax.lars.
+    pos = (0.5, 1e-2, True, 0.02, 1e-6, True, 0.8, True)
+    ours, _ = _run(lars_jax.lars(*pos, denominator="optax"), params, steps, True)
+    ref, _ = _run(optax.lars(*pos), params, steps, True)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(denominator="optax", mask=True, weight_decay_mask={"k": True, "b": False}),
+     "not both"),
+    (dict(mask=lars_jax.default_mask, trust_ratio_mask={"k": True, "b": False}), "not both"),
+    (dict(weight_decay_mask={"k": True, "b": False}), "denominator='optax'"),
+    (dict(trust_ratio_mask=lambda p: p), "denominator='optax'"),
+    (dict(denominator="optax", trust_ratio_mask=False), "trust_ratio_mask=False"),
+    (dict(denominator="optax", trust_ratio_mask=None), "trust_ratio_mask"),
+    (dict(weight_decay_mask=0.001), "weight_decay_mask"),  # lars_jax's old 3rd position
+])
+def test_ambiguous_or_misplaced_masks_raise_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match) as e:
+        lars_jax.lars(0.1, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------- optax's own LARS cases, written here (issue 24)
+
+
+def _parabola(dtype):
+    start = jnp.array([-1.0, 10.0, 1.0], dtype)
+    target = jnp.array([1.0, -1.0, 1.0], dtype)
+    if jnp.iscomplexobj(start):
+        target = target * (1 + 1j)
+    return start, target, lambda p: jnp.sum(jnp.abs(p - target) ** 2)
+
+
+def _rosenbrock(dtype):
+    a = (1 + 1j) if jnp.issubdtype(dtype, jnp.complexfloating) else 1.0
+    start = jnp.zeros(2, dtype)
+    target = jnp.array([a, a**2], dtype)
+    return start, target, lambda p: jnp.abs(a - p[0]) ** 2 + 100 * jnp.abs(p[1] - p[0] ** 2) ** 2
+
+
+def _minimise(tx, start, loss, steps=10_000):
+    def body(_, carry):
+        p, s = carry
+        g = jax.tree.map(jnp.conj, jax.grad(loss)(p))  # the descent direction for complex p
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+    return jax.jit(lambda p: jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))[0])(start)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64])
+@pytest.mark.parametrize("problem", [_parabola, _rosenbrock])
+def test_optax_lars_optimisation_cases_reach_the_target_like_optax(problem, dtype):
+    """optax's LARS cases (lr 1, all defaults, 10k steps); complex: was 0.84+1.43j, not 1+1j."""
+    start, target, loss = problem(dtype)
+    ours = _minimise(lars_jax.lars(1.0, denominator="optax"), start, loss)
+    ref = _minimise(optax.lars(1.0), start, loss)
+    assert ours.dtype == dtype
+    chex.assert_trees_all_close(ref, target, rtol=3e-2, atol=3e-2)
+    chex.assert_trees_all_close(ours, target, rtol=3e-2, atol=3e-2)
+    # LARS ends jittering around the target by ~tc * lr * ||w|| per step, where float32
+    # rounding decides the phase: the two are compared step for step over a shorter run.
+    early = [_minimise(tx, start, loss, steps=50)
+             for tx in (lars_jax.lars(1.0, denominator="optax"), optax.lars(1.0))]
+    chex.assert_trees_all_close(early[0], early[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
+def test_updates_keep_the_params_dtype_and_wrap_in_inject_hyperparams(dtype):
+    params = {"k": jnp.full((3, 2), 1 + 1j if dtype == jnp.complex64 else 1.0, dtype)}
+    grads = jax.tree.map(lambda x: 0.5 * x, params)
+    for tx in (lars_jax.lars(0.1, denominator="optax"),
+               optax.inject_hyperparams(lars_jax.lars, static_args=("denominator",))(
+                   learning_rate=0.1, denominator="optax")):
+        u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        assert u["k"].dtype == dtype
+    ref = optax.lars(0.1)
+    want, _ = ref.update(grads, ref.init(params), params)
+    chex.assert_trees_all_close(u, want, rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
+
+
+def test_complex_paper_form_matches_float64_reference():
+    params = _complex_tree(21, [1, 3, 5, 0])
+    steps = [_complex_tree(22 + t, [1, 3, 5, 0], scale=0.3) for t in range(3)]
+    tx = lars_jax.lars(0.5, weight_decay=1e-2, trust_coefficient=0.05, momentum=0.9)
+    got, state = _run(tx, params, steps, use_jit=True)
+    mask = [np.ndim(x) > 1 for x in jax.tree.leaves(params)]
+    want = lars_run([np.asarray(x, np.complex128) for x in jax.tree.leaves(params)],
+                    [[np.asarray(x, np.complex128) for x in jax.tree.leaves(g)] for g in steps],
+                    lrs=[0.5] * 3, wds=[1e-2] * 3, tc=0.05, momentum=0.9, mask=mask)
+    for a, e in zip(jax.tree.leaves(got), want, strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.complex128), e, rtol=1e-5, atol=1e-6)
+    stats = lars_jax.trust_ratio_stats(state)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(stats))
+
+
+# ------------------------------------------------------ inputs refused (issue 25 item 8)
+
+
+@pytest.mark.parametrize("factory", [lars_jax.lars, lars_jax.larc, lars_jax.clars,
+                                     lars_jax.sgd])
+def test_integer_params_or_updates_are_refused(factory):
+    params = {"k": jnp.ones((3, 2)), "b": jnp.ones(2, jnp.int32)}  # the bias is unmasked
+    tx = factory(0.1)
+    with pytest.raises(ValueError, match=r"params.*\['b'\].*int32"):
+        tx.init(params)
+    good = {"k": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    bad_updates = {"k": jnp.ones((3, 2), jnp.int32), "b": jnp.ones(2)}
+    extra = {"per_example_norms": {"k": jnp.ones(2), "b": jnp.ones(2)}} \
+        if factory is lars_jax.clars else {}
+    with pytest.raises(ValueError, match=r"updates.*\['k'\]"):
+        jax.jit(tx.update)(bad_updates, tx.init(good), good, **extra)
+
+
+@pytest.mark.parametrize("factory", [lars_jax.lars, lars_jax.larc, lars_jax.clars])
+def test_zero_trust_coefficient_is_refused(factory):
+    with pytest.raises(ValueError, match="trust_coefficient"):
+        factory(0.1, trust_coefficient=0.0)
+    with pytest.raises(ValueError, match="trust_coefficient"):
+        optax.inject_hyperparams(factory)(learning_rate=0.1, trust_coefficient=0.0).init(
+            {"k": jnp.ones((2, 2))})
+
+
+def test_clars_norms_of_different_lengths_or_complex_are_refused():
+    params = {"k": jnp.ones((3, 2)), "v": jnp.ones((2, 2))}
+    tx = lars_jax.clars(0.1, mask=True)
+    with pytest.raises(ValueError, match=r"\['k'\] has 64.*\['v'\] has 10"):
+        jax.jit(tx.update)(params, tx.init(params), params,
+                           per_example_norms={"k": jnp.ones(64), "v": jnp.ones(10)})
+    with pytest.raises(ValueError, match="real"):
+        tx.update(params, tx.init(params), params,
+                  per_example_norms={"k": jnp.ones(4, jnp.complex64), "v": jnp.ones(4)})
+
+
+def test_negative_per_example_norm_gives_nan_not_ascent():
+    """Before: mean(-3, 1) = -1 flipped the ratio's sign, a finite step uphill."""
+    params = {"k": jnp.ones((2, 2))}
+    grads = {"k": jnp.full((2, 2), 0.1)}
+    tx = lars_jax.clars(0.1, trust_coefficient=1.0, momentum=0.0)
+    u, state = jax.jit(tx.update)(grads, tx.init(params), params,
+                                  per_example_norms={"k": jnp.array([-3.0, 1.0])})
+    assert np.all(np.isnan(np.asarray(u["k"])))
+    assert np.isnan(float(lars_jax.trust_ratio_stats(state)["trust_ratio"]["k"]))
+    # A single slightly negative norm with a positive mean is refused the same way.
+    u, _ = tx.update(grads, tx.init(params), params,
+                     per_example_norms={"k": jnp.array([-1e-3, 1.0])})
+    assert np.all(np.isnan(np.asarray(u["k"])))

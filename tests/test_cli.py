@@ -6,7 +6,6 @@ import dataclasses
 import json
 import tomllib
 
-import numpy as np
 import pytest
 from _sweep_helpers import TinyTrainer, tiny_base
 
@@ -212,7 +211,9 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
         rc == 1
         and err.strip() == "lars-jax train: error: NonFiniteError: non-finite loss at step 3"
     )
-    late = ValueError("TrainConfig.batch_size=256: larger than the 100 training examples")
+    from lars_jax.runs.errors import ConfigError
+
+    late = ConfigError("TrainConfig.batch_size=256: larger than the 100 training examples")
     monkeypatch.setattr(cli, "_train_fn", lambda: raising(late))
     rc, _, err = _run_cli(capsys, *argv)
     assert rc == 2 and "larger than the 100 training examples" in err and "Traceback" not in err
@@ -224,14 +225,20 @@ def test_train_command_exit_statuses(capsys, tmp_path, monkeypatch):
         cli.main(argv)
 
 
-# --------------------------------------------------------------------------- a real run
 
+def test_run_errors_are_caught_by_type(capsys, tmp_path, monkeypatch):
+    """Any `RunError` (whatever its class name) is one line and exit status 1; a
+    `ConfigError` raised during the run is exit status 2."""
+    from lars_jax.runs.errors import ConfigError, RunError
 
-def _tiny_data():
-    """256 + 64 random 12x12 images; the label says which half is brighter."""
-    from lars_jax.train import Data
+    class DiskFull(RunError):
+        pass
 
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (320, 12, 12, 1), dtype=np.uint8)
-    y = (x[:, :6].mean((1, 2, 3)) > x[:, 6:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
+    argv = ["train", "--workdir", str(tmp_path / "w"), "--num-devices", "1"]
+    for exc, code in ((DiskFull("no space left"), 1), (ConfigError("TrainConfig.x=1: bad"), 2)):
+        def run(config, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(cli, "_train_fn", lambda run=run: run)
+        rc, _, err = _run_cli(capsys, *argv)
+        assert rc == code and err.count("\n") == 1 and str(exc) in err, (rc, err)

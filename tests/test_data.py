@@ -145,15 +145,20 @@ def test_imagenet_host_batches_with_mock_data():
         src = tfds.data_source("imagenet2012", split="train")
         all_labels = sorted(int(src[i]["label"]) for i in range(24))
         assert sorted(np.concatenate([b["label"] for b in train[:3]]).tolist()) == all_labels
-        # Two processes: each takes its half of the same global batch.
+        # Two processes: each takes its contiguous half of the same global batch, crops
+        # included (the global batch does not depend on the number of processes).
         halves = [
             list(data.host_batches("imagenet2012", "train", 8, num_steps=2, process_index=p,
                                    process_count=2, **kw))
             for p in (0, 1)
         ]  # fmt: skip
         for s in range(2):
-            joined = np.concatenate([halves[0][s]["label"], halves[1][s]["label"]])
-            np.testing.assert_array_equal(joined, train[s]["label"])
+            for key in ("label", "image", "index"):
+                joined = np.concatenate([halves[0][s][key], halves[1][s][key]])
+                np.testing.assert_array_equal(joined, train[s][key])
+        # The record numbers of an epoch: a permutation of the 24 examples.
+        assert sorted(np.concatenate([b["index"] for b in train[:3]]).tolist()) == list(
+            range(24))
         # Resume: start_step=2 gives batches 2 and 3 again, crops included.
         resumed = list(data.host_batches("imagenet2012", "train", 8, start_step=2, num_steps=2,
                                          **kw))  # fmt: skip
@@ -163,6 +168,15 @@ def test_imagenet_host_batches_with_mock_data():
         ev = list(data.host_batches("imagenet2012", "validation", 10, train=False, **kw))
         assert [int(b["mask"].sum()) for b in ev] == [10, 10, 4]
         assert ev[0]["image"].shape == (10, 32, 32, 3)
+        assert ev[2]["index"][:4].tolist() == [20, 21, 22, 23]
+        # Two processes: contiguous halves of each global evaluation batch.
+        for p in (0, 1):
+            part = list(data.host_batches("imagenet2012", "validation", 10, train=False,
+                                          process_index=p, process_count=2, **kw))
+            for key in ("image", "mask", "index"):
+                np.testing.assert_array_equal(
+                    np.concatenate([b[key] for b in part]),
+                    np.concatenate([b[key][5 * p:5 * p + 5] for b in ev]))
     with pytest.raises(ValueError, match="process_count"):
         next(data.host_batches("imagenet2012", "train", 9, seed=0, process_count=2))
 

@@ -102,11 +102,13 @@ def test_noise_scale_from_metrics(tmp_path):
         })
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    out = dg.noise_scale_from_metrics(tmp_path, ema=0.9)
+    from lars_jax.runs.run_files import noise_scale_from_metrics
+
+    out = noise_scale_from_metrics(tmp_path, ema=0.9)
     np.testing.assert_array_equal(out["step"], np.arange(1, 21))
     np.testing.assert_allclose(out["b_simple"], tr_true / g2_true, rtol=1e-4)
     with pytest.raises(ValueError, match="path"):
-        dg.noise_scale_from_metrics(tmp_path / "missing.jsonl")
+        noise_scale_from_metrics(tmp_path / "missing.jsonl")
 
 
 # ------------------------------------------------------------------ layer diagnostics

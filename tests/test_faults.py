@@ -127,18 +127,18 @@ def test_a_checkpoint_with_flipped_bytes_is_set_aside_and_the_previous_one_resum
         tmp_path, capfd):
     """Before: the corrupt checkpoint was restored (and the run diverged); truncated
     checkpoints printed pages of absl and "Event loop is closed" tracebacks (item 7)."""
-    from lars_jax.train import train
+    from lars_jax.train import train, train_with_state
     from lars_jax.train.checkpoint import CheckpointError
 
     cfg = _cfg(tmp_path)
-    _, reference = train(cfg, data=tiny_data(), return_state=True)
+    _, reference = train_with_state(cfg, data=tiny_data())
     newest = tmp_path / "checkpoints" / "8"
     victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit; the file still parses
     victim.write_bytes(bytes(data))
     (tmp_path / SUMMARY_FILE).unlink()
-    summary, state = train(cfg, data=tiny_data(), return_state=True)
+    summary, state = train_with_state(cfg, data=tiny_data())
     err = capfd.readouterr().err
     assert "ChecksumMismatch" in err and victim.name in err
     assert summary["resumed_from_step"] == 6
@@ -377,7 +377,7 @@ def test_the_nonfinite_stop_names_the_step_metrics_jsonl_marks(tmp_path):
 def test_skip_policy_stops_a_diverged_run_and_never_applies_an_overflowing_update(tmp_path):
     """Before: 36 of 40 steps skipped still ended status ok; an update that made the
     parameters overflow was applied, then every step skipped, then a TypeError."""
-    from lars_jax.train import train
+    from lars_jax.train import train, train_with_state
     from lars_jax.train.build import build
     from lars_jax.train.loop import NonFiniteError
 
@@ -391,7 +391,7 @@ def test_skip_policy_stops_a_diverged_run_and_never_applies_an_overflowing_updat
     # with no bound the run ends: every update overflows, so none is applied, the
     # parameters are the initial ones and the schedule (cosine) never advances
     unbounded = cfg.replace(workdir=str(tmp_path / "unbounded"), max_skipped_fraction=1.0)
-    summary, state = train(unbounded, data=tiny_data(), return_state=True)
+    summary, state = train_with_state(unbounded, data=tiny_data())
     assert summary["status"] == "ok" and summary["skipped_steps"] == 8
     for a, b in zip(_leaves(build(unbounded, tiny_data()).state), _leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -264,3 +264,66 @@ def test_nnx_model_through_the_linen_function_points_to_the_nnx_one():
 
     with pytest.raises(ValueError, match="nnx_value_grad_and_norms"):
         lars_jax.value_grad_and_norms(loss_fn, params, jax.numpy.ones((4, 3)))
+
+
+# ------------------------------------------ parameters read in the loss; rngs (issue 24)
+
+
+class _DropMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.linear1 = nnx.Linear(5, 8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5)
+        self.linear2 = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x, rngs=None):
+        return self.linear2(self.drop(nnx.relu(self.linear1(x)), rngs=rngs))
+
+
+def test_penalty_read_through_nnx_state_is_exact():
+    """Catches: nnx.state(model, nnx.Param) empty inside the loss (loss 2.5 vs 4.8) and a
+    bare KeyError when indexed (issue 24, item 2)."""
+    model = _DropMLP(nnx.Rngs(0))
+    model.eval()
+    x = jax.random.normal(jax.random.key(1), (8, 5))
+    y = jnp.arange(8) % 3
+
+    def penalty(m):
+        state = nnx.state(m, nnx.Param)
+        total = sum(jnp.sum(w**2) for w in jax.tree.leaves(state))
+        return 1e-2 * total + 1e-2 * jnp.sum(state["linear2"]["bias"][...] ** 2)
+
+    def loss(m, x, y):
+        ce = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        return ce + penalty(m)
+
+    (value, grads, norms) = lars_jax.nnx_value_grad_and_norms(loss, model, x, y)
+    ref_value, ref_grads = nnx.value_and_grad(loss)(model, x, y)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    graphdef, params = nnx.split(model, nnx.Param)
+    expected = lars_jax.per_example_norms_vmap(
+        lambda p, xi, yi: loss(nnx.merge(graphdef, p), xi[None], yi[None]), params, x, y)
+    chex.assert_trees_all_close(norms, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_rngs_passed_to_the_loss_like_the_nnx_tutorial(by_keyword):
+    """Catches: TraceContextError (positional) and InvalidRngError (``rngs=``) from flax
+    internals when the loss takes the dropout rngs (issue 24, item 3)."""
+    model = _DropMLP(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (8, 5))
+    y = jnp.arange(8) % 3
+
+    def loss(m, rngs, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x, rngs=rngs), y).mean()
+
+    rngs, ref_rngs = nnx.Rngs(dropout=3), nnx.Rngs(dropout=3)
+    if by_keyword:
+        value, grads, _ = lars_jax.nnx_value_grad_and_norms(
+            lambda m, x, y, rngs: loss(m, rngs, x, y), model, x, y, rngs=rngs)
+    else:
+        value, grads, _ = lars_jax.nnx_value_grad_and_norms(loss, model, rngs, x, y)
+    ref_value, ref_grads = nnx.value_and_grad(loss)(model, ref_rngs, x, y)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)  # the same dropout mask
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    assert int(rngs.dropout.count[...]) == int(ref_rngs.dropout.count[...]) == 1

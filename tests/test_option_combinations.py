@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_data import tiny_data
 
 from lars_jax.train import TrainConfig
 from lars_jax.train.config import ALWAYS_APPLIES, APPLIES, ConfigWarning
@@ -446,24 +447,15 @@ def test_running_bn_statistics_are_updated_once_per_step_from_the_micro_batch_me
 # ----------------------------------------------------------------------------- real runs
 
 
-def _tiny_data():
-    from lars_jax.train import Data
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (192, 8, 8, 1), dtype=np.uint8)
-    y = (x[:, :4].mean((1, 2, 3)) > x[:, 4:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:128], y[:128], x[128:], y[128:], 2, 0.5, 0.25)
-
-
 def _run(tmp_path, name, **kw):
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     cfg = TrainConfig(**{**dict(model="mlp1", width=1 / 16, batch_size=32, epochs=1.0,
                                 warmup_epochs=0.0, learning_rate=0.5, dtype="float32",
                                 checkpoint_every_steps=-1, plot=False, progress=False,
                                 log_every_steps=2, eval_batch_size=64,
                                 workdir=str(tmp_path / name)), **kw})
-    return train(cfg, data=_tiny_data(), return_state=True)
+    return train_with_state(cfg, data=tiny_data(128, 64, 8))
 
 
 def test_accumulation_gives_the_running_statistics_of_as_many_devices(tmp_path):

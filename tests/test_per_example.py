@@ -614,3 +614,130 @@ def test_bad_arguments_raise():
         value_grad_and_norms(loss, params, x, num_groups=4)
     with pytest.raises(ValueError, match="method"):
         value_grad_and_norms(loss, params, x, method="fast")
+
+
+# ---------------------------------------------------------------------------------------
+# Loss terms that read parameters outside the layer calls (issue 24, item 1), the loss
+# reduction (issue 25, item 8) and complex parameters.
+
+
+class EmbedConvNet(nn.Module):
+    """Embed, Conv, LayerNorm and Dense: every tap kind a penalty's term must reach."""
+
+    @nn.compact
+    def __call__(self, ids):
+        h = nn.relu(nn.Conv(5, (3,))(nn.Embed(9, 4)(ids)))
+        h = nn.LayerNorm()(h)
+        return nn.Dense(3)(h.mean(axis=1))
+
+
+def _penalised(model, weight, reduce=jnp.mean, kernels_only=False):
+    def penalty(p):
+        leaves = jax.tree.leaves(p)
+        return weight * sum(jnp.sum(w**2) for w in leaves if w.ndim > 1 or not kernels_only)
+
+    def loss_fn(p, x, y):
+        logits = model.apply({"params": p}, x)
+        return reduce(optax.softmax_cross_entropy_with_integer_labels(logits, y)) + penalty(p)
+
+    def per_example(p, x, y):  # the example's own loss: its CE plus its share of the penalty
+        share = 1.0 if reduce is jnp.mean else 1.0 / y_size[0]
+        logits = model.apply({"params": p}, x[None])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[None])[0] + (
+            share * penalty(p))
+
+    y_size = [0]
+    return loss_fn, per_example, y_size
+
+
+def _shifted(params):
+    """Non-zero biases, so that a penalty on them has a gradient too."""
+    return jax.tree.map(lambda w: w + 0.1 if w.ndim == 1 else w, params)
+
+
+@pytest.mark.parametrize("method", ["ghost", "direct"])
+def test_l2_penalty_in_the_loss_is_in_the_norms(method):
+    """Catches: the penalty's gradient left out of the norms (6.4e-3 relative, issue 24)."""
+    model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)])
+    x, y = _batch((5,), 8)
+    params = _shifted(model.init(jax.random.key(1), x)["params"])
+    loss_fn, per_example, size = _penalised(model, 1e-2)
+    size[0] = 8
+
+    @jax.jit
+    def run(p, x, y):
+        return (value_grad_and_norms(loss_fn, p, x, y, method=method),
+                jax.value_and_grad(loss_fn)(p, x, y),
+                per_example_norms_vmap(per_example, p, x, y))
+
+    (loss, grads, norms), (loss_ref, grads_ref), expected = run(params, x, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    _assert_tree_close(grads, grads_ref)
+    _assert_tree_close(norms, expected, rtol=1e-4)
+
+
+def test_penalty_reaches_conv_embed_and_layernorm_taps_and_groups():
+    model = EmbedConvNet()
+    ids = jax.random.randint(jax.random.key(0), (8, 6), 0, 9)
+    y = jnp.arange(8) % 3
+    params = _shifted(model.init(jax.random.key(1), ids)["params"])
+    loss_fn, per_example, size = _penalised(model, 3e-2)
+    size[0] = 8
+    _, _, norms = value_grad_and_norms(loss_fn, params, ids, y)
+    _assert_tree_close(norms, per_example_norms_vmap(per_example, params, ids, y))
+    # Groups: each group's mean-loss gradient contains the whole penalty gradient.
+    groups = value_grad_and_norms(loss_fn, params, ids, y, num_groups=2)[2]
+    _assert_tree_close(groups, group_gradient_norms(loss_fn, params, ids, y, num_groups=2))
+
+
+def test_sum_loss_reduction():
+    """Catches: a sum loss silently giving norms B times the reference (issue 25, item 8)."""
+    model = nn.Sequential([nn.Dense(6), nn.relu, nn.Dense(3)])
+    x, y = _batch((4,), 8)
+    params = _shifted(model.init(jax.random.key(1), x)["params"])
+    loss_fn, per_example, size = _penalised(model, 1e-2, reduce=jnp.sum)
+    size[0] = 8
+    (loss, grads, norms) = value_grad_and_norms(loss_fn, params, x, y, loss_reduction="sum")
+    loss_ref, grads_ref = jax.value_and_grad(loss_fn)(params, x, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    _assert_tree_close(grads, grads_ref)
+    _assert_tree_close(norms, per_example_norms_vmap(per_example, params, x, y))
+    groups = value_grad_and_norms(loss_fn, params, x, y, num_groups=4, loss_reduction="sum")[2]
+    mean_loss, _, _ = _penalised(model, 1e-2 / 8)  # each group's mean loss: its 1/4 share
+    _assert_tree_close(groups, group_gradient_norms(mean_loss, params, x, y, num_groups=4))
+    with pytest.raises(ValueError, match="loss_reduction"):
+        value_grad_and_norms(loss_fn, params, x, y, loss_reduction="total")
+
+
+def test_parameter_read_in_a_batch_dependent_term_raises_naming_it():
+    model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(3)])
+    x, y = _batch((5,), 4)
+    params = model.init(jax.random.key(1), x)["params"]
+
+    def tied(p, x, y):  # the first kernel also scores the input: depends on the batch
+        logits = model.apply({"params": p}, x)
+        extra = jnp.mean((x @ p["layers_0"]["kernel"]) ** 2)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + extra
+
+    with pytest.raises(ValueError, match="layers_0/kernel.*depends on the batch"):
+        value_grad_and_norms(tied, params, x, y)
+
+    def scaled(p, x, y):  # penalised and passed to the layers transformed
+        logits = model.apply({"params": jax.tree.map(lambda w: 2.0 * w, p)}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + sum(
+            jnp.sum(w**2) for w in jax.tree.leaves(p))
+
+    with pytest.raises(ValueError, match="layers_0/(kernel|bias) is read.*transformed"):
+        value_grad_and_norms(scaled, params, x, y)
+
+
+def test_complex_parameters_are_refused_naming_them():
+    model = nn.Dense(3, param_dtype=jnp.complex64)
+    x = jnp.ones((4, 5))
+    params = model.init(jax.random.key(0), x)["params"]
+
+    def loss_fn(p, x):
+        return jnp.mean(jnp.abs(model.apply({"params": p}, x)) ** 2)
+
+    with pytest.raises(ValueError, match="parameter (kernel|bias) is complex"):
+        value_grad_and_norms(loss_fn, params, x)

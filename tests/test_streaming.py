@@ -6,6 +6,14 @@ are independent of the pipeline under test: the batches `train()` consumes are c
 with `host_batches` read directly (the documented pure function of (seed, step)), a run
 interrupted by SIGKILL and resumed is compared bitwise with an uninterrupted one, and the
 1- and 8-device runs are compared with each other.
+
+Across processes (issue 28): two local processes of 2 CPU devices each (`jax.distributed`
+with a localhost coordinator, gloo collectives) are launched with the documented
+``lars-jax train --coordinator-address ... --num-processes 2 --process-id P`` and compared
+with one process of 4 devices: what each process fed (the pipeline's own input log: record
+numbers, labels, image hashes), the losses (jit and pmap), a SIGKILL of both processes and
+a restart (bitwise), and a resume by one process of the two's checkpoint. The launches run
+once per module and are shared by the tests.
 """
 
 from __future__ import annotations
@@ -184,7 +192,7 @@ _RESUME_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # dies before step `kill_after` runs
         return x, y
     StreamingInput.batch = recording
-    summary, state = loop.train(config, return_state=True)
+    summary, state = loop.train_with_state(config)
     leaves = [np.asarray(v) for v in __import__("jax").tree.leaves(state.params)]
     np.savez(sys.argv[4], *leaves)
 """)
@@ -273,3 +281,224 @@ def test_mlperf_recipe_files_load_validate_and_match_the_table(name):
     frac = 1 - (mid - w) / (total - w)
     assert float(sched(mid)) == pytest.approx(1e-4 + (lr - 1e-4) * frac**2, rel=1e-4)
     assert float(sched(total)) == pytest.approx(1e-4, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- processes
+
+# Each process of a launch runs `lars-jax train` (`lars_jax.runs.cli.main`) with two test
+# hooks: SIGKILL of itself when asked for the batch of step $KILL_AT (after the checkpoint
+# before it), and, at the end, its final parameters and BatchNorm statistics in $PARAMS_OUT
+# (process 0). The example ids each process feeds come from the pipeline's own debug log
+# ($LARS_JAX_INPUT_LOG).
+_PROCESS_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import jax
+    import numpy as np
+    import lars_jax.train
+    from lars_jax.runs import cli
+    from lars_jax.train.input_pipeline import StreamingInput
+
+    kill_at = int(os.environ["KILL_AT"])
+    batch = StreamingInput.batch
+    def batch_or_die(self, step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return batch(self, step)
+    StreamingInput.batch = batch_or_die
+    train = lars_jax.train.train
+    def train_and_save(config):
+        summary, state = train(config, return_state=True)
+        if jax.process_index() == 0:
+            leaves = jax.tree.leaves((state.params, state.batch_stats))
+            np.savez(os.environ["PARAMS_OUT"], *[np.asarray(x.addressable_data(0))
+                                                  for x in leaves])
+        return summary
+    lars_jax.train.train = train_and_save
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: list[str], out: Path, *, processes: int, devices: int, kill_at: int = -1
+            ) -> list[subprocess.Popen]:
+    """`processes` processes of `devices` CPU devices each, one `lars-jax train` run; their
+    output in ``<out>/stdout<p>.txt``, their input logs in `out`, the params in
+    ``<out>/params.npz``."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               LARS_JAX_INPUT_LOG=str(out), KILL_AT=str(kill_at),
+               PARAMS_OUT=str(out / "params.npz"))
+    multi = []
+    if processes > 1:
+        multi = ["--coordinator-address", f"localhost:{_free_port()}",
+                 "--num-processes", str(processes)]
+        # No persistent compilation cache: JAX writes its entries from process 0 only, so
+        # a rerun's process 0 would load its programs while process 1 compiles them, and
+        # gloo gives up when they then reach the first collective more than 30 s apart.
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    procs = []
+    for p in range(processes):
+        with open(out / f"stdout{p}.txt", "w") as log:
+            flags = multi + ["--process-id", str(p)] if multi else []
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _PROCESS_SCRIPT, "train", *args, *flags], env=env,
+                stdout=log, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], out: Path, returncode: int = 0) -> str:
+    """Waits for all; asserts each exits with `returncode`; returns process 0's output."""
+    try:
+        for proc in procs:
+            proc.wait(timeout=600)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    texts = [(out / f"stdout{p}.txt").read_text() for p in range(len(procs))]
+    for proc, text in zip(procs, texts, strict=True):
+        assert proc.returncode == returncode, text[-3000:]
+    return texts[0]
+
+
+def _fed(out: Path, processes: int) -> dict[int, list[dict]]:
+    """step -> the input-log rows of each process (in process order), last feed of a step."""
+    steps: dict[int, list[dict]] = {}
+    for p in range(processes):
+        for line in (out / f"input-process{p}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            assert row["process"] == p
+            steps.setdefault(row["step"], [None] * processes)[p] = row
+    return steps
+
+
+def _assembled(rows: list[dict]) -> dict[str, list]:
+    """The global batch of a step, assembled from the processes' rows in process order."""
+    return {k: sum((r[k] for r in rows), []) for k in ("index", "label", "sha1")}
+
+
+def _train_losses(workdir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _metrics(workdir) if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(imagenet_dir, tmp_path_factory) -> dict[str, Path]:
+    """The launches the multi-process tests check, each run once (6 steps, 1.5 epochs;
+    4 devices in all; checkpoints every 2 steps): two processes of 2 devices with jit
+    ("jit2") and with pmap ("pmap2"); one process of 4 devices ("one"); two processes
+    killed with SIGKILL when asked for step 3, then restarted as two in the same folder
+    ("killed"), and, from a copy of the killed run's workdir, as one process of 4 devices
+    ("as_one"). Each folder holds the input logs, the outputs and the workdir ``work``."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("processes")
+    outs = {name: root / name for name in ("jit2", "pmap2", "one", "killed", "as_one")}
+    args = lambda name, *extra: [*_args(imagenet_dir, outs[name] / "work", epochs=1.5,
+                                        checkpoint_every_steps=2), "--bn-span", "global",
+                                 *extra]
+    # One launch at a time: the gloo collectives of CPU processes give up when the
+    # processes of a launch reach a new collective more than 30 s apart, which other
+    # launches beside them on a small shared machine can cause.
+    for name, processes, devices, kill_at, code, extra in [
+            ("jit2", 2, 2, -1, 0, ()), ("one", 1, 4, -1, 0, ()),
+            ("pmap2", 2, 2, -1, 0, ("--parallel", "pmap")),
+            ("killed", 2, 2, 3, -signal.SIGKILL, ())]:
+        procs = _launch(args(name, *extra), outs[name], processes=processes, devices=devices,
+                        kill_at=kill_at)
+        _wait(procs, outs[name], code)
+    shutil.copytree(outs["killed"] / "work", outs["as_one"] / "work")
+    for name, processes, devices in [("killed", 2, 2), ("as_one", 1, 4)]:
+        text = _wait(_launch(args(name), outs[name], processes=processes, devices=devices),
+                     outs[name])
+        assert "resuming from step 2" in text, text[-3000:]
+    return outs
+
+
+def test_two_processes_read_each_example_once_and_build_the_one_process_batch(
+        two_process_runs, imagenet_dir):
+    jit2, pmap2, one = (_fed(two_process_runs[n], p) for n, p in
+                        (("jit2", 2), ("pmap2", 2), ("one", 1)))
+    assert sorted(jit2) == sorted(pmap2) == sorted(one) == list(range(6))
+    src = data.host._data_source("imagenet2012", "train", imagenet_dir)
+    names = [src[i]["file_name"] for i in range(NUM_TRAIN)]
+    for s in range(6):
+        rows = jit2[s]
+        assert [len(r["index"]) for r in rows] == [4, 4]  # each process its half
+        batch = _assembled(rows)
+        # The global batch equals one process's, crops included, on both parallel paths.
+        assert batch == _assembled(one[s]) == _assembled(pmap2[s])
+        # Labels are those of the records read (read here from the TFDS source itself).
+        assert batch["label"] == [int(src[i]["label"]) for i in batch["index"]]
+    # Epoch 0 (steps 0-3): every one of the 32 files exactly once across the processes.
+    epoch = [names[i] for s in range(4) for r in jit2[s] for i in r["index"]]
+    assert len(epoch) == NUM_TRAIN and len(set(epoch)) == NUM_TRAIN
+    # Epoch 1 starts another permutation.
+    assert _assembled(jit2[4])["index"] != _assembled(jit2[0])["index"]
+
+
+def test_two_process_losses_equal_one_process_for_jit_and_pmap(two_process_runs):
+    one = _train_losses(two_process_runs["one"] / "work")
+    assert sorted(one) == list(range(1, 7))
+    for name in ("jit2", "pmap2"):
+        got = _train_losses(two_process_runs[name] / "work")
+        assert sorted(got) == sorted(one)
+        np.testing.assert_allclose([got[s] for s in one], list(one.values()), rtol=1e-6,
+                                   err_msg=name)
+        summary = json.loads((two_process_runs[name] / "work" / "summary.json").read_text())
+        assert (summary["num_processes"], summary["num_devices"]) == (2, 4)
+
+
+def test_sigkill_of_both_processes_and_restart_is_bitwise_the_uninterrupted_run(
+        two_process_runs):
+    killed, straight = two_process_runs["killed"], two_process_runs["jit2"]
+    # The killed run fed steps 0-2, the restart 2-5; a step fed twice got the same batch.
+    for p in (0, 1):
+        rows = [json.loads(line) for line in
+                (killed / f"input-process{p}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1, 2, 2, 3, 4, 5]
+        assert rows[2] == rows[3]
+    assert _fed(killed, 2) == _fed(straight, 2)
+    assert _train_losses(killed / "work") == _train_losses(straight / "work")  # bitwise
+    a, b = np.load(straight / "params.npz"), np.load(killed / "params.npz")
+    assert len(a.files) == len(b.files) > 0
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])  # bitwise
+
+
+def test_resume_with_another_process_count_reads_the_same_batches(two_process_runs):
+    """2 -> 1 processes is exact: the global batch of a step does not depend on the number
+    of processes, so the one process reads from the checkpoint step on exactly the batches
+    the two would have read; the numbers then differ from the two-process run only by the
+    rounding of the cross-process reductions."""
+    as_one, straight = _fed(two_process_runs["as_one"], 1), _fed(two_process_runs["jit2"], 2)
+    assert sorted(as_one) == [2, 3, 4, 5]
+    for s in as_one:
+        assert _assembled(as_one[s]) == _assembled(straight[s])
+    got = _train_losses(two_process_runs["as_one"] / "work")
+    want = _train_losses(two_process_runs["jit2"] / "work")
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
+    a = np.load(two_process_runs["jit2"] / "params.npz")
+    b = np.load(two_process_runs["as_one"] / "params.npz")
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_mesh_that_leaves_a_process_without_its_rows_is_refused(imagenet_dir, tmp_path):
+    # --num-devices 2 of the 4: the mesh holds process 0's two devices only, so process 1
+    # would feed rows no device holds (and process 0 only half of its rows).
+    procs = _launch(_args(imagenet_dir, tmp_path / "work") + ["--num-devices", "2"], tmp_path,
+                    processes=2, devices=2)
+    text = _wait(procs, tmp_path, returncode=2)
+    errors = [line for line in text.splitlines() if line.startswith("lars-jax train: error")]
+    assert len(errors) == 1 and "TrainConfig.num_devices=2" in errors[0], text[-3000:]
+    assert "contiguous share" in errors[0]

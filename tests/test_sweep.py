@@ -54,7 +54,7 @@ def test_sweep_runs_grid_and_resumes(tmp_path):
     results = run_sweep(tiny_base(), grid, out, train_fn=trainer2, log=lambda m: None)
     assert trainer2.calls == [("batch_size=256__seed=0", True), ("batch_size=256__seed=1", False)]
     assert [r["status"] for r in results] == ["done"] * 4
-    assert results[3]["summary"]["final_test_accuracy"] == pytest.approx(0.5 + 0.01 + 0.00256)
+    assert results[3]["summary"]["test_accuracy"] == pytest.approx(0.5 + 0.01 + 0.00256)
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
     assert json.loads((out / "sweep.json").read_text())["grid"]["batch_size"] == [128, 256]
 

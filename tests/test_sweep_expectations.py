@@ -6,17 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from _tiny_data import tiny_data
 
 from lars_jax.runs import cli
-
-
-def _tiny_data():
-    from lars_jax.train.loop import Data
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (330, 6, 6, 1), dtype=np.uint8)
-    y = (x[:, :3].mean((1, 2, 3)) > x[:, 3:].mean((1, 2, 3))).astype(np.int32)
-    return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
 
 
 def _numpy_eval(config, state, data):
@@ -50,13 +42,13 @@ def test_cli_sweep_records_the_measured_accuracy_then_resumes(capsys, tmp_path, 
     from an earlier evaluation or another run, and a resumed sweep that retrains."""
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
-    data = _tiny_data()
+    data = tiny_data(256, 74, 6)
     finals = {}
 
     def train_and_keep_state(config):
-        summary, state = train(config, data=data, return_state=True)
+        summary, state = train_with_state(config, data=data)
         finals[config.optimizer] = (config, jax.device_get(state))
         return summary
 

@@ -109,3 +109,49 @@ def test_model_choices_are_the_model_registry():
     assert spec_by_name(TrainConfig)["model"].choices == tuple(MODEL_NAMES)
     with pytest.raises(ValueError, match=r"TrainConfig.model='resnet7'"):
         TrainConfig(model="resnet7").validate()
+
+
+def test_field_kinds_are_declared_where_the_fields_are():
+    """The fields whose change makes a checkpoint unusable, the cosmetic ones and the
+    location, as the checkpoint, the rerun of a finished run and the sweep need them
+    (the lists these replace, written out by hand)."""
+    from lars_jax.train.config import fields_of_kind
+
+    assert set(fields_of_kind("structural")) == {
+        "model", "width", "norm", "dataset", "optimizer", "nesterov", "zero_init_last_bn",
+        "denominator"}
+    assert set(fields_of_kind("cosmetic")) == {"progress", "plot", "tensorboard", "resume"}
+    assert fields_of_kind("location") == ("workdir",)
+    with pytest.raises(ValueError, match="kind='bogus'"):
+        fields_of_kind("bogus")
+
+
+def test_each_check_runs_once_per_config():
+    """The command line, `train` and `build` each validate the same config: a warning is
+    issued (and every check run) once, not once per call."""
+    import warnings
+
+    from lars_jax.runs.errors import ConfigWarning
+
+    c = TrainConfig(optimizer="sgd", trust_coefficient=0.5)  # no effect with sgd: a warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c.validate(devices_later=True)
+        c.validate()
+        c.validate(device_count=8)
+        c.validate(device_count=8)
+    assert [issubclass(w.category, ConfigWarning) for w in caught] == [True]
+    c.trust_coefficient = -1.0  # a changed value is checked again
+    with pytest.raises(ValueError, match=r"TrainConfig.trust_coefficient=-1.0: must be > 0"):
+        c.validate()
+
+
+def test_range_messages():
+    for kw, msg in [(dict(momentum=1.0), "momentum=1.0: must be in [0, 1)"),
+                    (dict(max_skipped_fraction=1.5), "max_skipped_fraction=1.5: must be in [0, 1]"),
+                    (dict(width=0.0), "width=0.0: must be > 0"),
+                    (dict(test_subset=0), "test_subset=0: must be >= 1 or None"),
+                    (dict(checkpoint_every_steps=-2), "checkpoint_every_steps=-2: must be >= -1")]:
+        with pytest.raises(ValueError) as e:
+            TrainConfig(**kw).validate()
+        assert str(e.value) == "TrainConfig." + msg

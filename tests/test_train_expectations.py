@@ -169,13 +169,13 @@ def test_bn_span_label_smoothing_and_padded_eval_match_references(tmp_path, bn_s
     the padding, or drops the last partial batch."""
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     smoothing, lr = 0.1, 0.5
     data = _data()
     cfg = _config(tmp_path, bn_span=bn_span, bn_ghost_size=4, label_smoothing=smoothing,
                   learning_rate=lr)
-    summary, state = train(cfg, data=data, return_state=True)
+    summary, state = train_with_state(cfg, data=data)
     state = jax.device_get(state)
     assert summary["steps"] == 1
 
@@ -277,9 +277,9 @@ def test_clars_granularities_match_independent_norms(tmp_path, granularity, accu
                   grad_accum_steps=accum, norm="none", momentum=0.9, weight_decay=5e-4,
                   trust_coefficient=0.02, learning_rate=2.0)
     data = _data()
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
-    _, state = train(cfg, data=data, return_state=True)
+    _, state = train_with_state(cfg, data=data)
     want, norms = _clars_reference(cfg, data, granularity)
     _assert_trees_close(jax.device_get(state.params), want, 1e-5, "params")
     # the references of the granularities really differ from each other

@@ -47,12 +47,12 @@ def test_metrics_summary_and_layer_stats(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
 
     cfg = tiny_config(tmp_path, optimizer="clars", clars_granularity="device",
                       log_layer_stats=True, log_diagnostics=True, log_every_steps=1,
                       checkpoint_every_steps=-1, eval_every_epochs=1.0, dtype="bfloat16")
-    summary, state = train(cfg, data=tiny_data(), return_state=True)
+    summary, state = train_with_state(cfg, data=tiny_data())
     # mixed precision: bfloat16 compute, float32 parameters and optimizer state
     assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
             if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
@@ -86,7 +86,7 @@ def test_steps_per_call_gives_the_same_run_with_fewer_dispatches(tmp_path):
     and logs, evaluates and checkpoints at the same steps (which are not multiples of 3)."""
     import jax
 
-    from lars_jax.train import train
+    from lars_jax.train import train_with_state
     from lars_jax.train.loop import next_stop
 
     assert next_stop(0, 16, 4, 8, 0) == 4 and next_stop(5, 16, 4, 6, 0) == 6
@@ -96,8 +96,8 @@ def test_steps_per_call_gives_the_same_run_with_fewer_dispatches(tmp_path):
     out = {}
     for k in (1, 3):
         wd = tmp_path / f"k{k}"
-        summary, state = train(tiny_config(wd, steps_per_call=k, **kw), data=tiny_data(),
-                               return_state=True)
+        summary, state = train_with_state(tiny_config(wd, steps_per_call=k, **kw),
+                                          data=tiny_data())
         rows = [json.loads(line) for line in (wd / "metrics.jsonl").open()]
         ckpts = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
         out[k] = (summary, jax.device_get(state.params), rows, ckpts)

@@ -52,7 +52,9 @@ def test_output_keeps_update_dtype_and_state_is_float32(dtype):
                lars_jax.scale_by_lars_trust_ratio(weight_decay=1e-3, denominator="optax")):
         out, state = tx.update(grads, tx.init(params), params)
         assert all(o.dtype == dtype for o in jax.tree.leaves(out))
-        assert all(x.dtype == jnp.float32 and x.shape == () for x in jax.tree.leaves(state))
+        stats = lars_jax.trust_ratio_stats(state)
+        assert all(x.dtype == jnp.float32 and x.shape == () for x in jax.tree.leaves(stats))
+        assert state.count.dtype == jnp.int32 and int(state.count) == 1
 
 
 def test_state_holds_the_last_steps_values():
@@ -176,6 +178,7 @@ def test_weight_decay_schedule_is_evaluated_per_step():
 @pytest.mark.parametrize("kwargs, name", [
     (dict(weight_decay=-1.0), "weight_decay"),
     (dict(trust_coefficient=-1e-3), "trust_coefficient"),
+    (dict(trust_coefficient=0.0), "trust_coefficient"),  # the kernels would never move
     (dict(trust_coefficient=lambda t: 1.0), "trust_coefficient"),
     (dict(eps=-1.0), "eps"),
     (dict(denominator="Paper"), "denominator"),
@@ -304,7 +307,8 @@ def test_float64_params_get_float64_norms_under_x64():
             tx = lars_jax.scale_by_lars_trust_ratio(weight_decay=1e-3, trust_coefficient=0.02,
                                                     denominator=denominator)
             state = tx.init(params64)
-            assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(state))
+            stats = lars_jax.trust_ratio_stats(state)
+            assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(stats))
             out, state = jax.jit(tx.update)(grads64, state, params64)
             for w, g, r, o in zip(jax.tree.leaves(tree), jax.tree.leaves(grads),
                                   jax.tree.leaves(state.trust_ratio), jax.tree.leaves(out),
@@ -374,3 +378,112 @@ def test_trust_ratio_stats_merges_the_groups_of_multi_transform():
     twice = optax.chain(lars_jax.lars(0.1), lars_jax.lars(0.1))
     with pytest.raises(ValueError, match="same tensor"):
         lars_jax.trust_ratio_stats(twice.init(params))
+
+
+# ------------------------------------------------- one factory, state type (issue 26)
+
+
+def test_weight_decay_schedule_keeps_the_same_state_type_and_counts_steps():
+    """Before: a schedule wrapped the transform in inject_hyperparams (another state)."""
+    params = {"k": jnp.ones((2, 2))}
+    for factory in (lars_jax.scale_by_lars_trust_ratio, lars_jax.scale_by_clars_trust_ratio):
+        plain = factory(weight_decay=0.1).init(params)
+        sched = factory(weight_decay=optax.linear_schedule(0.1, 0.2, 5)).init(params)
+        assert isinstance(sched, lars_jax.LarsTrustRatioState)
+        assert jax.tree.structure(plain) == jax.tree.structure(sched)
+    tx = lars_jax.lars(0.1, weight_decay=lambda t: 0.1 * (t + 1))
+    assert jax.tree.structure(tx.init(params)) == jax.tree.structure(
+        lars_jax.lars(0.1, weight_decay=0.1).init(params))
+    tx = lars_jax.scale_by_lars_trust_ratio(weight_decay=lambda t: 0.5 * t)
+    state = tx.init(params)
+    for t in range(3):
+        out, state = jax.jit(tx.update)({"k": jnp.zeros((2, 2))}, state, params)
+        np.testing.assert_allclose(np.asarray(out["k"]), 0.5 * t)  # zero grad: wd_t * w
+        assert int(state.count) == t + 1
+
+
+# ------------------------------------------------------------- complex (issue 24)
+
+
+def _complex(seed, shape, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return scale * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+
+
+@pytest.mark.parametrize("denominator", ["paper", "optax"])
+@pytest.mark.parametrize("scale", [1.0, 1e-25, 1e20])
+def test_complex_tensors_get_real_norms_and_the_reference_ratio(denominator, scale):
+    """Before: the norm of [3+4j, 0] was 3+4j and the gradient norm 0 (ratio 1)."""
+    w64 = {"k": _complex(1, (4, 3), scale), "v": np.array([3 + 4j, 0.0])}
+    g64 = {"k": _complex(2, (4, 3), 0.3 * scale), "v": np.array([0.0, 1 - 1j])}
+    w = jax.tree.map(lambda x: jnp.asarray(x, jnp.complex64), w64)
+    g = jax.tree.map(lambda x: jnp.asarray(x, jnp.complex64), g64)
+    tx = lars_jax.scale_by_lars_trust_ratio(weight_decay=0.01, trust_coefficient=0.1,
+                                            denominator=denominator)
+    out, state = jax.jit(tx.update)(g, tx.init(w), w)
+    for k in ("k", "v"):
+        want = trust_ratio(w64[k], g64[k], wd=0.01, tc=0.1, denominator=denominator)
+        assert state.trust_ratio[k].dtype == jnp.float32
+        np.testing.assert_allclose(float(state.trust_ratio[k]), want, rtol=1e-5)
+        np.testing.assert_allclose(float(state.param_norm[k]), np.linalg.norm(w64[k]),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(out[k], np.complex128),
+                                   want * (g64[k] + 0.01 * w64[k]), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(float(state.param_norm["v"]), 5.0 * 1, rtol=1e-7)
+
+
+def test_complex_clars_and_larc_ratios_are_real_and_match_the_reference():
+    w64, g64 = _complex(7, (3, 4)), _complex(8, (3, 4), 0.05)
+    norms = np.array([0.5, 1.5, 1.0])
+    w, g = {"k": jnp.asarray(w64, jnp.complex64)}, {"k": jnp.asarray(g64, jnp.complex64)}
+    clars = lars_jax.scale_by_clars_trust_ratio(weight_decay=0.01, trust_coefficient=0.1)
+    out, st = clars.update(g, clars.init(w), w, per_example_norms={"k": jnp.asarray(norms)})
+    want = trust_ratio(w64, g64, wd=0.01, tc=0.1, grad_norm=norms.mean())
+    np.testing.assert_allclose(float(st.trust_ratio["k"]), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["k"], np.complex128), want * (g64 + 0.01 * w64),
+                               rtol=1e-5)
+    larc = lars_jax.scale_by_lars_trust_ratio(trust_coefficient=1.0, clip=1.0)
+    _, st = larc.update(g, larc.init(w), w)
+    want = trust_ratio(w64, g64, wd=0.0, tc=1.0, clip=1.0)  # ||w|| / ||g|| ~ 20: clipped
+    assert want == 1.0 and float(st.trust_ratio["k"]) == 1.0
+
+
+def test_complex_optax_form_equals_optax_lars_per_step():
+    w = {"k": jnp.asarray(_complex(3, (5, 4)), jnp.complex64)}
+    g = {"k": jnp.asarray(_complex(4, (5, 4), 0.2), jnp.complex64)}
+    ours = lars_jax.lars(0.3, 1e-3, trust_coefficient=0.02, denominator="optax")
+    ref = optax.lars(0.3, 1e-3, trust_coefficient=0.02)
+    a, _ = ours.update(g, ours.init(w), w)
+    b, _ = ref.update(g, ref.init(w), w)
+    chex.assert_trees_all_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_layer_diagnostics_norms_of_complex_tensors_are_real():
+    w64, g64 = _complex(5, (3, 3)), _complex(6, (3, 3), 0.1)
+    d = lars_jax.diagnostics.layer_diagnostics(
+        {"k": jnp.asarray(w64, jnp.complex64)}, {"k": jnp.asarray(g64, jnp.complex64)})
+    np.testing.assert_allclose(float(d["k/w_sqnorm"]), np.sum(np.abs(w64) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(float(d["k/g_sqnorm"]), np.sum(np.abs(g64) ** 2), rtol=1e-6)
+    cos = np.real(np.vdot(w64, g64)) / (np.linalg.norm(w64) * np.linalg.norm(g64))
+    np.testing.assert_allclose(float(d["k/cos_w_g"]), cos, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------- the one-reduction norm and its fallback
+
+
+@pytest.mark.parametrize("case", ["mixed_tiny", "huge", "zero", "nan", "ordinary"])
+def test_norm_is_exact_where_the_plain_sum_of_squares_loses_digits(case):
+    """1e6 entries of 1e-20 (squares flushed to 0) beside one 1e-15: exact only scaled."""
+    n = 1_000_000
+    x = {"mixed_tiny": np.full(n, 1e-20), "huge": np.full(n, 3e20), "zero": np.zeros(n),
+         "nan": np.full(n, np.nan),
+         "ordinary": np.random.default_rng(0).standard_normal(n)}[case]
+    if case == "mixed_tiny":
+        x[0] = 1e-15
+    x32 = np.asarray(x, np.float32)
+    want = np.sqrt(np.sum(np.asarray(x32, np.float64) ** 2))
+    got = float(jax.jit(lambda v: lars_jax.trust_ratio._norm(v))(jnp.asarray(x32)))
+    if case == "nan":
+        assert np.isnan(got)
+    else:
+        np.testing.assert_allclose(got, want, rtol=2e-6)

@@ -11,13 +11,18 @@ dropped (`remainder="drop"`, `spe = N // B`), or kept as a padded last step
 (`remainder="pad"`, `spe = ceil(N / B)`, MLPerf's step counting): its `R` examples are
 spread round-robin over `pad_groups` equal contiguous groups of the global batch (the
 devices, or devices x accumulation micro-batches, that normalise separately), so every group
-holds `R // pad_groups` or one more; the other rows are zero images with label -1 and
-`mask == False`. Random crops/flips use
-`np.random.default_rng([seed, step, p, 1])`. So batches depend only on (seed, step, process),
-and starting at `start_step` gives exactly the batches of an uninterrupted run. In
-evaluation mode (`train=False`) the split is read once in order, each process gets the
-examples `p, p + P, ...` of every global batch, and the last batch is padded with
-`mask == False` rows.
+holds `R // pad_groups` or one more. The random crop and flip of
+row `r` of the global batch use `np.random.default_rng([seed, step, r, 1])`. So the global
+batch depends only on (seed, step), not on the number of processes: `P` processes together
+read exactly the batch one process reads, each example of an epoch once, and starting at
+`start_step` (with any `P`) gives exactly the batches of an uninterrupted run. In
+evaluation mode (`train=False`) the split is read once in order, process `p` gets the
+`p`-th contiguous `B / P` of every global batch, and the last batch is padded. Padding rows
+(of the last evaluation batch, or of a kept remainder) are zero images with label -1
+(`PAD_LABEL`), `mask == False` and index 0.
+
+Each batch also carries ``"index"``: the record numbers (in `split`) of its rows, so a
+caller can log and check which examples a process fed.
 
 `train()` streams from it through `lars_jax.train.input_pipeline` (`input_pipeline="host"`
 or `"auto"`), which adds the device placement, prefetching and normalisation.
@@ -65,7 +70,7 @@ from lars_jax.data.sources import (
 Batch = dict[str, np.ndarray]
 Remainder = Literal["drop", "pad"]
 PAD_LABEL = -1
-"""Label of the padding rows of a kept remainder batch (`host_batches(remainder="pad")`)."""
+"""Label of the padding rows of a batch (`host_batches`)."""
 
 
 def _data_source(name: str, split: str, data_dir: str | os.PathLike | None) -> Any:
@@ -203,15 +208,15 @@ def host_batches(
       prefetch: batches read ahead.
       use_grain: use grain (if installed) for threading and prefetching.
       remainder: training only: "drop" each epoch's last partial batch, or "pad" it to a
-        full batch (zero images, label `PAD_LABEL`, mask False; module docstring).
+        full batch (module docstring).
       pad_groups: training with remainder="pad": the number of equal contiguous groups of
         the global batch over which a remainder's examples are spread (a divisor of
         batch_size).
 
     Yields:
       {"image": uint8 [batch_size / process_count, H, W, C], "label": int32 [...],
-       "mask": bool [...]} (mask is all True in training, except on the padding rows of a
-      kept remainder).
+       "mask": bool [...], "index": int64 [...]} (mask is False on padding rows only; index:
+      the record numbers in `split`, 0 in padding rows).
     """
     info = dataset_info(name)
     if batch_size <= 0 or batch_size % process_count:
@@ -255,33 +260,30 @@ def host_batches(
         total = math.ceil(n / batch_size)
 
         def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
-            glob = step * batch_size + np.arange(batch_size)
-            idx = glob[process_index::process_count]
+            start = step * batch_size + process_index * local
+            idx = start + np.arange(local)
             mask = idx < n
             return np.where(mask, idx, 0), mask
 
         stop = total if num_steps is None else min(total, start_step + num_steps)
 
+    shape = (size, size, info.image_shape[-1]) if resize else tuple(info.image_shape)
+
     def load(step: int) -> Batch:
         idx, mask = indices(int(step))
-        real = idx if mask.all() else idx[mask]  # a kept remainder: padding rows not read
-        examples = [src[int(i)] for i in real]
-        rng = np.random.default_rng([seed, int(step), process_index, 1])
-        images = []
-        for ex in examples:
+        images = np.zeros((local, *shape), np.uint8)
+        labels = np.full(local, PAD_LABEL, np.int32)
+        for i in np.flatnonzero(mask):  # padding rows are not read
+            ex = src[int(idx[i])]
             img = np.asarray(ex["image"])
-            if resize:
-                img = random_resized_crop(rng, img, size) if train else center_crop(img, size)
-            images.append(img)
-        labels = np.asarray([ex["label"] for ex in examples], np.int32)
-        if len(real) == len(idx):
-            return {"image": np.stack(images), "label": labels, "mask": mask}
-        shape = (size, size, info.image_shape[-1]) if resize else tuple(info.image_shape)
-        out = {"image": np.zeros((len(idx), *shape), np.uint8),
-               "label": np.full(len(idx), PAD_LABEL, np.int32), "mask": mask}
-        if examples:
-            out["image"][mask], out["label"][mask] = np.stack(images), labels
-        return out
+            if resize and train:  # one generator per row of the global batch
+                rng = np.random.default_rng([seed, int(step), process_index * local + i, 1])
+                img = random_resized_crop(rng, img, size)
+            elif resize:
+                img = center_crop(img, size)
+            images[i], labels[i] = img, ex["label"]
+        return {"image": images, "label": labels, "mask": mask,
+                "index": np.where(mask, idx, 0).astype(np.int64)}
 
     grain = None
     if use_grain:

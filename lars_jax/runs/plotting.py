@@ -29,20 +29,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lars_jax.runs.run_files import METRICS_FILE, PLOT_FILE, read_jsonl
+from lars_jax.runs.run_files import (
+    ACCURACY,
+    EPOCH,
+    LOSS,
+    LR,
+    METRICS_FILE,
+    PLOT_FILE,
+    STEP,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    read_jsonl,
+)
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: `import lars_jax` stays light
     from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike[str]
 
-# Keys looked up (in order) in the rows of metrics.jsonl.
-_X_KEYS = ("epoch", "step")
-_TRAIN_LOSS_KEYS = ("loss", "train_loss")
-_TRAIN_ACC_KEYS = ("accuracy", "train_accuracy")
-_TEST_LOSS_KEYS = ("test_loss", "eval_loss")
-_TEST_ACC_KEYS = ("test_accuracy", "eval_accuracy")
-_LR_KEYS = ("lr", "learning_rate")
+# Keys looked up (in order) in the rows of metrics.jsonl (as the trainer writes them).
+_X_KEYS = (EPOCH, STEP)
+_TRAIN_LOSS_KEYS = (LOSS,)
+_TRAIN_ACC_KEYS = (ACCURACY,)
+_TEST_LOSS_KEYS = (TEST_LOSS,)
+_TEST_ACC_KEYS = (TEST_ACCURACY,)
+_LR_KEYS = (LR,)
 
 
 def _first_key(row: Mapping[str, Any], keys: Sequence[str]) -> str | None:

@@ -9,7 +9,7 @@ reports from them:
 * :func:`load_results` returns one dict per run: ``run`` (name), ``workdir``,
   ``status``, ``varied`` (the swept values), ``config`` and ``summary``.
 * :func:`lookup` reads a value from such a row by a short name (``batch_size``,
-  ``final_test_accuracy``) or a dotted path (``config.optimizer``).
+  ``test_accuracy``) or a dotted path (``config.optimizer``).
 * :func:`markdown_table` renders rows as a GitHub-flavoured markdown table.
 * :func:`write_report` writes ``report.md`` from a title and a list of sections
   (markdown text and images).
@@ -32,10 +32,30 @@ from typing import Any, NamedTuple
 
 from lars_jax.runs.plotting import plot_bars, plot_heatmap, plot_lines
 from lars_jax.runs.run_files import (
+    CONFIG,
     CONFIG_FILE,
+    EPOCH,
+    ERROR,
+    IMAGES_PER_S,
     METRICS_FILE,
+    PLOT_FILE,
     RESULTS_FILE,
+    RUN,
+    RUN_DONE,
+    STATUS,
+    STATUS_OK,
+    STEP,
+    STEPS,
+    SUMMARY,
     SUMMARY_FILE,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    TRAIN_TIME_S,
+    VARIED,
+    WALL_TIME_S,
+    WORKDIR,
     read_json,
     read_jsonl,
 )
@@ -45,23 +65,8 @@ Formatter = str | Callable[[Any], str]
 
 
 # Summary metrics shown first (when present) in default tables, in this order.
-PREFERRED_METRICS = (
-    "final_test_accuracy",
-    "test_accuracy",
-    "best_test_accuracy",
-    "final_test_loss",
-    "test_loss",
-    "final_train_loss",
-    "train_loss",
-    "final_train_accuracy",
-    "train_accuracy",
-    "epochs_to_target",
-    "steps",
-    "images_per_s",
-    "images_per_sec",
-    "wall_time_s",
-    "train_time_s",
-)
+PREFERRED_METRICS = (TEST_ACCURACY, TEST_LOSS, TRAIN_LOSS, TRAIN_ACCURACY, STEPS,
+                     IMAGES_PER_S, WALL_TIME_S, TRAIN_TIME_S)
 _MISSING = object()
 
 
@@ -92,23 +97,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _status(summary: Mapping[str, Any] | None) -> str:
     if summary is None:
         return "incomplete"
-    status = summary.get("status", "ok")
-    return "done" if status == "ok" else str(status)
+    status = summary.get(STATUS, STATUS_OK)
+    return RUN_DONE if status == STATUS_OK else str(status)
 
 
 def _run_row(run_dir: Path, root: Path) -> dict[str, Any]:
     summary = _read_json(run_dir / SUMMARY_FILE)
     config = _read_json(run_dir / CONFIG_FILE)
-    if config is None and summary is not None and isinstance(summary.get("config"), dict):
-        config = summary["config"]
+    if config is None and summary is not None and isinstance(summary.get(CONFIG), dict):
+        config = summary[CONFIG]
     name = run_dir.name if run_dir != root else root.resolve().name
     return {
-        "run": name,
-        "workdir": str(run_dir),
-        "status": _status(summary),
-        "varied": {},
-        "config": config or {},
-        "summary": {k: v for k, v in (summary or {}).items() if k != "config"},
+        RUN: name,
+        WORKDIR: str(run_dir),
+        STATUS: _status(summary),
+        VARIED: {},
+        CONFIG: config or {},
+        SUMMARY: {k: v for k, v in (summary or {}).items() if k != CONFIG},
     }
 
 
@@ -184,7 +189,7 @@ def load_metrics(row_or_workdir: Mapping[str, Any] | PathLike) -> list[dict[str,
 def lookup(row: Mapping[str, Any], key: str, default: Any = None) -> Any:
     """Reads a value from a result row.
 
-    A dotted key is a path (``summary.final_test_accuracy``, ``config.optimizer``).
+    A dotted key is a path (``summary.test_accuracy``, ``config.optimizer``).
     A plain key is looked up at the top level, then in ``varied``, ``summary`` and
     ``config``, in that order.
 
@@ -514,37 +519,9 @@ def summary_report(
         raise ValueError(f"{str(root)!r} holds no runs ({RESULTS_FILE} or run folders)")
     title = title or f"Results: {root.resolve().name}"
     varied = varied_keys(rows)
-    metrics = metric_keys(rows)
     metric = metric or _primary_metric(rows)
     if metric is not None and all(lookup(r, metric) is None for r in rows):
         raise ValueError(f"metric: {metric!r} is in no run's summary")
-    plots = root / "plots"
-    sections: list[Section] = []
-
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
-    intro = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(
-        f"{n} {s}" for s, n in sorted(counts.items())
-    )
-    intro += "."
-    fixed = {
-        k: v
-        for k, v in next((r["config"] for r in rows if r.get("config")), {}).items()
-        if k not in varied and k not in ("workdir",) and not isinstance(v, Mapping)
-    }
-    if fixed:
-        intro += (
-            f"\n\n<details><summary>Settings shared by all runs ({len(fixed)})</summary>\n\n"
-            + ", ".join(f"`{k}={format_value(v)}`" for k, v in fixed.items())
-            + "\n\n</details>"
-        )
-
-    columns: list[str | tuple[str, str]] = ["run", *varied, "status", *metrics]
-    if any(r.get("error") for r in rows):
-        columns.append("error")
-    sections.append(Section("Runs", markdown_table(rows, columns, sort_by=varied or None)))
-
     numeric_varied = [
         k
         for k in varied
@@ -554,96 +531,119 @@ def summary_report(
     if x is not None and x not in varied:
         raise ValueError(f"x: {x!r} is not a swept key (swept: {', '.join(varied) or 'none'})")
     if x is None and numeric_varied:
-        x = (
-            "batch_size"
-            if "batch_size" in numeric_varied
-            else max(numeric_varied, key=lambda k: len({lookup(r, k) for r in rows}))
-        )
+        x = ("batch_size" if "batch_size" in numeric_varied
+             else max(numeric_varied, key=lambda k: len({lookup(r, k) for r in rows})))
+    columns: list[str | tuple[str, str]] = [RUN, *varied, STATUS, *metric_keys(rows)]
+    if any(r.get(ERROR) for r in rows):
+        columns.append(ERROR)
+    sections = [Section("Runs", markdown_table(rows, columns, sort_by=varied or None))]
+    plots = root / "plots"
     if metric is not None and x is not None:
-        others = [k for k in varied if k != x]
-        series = {}
-        for label, group in _groups(rows, others).items():
-            pts = [(lookup(r, x), lookup(r, metric)) for r in group]
-            pts = [(a, math.nan if b is None else b) for a, b in pts if _is_number(a)]
-            if pts:
-                series[label] = ([p[0] for p in pts], [p[1] for p in pts])
-        xs = sorted({p for xs_, _ in series.values() for p in xs_})
-        log = bool(xs) and xs[0] > 0 and xs[-1] >= 8 * xs[0]
-        png = plot_lines(
-            series,
-            plots / f"{metric}_vs_{x}.png",
-            xlabel=x,
-            ylabel=metric,
-            title=f"{metric} vs {x}",
-            logx=2 if log else False,
-            xticks=xs if log and len(xs) <= 12 else None,
-        )
-        sections.append(
-            Section(
-                f"{metric} vs {x}",
-                "One line per combination of the other swept values; a missing point is a run "
-                "that did not finish or diverged.",
-                [png],
-            )
-        )
+        sections += _metric_vs_x(rows, varied, metric, x, plots)
         y_keys = [k for k in numeric_varied if k != x]
-        if metric is not None and y_keys:
-            y = y_keys[0]
-            rest = [k for k in varied if k not in (x, y)]
-            for label, group in itertools.islice(_groups(rows, rest).items(), 8):
-                xv = sorted({lookup(r, x) for r in group} - {None})
-                yv = sorted({lookup(r, y) for r in group} - {None})
-                cell = {(lookup(r, y), lookup(r, x)): lookup(r, metric) for r in group}
-                grid = [[cell.get((b, a)) for a in xv] for b in yv]
-                safe = "".join(c if c.isalnum() or c in "-_=." else "_" for c in label)
-                png = plot_heatmap(
-                    grid,
-                    plots / f"heatmap_{y}_{x}_{safe}.png",
-                    row_labels=[format_value(v) for v in yv],
-                    col_labels=[format_value(v) for v in xv],
-                    xlabel=x,
-                    ylabel=y,
-                    title=f"{metric} ({label})" if rest else metric,
-                    colorbar_label=metric,
-                )
-                sections.append(Section(f"{metric} over {y} x {x}: {label}", "", [png]))
-
+        if y_keys:
+            sections += _heatmaps(rows, varied, metric, x, y_keys[0], plots)
     if metric is not None and x is None and len(rows) > 1:
-        bars = {
-            (_label({k: lookup(r, k) for k in varied}) if varied else r["run"]): lookup(r, metric)
-            for r in sorted(rows, key=lambda r: tuple(_sort_key(lookup(r, k)) for k in varied))
-        }
+        bars = {_run_label(r, varied): lookup(r, metric)
+                for r in sorted(rows, key=lambda r: tuple(_sort_key(lookup(r, k))
+                                                          for k in varied))}
         png = plot_bars(bars, plots / f"{metric}_by_run.png", xlabel=metric, title=metric)
         sections.append(Section(f"{metric} by run", "", [png]))
+    sections += _accuracy_curves(rows, varied, plots) + _run_links(rows, root)
+    return write_report(root, title=title, intro=_intro(rows, varied), sections=sections,
+                        filename=filename)
 
-    curves: dict[str, tuple[list[float], list[float]]] = {}
-    xk = "epoch"
+
+def _run_label(row: Mapping[str, Any], varied: Sequence[str]) -> str:
+    return _label({k: lookup(row, k) for k in varied}) if varied else row[RUN]
+
+
+def _intro(rows: Sequence[Mapping[str, Any]], varied: Sequence[str]) -> str:
+    """The report's first paragraph: runs by status, and the settings all runs share."""
+    counts: dict[str, int] = {}
     for r in rows:
-        m = [row for row in load_metrics(r) if _is_number(row.get("test_accuracy"))]
-        if m:
-            xk = "epoch" if all("epoch" in row for row in m) else "step"
-            curves[_label({k: lookup(r, k) for k in varied}) if varied else r["run"]] = (
-                [row[xk] for row in m],
-                [row["test_accuracy"] for row in m],
-            )
-    if curves:
-        png = plot_lines(
-            curves,
-            plots / "test_accuracy_curves.png",
-            xlabel=xk,
-            ylabel="test accuracy",
-            title="Test accuracy during training",
-            markers=len(curves) <= 6,
+        counts[str(r.get(STATUS))] = counts.get(str(r.get(STATUS)), 0) + 1
+    intro = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(
+        f"{n} {s}" for s, n in sorted(counts.items())) + "."
+    fixed = {
+        k: v
+        for k, v in next((r[CONFIG] for r in rows if r.get(CONFIG)), {}).items()
+        if k not in varied and k != WORKDIR and not isinstance(v, Mapping)
+    }
+    if fixed:
+        intro += (
+            f"\n\n<details><summary>Settings shared by all runs ({len(fixed)})</summary>\n\n"
+            + ", ".join(f"`{k}={format_value(v)}`" for k, v in fixed.items())
+            + "\n\n</details>"
         )
-        sections.append(Section("Test accuracy curves", "", [png]))
+    return intro
 
+
+def _metric_vs_x(rows: Sequence[Mapping[str, Any]], varied: Sequence[str], metric: str,
+                 x: str, plots: Path) -> list[Section]:
+    """`metric` against the swept key `x`, one line per combination of the other keys."""
+    series = {}
+    for label, group in _groups(rows, [k for k in varied if k != x]).items():
+        pts = [(lookup(r, x), lookup(r, metric)) for r in group]
+        pts = [(a, math.nan if b is None else b) for a, b in pts if _is_number(a)]
+        if pts:
+            series[label] = ([p[0] for p in pts], [p[1] for p in pts])
+    xs = sorted({p for xs_, _ in series.values() for p in xs_})
+    log = bool(xs) and xs[0] > 0 and xs[-1] >= 8 * xs[0]
+    png = plot_lines(series, plots / f"{metric}_vs_{x}.png", xlabel=x, ylabel=metric,
+                     title=f"{metric} vs {x}", logx=2 if log else False,
+                     xticks=xs if log and len(xs) <= 12 else None)
+    return [Section(f"{metric} vs {x}", "One line per combination of the other swept "
+                    "values; a missing point is a run that did not finish or diverged.",
+                    [png])]
+
+
+def _heatmaps(rows: Sequence[Mapping[str, Any]], varied: Sequence[str], metric: str, x: str,
+              y: str, plots: Path) -> list[Section]:
+    """`metric` over two numeric swept keys, one heatmap per combination of the others."""
+    sections = []
+    rest = [k for k in varied if k not in (x, y)]
+    for label, group in itertools.islice(_groups(rows, rest).items(), 8):
+        xv = sorted({lookup(r, x) for r in group} - {None})
+        yv = sorted({lookup(r, y) for r in group} - {None})
+        cell = {(lookup(r, y), lookup(r, x)): lookup(r, metric) for r in group}
+        grid = [[cell.get((b, a)) for a in xv] for b in yv]
+        safe = "".join(c if c.isalnum() or c in "-_=." else "_" for c in label)
+        png = plot_heatmap(
+            grid, plots / f"heatmap_{y}_{x}_{safe}.png",
+            row_labels=[format_value(v) for v in yv], col_labels=[format_value(v) for v in xv],
+            xlabel=x, ylabel=y, title=f"{metric} ({label})" if rest else metric,
+            colorbar_label=metric)
+        sections.append(Section(f"{metric} over {y} x {x}: {label}", "", [png]))
+    return sections
+
+
+def _accuracy_curves(rows: Sequence[Mapping[str, Any]], varied: Sequence[str], plots: Path
+                     ) -> list[Section]:
+    """The test accuracy of every run during training, from its metrics.jsonl."""
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    xk = EPOCH
+    for r in rows:
+        m = [row for row in load_metrics(r) if _is_number(row.get(TEST_ACCURACY))]
+        if m:
+            xk = EPOCH if all(EPOCH in row for row in m) else STEP
+            curves[_run_label(r, varied)] = ([row[xk] for row in m],
+                                             [row[TEST_ACCURACY] for row in m])
+    if not curves:
+        return []
+    png = plot_lines(curves, plots / "test_accuracy_curves.png", xlabel=xk,
+                     ylabel="test accuracy", title="Test accuracy during training",
+                     markers=len(curves) <= 6)
+    return [Section("Test accuracy curves", "", [png])]
+
+
+def _run_links(rows: Sequence[Mapping[str, Any]], root: Path) -> list[Section]:
+    """Links to each run's own plots."""
     links = []
     for r in rows:
-        wd = Path(r["workdir"])
-        pngs = [p for p in ("curves.png", "layer_stats.png") if (wd / p).exists()]
+        wd = Path(r[WORKDIR])
+        pngs = [p for p in (PLOT_FILE, "layer_stats.png") if (wd / p).exists()]
         if pngs:
             refs = ", ".join(f"[{p[:-4]}]({_image_ref(wd / p, root)})" for p in pngs)
-            links.append(f"- {r['run']}: {refs}")
-    if links:
-        sections.append(Section("Per-run curves", "\n".join(links)))
-    return write_report(root, title=title, intro=intro, sections=sections, filename=filename)
+            links.append(f"- {r[RUN]}: {refs}")
+    return [Section("Per-run curves", "\n".join(links))] if links else []

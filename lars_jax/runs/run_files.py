@@ -38,6 +38,26 @@ PLOT_FILE = "curves.png"
 RESULTS_FILE = "results.jsonl"
 SWEEP_FILE = "sweep.json"
 
+# The keys the trainer writes, defined once for its readers (plotting, report, sweep and
+# the experiments' harness), which accept no other spelling.
+# Rows of metrics.jsonl: ``KIND`` is ``TRAIN_ROW`` (``STEP``, ``EPOCH``, ``LOSS``,
+# ``ACCURACY``, ``LR``, ``IMAGES_PER_S``, ...) or ``EVAL_ROW`` (``TEST_LOSS``,
+# ``TEST_ACCURACY``).
+KIND, TRAIN_ROW, EVAL_ROW = "kind", "train", "eval"
+STEP, EPOCH, LR, IMAGES_PER_S = "step", "epoch", "lr", "images_per_s"
+LOSS, ACCURACY = "loss", "accuracy"
+TEST_LOSS, TEST_ACCURACY = "test_loss", "test_accuracy"
+# summary.json: ``STATUS`` is ``STATUS_OK`` or ``STATUS_NONFINITE`` (the run stopped on
+# NaN/Inf), plus TEST_ACCURACY, TEST_LOSS and the keys below.
+STATUS, STATUS_OK, STATUS_NONFINITE = "status", "ok", "nonfinite"
+TRAIN_LOSS, TRAIN_ACCURACY, STEPS = "train_loss", "train_accuracy", "steps"
+WALL_TIME_S, TRAIN_TIME_S, CONFIG = "wall_time_s", "train_time_s", "config"
+# Rows of a sweep's results.jsonl: ``RUN`` (the run's folder name), ``WORKDIR``, ``STATUS``
+# (``RUN_DONE`` or ``RUN_FAILED``), ``VARIED`` (the swept fields), ``CONFIG``, ``SUMMARY``
+# (summary.json without its config) and, for a failed run, ``ERROR``.
+RUN, WORKDIR, VARIED, SUMMARY, ERROR = "run", "workdir", "varied", "summary", "error"
+RUN_DONE, RUN_FAILED = "done", "failed"
+
 
 def to_jsonable(value: Any) -> Any:
     """`value` as plain JSON values: numpy/JAX numbers to Python, NaN and +-Inf to None.
@@ -167,3 +187,24 @@ def is_primary_process() -> bool:
         return jax.process_index() == 0
     except Exception:  # no backend: a single process
         return True
+
+
+def noise_scale_from_metrics(path: PathLike, ema: float = 0.95, **kwargs: Any
+                             ) -> dict[str, np.ndarray]:
+    """`lars_jax.diagnostics.noise_scale_from_rows` of a run's ``metrics.jsonl``.
+
+    Args:
+      path: the ``metrics.jsonl`` file, or the run directory holding it.
+      ema: EMA decay in ``[0, 1)``.
+      **kwargs: ``step_key`` and ``row_filter`` of ``noise_scale_from_rows``.
+
+    Raises:
+      ValueError: `path` does not exist.
+    """
+    from lars_jax.diagnostics import noise_scale_from_rows
+
+    p = Path(path)
+    p = p / METRICS_FILE if p.is_dir() else p
+    if not p.exists():
+        raise ValueError(f"path {str(p)!r} does not exist")
+    return noise_scale_from_rows(read_jsonl(p), ema, **kwargs)

@@ -44,10 +44,21 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lars_jax.runs.config_io import coerce, spec_by_name, unknown_field_error
+from lars_jax.runs.errors import ConfigError, WorkdirLockedError
 from lars_jax.runs.run_files import (
+    CONFIG,
+    ERROR,
     RESULTS_FILE,
+    RUN,
+    RUN_DONE,
+    RUN_FAILED,
+    STATUS,
+    STATUS_OK,
+    SUMMARY,
     SUMMARY_FILE,
     SWEEP_FILE,
+    VARIED,
+    WORKDIR,
     append_jsonl,
     is_primary_process,
     read_json,
@@ -60,8 +71,6 @@ TrainFn = Callable[[Any], Mapping[str, Any]]
 # A grid: field -> values (cartesian product), or an explicit list of points.
 Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
-# Config fields that name where a run writes, not what it computes.
-_LOCATION_FIELDS = ("workdir",)
 _MAX_NAME = 120
 
 
@@ -94,7 +103,7 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
       One ``{field: value}`` dict per run.
 
     Raises:
-      ValueError: a value list is empty, is a string, or repeats a value; or a
+      ConfigError (a ValueError): a value list is empty, is a string, or repeats a value; or a
         point is repeated.
 
     Example:
@@ -107,27 +116,27 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
     """
     if not isinstance(grid, Mapping):
         if isinstance(grid, str | bytes) or not isinstance(grid, Sequence):
-            raise ValueError(f"grid: expected a mapping or a list of points, got {grid!r}")
+            raise ConfigError(f"grid: expected a mapping or a list of points, got {grid!r}")
         points = []
         for i, point in enumerate(grid):
             if not isinstance(point, Mapping):
-                raise ValueError(f"grid[{i}]: a point must be a dict of field values")
+                raise ConfigError(f"grid[{i}]: a point must be a dict of field values")
             points.append(dict(point))
         seen = [json.dumps(p, sort_keys=True, default=str) for p in points]
         dup = next((p for p in seen if seen.count(p) > 1), None)
         if dup is not None:
-            raise ValueError(f"grid: repeated point {dup}")
+            raise ConfigError(f"grid: repeated point {dup}")
         return points
     keys = list(grid)
     for k in keys:
         values = grid[k]
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-            raise ValueError(f"grid[{k!r}]: must be a list of values, got {values!r}")
+            raise ConfigError(f"grid[{k!r}]: must be a list of values, got {values!r}")
         if not values:
-            raise ValueError(f"grid[{k!r}]: needs at least one value")
+            raise ConfigError(f"grid[{k!r}]: needs at least one value")
         seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
         if len(set(seen)) != len(seen):
-            raise ValueError(f"grid[{k!r}]: repeated value in {list(values)!r}")
+            raise ConfigError(f"grid[{k!r}]: repeated value in {list(values)!r}")
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
@@ -183,7 +192,7 @@ def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[
       The same grid with field names checked (``-`` read as ``_``) and typed values.
 
     Raises:
-      ValueError: an unknown field, a location field (``workdir``), a value of the
+      ConfigError (a ValueError): an unknown field, a location field (``workdir``), a value of the
         wrong type (the message names the field), or a bad grid shape.
     """
     specs = spec_by_name(config_cls)
@@ -192,8 +201,8 @@ def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[
         name = key.replace("-", "_")
         if name not in specs:
             raise unknown_field_error(config_cls, key)
-        if name in _LOCATION_FIELDS:
-            raise ValueError(f"grid[{key!r}]: the sweep sets each run's {name} itself")
+        if name in _location_fields():
+            raise ConfigError(f"grid[{key!r}]: the sweep sets each run's {name} itself")
         return name
 
     def typed(name: str, value: Any) -> Any:
@@ -208,14 +217,21 @@ def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[
     for key, values in grid.items():
         name = field(key)
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-            raise ValueError(f"grid[{key!r}]: must be a list of values, got {values!r}")
+            raise ConfigError(f"grid[{key!r}]: must be a list of values, got {values!r}")
         out[name] = [typed(name, v) for v in values]
     expand_grid(out)  # checks empty and repeated values
     return out
 
 
+def _location_fields() -> tuple[str, ...]:
+    """The config fields that name where a run writes, not what it computes."""
+    from lars_jax.train.config import fields_of_kind
+
+    return fields_of_kind("location")
+
+
 def _comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config_dict.items() if k not in _LOCATION_FIELDS}
+    return {k: v for k, v in config_dict.items() if k not in _location_fields()}
 
 
 def _default_fields(cls: type) -> dict[str, Any]:
@@ -236,20 +252,20 @@ def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     if path.exists():
         for row in read_jsonl(path):
-            if "run" in row:
-                rows[str(row["run"])] = row  # the last row of a run wins
+            if RUN in row:
+                rows[str(row[RUN])] = row  # the last row of a run wins
     return rows
 
 
 def _summary_ok(path: Path) -> bool:
     """Whether a run's summary.json records a finished run (not e.g. a non-finite stop)."""
     summary = read_json(path)
-    return isinstance(summary, dict) and summary.get("status", "ok") == "ok"
+    return isinstance(summary, dict) and summary.get(STATUS, STATUS_OK) == STATUS_OK
 
 
 def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The summary as stored in a results row (the config is stored once, beside it)."""
-    return {k: v for k, v in summary.items() if k != "config"}
+    return {k: v for k, v in summary.items() if k != CONFIG}
 
 
 def _base_config(base_config: Any) -> Any:
@@ -269,8 +285,7 @@ def plan_sweep(
 ) -> list[PlannedRun]:
     """Expands a sweep and reports each run's status without running anything.
 
-    Every run's config is validated here (``config.validate()`` when the config
-    has it), so a bad value fails before any compute.
+    Every run's config is validated here, so a bad value fails before any compute.
 
     Args:
       base_config: the config every run starts from (a dataclass such as
@@ -282,7 +297,7 @@ def plan_sweep(
       One :class:`PlannedRun` per grid point, in grid order.
 
     Raises:
-      ValueError: a bad grid, an invalid run config (message names the run and the
+      ConfigError (a ValueError): a bad grid, an invalid run config (message names the run and the
         field), two grid points with the same folder name, or a finished run whose
         recorded config differs from the one planned now.
     """
@@ -299,32 +314,30 @@ def plan_sweep(
     for varied in expand_grid(grid):
         name = run_name(varied)
         if name in names:
-            raise ValueError(f"grid: two runs would share the folder name {name!r}")
+            raise ConfigError(f"grid: two runs would share the folder name {name!r}")
         names.add(name)
         workdir = out / name
         config = dataclasses.replace(base, **varied, workdir=str(workdir))
-        validate = getattr(config, "validate", None)
-        if callable(validate):
-            try:
-                validate()
-            except ValueError as e:
-                raise ValueError(f"sweep run {name}: {e}") from e
+        try:
+            config.validate()
+        except ConfigError as e:
+            raise ConfigError(f"sweep run {name}: {e}") from e
         row = rows.get(name)
-        if row is not None and row.get("status") in ("done", "failed"):
-            recorded = _comparable(row.get("config") or {})
+        if row is not None and row.get(STATUS) in (RUN_DONE, RUN_FAILED):
+            recorded = _comparable(row.get(CONFIG) or {})
             wanted = _comparable(_config_dict(config))
             diff = sorted(
                 k for k in wanted.keys() | recorded.keys()
                 if wanted.get(k) != recorded.get(k, defaults.get(k))
             )
             if recorded and diff:
-                raise ValueError(
+                raise ConfigError(
                     f"sweep run {name}: {out / RESULTS_FILE} records it with a different config "
                     f"(fields {', '.join(diff)}); use another output folder or remove the run"
                 )
-            status = row["status"]
+            status = row[STATUS]
         elif (workdir / SUMMARY_FILE).exists():
-            status = "done" if _summary_ok(workdir / SUMMARY_FILE) else "partial"
+            status = RUN_DONE if _summary_ok(workdir / SUMMARY_FILE) else "partial"
         elif workdir.exists():
             status = "partial"
         else:
@@ -364,7 +377,7 @@ def run_sweep(
       earlier invocation included).
 
     Raises:
-      ValueError: see :func:`plan_sweep`; raised before any run starts.
+      ConfigError (a ValueError): see :func:`plan_sweep`; raised before any run starts.
       KeyboardInterrupt: passed through; run the sweep again to resume.
     """
     base = _base_config(base_config)
@@ -384,47 +397,47 @@ def run_sweep(
     for i, run in enumerate(planned):
         tag = f"[{i + 1}/{len(planned)}] {run.name}"
         row = rows.get(run.name)
-        if run.status == "done" and row is not None and row.get("status") == "done":
+        if run.status == RUN_DONE and row is not None and row.get(STATUS) == RUN_DONE:
             log(f"{tag}: done, skipped")
             results.append(row)
             continue
-        if run.status == "failed" and not retry_failed and row is not None:
+        if run.status == RUN_FAILED and not retry_failed and row is not None:
             log(f"{tag}: failed earlier ({row.get('error', '?')}), skipped")
             results.append(row)
             continue
         row = {
-            "run": run.name,
-            "workdir": run.name,
-            "status": "done",
-            "varied": run.varied,
-            "config": _config_dict(run.config),
-            "summary": {},
+            RUN: run.name,
+            WORKDIR: run.name,
+            STATUS: RUN_DONE,
+            VARIED: run.varied,
+            CONFIG: _config_dict(run.config),
+            SUMMARY: {},
         }
         summary_path = Path(run.config.workdir) / SUMMARY_FILE
-        if run.status == "done" and summary_path.exists():
+        if run.status == RUN_DONE and summary_path.exists():
             # Finished, but the process died before the results row was written.
-            row["summary"] = _summary_row(read_json(summary_path))
+            row[SUMMARY] = _summary_row(read_json(summary_path))
             log(f"{tag}: done (summary.json found), recorded")
         else:
             verb = "resuming" if run.status == "partial" else "starting"
             log(f"{tag}: {verb}")
             t0 = time.perf_counter()
             try:
-                row["summary"] = _summary_row(train_fn(run.config))
+                row[SUMMARY] = _summary_row(train_fn(run.config))
+            except WorkdirLockedError as e:  # another process runs it: no result to
+                log(f"{tag}: busy, skipped ({e})")  # record, not a failure
+                continue
             except Exception as e:
-                if type(e).__name__ == "WorkdirLockedError":  # another process runs it: no
-                    log(f"{tag}: busy, skipped ({e})")  # result to record, not a failure
-                    continue
                 if stop_on_error:
                     raise
-                row["status"] = "failed"
-                row["error"] = f"{type(e).__name__}: {e}"
-                log(f"{tag}: failed: {row['error']}")
+                row[STATUS] = RUN_FAILED
+                row[ERROR] = f"{type(e).__name__}: {e}"
+                log(f"{tag}: failed: {row[ERROR]}")
             row["time_s"] = round(time.perf_counter() - t0, 3)
         row["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         if primary:
             append_jsonl(out / RESULTS_FILE, row, sync=True)
         results.append(row)
-    failed = sum(r.get("status") == "failed" for r in results)
+    failed = sum(r.get(STATUS) == RUN_FAILED for r in results)
     log(f"sweep {out}: {len(results) - failed} done, {failed} failed")
     return results

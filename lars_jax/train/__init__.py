@@ -40,6 +40,6 @@ References:
 
 from lars_jax.train.build import Data, Run, build
 from lars_jax.train.config import TrainConfig
-from lars_jax.train.loop import NonFiniteError, train
+from lars_jax.train.loop import NonFiniteError, train, train_with_state
 
-__all__ = ["Data", "NonFiniteError", "Run", "TrainConfig", "build", "train"]
+__all__ = ["Data", "NonFiniteError", "Run", "TrainConfig", "build", "train", "train_with_state"]

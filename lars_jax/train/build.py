@@ -45,9 +45,11 @@ import optax
 
 from lars_jax import alias, schedules
 from lars_jax.data import dataset_info, load_split, normalize
+from lars_jax.masks import default_mask
 from lars_jax.models import create_model
+from lars_jax.runs.errors import ConfigError
 from lars_jax.train import parallel
-from lars_jax.train.config import TrainConfig
+from lars_jax.train.config import TrainConfig, check_mlperf_remainder
 from lars_jax.train.step import (
     StepOptions,
     TrainState,
@@ -140,7 +142,7 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_step
         return schedules.mlperf_lars_schedule(peak, warmup, total_steps, end_lr=end,
                                               decay_steps=decay)
     if config.schedule not in SCHEDULES:
-        raise ValueError(f"TrainConfig.schedule={config.schedule!r}: must be one of "
+        raise ConfigError(f"TrainConfig.schedule={config.schedule!r}: must be one of "
                          f"{', '.join([*SCHEDULES, 'onecycle', 'mlperf'])}")
     decay = SCHEDULES[config.schedule](_Decay(peak, end, max(total_steps - warmup, 1)))
     start = 0.0 if config.warmup_start == "zero" else min(config.learning_rate, peak)
@@ -178,8 +180,9 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int
     """
     common = dict(momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer != "sgd":
+        # mask: the default mask in both forms (lars's optax form alone means every tensor).
         common.update(trust_coefficient=config.trust_coefficient,
-                      denominator=config.denominator)
+                      denominator=config.denominator, mask=default_mask)
         if config.optimizer in ("lars", "clars") and config.clip:
             common["clip"] = 1.0
     factory = {"sgd": alias.sgd, "lars": alias.lars, "larc": alias.larc,
@@ -321,30 +324,63 @@ class Run(NamedTuple):
     test_batches: Any
     input: Any = None
 
+    def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """The training input of `step`: the streamed batch (host input), or the data set
+        on the devices (the compiled step draws the step's batch from it)."""
+        if self.input is not None:
+            return self.input.batch(step)
+        return self.images, self.labels
 
-def build(config: TrainConfig, data: Data | None = None) -> Run:
+    def advance(self, state: TrainState, step: int, stop: int
+                ) -> tuple[TrainState, dict[str, Any], int]:
+        """Runs the steps from `step` on, never past `stop`: ``steps_per_call`` steps in one
+        call where they fit, else one. Returns ``(state, metrics, steps run)`` (metrics
+        stacked over the steps of a multi-step call)."""
+        k = self.config.steps_per_call
+        multi = self.train_steps is not None and step + k <= stop
+        images, labels = self.batch(step)
+        state, metrics = (self.train_steps if multi else self.train_step)(
+            state, images, labels, np.int32(step))
+        return state, metrics, k if multi else 1
+
+    def close(self) -> None:
+        """Stops the host input's reader thread (nothing to do for in-memory data)."""
+        if self.input is not None:
+            self.input.close()
+
+
+def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = False) -> Run:
     """Validates `config` and builds its run (`data`: instead of ``config.dataset``).
 
+    With ``noise_scale`` the step also returns the one-batch gradient-noise-scale estimates
+    from every example's gradient norm (`StepOptions.log_noise_scale`; ``lars-jax advise``).
+
     Raises:
-      ValueError: a bad config, naming the field, before any compute.
+      ConfigError: a bad config (a ValueError), naming the field, before any compute.
     """
-    config.validate()
     num_devices = config.num_devices or jax.device_count()
-    config.validate(device_count=num_devices)
-    if config.parallel == "pmap" and jax.process_count() > 1:
-        raise ValueError("TrainConfig.parallel='pmap': multi-process runs need parallel='jit'")
-    if config.parallel == "pmap" and num_devices > jax.local_device_count():
-        raise ValueError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
-                         f"({jax.local_device_count()})")
+    config.validate(device_count=num_devices)  # nothing again after the command line's
+    if (config.parallel == "pmap" and jax.process_count() > 1
+            and num_devices != jax.device_count()):
+        raise ConfigError(f"TrainConfig.num_devices={num_devices}: multi-process pmap runs on "
+                          f"all {jax.device_count()} devices (leave num_devices unset)")
+    if (config.parallel == "pmap" and jax.process_count() == 1
+            and num_devices > jax.local_device_count()):
+        raise ConfigError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
+                          f"({jax.local_device_count()})")
     mesh = parallel.make_mesh(num_devices)
     stream = _host_input(config, mesh) if data is None else None  # host streaming
     data = load_data(config) if data is None and stream is None else data
     num_train = stream.num_train if stream else len(data.train_labels)
     if num_train < config.batch_size:
-        raise ValueError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
-                         f"{num_train} training examples")
+        raise ConfigError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
+                          f"{num_train} training examples")
     if num_train != config.num_train_examples():  # custom data: the step checks again
         config.validate(device_count=num_devices, num_train=num_train)
+    if config.mlperf and stream is None:
+        raise ConfigError("TrainConfig.mlperf=True: MLPerf mode keeps the remainder batch of "
+                          "the host input only (an in-memory data set was given)")
+    check_mlperf_remainder(config, num_devices, num_train)
     epoch_steps, total_steps = config.run_steps(num_train)
 
     dtype = compute_dtype(config)
@@ -365,7 +401,7 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
         nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum, masked=config.mlperf)
+        momentum=config.momentum, log_noise_scale=noise_scale, masked=config.mlperf)
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
     augment = None
     if config.crop_padding or config.flip or config.cutout:
@@ -388,8 +424,11 @@ def build(config: TrainConfig, data: Data | None = None) -> Run:
         devices = mesh.devices.tolist()
         train_step = parallel.pmap_train_step(step_fn, prepare, devices)
         train_steps = None
-        place = lambda s: parallel.replicate(jax.device_get(s), devices)
+        local = [d for d in devices if d.process_index == jax.process_index()]
+        place = lambda s: parallel.replicate(jax.device_get(s), local)
         unplace = parallel.unreplicate
+        if jax.process_count() > 1:  # global arrays for evaluation and checkpoints
+            unplace = lambda s: parallel.put_replicated(parallel.unreplicate(s), mesh)
 
     replicated = parallel.replicated(mesh)
     num_test = stream.num_test if stream else len(data.test_labels)
@@ -415,8 +454,8 @@ def _host_input(config: TrainConfig, mesh: Any) -> Any:
     if not config.uses_host_input():
         return None
     if config.steps_per_call > 1:
-        raise ValueError(f"TrainConfig.steps_per_call={config.steps_per_call}: the host "
-                         "input pipeline feeds one step per call (use 1)")
+        raise ConfigError(f"TrainConfig.steps_per_call={config.steps_per_call}: the host "
+                          "input pipeline feeds one step per call (use 1)")
     return input_pipeline.StreamingInput(config, mesh)
 
 

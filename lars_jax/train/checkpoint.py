@@ -45,18 +45,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lars_jax.runs.errors import CheckpointError
+
 CHECKSUM_FILE = "lars_jax_sha256.json"
-
-# Config fields whose change makes a checkpoint unusable for a run (the state's structure or
-# meaning depends on them).
-STRUCTURE_FIELDS = (
-    "model", "width", "norm", "dataset", "optimizer", "nesterov", "zero_init_last_bn",
-    "denominator",
-)
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint in the workdir could be restored."""
 
 
 @contextlib.contextmanager
@@ -96,7 +87,9 @@ class Checkpointer:
     Args:
       workdir: the run folder.
       keep: number of checkpoints kept (older ones are deleted).
-      meta: JSON-serialisable dict describing the run (compared on restore).
+      meta: JSON-serialisable dict of the run's structural config fields (the trainer
+        passes `fields_of_kind("structural")`); a checkpoint whose meta differs in any of
+        them is not restored.
     """
 
     def __init__(self, workdir: str | Path, *, keep: int = 3, meta: dict[str, Any]) -> None:
@@ -301,8 +294,7 @@ def structure_fingerprint(tree: Any) -> str:
 
 def _incompatibility(meta: dict[str, Any], wanted: dict[str, Any], fingerprint: str) -> str:
     """Why a checkpoint's meta rules it out for this run ("" if it does not)."""
-    diff = {k: (meta.get(k), v) for k, v in wanted.items()
-            if k in STRUCTURE_FIELDS and meta.get(k) != v}
+    diff = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
     if diff:
         return ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in diff.items())
     saved = meta.get("state_structure")

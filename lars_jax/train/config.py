@@ -1,34 +1,19 @@
-"""Training configuration: one flat dataclass, validated before any compute.
+"""Training configuration: one flat dataclass whose fields declare how they behave.
 
-Every field has a default; the defaults are the README's main job: ResNet-20 on
-Fashion-MNIST with LARS, sized for under 10 minutes on the project's 2-core CPU (ResNet-20
-trains at ~370 images/s in bfloat16 there; 92% test accuracy after 464 s, BENCHMARKS.md):
-batch 64, 3 epochs (2812 steps), warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch
-256, linear scaling), cosine decay to 0, momentum 0.9, weight decay 5e-4, trust
-coefficient 0.02, no augmentation (it slows convergence in such a short run), the test set
-evaluated at the end.
-Each field carries its help text in `field(metadata={"help": ...})`, from which the
-command line interface builds its flags and `--help`.
+The defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS in under 10
+minutes on the project's 2-core CPU (92% test accuracy after 464 s, BENCHMARKS.md): batch 64,
+3 epochs, warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch 256, linear scaling),
+cosine decay to 0, momentum 0.9, weight decay 5e-4, trust coefficient 0.02, no
+augmentation (it slows so short a run), the test set evaluated at the end.
 
-Batch-norm statistics span (`bn_span`), which changes results at large batch:
-
-* ``"device"``: each device normalises over its own slice of the global batch
-  (``batch_size / num_devices / grad_accum_steps`` examples); the usual data-parallel
-  default (Goyal et al. use 32 examples per worker).
-* ``"global"``: statistics are averaged over all devices (cross-device BN through the
-  model's ``bn_axis_name``), i.e. over one whole micro-batch; what a single device with the
-  same micro-batch computes.
-* ``"ghost"``: fixed-size ghost groups of ``bn_ghost_size`` examples, independent of the
-  number of devices (as MLPerf's ``bn_span``; Masters & Luschi find 4-8 best on CIFAR).
-
-With gradient accumulation, statistics never span micro-batches: each micro-batch is
-normalised on its own, and the running statistics (used at evaluation) are updated once per
-step from the mean of the micro-batches' statistics, as across devices; so ``k``
-micro-batches on one device give the running statistics of ``k`` devices.
-
-Which options apply to which optimizer, norm, span and schedule is the table `APPLIES`:
-`validate` refuses (ValueError) or warns about (`ConfigWarning`) a non-default value that
-has no effect in the chosen combination (docs/cli.md lists the rules).
+Each field declares in its metadata (`FieldMeta`) its ``--help`` text and group, its
+choices or range, where it applies (`Applies`, gathered in `APPLIES`) and its `Kind`
+(`fields_of_kind`). The command line is generated from these declarations
+(`lars_jax.runs.cli`); `TrainConfig.validate` checks the ranges in one loop and the rules
+between fields in the small functions below it. A non-default value with no effect in its
+combination is refused (`ConfigError`, a ValueError) or warned about (`ConfigWarning`).
+docs/cli.md lists the rules, and what each batch-norm span (``bn_span``: device, global,
+ghost) and gradient accumulation do to the batch-norm statistics.
 
 References:
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
@@ -42,17 +27,22 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
-from lars_jax.runs.config_io import field_specs
+from lars_jax.runs.errors import ConfigError, ConfigWarning
 from lars_jax.schedules import mlperf_total_steps
+
+__all__ = ["APPLIES", "ALWAYS_APPLIES", "Applies", "ConfigError", "ConfigWarning",
+           "FieldMeta", "Kind", "Range", "TrainConfig", "field_meta", "fields_of_kind"]
 
 Optimizer = Literal["sgd", "lars", "larc", "clars"]
 Norm = Literal["batch", "group", "none"]
@@ -67,168 +57,256 @@ Parallel = Literal["jit", "pmap"]
 NanPolicy = Literal["stop", "skip"]
 InputPipeline = Literal["auto", "device", "host"]
 
+Kind = Literal["structural", "result", "location", "cosmetic"]
+"""What a change of a field changes: ``structural``, the run and its checkpoints' state
+(a checkpoint of another value is not restored); ``result``, what the run computes;
+``location``, only where it writes (a sweep sets it itself); ``cosmetic``, nothing the run
+computes (a finished run rerun with another value keeps its results)."""
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A field with its ``--help`` text (and ``choices`` where the type is not a Literal)."""
-    return field(default=default, metadata={"help": help, **kw})
+
+class Range(NamedTuple):
+    """The allowed interval of a number: ``low <(=) value <(=) high`` (None: unbounded)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        lo, hi = self.low, self.high
+        return ((lo is None or (v > lo if self.low_open else v >= lo))
+                and (hi is None or (v < hi if self.high_open else v <= hi)))
+
+    def text(self) -> str:
+        """``> 0``, ``>= 1``, ``in [0, 1)`` as the error messages say it."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in [{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+class Applies(NamedTuple):
+    """Where a field has an effect (a field without one has an effect everywhere).
+
+    Attributes:
+      when: the condition in words (for messages and docs/cli.md's table).
+      applies: ``applies(config)``: True where the field has an effect.
+      otherwise: a non-default value where it has no effect is refused ("refuse") or only
+        warned about ("warn": a setting of another optimizer, span or schedule that a sweep
+        over those may share in its base config).
+    """
+
+    when: str
+    applies: Callable[[Any], bool]
+    otherwise: Literal["refuse", "warn"]
+
+
+class FieldMeta(NamedTuple):
+    """What a `TrainConfig` field declares (its `dataclasses.field` metadata["meta"]), and
+    in `field_meta()` its name, scalar type (bool, int, float or str), whether it may be
+    None and its default."""
+
+    help: str
+    group: str
+    kind: Kind = "result"
+    choices: tuple[Any, ...] | None = None
+    range: Range | None = None
+    applies: Applies | None = None
+    name: str = ""
+    type: type = object
+    optional: bool = False
+    default: Any = None
+
+
+def _field(group: str, default: Any, help: str, *, kind: Kind = "result",
+           choices: tuple[Any, ...] | None = None, ge: float | None = None,
+           gt: float | None = None, lt: float | None = None, le: float | None = None,
+           applies: Applies | None = None) -> Any:
+    """A field with its declarations (``ge``/``gt``/``lt``/``le``: its range)."""
+    low = gt if gt is not None else ge
+    high = lt if lt is not None else le
+    rng = None if low is None and high is None else Range(low, high, gt is not None,
+                                                        lt is not None)
+    meta = FieldMeta(help, group, kind, choices, rng, applies)
+    return field(default=default, metadata={"help": help, "meta": meta})
+
+
+_model = functools.partial(_field, "Model")
+_data = functools.partial(_field, "Data")
+_optim = functools.partial(_field, "Optimizer")
+_batch = functools.partial(_field, "Batch and length")
+_parallel = functools.partial(_field, "Parallelism")
+_manage = functools.partial(_field, "Run management")
+
+
+def _lars_family(c: Any) -> bool:
+    return c.optimizer != "sgd"
 
 
 @dataclass
 class TrainConfig:
-    """All settings of one training run (see the module docstring for `bn_span`)."""
+    """All settings of one training run."""
 
-    # The --help groups: title -> the first field of the group (fields are in order).
-    GROUPS: ClassVar[dict[str, str]] = {
-        "Model": "model", "Data": "dataset", "Optimizer": "optimizer",
-        "Batch and length": "batch_size", "Parallelism": "parallel",
-        "Run management": "seed"}
-
-    # Model.
-    model: str = _f("resnet20", f"Model name, one of {', '.join(MODEL_NAMES)}.",
-                    choices=MODEL_NAMES)
-    width: float = _f(1.0, "Width multiplier of the model's channels.")
-    norm: Norm = _f("batch", "Normalisation layers: batch, group or none.")
-    bn_span: BnSpan = _f(
+    model: str = _model("resnet20", f"Model name, one of {', '.join(MODEL_NAMES)}.",
+                        choices=tuple(MODEL_NAMES), kind="structural")
+    width: float = _model(1.0, "Width multiplier of the model's channels.", gt=0,
+                          kind="structural")
+    norm: Norm = _model("batch", "Normalisation layers: batch, group or none.",
+                        kind="structural")
+    bn_span: BnSpan = _model(
         "device",
         "Batch-norm statistics span: device (each device's slice), global (whole micro-batch "
         "across devices) or ghost (groups of bn_ghost_size examples). Changes results at "
-        "large batch.",
-    )
-    bn_ghost_size: int = _f(32, "Ghost batch size for bn_span=ghost.")
-    zero_init_last_bn: bool = _f(False, "Zero-initialise the last BN scale of each block.")
+        "large batch.", applies=Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"))
+    bn_ghost_size: int = _model(
+        32, "Ghost batch size for bn_span=ghost.", ge=1,
+        applies=Applies("norm='batch' and bn_span='ghost'",
+                        lambda c: c.norm == "batch" and c.bn_span == "ghost", "warn"))
+    zero_init_last_bn: bool = _model(
+        False, "Zero-initialise the last BN scale of each block.", kind="structural",
+        applies=Applies("norm='batch' or 'group'", lambda c: c.norm != "none", "refuse"))
 
-    # Data.
-    dataset: str = _f("fashion_mnist", f"Data set, one of {', '.join(DATASET_NAMES)}.",
-                      choices=DATASET_NAMES)
-    data_dir: str | None = _f(None, "Data directory (default: the data module's search path).")
-    train_subset: int | None = _f(
-        None, "Use only the first N training examples (None: all), for fast experiments."
-    )
-    test_subset: int | None = _f(None, "Evaluate on only the first N test examples.")
-    crop_padding: int = _f(
-        0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).")
-    flip: bool = _f(False, "Random horizontal flips (off for the sub-epoch default job).")
-    cutout: int = _f(0, "Cutout square size in pixels (0: off).")
-    # Host streaming (lars_jax.train.input_pipeline).
-    input_pipeline: InputPipeline = _f(
+    dataset: str = _data("fashion_mnist", f"Data set, one of {', '.join(DATASET_NAMES)}.",
+                         choices=tuple(DATASET_NAMES), kind="structural")
+    data_dir: str | None = _data(
+        None, "Data directory (default: the data module's search path).")
+    train_subset: int | None = _data(
+        None, "Use only the first N training examples (None: all), for fast experiments.",
+        ge=1)
+    test_subset: int | None = _data(None, "Evaluate on only the first N test examples.", ge=1)
+    crop_padding: int = _data(
+        0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).",
+        ge=0)
+    flip: bool = _data(False, "Random horizontal flips (off for the sub-epoch default job).")
+    cutout: int = _data(0, "Cutout square size in pixels (0: off).", ge=0)
+    input_pipeline: InputPipeline = _data(  # host streaming: lars_jax.train.input_pipeline
         "auto", "Input path: device (whole data set in device memory), host (stream batches "
         "from the TFDS source through grain) or auto (host when the data set does not fit "
         "on the device: imagenet2012).")
-    image_size: int | None = _f(
+    image_size: int | None = _data(
         None, "Side of the host-decoded images of imagenet2012 (None: 224).")
-    input_threads: int = _f(8, "Host input pipeline: decoding threads per process.")
+    input_threads: int = _data(
+        8, "Host input pipeline: decoding threads per process.", ge=1,
+        applies=Applies("the host input pipeline (input_pipeline host, or auto for a data "
+                        "set that does not fit on the device)",
+                        lambda c: c.uses_host_input(), "warn"))
 
-    # Optimizer.
-    optimizer: Optimizer = _f("lars", "Optimizer: sgd, lars, larc or clars.")
-    learning_rate: float = _f(
-        0.5, "Base (peak) learning rate at base_batch_size, before scaling."
-    )
-    base_batch_size: int = _f(256, "Batch size at which learning_rate is given.")
-    lr_scaling: LrScaling = _f(
+    optimizer: Optimizer = _optim("lars", "Optimizer: sgd, lars, larc or clars.",
+                                  kind="structural")
+    learning_rate: float = _optim(
+        0.5, "Base (peak) learning rate at base_batch_size, before scaling.", gt=0)
+    base_batch_size: int = _optim(256, "Batch size at which learning_rate is given.", ge=1)
+    lr_scaling: LrScaling = _optim(
         "linear",
         "Scale the learning rate from base_batch_size to batch_size: linear (x B/B0, "
-        "Goyal et al.), sqrt (x sqrt(B/B0)) or none.",
-    )
-    warmup_epochs: float = _f(0.05, "Gradual warmup length in epochs (0: no warmup).")
-    warmup_start: WarmupStart = _f(
+        "Goyal et al.), sqrt (x sqrt(B/B0)) or none.")
+    warmup_epochs: float = _optim(
+        0.05, "Gradual warmup length in epochs (0: no warmup).", ge=0)
+    warmup_start: WarmupStart = _optim(
         "zero",
         "Warmup starts from: base (the unscaled learning_rate, Goyal et al.) or zero (MLPerf).",
-    )
-    schedule: ScheduleName = _f(
+        applies=Applies(
+            "warmup_epochs > 0 and a schedule other than onecycle and mlperf (mlperf refuses "
+            "'base')",
+            lambda c: c.warmup_epochs > 0 and c.schedule not in ("onecycle", "mlperf"), "warn"))
+    schedule: ScheduleName = _optim(
         "cosine",
         "Decay after warmup: cosine, poly2 (LARS paper), linear, constant, step "
         "(/10 at 50% and 75%), onecycle, mlperf (lars_jax.mlperf_lars_schedule: warmup from 0, "
-        "then poly2 to end_learning_rate).",
-    )
-    end_learning_rate: float = _f(
+        "then poly2 to end_learning_rate).")
+    end_learning_rate: float = _optim(
         0.0,
         "Final learning rate of cosine, poly2, linear and mlperf (reached at the end of the "
         "run). The other schedules have a fixed end and refuse a value other than 0: "
-        "constant stays at the peak, step ends at peak/100, onecycle at peak/250000.",
-    )
-    momentum: float = _f(0.9, "Momentum coefficient.")
-    nesterov: bool = _f(False, "Nesterov momentum.")
-    weight_decay: float = _f(5e-4, "Weight decay (L2) coefficient.")
-    trust_coefficient: float = _f(
+        "constant stays at the peak, step ends at peak/100, onecycle at peak/250000.", ge=0,
+        applies=Applies(
+            "schedule cosine, poly2, linear or mlperf (constant, step and onecycle have a "
+            "fixed end)", lambda c: c.schedule in ("cosine", "poly2", "linear", "mlperf"),
+            "refuse"))
+    momentum: float = _optim(0.9, "Momentum coefficient.", ge=0, lt=1)
+    nesterov: bool = _optim(False, "Nesterov momentum.", kind="structural")
+    weight_decay: float = _optim(5e-4, "Weight decay (L2) coefficient.", ge=0)
+    trust_coefficient: float = _optim(
         0.02,
         "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x larger "
         "learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters moderate).",
-    )
-    denominator: Denominator = _f(
-        "paper",
-        "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
-    )
-    clip: bool = _f(
+        gt=0, applies=Applies("optimizer lars, larc or clars", _lars_family, "warn"))
+    denominator: Denominator = _optim(
+        "paper", "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
+        kind="structural", applies=Applies("optimizer lars or larc",
+                                           lambda c: c.optimizer in ("lars", "larc"), "warn"))
+    clip: bool = _optim(
         False,
-        "Clip the trust ratio at 1 (LARC) with optimizer lars or clars (larc always clips).")
-    clars_granularity: ClarsGranularity = _f(
+        "Clip the trust ratio at 1 (LARC) with optimizer lars or clars (larc always clips).",
+        applies=Applies("optimizer lars or clars (larc always clips)",
+                        lambda c: c.optimizer in ("lars", "clars"), "warn"))
+    clars_granularity: ClarsGranularity = _optim(
         "example",
         "CLARS gradient norms: example (exact per-example), device (each device's local "
         "gradient, free), micro_batch (each accumulation micro-batch).",
-    )
-    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.")
+        applies=Applies("optimizer clars", lambda c: c.optimizer == "clars", "warn"))
+    label_smoothing: float = _optim(
+        0.0, "Label smoothing of the cross-entropy loss.", ge=0, lt=1)
 
-    # Batch and length.
-    batch_size: int = _f(64, "Global batch size (all devices, all accumulation steps).")
-    grad_accum_steps: int = _f(
-        1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches)."
-    )
-    epochs: float = _f(3.0, "Training length in epochs (may be fractional).")
-    dtype: DType = _f("bfloat16", "Compute dtype (float32 or bfloat16); params stay float32.")
+    batch_size: int = _batch(
+        64, "Global batch size (all devices, all accumulation steps).", ge=1)
+    grad_accum_steps: int = _batch(
+        1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches).", ge=1)
+    epochs: float = _batch(3.0, "Training length in epochs (may be fractional).", gt=0)
+    dtype: DType = _batch(
+        "bfloat16", "Compute dtype (float32 or bfloat16); params stay float32.")
 
-    # Parallelism.
-    parallel: Parallel = _f(
-        "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean)."
-    )
-    num_devices: int | None = _f(None, "Number of local devices to use (None: all).")
-    steps_per_call: int = _f(
+    parallel: Parallel = _parallel(
+        "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean).")
+    num_devices: int | None = _parallel(
+        None, "Number of local devices to use (None: all).", ge=1)
+    steps_per_call: int = _parallel(
         1, "Optimizer steps per compiled call (lax.scan; jit path): fewer dispatches for "
-        "small models and batches. Calls stop at log, eval and checkpoint steps."
-    )
-    coordinator_address: str | None = _f(
-        None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS)."
-    )
-    num_processes: int | None = _f(None, "Multi-host: number of processes.")
-    process_id: int | None = _f(None, "Multi-host: this process's id.")
+        "small models and batches. Calls stop at log, eval and checkpoint steps.", ge=1)
+    coordinator_address: str | None = _parallel(
+        None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS).")
+    num_processes: int | None = _parallel(None, "Multi-host: number of processes.", ge=1)
+    process_id: int | None = _parallel(None, "Multi-host: this process's id.", ge=0)
 
-    # Run management.
-    seed: int = _f(0, "Random seed (init, data order and augmentation derive from it).")
-    workdir: str = _f("runs/default", "Output folder: metrics, checkpoints, summary, plots.")
-    checkpoint_every_steps: int = _f(
-        200, "Save a checkpoint every N steps (0: only at the end; -1: never)."
-    )
-    keep_checkpoints: int = _f(3, "Number of checkpoints to keep.")
-    resume: bool = _f(True, "Resume from the latest good checkpoint in workdir, if any.")
-    nan_policy: NanPolicy = _f(
+    seed: int = _manage(0, "Random seed (init, data order and augmentation derive from it).")
+    workdir: str = _manage(
+        "runs/default", "Output folder: metrics, checkpoints, summary, plots.", kind="location")
+    checkpoint_every_steps: int = _manage(
+        200, "Save a checkpoint every N steps (0: only at the end; -1: never).", ge=-1)
+    keep_checkpoints: int = _manage(
+        3, "Number of checkpoints to keep.", ge=1,
+        applies=Applies("checkpoint_every_steps >= 0",
+                        lambda c: c.checkpoint_every_steps >= 0, "warn"))
+    resume: bool = _manage(
+        True, "Resume from the latest good checkpoint in workdir, if any.", kind="cosmetic")
+    nan_policy: NanPolicy = _manage(
         "stop", "On NaN/Inf loss, gradients or updated parameters: stop (with a clear error) "
-        "or skip the step (parameters, optimizer state and schedule stay as they were)."
-    )
-    max_skipped_fraction: float = _f(
+        "or skip the step (parameters, optimizer state and schedule stay as they were).")
+    max_skipped_fraction: float = _manage(
         0.1, "nan_policy=skip: stop the run (exit 1) once more than this fraction of its "
-        "steps were skipped."
-    )
-    eval_every_epochs: float = _f(
-        0.0, "Evaluate on the test set every N epochs (0: only at the end).")
-    eval_batch_size: int = _f(1000, "Evaluation batch size.")
-    log_every_steps: int = _f(10, "Write a metrics row every N steps.")
-    log_layer_stats: bool = _f(
-        False, "Log per-layer trust ratios, weight norms and gradient norms."
-    )
-    log_diagnostics: bool = _f(
-        False, "Log lars_jax.diagnostics.layer_diagnostics (weight-norm equilibrium)."
-    )
-    tensorboard: bool = _f(False, "Also write TensorBoard summaries (needs tensorboardX).")
-    plot: bool = _f(True, "Write an end-of-run plot (PNG) of the loss/accuracy curves.")
-    progress: bool = _f(True, "Show a tqdm progress bar.")
-    mlperf: bool = _f(
-        False, "MLPerf mode (BUILD.md, MLPerf-style runs): the reference's step counting "
-        "(ceil(N/B) steps per epoch, poly decay over total - warmup + 1 steps), the remainder "
-        "batch kept "
-        "(padded, masked in the loss and the BN statistics), evaluation every 4 epochs, stop "
-        "at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
-    target_accuracy: float = _f(
+        "steps were skipped.", ge=0, le=1,
+        applies=Applies("nan_policy='skip'", lambda c: c.nan_policy == "skip", "warn"))
+    eval_every_epochs: float = _manage(
+        0.0, "Evaluate on the test set every N epochs (0: only at the end).", ge=0)
+    eval_batch_size: int = _manage(1000, "Evaluation batch size.", ge=1)
+    log_every_steps: int = _manage(10, "Write a metrics row every N steps.", ge=1)
+    log_layer_stats: bool = _manage(
+        False, "Log per-layer trust ratios, weight norms and gradient norms.")
+    log_diagnostics: bool = _manage(
+        False, "Log lars_jax.diagnostics.layer_diagnostics (weight-norm equilibrium).")
+    tensorboard: bool = _manage(
+        False, "Also write TensorBoard summaries (needs tensorboardX).", kind="cosmetic")
+    plot: bool = _manage(
+        True, "Write an end-of-run plot (PNG) of the loss/accuracy curves.", kind="cosmetic")
+    progress: bool = _manage(True, "Show a tqdm progress bar.", kind="cosmetic")
+    mlperf: bool = _manage(
+        False, "MLPerf mode (BUILD.md section 6): the reference's step counting (ceil(N/B) "
+        "steps per epoch, poly decay over total - warmup + 1 steps), the remainder batch "
+        "kept (padded, masked in the loss and the BN statistics), evaluation every 4 epochs, "
+        "a stop at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
+    target_accuracy: float = _manage(
         0.759, "MLPerf mode: stop at the first evaluation reaching this top-1 accuracy (the "
-        "rules' 75.9%).")
+        "rules' 75.9%).", gt=0, le=1,
+        applies=Applies("mlperf=True", lambda c: c.mlperf, "refuse"))
 
     # ------------------------------------------------------------------ helpers
 
@@ -239,10 +317,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Builds a config from a dict; unknown keys raise ValueError naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**d)
 
     def to_json(self) -> str:
@@ -259,7 +336,7 @@ class TrainConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Field name -> help text."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+        return {name: m.help for name, m in field_meta().items()}
 
     def micro_batch_size(self, device_count: int) -> int:
         """Examples per device per accumulation micro-batch."""
@@ -290,13 +367,13 @@ class TrainConfig:
             return not dataset_info(self.dataset).fits_on_device
         return self.input_pipeline == "host"
 
-    def validate(self, device_count: int | None = None, num_train: int | None = None
-                 ) -> TrainConfig:
-        """Checks every field; raises ValueError naming the field. Returns self.
+    def validate(self, device_count: int | None = None, num_train: int | None = None, *,
+                 devices_later: bool = False) -> TrainConfig:
+        """Checks every field; raises `ConfigError` (a ValueError) naming it. Returns self.
 
-        A value that has no effect in the chosen combination (the table `APPLIES`) is
-        refused, or only warned about (`ConfigWarning`) where a shared base config of a
-        sweep may mean it for its other runs.
+        Each check runs once per set of values: a second call with the same fields (and
+        the same `device_count`, `num_train`) checks nothing again and warns no more, so
+        the command line, `train` and `build` may each call it.
 
         Args:
           device_count: the number of devices the run will use (global across processes);
@@ -304,216 +381,20 @@ class TrainConfig:
             Defaults to `num_devices` when that is set.
           num_train: the number of training examples (default: the data set's size after
             ``train_subset``), for the checks that depend on the number of steps.
+          devices_later: skip the checks that depend on the number of devices (the command
+            line runs them once it has counted the devices).
         """
-        def bad(name: str, msg: str) -> None:
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}")
-
-        def warn(name: str, msg: str) -> None:
-            # stacklevel 1: one location, so each message is shown once per process
-            warnings.warn(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}", ConfigWarning,
-                          stacklevel=1)
-
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                bad(f.name, "must be finite")
-
-        for spec in field_specs(type(self)):  # the Literal types and the registries' names
-            value = getattr(self, spec.name)
-            if spec.choices and value not in spec.choices \
-                    and not (value is None and spec.optional):
-                bad(spec.name, f"must be one of {', '.join(map(str, spec.choices))}")
-        if self.width <= 0:
-            bad("width", "must be > 0")
-        if self.bn_ghost_size < 1:
-            bad("bn_ghost_size", "must be >= 1")
-        for name in ("train_subset", "test_subset", "num_devices", "num_processes"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                bad(name, "must be >= 1 or None")
-        if self.process_id is not None and self.process_id < 0:
-            bad("process_id", "must be >= 0")
-        if (self.num_processes is not None and self.process_id is not None
-                and self.process_id >= self.num_processes):
-            bad("process_id", f"must be < num_processes={self.num_processes}")
-        if self.input_pipeline == "device" and not dataset_info(self.dataset).fits_on_device:
-            bad("input_pipeline", f"{self.dataset} does not fit on the device: use host or auto")
-        if self.image_size is not None and (self.image_size < 1
-                                            or dataset_info(self.dataset).fits_on_device):
-            bad("image_size", "must be >= 1, and only for data sets cropped on the host "
-                "(imagenet2012); None otherwise")
-        if self.input_threads < 1:
-            bad("input_threads", "must be >= 1")
-        if self.crop_padding < 0:
-            bad("crop_padding", "must be >= 0")
-        if self.cutout < 0:
-            bad("cutout", "must be >= 0")
-        if self.learning_rate <= 0:
-            bad("learning_rate", "must be > 0")
-        if self.end_learning_rate < 0:
-            bad("end_learning_rate", "must be >= 0")
-        if self.base_batch_size < 1:
-            bad("base_batch_size", "must be >= 1")
-        if self.epochs <= 0:
-            bad("epochs", "must be > 0")
-        if self.warmup_epochs < 0:
-            bad("warmup_epochs", "must be >= 0")
-        if self.schedule == "mlperf" and self.warmup_start != "zero":
-            bad("warmup_start", "schedule='mlperf' warms up from 0: use warmup_start='zero'")
-        if self.warmup_epochs > self.epochs:
-            bad("warmup_epochs", f"must be <= epochs={self.epochs}")
-        if not 0 <= self.momentum < 1:
-            bad("momentum", "must be in [0, 1)")
-        if self.nesterov and self.momentum == 0:
-            bad("nesterov", "needs momentum > 0")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.trust_coefficient <= 0:
-            bad("trust_coefficient", "must be > 0")
-        if not 0 <= self.label_smoothing < 1:
-            bad("label_smoothing", "must be in [0, 1)")
-        if self.batch_size < 1:
-            bad("batch_size", "must be >= 1")
-        if self.grad_accum_steps < 1:
-            bad("grad_accum_steps", "must be >= 1")
-        if self.checkpoint_every_steps < -1:
-            bad("checkpoint_every_steps", "must be >= -1")
-        if self.keep_checkpoints < 1:
-            bad("keep_checkpoints", "must be >= 1")
-        if not 0 <= self.max_skipped_fraction <= 1:
-            bad("max_skipped_fraction", "must be in [0, 1]")
-        if self.eval_every_epochs < 0:
-            bad("eval_every_epochs", "must be >= 0")
-        if self.eval_batch_size < 1:
-            bad("eval_batch_size", "must be >= 1")
-        if self.log_every_steps < 1:
-            bad("log_every_steps", "must be >= 1")
-        if self.steps_per_call < 1:
-            bad("steps_per_call", "must be >= 1")
-        if self.steps_per_call > 1 and self.parallel != "jit":
-            bad("steps_per_call", "> 1 needs parallel='jit'")
-        if not self.workdir:
-            bad("workdir", "must be a non-empty path")
-        if self.clars_granularity == "micro_batch" and self.optimizer == "clars" \
-                and self.grad_accum_steps < 2:
-            bad("clars_granularity", "micro_batch needs grad_accum_steps >= 2")
-        if self.optimizer == "clars" and self.denominator != "paper":
-            bad("denominator", "clars supports only denominator='paper'")
-        if self.norm == "batch" and self.bn_span == "ghost" and self.bn_ghost_size == 1:
-            bad("bn_ghost_size", "batch norm over 1 example outputs its bias only (use >= 2)")
-        if self.norm == "batch" and self.bn_span == "global" \
-                and self.batch_size == self.grad_accum_steps:
-            bad("batch_size", "a micro-batch of 1 example: batch norm over 1 example outputs "
-                "its bias only (use norm='none' or fewer grad_accum_steps)")
-        for name, rule in APPLIES.items():
-            default = _DEFAULTS[name]
-            if getattr(self, name) != default and not rule.applies(self):
-                (bad if rule.otherwise == "refuse" else warn)(
-                    name, f"has no effect: it applies only with {rule.when} "
-                    f"(leave it at {default!r})")
-
+        values = dataclasses.astuple(self)
+        done: set[tuple[Any, ...]] = self.__dict__.setdefault("_validated", set())
         n = device_count if device_count is not None else self.num_devices
-        if n is not None:
-            if self.batch_size % (n * self.grad_accum_steps):
-                bad(
-                    "batch_size",
-                    f"global batch must be divisible by devices x grad_accum_steps = "
-                    f"{n} x {self.grad_accum_steps} = {n * self.grad_accum_steps}",
-                )
-            mb = self.micro_batch_size(n)
-            if self.norm == "batch" and self.bn_span == "ghost" and mb % self.bn_ghost_size:
-                bad(
-                    "bn_ghost_size",
-                    f"must divide the per-device micro-batch of {mb} examples",
-                )
-            if (self.optimizer == "clars" and self.clars_granularity == "device" and n < 2):
-                bad("clars_granularity", "device needs >= 2 devices (use example)")
-            if (self.norm == "batch" and self.bn_span == "device"
-                    and self.batch_size == n * self.grad_accum_steps):
-                bad("batch_size", f"1 example per device and micro-batch ({n} devices x "
-                    f"{self.grad_accum_steps} micro-batches): batch norm over 1 example "
-                    "outputs its bias only (use bn_span='global' or norm='none')")
-        if self.train_subset is not None and self.train_subset < self.batch_size:
-            bad("train_subset", f"must be >= batch_size={self.batch_size}")
-        if self.mlperf:
-            self._validate_mlperf(n, num_train, bad)
-        self._validate_steps(num_train, bad, warn)
+        n = None if devices_later else n
+        for key, check in (("fields", _check_fields), ("devices", _check_devices),
+                           ("steps", _check_steps)):
+            arg = {"fields": None, "devices": n, "steps": num_train}[key]
+            if (key, values, arg) not in done and (key != "devices" or n is not None):
+                check(self, arg)
+                done.add((key, values, arg))
         return self
-
-    def _validate_mlperf(self, device_count: int | None, num_train: int | None,
-                         bad: Callable[[str, str], None]) -> None:
-        """The settings MLPerf mode follows or supports (`mlperf`)."""
-        if not 0 < self.target_accuracy <= 1:
-            bad("target_accuracy", "must be in (0, 1]")
-        wanted = {"optimizer": "lars", "schedule": "mlperf", "denominator": "paper",
-                  "clip": False, "eval_every_epochs": 4, "steps_per_call": 1}
-        for name, value in wanted.items():
-            if getattr(self, name) != value:
-                bad(name, f"MLPerf mode (mlperf=True) needs {name}={value!r} (the ResNet-50 "
-                    "LARS rules and reference)")
-        if self.norm == "batch" and self.bn_span != "device":
-            bad("bn_span", "MLPerf mode masks the padding of the remainder batch out of each "
-                "device's BN statistics: use bn_span='device' (the recipes' setting)")
-        if not self.uses_host_input():
-            bad("input_pipeline", "MLPerf mode streams from the host (host, or auto for "
-                "imagenet2012)")
-        if self.epochs != int(self.epochs):
-            bad("epochs", "MLPerf mode counts whole epochs: must be an integer")
-        if num_train is None:
-            num_train = self.num_train_examples()
-        spe = mlperf_total_steps(num_train, self.batch_size, 1)
-        if self.warmup_epochs * spe != int(self.warmup_epochs * spe):
-            bad("warmup_epochs", f"MLPerf mode: warmup_epochs x {spe} steps per epoch must be "
-                "a whole number of steps")
-        rest = num_train % self.batch_size
-        groups = (device_count or 1) * self.grad_accum_steps
-        if rest and rest < groups:
-            bad("batch_size", f"MLPerf mode keeps the last {rest} examples of each epoch as a "
-                f"padded batch, fewer than the {groups} devices x micro-batches that each "
-                "need one")
-
-    def _validate_steps(self, num_train: int | None, bad: Callable[[str, str], None],
-                        warn: Callable[[str, str], None]) -> None:
-        """The checks that depend on the number of steps of the run."""
-        if num_train is None:
-            try:
-                num_train = self.num_train_examples()
-            except ValueError:  # an unknown data set was refused above
-                return
-        epoch_steps, total_steps = self.run_steps(num_train)
-        eval_every = int(round(self.eval_every_epochs * epoch_steps))
-        if self.eval_every_epochs > 0 and eval_every == 0:
-            bad("eval_every_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch "
-                f"(use 0, or {1 / epoch_steps:.3g} for every step)")
-        warmup = int(round(self.warmup_epochs * epoch_steps))
-        if (self.warmup_epochs not in (0, _DEFAULTS["warmup_epochs"]) and warmup == 0
-                and self.schedule != "onecycle"):
-            warn("warmup_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch: "
-                 "no warmup")
-        if (self.warmup_start == "base" and warmup > 0 and self.schedule != "onecycle"
-                and self._peak_learning_rate() <= self.learning_rate):
-            warn("warmup_start", "the scaled peak rate is not above learning_rate (batch_size "
-                 "<= base_batch_size or lr_scaling='none'): the warmup is flat")
-        k = self.steps_per_call
-        if k > 1:
-            stops = {"log_every_steps": self.log_every_steps, "epochs": total_steps}
-            if eval_every:
-                stops["eval_every_epochs"] = eval_every
-            if self.checkpoint_every_steps > 0:
-                stops["checkpoint_every_steps"] = self.checkpoint_every_steps
-            name, every = min(stops.items(), key=lambda item: item[1])
-            if k > every:
-                why = (f"the run has {every} steps" if name == "epochs"
-                       else f"calls stop every {every} steps ({name})")
-                # a speed setting with no effect on results: a sweep's shared base config
-                # may mean it for its other runs, so a warning, not a refusal
-                warn("steps_per_call", f"never used: {why} (every call runs single steps); "
-                     f"use steps_per_call <= {every}")
-            uneven = [name for name, every in stops.items()
-                      if name != "epochs" and every % k]
-            if uneven:
-                warn("steps_per_call", f"{', '.join(uneven)} not a multiple of it: some "
-                     "calls run single steps")
 
     def _peak_learning_rate(self) -> float:
         """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
@@ -522,71 +403,214 @@ class TrainConfig:
         return self.learning_rate * factor
 
 
-class ConfigWarning(UserWarning):
-    """A config value with no effect in its run, which a sweep's base config may mean."""
+# ------------------------------------------------------------------ declarations, queries
 
 
-class Applies(NamedTuple):
-    """Where a field has an effect (see `APPLIES`).
+@functools.cache
+def field_meta() -> dict[str, FieldMeta]:
+    """Field name -> its declarations, in declaration order (a ``Literal`` type's values
+    are the field's choices)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta, tp = f.metadata["meta"], hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        choices = tuple(args) if typing.get_origin(tp) is Literal else meta.choices
+        tp = type(choices[0]) if choices else args[0] if optional else tp
+        out[f.name] = meta._replace(name=f.name, type=tp, optional=optional,
+                                    default=f.default, choices=choices)
+    return out
 
-    Attributes:
-      when: the condition in words (for messages and docs/cli.md's table).
-      applies: ``applies(config)``: True where the field has an effect.
-      otherwise: a non-default value where it has no effect is refused ("refuse") or only
-        warned about ("warn": a setting of another optimizer, span or schedule that a sweep
-        over those may share in its base config).
-    """
 
-    when: str
-    applies: Callable[[TrainConfig], bool]
-    otherwise: Literal["refuse", "warn"]
+def fields_of_kind(kind: Kind) -> tuple[str, ...]:
+    """The fields of one `Kind`, e.g. ``fields_of_kind("structural")``; unknown kinds raise."""
+    if kind not in typing.get_args(Kind):
+        raise ValueError(f"kind={kind!r}: must be one of {', '.join(typing.get_args(Kind))}")
+    return tuple(name for name, m in field_meta().items() if m.kind == kind)
 
 
-APPLIES: dict[str, Applies] = {
-    "bn_span": Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"),
-    "bn_ghost_size": Applies("norm='batch' and bn_span='ghost'",
-                             lambda c: c.norm == "batch" and c.bn_span == "ghost", "warn"),
-    "zero_init_last_bn": Applies("norm='batch' or 'group'", lambda c: c.norm != "none",
-                                 "refuse"),
-    "trust_coefficient": Applies("optimizer lars, larc or clars",
-                                 lambda c: c.optimizer != "sgd", "warn"),
-    "denominator": Applies("optimizer lars or larc",
-                           lambda c: c.optimizer in ("lars", "larc"), "warn"),
-    "clip": Applies("optimizer lars or clars (larc always clips)",
-                    lambda c: c.optimizer in ("lars", "clars"), "warn"),
-    "clars_granularity": Applies("optimizer clars", lambda c: c.optimizer == "clars", "warn"),
-    "end_learning_rate": Applies(
-        "schedule cosine, poly2, linear or mlperf (constant, step and onecycle have a "
-        "fixed end)", lambda c: c.schedule in ("cosine", "poly2", "linear", "mlperf"),
-        "refuse"),
-    "warmup_start": Applies(
-        "warmup_epochs > 0 and a schedule other than onecycle and mlperf (mlperf refuses "
-        "'base')", lambda c: c.warmup_epochs > 0 and c.schedule not in ("onecycle", "mlperf"),
-        "warn"),
-    "keep_checkpoints": Applies("checkpoint_every_steps >= 0",
-                                lambda c: c.checkpoint_every_steps >= 0, "warn"),
-    "max_skipped_fraction": Applies("nan_policy='skip'", lambda c: c.nan_policy == "skip",
-                                    "warn"),
-    "input_threads": Applies("the host input pipeline (input_pipeline host, or auto for a "
-                             "data set that does not fit on the device)",
-                             lambda c: c.uses_host_input(), "warn"),
-    "target_accuracy": Applies("mlperf=True", lambda c: c.mlperf, "refuse"),
-}
-"""The fields that apply only in some combinations; every other field always applies
-(`ALWAYS_APPLIES`). A new field must be added to one of the two (the tests check it)."""
-
-ALWAYS_APPLIES: frozenset[str] = frozenset({
-    "model", "width", "norm", "dataset", "data_dir", "train_subset", "test_subset",
-    "crop_padding", "flip", "cutout", "optimizer", "learning_rate", "base_batch_size",
-    "lr_scaling", "warmup_epochs", "schedule", "momentum", "nesterov", "weight_decay",
-    "label_smoothing", "batch_size", "grad_accum_steps", "epochs", "dtype", "parallel",
-    "num_devices", "steps_per_call", "coordinator_address", "num_processes", "process_id",
-    "seed", "workdir", "checkpoint_every_steps", "resume", "nan_policy",
-    "eval_every_epochs", "eval_batch_size", "log_every_steps", "log_layer_stats",
-    "log_diagnostics", "tensorboard", "plot", "progress", "input_pipeline", "image_size",
-    "mlperf"})
+APPLIES: dict[str, Applies] = {n: m.applies for n, m in field_meta().items() if m.applies}
+"""The fields that apply only in some combinations (their `FieldMeta.applies`)."""
+ALWAYS_APPLIES: frozenset[str] = frozenset(field_meta()) - set(APPLIES)
 """Fields with an effect in every combination (`steps_per_call`, `eval_every_epochs`,
-`nesterov`, `batch_size`, `input_pipeline`, `image_size` have their own checks in
-`TrainConfig.validate`)."""
-
+`nesterov`, `batch_size`, `input_pipeline`, `image_size` have their own checks)."""
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _bad(c: TrainConfig, name: str, msg: str) -> ConfigError:
+    return ConfigError(f"TrainConfig.{name}={getattr(c, name)!r}: {msg}")
+
+
+def _warn(c: TrainConfig, name: str, msg: str) -> None:
+    # stacklevel 1: one location, so each message is shown once per process
+    warnings.warn(f"TrainConfig.{name}={getattr(c, name)!r}: {msg}", ConfigWarning,
+                  stacklevel=1)
+
+
+def _check_fields(c: TrainConfig, _: None = None) -> None:
+    """The single-field declarations (finite, choices, range), then the rules between
+    fields and where each field applies."""
+    for name, meta in field_meta().items():
+        v = getattr(c, name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _bad(c, name, "must be finite")
+        if v is None:
+            continue
+        if meta.choices and v not in meta.choices:
+            raise _bad(c, name, f"must be one of {', '.join(map(str, meta.choices))}")
+        if meta.range and not meta.range.contains(v):
+            optional = _DEFAULTS[name] is None
+            raise _bad(c, name, f"must be {meta.range.text()}{' or None' * optional}")
+    _check_data_and_parallel(c)
+    _check_optimizer_and_norm(c)
+    if c.mlperf:
+        _check_mlperf(c)
+    for name, rule in APPLIES.items():
+        default = _DEFAULTS[name]
+        if getattr(c, name) != default and not rule.applies(c):
+            msg = f"has no effect: it applies only with {rule.when} (leave it at {default!r})"
+            if rule.otherwise == "refuse":
+                raise _bad(c, name, msg)
+            _warn(c, name, msg)
+
+
+def _check_data_and_parallel(c: TrainConfig) -> None:
+    """Rules between the data, multi-host and run-management fields."""
+    if (c.num_processes is not None and c.process_id is not None
+            and c.process_id >= c.num_processes):
+        raise _bad(c, "process_id", f"must be < num_processes={c.num_processes}")
+    if c.input_pipeline == "device" and not dataset_info(c.dataset).fits_on_device:
+        raise _bad(c, "input_pipeline", f"{c.dataset} does not fit on the device: use host "
+                   "or auto")
+    if c.image_size is not None and (c.image_size < 1
+                                     or dataset_info(c.dataset).fits_on_device):
+        raise _bad(c, "image_size", "must be >= 1, and only for data sets cropped on the host "
+                   "(imagenet2012); None otherwise")
+    if c.steps_per_call > 1 and c.parallel != "jit":
+        raise _bad(c, "steps_per_call", "> 1 needs parallel='jit'")
+    if not c.workdir:
+        raise _bad(c, "workdir", "must be a non-empty path")
+    if c.train_subset is not None and c.train_subset < c.batch_size:
+        raise _bad(c, "train_subset", f"must be >= batch_size={c.batch_size}")
+
+
+def _check_optimizer_and_norm(c: TrainConfig) -> None:
+    """Rules between the optimizer, schedule, batch and normalisation fields."""
+    if c.schedule == "mlperf" and c.warmup_start != "zero":
+        raise _bad(c, "warmup_start", "schedule='mlperf' warms up from 0: use "
+                   "warmup_start='zero'")
+    if c.warmup_epochs > c.epochs:
+        raise _bad(c, "warmup_epochs", f"must be <= epochs={c.epochs}")
+    if c.nesterov and c.momentum == 0:
+        raise _bad(c, "nesterov", "needs momentum > 0")
+    if c.clars_granularity == "micro_batch" and c.optimizer == "clars" \
+            and c.grad_accum_steps < 2:
+        raise _bad(c, "clars_granularity", "micro_batch needs grad_accum_steps >= 2")
+    if c.optimizer == "clars" and c.denominator != "paper":
+        raise _bad(c, "denominator", "clars supports only denominator='paper'")
+    if c.norm == "batch" and c.bn_span == "ghost" and c.bn_ghost_size == 1:
+        raise _bad(c, "bn_ghost_size", "batch norm over 1 example outputs its bias only "
+                   "(use >= 2)")
+    if c.norm == "batch" and c.bn_span == "global" and c.batch_size == c.grad_accum_steps:
+        raise _bad(c, "batch_size", "a micro-batch of 1 example: batch norm over 1 example "
+                   "outputs its bias only (use norm='none' or fewer grad_accum_steps)")
+
+
+_MLPERF_SETTINGS: dict[str, Any] = {
+    "optimizer": "lars", "schedule": "mlperf", "denominator": "paper", "clip": False,
+    "eval_every_epochs": 4, "steps_per_call": 1}
+"""What MLPerf mode follows: the ResNet-50 LARS rules and reference (BUILD.md section 6)."""
+
+
+def _check_mlperf(c: TrainConfig) -> None:
+    """The settings MLPerf mode (``mlperf``) follows or supports."""
+    for name, value in _MLPERF_SETTINGS.items():
+        if getattr(c, name) != value:
+            raise _bad(c, name, f"MLPerf mode (mlperf=True) needs {name}={value!r} (the "
+                       "ResNet-50 LARS rules and reference)")
+    if c.norm == "batch" and c.bn_span != "device":
+        raise _bad(c, "bn_span", "MLPerf mode masks the padding of the remainder batch out "
+                   "of each device's BN statistics: use bn_span='device' (the recipes')")
+    if not c.uses_host_input():
+        raise _bad(c, "input_pipeline", "MLPerf mode streams from the host (host, or auto "
+                   "for imagenet2012)")
+    if c.epochs != int(c.epochs):
+        raise _bad(c, "epochs", "MLPerf mode counts whole epochs: must be an integer")
+
+
+def check_mlperf_remainder(c: TrainConfig, device_count: int, num_train: int) -> None:
+    """MLPerf mode: each epoch's remainder (``num_train mod batch_size`` examples, kept as a
+    padded batch) must give every device's micro-batch an example (ConfigError)."""
+    rest, groups = num_train % c.batch_size, device_count * c.grad_accum_steps
+    if c.mlperf and 0 < rest < groups:
+        raise _bad(c, "batch_size", f"MLPerf mode keeps the last {rest} examples of each "
+                   f"epoch as a padded batch, fewer than the {groups} devices x micro-batches "
+                   "that each need one")
+
+
+def _check_devices(c: TrainConfig, n: int) -> None:
+    """The rules that depend on the number of devices `n`."""
+    if c.batch_size % (n * c.grad_accum_steps):
+        raise _bad(c, "batch_size", "global batch must be divisible by devices x "
+                   f"grad_accum_steps = {n} x {c.grad_accum_steps} = {n * c.grad_accum_steps}")
+    mb = c.micro_batch_size(n)
+    if c.norm == "batch" and c.bn_span == "ghost" and mb % c.bn_ghost_size:
+        raise _bad(c, "bn_ghost_size", f"must divide the per-device micro-batch of {mb} "
+                   "examples")
+    if c.optimizer == "clars" and c.clars_granularity == "device" and n < 2:
+        raise _bad(c, "clars_granularity", "device needs >= 2 devices (use example)")
+    if c.norm == "batch" and c.bn_span == "device" and c.batch_size == n * c.grad_accum_steps:
+        raise _bad(c, "batch_size", f"1 example per device and micro-batch ({n} devices x "
+                   f"{c.grad_accum_steps} micro-batches): batch norm over 1 example outputs "
+                   "its bias only (use bn_span='global' or norm='none')")
+    check_mlperf_remainder(c, n, c.num_train_examples())
+
+
+def _check_steps(c: TrainConfig, num_train: int | None) -> None:
+    """The rules that depend on the number of steps of the run."""
+    if num_train is None:
+        num_train = c.num_train_examples()
+    epoch_steps, total_steps = c.run_steps(num_train)
+    eval_every = int(round(c.eval_every_epochs * epoch_steps))
+    if c.eval_every_epochs > 0 and eval_every == 0:
+        raise _bad(c, "eval_every_epochs", f"rounds to 0 steps at {epoch_steps} steps per "
+                   f"epoch (use 0, or {1 / epoch_steps:.3g} for every step)")
+    if c.mlperf and c.warmup_epochs * epoch_steps != int(c.warmup_epochs * epoch_steps):
+        raise _bad(c, "warmup_epochs", f"MLPerf mode: warmup_epochs x {epoch_steps} steps per "
+                   "epoch must be a whole number of steps")
+    warmup = int(round(c.warmup_epochs * epoch_steps))
+    if (c.warmup_epochs not in (0, _DEFAULTS["warmup_epochs"]) and warmup == 0
+            and c.schedule != "onecycle"):
+        _warn(c, "warmup_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch: "
+              "no warmup")
+    if (c.warmup_start == "base" and warmup > 0 and c.schedule != "onecycle"
+            and c._peak_learning_rate() <= c.learning_rate):
+        _warn(c, "warmup_start", "the scaled peak rate is not above learning_rate (batch_size "
+              "<= base_batch_size or lr_scaling='none'): the warmup is flat")
+    if c.steps_per_call > 1:
+        _check_steps_per_call(c, total_steps, eval_every)
+
+
+def _check_steps_per_call(c: TrainConfig, total_steps: int, eval_every: int) -> None:
+    """Warns where calls of ``steps_per_call`` steps cannot be used (a speed setting with
+    no effect on results: a sweep's shared base config may mean it for its other runs)."""
+    k = c.steps_per_call
+    stops = {"log_every_steps": c.log_every_steps, "epochs": total_steps}
+    if eval_every:
+        stops["eval_every_epochs"] = eval_every
+    if c.checkpoint_every_steps > 0:
+        stops["checkpoint_every_steps"] = c.checkpoint_every_steps
+    name, every = min(stops.items(), key=lambda item: item[1])
+    if k > every:
+        why = (f"the run has {every} steps" if name == "epochs"
+               else f"calls stop every {every} steps ({name})")
+        _warn(c, "steps_per_call", f"never used: {why} (every call runs single steps); "
+              f"use steps_per_call <= {every}")
+    uneven = [name for name, every in stops.items() if name != "epochs" and every % k]
+    if uneven:
+        _warn(c, "steps_per_call", f"{', '.join(uneven)} not a multiple of it: some calls "
+              "run single steps")

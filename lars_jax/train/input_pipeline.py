@@ -18,12 +18,23 @@ ImageNet preprocessing (in `host_batches`): Inception-style random-resized crop 
 crop covers 87.5% of the shorter side, then centre crop, for evaluation; normalisation by
 the per-channel mean and standard deviation on the device.
 
+Several processes (multi-host, `jax.distributed`): process ``p`` of ``P`` reads the
+``p``-th contiguous ``B / P`` rows of each global batch, which are the rows its devices hold
+on the ``"data"`` mesh (checked when the input is built: a mesh that gives a process other
+rows, or none, is refused), so together the processes read every example of an epoch once.
+
 Exact resume: the global batch of step ``s`` is a function of ``(seed, s)`` only (each
-epoch's record order is a permutation seeded by ``(seed, epoch)``, the crops and flips of
-step ``s`` are drawn from a generator seeded by ``(seed, s, process)``), so the step number
-stored in the checkpoint is the whole input position: `StreamingInput.batch(s)` restarts
-the reader at ``s`` whenever it is asked for a step other than the next one, and a run
-killed with SIGKILL and resumed sees exactly the batches of an uninterrupted run.
+epoch's record order is a permutation seeded by ``(seed, epoch)``, the crop and flip of
+row ``r`` of step ``s`` are drawn from a generator seeded by ``(seed, s, r)``), whatever
+the number of processes, so the step number stored in the checkpoint is the whole input
+position: `StreamingInput.batch(s)` restarts the reader at ``s`` whenever it is asked for a
+step other than the next one, and a run killed with SIGKILL and resumed, with the same or
+another number of processes, sees exactly the batches of an uninterrupted run.
+
+Debugging: with the environment variable ``LARS_JAX_INPUT_LOG`` set to a folder, each
+process appends one JSON line per training step it feeds to
+``<folder>/input-process<p>.jsonl``: ``{"step", "process", "index", "label", "sha1"}``
+(the record numbers, labels and the SHA-1 of each uint8 image of its rows).
 
 References:
   Szegedy et al., "Going Deeper with Convolutions", CVPR 2015, arXiv 1409.4842.
@@ -34,9 +45,13 @@ References:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -45,10 +60,12 @@ import numpy as np
 
 from lars_jax.data import augment_batch, dataset_info, host_batches, normalize
 from lars_jax.data.host import _data_source
+from lars_jax.runs.errors import ConfigError
 from lars_jax.train import parallel
 from lars_jax.train.config import TrainConfig
 
 DEFAULT_IMAGENET_SIZE = 224
+INPUT_LOG_ENV = "LARS_JAX_INPUT_LOG"
 
 
 def make_streaming_prepare(*, seed: int, mean: Any, std: Any, dtype: Any,
@@ -74,6 +91,30 @@ def make_streaming_prepare(*, seed: int, mean: Any, std: Any, dtype: Any,
 
 def _split(base: str, subset: int | None) -> str:
     return f"{base}[:{subset}]" if subset else base
+
+
+def check_process_rows(sharding: Any, num_devices: int) -> None:
+    """Raises unless this process's devices hold its contiguous share of the batch rows.
+
+    `host_batches` gives process ``p`` of ``P`` the rows ``[p * B / P, (p + 1) * B / P)``
+    of a global batch; `jax.make_array_from_process_local_data` places them on the rows
+    this process's devices hold on the mesh. The two agree only when the mesh gives every
+    process the same number of devices, in process order; otherwise two processes would
+    read the same examples (or a process none), silently.
+    """
+    p, count = jax.process_index(), jax.process_count()
+    rows = sorted(i for d, idx in sharding.devices_indices_map((num_devices,)).items()
+                  if d.process_index == p for i in range(num_devices)[idx[0]])
+    share = num_devices // count
+    if num_devices % count or rows != list(range(p * share, (p + 1) * share)):
+        raise ConfigError(
+            f"TrainConfig.num_devices={num_devices}: the host input needs every one of the "
+            f"{count} processes to hold an equal, contiguous share of the mesh's devices; "
+            f"process {p} holds rows {rows} (use all devices, the default)")
+
+
+def _sha1s(images: np.ndarray) -> list[str]:
+    return [hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest() for x in images]
 
 
 class _TestBatches:
@@ -122,6 +163,9 @@ class StreamingInput:
             self.image_size = config.image_size or DEFAULT_IMAGENET_SIZE
             self.image_shape = (self.image_size, self.image_size, info.image_shape[-1])
         self._sharding = parallel.batch_sharded(mesh)
+        check_process_rows(self._sharding, mesh.devices.size)
+        log = os.environ.get(INPUT_LOG_ENV)
+        self._log = (Path(log) / f"input-process{jax.process_index()}.jsonl") if log else None
         # MLPerf mode: a kept remainder is spread over the groups that normalise separately
         self._groups = int(mesh.devices.size) * config.grad_accum_steps
         self._prefetch = max(1, prefetch)
@@ -146,9 +190,13 @@ class StreamingInput:
         if isinstance(item, BaseException):
             self.close()
             raise item
-        got, images, labels = item
+        got, images, labels, record = item
         assert got == step, (got, step)
         self._next = step + 1
+        if record is not None:
+            self._log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._log, "a") as f:
+                f.write(json.dumps(record) + "\n")
         return images, labels
 
     def _start(self, step: int) -> None:
@@ -175,7 +223,12 @@ class StreamingInput:
         def work() -> None:
             try:
                 for s, b in enumerate(batches, start=step):
-                    if not offer((s, self.put(b["image"]), self.put(b["label"]))):
+                    record = None
+                    if self._log is not None:
+                        record = {"step": s, "process": jax.process_index(),
+                                  "index": b["index"].tolist(), "label": b["label"].tolist(),
+                                  "sha1": _sha1s(b["image"])}
+                    if not offer((s, self.put(b["image"]), self.put(b["label"]), record)):
                         return
             except BaseException as err:  # handed to the consumer, raised there
                 offer(err)

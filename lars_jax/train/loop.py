@@ -5,6 +5,10 @@ optimizer, compiled steps) -> restore the newest usable checkpoint -> steps (pro
 metrics JSONL, periodic evaluation and checkpoints) -> final evaluation, checkpoint,
 ``summary.json``, printed summary and (optionally) a plot.
 
+MLPerf mode (``TrainConfig.mlperf``): the run also writes ``<workdir>/mlperf_log.txt``
+(`lars_jax.runs.mlperf_log.MlperfLog`: init, run, block, epoch and evaluation events) and
+stops at the first evaluation that reaches ``target_accuracy``.
+
 Determinism: the examples and augmentation of step ``s`` depend only on ``(seed, s)``, and
 the state is checkpointed bit for bit, so a run killed at any point and restarted with the
 same command ends with the same parameters as an uninterrupted run (bitwise on CPU).
@@ -27,14 +31,15 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
 from lars_jax.runs import stop_signals
+from lars_jax.runs.errors import ConfigError, NonFiniteError
+from lars_jax.runs.mlperf_log import MlperfLog
 from lars_jax.runs.run_files import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -44,21 +49,14 @@ from lars_jax.runs.run_files import (
     write_json,
 )
 from lars_jax.train.build import Data, Run, build, evaluate
-from lars_jax.train.checkpoint import STRUCTURE_FIELDS, Checkpointer
-from lars_jax.train.config import TrainConfig
+from lars_jax.train.checkpoint import Checkpointer
+from lars_jax.train.config import TrainConfig, fields_of_kind
 from lars_jax.train.metrics import MetricsWriter, mean_rows
 from lars_jax.train.step import TrainState
 from lars_jax.train.workdir_lock import WorkdirLock
 
-
-class NonFiniteError(RuntimeError):
-    """Training stopped: NaN/Inf loss, gradients or parameters (``nan_policy="stop"``), or
-    more than ``max_skipped_fraction`` of the steps skipped (``nan_policy="skip"``)."""
-
-
-# Config fields that do not change what a run computes: a finished run rerun with other
-# values of these keeps its results.
-COSMETIC_FIELDS = ("progress", "plot", "tensorboard", "resume")
+__all__ = ["NonFiniteError", "format_summary", "maybe_initialize_distributed", "next_stop",
+           "train", "train_with_state"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -187,13 +185,13 @@ def _restore(run: Run, checkpointer: Checkpointer, lead: bool) -> tuple[TrainSta
     return state, step
 
 
-def _train_rows(pending: list[tuple[bool, dict[str, Any]]], steps_per_call: int
-                ) -> list[dict[str, Any]]:
-    """Per-step metric dicts from the outputs of single- and multi-step calls."""
+def _train_rows(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-step metric dicts from the outputs of ``(steps, metrics)`` of single-step calls
+    (metrics of one step) and multi-step calls (metrics stacked over the steps)."""
     rows = []
-    for multi, metrics in jax.device_get(pending):
-        if multi:
-            rows += [{key: v[i] for key, v in metrics.items()} for i in range(steps_per_call)]
+    for steps, metrics in jax.device_get(pending):
+        if steps > 1:
+            rows += [{key: v[i] for key, v in metrics.items()} for i in range(steps)]
         else:
             rows.append(metrics)
     return rows
@@ -241,15 +239,15 @@ def _writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
 
 
 def _preflight(config: TrainConfig, data: Data | None) -> None:
-    """Problems found before any data loading or workdir creation (ValueError naming the
+    """Problems found before any data loading or workdir creation (ConfigError naming the
     field, which the command prints as one line with exit status 2)."""
     present = jax.device_count()
     if config.num_devices is not None and config.num_devices > present:
-        raise ValueError(f"TrainConfig.num_devices={config.num_devices}: only {present} "
+        raise ConfigError(f"TrainConfig.num_devices={config.num_devices}: only {present} "
                          f"{jax.default_backend()} device(s) present")
     why = _writable_dir_problem(config.workdir)
     if why:
-        raise ValueError(f"TrainConfig.workdir={config.workdir!r}: cannot be written ({why})")
+        raise ConfigError(f"TrainConfig.workdir={config.workdir!r}: cannot be written ({why})")
     if data is not None:
         return
     from lars_jax.data.sources import check_available, default_data_dir
@@ -257,24 +255,24 @@ def _preflight(config: TrainConfig, data: Data | None) -> None:
     data_dir = config.data_dir or default_data_dir()
     why = _writable_dir_problem(data_dir)
     if why and not Path(data_dir).is_dir():
-        raise ValueError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why})")
+        raise ConfigError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why})")
     try:
         prepared = check_available(config.dataset, data_dir)
     except FileNotFoundError as e:
-        raise ValueError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
+        raise ConfigError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
     if why and not prepared:  # a read-only folder is fine once the data set is prepared
-        raise ValueError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why}) and "
+        raise ConfigError(f"TrainConfig.data_dir={data_dir!r}: cannot be written ({why}) and "
                          f"{config.dataset!r} is not prepared there")
 
 
-def _build(config: TrainConfig, data: Data | None) -> Run:
-    """`build`, with a damaged data file reported as a one-line ValueError naming it."""
+def _build(config: TrainConfig, data: Data | None, **kwargs: Any) -> Run:
+    """`build`, with a damaged data file reported as a one-line ConfigError naming it."""
     from lars_jax.data.sources import DataFileError
 
     try:
-        return build(config, data)
+        return build(config, data, **kwargs)
     except DataFileError as e:
-        raise ValueError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
+        raise ConfigError(f"TrainConfig.dataset={config.dataset!r}: {e}") from None
 
 
 def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
@@ -286,23 +284,24 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
         summary = read_json(path)
     except ValueError:
         return None
-    same = lambda d: {k: v for k, v in d.items() if k not in COSMETIC_FIELDS}
+    cosmetic = fields_of_kind("cosmetic")
+    same = lambda d: {k: v for k, v in d.items() if k not in cosmetic}
     if (not isinstance(summary, dict) or summary.get("status") != "ok"
             or same(summary.get("config") or {}) != same(to_jsonable(config.to_dict()))):
         return None
     return summary
 
 
-def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer,
-                       state: Callable[[], TrainState], config: TrainConfig) -> None:
+def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer, run: Run,
+                       state: TrainState) -> None:
     """After SIGINT/SIGTERM: checkpoints `step` (unless done), then raises
     `lars_jax.runs.stop_signals.TrainingInterrupted` with the one-line message."""
     signum = stop_signals.requested()
     if signum is None:
         return
     name = stop_signals.signal_name(signum)
-    if saved != step and step > 0 and config.checkpoint_every_steps >= 0:
-        checkpointer.save(step, state())
+    if saved != step and step > 0 and run.config.checkpoint_every_steps >= 0:
+        checkpointer.save(step, run.unplace(state))
         saved = step
     if saved == step and step > 0:
         where = f"checkpoint of step {step} saved in {checkpointer.path(step)}"
@@ -329,65 +328,105 @@ def _plot(workdir: Path) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig, *, data: Data | None = None, return_state: bool = False
-          ) -> Any:
+def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
     """Runs one training job; returns the summary (also written to ``summary.json``).
 
+    A run that already finished in ``config.workdir`` with the same config (up to its
+    cosmetic fields) is not trained again: its summary is returned as it was.
+
     Args:
-      config: the run's settings (validated first; bad values raise ValueError naming the
+      config: the run's settings (validated first; bad values raise ConfigError naming the
         field before any compute).
       data: an in-memory data set to use instead of ``config.dataset`` (for custom data
         and tests).
-      return_state: also return the final `TrainState` (parameters, BatchNorm statistics,
-        optimizer state; replicated global arrays).
 
     Returns:
       The summary dict: ``test_accuracy``, ``test_loss``, ``train_loss``,
       ``train_accuracy`` (last logged), ``steps``, ``epochs``, ``images_per_s`` (training
       throughput after compilation), ``wall_time_s``, ``compile_time_s``,
       ``skipped_steps``, ``resumed_from_step``, ``num_devices``, ``num_processes``,
-      ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``; with
-      ``return_state``, the pair ``(summary, state)``.
+      ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``.
 
     Raises:
-      ValueError: a bad config.
+      ConfigError: a bad config (a ValueError).
       NonFiniteError: NaN/Inf loss or gradients with ``nan_policy="stop"``.
-      lars_jax.train.checkpoint.CheckpointError: checkpoints exist but none is usable.
+      CheckpointError: checkpoints exist but none is usable.
     """
+    return _train(config, data, keep_finished=True)[0]
+
+
+def train_with_state(config: TrainConfig, *, data: Data | None = None
+                     ) -> tuple[dict[str, Any], TrainState]:
+    """`train`, also returning the final `TrainState` (parameters, BatchNorm statistics,
+    optimizer state; replicated global arrays), for tests and benchmarks.
+
+    A run that already finished in ``config.workdir`` restores its last checkpoint (and
+    keeps its summary) instead of returning early.
+    """
+    summary, state = _train(config, data, keep_finished=False)
+    assert state is not None
+    return summary, state
+
+
+def _train(config: TrainConfig, data: Data | None, keep_finished: bool
+           ) -> tuple[dict[str, Any], TrainState | None]:
+    """`train` with SIGINT/SIGTERM deferred to safe points, inside the workdir lock."""
     t_start = time.perf_counter()
     config.validate()
-    with stop_signals.StopSignals():
+    with stop_signals.StopSignals():  # shares the command line's, when it runs under it
         maybe_initialize_distributed(config)
         _preflight(config, data)
         stop_signals.raise_if_requested("before training started")
         lead = jax.process_index() == 0
         with WorkdirLock(config.workdir) if lead else contextlib.nullcontext():
-            return _train_locked(config, data, return_state, t_start, lead)
+            finished = _finished_summary(config)
+            if finished is not None and keep_finished:
+                if lead:
+                    print(f"lars_jax: {config.workdir} holds this run, finished: its results "
+                          "are kept (--no-resume or another workdir trains again)",
+                          file=sys.stderr)
+                    print(format_summary(finished), flush=True)
+                return finished, None
+            run = _build(config, data)
+            stop_signals.raise_if_requested("before training started")
+            mlperf = _mlperf_log(run, lead, t_start) if config.mlperf else None
+            result = _loop(run, lead, mlperf)
+            summary = _summary(run, result, t_start)
+            if mlperf:
+                summary.update(mlperf_status=mlperf.status, mlperf_log=mlperf.path)
+            if finished is not None and result.resumed_from == run.total_steps:
+                summary = finished  # rerun of a finished run: its results as they were
+            if lead:
+                workdir = Path(config.workdir)
+                write_json(workdir / SUMMARY_FILE, summary)
+                print(format_summary(summary), flush=True)
+                if config.plot:
+                    _plot(workdir)
+            return summary, result.state
 
 
-def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_start: float,
-                  lead: bool) -> Any:
-    """`train` inside the workdir lock, with SIGINT/SIGTERM deferred to safe points."""
-    finished = _finished_summary(config)
-    if finished is not None and not return_state:
-        if lead:
-            print(f"lars_jax: {config.workdir} holds this run, finished: its results are "
-                  "kept (--no-resume or another workdir trains again)", file=sys.stderr)
-            print(format_summary(finished), flush=True)
-        return finished
-    run = _build(config, data)
-    stop_signals.raise_if_requested("before training started")
+class _LoopResult(NamedTuple):
+    """What the loop leaves for the summary."""
+
+    state: TrainState  # the final state, global layout
+    last_train: dict[str, Any]  # the last train row written
+    last_eval: dict[str, Any]  # the last eval row written
+    resumed_from: int | None
+    clock: _Clock
+
+
+def _loop(run: Run, lead: bool, mlperf: MlperfLog | None = None) -> _LoopResult:
+    """The steps of a built run: restore, train, log, evaluate, checkpoint, stop on request
+    (and, in MLPerf mode, log to `mlperf` and stop at its target accuracy)."""
+    config, epoch_steps, total_steps = run.config, run.steps_per_epoch, run.total_steps
     workdir = Path(config.workdir)
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / CONFIG_FILE, config.to_dict())
-    epoch_steps, total_steps = run.steps_per_epoch, run.total_steps
     eval_every = int(round(config.eval_every_epochs * epoch_steps))
     checkpoint_every = max(config.checkpoint_every_steps, 0)
-
-    mlperf = _mlperf_log(run, lead, t_start) if config.mlperf else None
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
-                                meta={f: getattr(config, f) for f in STRUCTURE_FIELDS})
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, meta={
+        f: getattr(config, f) for f in fields_of_kind("structural")})
     state, resumed_from = _restore(run, checkpointer, lead)
     last_good = resumed_from
     state = run.place(state)
@@ -396,29 +435,23 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
     step = resumed_from or 0
     progress = _Progress(config, total_steps, step, lead)
     clock = _Clock()
-    pending: list[tuple[bool, dict[str, Any]]] = []  # (from a multi-step call, metrics)
+    pending: list[tuple[int, dict[str, Any]]] = []  # (steps of the call, metrics)
     # a resumed run starts from the rows it already wrote (a finished one may take none)
     last_train = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "train"), {})
     last_eval = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "eval"), {})
-    stop_check = lambda: _stop_if_requested(step, last_good, checkpointer,
-                                            lambda: run.unplace(state), config)
-    reached = False  # MLPerf mode: the target accuracy was reached (the run stops)
+    reached = False  # MLPerf mode: an evaluation reached the target (the run stops)
     try:
-        stop_check()
+        _stop_if_requested(step, last_good, checkpointer, run, state)
         if mlperf:
             mlperf.run_start(step)
         while step < total_steps and not reached:
             started = time.perf_counter()
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
                              checkpoint_every)
-            multi = run.train_steps is not None and step + config.steps_per_call <= stop
-            images, labels = run.input.batch(step) if run.input else (run.images, run.labels)
-            state, metrics = (run.train_steps if multi else run.train_step)(
-                state, images, labels, np.int32(step))
-            done = config.steps_per_call if multi else 1
+            state, metrics, done = run.advance(state, step, stop)
             step += done
-            pending.append((multi, metrics))
-            clock.ran(multi, done, started, metrics)
+            pending.append((done, metrics))
+            clock.ran(done > 1, done, started, metrics)
             progress.update(done)
             if mlperf:
                 mlperf.step_done(step)
@@ -429,8 +462,7 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
             do_checkpoint = config.checkpoint_every_steps >= 0 and (
                 last or (checkpoint_every and step % checkpoint_every == 0))
             if log:
-                row = mean_rows(_train_rows(pending, config.steps_per_call),
-                                ("loss", "accuracy", "finite"))
+                row = mean_rows(_train_rows(pending), ("loss", "accuracy", "finite"))
                 row = {"kind": "train", "step": step, "epoch": step / epoch_steps, **row}
                 images_per_s = clock.lap(config.batch_size)
                 if images_per_s is not None:
@@ -443,66 +475,58 @@ def _train_locked(config: TrainConfig, data: Data | None, return_state: bool, t_
                                    total_steps)
             with clock.pause():
                 if do_eval:
-                    if mlperf:
-                        mlperf.eval_start(step)
-                    last_eval = _evaluate_row(run, state, step, writer)
+                    last_eval = _evaluate_row(run, state, step, writer, mlperf)
                     progress.eval_row(last_eval)
-                    reached = bool(mlperf) and mlperf.evaluated(step, last_eval["test_accuracy"])
+                    reached = bool(mlperf and mlperf.status == "success")
                 if do_checkpoint:
                     checkpointer.save(step, run.unplace(state))
                     last_good = step
-                stop_check()
+            _stop_if_requested(step, last_good, checkpointer, run, state)
         if last_eval.get("step") != step:  # killed after the last checkpoint
             last_eval = _evaluate_row(run, state, step, writer)
     finally:
         if mlperf:
             mlperf.close()  # run_stop "aborted" unless the target was reached
-        if run.input:
-            run.input.close()  # the host input's reader thread
+        run.close()  # the host input's reader thread, if any
         progress.close()
         writer.close()
         checkpointer.close()
+    return _LoopResult(run.unplace(state), last_train, last_eval, resumed_from, clock)
 
-    final = run.unplace(state)
+
+def _summary(run: Run, result: _LoopResult, t_start: float) -> dict[str, Any]:
+    """The run's summary (``summary.json``) from what the loop left."""
+    config, clock = run.config, result.clock
+    epoch_steps = run.steps_per_epoch
     warmup_steps = max(int(round(config.warmup_epochs * epoch_steps)), 0)
-    summary = {
+    return {
         "status": "ok",
-        "test_accuracy": last_eval.get("test_accuracy"),
-        "test_loss": last_eval.get("test_loss"),
-        "train_loss": last_train.get("loss"),
-        "train_accuracy": last_train.get("accuracy"),
-        "steps": int(jax.device_get(final.step)),
-        "epochs": total_steps / epoch_steps,
+        "test_accuracy": result.last_eval.get("test_accuracy"),
+        "test_loss": result.last_eval.get("test_loss"),
+        "train_loss": result.last_train.get("loss"),
+        "train_accuracy": result.last_train.get("accuracy"),
+        "steps": int(jax.device_get(result.state.step)),
+        "epochs": run.total_steps / epoch_steps,
         "steps_per_epoch": epoch_steps,
         "images_per_s": clock.train_images / clock.train_time if clock.train_time > 0 else None,
         "train_time_s": clock.train_time,
         "wall_time_s": time.perf_counter() - t_start,
         "compile_time_s": clock.compile_time,
-        "skipped_steps": int(jax.device_get(final.skipped)),
-        "resumed_from_step": resumed_from,
+        "skipped_steps": int(jax.device_get(result.state.skipped)),
+        "resumed_from_step": result.resumed_from,
         "num_devices": run.num_devices,
         "num_processes": jax.process_count(),
         "peak_lr": float(run.lr_schedule(warmup_steps)) if config.schedule != "onecycle"
         else None,
-        "final_lr": last_train.get("lr"),
-        "workdir": str(workdir),
+        "final_lr": result.last_train.get("lr"),
+        "workdir": str(config.workdir),
         "config": config.to_dict(),
     }
-    if mlperf:
-        summary["mlperf_status"] = mlperf.status
-        summary["mlperf_log"] = mlperf.path
-    if finished is not None and resumed_from == total_steps:
-        summary = finished  # rerun of a finished run: its results as they were
-    if lead:
-        write_json(workdir / SUMMARY_FILE, summary)
-        print(format_summary(summary), flush=True)
-        if config.plot:
-            _plot(workdir)
-    return (summary, final) if return_state else summary
 
 
-def _mlperf_log(run: Run, lead: bool, t_start: float) -> Any:
-    """MLPerf mode: the run's `lars_jax.runs.mlperf_log.MlperfLog`, its header written."""
+def _mlperf_log(run: Run, lead: bool, t_start: float) -> MlperfLog:
+    """MLPerf mode: the run's `MlperfLog` (``<workdir>/mlperf_log.txt``), its header written;
+    ``init_start`` is dated when `train` started."""
     from lars_jax import schedules
     from lars_jax.runs import mlperf_log
     from lars_jax.train.build import peak_learning_rate
@@ -513,19 +537,22 @@ def _mlperf_log(run: Run, lead: bool, t_start: float) -> Any:
     init_ms = int(time.time() * 1000 - (time.perf_counter() - t_start) * 1000)
     log = mlperf_log.MlperfLog(config.workdir, steps, config.target_accuracy, enabled=lead,
                                init_time_ms=init_ms)
-    num_train = run.input.num_train if run.input else len(run.data.train_labels)
-    num_eval = run.input.num_test if run.input else len(run.data.test_labels)
     platform = f"{run.num_devices}x{jax.devices()[0].device_kind}"
     log.header(platform, mlperf_log.hyperparameters(
-        config, steps, peak_lr=peak_learning_rate(config), num_train=num_train,
-        num_eval=num_eval, num_devices=run.num_devices))
+        config, steps, peak_lr=peak_learning_rate(config), num_train=run.input.num_train,
+        num_eval=run.input.num_test, num_devices=run.num_devices))
     return log
 
 
-def _evaluate_row(run: Run, state: TrainState, step: int, writer: MetricsWriter
-                  ) -> dict[str, Any]:
-    """Evaluates `state` (the step's layout) and writes the eval row; returns it."""
+def _evaluate_row(run: Run, state: TrainState, step: int, writer: MetricsWriter,
+                  mlperf: MlperfLog | None = None) -> dict[str, Any]:
+    """Evaluates `state` (the step's layout) and writes the eval row; returns it. In MLPerf
+    mode the evaluation is logged to `mlperf` too (``run_stop`` when it reaches the target)."""
+    if mlperf:
+        mlperf.eval_start(step)
     loss, accuracy = evaluate(run, run.unplace(state))
+    if mlperf:
+        mlperf.evaluated(step, accuracy)
     return writer.write({"kind": "eval", "step": step, "epoch": step / run.steps_per_epoch,
                          "test_loss": loss, "test_accuracy": accuracy})
 

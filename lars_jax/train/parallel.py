@@ -10,7 +10,9 @@
   devices' shards.
 * pmap path (`pmap_train_step`): ``jax.pmap(step, axis_name="data")`` over replicated state
   (leading device axis); the global batch is prepared by a small jitted function and
-  reshaped to ``(devices, B / devices, ...)``.
+  reshaped to ``(devices, B / devices, ...)``. Across processes, each process passes the
+  rows of its own devices (the leading axis of its state and batch runs over its local
+  devices), as in the Flax ImageNet example.
 
 Both paths augment the *global* batch with a key that depends only on ``(seed, step)``, so
 a run on 1, 2 or 8 devices sees exactly the same examples.
@@ -154,10 +156,25 @@ def pmap_train_step(
 
     def run(state, images, labels, step):
         x, y = prep(images, labels, step)
-        state, metrics = pstep(state, x, y)
-        return state, jax.tree.map(lambda m: m[0], metrics)
+        state, metrics = pstep(state, _process_local(x), _process_local(y))
+        return state, unreplicate(metrics)
 
     return run
+
+
+def _process_local(x: jax.Array) -> jax.Array:
+    """The rows of a device-stacked global array that this process's devices hold.
+
+    Multi-process ``pmap`` takes, on each process, arrays whose leading axis runs over that
+    process's devices only (in mesh order); with one process this is `x` itself.
+    """
+    if x.is_fully_addressable:
+        return x
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start)
+    local = [s.device for s in shards]
+    sharding = NamedSharding(Mesh(np.asarray(local), (AXIS,)), P(AXIS))
+    return jax.make_array_from_single_device_arrays(
+        (len(shards), *x.shape[1:]), sharding, [s.data for s in shards])
 
 
 def replicate(tree: Any, devices: Sequence[Any]) -> Any:
@@ -170,8 +187,16 @@ def replicate(tree: Any, devices: Sequence[Any]) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-    """Removes the leading device axis (takes device 0's copy)."""
-    return jax.tree.map(lambda x: x[0], tree)
+    """Removes the leading device axis (takes this process's first device's copy).
+
+    Reads that copy on its own device: indexing (``x[0]``) a pmap result of a multi-process
+    run would compile a program that spans the processes, one more cross-process
+    rendezvous, at a time the processes need not reach together.
+    """
+    def first(x: jax.Array) -> jax.Array:
+        return x.addressable_shards[0].data.reshape(x.shape[1:])
+
+    return jax.tree.map(first, tree)
 
 
 def make_prepare(

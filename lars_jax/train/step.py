@@ -115,6 +115,13 @@ class StepOptions:
       log_diagnostics: return `lars_jax.diagnostics.layer_diagnostics` scalars.
       weight_decay: for the diagnostics.
       momentum: for the diagnostics.
+      log_noise_scale: compute every example's gradient norms (`value_grad_and_norms`, in
+        the same backward pass) and return the one-batch gradient-noise-scale estimates of
+        `lars_jax.diagnostics.noise_scale_from_sqnorms` over the global batch:
+        ``noise_trace_sigma``, ``noise_grad_sqnorm`` and ``noise_example_sqnorm`` (``mean_i
+        |g_i|^2``); used by ``lars-jax advise``. With BatchNorm the norms are those of each
+        example's contribution and the estimates overstate the noise (see
+        `noise_scale_from_norms`): advise then uses the two-batch statistics instead.
       masked: rows with label -1 are padding, left out of the loss, the accuracy and the
         BatchNorm statistics (module docstring).
     """
@@ -131,6 +138,7 @@ class StepOptions:
     log_diagnostics: bool = False
     weight_decay: float = 0.0
     momentum: float = 0.0
+    log_noise_scale: bool = False
     masked: bool = False
 
 
@@ -246,28 +254,36 @@ def make_train_step(
     devices = opts.num_devices if axis is not None else 1
     granularity = opts.clars_granularity
     groups = devices * accum
+    example_norms = granularity == "example" or opts.log_noise_scale
 
     def micro_grads(params, batch_stats, x, y, rows=None):
-        """Loss, grads, new stats, accuracy and (per-example) norms of one micro-batch."""
-        if granularity == "example":
+        """Loss, grads, new stats, accuracy, (per-example) norms of one micro-batch and
+        the mean over its examples of their squared gradient norms (with log_noise_scale)."""
+        ex_sq = None
+        if example_norms:
             from lars_jax.per_example import value_grad_and_norms
 
-            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy)
+            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy, rows)
             (loss, (stats, acc)), grads, norms = value_grad_and_norms(
                 fn, params, x, y, has_aux=True)
+            if opts.log_noise_scale:
+                ex_sq = jnp.mean(sum(jnp.square(n) for n in jax.tree.leaves(norms)))
+            if granularity != "example":
+                norms = None
         else:
             (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 params, batch_stats, x, y, rows)
             norms = None
-            if granularity == "micro_batch":
-                norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
-        return loss, grads, stats, acc, norms
+        if granularity == "micro_batch":
+            norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
+        return loss, grads, stats, acc, norms, ex_sq
 
     def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Metrics]:
         params = state.params
         rows = _real_rows_per_group(y, axis, groups) if opts.masked else None
         if accum == 1:
-            loss, grads, stats, acc, norms = micro_grads(params, state.batch_stats, x, y, rows)
+            loss, grads, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, x, y,
+                                                                rows)
             sq_small = _sqnorm(grads) if groups >= 2 else None
         else:
             m = x.shape[0] // accum
@@ -277,12 +293,14 @@ def make_train_step(
             def body(gsum, xy):
                 # every micro-batch starts from the step's running statistics; their
                 # updates are averaged below (one update per step, as across devices)
-                loss, g, stats, acc, norms = micro_grads(params, state.batch_stats, *xy, rows)
+                loss, g, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, *xy,
+                                                                rows)
                 gsum = jax.tree.map(jnp.add, gsum, g)
-                return gsum, (loss, acc, norms, _sqnorm(g), stats)
+                return gsum, (loss, acc, norms, _sqnorm(g), stats, ex_sq)
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            gsum, (losses, accs, norms, sqs, stats) = jax.lax.scan(body, zeros, (xs, ys))
+            gsum, (losses, accs, norms, sqs, stats, ex_sq) = jax.lax.scan(body, zeros, (xs, ys))
+            ex_sq = None if ex_sq is None else jnp.mean(ex_sq)
             stats = jax.tree.map(lambda v: jnp.mean(v, axis=0), stats)
             grads = jax.tree.map(lambda g: g / accum, gsum)
             loss, acc = jnp.mean(losses), jnp.mean(accs)
@@ -297,6 +315,8 @@ def make_train_step(
             loss, acc = jax.lax.pmean((loss, acc), axis)
             if sq_small is not None:
                 sq_small = jax.lax.pmean(sq_small, axis)
+            if ex_sq is not None:
+                ex_sq = jax.lax.pmean(ex_sq, axis)
             if norms is not None:
                 norms = jax.lax.all_gather(norms, axis, tiled=True)
             if opts.sync_batch_stats and stats:
@@ -349,6 +369,13 @@ def make_train_step(
             metrics["grad_sqnorm_big"] = _sqnorm(grads)
             metrics["batch_small"] = jnp.asarray(x.shape[0] // accum, jnp.float32)
             metrics["batch_big"] = jnp.asarray(x.shape[0] * devices, jnp.float32)
+        if ex_sq is not None:
+            from lars_jax.diagnostics import noise_scale_from_sqnorms
+
+            est = noise_scale_from_sqnorms(ex_sq, _sqnorm(grads), x.shape[0] * devices)
+            metrics["noise_trace_sigma"] = est.trace_sigma
+            metrics["noise_grad_sqnorm"] = est.grad_sq_norm
+            metrics["noise_example_sqnorm"] = est.mean_example_sq_norm
         if opts.log_layer_stats:
             metrics.update(_flat_names("weight_norm", _leaf_norms(params)))
             metrics.update(_flat_names("grad_norm", _leaf_norms(grads)))

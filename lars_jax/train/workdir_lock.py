@@ -18,11 +18,11 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from lars_jax.runs.errors import WorkdirLockedError
+
 LOCK_FILE = ".lock"
 
 
-class WorkdirLockedError(RuntimeError):
-    """Another live process holds the workdir's lock."""
 
 
 class WorkdirLock:
