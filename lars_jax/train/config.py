@@ -567,7 +567,8 @@ def _check_devices(c: TrainConfig, n: int) -> None:
         raise _bad(c, "batch_size", f"1 example per device and micro-batch ({n} devices x "
                    f"{c.grad_accum_steps} micro-batches): batch norm over 1 example outputs "
                    "its bias only (use bn_span='global' or norm='none')")
-    check_mlperf_remainder(c, n, c.num_train_examples())
+    if c.mlperf:
+        check_mlperf_remainder(c, n, c.num_train_examples())
 
 
 def _check_steps(c: TrainConfig, num_train: int | None) -> None:
