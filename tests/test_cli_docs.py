@@ -1,5 +1,5 @@
-"""docs/cli.md holds the option reference of `lars-jax train`, `sweep`, `advise` and `report` exactly
-as `--help` shows it (generated from the parsers; regenerate the block with
+"""docs/cli.md holds the option reference of `lars-jax train`, `sweep`, `advise` and `report`
+exactly as `--help` shows it (generated from the parsers; regenerate the block with
 ``python tests/test_cli_docs.py``)."""
 
 from __future__ import annotations

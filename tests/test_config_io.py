@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from lars_jax.runs.config_io import coerce, field_specs, load_config_file, spec_by_name
+from lars_jax.runs.config_io import coerce, load_config_file, spec_by_name
 from lars_jax.train.config import TrainConfig
 
 
@@ -22,8 +22,9 @@ def test_coerce_rules():
         coerce(s["flip"], "maybe")
     assert coerce(s["flip"], "off") is False
     assert coerce(s["norm"], "none") == "none"  # a choice, not None: norm is not optional
-    specs = field_specs(TrainConfig)
-    assert len(specs) == len(dataclasses.fields(TrainConfig))
+    assert len(s) == len(dataclasses.fields(TrainConfig))
+    with pytest.raises(TypeError, match="is not TrainConfig"):
+        spec_by_name(dict)
 
 
 def test_load_config_file_errors(tmp_path):

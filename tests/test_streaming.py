@@ -305,9 +305,9 @@ _PROCESS_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return batch(self, step)
     StreamingInput.batch = batch_or_die
-    train = lars_jax.train.train
+    from lars_jax.train.loop import train_with_state
     def train_and_save(config):
-        summary, state = train(config, return_state=True)
+        summary, state = train_with_state(config)
         if jax.process_index() == 0:
             leaves = jax.tree.leaves((state.params, state.batch_stats))
             np.savez(os.environ["PARAMS_OUT"], *[np.asarray(x.addressable_data(0))

@@ -1,11 +1,9 @@
-"""The ``lars-jax`` command: ``train``, ``sweep`` and ``report`` (docs/cli.md).
+"""The ``lars-jax`` command: ``train``, ``sweep``, ``advise`` and ``report`` (docs/cli.md).
 
-Every `TrainConfig` field is a flag of ``train`` and ``sweep`` (``--batch-size 1024`` or
-``--batch_size``; ``--flip``/``--no-flip``; ``none`` for optional fields), generated with
-argparse from the field's declarations (`lars_jax.train.config.FieldMeta`). A TOML or JSON
-file (``--config run.toml``) may set fields too, flags overriding it. The config is
-validated once, before any compute: a `ConfigError` is one line with exit status 2, an
-expected failure of the run (`RunError`) one line with exit status 1.
+Every `TrainConfig` field is a flag (``--batch-size 1024`` or ``--batch_size``;
+``--flip``/``--no-flip``; ``none`` for optional fields) generated with argparse from its
+declaration (`lars_jax.train.config.FieldMeta`); flags override a ``--config`` TOML/JSON
+file. A `ConfigError` is one line with exit status 2, a `RunError` one line with status 1.
 
 Examples::
 
@@ -22,25 +20,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 import textwrap
 import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lars_jax.runs.config_io import (
-    SWEEP_TABLE,
-    coerce,
-    coerce_dict,
-    field_specs,
-    load_config_file,
-    to_toml,
-)
+from lars_jax.runs import config_io
 from lars_jax.runs.errors import ConfigError, ConfigWarning, RunError
-
-if TYPE_CHECKING:
-    from lars_jax.runs.config_io import FieldSpec
+from lars_jax.train.config import FieldMeta, TrainConfig, field_meta
 
 __all__ = ["ConfigError", "build_parser", "main", "resolve_config"]
 
@@ -57,10 +47,16 @@ def _train_fn() -> Callable[[Any], Mapping[str, Any]]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (not the long usage) and exit 2."""
+    """An ArgumentParser whose errors are one line (not the long usage), with the flags
+    close to an unknown one, and exit 2."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(EXIT_BAD_CONFIG, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+        unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
+        flags = [flag_name(s.name) for s in field_meta().values()]
+        close = difflib.get_close_matches(unknown[1], flags, n=2) if unknown else []
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        self.exit(EXIT_BAD_CONFIG, f"{self.prog}: error: {message}{hint}\n"
+                  f"(see `{self.prog} --help`)\n")
 
 
 # --------------------------------------------------------------------------- flags
@@ -71,7 +67,7 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _metavar(spec: FieldSpec) -> str | None:
+def _metavar(spec: FieldMeta) -> str | None:
     if spec.type is bool:
         return None
     text = ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices
@@ -79,7 +75,7 @@ def _metavar(spec: FieldSpec) -> str | None:
     return text + ("|none" if spec.optional else "")
 
 
-def _help_text(spec: FieldSpec, first_sentence: bool = False) -> str:
+def _help_text(spec: FieldMeta, first_sentence: bool = False) -> str:
     """The field's help with its default (``--help`` escapes ``%``)."""
     d = spec.default
     default = "none" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
@@ -89,25 +85,21 @@ def _help_text(spec: FieldSpec, first_sentence: bool = False) -> str:
     return text if "(default" in text else f"{text} (default: {default})"
 
 
-def _type_fn(spec: FieldSpec) -> Callable[[str], Any]:
+def _type_fn(spec: FieldMeta) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
-            return coerce(spec, text)
-        except ConfigError as e:
+            return config_io.coerce(spec, text)
+        except ConfigError as e:  # argparse prints an ArgumentTypeError's message as it is
             raise argparse.ArgumentTypeError(str(e)) from e
 
-    parse.__name__ = spec.type.__name__
     return parse
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per `TrainConfig` field to `parser`, in the fields' help groups.
-
-    Flags default to ``argparse.SUPPRESS``, so the parsed namespace holds only the fields
-    given on the command line (which then override a config file).
-    """
+    """Adds one flag per `TrainConfig` field to `parser`, in the fields' help groups (default
+    ``SUPPRESS``: the namespace holds only the fields given, which override a config file)."""
     groups: dict[str, Any] = {}
-    for spec in field_specs():
+    for spec in field_meta().values():
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(f"{spec.group} (TrainConfig)")
         kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS,
@@ -121,7 +113,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fields_epilog() -> str:
     lines = [f"TrainConfig options (flags of `{PROG} train` and `{PROG} sweep`):"]
-    for spec in field_specs():
+    for spec in field_meta().values():
         flag = flag_name(spec.name)
         flag += f"/--no-{flag[2:]}" if spec.type is bool else f" {_metavar(spec)}"
         lines += [f"  {flag}", textwrap.fill(_help_text(spec, first_sentence=True), 88,
@@ -192,13 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _normalize_argv(argv: Sequence[str]) -> list[str]:
     """``--batch_size=8`` -> ``--batch-size=8`` (underscores accepted in flag names)."""
-    out = []
-    for tok in argv:
-        if tok.startswith("--") and len(tok) > 2:
-            name, eq, value = tok.partition("=")
-            tok = name.replace("_", "-") + eq + value
-        out.append(tok)
-    return out
+    return [re.sub(r"^--[^=]+", lambda m: m[0].replace("_", "-"), tok) for tok in argv]
 
 
 # --------------------------------------------------------------------------- configs
@@ -206,39 +192,26 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
 
 def resolve_config(cls: type, config_file: str | None, overrides: Mapping[str, Any]
                    ) -> tuple[Any, dict[str, Any]]:
-    """The config from defaults, a TOML/JSON file and command-line overrides (typed).
-
-    Returns:
-      ``(config, sweep_table)``: the config (not yet validated) and the file's ``[sweep]``
-      table (empty when absent).
+    """The config (not yet validated) from defaults, a TOML/JSON file and typed command-line
+    overrides, and the file's ``[sweep]`` table (empty when absent).
 
     Raises:
       ConfigError: unreadable file, unknown field or wrongly typed value.
     """
-    values: dict[str, Any] = {}
-    sweep_table: Any = {}
-    if config_file:
-        data = load_config_file(config_file)
-        sweep_table = data.pop(SWEEP_TABLE, {})
-        if not isinstance(sweep_table, dict):
-            raise ConfigError(f"config file {config_file!r}: [sweep] must be a table")
-        values.update(coerce_dict(cls, data))
-    return cls(**{**values, **overrides}), sweep_table
+    data = config_io.load_config_file(config_file) if config_file else {}
+    sweep_table = data.pop(config_io.SWEEP_TABLE, {})
+    return cls(**{**config_io.coerce_dict(data), **overrides}), sweep_table
 
 
-def _show_config_warnings_on_one_line() -> None:
-    """Config warnings (values with no effect) print as ``lars-jax: warning: ...``."""
-    show = warnings.showwarning
-    if getattr(show, "one_line_config_warnings", False):
-        return
+_showwarning = warnings.showwarning
 
-    def one_line(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, ConfigWarning):
-            return show(message, category, filename, lineno, file, line)
-        print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
-    one_line.one_line_config_warnings = True
-    warnings.showwarning = one_line
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: typing.TextIO | None = None, line: str | None = None) -> None:
+    """Shows a `ConfigWarning` (a value with no effect) as ``lars-jax: warning: ...``."""
+    if not issubclass(category, ConfigWarning):
+        return _showwarning(message, category, filename, lineno, file, line)
+    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _device_count(config: Any) -> int:
@@ -257,36 +230,30 @@ def _device_count(config: Any) -> int:
 
 
 def _parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``--grid FIELD=V1,V2`` or ``FIELD=[JSON list]`` items (values typed by the sweep)."""
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, eq, text = (s.strip() for s in item.partition("="))
         if not eq or not key or not text:
             raise ConfigError(f"--grid {item!r}: expected FIELD=V1,V2,...")
-        values: Any = [v.strip() for v in text.split(",")]
-        if text.startswith("["):
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"--grid {item!r}: not a JSON list: {e}") from e
-            if not isinstance(values, list):
-                raise ConfigError(f"--grid {item!r}: expected a JSON list")
-        grid[key.replace("-", "_")] = values
+        try:  # text starting with "[" parses to a list or fails
+            values = json.loads(text) if text.startswith("[") else text.split(",")
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--grid {item!r}: not a JSON list: {e}") from e
+        grid[key.replace("-", "_")] = [v.strip() if isinstance(v, str) else v for v in values]
     return grid
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
-    config, _ = resolve_config(cls, args.config, overrides)
-    # the checks that need no device first (no JAX backend yet; --print-config stops
-    # here); those that depend on the device count once the devices are known, so that
-    # "--num-devices above the devices present" is the error a user sees for it
+def _cmd_train(args: argparse.Namespace, config: Any) -> int:
+    # no JAX backend before --print-config; the device checks once the devices are known
+    # (so that "--num-devices above the devices present" is the error a user sees for it)
     config.validate(devices_later=True)
     if args.print_config:
-        helps = {s.name: s.help for s in field_specs()}
         print(f"# TrainConfig (resolved); reuse with: {PROG} train --config FILE")
-        print(to_toml(config.to_dict(), comments=helps), end="")
+        print(config_io.to_toml(config.to_dict(), comments=config.help()), end="")
         return 0
     config.validate(device_count=_device_count(config))
     _train_fn()(config)
@@ -298,7 +265,7 @@ def _cmd_train(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -
     return 0
 
 
-def _sweep_grid(table: dict[str, Any], args: argparse.Namespace,
+def _sweep_grid(args: argparse.Namespace, table: dict[str, Any],
                 overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The grid and the output folder of ``lars-jax sweep`` (flags over the file's table)."""
     file_grid = table.get("grid", {})
@@ -318,14 +285,12 @@ def _sweep_grid(table: dict[str, Any], args: argparse.Namespace,
     return grid, out
 
 
-def _cmd_sweep(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> int:
+def _cmd_sweep(args: argparse.Namespace, base: Any, grid: dict[str, Any], out: str) -> int:
     from lars_jax.runs.compile_cache import enable_compilation_cache
     from lars_jax.runs.report import summary_report
     from lars_jax.runs.run_files import is_primary_process
     from lars_jax.runs.sweep import plan_sweep, run_sweep
 
-    base, table = resolve_config(cls, args.config, overrides)
-    grid, out = _sweep_grid(table, args, overrides)
     planned = plan_sweep(base, grid, out)  # validates every run's config (not the base's)
     if args.dry_run:
         for run in planned:
@@ -361,11 +326,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lars-jax`` console script.
-
-    ``train`` and ``sweep`` run with SIGINT (Ctrl-C) and SIGTERM deferred from the first
-    instant (`lars_jax.runs.stop_signals`, installed here once): the trainer stops at its
-    next step with a checkpoint.
+    """Entry point of the ``lars-jax`` console script. ``train`` and ``sweep`` run with
+    SIGINT and SIGTERM deferred (`lars_jax.runs.stop_signals`, installed here once): the
+    trainer stops at its next step with a checkpoint.
 
     Returns:
       The exit status: 0 success, 1 a run failed, 2 bad command line or config,
@@ -387,34 +350,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from lars_jax.train.config import TrainConfig
-
     parser = build_parser()
     args, extra = parser.parse_known_args(_normalize_argv(argv))
-    if extra:
-        bad = next((t for t in extra if t.startswith("-")), extra[0])
-        flags = [flag_name(s.name) for s in field_specs()]
-        close = difflib.get_close_matches(bad.partition("=")[0], flags, n=2)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        where = f"{PROG} {args.command}" if args.command else PROG
-        print(f"{where}: error: unrecognized argument(s): {' '.join(extra)}{hint}",
-              file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    if extra:  # the message names the sub-command: "lars-jax train: error: ..."
+        parser.prog += f" {args.command}" if args.command else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_CONFIG
-    names = {s.name for s in field_specs()}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    _show_config_warnings_on_one_line()
+    overrides = {k: v for k, v in vars(args).items() if k in field_meta()}
+    warnings.showwarning = _show_warning
     try:
         if args.command == "report":
             return _cmd_report(args)
+        config, table = resolve_config(TrainConfig, args.config, overrides)
         if args.command == "advise":
             from lars_jax.runs.advise import run_command
 
-            return run_command(resolve_config(TrainConfig, args.config, overrides)[0], args)
-        command = _cmd_train if args.command == "train" else _cmd_sweep
-        return command(args, TrainConfig, overrides)
+            return run_command(config, args)
+        if args.command == "train":
+            return _cmd_train(args, config)
+        return _cmd_sweep(args, config, *_sweep_grid(args, table, overrides))
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lars_jax.runs.config_io import coerce, spec_by_name, unknown_field_error
+from lars_jax.runs.config_io import coerce, field_name, spec_by_name
 from lars_jax.runs.errors import ConfigError, WorkdirLockedError
 from lars_jax.runs.run_files import (
     CONFIG,
@@ -198,9 +198,7 @@ def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[
     specs = spec_by_name(config_cls)
 
     def field(key: str) -> str:
-        name = key.replace("-", "_")
-        if name not in specs:
-            raise unknown_field_error(config_cls, key)
+        name = field_name(key)
         if name in _location_fields():
             raise ConfigError(f"grid[{key!r}]: the sweep sets each run's {name} itself")
         return name

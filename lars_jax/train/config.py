@@ -6,14 +6,11 @@ minutes on the project's 2-core CPU (92% test accuracy after 464 s, BENCHMARKS.m
 cosine decay to 0, momentum 0.9, weight decay 5e-4, trust coefficient 0.02, no
 augmentation (it slows so short a run), the test set evaluated at the end.
 
-Each field declares in its metadata (`FieldMeta`) its ``--help`` text and group, its
-choices or range, where it applies (`Applies`, gathered in `APPLIES`) and its `Kind`
-(`fields_of_kind`). The command line is generated from these declarations
-(`lars_jax.runs.cli`); `TrainConfig.validate` checks the ranges in one loop and the rules
-between fields in the small functions below it. A non-default value with no effect in its
-combination is refused (`ConfigError`, a ValueError) or warned about (`ConfigWarning`).
-docs/cli.md lists the rules, and what each batch-norm span (``bn_span``: device, global,
-ghost) and gradient accumulation do to the batch-norm statistics.
+Each field declares (`FieldMeta`) its ``--help`` text and group, choices or range, where it
+applies (`Applies`) and its `Kind`; the command line is generated from them
+(`lars_jax.runs.cli`). `TrainConfig.validate` checks the ranges in one loop, then the rules
+between fields below it: a value with no effect is refused (`ConfigError`) or warned about
+(`ConfigWarning`). docs/cli.md lists the rules.
 
 References:
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
@@ -78,22 +75,16 @@ class Range(NamedTuple):
                 and (hi is None or (v < hi if self.high_open else v <= hi)))
 
     def text(self) -> str:
-        """``> 0``, ``>= 1``, ``in [0, 1)`` as the error messages say it."""
+        """``> 0``, ``>= 1``, ``in [0, 1)`` as the error messages say it (low always set)."""
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low}"
         return f"in [{self.low}, {self.high}{')' if self.high_open else ']'}"
 
 
 class Applies(NamedTuple):
-    """Where a field has an effect (a field without one has an effect everywhere).
-
-    Attributes:
-      when: the condition in words (for messages and docs/cli.md's table).
-      applies: ``applies(config)``: True where the field has an effect.
-      otherwise: a non-default value where it has no effect is refused ("refuse") or only
-        warned about ("warn": a setting of another optimizer, span or schedule that a sweep
-        over those may share in its base config).
-    """
+    """Where a field has an effect: ``applies(config)``, `when` in words (for messages); a
+    non-default value elsewhere is refused, or only warned about (a setting of another
+    optimizer, span or schedule that a sweep over those may share in its base config)."""
 
     when: str
     applies: Callable[[Any], bool]
@@ -371,36 +362,24 @@ class TrainConfig:
                  devices_later: bool = False) -> TrainConfig:
         """Checks every field; raises `ConfigError` (a ValueError) naming it. Returns self.
 
-        Each check runs once per set of values: a second call with the same fields (and
-        the same `device_count`, `num_train`) checks nothing again and warns no more, so
-        the command line, `train` and `build` may each call it.
+        Each check runs once per set of values (the command line, `train` and `build` may
+        each call it: nothing is checked or warned about again).
 
         Args:
-          device_count: the number of devices the run will use (global across processes);
-            when given, the global batch must be divisible by it times grad_accum_steps.
-            Defaults to `num_devices` when that is set.
+          device_count: the devices of the run (global; default `num_devices` when set),
+            for the checks that depend on it (`devices_later`: none of them).
           num_train: the number of training examples (default: the data set's size after
             ``train_subset``), for the checks that depend on the number of steps.
-          devices_later: skip the checks that depend on the number of devices (the command
-            line runs them once it has counted the devices).
         """
-        values = dataclasses.astuple(self)
-        done: set[tuple[Any, ...]] = self.__dict__.setdefault("_validated", set())
-        n = device_count if device_count is not None else self.num_devices
+        n = self.num_devices if device_count is None else device_count
         n = None if devices_later else n
-        for key, check in (("fields", _check_fields), ("devices", _check_devices),
-                           ("steps", _check_steps)):
-            arg = {"fields": None, "devices": n, "steps": num_train}[key]
-            if (key, values, arg) not in done and (key != "devices" or n is not None):
+        done: set[tuple[Any, ...]] = self.__dict__.setdefault("_validated", set())
+        for check, arg in ((_check_fields, None), (_check_devices, n), (_check_steps, num_train)):
+            key = (check, dataclasses.astuple(self), arg)
+            if key not in done and (check is not _check_devices or n is not None):
                 check(self, arg)
-                done.add((key, values, arg))
+                done.add(key)
         return self
-
-    def _peak_learning_rate(self) -> float:
-        """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
-        ratio = self.batch_size / self.base_batch_size
-        factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[self.lr_scaling]
-        return self.learning_rate * factor
 
 
 # ------------------------------------------------------------------ declarations, queries
@@ -433,9 +412,7 @@ def fields_of_kind(kind: Kind) -> tuple[str, ...]:
 APPLIES: dict[str, Applies] = {n: m.applies for n, m in field_meta().items() if m.applies}
 """The fields that apply only in some combinations (their `FieldMeta.applies`)."""
 ALWAYS_APPLIES: frozenset[str] = frozenset(field_meta()) - set(APPLIES)
-"""Fields with an effect in every combination (`steps_per_call`, `eval_every_epochs`,
-`nesterov`, `batch_size`, `input_pipeline`, `image_size` have their own checks)."""
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+"""Fields with an effect in every combination (some have their own checks)."""
 
 
 # ------------------------------------------------------------------ validation
@@ -447,8 +424,7 @@ def _bad(c: TrainConfig, name: str, msg: str) -> ConfigError:
 
 def _warn(c: TrainConfig, name: str, msg: str) -> None:
     # stacklevel 1: one location, so each message is shown once per process
-    warnings.warn(f"TrainConfig.{name}={getattr(c, name)!r}: {msg}", ConfigWarning,
-                  stacklevel=1)
+    warnings.warn(str(_bad(c, name, msg)), ConfigWarning, stacklevel=1)
 
 
 def _check_fields(c: TrainConfig, _: None = None) -> None:
@@ -458,19 +434,16 @@ def _check_fields(c: TrainConfig, _: None = None) -> None:
         v = getattr(c, name)
         if isinstance(v, float) and not math.isfinite(v):
             raise _bad(c, name, "must be finite")
-        if v is None:
-            continue
-        if meta.choices and v not in meta.choices:
+        if v is not None and meta.choices and v not in meta.choices:
             raise _bad(c, name, f"must be one of {', '.join(map(str, meta.choices))}")
-        if meta.range and not meta.range.contains(v):
-            optional = _DEFAULTS[name] is None
-            raise _bad(c, name, f"must be {meta.range.text()}{' or None' * optional}")
+        if v is not None and meta.range and not meta.range.contains(v):
+            raise _bad(c, name, f"must be {meta.range.text()}{' or None' * meta.optional}")
     _check_data_and_parallel(c)
     _check_optimizer_and_norm(c)
     if c.mlperf:
         _check_mlperf(c)
     for name, rule in APPLIES.items():
-        default = _DEFAULTS[name]
+        default = field_meta()[name].default
         if getattr(c, name) != default and not rule.applies(c):
             msg = f"has no effect: it applies only with {rule.when} (leave it at {default!r})"
             if rule.otherwise == "refuse":
@@ -573,9 +546,8 @@ def _check_devices(c: TrainConfig, n: int) -> None:
 
 def _check_steps(c: TrainConfig, num_train: int | None) -> None:
     """The rules that depend on the number of steps of the run."""
-    if num_train is None:
-        num_train = c.num_train_examples()
-    epoch_steps, total_steps = c.run_steps(num_train)
+    epoch_steps, total_steps = c.run_steps(
+        c.num_train_examples() if num_train is None else num_train)
     eval_every = int(round(c.eval_every_epochs * epoch_steps))
     if c.eval_every_epochs > 0 and eval_every == 0:
         raise _bad(c, "eval_every_epochs", f"rounds to 0 steps at {epoch_steps} steps per "
@@ -584,12 +556,12 @@ def _check_steps(c: TrainConfig, num_train: int | None) -> None:
         raise _bad(c, "warmup_epochs", f"MLPerf mode: warmup_epochs x {epoch_steps} steps per "
                    "epoch must be a whole number of steps")
     warmup = int(round(c.warmup_epochs * epoch_steps))
-    if (c.warmup_epochs not in (0, _DEFAULTS["warmup_epochs"]) and warmup == 0
+    if (c.warmup_epochs not in (0, field_meta()["warmup_epochs"].default) and warmup == 0
             and c.schedule != "onecycle"):
         _warn(c, "warmup_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch: "
               "no warmup")
     if (c.warmup_start == "base" and warmup > 0 and c.schedule != "onecycle"
-            and c._peak_learning_rate() <= c.learning_rate):
+            and (c.batch_size <= c.base_batch_size or c.lr_scaling == "none")):
         _warn(c, "warmup_start", "the scaled peak rate is not above learning_rate (batch_size "
               "<= base_batch_size or lr_scaling='none'): the warmup is flat")
     if c.steps_per_call > 1:
