@@ -1,12 +1,12 @@
 """The ``lars-jax`` console script's entry point, importable without importing lars_jax.
 
-Importing ``lars_jax`` loads jax and flax, which takes seconds. A Ctrl-C (SIGINT) or a
-SIGTERM in that window used to end in Python's own ``KeyboardInterrupt`` traceback (or be
-lost): the handlers of `lars_jax.runs.stop_signals` can only be installed once lars_jax is
-imported. This module installs a recording handler first, imports the command line, and
-if a signal came during the import, stops with the same one-line message and exit status
-(``128 + signal``) as a stop before the first training step; otherwise it runs
-`lars_jax.runs.cli.main`, which takes over the signals.
+Importing ``lars_jax`` loads jax and flax, which takes seconds. A Ctrl-C (SIGINT), a
+SIGTERM or a SIGHUP in that window used to end in Python's own ``KeyboardInterrupt``
+traceback (or be lost): the handlers of `lars_jax.runs.stop_signals` can only be installed
+once lars_jax is imported. This module installs a recording handler first, imports the
+command line, and if a signal came during the import, stops with the same one-line message
+and exit status (``128 + signal``) as a stop before the first training step; otherwise it
+runs `lars_jax.runs.cli.main`, which takes over the signals.
 
 References:
   Python `signal` module documentation (handlers run in the main thread).
@@ -18,11 +18,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``lars-jax`` with SIGINT/SIGTERM recorded from the first instant.
+    """Runs ``lars-jax`` with SIGINT/SIGTERM/SIGHUP recorded from the first instant.
 
     Args:
       argv: the arguments (default: ``sys.argv[1:]``).

@@ -21,9 +21,11 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -37,6 +39,9 @@ from lars_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, verify_fashion_mnist
 from lars_jax.data.info import dataset_info
 
 SMALL_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+
+# ``<split>_sha256.json`` beside a split's cached ``.npy`` arrays: the SHA-256 of each.
+CACHE_CHECKSUM_SUFFIX = "_sha256.json"
 
 OFFLINE_COMMAND = (
     "python -c \"from lars_jax.data import prepare_from_archive as p; "
@@ -346,7 +351,11 @@ def load_split(
     Fashion-MNIST is prepared automatically on first use (from Debian's files), CIFAR is
     downloaded and prepared by TFDS on first use (internet needed once). Decoding all
     PNG records takes a while, so the arrays are cached as `.npy` files under
-    `<data_dir>/lars_jax_cache/<name>/<version>/` (`cache=False` bypasses the cache).
+    `<data_dir>/lars_jax_cache/<name>/<version>/` (`cache=False` bypasses the cache),
+    with the SHA-256 of each file in `<split>_sha256.json`, written with them and checked
+    at each load (one hash per file, computed from the bytes read for the array): a cache
+    whose bytes changed, or without its checksums, is reported in one line and decoded
+    again. Labels are checked to lie in [0, num_classes) at every load.
 
     Args:
       name: "fashion_mnist", "cifar10" or "cifar100".
@@ -357,6 +366,10 @@ def load_split(
 
     Returns:
       (images uint8 [N, H, W, C], labels int32 [N]), in TFDS's order.
+
+    Raises:
+      DataFileError: the prepared files cannot be read, or a label is out of range
+        (naming the file or folder and the label).
     """
     if name not in SMALL_DATASETS:
         raise ValueError(
@@ -365,15 +378,17 @@ def load_split(
     data_dir = os.fspath(data_dir or default_data_dir())
     b = ensure_prepared(name, data_dir, download=download)
     label_key = "label"
+    num_classes = dataset_info(name).num_classes
     cache_dir = Path(data_dir) / "lars_jax_cache" / name / str(b.version)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split)
     img_path, lab_path = cache_dir / f"{safe}_images.npy", cache_dir / f"{safe}_labels.npy"
+    sums_path = cache_dir / f"{safe}{CACHE_CHECKSUM_SUFFIX}"
     if cache and img_path.exists() and lab_path.exists():
-        try:
-            return np.load(img_path), np.load(lab_path)
-        except (ValueError, OSError, EOFError) as err:  # a truncated .npy: decode again
-            print(f"lars_jax: the array cache {cache_dir} cannot be read ({err}); rebuilding "
-                  "it from the prepared data set", file=sys.stderr, flush=True)
+        cached = _read_cache(img_path, lab_path, sums_path)
+        if cached is not None:
+            check_labels(cached[1], num_classes, f"the array cache {lab_path}",
+                         "delete that file and run again to decode it anew")
+            return cached
     try:
         src = b.as_data_source(split=split)
         n = len(src)
@@ -391,14 +406,79 @@ def load_split(
             f"the prepared {name!r} files in {b.data_dir} cannot be read "
             f"({type(err).__name__}: {first}); delete that folder and run again to "
             "prepare it anew") from err
+    check_labels(labels, num_classes, f"the prepared {name!r} files in {b.data_dir}",
+                 "delete that folder and run again to prepare it anew")
     if cache:
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            for path, arr in ((img_path, images), (lab_path, labels)):
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, arr)
-                shutil.move(tmp, path)
+            _write_cache(images, labels, img_path, lab_path, sums_path)
         except OSError as err:  # a read-only data directory: decode again next time
             print(f"lars_jax: cannot write the array cache {cache_dir} ({err})",
                   file=sys.stderr, flush=True)
     return images, labels
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str, fix: str) -> None:
+    """Raises `DataFileError` naming `where` and the first label outside [0, num_classes).
+
+    A label out of range does not fail anywhere else: a one-hot of it is all zeros (or
+    another class), so training runs on with a wrong loss and a wrong accuracy.
+    """
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataFileError(
+            f"{where}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside "
+            f"[0, {num_classes}) ({bad.size} such label(s)); {fix}")
+
+
+def _sha256_and_array(path: Path) -> tuple[str, np.ndarray]:
+    """The SHA-256 of a `.npy` file's bytes and its array, from one read of the file."""
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), np.load(io.BytesIO(data))
+
+
+def _read_cache(img_path: Path, lab_path: Path, sums_path: Path
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays if their bytes match the checksums written with them, else None
+    (after one line on stderr saying why; the caller decodes the split again)."""
+    why = None
+    try:
+        want = json.loads(sums_path.read_text()) if sums_path.exists() else None
+        if want is not None and not isinstance(want, dict):
+            raise ValueError(f"{sums_path.name} is not a JSON object")
+        arrays = []
+        for path in (img_path, lab_path):
+            digest, arr = _sha256_and_array(path)
+            arrays.append(arr)
+            if want is None:
+                why = f"{sums_path.name} is missing (written by an older version or cut off)"
+            elif want.get(path.name) != digest:
+                why = f"the SHA-256 of {path.name} differs from {sums_path.name}"
+                break
+    except (ValueError, OSError, EOFError) as err:  # a truncated .npy or checksum file
+        why = f"{type(err).__name__}: {err}"
+    if why is None:
+        return arrays[0], arrays[1]
+    print(f"lars_jax: the array cache {img_path.parent} cannot be read or is not the one "
+          f"written ({why}); rebuilding it from the prepared data set", file=sys.stderr,
+          flush=True)
+    return None
+
+
+def _write_cache(images: np.ndarray, labels: np.ndarray, img_path: Path, lab_path: Path,
+                 sums_path: Path) -> None:
+    """Writes the arrays (each atomically), then the SHA-256 of their bytes (last, so a
+    cache without its checksum file is one whose writing was cut off)."""
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    sums_path.unlink(missing_ok=True)
+    sums = {}
+    for path, arr in ((img_path, images), (lab_path, labels)):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        data = buf.getvalue()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        sums[path.name] = hashlib.sha256(data).hexdigest()
+    tmp = sums_path.with_name(f"{sums_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(sums, indent=1, sort_keys=True))
+    os.replace(tmp, sums_path)

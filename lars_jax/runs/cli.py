@@ -306,8 +306,11 @@ def _cmd_sweep(args: argparse.Namespace, base: Any, grid: dict[str, Any], out: s
         print(f"{PROG} sweep: report written to {summary_report(out)}")
     failed = [r["run"] for r in rows if r.get("status") == "failed"]
     if failed:
+        rerun = ("; those that failed for their storage (disk full, read-only) are run "
+                 "again by the same command" if any(r.get("environmental") for r in rows)
+                 else "")
         print(f"{PROG} sweep: {len(failed)} of {len(rows)} runs failed ({', '.join(failed)}); "
-              "they are recorded in results.jsonl; --retry-failed reruns them",
+              f"they are recorded in results.jsonl; --retry-failed reruns them{rerun}",
               file=sys.stderr)
         return EXIT_RUN_FAILED
     return 0
@@ -327,12 +330,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lars-jax`` console script. ``train`` and ``sweep`` run with
-    SIGINT and SIGTERM deferred (`lars_jax.runs.stop_signals`, installed here once): the
-    trainer stops at its next step with a checkpoint.
+    SIGINT, SIGTERM and SIGHUP deferred (`lars_jax.runs.stop_signals`, installed here
+    once): the trainer stops at its next step with a checkpoint.
 
     Returns:
       The exit status: 0 success, 1 a run failed, 2 bad command line or config,
-      130 interrupted by SIGINT, 143 by SIGTERM (rerun the same command to resume).
+      130 interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP (rerun the same command
+      to resume).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] not in (["train"], ["sweep"]):

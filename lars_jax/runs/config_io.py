@@ -113,9 +113,12 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p, suffix = Path(path), Path(path).suffix.lower()
     where = f"config file {str(p)!r}"
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{where}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:  # binary garbage, or another encoding
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}: {e.reason}); a config "
+                          "file is TOML or JSON") from e
     parsers = {".json": [json.loads], ".toml": [tomllib.loads]}.get(
         suffix, [tomllib.loads, json.loads])
     for parse in parsers:

@@ -33,3 +33,9 @@ class CheckpointError(RunError):
 
 class WorkdirLockedError(RunError):
     """Another live process holds the workdir's lock (a sweep skips the run as busy)."""
+
+
+class StorageError(RunError):
+    """A run stopped because its files cannot be written (disk full, quota, read-only file
+    system; see `lars_jax.runs.storage`). Nothing of the run is lost and the same command
+    resumes once the cause is gone; a sweep runs such a run again on a plain rerun."""

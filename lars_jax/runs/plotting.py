@@ -39,7 +39,7 @@ from lars_jax.runs.run_files import (
     STEP,
     TEST_ACCURACY,
     TEST_LOSS,
-    read_jsonl,
+    read_jsonl_skipping,
 )
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: `import lars_jax` stays light
@@ -124,7 +124,7 @@ def plot_run(workdir: PathLike, out: PathLike | None = None, *, title: str | Non
         learning-rate schedule, are how large-batch runs are compared).
     """
     workdir = Path(workdir)
-    rows = read_jsonl(workdir / METRICS_FILE)
+    rows = read_jsonl_skipping(workdir / METRICS_FILE)
     x_key = next((k for k in _X_KEYS if any(k in r for r in rows)), None)
     if x_key is None:
         raise ValueError(f"{workdir / METRICS_FILE}: no row has an 'epoch' or 'step' key")
@@ -231,7 +231,7 @@ def plot_layer_stats(
     """
     workdir = Path(workdir)
     if rows is None:
-        rows = read_jsonl(workdir / METRICS_FILE)
+        rows = read_jsonl_skipping(workdir / METRICS_FILE)
     x_key = next((k for k in _X_KEYS if any(k in r for r in rows)), "step")
     present = [st for st in stats if any(k.startswith(st + "/") for r in rows for k in r)]
     if not present:

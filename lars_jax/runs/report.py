@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,7 +58,7 @@ from lars_jax.runs.run_files import (
     WALL_TIME_S,
     WORKDIR,
     read_json,
-    read_jsonl,
+    read_jsonl_skipping,
 )
 
 PathLike = str | os.PathLike[str]
@@ -89,8 +90,13 @@ class Section(NamedTuple):
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    """A run file's JSON object, or None when the run has not written it (yet)."""
-    value = read_json(path) if path.exists() else None
+    """A run file's JSON object, or None when the run has not written it (yet) or it is
+    damaged (named in one line on stderr: the report goes on with the other runs)."""
+    try:
+        value = read_json(path) if path.exists() else None
+    except ValueError as e:
+        print(f"lars_jax report: {e}; skipped", file=sys.stderr, flush=True)
+        return None
     return value if isinstance(value, dict) else None
 
 
@@ -127,6 +133,8 @@ def load_results(folder: PathLike) -> list[dict[str, Any]]:
     when its summary says ``"status": "ok"`` (or has no status), the summary's
     status otherwise (e.g. ``nonfinite``), and ``incomplete`` without a summary.
     The config comes from the run's ``config.json`` (or the summary's ``config``).
+    A damaged line of ``results.jsonl`` or of a run's ``metrics.jsonl``, or a damaged
+    ``summary.json``, is named on stderr and skipped; the other runs are reported.
 
     Args:
       folder: the results folder.
@@ -145,7 +153,7 @@ def load_results(folder: PathLike) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     results = root / RESULTS_FILE
     if results.exists():
-        for i, row in enumerate(read_jsonl(results)):
+        for i, row in enumerate(read_jsonl_skipping(results)):
             name = str(row.get("run", f"row{i}"))
             row = dict(row)
             row.setdefault("run", name)
@@ -183,7 +191,7 @@ def load_metrics(row_or_workdir: Mapping[str, Any] | PathLike) -> list[dict[str,
     else:
         workdir = Path(row_or_workdir)
     path = workdir / METRICS_FILE
-    return read_jsonl(path) if path.exists() else []
+    return read_jsonl_skipping(path) if path.exists() else []
 
 
 def lookup(row: Mapping[str, Any], key: str, default: Any = None) -> Any:

@@ -11,7 +11,9 @@ every file here is read back by any JSON parser.
 One reading policy for JSON Lines: blank lines are skipped; a last line without its
 newline that does not parse is the row a killed process was writing, and is dropped; any
 other line that does not parse, or is not a JSON object, is an error naming the file and
-the line.
+the line (`read_jsonl`), or, for the readers that must go on past one damaged run (sweep,
+report, plots: `read_jsonl_skipping`), skipped and named in one line on stderr. Appending
+first ends a cut-off last line, so a new row never continues a damaged one.
 
 References:
   JSON Lines, https://jsonlines.org.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,8 +57,10 @@ TRAIN_LOSS, TRAIN_ACCURACY, STEPS = "train_loss", "train_accuracy", "steps"
 WALL_TIME_S, TRAIN_TIME_S, CONFIG = "wall_time_s", "train_time_s", "config"
 # Rows of a sweep's results.jsonl: ``RUN`` (the run's folder name), ``WORKDIR``, ``STATUS``
 # (``RUN_DONE`` or ``RUN_FAILED``), ``VARIED`` (the swept fields), ``CONFIG``, ``SUMMARY``
-# (summary.json without its config) and, for a failed run, ``ERROR``.
+# (summary.json without its config) and, for a failed run, ``ERROR`` and, when it failed
+# for its storage (disk full, read-only: a plain rerun runs it again), ``ENVIRONMENTAL``.
 RUN, WORKDIR, VARIED, SUMMARY, ERROR = "run", "workdir", "varied", "summary", "error"
+ENVIRONMENTAL = "environmental"
 RUN_DONE, RUN_FAILED = "done", "failed"
 
 
@@ -112,9 +117,18 @@ def read_json(path: PathLike) -> Any:
 
 
 def append_jsonl(path: PathLike, row: Mapping[str, Any], *, sync: bool = False) -> None:
-    """Appends one row to a JSON Lines file (with ``sync``, flushed to disk)."""
+    """Appends one row to a JSON Lines file (with ``sync``, flushed to disk).
+
+    A last line without its newline (cut off by a killed process) is ended first, so the
+    new row is a line of its own and the cut-off one stays a single damaged line.
+    """
+    cut_off = False
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut_off = f.read(1) != b"\n"
     with open(path, "a") as f:
-        f.write(dumps(row) + "\n")
+        f.write(("\n" if cut_off else "") + dumps(row) + "\n")
         if sync:
             f.flush()
             os.fsync(f.fileno())
@@ -149,6 +163,20 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def read_jsonl_skipping(path: PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file that parse; the damaged lines are skipped and named in
+    one line on stderr (for readers that go on past one damaged run: sweep, report, plots).
+
+    Raises:
+      FileNotFoundError: no such file.
+    """
+    rows, bad = read_jsonl_lines(path)
+    if bad:
+        print(f"lars_jax: {path}: line(s) {', '.join(map(str, bad))} not valid JSON rows; "
+              "skipped", file=sys.stderr, flush=True)
+    return rows
+
+
 def read_jsonl_lines(path: PathLike) -> tuple[list[dict[str, Any]], list[int]]:
     """The rows of a JSON Lines file that parse, and the numbers (from 1) of the lines
     that do not (an unterminated last line that does not parse is neither: it is the row
@@ -178,8 +206,6 @@ def is_primary_process() -> bool:
 
     Looks at JAX only when something has imported it already (no JAX: one process).
     """
-    import sys
-
     jax = sys.modules.get("jax")
     if jax is None:
         return True

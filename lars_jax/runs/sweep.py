@@ -7,13 +7,16 @@ and trains the runs in grid order. Each finished run appends one JSON row to
 ``<out_dir>/results.jsonl``::
 
     {"run": ..., "workdir": ..., "status": "done" | "failed", "varied": {...},
-     "config": {...}, "summary": {...}, "error": ..., "time_s": ..., "finished_at": ...}
+     "config": {...}, "summary": {...}, "error": ..., "environmental": true (only
+     for a failure of the storage), "time_s": ..., "finished_at": ...}
 
 Running the same sweep again is how it resumes:
 
 * a run with a ``done`` row (or a ``summary.json`` in its folder) is skipped;
 * a run with a ``failed`` row (e.g. it diverged and the trainer stopped it) is
-  skipped too unless ``retry_failed=True``: a failure is a result;
+  skipped too unless ``retry_failed=True``: a failure is a result; but a run that
+  failed for an environmental reason (disk full, quota, read-only file system: the row
+  has ``"environmental": true``) is run again, resuming from its last checkpoint;
 * any other run is (re)started; an interrupted one resumes from the last checkpoint
   in its folder, through the trainer's own ``resume``.
 
@@ -44,9 +47,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lars_jax.runs.config_io import coerce, field_name, spec_by_name
-from lars_jax.runs.errors import ConfigError, WorkdirLockedError
+from lars_jax.runs.errors import ConfigError, StorageError, WorkdirLockedError
 from lars_jax.runs.run_files import (
     CONFIG,
+    ENVIRONMENTAL,
     ERROR,
     RESULTS_FILE,
     RUN,
@@ -62,9 +66,10 @@ from lars_jax.runs.run_files import (
     append_jsonl,
     is_primary_process,
     read_json,
-    read_jsonl,
+    read_jsonl_skipping,
     write_json,
 )
+from lars_jax.runs.storage import storage_problem
 
 PathLike = str | os.PathLike[str]
 TrainFn = Callable[[Any], Mapping[str, Any]]
@@ -249,15 +254,21 @@ def _read_rows(out: Path) -> dict[str, dict[str, Any]]:
     path = out / RESULTS_FILE
     rows: dict[str, dict[str, Any]] = {}
     if path.exists():
-        for row in read_jsonl(path):
+        for row in read_jsonl_skipping(path):
             if RUN in row:
                 rows[str(row[RUN])] = row  # the last row of a run wins
     return rows
 
 
 def _summary_ok(path: Path) -> bool:
-    """Whether a run's summary.json records a finished run (not e.g. a non-finite stop)."""
-    summary = read_json(path)
+    """Whether a run's summary.json records a finished run (not e.g. a non-finite stop; a
+    damaged summary.json is named and the run counts as unfinished: the trainer writes it
+    again from the run's last checkpoint)."""
+    try:
+        summary = read_json(path)
+    except ValueError as e:
+        print(f"lars_jax sweep: {e}; the run is resumed to write it again", file=sys.stderr)
+        return False
     return isinstance(summary, dict) and summary.get(STATUS, STATUS_OK) == STATUS_OK
 
 
@@ -399,7 +410,8 @@ def run_sweep(
             log(f"{tag}: done, skipped")
             results.append(row)
             continue
-        if run.status == RUN_FAILED and not retry_failed and row is not None:
+        if (run.status == RUN_FAILED and not retry_failed and row is not None
+                and not row.get(ENVIRONMENTAL)):
             log(f"{tag}: failed earlier ({row.get('error', '?')}), skipped")
             results.append(row)
             continue
@@ -417,7 +429,7 @@ def run_sweep(
             row[SUMMARY] = _summary_row(read_json(summary_path))
             log(f"{tag}: done (summary.json found), recorded")
         else:
-            verb = "resuming" if run.status == "partial" else "starting"
+            verb = "resuming" if run.status in ("partial", RUN_FAILED) else "starting"
             log(f"{tag}: {verb}")
             t0 = time.perf_counter()
             try:
@@ -430,11 +442,21 @@ def run_sweep(
                     raise
                 row[STATUS] = RUN_FAILED
                 row[ERROR] = f"{type(e).__name__}: {e}"
+                if isinstance(e, StorageError) or storage_problem(e) is not None:
+                    row[ENVIRONMENTAL] = True  # nothing wrong with the run: rerun it
                 log(f"{tag}: failed: {row[ERROR]}")
             row["time_s"] = round(time.perf_counter() - t0, 3)
         row["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         if primary:
-            append_jsonl(out / RESULTS_FILE, row, sync=True)
+            try:
+                append_jsonl(out / RESULTS_FILE, row, sync=True)
+            except OSError as e:
+                why = storage_problem(e)
+                if why is None:
+                    raise
+                raise StorageError(
+                    f"cannot write {out / RESULTS_FILE}: {why} ({e}); free space there (or "
+                    "make it writable), then run the same sweep again") from e
         results.append(row)
     failed = sum(r.get(STATUS) == RUN_FAILED for r in results)
     log(f"sweep {out}: {len(results) - failed} done, {failed} failed")

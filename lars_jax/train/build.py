@@ -49,13 +49,15 @@ from lars_jax.masks import default_mask
 from lars_jax.models import create_model
 from lars_jax.runs.errors import ConfigError
 from lars_jax.train import parallel
-from lars_jax.train.config import TrainConfig, check_mlperf_remainder
+from lars_jax.train.config import TrainConfig, check_mlperf_remainder, peak_learning_rate
 from lars_jax.train.step import (
     StepOptions,
     TrainState,
     cross_entropy,
+    has_convolution,
     init_train_state,
     make_train_step,
+    unroll_loops,
 )
 
 
@@ -115,13 +117,6 @@ SCHEDULES: dict[str, Callable[[_Decay], optax.Schedule]] = {
 }
 """Decay after a gradual warmup, by `TrainConfig.schedule` name ("onecycle" and "mlperf"
 contain their own warmup and are made in `learning_rate_schedule`)."""
-
-
-def peak_learning_rate(config: TrainConfig) -> float:
-    """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
-    scale = {"linear": schedules.linear_scaling, "sqrt": schedules.sqrt_scaling,
-             "none": lambda lr, b, b0: lr}[config.lr_scaling]
-    return scale(config.learning_rate, config.batch_size, config.base_batch_size)
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int
@@ -401,7 +396,8 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
         nan_policy=config.nan_policy, log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum, log_noise_scale=noise_scale, masked=config.mlperf)
+        momentum=config.momentum, log_noise_scale=noise_scale, masked=config.mlperf, unroll=_unroll(
+            config, mesh, eval_model, variables, jax.ShapeDtypeStruct((1, *example_shape), dtype)))
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
     augment = None
     if config.crop_padding or config.flip or config.cutout:
@@ -417,7 +413,11 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
     if config.parallel == "jit":
         train_step = parallel.jit_train_step(step_fn, prepare, mesh)
         train_steps = None
-        if config.steps_per_call > 1:
+        # steps_per_call is a speed setting with identical results. Where the loop would be
+        # unrolled (convolutions on the CPU), K unrolled steps compile in ~K^1.3 the time of
+        # one (14x at K=8, BENCHMARKS.md) and run no faster than K single calls: dispatch
+        # them one by one instead.
+        if config.steps_per_call > 1 and not options.unroll:
             train_steps = parallel.jit_train_steps(step_fn, prepare, mesh, config.steps_per_call)
         place = unplace = lambda s: s
     else:
@@ -445,6 +445,20 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         test_batches=(stream.test_batches(eval_batch) if stream
                       else eval_batches(data, eval_batch, mesh)),
         input=stream)
+
+
+def _unroll(config: TrainConfig, mesh: Any, model: nn.Module, variables: Any,
+            example: jax.ShapeDtypeStruct) -> bool:
+    """`unroll_loops` for this run: the mesh's platform, a convolution in the forward pass.
+
+    Only runs with a loop (``grad_accum_steps`` or ``steps_per_call`` above 1) trace the
+    forward pass to look for convolutions; single steps compile no loop either way.
+    """
+    if config.grad_accum_steps == 1 and config.steps_per_call == 1:
+        return False
+    forward = functools.partial(model.apply, train=False)
+    return unroll_loops(mesh.devices.flat[0].platform,
+                        has_convolution(forward, variables, example))
 
 
 def _host_input(config: TrainConfig, mesh: Any) -> Any:

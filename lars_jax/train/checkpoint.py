@@ -6,7 +6,9 @@ Each checkpoint is a step folder under ``<workdir>/checkpoints/`` holding the `T
 small JSON ``meta`` item (the config fields that fix the state's structure, and the step).
 Orbax writes into a temporary folder and renames it when complete, so a run killed with
 SIGKILL leaves either a finished checkpoint or none (unfinished temporaries are ignored and
-cleaned up). In multi-process runs every process calls `save`; Orbax writes each array once.
+cleaned up). A save that fails (disk full, read-only file system) deletes its temporary
+folder before the error propagates, so the space it took is free again for the rerun. In
+multi-process runs every process calls `save`; Orbax writes each array once.
 
 Each finished checkpoint also gets ``<step>/lars_jax_sha256.json``: the SHA-256 of every
 file in it, written by process 0 after Orbax's save completes. `restore_latest` checks it
@@ -115,13 +117,19 @@ class Checkpointer:
     def save(self, step: int, state: Any) -> Path:
         """Saves `state` (global arrays, replicated) at `step`; returns the folder."""
         meta = dict(self.meta, step=int(step), state_structure=structure_fingerprint(state))
-        self.manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except BaseException:  # e.g. disk full: the unfinished folder would keep it full
+            self.remove_temporaries()
+            with _quiet_failed_reads():  # the failed writes' coroutines go now, silently
+                pass
+            raise
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -129,6 +137,16 @@ class Checkpointer:
         if jax.process_index() == 0:
             write_checksums(self.path(step))
         return self.path(step)
+
+    def remove_temporaries(self) -> list[Path]:
+        """Deletes the unfinished checkpoint folders (Orbax's ``*.orbax-checkpoint-tmp*``:
+        a save that failed or was killed) and returns them. Process 0 only."""
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return []
+        removed = sorted(self.directory.glob("*.orbax-checkpoint-tmp*"))
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
 
     def _move_aside(self, step: int, reason: str) -> None:
         bad = self.workdir / "checkpoints_bad"

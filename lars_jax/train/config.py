@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from lars_jax import schedules
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
 from lars_jax.runs.errors import ConfigError, ConfigWarning
@@ -258,7 +259,8 @@ class TrainConfig:
     num_processes: int | None = _parallel(None, "Multi-host: number of processes.", ge=1)
     process_id: int | None = _parallel(None, "Multi-host: this process's id.", ge=0)
 
-    seed: int = _manage(0, "Random seed (init, data order and augmentation derive from it).")
+    seed: int = _manage(0, "Random seed (init, data order and augmentation derive from it).",
+                        ge=0, lt=2**32)
     workdir: str = _manage(
         "runs/default", "Output folder: metrics, checkpoints, summary, plots.", kind="location")
     checkpoint_every_steps: int = _manage(
@@ -418,6 +420,16 @@ ALWAYS_APPLIES: frozenset[str] = frozenset(field_meta()) - set(APPLIES)
 # ------------------------------------------------------------------ validation
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+
+
+def peak_learning_rate(config: TrainConfig) -> float:
+    """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
+    scale = {"linear": schedules.linear_scaling, "sqrt": schedules.sqrt_scaling,
+             "none": lambda lr, b, b0: lr}[config.lr_scaling]
+    return scale(config.learning_rate, config.batch_size, config.base_batch_size)
+
+
 def _bad(c: TrainConfig, name: str, msg: str) -> ConfigError:
     return ConfigError(f"TrainConfig.{name}={getattr(c, name)!r}: {msg}")
 
@@ -469,10 +481,20 @@ def _check_data_and_parallel(c: TrainConfig) -> None:
         raise _bad(c, "workdir", "must be a non-empty path")
     if c.train_subset is not None and c.train_subset < c.batch_size:
         raise _bad(c, "train_subset", f"must be >= batch_size={c.batch_size}")
+    info = dataset_info(c.dataset)
+    for name, size, split in (("train_subset", info.num_train, "training"),
+                              ("test_subset", info.num_test, "test")):
+        if getattr(c, name) is not None and getattr(c, name) > size:
+            raise _bad(c, name, f"above the {size} {split} examples of {c.dataset} (leave it "
+                       "at None for all of them)")
 
 
 def _check_optimizer_and_norm(c: TrainConfig) -> None:
     """Rules between the optimizer, schedule, batch and normalisation fields."""
+    peak = peak_learning_rate(c)
+    if not peak <= _FLOAT32_MAX:  # the schedule runs in float32
+        raise _bad(c, "learning_rate", f"scaled ({c.lr_scaling}) to batch_size={c.batch_size} "
+                   f"it is {peak:.3g}, above the float32 range ({_FLOAT32_MAX:.3g})")
     if c.schedule == "mlperf" and c.warmup_start != "zero":
         raise _bad(c, "warmup_start", "schedule='mlperf' warms up from 0: use "
                    "warmup_start='zero'")

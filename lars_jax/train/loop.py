@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from typing import Any, NamedTuple
 import jax
 
 from lars_jax.runs import stop_signals
-from lars_jax.runs.errors import ConfigError, NonFiniteError
+from lars_jax.runs.errors import ConfigError, NonFiniteError, StorageError
 from lars_jax.runs.mlperf_log import MlperfLog
 from lars_jax.runs.run_files import (
     CONFIG_FILE,
@@ -48,6 +49,7 @@ from lars_jax.runs.run_files import (
     to_jsonable,
     write_json,
 )
+from lars_jax.runs.storage import storage_problem
 from lars_jax.train.build import Data, Run, build, evaluate
 from lars_jax.train.checkpoint import Checkpointer
 from lars_jax.train.config import TrainConfig, fields_of_kind
@@ -293,10 +295,14 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
 
 
 def _stop_if_requested(step: int, saved: int | None, checkpointer: Checkpointer, run: Run,
-                       state: TrainState) -> None:
-    """After SIGINT/SIGTERM: checkpoints `step` (unless done), then raises
-    `lars_jax.runs.stop_signals.TrainingInterrupted` with the one-line message."""
+                       state: TrainState, iteration: int) -> None:
+    """After SIGINT/SIGTERM/SIGHUP, or at JAX's preemption sync point of a multi-process
+    run (`iteration`: the loop iteration, the same on every process): checkpoints `step`
+    (unless done), then raises `lars_jax.runs.stop_signals.TrainingInterrupted` with the
+    one-line message."""
     signum = stop_signals.requested()
+    if signum is None and stop_signals.preemption_sync_point(iteration):
+        signum = signal.SIGTERM  # JAX's notifier took it, on one process or all
     if signum is None:
         return
     name = stop_signals.signal_name(signum)
@@ -344,6 +350,10 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
       The summary dict: ``test_accuracy``, ``test_loss``, ``train_loss``,
       ``train_accuracy`` (last logged), ``steps``, ``epochs``, ``images_per_s`` (training
       throughput after compilation), ``wall_time_s``, ``compile_time_s``,
+      ``train_time_s`` (these four time this call only: the steps from
+      ``timed_from_step`` on, which is the resume step of a resumed run; a finished run
+      whose summary.json was lost and is rerun has ``timed_from_step == steps``, no
+      throughput, and the time of the rerun),
       ``skipped_steps``, ``resumed_from_step``, ``num_devices``, ``num_processes``,
       ``peak_lr``, ``final_lr``, ``workdir``, ``status`` and ``config``.
 
@@ -351,6 +361,8 @@ def train(config: TrainConfig, *, data: Data | None = None) -> dict[str, Any]:
       ConfigError: a bad config (a ValueError).
       NonFiniteError: NaN/Inf loss or gradients with ``nan_policy="stop"``.
       CheckpointError: checkpoints exist but none is usable.
+      StorageError: the run's files could not be written (disk full, quota, read-only file
+        system); the same call resumes once the cause is gone.
     """
     return _train(config, data, keep_finished=True)[0]
 
@@ -379,30 +391,55 @@ def _train(config: TrainConfig, data: Data | None, keep_finished: bool
         stop_signals.raise_if_requested("before training started")
         lead = jax.process_index() == 0
         with WorkdirLock(config.workdir) if lead else contextlib.nullcontext():
-            finished = _finished_summary(config)
-            if finished is not None and keep_finished:
-                if lead:
-                    print(f"lars_jax: {config.workdir} holds this run, finished: its results "
-                          "are kept (--no-resume or another workdir trains again)",
-                          file=sys.stderr)
-                    print(format_summary(finished), flush=True)
-                return finished, None
-            run = _build(config, data)
-            stop_signals.raise_if_requested("before training started")
-            mlperf = _mlperf_log(run, lead, t_start) if config.mlperf else None
-            result = _loop(run, lead, mlperf)
-            summary = _summary(run, result, t_start)
-            if mlperf:
-                summary.update(mlperf_status=mlperf.status, mlperf_log=mlperf.path)
-            if finished is not None and result.resumed_from == run.total_steps:
-                summary = finished  # rerun of a finished run: its results as they were
-            if lead:
-                workdir = Path(config.workdir)
-                write_json(workdir / SUMMARY_FILE, summary)
-                print(format_summary(summary), flush=True)
-                if config.plot:
-                    _plot(workdir)
-            return summary, result.state
+            try:
+                return _train_locked(config, data, keep_finished, t_start, lead)
+            except Exception as e:  # disk full, read-only: one line, nothing of the run lost
+                why = storage_problem(e)
+                if why is None or isinstance(e, StorageError):
+                    raise
+                raise _storage_error(config, why, e) from e
+
+
+def _storage_error(config: TrainConfig, why: str, error: Exception) -> StorageError:
+    """The one-line error for a run whose files could not be written."""
+    folder = Path(config.workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() \
+        else []
+    last = f"the last checkpoint, step {max(steps)}, is intact" if steps else "no checkpoint yet"
+    first = (str(error).splitlines() or [""])[0][:300]
+    return StorageError(
+        f"cannot write in {config.workdir}: {why} ({type(error).__name__}: {first}); "
+        f"{last}. Free space there (or make it writable), then run the same command again "
+        "to resume")
+
+
+def _train_locked(config: TrainConfig, data: Data | None, keep_finished: bool, t_start: float,
+                  lead: bool) -> tuple[dict[str, Any], TrainState | None]:
+    """`_train` inside the workdir lock."""
+    finished = _finished_summary(config)
+    if finished is not None and keep_finished:
+        if lead:
+            print(f"lars_jax: {config.workdir} holds this run, finished: its results "
+                  "are kept (--no-resume or another workdir trains again)",
+                  file=sys.stderr)
+            print(format_summary(finished), flush=True)
+        return finished, None
+    run = _build(config, data)
+    stop_signals.raise_if_requested("before training started")
+    mlperf = _mlperf_log(run, lead, t_start) if config.mlperf else None
+    result = _loop(run, lead, mlperf)
+    summary = _summary(run, result, t_start)
+    if mlperf:
+        summary.update(mlperf_status=mlperf.status, mlperf_log=mlperf.path)
+    if finished is not None and result.resumed_from == run.total_steps:
+        summary = finished  # rerun of a finished run: its results as they were
+    if lead:
+        workdir = Path(config.workdir)
+        write_json(workdir / SUMMARY_FILE, summary)
+        print(format_summary(summary), flush=True)
+        if config.plot:
+            _plot(workdir)
+    return summary, result.state
 
 
 class _LoopResult(NamedTuple):
@@ -439,12 +476,14 @@ def _loop(run: Run, lead: bool, mlperf: MlperfLog | None = None) -> _LoopResult:
     # a resumed run starts from the rows it already wrote (a finished one may take none)
     last_train = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "train"), {})
     last_eval = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "eval"), {})
+    iteration = 0  # the loop's iterations: the same count on every process
     reached = False  # MLPerf mode: an evaluation reached the target (the run stops)
     try:
-        _stop_if_requested(step, last_good, checkpointer, run, state)
+        _stop_if_requested(step, last_good, checkpointer, run, state, iteration)
         if mlperf:
             mlperf.run_start(step)
         while step < total_steps and not reached:
+            iteration += 1
             started = time.perf_counter()
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
                              checkpoint_every)
@@ -481,7 +520,7 @@ def _loop(run: Run, lead: bool, mlperf: MlperfLog | None = None) -> _LoopResult:
                 if do_checkpoint:
                     checkpointer.save(step, run.unplace(state))
                     last_good = step
-            _stop_if_requested(step, last_good, checkpointer, run, state)
+            _stop_if_requested(step, last_good, checkpointer, run, state, iteration)
         if last_eval.get("step") != step:  # killed after the last checkpoint
             last_eval = _evaluate_row(run, state, step, writer)
     finally:
@@ -512,6 +551,7 @@ def _summary(run: Run, result: _LoopResult, t_start: float) -> dict[str, Any]:
         "train_time_s": clock.train_time,
         "wall_time_s": time.perf_counter() - t_start,
         "compile_time_s": clock.compile_time,
+        "timed_from_step": result.resumed_from or 0,
         "skipped_steps": int(jax.device_get(result.state.skipped)),
         "resumed_from_step": result.resumed_from,
         "num_devices": run.num_devices,
@@ -529,7 +569,7 @@ def _mlperf_log(run: Run, lead: bool, t_start: float) -> MlperfLog:
     ``init_start`` is dated when `train` started."""
     from lars_jax import schedules
     from lars_jax.runs import mlperf_log
-    from lars_jax.train.build import peak_learning_rate
+    from lars_jax.train.config import peak_learning_rate
 
     config, spe, total = run.config, run.steps_per_epoch, run.total_steps
     warmup = int(round(config.warmup_epochs * spe))
@@ -562,12 +602,14 @@ def format_summary(s: dict[str, Any]) -> str:
     c = s["config"]
     num = lambda v: "n/a (NaN or Inf)" if v is None else f"{v:.4f}"
     ips = s.get("images_per_s")
+    timed = s.get("timed_from_step") or 0
+    scope = f" (this invocation only: from step {timed})" if timed else ""
     lines = [
         f"== {c['model']} on {c['dataset']} with {c['optimizer']}, batch {c['batch_size']}, "
         f"{s['epochs']:.3g} epochs ({s['steps']} steps) on {s['num_devices']} device(s)",
         f"   test accuracy {num(s.get('test_accuracy'))}, test loss {num(s.get('test_loss'))}",
         f"   wall time {s['wall_time_s']:.1f} s (compile {s['compile_time_s'] or 0:.1f} s), "
-        + (f"{ips:.1f} images/s" if ips else "throughput n/a"),
+        + (f"{ips:.1f} images/s" if ips else "throughput n/a") + scope,
         f"   metrics: {Path(s['workdir']) / METRICS_FILE}",
     ]
     if s.get("skipped_steps"):

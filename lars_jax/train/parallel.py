@@ -112,6 +112,7 @@ def jit_train_steps(
     prepare: PrepareFn,
     mesh: Mesh,
     num_steps: int,
+    unroll: bool = False,
 ) -> Callable[..., Any]:
     """`jit_train_step` for ``num_steps`` consecutive steps in one compiled call.
 
@@ -120,6 +121,10 @@ def jit_train_steps(
     length ``num_steps``. The result equals ``num_steps`` calls of `jit_train_step` (same
     batches, same updates) with one dispatch instead of ``num_steps``, which matters when a
     step is short (small models and batches, fast accelerators).
+
+    With ``unroll=True`` the scan compiles fully unrolled (``num_steps`` copies of the
+    step, no ``while`` loop; compile time grows with ``num_steps``): the trainer sets it
+    for convolutional models on the CPU (`lars_jax.train.step.unroll_loops`).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -129,7 +134,7 @@ def jit_train_steps(
         def body(carry, i):
             return run_one(carry, images, labels, step + i)
 
-        return jax.lax.scan(body, state, np.arange(num_steps, dtype=np.int32))
+        return jax.lax.scan(body, state, np.arange(num_steps, dtype=np.int32), unroll=unroll)
 
     return jax.jit(run, donate_argnums=0)
 

@@ -9,7 +9,11 @@ path), or unmapped on one device (``axis_name=None``); see `lars_jax.train.paral
 Inside the step, the local batch of ``B_local`` examples is split into ``grad_accum_steps``
 contiguous micro-batches of ``m = B_local / k`` examples, processed one after another by a
 ``lax.scan`` (so a global batch of 32k fits in one device's memory); the gradient is the mean
-of the micro-batch gradients, then averaged over devices with ``lax.pmean``. BatchNorm
+of the micro-batch gradients, then averaged over devices with ``lax.pmean``. With
+``StepOptions.unroll`` the scan compiles fully unrolled (straight-line code, no ``while``
+loop): XLA:CPU keeps slow layouts for convolutions inside loop bodies, an order of magnitude
+slower per step (BENCHMARKS.md), so `unroll_loops` turns it on for convolutional models on
+the CPU backend and leaves GPU/TPU programs rolled. BatchNorm
 statistics are taken per micro-batch (per device, across devices through the model's
 ``bn_axis_name``, or over ghost groups, as the model was built); the running averages are
 updated once per step: each micro-batch's update starts from the step's running statistics
@@ -122,6 +126,9 @@ class StepOptions:
         |g_i|^2``); used by ``lars-jax advise``. With BatchNorm the norms are those of each
         example's contribution and the estimates overstate the noise (see
         `noise_scale_from_norms`): advise then uses the two-batch statistics instead.
+      unroll: compile the micro-batch ``lax.scan`` fully unrolled (``unroll=True``): no
+        ``while`` loop, one copy of forward and backward per micro-batch (compile time
+        grows with ``grad_accum_steps``). The trainer sets it with `unroll_loops`.
       masked: rows with label -1 are padding, left out of the loss, the accuracy and the
         BatchNorm statistics (module docstring).
     """
@@ -139,7 +146,35 @@ class StepOptions:
     weight_decay: float = 0.0
     momentum: float = 0.0
     log_noise_scale: bool = False
+    unroll: bool = False
     masked: bool = False
+
+
+def has_convolution(fn: Callable[..., Any], *args: Any) -> bool:
+    """Whether ``fn(*args)`` computes a convolution (``conv_general_dilated`` in its jaxpr).
+
+    Traces `fn` abstractly (nothing runs); nested jaxprs (jit, custom derivatives, loops)
+    are part of the printed jaxpr, so a convolution anywhere inside counts.
+    """
+    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+
+
+def unroll_loops(platform: str, convolutional: bool) -> bool:
+    """Whether the trainer's loops over micro-batches and steps compile fully unrolled.
+
+    True for convolutional models on the CPU backend only. XLA:CPU assigns slow layouts to
+    convolutions (and their gradients) inside ``while`` bodies, so a ResNet step inside a
+    rolled ``lax.scan`` runs ~15x slower than alone, and as fast as alone when unrolled
+    (BENCHMARKS.md, "Steps inside a while loop"). GPU and TPU programs stay rolled (their
+    compilers are not affected, and rolled loops compile once per body), and so do models
+    without convolutions (an MLP's step is fine in a loop, and many steps per call would
+    otherwise multiply its compile time).
+
+    Args:
+      platform: the devices' platform (``jax.Device.platform``: "cpu", "gpu", "tpu", ...).
+      convolutional: whether the step computes convolutions (`has_convolution`).
+    """
+    return platform == "cpu" and convolutional
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -299,7 +334,8 @@ def make_train_step(
                 return gsum, (loss, acc, norms, _sqnorm(g), stats, ex_sq)
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            gsum, (losses, accs, norms, sqs, stats, ex_sq) = jax.lax.scan(body, zeros, (xs, ys))
+            gsum, (losses, accs, norms, sqs, stats, ex_sq) = jax.lax.scan(
+                body, zeros, (xs, ys), unroll=opts.unroll)
             ex_sq = None if ex_sq is None else jnp.mean(ex_sq)
             stats = jax.tree.map(lambda v: jnp.mean(v, axis=0), stats)
             grads = jax.tree.map(lambda g: g / accum, gsum)
