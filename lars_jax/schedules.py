@@ -9,7 +9,13 @@ Schedules (optax schedules: ``step -> lr``, usable with any optax optimizer)::
 
     gradual_warmup:        start_lr -> peak_lr linearly over warmup_steps, then `after`
     mlperf_lars_schedule:  0 -> peak_lr linearly over warmup_steps, then
-                           (peak_lr - end_lr) * (1 - s / (total - warmup))^power + end_lr
+                           (peak_lr - end_lr) * (1 - s / decay_steps)^power + end_lr,
+                           decay_steps = total - warmup (the MLPerf references: + 1)
+
+MLPerf step counting (plain ints)::
+
+    mlperf_total_steps:    epochs / r * ceil(r * N / B)   (r = 1: the reference; 4: Google)
+    mlperf_decay_steps:    total - warmup + 1
     piecewise_linear:      linear interpolation through (boundaries[i], values[i])
     onecycle:              optax's cosine (two-phase) or linear (three-phase) 1cycle
 
@@ -22,8 +28,13 @@ References:
   You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
   <https://arxiv.org/abs/1708.03888>`_, 2017 (polynomial decay, power 2).
 
-  MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7, Google JAX):
-  linear warmup from 0, polynomial decay power 2 to 1e-4.
+  MLPerf Training ResNet-50 LARS reference (mlcommons/training,
+  image_classification/tensorflow2: ``lars_util.PolynomialDecayWithWarmup`` and
+  ``common.get_num_train_iterations``): steps per epoch ``ceil(N / B)`` when the remainder
+  is kept, linear warmup from 0, polynomial decay of power 2 to 1e-4 over
+  ``total - warmup + 1`` steps. Google's MLPerf Training v0.7 JAX submission
+  (mlcommons/training_results_v0.7, resnet-research-JAX ``train.py``) uses the same decay
+  and rounds up the steps of each 4-epoch block between evaluations.
 
   Page, `How to train your ResNet <https://myrtle.ai/how-to-train-your-resnet/>`_, 2018
   (piecewise-linear 0 -> 0.4 over 5 epochs, then linearly to 0).
@@ -178,21 +189,27 @@ def mlperf_lars_schedule(
     total_steps: int,
     end_lr: float = 1e-4,
     power: float = 2.0,
+    decay_steps: int | None = None,
 ) -> optax.Schedule:
     """MLPerf's LARS schedule: linear warmup from 0, then polynomial decay.
 
     ``lr(t) = peak_lr * t / warmup_steps`` for ``t < warmup_steps``, then
-    ``(peak_lr - end_lr) * (1 - (t - warmup_steps) / (total_steps - warmup_steps))**power
-    + end_lr``, and ``end_lr`` after ``total_steps``. MLPerf ResNet-50 uses power 2,
+    ``(peak_lr - end_lr) * (1 - (t - warmup_steps) / decay_steps)**power + end_lr``, and
+    ``end_lr`` from ``warmup_steps + decay_steps`` on. ``decay_steps`` defaults to
+    ``total_steps - warmup_steps`` (``end_lr`` reached at ``total_steps``); the MLPerf
+    references decay over ``total_steps - warmup_steps + 1`` (:func:`mlperf_decay_steps`),
+    so their last step's rate is still above ``end_lr``. MLPerf ResNet-50 uses power 2,
     end 1e-4 and, for example, peak 10 with 5 warmup epochs below batch 16k (Google's
     MLPerf Training v0.7 JAX submission).
 
     Args:
       peak_lr: the rate at the end of warmup (``>= 0``).
       warmup_steps: warmup length (``>= 0``, ``< total_steps``).
-      total_steps: step at which ``end_lr`` is reached (``> 0``).
+      total_steps: the run's length (``> 0``); ``end_lr`` is reached there unless
+        ``decay_steps`` says otherwise.
       end_lr: the final rate (``>= 0``).
       power: exponent of the decay (``> 0``).
+      decay_steps: length of the decay (``> 0``; None: ``total_steps - warmup_steps``).
 
     Returns:
       An optax schedule.
@@ -204,9 +221,14 @@ def mlperf_lars_schedule(
       >>> sched = mlperf_lars_schedule(10.0, warmup_steps=5, total_steps=25)
       >>> print([f"{float(sched(t)):.3g}" for t in (0, 1, 5, 15, 25, 99)])
       ['0', '2', '10', '2.5', '0.0001', '0.0001']
+      >>> ref = mlperf_lars_schedule(10.0, 5, 25, decay_steps=mlperf_decay_steps(25, 5))
+      >>> print(f"{float(ref(24)):.4f}")  # (10 - 1e-4) * (2 / 21)**2 + 1e-4
+      0.0908
 
     References:
-      MLPerf Training ResNet-50 LARS reference (mlcommons/training_results_v0.7).
+      MLPerf Training ResNet-50 LARS reference (mlcommons/training,
+      image_classification/tensorflow2/lars_util.py); Google's v0.7 JAX submission
+      (mlcommons/training_results_v0.7).
 
       You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
       <https://arxiv.org/abs/1708.03888>`_, 2017.
@@ -220,10 +242,89 @@ def mlperf_lars_schedule(
         raise ValueError(
             f"`warmup_steps` ({warm}) must be smaller than `total_steps` ({total})."
         )
-    decay = optax.polynomial_schedule(peak, end, pw, transition_steps=total - warm)
+    decay_len = (total - warm if decay_steps is None
+                 else _check_steps("decay_steps", decay_steps, positive=True))
+    decay = optax.polynomial_schedule(peak, end, pw, transition_steps=decay_len)
     if warm == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
+
+
+def mlperf_total_steps(num_examples: int, batch_size: int, epochs: int,
+                       epochs_per_round: int = 1) -> int:
+    """Steps of an MLPerf run that keeps every epoch's remainder batch.
+
+    ``epochs / epochs_per_round * ceil(epochs_per_round * num_examples / batch_size)``: the
+    steps of each round of ``epochs_per_round`` epochs are rounded up, so no example is
+    dropped. The MLPerf reference (and NVIDIA's submissions) round up every epoch
+    (``epochs_per_round=1``, which also gives the steps per epoch with ``epochs=1``);
+    Google's v0.7 JAX submission rounds up each 4-epoch block between evaluations
+    (``epochs_per_round=4``).
+
+    Args:
+      num_examples: training examples per epoch (``> 0``; ImageNet: 1,281,167).
+      batch_size: global batch size (``> 0``).
+      epochs: epochs of the run (``> 0``, a multiple of ``epochs_per_round``).
+      epochs_per_round: epochs counted together before rounding up (``> 0``).
+
+    Returns:
+      The number of optimizer steps.
+
+    Raises:
+      ValueError: naming the first bad argument.
+
+    Examples:
+      >>> mlperf_total_steps(1_281_167, 3200, 1)  # steps per epoch: 400 full + 1 partial
+      401
+      >>> mlperf_total_steps(1_281_167, 3200, 56), mlperf_total_steps(1_281_167, 3200, 56, 4)
+      (22456, 22428)
+
+    References:
+      MLPerf Training reference, mlcommons/training image_classification/tensorflow2
+      ``common.get_num_train_iterations`` (remainder kept: ``ceil``); Google's v0.7 JAX
+      submission ``train.py`` (``steps_per_loop = ceil(4 * N / B)``).
+    """
+    n = _check_steps("num_examples", num_examples, positive=True)
+    b = _check_steps("batch_size", batch_size, positive=True)
+    e = _check_steps("epochs", epochs, positive=True)
+    r = _check_steps("epochs_per_round", epochs_per_round, positive=True)
+    if e % r:
+        raise ValueError(f"`epochs` ({e}) must be a multiple of `epochs_per_round` ({r}).")
+    return e // r * -(-(r * n) // b)
+
+
+def mlperf_decay_steps(total_steps: int, warmup_steps: int) -> int:
+    """The MLPerf references' decay length: ``total_steps - warmup_steps + 1``.
+
+    Pass it as ``decay_steps`` to :func:`mlperf_lars_schedule` to get the references' rate
+    at every step.
+
+    Args:
+      total_steps: steps of the run (``> 0``).
+      warmup_steps: warmup steps (``>= 0``, ``< total_steps``).
+
+    Returns:
+      The number of decay steps.
+
+    Raises:
+      ValueError: naming the first bad argument.
+
+    Examples:
+      >>> mlperf_decay_steps(22456, 5 * 401)
+      20452
+
+    References:
+      MLPerf Training reference, ``lars_util.PolynomialDecayWithWarmup``
+      (``decay_steps = train_steps - warmup_steps + 1``); Google's v0.7 JAX submission,
+      ``polynomial_learning_rate_fn`` (the same).
+    """
+    total = _check_steps("total_steps", total_steps, positive=True)
+    warm = _check_steps("warmup_steps", warmup_steps)
+    if warm >= total:
+        raise ValueError(
+            f"`warmup_steps` ({warm}) must be smaller than `total_steps` ({total})."
+        )
+    return total - warm + 1
 
 
 def piecewise_linear(boundaries: Sequence[float], values: Sequence[float]) -> optax.Schedule:

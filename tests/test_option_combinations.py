@@ -64,6 +64,8 @@ OPTION_VALUES: dict[str, list] = {
     "dtype": ["float32"],
     "log_layer_stats": [True],
     "model": ["mlp1", "resnet8"],
+    "mlperf": [True],
+    "target_accuracy": [0.5],
 }
 
 

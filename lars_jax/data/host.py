@@ -5,15 +5,21 @@ TensorFlow), and yields batches of uint8 images and int32 labels for this proces
 
 Order and determinism: in training mode (`train=True`) the global batch of step `s` is the
 slice `[(s % spe) * B, (s % spe + 1) * B)` of the permutation of epoch `s // spe`, drawn
-from `np.random.default_rng([seed, epoch])` (the remainder of each epoch is dropped), and
-process `p` of `P` takes the `p`-th contiguous `B / P` of it. The random crop and flip of
+from `np.random.default_rng([seed, epoch])`, and process `p` of `P` takes the `p`-th
+contiguous `B / P` of it. The remainder of each epoch (its last `N mod B` examples) is
+dropped (`remainder="drop"`, `spe = N // B`), or kept as a padded last step
+(`remainder="pad"`, `spe = ceil(N / B)`, MLPerf's step counting): its `R` examples are
+spread round-robin over `pad_groups` equal contiguous groups of the global batch (the
+devices, or devices x accumulation micro-batches, that normalise separately), so every group
+holds `R // pad_groups` or one more. The random crop and flip of
 row `r` of the global batch use `np.random.default_rng([seed, step, r, 1])`. So the global
 batch depends only on (seed, step), not on the number of processes: `P` processes together
 read exactly the batch one process reads, each example of an epoch once, and starting at
 `start_step` (with any `P`) gives exactly the batches of an uninterrupted run. In
 evaluation mode (`train=False`) the split is read once in order, process `p` gets the
-`p`-th contiguous `B / P` of every global batch, and the last batch is padded with
-`mask == False` rows.
+`p`-th contiguous `B / P` of every global batch, and the last batch is padded. Padding rows
+(of the last evaluation batch, or of a kept remainder) are zero images with label -1
+(`PAD_LABEL`), `mask == False` and index 0.
 
 Each batch also carries ``"index"``: the record numbers (in `split`) of its rows, so a
 caller can log and check which examples a process fed.
@@ -47,7 +53,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,6 +68,9 @@ from lars_jax.data.sources import (
 )
 
 Batch = dict[str, np.ndarray]
+Remainder = Literal["drop", "pad"]
+PAD_LABEL = -1
+"""Label of the padding rows of a batch (`host_batches`)."""
 
 
 def _data_source(name: str, split: str, data_dir: str | os.PathLike | None) -> Any:
@@ -143,6 +152,25 @@ def _ordered_prefetch(
             yield pending.popleft().result()
 
 
+def _pad_spread(glob: np.ndarray, batch_size: int, groups: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A global batch's example indices and mask, a short (remainder) batch padded.
+
+    A full batch is returned as it is (mask all True). The `R` examples of a short one go
+    round-robin into `groups` equal contiguous groups (example `j` to group `j % groups`,
+    slot `j // groups`), the other rows are padding (index 0, mask False).
+    """
+    if len(glob) == batch_size:
+        return glob, np.ones(batch_size, bool)
+    per = batch_size // groups
+    j = np.arange(len(glob))
+    rows = (j % groups) * per + j // groups
+    idx = np.zeros(batch_size, glob.dtype)
+    mask = np.zeros(batch_size, bool)
+    idx[rows], mask[rows] = glob, True
+    return idx, mask
+
+
 def host_batches(
     name: str,
     split: str,
@@ -159,6 +187,8 @@ def host_batches(
     num_threads: int = 4,
     prefetch: int = 4,
     use_grain: bool = True,
+    remainder: Remainder = "drop",
+    pad_groups: int = 1,
 ) -> Iterator[Batch]:
     """Batches of one process from a TFDS data source, deterministic in (seed, step).
 
@@ -177,11 +207,16 @@ def host_batches(
       num_threads: reader threads.
       prefetch: batches read ahead.
       use_grain: use grain (if installed) for threading and prefetching.
+      remainder: training only: "drop" each epoch's last partial batch, or "pad" it to a
+        full batch (module docstring).
+      pad_groups: training with remainder="pad": the number of equal contiguous groups of
+        the global batch over which a remainder's examples are spread (a divisor of
+        batch_size).
 
     Yields:
       {"image": uint8 [batch_size / process_count, H, W, C], "label": int32 [...],
-       "mask": bool [...], "index": int64 [...]} (mask is all True in training; index: the
-      record numbers in `split`, 0 in padded rows).
+       "mask": bool [...], "index": int64 [...]} (mask is False on padding rows only; index:
+      the record numbers in `split`, 0 in padding rows).
     """
     info = dataset_info(name)
     if batch_size <= 0 or batch_size % process_count:
@@ -199,10 +234,15 @@ def host_batches(
     size = image_size or info.image_shape[0]
     resize = not info.fits_on_device
 
+    if remainder not in ("drop", "pad"):
+        raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
+    if pad_groups < 1 or batch_size % pad_groups:
+        raise ValueError(f"pad_groups ({pad_groups}) must be a positive divisor of batch_size "
+                         f"({batch_size})")
     if train:
         if n < batch_size:
             raise ValueError(f"batch_size ({batch_size}) > examples in {split!r} ({n})")
-        spe = n // batch_size
+        spe = -(-n // batch_size) if remainder == "pad" else n // batch_size
         perms: dict[int, np.ndarray] = {}
 
         def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +251,9 @@ def host_batches(
                 perms.clear()
                 perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
             glob = perms[epoch][pos * batch_size : (pos + 1) * batch_size]
-            idx = glob[process_index * local : (process_index + 1) * local]
-            return idx, np.ones(local, bool)
+            glob, mask = _pad_spread(glob, batch_size, pad_groups)
+            part = slice(process_index * local, (process_index + 1) * local)
+            return glob[part], mask[part]
 
         stop = None if num_steps is None else start_step + num_steps
     else:
@@ -226,21 +267,23 @@ def host_batches(
 
         stop = total if num_steps is None else min(total, start_step + num_steps)
 
+    shape = (size, size, info.image_shape[-1]) if resize else tuple(info.image_shape)
+
     def load(step: int) -> Batch:
         idx, mask = indices(int(step))
-        examples = [src[int(i)] for i in idx]
-        images = []
-        for row, ex in enumerate(examples, start=process_index * local):
+        images = np.zeros((local, *shape), np.uint8)
+        labels = np.full(local, PAD_LABEL, np.int32)
+        for i in np.flatnonzero(mask):  # padding rows are not read
+            ex = src[int(idx[i])]
             img = np.asarray(ex["image"])
             if resize and train:  # one generator per row of the global batch
-                rng = np.random.default_rng([seed, int(step), row, 1])
+                rng = np.random.default_rng([seed, int(step), process_index * local + i, 1])
                 img = random_resized_crop(rng, img, size)
             elif resize:
                 img = center_crop(img, size)
-            images.append(img)
-        labels = np.asarray([ex["label"] for ex in examples], np.int32)
-        return {"image": np.stack(images), "label": labels, "mask": mask,
-                "index": idx.astype(np.int64)}
+            images[i], labels[i] = img, ex["label"]
+        return {"image": images, "label": labels, "mask": mask,
+                "index": np.where(mask, idx, 0).astype(np.int64)}
 
     grain = None
     if use_grain:

@@ -13,6 +13,8 @@ Learning-rate rule: ``peak = learning_rate * scale(batch_size / base_batch_size)
 factories: an unknown name raises). For ``schedule="onecycle"`` the 1cycle schedule spans
 the whole run and ``warmup_epochs / epochs`` is its rising fraction; ``"mlperf"`` is
 `lars_jax.mlperf_lars_schedule` (linear warmup from 0, then poly2 to ``end_learning_rate``).
+In MLPerf mode (``TrainConfig.mlperf``) the mlperf schedule decays over
+``total - warmup + 1`` steps, as the MLPerf references (`lars_jax.mlperf_decay_steps`).
 cosine, poly2, linear and mlperf end at ``end_learning_rate``; constant, step and onecycle
 have fixed ends (the peak, peak/100 and peak/250000), and `TrainConfig.validate` refuses an
 ``end_learning_rate`` with them. The optimizer is wrapped in ``optax.inject_hyperparams``,
@@ -48,7 +50,7 @@ from lars_jax.masks import default_mask
 from lars_jax.models import create_model
 from lars_jax.runs.errors import ConfigError
 from lars_jax.train import parallel
-from lars_jax.train.config import TrainConfig, peak_learning_rate
+from lars_jax.train.config import TrainConfig, check_mlperf_remainder, peak_learning_rate
 from lars_jax.train.step import (
     StepOptions,
     TrainState,
@@ -131,8 +133,10 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_step
         pct = warmup / total_steps if warmup else 0.3
         return schedules.onecycle(total_steps, peak, pct_start=min(max(pct, 1e-3), 0.999))
     if config.schedule == "mlperf":
-        return schedules.mlperf_lars_schedule(
-            peak, min(warmup, total_steps - 1), total_steps, end_lr=end)
+        warmup = min(warmup, total_steps - 1)
+        decay = schedules.mlperf_decay_steps(total_steps, warmup) if config.mlperf else None
+        return schedules.mlperf_lars_schedule(peak, warmup, total_steps, end_lr=end,
+                                              decay_steps=decay)
     if config.schedule not in SCHEDULES:
         raise ConfigError(f"TrainConfig.schedule={config.schedule!r}: must be one of "
                          f"{', '.join([*SCHEDULES, 'onecycle', 'mlperf'])}")
@@ -369,6 +373,10 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
                           f"{num_train} training examples")
     if num_train != config.num_train_examples():  # custom data: the step checks again
         config.validate(device_count=num_devices, num_train=num_train)
+    if config.mlperf and stream is None:
+        raise ConfigError("TrainConfig.mlperf=True: MLPerf mode keeps the remainder batch of "
+                          "the host input only (an in-memory data set was given)")
+    check_mlperf_remainder(config, num_devices, num_train)
     epoch_steps, total_steps = config.run_steps(num_train)
 
     dtype = compute_dtype(config)
@@ -391,7 +399,7 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         max_skipped=math.floor(config.max_skipped_fraction * total_steps),
         log_layer_stats=config.log_layer_stats,
         log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum, log_noise_scale=noise_scale, unroll=_unroll(
+        momentum=config.momentum, log_noise_scale=noise_scale, masked=config.mlperf, unroll=_unroll(
             config, mesh, eval_model, variables, jax.ShapeDtypeStruct((1, *example_shape), dtype)))
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
     augment = None

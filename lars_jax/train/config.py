@@ -38,6 +38,7 @@ from lars_jax import schedules
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
 from lars_jax.runs.errors import ConfigError, ConfigWarning
+from lars_jax.schedules import mlperf_total_steps
 
 __all__ = ["APPLIES", "ALWAYS_APPLIES", "Applies", "ConfigError", "ConfigWarning",
            "FieldMeta", "Kind", "Range", "TrainConfig", "field_meta", "fields_of_kind"]
@@ -304,6 +305,15 @@ class TrainConfig:
     plot: bool = _manage(
         True, "Write an end-of-run plot (PNG) of the loss/accuracy curves.", kind="cosmetic")
     progress: bool = _manage(True, "Show a tqdm progress bar.", kind="cosmetic")
+    mlperf: bool = _manage(
+        False, "MLPerf mode (BUILD.md section 6): the reference's step counting (ceil(N/B) "
+        "steps per epoch, poly decay over total - warmup + 1 steps), the remainder batch "
+        "kept (padded, masked in the loss and the BN statistics), evaluation every 4 epochs, "
+        "a stop at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
+    target_accuracy: float = _manage(
+        0.759, "MLPerf mode: stop at the first evaluation reaching this top-1 accuracy (the "
+        "rules' 75.9%).", gt=0, le=1,
+        applies=Applies("mlperf=True", lambda c: c.mlperf, "refuse"))
 
     # ------------------------------------------------------------------ helpers
 
@@ -340,8 +350,15 @@ class TrainConfig:
         return self.batch_size // (device_count * self.grad_accum_steps)
 
     def run_steps(self, num_train: int) -> tuple[int, int]:
-        """``(steps_per_epoch, total_steps)`` with `num_train` training examples (the last
-        partial batch of an epoch is dropped; a run has at least one step)."""
+        """``(steps_per_epoch, total_steps)`` with `num_train` training examples.
+
+        The last partial batch of an epoch is dropped; a run has at least one step. In
+        MLPerf mode (``mlperf``) it is kept: ``ceil(num_train / batch_size)`` steps per
+        epoch and ``epochs`` times that (`lars_jax.schedules.mlperf_total_steps`).
+        """
+        if self.mlperf:
+            epoch_steps = mlperf_total_steps(num_train, self.batch_size, 1)
+            return epoch_steps, epoch_steps * int(self.epochs)
         epoch_steps = max(1, num_train // self.batch_size)
         return epoch_steps, max(1, int(round(self.epochs * epoch_steps)))
 
@@ -449,6 +466,8 @@ def _check_fields(c: TrainConfig, _: None = None) -> None:
             raise _bad(c, name, f"must be {meta.range.text()}{' or None' * meta.optional}")
     _check_data_and_parallel(c)
     _check_optimizer_and_norm(c)
+    if c.mlperf:
+        _check_mlperf(c)
     for name, rule in APPLIES.items():
         default = field_meta()[name].default
         if getattr(c, name) != default and not rule.applies(c):
@@ -510,6 +529,38 @@ def _check_optimizer_and_norm(c: TrainConfig) -> None:
                    "outputs its bias only (use norm='none' or fewer grad_accum_steps)")
 
 
+_MLPERF_SETTINGS: dict[str, Any] = {
+    "optimizer": "lars", "schedule": "mlperf", "denominator": "paper", "clip": False,
+    "eval_every_epochs": 4, "steps_per_call": 1}
+"""What MLPerf mode follows: the ResNet-50 LARS rules and reference (BUILD.md section 6)."""
+
+
+def _check_mlperf(c: TrainConfig) -> None:
+    """The settings MLPerf mode (``mlperf``) follows or supports."""
+    for name, value in _MLPERF_SETTINGS.items():
+        if getattr(c, name) != value:
+            raise _bad(c, name, f"MLPerf mode (mlperf=True) needs {name}={value!r} (the "
+                       "ResNet-50 LARS rules and reference)")
+    if c.norm == "batch" and c.bn_span != "device":
+        raise _bad(c, "bn_span", "MLPerf mode masks the padding of the remainder batch out "
+                   "of each device's BN statistics: use bn_span='device' (the recipes')")
+    if not c.uses_host_input():
+        raise _bad(c, "input_pipeline", "MLPerf mode streams from the host (host, or auto "
+                   "for imagenet2012)")
+    if c.epochs != int(c.epochs):
+        raise _bad(c, "epochs", "MLPerf mode counts whole epochs: must be an integer")
+
+
+def check_mlperf_remainder(c: TrainConfig, device_count: int, num_train: int) -> None:
+    """MLPerf mode: each epoch's remainder (``num_train mod batch_size`` examples, kept as a
+    padded batch) must give every device's micro-batch an example (ConfigError)."""
+    rest, groups = num_train % c.batch_size, device_count * c.grad_accum_steps
+    if c.mlperf and 0 < rest < groups:
+        raise _bad(c, "batch_size", f"MLPerf mode keeps the last {rest} examples of each "
+                   f"epoch as a padded batch, fewer than the {groups} devices x micro-batches "
+                   "that each need one")
+
+
 def _check_devices(c: TrainConfig, n: int) -> None:
     """The rules that depend on the number of devices `n`."""
     if c.batch_size % (n * c.grad_accum_steps):
@@ -525,6 +576,8 @@ def _check_devices(c: TrainConfig, n: int) -> None:
         raise _bad(c, "batch_size", f"1 example per device and micro-batch ({n} devices x "
                    f"{c.grad_accum_steps} micro-batches): batch norm over 1 example outputs "
                    "its bias only (use bn_span='global' or norm='none')")
+    if c.mlperf:
+        check_mlperf_remainder(c, n, c.num_train_examples())
 
 
 def _check_steps(c: TrainConfig, num_train: int | None) -> None:
@@ -535,6 +588,9 @@ def _check_steps(c: TrainConfig, num_train: int | None) -> None:
     if c.eval_every_epochs > 0 and eval_every == 0:
         raise _bad(c, "eval_every_epochs", f"rounds to 0 steps at {epoch_steps} steps per "
                    f"epoch (use 0, or {1 / epoch_steps:.3g} for every step)")
+    if c.mlperf and c.warmup_epochs * epoch_steps != int(c.warmup_epochs * epoch_steps):
+        raise _bad(c, "warmup_epochs", f"MLPerf mode: warmup_epochs x {epoch_steps} steps per "
+                   "epoch must be a whole number of steps")
     warmup = int(round(c.warmup_epochs * epoch_steps))
     if (c.warmup_epochs not in (0, field_meta()["warmup_epochs"].default) and warmup == 0
             and c.schedule != "onecycle"):

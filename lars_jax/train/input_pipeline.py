@@ -9,7 +9,9 @@ over the ``"data"`` mesh axis (`jax.make_array_from_process_local_data`), and ke
 ``prefetch`` such batches ahead on the devices from a background thread, so input overlaps
 compute. The compiled train step is the same as on the in-memory path; only its
 ``prepare`` differs (`make_streaming_prepare`: optional device-side augmentation, then the
-per-channel normalisation).
+per-channel normalisation). In MLPerf mode (``TrainConfig.mlperf``) each epoch's remainder
+is kept as a padded last step (`host_batches(remainder="pad")`): its padding rows carry label
+-1, which the train step masks out of the loss and the BatchNorm statistics.
 
 ImageNet preprocessing (in `host_batches`): Inception-style random-resized crop (area
 8%-100%, aspect 3/4-4/3) and horizontal flip for training; resize so that the central
@@ -164,6 +166,8 @@ class StreamingInput:
         check_process_rows(self._sharding, mesh.devices.size)
         log = os.environ.get(INPUT_LOG_ENV)
         self._log = (Path(log) / f"input-process{jax.process_index()}.jsonl") if log else None
+        # MLPerf mode: a kept remainder is spread over the groups that normalise separately
+        self._groups = int(mesh.devices.size) * config.grad_accum_steps
         self._prefetch = max(1, prefetch)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -204,7 +208,8 @@ class StreamingInput:
             cfg.dataset, self.train_split, cfg.batch_size, seed=cfg.seed, start_step=step,
             process_index=jax.process_index(), process_count=jax.process_count(),
             data_dir=cfg.data_dir, train=True, image_size=self.image_size,
-            num_threads=cfg.input_threads, prefetch=max(2, cfg.input_threads))
+            num_threads=cfg.input_threads, prefetch=max(2, cfg.input_threads),
+            remainder="pad" if cfg.mlperf else "drop", pad_groups=self._groups)
 
         def offer(item: Any) -> bool:
             while not stop.is_set():

@@ -5,6 +5,10 @@ optimizer, compiled steps) -> restore the newest usable checkpoint -> steps (pro
 metrics JSONL, periodic evaluation and checkpoints) -> final evaluation, checkpoint,
 ``summary.json``, printed summary and (optionally) a plot.
 
+MLPerf mode (``TrainConfig.mlperf``): the run also writes ``<workdir>/mlperf_log.txt``
+(`lars_jax.runs.mlperf_log.MlperfLog`: init, run, block, epoch and evaluation events) and
+stops at the first evaluation that reaches ``target_accuracy``.
+
 Determinism: the examples and augmentation of step ``s`` depend only on ``(seed, s)``, and
 the state is checkpointed bit for bit, so a run killed at any point and restarted with the
 same command ends with the same parameters as an uninterrupted run (bitwise on CPU).
@@ -36,6 +40,7 @@ import jax
 
 from lars_jax.runs import stop_signals
 from lars_jax.runs.errors import ConfigError, NonFiniteError, StorageError
+from lars_jax.runs.mlperf_log import MlperfLog
 from lars_jax.runs.run_files import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -516,8 +521,11 @@ def _train_locked(config: TrainConfig, data: Data | None, keep_finished: bool, t
         return finished, None
     run = _build(config, data)
     stop_signals.raise_if_requested("before training started")
-    result = _loop(run, lead)
+    mlperf = _mlperf_log(run, lead, t_start) if config.mlperf else None
+    result = _loop(run, lead, mlperf)
     summary = _summary(run, result, t_start)
+    if mlperf:
+        summary.update(mlperf_status=mlperf.status, mlperf_log=mlperf.path)
     if finished is not None and result.resumed_from == run.total_steps:
         summary = finished  # rerun of a finished run: its results as they were
     elif extends is not None:
@@ -541,8 +549,9 @@ class _LoopResult(NamedTuple):
     clock: _Clock
 
 
-def _loop(run: Run, lead: bool) -> _LoopResult:
-    """The steps of a built run: restore, train, log, evaluate, checkpoint, stop on request."""
+def _loop(run: Run, lead: bool, mlperf: MlperfLog | None = None) -> _LoopResult:
+    """The steps of a built run: restore, train, log, evaluate, checkpoint, stop on request
+    (and, in MLPerf mode, log to `mlperf` and stop at its target accuracy)."""
     config, epoch_steps, total_steps = run.config, run.steps_per_epoch, run.total_steps
     workdir = Path(config.workdir)
     eval_every = int(round(config.eval_every_epochs * epoch_steps))
@@ -564,9 +573,12 @@ def _loop(run: Run, lead: bool) -> _LoopResult:
     last_train = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "train"), {})
     last_eval = next((r for r in reversed(writer.kept_rows) if r.get("kind") == "eval"), {})
     iteration = 0  # the loop's iterations: the same count on every process
+    reached = False  # MLPerf mode: an evaluation reached the target (the run stops)
     try:
         _stop_if_requested(step, last_good, checkpointer, run, state, iteration)
-        while step < total_steps:
+        if mlperf:
+            mlperf.run_start(step)
+        while step < total_steps and not reached:
             iteration += 1
             started = time.perf_counter()
             stop = next_stop(step, total_steps, config.log_every_steps, eval_every,
@@ -576,6 +588,8 @@ def _loop(run: Run, lead: bool) -> _LoopResult:
             pending.append((done, metrics))
             clock.ran(done > 1, done, started, metrics)
             progress.update(done)
+            if mlperf:
+                mlperf.step_done(step)
 
             last = step == total_steps
             log = last or step % config.log_every_steps == 0
@@ -596,15 +610,18 @@ def _loop(run: Run, lead: bool) -> _LoopResult:
                                    total_steps)
             with clock.pause():
                 if do_eval:
-                    last_eval = _evaluate_row(run, state, step, writer)
+                    last_eval = _evaluate_row(run, state, step, writer, mlperf)
                     progress.eval_row(last_eval)
+                    reached = bool(mlperf and mlperf.status == "success")
                 if do_checkpoint:
                     checkpointer.save(step, run.unplace(state))
                     last_good = step
             _stop_if_requested(step, last_good, checkpointer, run, state, iteration)
-        if last_eval.get("step") != total_steps:  # killed after the last checkpoint
+        if last_eval.get("step") != step:  # killed after the last checkpoint
             last_eval = _evaluate_row(run, state, step, writer)
     finally:
+        if mlperf:
+            mlperf.close()  # run_stop "aborted" unless the target was reached
         run.close()  # the host input's reader thread, if any
         progress.close()
         writer.close()
@@ -643,10 +660,35 @@ def _summary(run: Run, result: _LoopResult, t_start: float) -> dict[str, Any]:
     }
 
 
-def _evaluate_row(run: Run, state: TrainState, step: int, writer: MetricsWriter
-                  ) -> dict[str, Any]:
-    """Evaluates `state` (the step's layout) and writes the eval row; returns it."""
+def _mlperf_log(run: Run, lead: bool, t_start: float) -> MlperfLog:
+    """MLPerf mode: the run's `MlperfLog` (``<workdir>/mlperf_log.txt``), its header written;
+    ``init_start`` is dated when `train` started."""
+    from lars_jax import schedules
+    from lars_jax.runs import mlperf_log
+    from lars_jax.train.config import peak_learning_rate
+
+    config, spe, total = run.config, run.steps_per_epoch, run.total_steps
+    warmup = int(round(config.warmup_epochs * spe))
+    steps = mlperf_log.MlperfSteps(spe, total, warmup, schedules.mlperf_decay_steps(total, warmup))
+    init_ms = int(time.time() * 1000 - (time.perf_counter() - t_start) * 1000)
+    log = mlperf_log.MlperfLog(config.workdir, steps, config.target_accuracy, enabled=lead,
+                               init_time_ms=init_ms)
+    platform = f"{run.num_devices}x{jax.devices()[0].device_kind}"
+    log.header(platform, mlperf_log.hyperparameters(
+        config, steps, peak_lr=peak_learning_rate(config), num_train=run.input.num_train,
+        num_eval=run.input.num_test, num_devices=run.num_devices))
+    return log
+
+
+def _evaluate_row(run: Run, state: TrainState, step: int, writer: MetricsWriter,
+                  mlperf: MlperfLog | None = None) -> dict[str, Any]:
+    """Evaluates `state` (the step's layout) and writes the eval row; returns it. In MLPerf
+    mode the evaluation is logged to `mlperf` too (``run_stop`` when it reaches the target)."""
+    if mlperf:
+        mlperf.eval_start(step)
     loss, accuracy = evaluate(run, run.unplace(state))
+    if mlperf:
+        mlperf.evaluated(step, accuracy)
     return writer.write({"kind": "eval", "step": step, "epoch": step / run.steps_per_epoch,
                          "test_loss": loss, "test_accuracy": accuracy})
 

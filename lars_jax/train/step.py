@@ -22,6 +22,14 @@ and the updates are averaged over micro-batches and devices. As the update is li
 ``s``, so ``k`` micro-batches on one device give the running statistics of ``k`` devices with
 one micro-batch each.
 
+With ``StepOptions.masked`` (the MLPerf mode's kept remainder batch), rows labelled -1 are
+padding: the loss is the sum over the real rows divided by the global number of real rows
+(so the gradient is the mean over the real examples, whatever the padding), the accuracy
+likewise, and every BatchNorm layer takes its statistics over the real rows only (flax's
+``nn.BatchNorm(mask=...)``, passed to every BatchNorm call through
+``nn.intercept_methods``). Each group must hold at least one real row (the host input
+spreads a remainder over the groups).
+
 Every gradient "group" (one micro-batch on one device) has the same size, so the groups also
 give the gradient-noise-scale statistics for free (McCandlish et al.): ``grad_sqnorm_small``
 (mean over groups of each group gradient's squared norm), ``grad_sqnorm_big`` (squared norm
@@ -37,6 +45,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -124,6 +133,8 @@ class StepOptions:
       unroll: compile the micro-batch ``lax.scan`` fully unrolled (``unroll=True``): no
         ``while`` loop, one copy of forward and backward per micro-batch (compile time
         grows with ``grad_accum_steps``). The trainer sets it with `unroll_loops`.
+      masked: rows with label -1 are padding, left out of the loss, the accuracy and the
+        BatchNorm statistics (module docstring).
     """
 
     num_classes: int
@@ -141,6 +152,7 @@ class StepOptions:
     momentum: float = 0.0
     log_noise_scale: bool = False
     unroll: bool = False
+    masked: bool = False
 
 
 def has_convolution(fn: Callable[..., Any], *args: Any) -> bool:
@@ -200,23 +212,53 @@ def _flat_names(prefix: str, tree: PyTree) -> Metrics:
     return out
 
 
-def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable[..., Any]:
-    """``loss_fn(params, batch_stats, x, y) -> (mean loss, (new_batch_stats, accuracy))``."""
+def _bn_mask(mask: jax.Array) -> Callable[..., Any]:
+    """A `flax.linen.intercept_methods` interceptor giving every BatchNorm call `mask`."""
 
-    def loss_fn(params, batch_stats, x, y):
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            x = args[0]
+            kwargs = {**kwargs, "mask": mask.reshape((-1,) + (1,) * (x.ndim - 1))}
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable[..., Any]:
+    """``loss_fn(params, batch_stats, x, y, rows=None) -> (loss, (new_batch_stats,
+    accuracy))``: the means over the batch, or with ``opts.masked`` the sums over the real
+    rows (label >= 0) divided by ``rows`` (real rows per group, over the whole step)."""
+
+    def loss_fn(params, batch_stats, x, y, rows=None):
         variables = {"params": params}
-        if batch_stats:
-            variables["batch_stats"] = batch_stats
-            logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-            new_stats = updates["batch_stats"]
-        else:
-            logits = model.apply(variables, x, train=True)
-            new_stats = batch_stats
-        loss = jnp.mean(cross_entropy(logits, y, opts.num_classes, opts.label_smoothing))
-        acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
-        return loss, (new_stats, acc)
+        mask = y >= 0 if opts.masked else None
+        intercept = (nn.intercept_methods(_bn_mask(mask)) if mask is not None
+                     else contextlib.nullcontext())
+        with intercept:
+            if batch_stats:
+                variables["batch_stats"] = batch_stats
+                logits, updates = model.apply(variables, x, train=True,
+                                              mutable=["batch_stats"])
+                new_stats = updates["batch_stats"]
+            else:
+                logits = model.apply(variables, x, train=True)
+                new_stats = batch_stats
+        ce = cross_entropy(logits, y, opts.num_classes, opts.label_smoothing)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        if mask is None:
+            return jnp.mean(ce), (new_stats, jnp.mean(correct))
+        loss = jnp.sum(jnp.where(mask, ce, 0.0)) / rows
+        return loss, (new_stats, jnp.sum(jnp.where(mask, correct, 0.0)) / rows)
 
     return loss_fn
+
+
+def _real_rows_per_group(y: jax.Array, axis: str | None, groups: int) -> jax.Array:
+    """Real rows (label >= 0) of the whole step, over all devices, per gradient group."""
+    count = jnp.sum((y >= 0).astype(jnp.float32))
+    if axis is not None:
+        count = jax.lax.psum(count, axis)
+    return count / groups
 
 
 def make_train_step(
@@ -254,14 +296,14 @@ def make_train_step(
     groups = devices * accum
     example_norms = granularity == "example" or opts.log_noise_scale
 
-    def micro_grads(params, batch_stats, x, y):
+    def micro_grads(params, batch_stats, x, y, rows=None):
         """Loss, grads, new stats, accuracy, (per-example) norms of one micro-batch and
         the mean over its examples of their squared gradient norms (with log_noise_scale)."""
         ex_sq = None
         if example_norms:
             from lars_jax.per_example import value_grad_and_norms
 
-            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy)
+            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy, rows)
             (loss, (stats, acc)), grads, norms = value_grad_and_norms(
                 fn, params, x, y, has_aux=True)
             if opts.log_noise_scale:
@@ -270,7 +312,7 @@ def make_train_step(
                 norms = None
         else:
             (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, batch_stats, x, y)
+                params, batch_stats, x, y, rows)
             norms = None
         if granularity == "micro_batch":
             norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
@@ -278,8 +320,10 @@ def make_train_step(
 
     def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Metrics]:
         params = state.params
+        rows = _real_rows_per_group(y, axis, groups) if opts.masked else None
         if accum == 1:
-            loss, grads, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, x, y)
+            loss, grads, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, x, y,
+                                                                rows)
             sq_small = _sqnorm(grads) if groups >= 2 else None
         else:
             m = x.shape[0] // accum
@@ -289,7 +333,8 @@ def make_train_step(
             def body(gsum, xy):
                 # every micro-batch starts from the step's running statistics; their
                 # updates are averaged below (one update per step, as across devices)
-                loss, g, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, *xy)
+                loss, g, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, *xy,
+                                                                rows)
                 gsum = jax.tree.map(jnp.add, gsum, g)
                 return gsum, (loss, acc, norms, _sqnorm(g), stats, ex_sq)
 
