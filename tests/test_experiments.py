@@ -16,9 +16,10 @@ import pytest
 from experiments import harness
 
 ROOT = Path(__file__).resolve().parent.parent
-# linear_scaling_warmup and gradient_noise_scale: tests/test_exp_linear_scaling.py and
-# tests/test_exp_noise_scale.py
-EXPERIMENTS = ["clars_no_warmup", "page_weight_decay", "small_batch"]
+# linear_scaling_warmup, gradient_noise_scale and clars_no_warmup (v3):
+# tests/test_exp_linear_scaling.py, tests/test_exp_noise_scale.py and
+# tests/test_exp_clars_no_warmup.py
+EXPERIMENTS = ["page_weight_decay", "small_batch"]
 
 
 
