@@ -18,3 +18,38 @@ os.environ.setdefault("LARS_JAX_CACHE", tempfile.mkdtemp(prefix="lars_jax_xla_te
 # xdist workers and the subprocesses the tests start inherit it): the many tests that
 # compile the same small programs again in another process reuse them
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["LARS_JAX_CACHE"])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the slow tests first, spread over the xdist workers.
+
+    ``--dist worksteal`` hands each of the n workers a contiguous share of the collection
+    (sizes as its scheduler cuts them) and lets idle workers take tests from the end of
+    another's share. So each share here starts with whole modules that hold tests marked
+    ``slow`` (a module stays together: its module fixtures are set up once), dealt so that
+    the shares get about as many slow tests, and ends with quick ones: no long test starts
+    last. Without xdist the slow modules simply run first.
+    """
+    n = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    modules: dict[object, list] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+    slow = {path: sum(1 for i in group if i.get_closest_marker("slow")) for path, group in
+            modules.items()}
+    units = sorted((p for p in modules if slow[p]), key=lambda p: -slow[p])
+    shares: list[list] = [[] for _ in range(n)]
+    load = [0] * n
+    for path in units:
+        k = load.index(min(load))
+        shares[k].extend(modules[path])
+        load[k] += slow[path]
+    rest = [i for p, group in modules.items() if not slow[p] for i in group]
+    remaining, order = len(items), []
+    for k in range(n):
+        size = remaining // (n - k)  # the worksteal scheduler's initial cut
+        take = max(0, size - len(shares[k])) if k < n - 1 else len(rest)
+        order += shares[k] + rest[:take]
+        rest = rest[take:]
+        remaining -= size
+    assert len(order) == len(items)
+    items[:] = order

@@ -412,6 +412,7 @@ def test_patch_conv_rejects_what_it_does_not_implement():
 
 # (A ResNet-50 case in evaluation mode took ~27 s of the suite; its bottleneck convolutions,
 # 1x1 and strided, are among the configurations checked one by one above.)
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape,width,train", [("resnet8", (3, 12, 12, 3), 0.25, True)])
 def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, width, train):
     """Same parameter tree, same logits, same gradients as nn.Conv's XLA convolution."""
@@ -440,6 +441,7 @@ def test_conv_impl_patches_gives_the_same_model_and_train_step(name, shape, widt
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-7)
 
 
+@pytest.mark.slow
 def test_conv_impl_patches_keeps_the_layers_nn_conv_for_per_example_norms():
     """value_grad_and_norms intercepts nn.Conv by exact type: the norms must not change."""
     from lars_jax.per_example import value_grad_and_norms

@@ -99,6 +99,7 @@ def _bn_loss(model, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
 
+@pytest.mark.slow
 def test_batchnorm_and_dropout_update_state_like_nnx_grad():
     x = jax.random.normal(jax.random.key(2), (8, 5))
     y = jnp.arange(8) % 3

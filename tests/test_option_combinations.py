@@ -122,6 +122,7 @@ def test_every_field_is_in_the_applies_table_or_always_applies():
     assert set(APPLIES) <= set(OPTION_VALUES), "give each conditional field a test value"
 
 
+@pytest.mark.slow
 def test_every_option_pair_is_refused_on_one_line_or_does_what_it_says():
     """The covering matrix: every pair of the non-default values above (over 1000 configs).
 
@@ -458,6 +459,7 @@ def _run(tmp_path, name, **kw):
     return train_with_state(cfg, data=tiny_data(128, 64, 8))
 
 
+@pytest.mark.slow
 def test_accumulation_gives_the_running_statistics_of_as_many_devices(tmp_path):
     """A real run: grad_accum_steps=2 on 1 device and 2 devices with 1 micro-batch each
     (bn_span="device": 16 examples per statistic in both) end with the same parameters,

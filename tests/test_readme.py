@@ -15,6 +15,7 @@ def _blocks(name: str) -> list[str]:
     return _BLOCK.findall((ROOT / name).read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["README.md", "docs/using.md"])
 def test_python_blocks_run_in_order(name):
     blocks = _blocks(name)

@@ -147,6 +147,7 @@ def _metrics(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cli_trains_imagenet2012_streaming_on_1_and_8_devices(imagenet_dir, tmp_path):
     """`lars-jax train --dataset imagenet2012` streams and trains; the global batch of a step
     does not depend on the device count, so with bn_span='global' in float32 the 1- and
@@ -207,6 +208,7 @@ def _resume_run(config: TrainConfig, kill_after: int, log: Path, params: Path
          str(log), str(params)], env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_sees_the_same_batches_and_params(imagenet_dir, tmp_path):
     # 6 steps (1.5 epochs: the resume starts in the middle of epoch 0 and crosses into 1),
     # checkpoints every 2 steps, killed when asked for the batch of step 3 (after the
@@ -423,6 +425,7 @@ def two_process_runs(imagenet_dir, tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
+@pytest.mark.slow
 def test_two_processes_read_each_example_once_and_build_the_one_process_batch(
         two_process_runs, imagenet_dir):
     jit2, pmap2, one = (_fed(two_process_runs[n], p) for n, p in
@@ -445,6 +448,7 @@ def test_two_processes_read_each_example_once_and_build_the_one_process_batch(
     assert _assembled(jit2[4])["index"] != _assembled(jit2[0])["index"]
 
 
+@pytest.mark.slow
 def test_two_process_losses_equal_one_process_for_jit_and_pmap(two_process_runs):
     one = _train_losses(two_process_runs["one"] / "work")
     assert sorted(one) == list(range(1, 7))
@@ -457,6 +461,7 @@ def test_two_process_losses_equal_one_process_for_jit_and_pmap(two_process_runs)
         assert (summary["num_processes"], summary["num_devices"]) == (2, 4)
 
 
+@pytest.mark.slow
 def test_sigkill_of_both_processes_and_restart_is_bitwise_the_uninterrupted_run(
         two_process_runs):
     killed, straight = two_process_runs["killed"], two_process_runs["jit2"]
@@ -474,6 +479,7 @@ def test_sigkill_of_both_processes_and_restart_is_bitwise_the_uninterrupted_run(
         np.testing.assert_array_equal(a[k], b[k])  # bitwise
 
 
+@pytest.mark.slow
 def test_resume_with_another_process_count_reads_the_same_batches(two_process_runs):
     """2 -> 1 processes is exact: the global batch of a step does not depend on the number
     of processes, so the one process reads from the checkpoint step on exactly the batches

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from _tiny_data import tiny_data
 
 from lars_jax.runs import cli
@@ -30,6 +31,7 @@ def _numpy_eval(config, state, data):
             float(np.mean(np.argmax(logits, 1) == labels)))
 
 
+@pytest.mark.slow
 def test_cli_sweep_records_the_measured_accuracy_then_resumes(capsys, tmp_path, monkeypatch):
     """`lars-jax sweep` over optimizer={lars,sgd} with real training runs (MLP, 74 test
     examples: eval batches 32, 32, 10): each run's config carries the flags, its

@@ -151,6 +151,7 @@ def _rows(workdir, kind="train"):
 BN_GROUPS = {"device": 8, "ghost": 16, "global": 1}  # groups of the 64-example batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn_span", ["device", "ghost", "global"])
 def test_bn_span_label_smoothing_and_padded_eval_match_references(tmp_path, bn_span):
     """One real `train()` step on 8 devices (batch 64, label smoothing 0.1, SGD) equals a
@@ -259,6 +260,7 @@ def _clars_reference(cfg, data, granularity):
     return optax.apply_updates(params, updates), norms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity,accum", [("example", 1), ("device", 1),
                                                ("micro_batch", 2)])
 def test_clars_granularities_match_independent_norms(tmp_path, granularity, accum):
