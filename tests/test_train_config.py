@@ -122,11 +122,12 @@ def test_field_kinds_are_declared_where_the_fields_are():
         "denominator"}
     # issue 30: also where the data and the coordinator are, this process's id, the
     # checkpoint cadence and the permission to extend epochs (a workdir's run is its
-    # structural and result fields)
+    # structural and result fields); issue 28: the process count (a run resumes exactly with
+    # another one)
     assert set(fields_of_kind("cosmetic")) == {
         "progress", "plot", "tensorboard", "resume", "extend_epochs", "data_dir",
-        "input_threads", "coordinator_address", "process_id", "checkpoint_every_steps",
-        "keep_checkpoints"}
+        "input_threads", "coordinator_address", "process_id", "num_processes",
+        "checkpoint_every_steps", "keep_checkpoints"}
     assert fields_of_kind("location") == ("workdir",)
     with pytest.raises(ValueError, match="kind='bogus'"):
         fields_of_kind("bogus")

@@ -262,7 +262,10 @@ class TrainConfig:
     coordinator_address: str | None = _parallel(
         None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS).",
         kind="cosmetic")
-    num_processes: int | None = _parallel(None, "Multi-host: number of processes.", ge=1)
+    # a launch setting, not part of the run: the global batch of a step does not depend on
+    # the process count, so a run resumes exactly with another one (docs/streaming.md)
+    num_processes: int | None = _parallel(None, "Multi-host: number of processes.", ge=1,
+                                          kind="cosmetic")
     process_id: int | None = _parallel(None, "Multi-host: this process's id.", ge=0,
                                        kind="cosmetic")
 
