@@ -32,8 +32,9 @@ def _row(cell, e, seed, acc, steps=None, loss=0.3):
 
 def _cell(cell, acc, best_offset=0, jitter=1.0, per_seed=None, grid=exp.GRID_OFFSETS):
     """Selection grid (offsets ``grid`` from the centre) with its best at centre +
-    best_offset (the others falling 1 point per log2 step away from it), then 4 evaluation seeds there (accuracy ``acc`` + jitter x JITTER, or
-    ``per_seed`` points added to ``acc``)."""
+    best_offset (the others falling 1 point per log2 step away from it), then 4
+    evaluation seeds there (accuracy ``acc`` + jitter x JITTER, or ``per_seed`` points
+    added to ``acc``)."""
     c = CENTRES[cell]
     rows = [_row(cell, c + o, SEL, 0.80 if o == best_offset
                  else 0.70 - 0.01 * abs(o - best_offset)) for o in grid]
