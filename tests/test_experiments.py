@@ -16,10 +16,10 @@ import pytest
 from experiments import harness
 
 ROOT = Path(__file__).resolve().parent.parent
-# linear_scaling_warmup, gradient_noise_scale and clars_no_warmup (v3):
-# tests/test_exp_linear_scaling.py, tests/test_exp_noise_scale.py and
-# tests/test_exp_clars_no_warmup.py
-EXPERIMENTS = ["page_weight_decay", "small_batch"]
+# linear_scaling_warmup, gradient_noise_scale, clars_no_warmup and small_batch (v3):
+# tests/test_exp_linear_scaling.py, tests/test_exp_noise_scale.py,
+# tests/test_exp_clars_no_warmup.py and tests/test_exp_small_batch.py
+EXPERIMENTS = ["page_weight_decay"]
 
 
 
@@ -125,8 +125,6 @@ def test_presets_are_valid_configs():
             base = mod.base_config(preset)
             if name == "page_weight_decay":
                 pts = list(mod.runs(preset).values())
-            elif name == "small_batch":
-                pts = mod.points(preset)
             else:
                 pts = mod.points(preset, base)
             assert pts, (name, preset)
