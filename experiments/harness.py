@@ -685,60 +685,6 @@ def _claim(path: Path, grace_s: float = 30.0) -> bool:
     return False
 
 
-def finished(row: Mapping[str, Any] | None) -> bool:
-    """Whether a results row is a finished run (done or failed, not one in progress)."""
-    return row is not None and row.get("status") in ("done", "failed")
-
-
-def run_adaptive(
-    base: Any, plan: Callable[[list[dict[str, Any]]], Sequence[Mapping[str, Any]]],
-    out_dir: PathLike, *, max_minutes: float | None = None,
-) -> list[dict[str, Any]]:
-    """Runs the points ``plan(rows)`` asks for until it asks for nothing new.
-
-    ``plan`` sees the finished rows so far and returns every point the experiment needs
-    now (e.g. a learning-rate grid, then a 2x extension where the best lr sits on an edge,
-    then more seeds at the best lr): the sweep adapts to its results and stays resumable.
-    Several processes may share one ``out_dir``: each run is claimed by a file under
-    ``out_dir/.claims`` before it starts, so no run is trained twice. A process returns
-    when every point is finished or claimed by another live process (run it again, or
-    after the others end, to pick up points their results add).
-
-    Args:
-      base: the base config.
-      plan: finished rows -> the points wanted now (priority order).
-      out_dir: the sweep folder.
-      max_minutes: start no new run after this many minutes.
-
-    Returns:
-      The finished rows of the points the plan asks for at the end.
-    """
-    from lars_jax.runs.sweep import run_name
-
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-
-    def current() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        rows = [r for r in (load_rows(out) if out.exists() else []) if finished(r)]
-        return rows, [dict(p) for p in plan(rows)]
-
-    while True:
-        rows, pts = current()
-        todo = [p for p in pts if not rows_for([p], rows)]
-        if not todo:
-            break
-        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-            print(f"time budget of {max_minutes:g} min spent: {len(todo)} runs left", flush=True)
-            break
-        mine = next((p for p in todo if _claim(out / ".claims" / run_name(p))), None)
-        if mine is None:
-            print(f"{len(todo)} runs left, all claimed by other processes", flush=True)
-            break
-        run_points(base, [mine], out)
-    rows, pts = current()
-    return rows_for(pts, rows)
-
-
 def steps_to_target(metrics: Sequence[Mapping[str, Any]], key: str, target: float, *,
                     below: bool = True, transform: Callable[[float], float] | None = None
                     ) -> int | None:
