@@ -62,6 +62,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the PyTorch twin (eager, float32) as the first variant")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="also time torch.compile of the twin's model and LARS step")
+    p.add_argument("--out", default=None, help="also write the rows as JSON to this path")
     p.add_argument("--layouts", action="store_true",
                    help="print the convolution layouts XLA chose for one step and for a scan")
     p.add_argument("--dump", default=None, help="directory for XLA's HLO dumps (--xla_dump_to)")
@@ -203,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         write_results("conv_leads", rows, argv=sys.argv[1:],
                       load_average=os.getloadavg())
+    if args.out:
+        import json
+
+        Path(args.out).write_text(json.dumps(
+            {"xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows}, default=str))
+        # the reference variant's parameters after one step, for comparisons across processes
+        np.savez(Path(args.out).with_suffix(".npz"),
+                 *[np.asarray(a, np.float64) for a in jax.tree.leaves(ref_state[0])])
     return 0
 
 
@@ -249,7 +260,23 @@ def _torch_variants(args: argparse.Namespace, variables: Any, x: Any, y: Any) ->
         F.cross_entropy(model(xt), yt).backward()
         opt.step()
 
-    return {"pytorch eager": step}
+    variants = {"pytorch eager": step}
+    if args.torch_compile:  # a second twin, so that eager and compiled start from one state
+        cmodel = torch_peer.create_model(args.model, 10, in_channels=args.channels)
+        torch_peer.load_flax_variables(cmodel, jax.device_get(variables))
+        cmodel.train()
+        copt = torch_peer.LARS(cmodel.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                               trust_coefficient=0.01)
+        compiled_model, compiled_opt_step = torch.compile(cmodel), torch.compile(copt.step)
+
+        def compiled_step() -> None:
+            copt.zero_grad(set_to_none=True)
+            F.cross_entropy(compiled_model(xt), yt).backward()
+            compiled_opt_step()
+
+        compiled_step()  # compiles (minutes on a small CPU), outside the timed rounds
+        variants["pytorch compile"] = compiled_step
+    return variants
 
 
 def _with_conv(model: Any, conv_fn: Any) -> Any:
