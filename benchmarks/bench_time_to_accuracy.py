@@ -46,9 +46,9 @@ from _harness import print_table, write_results  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 CHILD = (
-    "import sys\n"
+    "import json, sys\n"
     "from lars_jax.train import TrainConfig, train\n"
-    "train(TrainConfig.from_json(sys.argv[1]))\n"
+    "train(TrainConfig.from_dict(json.loads(sys.argv[1])))\n"
 )
 
 
@@ -88,7 +88,7 @@ def run(cfg: TrainConfig, *, target: float, budget_s: float, stop_at_target: boo
     env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, cfg.to_json()], env=env)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.to_dict())], env=env)
     evals: list[dict[str, Any]] = []
     seen, reached_at, status = 0, None, "budget"
     first_train_s = None

@@ -3,7 +3,8 @@
 Every `TrainConfig` field is a flag (``--batch-size 1024`` or ``--batch_size``;
 ``--flip``/``--no-flip``; ``none`` for optional fields) generated with argparse from its
 declaration (`lars_jax.train.config.FieldMeta`); flags override a ``--config`` TOML/JSON
-file. A `ConfigError` is one line with exit status 2, a `RunError` one line with status 1.
+file, and `lars_jax.runs.config_io` types both. A `ConfigError` is one line with exit
+status 2, a `RunError` one line with status 1.
 
 Examples::
 
@@ -46,81 +47,62 @@ def _train_fn() -> Callable[[Any], Mapping[str, Any]]:
     return train
 
 
+def _flag(field: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (not the long usage), with the flags
     close to an unknown one, and exit 2."""
 
     def error(self, message: str) -> typing.NoReturn:
         unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
-        flags = [flag_name(s.name) for s in field_meta().values()]
+        flags = [_flag(name) for name in field_meta()]
         close = difflib.get_close_matches(unknown[1], flags, n=2) if unknown else []
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         self.exit(EXIT_BAD_CONFIG, f"{self.prog}: error: {message}{hint}\n"
                   f"(see `{self.prog} --help`)\n")
 
 
-# --------------------------------------------------------------------------- flags
-
-
-def flag_name(field: str) -> str:
-    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
-    return "--" + field.replace("_", "-")
-
-
-def _metavar(spec: FieldMeta) -> str | None:
-    if spec.type is bool:
-        return None
+def _metavar(spec: FieldMeta) -> str:
     text = ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices
             else {int: "INT", float: "FLOAT"}.get(spec.type, "STR"))
     return text + ("|none" if spec.optional else "")
 
 
-def _help_text(spec: FieldMeta, first_sentence: bool = False) -> str:
-    """The field's help with its default (``--help`` escapes ``%``)."""
+def _help_text(spec: FieldMeta) -> str:
+    """The field's help with its default."""
     d = spec.default
     default = "none" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
-    text = spec.help.strip()
-    if first_sentence:
-        text = text.split(". ")[0].rstrip(".") + "."
-    return text if "(default" in text else f"{text} (default: {default})"
-
-
-def _type_fn(spec: FieldMeta) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            return config_io.coerce(spec, text)
-        except ConfigError as e:  # argparse prints an ArgumentTypeError's message as it is
-            raise argparse.ArgumentTypeError(str(e)) from e
-
-    return parse
+    return spec.help if "(default" in spec.help else f"{spec.help} (default: {default})"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per `TrainConfig` field to `parser`, in the fields' help groups (default
-    ``SUPPRESS``: the namespace holds only the fields given, which override a config file)."""
+    ``SUPPRESS``: the namespace holds only the flags given, as text or a bool, which
+    `resolve_config` types and lays over a config file)."""
     groups: dict[str, Any] = {}
     for spec in field_meta().values():
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(f"{spec.group} (TrainConfig)")
-        kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS,
-                                  "help": _help_text(spec).replace("%", "%%")}
-        if spec.type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs.update(type=_type_fn(spec), metavar=_metavar(spec))
-        groups[spec.group].add_argument(flag_name(spec.name), **kwargs)
+        kind = ({"action": argparse.BooleanOptionalAction} if spec.type is bool
+                else {"metavar": _metavar(spec)})
+        groups[spec.group].add_argument(_flag(spec.name), dest=spec.name,
+                                        default=argparse.SUPPRESS,
+                                        help=_help_text(spec).replace("%", "%%"), **kind)
 
 
 def _fields_epilog() -> str:
     lines = [f"TrainConfig options (flags of `{PROG} train` and `{PROG} sweep`):"]
     for spec in field_meta().values():
-        flag = flag_name(spec.name)
+        flag = _flag(spec.name)
         flag += f"/--no-{flag[2:]}" if spec.type is bool else f" {_metavar(spec)}"
-        lines += [f"  {flag}", textwrap.fill(_help_text(spec, first_sentence=True), 88,
-                                             initial_indent=" " * 6, subsequent_indent=" " * 6)]
-    lines += ["", f"Run `{PROG} <command> --help` for each command's options; docs/cli.md "
-              "has more."]
-    return "\n".join(lines)
+        summary = _help_text(spec._replace(help=spec.help.split(". ")[0].rstrip(".") + "."))
+        lines += [f"  {flag}", textwrap.fill(summary, 88, initial_indent=" " * 6,
+                                             subsequent_indent=" " * 6)]
+    return "\n".join([*lines, "", f"Run `{PROG} <command> --help` for each command's options; "
+                      "docs/cli.md has more."])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,25 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _normalize_argv(argv: Sequence[str]) -> list[str]:
-    """``--batch_size=8`` -> ``--batch-size=8`` (underscores accepted in flag names)."""
-    return [re.sub(r"^--[^=]+", lambda m: m[0].replace("_", "-"), tok) for tok in argv]
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def resolve_config(cls: type, config_file: str | None, overrides: Mapping[str, Any]
-                   ) -> tuple[Any, dict[str, Any]]:
-    """The config (not yet validated) from defaults, a TOML/JSON file and typed command-line
-    overrides, and the file's ``[sweep]`` table (empty when absent).
+def resolve_config(cls: type[TrainConfig], config_file: str | None, flags: Mapping[str, Any]
+                   ) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config (not yet validated) from defaults, a TOML/JSON file and the command line's
+    flags (text or bools), and the file's ``[sweep]`` table (empty when absent).
 
     Raises:
       ConfigError: unreadable file, unknown field or wrongly typed value.
     """
     data = config_io.load_config_file(config_file) if config_file else {}
     sweep_table = data.pop(config_io.SWEEP_TABLE, {})
-    return cls(**{**config_io.coerce_dict(data), **overrides}), sweep_table
+    typed = {**config_io.coerce_dict(data), **config_io.coerce_dict(flags, from_text=True)}
+    return cls(**typed), sweep_table
 
 
 _showwarning = warnings.showwarning
@@ -214,7 +189,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
-def _device_count(config: Any) -> int:
+def _device_count(config: TrainConfig) -> int:
     """The devices a run will use, as the trainer counts them (``num_devices`` or all);
     starts JAX's multi-process runtime first where the config or environment asks for it."""
     import jax
@@ -229,25 +204,7 @@ def _device_count(config: Any) -> int:
     return int(wanted or present)
 
 
-def _parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
-    """``--grid FIELD=V1,V2`` or ``FIELD=[JSON list]`` items (values typed by the sweep)."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        key, eq, text = (s.strip() for s in item.partition("="))
-        if not eq or not key or not text:
-            raise ConfigError(f"--grid {item!r}: expected FIELD=V1,V2,...")
-        try:  # text starting with "[" parses to a list or fails
-            values = json.loads(text) if text.startswith("[") else text.split(",")
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--grid {item!r}: not a JSON list: {e}") from e
-        grid[key.replace("-", "_")] = [v.strip() if isinstance(v, str) else v for v in values]
-    return grid
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def _cmd_train(args: argparse.Namespace, config: Any) -> int:
+def _cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
     # no JAX backend before --print-config; the device checks once the devices are known
     # (so that "--num-devices above the devices present" is the error a user sees for it)
     config.validate(devices_later=True)
@@ -266,26 +223,36 @@ def _cmd_train(args: argparse.Namespace, config: Any) -> int:
 
 
 def _sweep_grid(args: argparse.Namespace, table: dict[str, Any],
-                overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The grid and the output folder of ``lars-jax sweep`` (flags over the file's table)."""
-    file_grid = table.get("grid", {})
-    if not isinstance(file_grid, dict):
+                flags: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The grid (``--grid FIELD=V1,V2`` or ``FIELD=[JSON list]`` over the file's
+    ``[sweep.grid]``; values typed by the sweep) and the output folder of ``lars-jax sweep``."""
+    grid = table.get("grid", {})
+    if not isinstance(grid, dict):
         raise ConfigError("[sweep.grid] must be a table of FIELD = [values]")
     unknown = sorted(set(table) - {"grid", "out"})
     if unknown:
         raise ConfigError(f"[sweep] has unknown key(s) {', '.join(unknown)} (known: out, grid)")
-    grid = {k.replace("-", "_"): v for k, v in file_grid.items()}
-    grid.update(_parse_grid(args.grid))
-    both = sorted(set(grid) & set(overrides))
+    grid = {config_io.field_name(k): v for k, v in grid.items()}
+    for item in args.grid:
+        key, eq, text = (s.strip() for s in item.partition("="))
+        if not eq or not key or not text:
+            raise ConfigError(f"--grid {item!r}: expected FIELD=V1,V2,...")
+        try:  # text starting with "[" parses to a list or fails
+            values = json.loads(text) if text.startswith("[") else text.split(",")
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--grid {item!r}: not a JSON list: {e}") from e
+        grid[config_io.field_name(key)] = [v.strip() if isinstance(v, str) else v
+                                           for v in values]
+    both = sorted(set(grid) & set(flags))
     if both:
         raise ConfigError(f"{', '.join(both)}: both swept (--grid) and set by a flag")
-    out = args.out or table.get("out")
-    if not out:
+    if not (args.out or table.get("out")):
         raise ConfigError("--out: the sweep needs an output folder (--out DIR or out in [sweep])")
-    return grid, out
+    return grid, args.out or table["out"]
 
 
-def _cmd_sweep(args: argparse.Namespace, base: Any, grid: dict[str, Any], out: str) -> int:
+def _cmd_sweep(args: argparse.Namespace, base: TrainConfig, grid: dict[str, Any], out: str
+               ) -> int:
     from lars_jax.runs.compile_cache import enable_compilation_cache
     from lars_jax.runs.report import summary_report
     from lars_jax.runs.run_files import is_primary_process
@@ -355,26 +322,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(_normalize_argv(argv))
+    # "--batch_size=8" -> "--batch-size=8": underscores are accepted in flag names
+    argv = [re.sub(r"^--[^=]+", lambda m: m[0].replace("_", "-"), tok) for tok in argv]
+    args, extra = parser.parse_known_args(argv)
     if extra:  # the message names the sub-command: "lars-jax train: error: ..."
         parser.prog += f" {args.command}" if args.command else ""
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_CONFIG
-    overrides = {k: v for k, v in vars(args).items() if k in field_meta()}
+    flags = {k: v for k, v in vars(args).items() if k in field_meta()}
     warnings.showwarning = _show_warning
     try:
         if args.command == "report":
             return _cmd_report(args)
-        config, table = resolve_config(TrainConfig, args.config, overrides)
+        config, table = resolve_config(TrainConfig, args.config, flags)
         if args.command == "advise":
             from lars_jax.runs.advise import run_command
 
             return run_command(config, args)
         if args.command == "train":
             return _cmd_train(args, config)
-        return _cmd_sweep(args, config, *_sweep_grid(args, table, overrides))
+        return _cmd_sweep(args, config, *_sweep_grid(args, table, flags))
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG

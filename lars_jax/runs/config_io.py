@@ -1,5 +1,6 @@
-"""`TrainConfig` <-> text values and TOML/JSON config files, for :mod:`lars_jax.runs.cli`
-and :mod:`lars_jax.runs.sweep` (the fields' declarations live in `lars_jax.train.config`).
+"""`TrainConfig` <-> text: the one typing of values from a command line, a sweep grid or a
+TOML/JSON config file, for :mod:`lars_jax.runs.cli` and :mod:`lars_jax.runs.sweep` (the
+fields' declarations live in `lars_jax.train.config`).
 
 References:
   TOML v1.0.0 specification, https://toml.io/en/v1.0.0 (2021).
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lars_jax.runs.errors import ConfigError
-from lars_jax.train.config import FieldMeta, TrainConfig, field_meta
+from lars_jax.train.config import FieldMeta, field_meta
 
 SWEEP_TABLE = "sweep"  # the table of a config file that is not config fields
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
@@ -26,16 +27,9 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def spec_by_name(cls: type = TrainConfig) -> dict[str, FieldMeta]:
-    """`field_meta()` of `cls`, which must be `TrainConfig` (another class: TypeError)."""
-    if cls is not TrainConfig:
-        raise TypeError(f"cls: {cls!r} is not TrainConfig")
-    return dict(field_meta())
-
-
 def field_name(key: str) -> str:
-    """A config file's or a grid's key as a field name (``-`` read as ``_``); an unknown
-    key raises `ConfigError` with the close matches."""
+    """A config file's, a flag's or a grid's key as a field name (``-`` read as ``_``); an
+    unknown key raises `ConfigError` with the close matches."""
     name, names = key.replace("-", "_"), list(field_meta())
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
@@ -44,16 +38,16 @@ def field_name(key: str) -> str:
     return name
 
 
-def coerce(spec: FieldMeta, value: Any, *, cls_name: str = "TrainConfig",
-           from_text: bool = True) -> Any:
-    """A value from a command line (text: ``none`` for optional fields; true/false, yes/no,
-    on/off; numbers) or a config file as the field's type, or a `ConfigError` naming the
-    field. Integers are accepted for float fields and integral floats for int fields; with
-    ``from_text=False`` (typed by a TOML/JSON parser) a string is refused for a number or a
-    boolean (``batch_size = "64"`` is an error, not 64). `TrainConfig.validate` checks choices.
+def coerce(spec: FieldMeta, value: Any, *, from_text: bool = True) -> Any:
+    """A value as the field's type, or a `ConfigError` naming the field: text from a command
+    line (``none`` for optional fields; true/false, yes/no, on/off; numbers) or a value read
+    from a config file. Integers are accepted for float fields and integral floats for int
+    fields; with ``from_text=False`` (typed by a TOML/JSON parser) a string is refused for a
+    number or a boolean (``batch_size = "64"`` is an error, not 64). `TrainConfig.validate`
+    checks choices and ranges.
 
     Example:
-      >>> s = spec_by_name()
+      >>> s = field_meta()
       >>> coerce(s["num_devices"], "none"), coerce(s["num_devices"], "8")
       (None, 8)
       >>> coerce(s["learning_rate"], 1), coerce(s["learning_rate"], "2e-3")
@@ -63,7 +57,7 @@ def coerce(spec: FieldMeta, value: Any, *, cls_name: str = "TrainConfig",
     must = f"must be {_TYPE_WORDS[tp]}"
 
     def fail(why: str) -> ConfigError:
-        return ConfigError(f"{cls_name}.{spec.name}={value!r}: {why}")
+        return ConfigError(f"TrainConfig.{spec.name}={value!r}: {why}")
 
     if value is None or (spec.optional and text in ("none", "null")):
         if spec.optional:
@@ -81,11 +75,10 @@ def coerce(spec: FieldMeta, value: Any, *, cls_name: str = "TrainConfig",
         raise fail(must)
     number = value
     if text is not None:
-        digits = text.replace("_", "")
         try:  # int() first: a large integer stays exact
-            number = int(digits) if digits.lstrip("+-").isdigit() else float(digits)
+            number = int(text) if text.replace("_", "").lstrip("+-").isdigit() else float(text)
         except ValueError:
-            number = None
+            raise fail(must) from None
     if isinstance(number, bool) or not isinstance(number, int | float):
         raise fail(must)
     if tp is float:
@@ -95,14 +88,13 @@ def coerce(spec: FieldMeta, value: Any, *, cls_name: str = "TrainConfig",
     raise fail(must)
 
 
-def coerce_dict(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A config file's ``{field: value}`` typed (``from_text=False``); unknown keys raise
-    `ConfigError` with suggestions."""
-    specs = field_meta()
+def coerce_dict(values: Mapping[str, Any], *, from_text: bool = False) -> dict[str, Any]:
+    """``{field: value}`` typed by `coerce` (``from_text=False``: a config file's); unknown
+    keys raise `ConfigError` with suggestions."""
     typed = {}
     for key, value in values.items():
         name = field_name(key)
-        typed[name] = coerce(specs[name], value, from_text=False)
+        typed[name] = coerce(field_meta()[name], value, from_text=from_text)
     return typed
 
 
@@ -110,17 +102,16 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A TOML or JSON config file (by its extension; another is tried as TOML, then JSON) as
     a dict of the top-level keys and those of a ``[train]`` table; a ``[sweep]`` table is
     kept under ``"sweep"``. A missing or unparsable file raises `ConfigError` naming it."""
-    p, suffix = Path(path), Path(path).suffix.lower()
-    where = f"config file {str(p)!r}"
+    where = f"config file {str(path)!r}"
     try:
-        text = p.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{where}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:  # binary garbage, or another encoding
         raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}: {e.reason}); a config "
                           "file is TOML or JSON") from e
     parsers = {".json": [json.loads], ".toml": [tomllib.loads]}.get(
-        suffix, [tomllib.loads, json.loads])
+        Path(path).suffix.lower(), [tomllib.loads, json.loads])
     for parse in parsers:
         try:
             data = parse(text)

@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lars_jax.runs.config_io import coerce, field_name, spec_by_name
+from lars_jax.runs.config_io import coerce, field_name
 from lars_jax.runs.errors import ConfigError, StorageError, WorkdirLockedError
 from lars_jax.runs.run_files import (
     CONFIG,
@@ -70,6 +70,7 @@ from lars_jax.runs.run_files import (
     write_json,
 )
 from lars_jax.runs.storage import storage_problem
+from lars_jax.train.config import TrainConfig, field_meta
 
 PathLike = str | os.PathLike[str]
 TrainFn = Callable[[Any], Mapping[str, Any]]
@@ -200,7 +201,8 @@ def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[
       ConfigError (a ValueError): an unknown field, a location field (``workdir``), a value of the
         wrong type (the message names the field), or a bad grid shape.
     """
-    specs = spec_by_name(config_cls)
+    if config_cls is not TrainConfig:
+        raise TypeError(f"config_cls: {config_cls!r} is not TrainConfig")
 
     def field(key: str) -> str:
         name = field_name(key)
@@ -209,7 +211,7 @@ def normalize_grid(config_cls: type, grid: Grid) -> dict[str, list[Any]] | list[
         return name
 
     def typed(name: str, value: Any) -> Any:
-        return coerce(specs[name], value, cls_name=config_cls.__name__)
+        return coerce(field_meta()[name], value)
 
     if not isinstance(grid, Mapping):
         points = expand_grid(grid)  # checks the shape

@@ -1,11 +1,11 @@
 """Training configuration: one flat dataclass whose fields declare how they behave.
 
 The defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS within 8
-minutes on the project's 2-core CPU (92.12% test accuracy, 416 s from launch to printed result
-on 2026-12-07's idle AMD EPYC, BENCHMARKS.md): batch 64,
-2.25 epochs, warmup over 0.05 epochs from 0 to lr 0.125 (0.5 at batch 256, linear scaling),
-cosine decay to 0, momentum 0.9, weight decay 5e-4, trust coefficient 0.02, no
-augmentation (it slows so short a run), the test set evaluated at the end.
+minutes on the project's 2-core CPU (92.12% test accuracy, 416 s from launch to printed
+result on 2026-12-07's idle AMD EPYC, BENCHMARKS.md): batch 64, 2.25 epochs, warmup over 0.05
+epochs from 0 to lr 0.125 (0.5 at batch 256, linear scaling), cosine decay to 0, momentum
+0.9, weight decay 5e-4, trust coefficient 0.02, no augmentation (it slows so short a run),
+the test set evaluated at the end.
 
 Each field declares (`FieldMeta`) its ``--help`` text and group, choices or range, where it
 applies (`Applies`) and its `Kind`; the command line is generated from them
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import typing
 import warnings
@@ -43,46 +42,34 @@ from lars_jax.schedules import mlperf_total_steps
 __all__ = ["APPLIES", "ALWAYS_APPLIES", "Applies", "ConfigError", "ConfigWarning",
            "FieldMeta", "Kind", "Range", "TrainConfig", "field_meta", "fields_of_kind"]
 
-Optimizer = Literal["sgd", "lars", "larc", "clars"]
-Norm = Literal["batch", "group", "none"]
-BnSpan = Literal["device", "global", "ghost"]
-LrScaling = Literal["linear", "sqrt", "none"]
-WarmupStart = Literal["base", "zero"]
 ScheduleName = Literal["cosine", "poly2", "linear", "constant", "step", "onecycle", "mlperf"]
-Denominator = Literal["paper", "optax"]
-ClarsGranularity = Literal["example", "device", "micro_batch"]
-DType = Literal["float32", "bfloat16"]
-Parallel = Literal["jit", "pmap"]
-NanPolicy = Literal["stop", "skip"]
-InputPipeline = Literal["auto", "device", "host"]
-
 Kind = Literal["structural", "result", "location", "cosmetic"]
 """What a change of a field changes: ``structural``, the run and its checkpoints' state
 (a checkpoint of another value is not restored); ``result``, what the run computes;
 ``location``, only where it writes (a sweep sets it itself); ``cosmetic``, nothing the run
-computes (a finished run rerun with another value keeps its results). A workdir holds one
-run: rerunning it with a structural or result field changed is refused
-(`lars_jax.train.loop`), a cosmetic one may change."""
+computes. A workdir holds one run: rerunning it with a structural or result field changed is
+refused (`lars_jax.train.loop`), a cosmetic one may change."""
 
 
 class Range(NamedTuple):
     """The allowed interval of a number: ``low <(=) value <(=) high`` (None: unbounded)."""
 
-    low: float | None = None
+    low: float
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
 
     def contains(self, v: float) -> bool:
-        lo, hi = self.low, self.high
-        return ((lo is None or (v > lo if self.low_open else v >= lo))
+        hi = self.high
+        return ((v > self.low if self.low_open else v >= self.low)
                 and (hi is None or (v < hi if self.high_open else v <= hi)))
 
     def text(self) -> str:
-        """``> 0``, ``>= 1``, ``in [0, 1)`` as the error messages say it (low always set)."""
+        """``> 0``, ``>= 1``, ``in [0, 1)`` as the error messages say it."""
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"in [{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return (f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                f"{')' if self.high_open else ']'}")
 
 
 class Applies(NamedTuple):
@@ -96,9 +83,8 @@ class Applies(NamedTuple):
 
 
 class FieldMeta(NamedTuple):
-    """What a `TrainConfig` field declares (its `dataclasses.field` metadata["meta"]), and
-    in `field_meta()` its name, scalar type (bool, int, float or str), whether it may be
-    None and its default."""
+    """What a `TrainConfig` field declares (its metadata["meta"]); `field_meta()` adds its
+    name, scalar type (bool, int, float or str), whether it may be None and its default."""
 
     help: str
     group: str
@@ -117,10 +103,9 @@ def _field(group: str, default: Any, help: str, *, kind: Kind = "result",
            gt: float | None = None, lt: float | None = None, le: float | None = None,
            applies: Applies | None = None) -> Any:
     """A field with its declarations (``ge``/``gt``/``lt``/``le``: its range)."""
-    low = gt if gt is not None else ge
-    high = lt if lt is not None else le
+    low, high = (gt if gt is not None else ge), (lt if lt is not None else le)
     rng = None if low is None and high is None else Range(low, high, gt is not None,
-                                                        lt is not None)
+                                                          lt is not None)
     meta = FieldMeta(help, group, kind, choices, rng, applies)
     return field(default=default, metadata={"help": help, "meta": meta})
 
@@ -133,10 +118,6 @@ _parallel = functools.partial(_field, "Parallelism")
 _manage = functools.partial(_field, "Run management")
 
 
-def _lars_family(c: Any) -> bool:
-    return c.optimizer != "sgd"
-
-
 @dataclass
 class TrainConfig:
     """All settings of one training run."""
@@ -145,13 +126,13 @@ class TrainConfig:
                         choices=tuple(MODEL_NAMES), kind="structural")
     width: float = _model(1.0, "Width multiplier of the model's channels.", gt=0,
                           kind="structural")
-    norm: Norm = _model("batch", "Normalisation layers: batch, group or none.",
-                        kind="structural")
-    bn_span: BnSpan = _model(
-        "device",
-        "Batch-norm statistics span: device (each device's slice), global (whole micro-batch "
-        "across devices) or ghost (groups of bn_ghost_size examples). Changes results at "
-        "large batch.", applies=Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"))
+    norm: Literal["batch", "group", "none"] = _model(
+        "batch", "Normalisation layers: batch norm, group norm or none.", kind="structural")
+    bn_span: Literal["device", "global", "ghost"] = _model(
+        "device", "Batch-norm statistics span: device (each device's slice), global (whole "
+        "micro-batch across devices) or ghost (groups of bn_ghost_size examples). Changes "
+        "results at large batch.",
+        applies=Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"))
     bn_ghost_size: int = _model(
         32, "Ghost batch size for bn_span=ghost.", ge=1,
         applies=Applies("norm='batch' and bn_span='ghost'",
@@ -166,54 +147,48 @@ class TrainConfig:
         None, "Data directory (default: $LARS_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
         "~/tensorflow_datasets).", kind="cosmetic")
     train_subset: int | None = _data(
-        None, "Use only the first N training examples (None: all), for fast experiments.",
-        ge=1)
+        None, "Use only the first N training examples (None: all), for fast experiments.", ge=1)
     test_subset: int | None = _data(None, "Evaluate on only the first N test examples.", ge=1)
     crop_padding: int = _data(
-        0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).",
-        ge=0)
+        0, "Random-crop padding in pixels (0: no crop augmentation; 2-4 for longer runs).", ge=0)
     flip: bool = _data(False, "Random horizontal flips (off by default: they slow convergence "
                        "in a run as short as the default 2.25 epochs).")
     cutout: int = _data(0, "Cutout square size in pixels (0: off).", ge=0)
-    input_pipeline: InputPipeline = _data(  # host streaming: lars_jax.train.input_pipeline
+    input_pipeline: Literal["auto", "device", "host"] = _data(
         "auto", "Input path: device (whole data set in device memory), host (stream batches "
-        "from the TFDS source through grain) or auto (host when the data set does not fit "
-        "on the device: imagenet2012).")
+        "from the TFDS source through grain) or auto (host when the data set does not fit on "
+        "the device: imagenet2012).")
     image_size: int | None = _data(
         None, "Side of the host-decoded images of imagenet2012 (None: 224).")
     input_threads: int = _data(
         8, "Host input pipeline: decoding threads per process.", ge=1, kind="cosmetic",
-        applies=Applies("the host input pipeline (input_pipeline host, or auto for a data "
-                        "set that does not fit on the device)",
-                        lambda c: c.uses_host_input(), "warn"))
+        applies=Applies("the host input pipeline (input_pipeline host, or auto for a data set "
+                        "that does not fit on the device)", lambda c: c.uses_host_input(), "warn"))
 
-    optimizer: Optimizer = _optim("lars", "Optimizer: sgd, lars, larc or clars.",
-                                  kind="structural")
+    optimizer: Literal["sgd", "lars", "larc", "clars"] = _optim(
+        "lars", "Optimizer: sgd (with momentum), lars, larc (lars with the trust ratio clipped at "
+        "1) or clars (lars with the mean per-example gradient norm in the ratio).",
+        kind="structural")
     learning_rate: float = _optim(
         0.5, "Base (peak) learning rate at base_batch_size, before scaling.", gt=0)
     base_batch_size: int = _optim(256, "Batch size at which learning_rate is given.", ge=1)
-    lr_scaling: LrScaling = _optim(
-        "linear",
-        "Scale the learning rate from base_batch_size to batch_size: linear (x B/B0, "
+    lr_scaling: Literal["linear", "sqrt", "none"] = _optim(
+        "linear", "Scale the learning rate from base_batch_size to batch_size: linear (x B/B0, "
         "Goyal et al.), sqrt (x sqrt(B/B0)) or none.")
-    warmup_epochs: float = _optim(
-        0.05, "Gradual warmup length in epochs (0: no warmup).", ge=0)
-    warmup_start: WarmupStart = _optim(
-        "zero",
-        "Warmup starts from: base (the unscaled learning_rate, Goyal et al.) or zero (MLPerf).",
-        applies=Applies(
+    warmup_epochs: float = _optim(0.05, "Gradual warmup length in epochs (0: no warmup).", ge=0)
+    warmup_start: Literal["base", "zero"] = _optim(
+        "zero", "Warmup starts from: base (the unscaled learning_rate, Goyal et al.) or zero "
+        "(MLPerf).", applies=Applies(
             "warmup_epochs > 0 and a schedule other than onecycle and mlperf (mlperf refuses "
             "'base')",
             lambda c: c.warmup_epochs > 0 and c.schedule not in ("onecycle", "mlperf"), "warn"))
     schedule: ScheduleName = _optim(
-        "cosine",
-        "Decay after warmup: cosine, poly2 (LARS paper), linear, constant, step "
-        "(/10 at 50% and 75%), onecycle, mlperf (lars_jax.mlperf_lars_schedule: warmup from 0, "
-        "then poly2 to end_learning_rate).")
+        "cosine", "Decay after warmup: cosine, poly2 (LARS paper), linear, constant, step (/10 "
+        "at 50% and 75%), onecycle, mlperf (lars_jax.mlperf_lars_schedule: warmup from 0, then "
+        "poly2 to end_learning_rate).")
     end_learning_rate: float = _optim(
-        0.0,
-        "Final learning rate of cosine, poly2, linear and mlperf (reached at the end of the "
-        "run). The other schedules have a fixed end and refuse a value other than 0: "
+        0.0, "Final learning rate of cosine, poly2, linear and mlperf (reached at the end of "
+        "the run). The other schedules have a fixed end and refuse a value other than 0: "
         "constant stays at the peak, step ends at peak/100, onecycle at peak/250000.", ge=0,
         applies=Applies(
             "schedule cosine, poly2, linear or mlperf (constant, step and onecycle have a "
@@ -223,42 +198,41 @@ class TrainConfig:
     nesterov: bool = _optim(False, "Nesterov momentum.", kind="structural")
     weight_decay: float = _optim(5e-4, "Weight decay (L2) coefficient.", ge=0)
     trust_coefficient: float = _optim(
-        0.02,
-        "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x larger "
-        "learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters moderate).",
-        gt=0, applies=Applies("optimizer lars, larc or clars", _lars_family, "warn"))
-    denominator: Denominator = _optim(
+        0.02, "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x "
+        "larger learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters "
+        "moderate).", gt=0,
+        applies=Applies("optimizer lars, larc or clars", lambda c: c.optimizer != "sgd", "warn"))
+    denominator: Literal["paper", "optax"] = _optim(
         "paper", "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
         kind="structural", applies=Applies("optimizer lars or larc",
                                            lambda c: c.optimizer in ("lars", "larc"), "warn"))
     clip: bool = _optim(
-        False,
-        "Clip the trust ratio at 1 (LARC) with optimizer lars or clars (larc always clips).",
-        applies=Applies("optimizer lars or clars (larc always clips)",
-                        lambda c: c.optimizer in ("lars", "clars"), "warn"))
-    clars_granularity: ClarsGranularity = _optim(
-        "example",
-        "CLARS gradient norms: example (exact per-example), device (each device's local "
-        "gradient, free), micro_batch (each accumulation micro-batch).",
+        False, "Clip the trust ratio at 1 (LARC) with optimizer lars or clars (larc always "
+        "clips).", applies=Applies("optimizer lars or clars (larc always clips)",
+                                   lambda c: c.optimizer in ("lars", "clars"), "warn"))
+    clars_granularity: Literal["example", "device", "micro_batch"] = _optim(
+        "example", "CLARS gradient norms: example (exact per-example), device (each device's "
+        "local gradient, free), micro_batch (each accumulation micro-batch).",
         applies=Applies("optimizer clars", lambda c: c.optimizer == "clars", "warn"))
-    label_smoothing: float = _optim(
-        0.0, "Label smoothing of the cross-entropy loss.", ge=0, lt=1)
+    label_smoothing: float = _optim(0.0, "Label smoothing of the cross-entropy loss.", ge=0,
+                                    lt=1)
 
-    batch_size: int = _batch(
-        64, "Global batch size (all devices, all accumulation steps).", ge=1)
+    batch_size: int = _batch(64, "Global batch size (all devices, all accumulation steps).",
+                             ge=1)
     grad_accum_steps: int = _batch(
         1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches).", ge=1)
     epochs: float = _batch(2.25, "Training length in epochs (may be fractional).", gt=0)
-    dtype: DType = _batch(
-        "bfloat16", "Compute dtype (float32 or bfloat16); params stay float32.")
+    dtype: Literal["float32", "bfloat16"] = _batch(
+        "bfloat16", "Compute dtype; params stay float32.")
 
-    parallel: Parallel = _parallel(
+    parallel: Literal["jit", "pmap"] = _parallel(
         "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean).")
     num_devices: int | None = _parallel(
         None, "Number of local devices to use (None: all).", ge=1)
     steps_per_call: int = _parallel(
-        1, "Optimizer steps per compiled call (lax.scan; jit path): fewer dispatches for "
-        "small models and batches. Calls stop at log, eval and checkpoint steps.", ge=1)
+        1, "Optimizer steps per compiled call (lax.scan): fewer dispatches for small models "
+        "and batches. Calls stop at log, eval and checkpoint steps.", ge=1,
+        applies=Applies("parallel='jit'", lambda c: c.parallel == "jit", "refuse"))
     coordinator_address: str | None = _parallel(
         None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS).",
         kind="cosmetic")
@@ -277,23 +251,22 @@ class TrainConfig:
         200, "Save a checkpoint every N steps (0: only at the end; -1: never).", ge=-1,
         kind="cosmetic")
     keep_checkpoints: int = _manage(
-        3, "Number of checkpoints to keep.", ge=1, kind="cosmetic",
-        applies=Applies("checkpoint_every_steps >= 0",
-                        lambda c: c.checkpoint_every_steps >= 0, "warn"))
+        3, "Number of checkpoints to keep.", ge=1, kind="cosmetic", applies=Applies(
+            "checkpoint_every_steps >= 0", lambda c: c.checkpoint_every_steps >= 0, "warn"))
     resume: bool = _manage(
-        True, "Resume from the latest good checkpoint in workdir, if any (no: start over "
-        "there, the old checkpoints archived).", kind="cosmetic")
+        True, "Resume from the latest good checkpoint in workdir, if any (no: start over there, "
+        "the old checkpoints archived).", kind="cosmetic")
     extend_epochs: bool = _manage(
-        False, "Let this run raise the epochs of the finished run in workdir: it trains on "
-        "from its last step under the longer run's schedule, and summary.json records the "
+        False, "Let this run raise the epochs of the finished run in workdir: it trains on from "
+        "its last step under the longer run's schedule, and summary.json records the "
         "extension (epochs_extended). Without it a changed setting is refused.",
         kind="cosmetic")
-    nan_policy: NanPolicy = _manage(
+    nan_policy: Literal["stop", "skip"] = _manage(
         "stop", "On NaN/Inf loss, gradients or updated parameters: stop (with a clear error) "
         "or skip the step (parameters, optimizer state and schedule stay as they were).")
     max_skipped_fraction: float = _manage(
-        0.1, "nan_policy=skip: stop the run (exit 1) once more than this fraction of its "
-        "steps were skipped.", ge=0, le=1,
+        0.1, "nan_policy=skip: stop the run (exit 1) once more than this fraction of its steps "
+        "were skipped.", ge=0, le=1,
         applies=Applies("nan_policy='skip'", lambda c: c.nan_policy == "skip", "warn"))
     eval_every_epochs: float = _manage(
         0.0, "Evaluate on the test set every N epochs (0: only at the end).", ge=0)
@@ -310,15 +283,13 @@ class TrainConfig:
     progress: bool = _manage(True, "Show a tqdm progress bar.", kind="cosmetic")
     mlperf: bool = _manage(
         False, "MLPerf mode (BUILD.md section 6): the reference's step counting (ceil(N/B) "
-        "steps per epoch, poly decay over total - warmup + 1 steps), the remainder batch "
-        "kept (padded, masked in the loss and the BN statistics), evaluation every 4 epochs, "
-        "a stop at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
+        "steps per epoch, poly decay over total - warmup + 1 steps), the remainder batch kept "
+        "(padded, masked in the loss and the BN statistics), evaluation every 4 epochs, a stop "
+        "at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
     target_accuracy: float = _manage(
         0.759, "MLPerf mode: stop at the first evaluation reaching this top-1 accuracy (the "
-        "rules' 75.9%).", gt=0, le=1,
-        applies=Applies("mlperf=True", lambda c: c.mlperf, "refuse"))
-
-    # ------------------------------------------------------------------ helpers
+        "rules' 75.9%).", gt=0, le=1, applies=Applies("mlperf=True", lambda c: c.mlperf,
+                                                      "refuse"))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain JSON-serialisable dict."""
@@ -326,18 +297,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Builds a config from a dict; unknown keys raise ValueError naming them."""
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        """Builds a config from a dict; unknown keys raise `ConfigError` naming them."""
+        unknown = sorted(set(d) - set(field_meta()))
         if unknown:
             raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> TrainConfig:
-        return cls.from_dict(json.loads(s))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed."""
@@ -382,16 +346,11 @@ class TrainConfig:
         """Checks every field; raises `ConfigError` (a ValueError) naming it. Returns self.
 
         Each check runs once per set of values (the command line, `train` and `build` may
-        each call it: nothing is checked or warned about again).
-
-        Args:
-          device_count: the devices of the run (global; default `num_devices` when set),
-            for the checks that depend on it (`devices_later`: none of them).
-          num_train: the number of training examples (default: the data set's size after
-            ``train_subset``), for the checks that depend on the number of steps.
+        each call it). `device_count`: the run's devices (default ``num_devices`` if set; the
+        device checks are skipped with `devices_later`); `num_train`: its training examples
+        (default: the data set's after ``train_subset``), for the checks on its steps.
         """
-        n = self.num_devices if device_count is None else device_count
-        n = None if devices_later else n
+        n = None if devices_later else self.num_devices if device_count is None else device_count
         done: set[tuple[Any, ...]] = self.__dict__.setdefault("_validated", set())
         for check, arg in ((_check_fields, None), (_check_devices, n), (_check_steps, num_train)):
             key = (check, dataclasses.astuple(self), arg)
@@ -399,9 +358,6 @@ class TrainConfig:
                 check(self, arg)
                 done.add(key)
         return self
-
-
-# ------------------------------------------------------------------ declarations, queries
 
 
 @functools.cache
@@ -434,12 +390,6 @@ ALWAYS_APPLIES: frozenset[str] = frozenset(field_meta()) - set(APPLIES)
 """Fields with an effect in every combination (some have their own checks)."""
 
 
-# ------------------------------------------------------------------ validation
-
-
-_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
-
-
 def peak_learning_rate(config: TrainConfig) -> float:
     """``learning_rate`` scaled from ``base_batch_size`` to ``batch_size``."""
     scale = {"linear": schedules.linear_scaling, "sqrt": schedules.sqrt_scaling,
@@ -457,8 +407,8 @@ def _warn(c: TrainConfig, name: str, msg: str) -> None:
 
 
 def _check_fields(c: TrainConfig, _: None = None) -> None:
-    """The single-field declarations (finite, choices, range), then the rules between
-    fields and where each field applies."""
+    """The single-field declarations (finite, choices, range), the rules between fields,
+    then where each field applies."""
     for name, meta in field_meta().items():
         v = getattr(c, name)
         if isinstance(v, float) and not math.isfinite(v):
@@ -482,28 +432,28 @@ def _check_fields(c: TrainConfig, _: None = None) -> None:
 
 def _check_data_and_parallel(c: TrainConfig) -> None:
     """Rules between the data, multi-host and run-management fields."""
+    info = dataset_info(c.dataset)
     if (c.num_processes is not None and c.process_id is not None
             and c.process_id >= c.num_processes):
         raise _bad(c, "process_id", f"must be < num_processes={c.num_processes}")
-    if c.input_pipeline == "device" and not dataset_info(c.dataset).fits_on_device:
-        raise _bad(c, "input_pipeline", f"{c.dataset} does not fit on the device: use host "
-                   "or auto")
-    if c.image_size is not None and (c.image_size < 1
-                                     or dataset_info(c.dataset).fits_on_device):
+    if c.input_pipeline == "device" and not info.fits_on_device:
+        raise _bad(c, "input_pipeline", f"{c.dataset} does not fit on the device: use host or "
+                   "auto")
+    if c.image_size is not None and (c.image_size < 1 or info.fits_on_device):
         raise _bad(c, "image_size", "must be >= 1, and only for data sets cropped on the host "
                    "(imagenet2012); None otherwise")
-    if c.steps_per_call > 1 and c.parallel != "jit":
-        raise _bad(c, "steps_per_call", "> 1 needs parallel='jit'")
     if not c.workdir:
         raise _bad(c, "workdir", "must be a non-empty path")
     if c.train_subset is not None and c.train_subset < c.batch_size:
         raise _bad(c, "train_subset", f"must be >= batch_size={c.batch_size}")
-    info = dataset_info(c.dataset)
     for name, size, split in (("train_subset", info.num_train, "training"),
                               ("test_subset", info.num_test, "test")):
         if getattr(c, name) is not None and getattr(c, name) > size:
             raise _bad(c, name, f"above the {size} {split} examples of {c.dataset} (leave it "
                        "at None for all of them)")
+
+
+_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 
 
 def _check_optimizer_and_norm(c: TrainConfig) -> None:
@@ -519,7 +469,7 @@ def _check_optimizer_and_norm(c: TrainConfig) -> None:
         raise _bad(c, "warmup_epochs", f"must be <= epochs={c.epochs}")
     if c.nesterov and c.momentum == 0:
         raise _bad(c, "nesterov", "needs momentum > 0")
-    if c.clars_granularity == "micro_batch" and c.optimizer == "clars" \
+    if c.optimizer == "clars" and c.clars_granularity == "micro_batch" \
             and c.grad_accum_steps < 2:
         raise _bad(c, "clars_granularity", "micro_batch needs grad_accum_steps >= 2")
     if c.optimizer == "clars" and c.denominator != "paper":
@@ -575,7 +525,7 @@ def _check_devices(c: TrainConfig, n: int) -> None:
                    "examples")
     if c.optimizer == "clars" and c.clars_granularity == "device" and n < 2:
         raise _bad(c, "clars_granularity", "device needs >= 2 devices (use example)")
-    if c.norm == "batch" and c.bn_span == "device" and c.batch_size == n * c.grad_accum_steps:
+    if c.norm == "batch" and c.bn_span == "device" and mb == 1:
         raise _bad(c, "batch_size", f"1 example per device and micro-batch ({n} devices x "
                    f"{c.grad_accum_steps} micro-batches): batch norm over 1 example outputs "
                    "its bias only (use bn_span='global' or norm='none')")
