@@ -243,60 +243,18 @@ def nnx_value_grad_and_norms(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     treedef = jax.tree.structure(params)
     layers = _recognised_layers(model)
-    names = {path: _path_name(path) for path in layers}
-    if len(set(names.values())) != len(names):
-        names = {path: f"{i}:{_path_name(path)}" for i, path in enumerate(layers)}
-
-    # Every parameter must be one of a recognised layer's; map it to the linen tree.
-    leaf_paths = _param_paths(params)
-    leaves = jax.tree.leaves(params)
-    linen_key: list[tuple[str, str]] = []
-    unknown = []
-    for path in leaf_paths:
-        owner, attr = path[:-1], path[-1]
-        layer = layers.get(owner)
-        if layer is None or attr not in _PARAM_NAMES[type(layer)]:
-            unknown.append(_path_name(path))
-            continue
-        linen_key.append((names[owner], _PARAM_NAMES[type(layer)][attr]))
-    if unknown:
-        raise ValueError(
-            "nnx_value_grad_and_norms: these nnx.Param are not the parameters of an "
-            "nnx.Linear / Conv / Embed / BatchNorm / LayerNorm / GroupNorm layer (matched "
-            f"by exact type): {unknown}"
-        )
+    names = _layer_names(layers)
+    linen_key = _linen_keys(params, layers, names)
     linen_params: dict[str, dict[str, Any]] = {}
-    for (lname, lattr), leaf in zip(linen_key, leaves, strict=True):
+    for (lname, lattr), leaf in zip(linen_key, jax.tree.leaves(params), strict=True):
         linen_params.setdefault(lname, {})[lattr] = leaf
     batch_stats = {
         names[path]: {"mean": layer.mean[...], "var": layer.var[...]}
         for path, layer in layers.items()
         if type(layer) is nnx.BatchNorm
     }
-
     node_args, packed = _take_graph_nodes(args, kwargs)
-
-    class _Host(nn.Module):
-        """Runs ``loss_fn`` on a copy of the model whose layers call linen twins."""
-
-        @nn.compact
-        def __call__(self, batch: tuple[tuple, dict]):
-            # The copy's parameters are the host's own (the linen "params" leaves), so
-            # that reads of them outside the layers (nnx.state, model.layer.kernel) are
-            # seen by value_grad_and_norms as such.
-            host_params = self.variables.get("params", {})
-            p_state = jax.tree.unflatten(
-                treedef, [host_params[n][a] for n, a in linen_key])
-            copy = nnx.merge(graphdef, p_state, rest, copy=True)
-            twins: dict[int, nn.Module] = {}
-            for path, layer in _recognised_layers(copy).items():
-                twins[id(layer)] = _linen_twin(layer, names[path])
-                layer.__class__ = _redirected_class(type(layer), twins)
-            a, kw, nodes = _put_graph_nodes(batch, node_args)
-            res = loss_fn(copy, *a, **kw)
-            return res, (nnx.state(copy, nnx.Not(nnx.Param)), [nnx.state(n) for n in nodes])
-
-    host = _Host()
+    host = _host_module(loss_fn, graphdef, rest, treedef, linen_key, names, node_args)
 
     def linen_loss(p, batch):
         variables = {"params": p}
@@ -325,6 +283,72 @@ def nnx_value_grad_and_norms(
     norms = jax.tree.unflatten(treedef, [linen_norms[n][a] for n, a in linen_key])
     value = (loss, aux) if has_aux else loss
     return value, grads, norms
+
+
+def _layer_names(layers: dict[tuple[Any, ...], nnx.Module]) -> dict[tuple[Any, ...], str]:
+    """The linen module name of every recognised layer: its path, numbered where two
+    paths would print alike."""
+    names = {path: _path_name(path) for path in layers}
+    if len(set(names.values())) != len(names):
+        names = {path: f"{i}:{_path_name(path)}" for i, path in enumerate(layers)}
+    return names
+
+
+def _linen_keys(params: nnx.State, layers: dict[tuple[Any, ...], nnx.Module],
+                names: dict[tuple[Any, ...], str]) -> list[tuple[str, str]]:
+    """``(linen module name, linen attribute)`` of every leaf of `params`, in
+    ``jax.tree.flatten`` order.
+
+    Raises:
+      ValueError: a parameter that is none of a recognised layer's.
+    """
+    linen_key: list[tuple[str, str]] = []
+    unknown = []
+    for path in _param_paths(params):
+        owner, attr = path[:-1], path[-1]
+        layer = layers.get(owner)
+        if layer is None or attr not in _PARAM_NAMES[type(layer)]:
+            unknown.append(_path_name(path))
+            continue
+        linen_key.append((names[owner], _PARAM_NAMES[type(layer)][attr]))
+    if unknown:
+        raise ValueError(
+            "nnx_value_grad_and_norms: these nnx.Param are not the parameters of an "
+            "nnx.Linear / Conv / Embed / BatchNorm / LayerNorm / GroupNorm layer (matched "
+            f"by exact type): {unknown}"
+        )
+    return linen_key
+
+
+def _host_module(loss_fn: Callable[..., Any], graphdef: Any, rest: nnx.State,
+                 treedef: Any, linen_key: list[tuple[str, str]],
+                 names: dict[tuple[Any, ...], str],
+                 node_args: list[tuple[int | str, Any, tuple[Any, Any]]]) -> nn.Module:
+    """The linen module whose ``apply(variables, batch)`` runs ``loss_fn`` on a copy of
+    the model whose layers call their linen twins: ``(loss_fn's result, (the copy's
+    non-parameter state, the states of the argument objects))``."""
+
+    class _Host(nn.Module):
+        """Runs ``loss_fn`` on a copy of the model whose layers call linen twins."""
+
+        @nn.compact
+        def __call__(self, batch: tuple[tuple, dict]):
+            # The copy's parameters are the host's own (the linen "params" leaves), so
+            # that reads of them outside the layers (nnx.state, model.layer.kernel) are
+            # seen by value_grad_and_norms as such.
+            host_params = self.variables.get("params", {})
+            p_state = jax.tree.unflatten(
+                treedef, [host_params[n][a] for n, a in linen_key])
+            copy = nnx.merge(graphdef, p_state, rest, copy=True)
+            twins: dict[int, nn.Module] = {}
+            for path, layer in _recognised_layers(copy).items():
+                twins[id(layer)] = _linen_twin(layer, names[path])
+                layer.__class__ = _redirected_class(type(layer), twins)
+            a, kw, nodes = _put_graph_nodes(batch, node_args)
+            res = loss_fn(copy, *a, **kw)
+            return res, (nnx.state(copy, nnx.Not(nnx.Param)), [nnx.state(n) for n in nodes])
+
+    return _Host()
 
 
 def _take_graph_nodes(

@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lars_jax.data.info import dataset_info
+from lars_jax.data.info import DatasetInfo, dataset_info
 from lars_jax.data.sources import (
     SMALL_DATASETS,
     _not_prepared_help,
@@ -219,6 +219,35 @@ def host_batches(
       the record numbers in `split`, 0 in padding rows).
     """
     info = dataset_info(name)
+    _check_batch_args(batch_size, process_index, process_count, start_step, remainder,
+                      pad_groups)
+    src = _data_source(name, split, data_dir)
+    n = len(src)
+    local = batch_size // process_count
+    if train:
+        if n < batch_size:
+            raise ValueError(f"batch_size ({batch_size}) > examples in {split!r} ({n})")
+        indices = _train_indices(n, batch_size, seed=seed, remainder=remainder,
+                                 pad_groups=pad_groups, process_index=process_index,
+                                 local=local)
+        stop = None if num_steps is None else start_step + num_steps
+    else:
+        indices = _eval_indices(n, batch_size, process_index=process_index, local=local)
+        total = math.ceil(n / batch_size)
+        stop = total if num_steps is None else min(total, start_step + num_steps)
+    load = _batch_loader(src, indices, info, seed=seed, image_size=image_size, train=train,
+                         process_index=process_index, local=local)
+    yield from _stream(load, start_step, stop, num_threads=num_threads, prefetch=prefetch,
+                       use_grain=use_grain)
+
+
+_Indices = Callable[[int], tuple[np.ndarray, np.ndarray]]
+"""``indices(step) -> (record numbers, mask)`` of this process's rows of a batch."""
+
+
+def _check_batch_args(batch_size: int, process_index: int, process_count: int,
+                      start_step: int, remainder: Remainder, pad_groups: int) -> None:
+    """Refuses `host_batches` arguments that name no batch, before the source is opened."""
     if batch_size <= 0 or batch_size % process_count:
         raise ValueError(
             f"batch_size ({batch_size}) must be a positive multiple of process_count "
@@ -228,45 +257,52 @@ def host_batches(
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    src = _data_source(name, split, data_dir)
-    n = len(src)
-    local = batch_size // process_count
-    size = image_size or info.image_shape[0]
-    resize = not info.fits_on_device
-
     if remainder not in ("drop", "pad"):
         raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
     if pad_groups < 1 or batch_size % pad_groups:
         raise ValueError(f"pad_groups ({pad_groups}) must be a positive divisor of batch_size "
                          f"({batch_size})")
-    if train:
-        if n < batch_size:
-            raise ValueError(f"batch_size ({batch_size}) > examples in {split!r} ({n})")
-        spe = -(-n // batch_size) if remainder == "pad" else n // batch_size
-        perms: dict[int, np.ndarray] = {}
 
-        def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
-            epoch, pos = divmod(step, spe)
-            if epoch not in perms:
-                perms.clear()
-                perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-            glob = perms[epoch][pos * batch_size : (pos + 1) * batch_size]
-            glob, mask = _pad_spread(glob, batch_size, pad_groups)
-            part = slice(process_index * local, (process_index + 1) * local)
-            return glob[part], mask[part]
 
-        stop = None if num_steps is None else start_step + num_steps
-    else:
-        total = math.ceil(n / batch_size)
+def _train_indices(n: int, batch_size: int, *, seed: int, remainder: Remainder,
+                   pad_groups: int, process_index: int, local: int) -> _Indices:
+    """Training order: step ``s`` is a slice of the permutation of its epoch, a remainder
+    dropped or padded (module docstring)."""
+    spe = -(-n // batch_size) if remainder == "pad" else n // batch_size
+    perms: dict[int, np.ndarray] = {}
 
-        def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
-            start = step * batch_size + process_index * local
-            idx = start + np.arange(local)
-            mask = idx < n
-            return np.where(mask, idx, 0), mask
+    def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, pos = divmod(step, spe)
+        if epoch not in perms:
+            perms.clear()
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        glob = perms[epoch][pos * batch_size : (pos + 1) * batch_size]
+        glob, mask = _pad_spread(glob, batch_size, pad_groups)
+        part = slice(process_index * local, (process_index + 1) * local)
+        return glob[part], mask[part]
 
-        stop = total if num_steps is None else min(total, start_step + num_steps)
+    return indices
 
+
+def _eval_indices(n: int, batch_size: int, *, process_index: int, local: int) -> _Indices:
+    """Evaluation order: the split in order, the last batch padded."""
+
+    def indices(step: int) -> tuple[np.ndarray, np.ndarray]:
+        start = step * batch_size + process_index * local
+        idx = start + np.arange(local)
+        mask = idx < n
+        return np.where(mask, idx, 0), mask
+
+    return indices
+
+
+def _batch_loader(src: Any, indices: _Indices, info: DatasetInfo, *, seed: int,
+                  image_size: int | None, train: bool, process_index: int, local: int
+                  ) -> Callable[[int], Batch]:
+    """``load(step) -> Batch``: this process's rows of the step's batch, read from `src`
+    (imagenet2012 random-resized-cropped in training, centre-cropped in evaluation)."""
+    size = image_size or info.image_shape[0]
+    resize = not info.fits_on_device
     shape = (size, size, info.image_shape[-1]) if resize else tuple(info.image_shape)
 
     def load(step: int) -> Batch:
@@ -285,6 +321,14 @@ def host_batches(
         return {"image": images, "label": labels, "mask": mask,
                 "index": np.where(mask, idx, 0).astype(np.int64)}
 
+    return load
+
+
+def _stream(load: Callable[[int], Batch], start_step: int, stop: int | None, *,
+            num_threads: int, prefetch: int, use_grain: bool) -> Iterator[Batch]:
+    """``load(step)`` for the steps from `start_step` to `stop` (None: endless), in order,
+    read ahead by grain's threads when grain is installed (and `use_grain`), else by
+    `_ordered_prefetch`."""
     grain = None
     if use_grain:
         try:

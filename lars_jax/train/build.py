@@ -356,27 +356,12 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
     """
     num_devices = config.num_devices or jax.device_count()
     config.validate(device_count=num_devices)  # nothing again after the command line's
-    if (config.parallel == "pmap" and jax.process_count() > 1
-            and num_devices != jax.device_count()):
-        raise ConfigError(f"TrainConfig.num_devices={num_devices}: multi-process pmap runs on "
-                          f"all {jax.device_count()} devices (leave num_devices unset)")
-    if (config.parallel == "pmap" and jax.process_count() == 1
-            and num_devices > jax.local_device_count()):
-        raise ConfigError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
-                          f"({jax.local_device_count()})")
+    _check_pmap_devices(config, num_devices)
     mesh = parallel.make_mesh(num_devices)
     stream = _host_input(config, mesh) if data is None else None  # host streaming
     data = load_data(config) if data is None and stream is None else data
     num_train = stream.num_train if stream else len(data.train_labels)
-    if num_train < config.batch_size:
-        raise ConfigError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
-                          f"{num_train} training examples")
-    if num_train != config.num_train_examples():  # custom data: the step checks again
-        config.validate(device_count=num_devices, num_train=num_train)
-    if config.mlperf and stream is None:
-        raise ConfigError("TrainConfig.mlperf=True: MLPerf mode keeps the remainder batch of "
-                          "the host input only (an in-memory data set was given)")
-    check_mlperf_remainder(config, num_devices, num_train)
+    _check_num_train(config, num_devices, num_train, streamed=stream is not None)
     epoch_steps, total_steps = config.run_steps(num_train)
 
     dtype = compute_dtype(config)
@@ -390,48 +375,14 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         variables["params"], variables.get("batch_stats", {}), tx)
     state = parallel.put_replicated(state, mesh)
 
-    options = StepOptions(
-        num_classes=meta.num_classes, axis_name=parallel.AXIS, num_devices=num_devices,
-        grad_accum_steps=config.grad_accum_steps, label_smoothing=config.label_smoothing,
-        sync_batch_stats=config.bn_span != "global",
-        clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
-        nan_policy=config.nan_policy,
-        max_skipped=math.floor(config.max_skipped_fraction * total_steps),
-        log_layer_stats=config.log_layer_stats,
-        log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
-        momentum=config.momentum, log_noise_scale=noise_scale, masked=config.mlperf, unroll=_unroll(
-            config, mesh, eval_model, variables, jax.ShapeDtypeStruct((1, *example_shape), dtype)))
+    unroll = _unroll(config, mesh, eval_model, variables,
+                     jax.ShapeDtypeStruct((1, *example_shape), dtype))
+    options = _step_options(config, meta.num_classes, num_devices, total_steps,
+                            noise_scale=noise_scale, unroll=unroll)
     step_fn = make_train_step(model, tx, options, lr_fn=lr_fn)
-    augment = None
-    if config.crop_padding or config.flip or config.cutout:
-        augment = {"crop_padding": config.crop_padding, "flip": config.flip,
-                   "cutout": config.cutout}
-    prepare = parallel.make_prepare(seed=config.seed, batch_size=config.batch_size,
-                                    mean=meta.mean, std=meta.std, dtype=dtype, augment=augment)
-    if stream:
-        from lars_jax.train.input_pipeline import make_streaming_prepare
-
-        prepare = make_streaming_prepare(seed=config.seed, mean=meta.mean, std=meta.std,
-                                         dtype=dtype, augment=augment)
-    if config.parallel == "jit":
-        train_step = parallel.jit_train_step(step_fn, prepare, mesh)
-        train_steps = None
-        # steps_per_call is a speed setting with identical results. Where the loop would be
-        # unrolled (convolutions on the CPU), K unrolled steps compile in ~K^1.3 the time of
-        # one (14x at K=8, BENCHMARKS.md) and run no faster than K single calls: dispatch
-        # them one by one instead.
-        if config.steps_per_call > 1 and not options.unroll:
-            train_steps = parallel.jit_train_steps(step_fn, prepare, mesh, config.steps_per_call)
-        place = unplace = lambda s: s
-    else:
-        devices = mesh.devices.tolist()
-        train_step = parallel.pmap_train_step(step_fn, prepare, devices)
-        train_steps = None
-        local = [d for d in devices if d.process_index == jax.process_index()]
-        place = lambda s: parallel.replicate(jax.device_get(s), local)
-        unplace = parallel.unreplicate
-        if jax.process_count() > 1:  # global arrays for evaluation and checkpoints
-            unplace = lambda s: parallel.put_replicated(parallel.unreplicate(s), mesh)
+    prepare = _prepare(config, meta, dtype, streamed=stream is not None)
+    train_step, train_steps, place, unplace = _compiled_steps(config, step_fn, prepare, mesh,
+                                                              unroll=unroll)
 
     replicated = parallel.replicated(mesh)
     num_test = stream.num_test if stream else len(data.test_labels)
@@ -448,6 +399,94 @@ def build(config: TrainConfig, data: Data | None = None, *, noise_scale: bool = 
         test_batches=(stream.test_batches(eval_batch) if stream
                       else eval_batches(data, eval_batch, mesh)),
         input=stream)
+
+
+def _check_pmap_devices(config: TrainConfig, num_devices: int) -> None:
+    """Refuses a device count the pmap path cannot run on (the jit path takes any)."""
+    if (config.parallel == "pmap" and jax.process_count() > 1
+            and num_devices != jax.device_count()):
+        raise ConfigError(f"TrainConfig.num_devices={num_devices}: multi-process pmap runs on "
+                          f"all {jax.device_count()} devices (leave num_devices unset)")
+    if (config.parallel == "pmap" and jax.process_count() == 1
+            and num_devices > jax.local_device_count()):
+        raise ConfigError(f"TrainConfig.num_devices={num_devices}: pmap uses local devices only "
+                          f"({jax.local_device_count()})")
+
+
+def _check_num_train(config: TrainConfig, num_devices: int, num_train: int, *,
+                     streamed: bool) -> None:
+    """Refuses a config that does not fit the `num_train` training examples it got."""
+    if num_train < config.batch_size:
+        raise ConfigError(f"TrainConfig.batch_size={config.batch_size}: larger than the "
+                          f"{num_train} training examples")
+    if num_train != config.num_train_examples():  # custom data: the step checks again
+        config.validate(device_count=num_devices, num_train=num_train)
+    if config.mlperf and not streamed:
+        raise ConfigError("TrainConfig.mlperf=True: MLPerf mode keeps the remainder batch of "
+                          "the host input only (an in-memory data set was given)")
+    check_mlperf_remainder(config, num_devices, num_train)
+
+
+def _step_options(config: TrainConfig, num_classes: int, num_devices: int, total_steps: int,
+                  *, noise_scale: bool, unroll: bool) -> StepOptions:
+    """The train step's static options for `config` (over the mesh's ``"data"`` axis)."""
+    return StepOptions(
+        num_classes=num_classes, axis_name=parallel.AXIS, num_devices=num_devices,
+        grad_accum_steps=config.grad_accum_steps, label_smoothing=config.label_smoothing,
+        sync_batch_stats=config.bn_span != "global",
+        clars_granularity=config.clars_granularity if config.optimizer == "clars" else None,
+        nan_policy=config.nan_policy,
+        max_skipped=math.floor(config.max_skipped_fraction * total_steps),
+        log_layer_stats=config.log_layer_stats,
+        log_diagnostics=config.log_diagnostics, weight_decay=config.weight_decay,
+        momentum=config.momentum, log_noise_scale=noise_scale, masked=config.mlperf,
+        unroll=unroll)
+
+
+def _prepare(config: TrainConfig, meta: Any, dtype: Any, *, streamed: bool
+             ) -> Callable[..., Any]:
+    """The on-device preparation of a step's batch (draw, augment, normalise): from the
+    data set on the devices, or of a streamed batch (`meta`: its mean and std)."""
+    augment = None
+    if config.crop_padding or config.flip or config.cutout:
+        augment = {"crop_padding": config.crop_padding, "flip": config.flip,
+                   "cutout": config.cutout}
+    if streamed:
+        from lars_jax.train.input_pipeline import make_streaming_prepare
+
+        return make_streaming_prepare(seed=config.seed, mean=meta.mean, std=meta.std,
+                                      dtype=dtype, augment=augment)
+    return parallel.make_prepare(seed=config.seed, batch_size=config.batch_size,
+                                 mean=meta.mean, std=meta.std, dtype=dtype, augment=augment)
+
+
+_Placement = Callable[[TrainState], TrainState]
+
+
+def _compiled_steps(config: TrainConfig, step_fn: Callable[..., Any],
+                    prepare: Callable[..., Any], mesh: Any, *, unroll: bool
+                    ) -> tuple[Callable[..., Any], Callable[..., Any] | None, _Placement,
+                               _Placement]:
+    """``(train_step, train_steps, place, unplace)`` of `Run` for ``config.parallel``."""
+    if config.parallel == "jit":
+        train_step = parallel.jit_train_step(step_fn, prepare, mesh)
+        train_steps = None
+        # steps_per_call is a speed setting with identical results. Where the loop would be
+        # unrolled (convolutions on the CPU), K unrolled steps compile in ~K^1.3 the time of
+        # one (14x at K=8, BENCHMARKS.md) and run no faster than K single calls: dispatch
+        # them one by one instead.
+        if config.steps_per_call > 1 and not unroll:
+            train_steps = parallel.jit_train_steps(step_fn, prepare, mesh, config.steps_per_call)
+        place = unplace = lambda s: s
+        return train_step, train_steps, place, unplace
+    devices = mesh.devices.tolist()
+    train_step = parallel.pmap_train_step(step_fn, prepare, devices)
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    place = lambda s: parallel.replicate(jax.device_get(s), local)
+    unplace = parallel.unreplicate
+    if jax.process_count() > 1:  # global arrays for evaluation and checkpoints
+        unplace = lambda s: parallel.put_replicated(parallel.unreplicate(s), mesh)
+    return train_step, None, place, unplace
 
 
 def _unroll(config: TrainConfig, mesh: Any, model: nn.Module, variables: Any,

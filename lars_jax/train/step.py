@@ -261,6 +261,231 @@ def _real_rows_per_group(y: jax.Array, axis: str | None, groups: int) -> jax.Arr
     return count / groups
 
 
+def _num_devices(opts: StepOptions) -> int:
+    """Devices of the mapped axis (1 without one)."""
+    return opts.num_devices if opts.axis_name is not None else 1
+
+
+class _Grads(NamedTuple):
+    """A gradient of the step (one micro-batch's, one device's or the global one) and what
+    comes with it.
+
+    Attributes:
+      loss: the mean loss.
+      accuracy: the mean accuracy.
+      grads: the mean gradient.
+      batch_stats: the new BatchNorm running statistics.
+      norms: the gradient norms passed to the optimizer as ``per_example_norms`` (None
+        unless ``StepOptions.clars_granularity`` asks for them).
+      sq_small: the mean over gradient groups of each group gradient's squared norm (None
+        with one group).
+      ex_sq: with ``StepOptions.log_noise_scale``, the mean over examples of their squared
+        gradient norms (None without).
+    """
+
+    loss: jax.Array
+    accuracy: jax.Array
+    grads: PyTree
+    batch_stats: PyTree
+    norms: PyTree | None
+    sq_small: jax.Array | None
+    ex_sq: jax.Array | None
+
+
+def _make_micro_grads(loss_fn: Callable[..., Any], opts: StepOptions
+                      ) -> Callable[..., _Grads]:
+    """``micro_grads(params, batch_stats, x, y, rows=None) -> _Grads`` of one micro-batch
+    (``sq_small`` None): every example's gradient norms come from the same backward pass
+    (`value_grad_and_norms`) when the optimizer or the noise-scale log needs them."""
+    granularity = opts.clars_granularity
+    example_norms = granularity == "example" or opts.log_noise_scale
+
+    def micro_grads(params: PyTree, batch_stats: PyTree, x: jax.Array, y: jax.Array,
+                    rows: jax.Array | None = None) -> _Grads:
+        ex_sq = None
+        if example_norms:
+            from lars_jax.per_example import value_grad_and_norms
+
+            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy, rows)
+            (loss, (stats, acc)), grads, norms = value_grad_and_norms(
+                fn, params, x, y, has_aux=True)
+            if opts.log_noise_scale:
+                ex_sq = jnp.mean(sum(jnp.square(n) for n in jax.tree.leaves(norms)))
+            if granularity != "example":
+                norms = None
+        else:
+            (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch_stats, x, y, rows)
+            norms = None
+        if granularity == "micro_batch":
+            norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
+        return _Grads(loss, acc, grads, stats, norms, None, ex_sq)
+
+    return micro_grads
+
+
+def _accumulate(micro_grads: Callable[..., _Grads], state: TrainState, x: jax.Array,
+                y: jax.Array, rows: jax.Array | None, opts: StepOptions) -> _Grads:
+    """The mean over ``opts.grad_accum_steps`` contiguous micro-batches (a ``lax.scan``).
+
+    Every micro-batch starts from the step's running statistics; their updates are
+    averaged (one update per step, as across devices).
+    """
+    accum = opts.grad_accum_steps
+    m = x.shape[0] // accum
+    xs = x.reshape(accum, m, *x.shape[1:])
+    ys = y.reshape(accum, m, *y.shape[1:])
+
+    def body(gsum: PyTree, xy: tuple[jax.Array, jax.Array]) -> tuple[PyTree, _Grads]:
+        g = micro_grads(state.params, state.batch_stats, *xy, rows)
+        gsum = jax.tree.map(jnp.add, gsum, g.grads)
+        return gsum, g._replace(grads=None, sq_small=_sqnorm(g.grads))
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    gsum, each = jax.lax.scan(body, zeros, (xs, ys), unroll=opts.unroll)
+    norms = each.norms
+    if norms is not None:  # (accum, m) or (accum, 1) -> (accum*m,) or (accum,)
+        norms = jax.tree.map(lambda v: v.reshape(-1), norms)
+    return _Grads(
+        loss=jnp.mean(each.loss),
+        accuracy=jnp.mean(each.accuracy),
+        grads=jax.tree.map(lambda g: g / accum, gsum),
+        batch_stats=jax.tree.map(lambda v: jnp.mean(v, axis=0), each.batch_stats),
+        norms=norms,
+        sq_small=jnp.mean(each.sq_small),
+        ex_sq=None if each.ex_sq is None else jnp.mean(each.ex_sq),
+    )
+
+
+def _device_grads(micro_grads: Callable[..., _Grads], state: TrainState, x: jax.Array,
+                  y: jax.Array, rows: jax.Array | None, opts: StepOptions) -> _Grads:
+    """This device's gradient of the step (before any collective), with ``sq_small`` when
+    the step has >= 2 gradient groups and, for ``clars_granularity="device"``, the norms
+    of the device's gradient."""
+    if opts.grad_accum_steps == 1:
+        g = micro_grads(state.params, state.batch_stats, x, y, rows)
+        groups = _num_devices(opts)  # one gradient group per device
+        g = g._replace(sq_small=_sqnorm(g.grads) if groups >= 2 else None)
+    else:
+        g = _accumulate(micro_grads, state, x, y, rows, opts)
+    if opts.clars_granularity == "device":
+        g = g._replace(norms=jax.tree.map(lambda v: v.reshape(1), _leaf_norms(g.grads)))
+    return g
+
+
+def _mean_over_devices(g: _Grads, axis: str, sync_batch_stats: bool) -> _Grads:
+    """The global gradient: the means over the devices of ``axis`` (the BatchNorm
+    statistics only with `sync_batch_stats`), and every device's norms gathered in device
+    order."""
+    loss, acc = jax.lax.pmean((g.loss, g.accuracy), axis)
+    stats = g.batch_stats
+    if sync_batch_stats and stats:
+        stats = jax.lax.pmean(stats, axis)
+    return _Grads(
+        loss=loss,
+        accuracy=acc,
+        grads=jax.lax.pmean(g.grads, axis),
+        batch_stats=stats,
+        norms=None if g.norms is None else jax.lax.all_gather(g.norms, axis, tiled=True),
+        sq_small=None if g.sq_small is None else jax.lax.pmean(g.sq_small, axis),
+        ex_sq=None if g.ex_sq is None else jax.lax.pmean(g.ex_sq, axis),
+    )
+
+
+def _accept_if_finite(state: TrainState, finite: jax.Array, params: PyTree,
+                      batch_stats: PyTree, opt_state: PyTree, opts: StepOptions
+                      ) -> TrainState:
+    """The state after the step: its new values where the step is `finite` and the run
+    still changes (``opts.nan_policy`` and ``opts.max_skipped``), else the old ones."""
+    if opts.nan_policy == "skip":
+        running = (jnp.ones((), bool) if opts.max_skipped is None
+                   else state.skipped <= opts.max_skipped)
+        ok = finite & running
+        step_inc = running.astype(jnp.int32)
+        skipped = state.skipped + (running & ~finite).astype(jnp.int32)
+        nonfinite_step = state.nonfinite_step
+    else:
+        running = state.nonfinite_step < 0
+        ok = finite & running
+        step_inc = ok.astype(jnp.int32)
+        skipped = state.skipped
+        nonfinite_step = jnp.where(running & ~finite, state.step, state.nonfinite_step)
+    sel = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    return TrainState(
+        step=state.step + step_inc,
+        params=sel(params, state.params),
+        batch_stats=sel(batch_stats, state.batch_stats),
+        opt_state=sel(opt_state, state.opt_state),
+        skipped=skipped,
+        nonfinite_step=nonfinite_step,
+    )
+
+
+def _noise_scale_metrics(g: _Grads, local_batch: int, opts: StepOptions) -> Metrics:
+    """The gradient-noise-scale statistics of the step (module docstring; with >= 2
+    gradient groups) and, with ``opts.log_noise_scale``, the one-batch estimates."""
+    devices = _num_devices(opts)
+    metrics: Metrics = {}
+    if devices * opts.grad_accum_steps >= 2:
+        metrics["grad_sqnorm_small"] = g.sq_small
+        metrics["grad_sqnorm_big"] = _sqnorm(g.grads)
+        metrics["batch_small"] = jnp.asarray(local_batch // opts.grad_accum_steps,
+                                             jnp.float32)
+        metrics["batch_big"] = jnp.asarray(local_batch * devices, jnp.float32)
+    if g.ex_sq is not None:
+        from lars_jax.diagnostics import noise_scale_from_sqnorms
+
+        est = noise_scale_from_sqnorms(g.ex_sq, _sqnorm(g.grads), local_batch * devices)
+        metrics["noise_trace_sigma"] = est.trace_sigma
+        metrics["noise_grad_sqnorm"] = est.grad_sq_norm
+        metrics["noise_example_sqnorm"] = est.mean_example_sq_norm
+    return metrics
+
+
+def _layer_metrics(state: TrainState, g: _Grads, updates: PyTree, opt_state: PyTree,
+                   lr: jax.Array, opts: StepOptions) -> Metrics:
+    """Per-layer statistics (``opts.log_layer_stats``) and diagnostics
+    (``opts.log_diagnostics``) of the step; empty when neither is asked for."""
+    metrics: Metrics = {}
+    if opts.log_layer_stats:
+        metrics.update(_flat_names("weight_norm", _leaf_norms(state.params)))
+        metrics.update(_flat_names("grad_norm", _leaf_norms(g.grads)))
+        from lars_jax.trust_ratio import trust_ratio_stats
+
+        tr = trust_ratio_stats(opt_state)
+        if tr is not None:
+            metrics.update(_flat_names("trust_ratio", tr["trust_ratio"]))
+    if opts.log_diagnostics:
+        from lars_jax.diagnostics import layer_diagnostics
+
+        diag = layer_diagnostics(state.params, g.grads, state.opt_state, lr,
+                                 opts.weight_decay, opts.momentum, updates=updates)
+        metrics.update({f"diag/{name}": v for name, v in diag.items()})
+    return metrics
+
+
+def _step_metrics(state: TrainState, g: _Grads, updates: PyTree, opt_state: PyTree,
+                  finite: jax.Array, local_batch: int, opts: StepOptions,
+                  lr_fn: Callable[[PyTree], jax.Array] | None) -> Metrics:
+    """The metrics of the step (`make_train_step`'s Returns) from the state before it."""
+    metrics: Metrics = {
+        "loss": g.loss,
+        "accuracy": g.accuracy,
+        "grad_norm": jnp.sqrt(_sqnorm(g.grads)),
+        "param_norm": jnp.sqrt(_sqnorm(state.params)),
+        "finite": finite.astype(jnp.float32),
+    }
+    hyperparams = getattr(opt_state, "hyperparams", None)
+    if lr_fn is not None:
+        metrics["lr"] = lr_fn(opt_state)
+    elif isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
+        metrics["lr"] = jnp.asarray(hyperparams["learning_rate"], jnp.float32)
+    metrics.update(_noise_scale_metrics(g, local_batch, opts))
+    lr = metrics.get("lr", jnp.zeros((), jnp.float32))
+    metrics.update(_layer_metrics(state, g, updates, opt_state, lr, opts))
+    return metrics
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -288,152 +513,24 @@ def make_train_step(
       the optimizer was built with ``optax.inject_hyperparams``), the noise-scale statistics
       when there are >= 2 gradient groups, and per-layer statistics on request.
     """
-    loss_fn = make_loss_fn(model, opts)
-    accum = opts.grad_accum_steps
-    axis = opts.axis_name
-    devices = opts.num_devices if axis is not None else 1
-    granularity = opts.clars_granularity
-    groups = devices * accum
-    example_norms = granularity == "example" or opts.log_noise_scale
-
-    def micro_grads(params, batch_stats, x, y, rows=None):
-        """Loss, grads, new stats, accuracy, (per-example) norms of one micro-batch and
-        the mean over its examples of their squared gradient norms (with log_noise_scale)."""
-        ex_sq = None
-        if example_norms:
-            from lars_jax.per_example import value_grad_and_norms
-
-            fn = lambda p, xx, yy: loss_fn(p, batch_stats, xx, yy, rows)
-            (loss, (stats, acc)), grads, norms = value_grad_and_norms(
-                fn, params, x, y, has_aux=True)
-            if opts.log_noise_scale:
-                ex_sq = jnp.mean(sum(jnp.square(n) for n in jax.tree.leaves(norms)))
-            if granularity != "example":
-                norms = None
-        else:
-            (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, batch_stats, x, y, rows)
-            norms = None
-        if granularity == "micro_batch":
-            norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
-        return loss, grads, stats, acc, norms, ex_sq
+    micro_grads = _make_micro_grads(make_loss_fn(model, opts), opts)
+    groups = _num_devices(opts) * opts.grad_accum_steps
 
     def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Metrics]:
-        params = state.params
-        rows = _real_rows_per_group(y, axis, groups) if opts.masked else None
-        if accum == 1:
-            loss, grads, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, x, y,
-                                                                rows)
-            sq_small = _sqnorm(grads) if groups >= 2 else None
-        else:
-            m = x.shape[0] // accum
-            xs = x.reshape(accum, m, *x.shape[1:])
-            ys = y.reshape(accum, m, *y.shape[1:])
-
-            def body(gsum, xy):
-                # every micro-batch starts from the step's running statistics; their
-                # updates are averaged below (one update per step, as across devices)
-                loss, g, stats, acc, norms, ex_sq = micro_grads(params, state.batch_stats, *xy,
-                                                                rows)
-                gsum = jax.tree.map(jnp.add, gsum, g)
-                return gsum, (loss, acc, norms, _sqnorm(g), stats, ex_sq)
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            gsum, (losses, accs, norms, sqs, stats, ex_sq) = jax.lax.scan(
-                body, zeros, (xs, ys), unroll=opts.unroll)
-            ex_sq = None if ex_sq is None else jnp.mean(ex_sq)
-            stats = jax.tree.map(lambda v: jnp.mean(v, axis=0), stats)
-            grads = jax.tree.map(lambda g: g / accum, gsum)
-            loss, acc = jnp.mean(losses), jnp.mean(accs)
-            sq_small = jnp.mean(sqs)
-            if norms is not None:  # (accum, m) or (accum, 1) -> (accum*m,) or (accum,)
-                norms = jax.tree.map(lambda v: v.reshape(-1), norms)
-
-        if granularity == "device":
-            norms = jax.tree.map(lambda v: v.reshape(1), _leaf_norms(grads))
-        if axis is not None:
-            grads = jax.lax.pmean(grads, axis)
-            loss, acc = jax.lax.pmean((loss, acc), axis)
-            if sq_small is not None:
-                sq_small = jax.lax.pmean(sq_small, axis)
-            if ex_sq is not None:
-                ex_sq = jax.lax.pmean(ex_sq, axis)
-            if norms is not None:
-                norms = jax.lax.all_gather(norms, axis, tiled=True)
-            if opts.sync_batch_stats and stats:
-                stats = jax.lax.pmean(stats, axis)
-
-        extra = {} if granularity is None else {"per_example_norms": norms}
-        updates, opt_state = tx.update(grads, state.opt_state, params, **extra)
-        new_params = optax.apply_updates(params, updates)
-
+        rows = _real_rows_per_group(y, opts.axis_name, groups) if opts.masked else None
+        g = _device_grads(micro_grads, state, x, y, rows, opts)
+        if opts.axis_name is not None:
+            g = _mean_over_devices(g, opts.axis_name, opts.sync_batch_stats)
+        extra = {} if opts.clars_granularity is None else {"per_example_norms": g.norms}
+        updates, opt_state = tx.update(g.grads, state.opt_state, state.params, **extra)
+        new_params = optax.apply_updates(state.params, updates)
         # a finite gradient can still make the parameters overflow (a huge learning rate):
         # the step is accepted only if the parameters it makes, and their squared norm (in
         # float32: an overflow there means parameters beyond 1e19), are finite too
-        finite = (jnp.isfinite(loss) & _all_finite(grads)
+        finite = (jnp.isfinite(g.loss) & _all_finite(g.grads)
                   & jnp.isfinite(_sqnorm(new_params)))
-        if opts.nan_policy == "skip":
-            running = (jnp.ones((), bool) if opts.max_skipped is None
-                       else state.skipped <= opts.max_skipped)
-            ok = finite & running
-            step_inc = running.astype(jnp.int32)
-            skipped = state.skipped + (running & ~finite).astype(jnp.int32)
-            nonfinite_step = state.nonfinite_step
-        else:
-            running = state.nonfinite_step < 0
-            ok = finite & running
-            step_inc = ok.astype(jnp.int32)
-            skipped = state.skipped
-            nonfinite_step = jnp.where(running & ~finite, state.step, state.nonfinite_step)
-        sel = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        new_state = TrainState(
-            step=state.step + step_inc,
-            params=sel(new_params, params),
-            batch_stats=sel(stats, state.batch_stats),
-            opt_state=sel(opt_state, state.opt_state),
-            skipped=skipped,
-            nonfinite_step=nonfinite_step,
-        )
-
-        metrics: Metrics = {
-            "loss": loss,
-            "accuracy": acc,
-            "grad_norm": jnp.sqrt(_sqnorm(grads)),
-            "param_norm": jnp.sqrt(_sqnorm(params)),
-            "finite": finite.astype(jnp.float32),
-        }
-        hyperparams = getattr(opt_state, "hyperparams", None)
-        if lr_fn is not None:
-            metrics["lr"] = lr_fn(opt_state)
-        elif isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
-            metrics["lr"] = jnp.asarray(hyperparams["learning_rate"], jnp.float32)
-        if groups >= 2:
-            metrics["grad_sqnorm_small"] = sq_small
-            metrics["grad_sqnorm_big"] = _sqnorm(grads)
-            metrics["batch_small"] = jnp.asarray(x.shape[0] // accum, jnp.float32)
-            metrics["batch_big"] = jnp.asarray(x.shape[0] * devices, jnp.float32)
-        if ex_sq is not None:
-            from lars_jax.diagnostics import noise_scale_from_sqnorms
-
-            est = noise_scale_from_sqnorms(ex_sq, _sqnorm(grads), x.shape[0] * devices)
-            metrics["noise_trace_sigma"] = est.trace_sigma
-            metrics["noise_grad_sqnorm"] = est.grad_sq_norm
-            metrics["noise_example_sqnorm"] = est.mean_example_sq_norm
-        if opts.log_layer_stats:
-            metrics.update(_flat_names("weight_norm", _leaf_norms(params)))
-            metrics.update(_flat_names("grad_norm", _leaf_norms(grads)))
-            from lars_jax.trust_ratio import trust_ratio_stats
-
-            tr = trust_ratio_stats(opt_state)
-            if tr is not None:
-                metrics.update(_flat_names("trust_ratio", tr["trust_ratio"]))
-        if opts.log_diagnostics:
-            from lars_jax.diagnostics import layer_diagnostics
-
-            lr = metrics.get("lr", jnp.zeros((), jnp.float32))
-            diag = layer_diagnostics(params, grads, state.opt_state, lr, opts.weight_decay,
-                                     opts.momentum, updates=updates)
-            metrics.update({f"diag/{name}": v for name, v in diag.items()})
+        new_state = _accept_if_finite(state, finite, new_params, g.batch_stats, opt_state, opts)
+        metrics = _step_metrics(state, g, updates, opt_state, finite, x.shape[0], opts, lr_fn)
         return new_state, metrics
 
     return step
