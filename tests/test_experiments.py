@@ -138,3 +138,30 @@ def test_shard_validation(tmp_path):
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(ValueError, match="shard"):
             harness.run_or_load(TrainConfig(), [{"seed": 0}], tmp_path / "runs", shard=bad)
+
+
+def _time_v_block(wall: str, user: float, sys_s: float) -> str:
+    return ("\tCommand being timed: \"python experiments/x.py --preset cpu\"\n"
+            f"\tUser time (seconds): {user}\n\tSystem time (seconds): {sys_s}\n"
+            f"\tElapsed (wall clock) time (h:mm:ss or m:ss): {wall}\n\tExit status: 0\n")
+
+
+def test_time_v_note_sums_every_invocation_of_every_worker(tmp_path):
+    # worker1 was started twice with `/usr/bin/time -v -a -o`: two blocks in one file,
+    # 1:00.00 + 0:30.00 = 1.5 min wall and (15 + 5) + (8 + 2) s = 0.5 min CPU; worker2
+    # ran once for 1:02:00 (62 min) with 120 + 60 s CPU (3 min)
+    (tmp_path / "time_v_worker1.txt").write_text(
+        _time_v_block("1:00.00", 15.0, 5.0) + _time_v_block("0:30.00", 8.0, 2.0))
+    (tmp_path / "time_v_worker2.txt").write_text(_time_v_block("1:02:00", 120.0, 60.0))
+    note = harness.time_v_note(tmp_path)
+    assert "worker1: 2 invocations, 1.5 min wall, 0.5 min CPU" in note
+    assert "worker2: 62.0 min wall, 3.0 min CPU" in note
+    assert "all 3 invocations: 63.5 min of summed wall time, 3.5 min CPU" in note
+    assert harness.time_v_note(tmp_path / "none") == ""
+
+
+def test_presets_name_only_what_the_scripts_define():
+    assert harness.PRESETS == ("smoke", "cpu")
+    assert "full" not in harness.preset_note("cpu")
+    with pytest.raises(ValueError, match="preset"):
+        harness.default_out("x", "full")
