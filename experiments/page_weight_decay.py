@@ -863,6 +863,9 @@ def plot_relax(rows: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
     for f in PERTURB.values():
         lines.append({"x": t, "y": 1 + (f - 1) * np.exp(-t), "color": "black", "ls": ":",
                       "label": "1 + (f-1) exp(-t/tau_Page)" if f > 1 else None})
+        lines.append({"x": t, "y": np.sqrt(1 + (f * f - 1) * np.exp(-2 * t)), "color": "black",
+                      "ls": "-.", "label": "two-term equation, constant |g||w|" if f > 1
+                      else None})
     return harness.plot_styled(out / "relaxation.png", lines, logy=True, legend_cols=2,
                                xlabel="steps after the rescale / tau_Page",
                                ylabel="|w|^2 / value before the rescale",
@@ -1042,13 +1045,75 @@ def setup_text(preset: str, base: TrainConfig) -> str:
         f"grid {list(cv['lrs'])} on selection seed {SELECTION_SEED}, then 4 evaluation "
         f"seeds; {RUN_TAUS} tau_Page each.\n\n"
         f"Batches relative to this task's critical batch (experiment 5, gradient_noise_scale: "
-        f"B_crit about 2.5k-4k): batch {s['batch']} is about B_crit/20-B_crit/30 and the (c) "
-        f"base batch {c['batch']} about B_crit/150-B_crit/250, the noise-dominated side where "
+        f"B_crit about 2.5k-4k): batch {s['batch']} is about B_crit/{2500 // s['batch']}-"
+        f"B_crit/{4000 // s['batch']} and the (c) base batch {c['batch']} about "
+        f"B_crit/{2500 // c['batch']}-B_crit/{4000 // c['batch']}, the noise-dominated side where "
         f"Page's argument applies; (c)'s n x B spans up to {c['batch'] * max(c['ns'])}, below "
         f"B_crit. Page's own batch (512 on CIFAR-10) has no measured critical batch here to "
         f"map it onto; his claims are about per-step dynamics, not a batch range.\n\n"
         + harness.base_config_table(base, ["model", "width", "norm", "dataset", "batch_size",
                                            "schedule", "warmup_epochs", "dtype"]))
+
+
+def reading_text(rows: Sequence[Mapping[str, Any]], preset: str) -> str:
+    """Plain-words reading of the verdicts; every number is computed from the rows."""
+    by_seed: dict[tuple[float, str, int], list[float]] = {}
+    for f in relax_fits(rows):
+        if math.isfinite(f["tau_fit"]):
+            by_seed.setdefault((f["rho"], f["dir"], f["seed"]), []).append(
+                f["tau_fit"] / f["tau_page"])
+    means = [float(np.exp(np.mean(np.log(v)))) for v in by_seed.values()] or [math.nan]
+    sel = conv_selection(rows, preset)
+    conv = [_loglog_fit(p)[1] for s in EVAL_SEEDS[preset] if sel["best"] is not None
+            and len(p := rate_points(rows, "conv", SETTINGS[preset]["conv"]["rho"], s,
+                                     sel["best"]))] or [math.nan]
+    tabs = sqrt_n_tables(rows)
+    cos = {n: float(np.mean([t[n]["cos"] for t in tabs.values()])) for n in
+           sorted(set.intersection(*(set(t) for t in tabs.values())))} if tabs else {}
+    return (
+        f"(a) After a rescale of |w|^2 the return has a time constant of "
+        f"{min(means):.2f}-{max(means):.2f} tau_Page (per seed, momentum and branch; "
+        f"geometric means over cells and layers), and it scales with (1-rho)/(lr wd) (the "
+        f"slopes in the verdict lines). That is the linear-response time of the two-term "
+        f"equation, tau_Page/2 = (1-rho)/(4 lr wd), rather than Page's (1-rho)/(2 lr wd), "
+        f"the time of pure decay (|w|^2 far above equilibrium). With 'about' read as within "
+        f"2x the ratio sits on the band's lower edge, so the pre-registered verdict turns on "
+        f"that edge: the scaling holds where the fit is clean, the prefactor is about half "
+        f"Page's. The "
+        f"fastest plain-SGD cell's down branch is not a single exponential (a jump within a "
+        f"few steps, then a drift), hence its wide interval.\n\n"
+        f"(b, ResNet-8) The conv layers' measured rate is {min(conv):.2f}-{max(conv):.2f} x "
+        f"Page's prediction over the evaluation seeds, above it as in design v2 (1.35 on one "
+        f"seed), and the interval reaches just above the 1.25 margin: undecided, not "
+        f"confirmed. Its median cos(g_t, v_t-1) is larger than the MLP's (table of (d)): "
+        f"successive gradients are less independent in the conv net, which the momentum "
+        f"form of the formula assumes away.\n\n"
+        f"(c) At base batch 16 the premise holds for the n in the verdict lines (noise "
+        f"fraction >= {NOISE_DOMINATED:g}); there the angle of n small steps matches one "
+        f"large step on average (ratio intervals around 1, wide), but the directions agree "
+        f"less as n grows: direction cosine "
+        + ", ".join(f"n={n}: {c:.2f}" for n, c in cos.items() if n > 1)
+        + f". The pre-registered cosine margin ({DIRECTION_MIN:g}) makes that a "
+        f"contradiction: one large step moves the weights by as much as n small ones, not in "
+        f"the same direction.\n")
+
+
+def compute_by_arm(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Summed run wall time (training and probe) and the span of each arm."""
+    import datetime as dt
+
+    parts = []
+    for arm in ("mlp", "c", "conv"):
+        sel = [r for r in rows if r.get("arm") == arm and r.get("finished_at")]
+        if not sel:
+            continue
+        ends = [(dt.datetime.fromisoformat(str(r["finished_at"])), float(r.get("wall_s") or 0))
+                for r in sel]
+        start = min(e - dt.timedelta(seconds=t) for e, t in ends)
+        span = (max(e for e, _ in ends) - start).total_seconds() / 60
+        parts.append(f"{arm}: {len(sel)} runs, {sum(t for _, t in ends) / 60:.1f} min summed "
+                     f"run wall time (training and its probe), {span:.0f} min span")
+    return (" By arm: " + "; ".join(parts) + ".") if parts else ""
 
 
 def limits_text(preset: str) -> str:
@@ -1068,19 +1133,30 @@ def limits_text(preset: str) -> str:
         "to the equilibrium norm, one base batch (16) and n up to 128 (batch 2048); the "
         "noise fraction uses BatchNorm over each batch, the full-gradient reference "
         "BatchNorm over all images. The head (not scale invariant) is excluded from every "
-        "verdict. Nothing here tests ImageNet-scale batches or Page's full training recipe.")
+        "verdict. The ResNet-8 runs are short (375 steps, 0.8 epoch; test accuracy 47-70%): "
+        "the check is of the plateau dynamics of a partly trained conv net, and the lr choice "
+        "on the selection seed (0.1 and 0.2 within 0.2 points) picks an operating point, not "
+        "a sharply best lr. Nothing here tests ImageNet-scale batches or Page's full training "
+        "recipe.")
 
 
-def _result_line(key: str, details: Sequence[str]) -> str:
-    text = " ".join(d.lstrip("- ") for d in details)
-    return text if len(text) < 900 else text[:897] + "..."
+def _result_line(details: Sequence[str]) -> str:
+    """The verdict lines in one short string (the margins' reasons left to the report)."""
+    import re
+
+    text = "; ".join(d.lstrip("- ") for d in details if not d.startswith("- premise")
+                     and "branch fits" not in d)
+    text = text.replace("slope of log tau_fit on log tau_Page", "slope").replace(
+        "angle of n small / one large step", "angle ratio")
+    text = re.sub(r" \((interval|n=\d+ <|no finite)[^)]*\)", "", text)
+    return re.sub(r" in \[[^\]]*\]", "", text.replace("(n=4) ", ""))
 
 
 def _summary(preset: str, out: Path, rows: Sequence[Mapping[str, Any]],
              verdicts: Mapping[str, tuple[ev.Verdict, list[str]]]) -> dict[str, Any]:
     crit = harness.read_criterion(out)
     table = [{"id": k, "claim": CRITERIA[k].claim, "criterion": CRITERIA[k].rule,
-              "result": _result_line(k, d), "verdict": v, "details": d}
+              "result": _result_line(d), "verdict": v, "details": d}
              for k, (v, d) in verdicts.items()]
     return {"preset": preset, "design": "v3", "criterion_sha": crit["criterion_sha"],
             "fixed_at": crit["fixed_at"], "table": table,
@@ -1106,8 +1182,9 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict[str, Any]:
                          [p for p in imgs.get(k, []) if p]) for k in CRITERIA]
     sections += [Section("Verdict", "\n".join(f"- {NAMES[k]}: **{v}**"
                                               for k, (v, _) in verdicts.items())),
+                 Section("Reading", reading_text(rows, preset)),
                  Section("Limits of the evidence", limits_text(preset)),
-                 Section("Compute", harness.compute_note(rows, out))]
+                 Section("Compute", harness.compute_note(rows, out) + compute_by_arm(rows))]
     write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
                  intro="Design v3 (issue 23). Raw rows: `rows.jsonl` (one per run, with its "
                        "criterion sha); every verdict is computed from them by the "
