@@ -47,7 +47,7 @@ from lars_jax.runs.run_files import (
 
 PathLike = str | os.PathLike[str]
 
-PRESETS = ("smoke", "cpu", "full")
+PRESETS = ("smoke", "cpu")  # no v3 script defines a GPU preset
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,9 +69,9 @@ class Method(NamedTuple):
 def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The common command line of an experiment script.
 
-    Options: ``--preset smoke|cpu|full`` (default ``cpu``), ``--out`` (default
-    ``experiments/results/<name>`` for ``cpu``, ``experiments/results/<name>_full`` for
-    ``full``, a ``smoke`` folder otherwise), ``--report-only`` (rebuild the report from
+    Options: ``--preset smoke|cpu`` (default ``cpu``), ``--out`` (default
+    ``experiments/results/<name>`` for ``cpu``, a ``smoke`` folder otherwise),
+    ``--report-only`` (rebuild the report from
     the runs already in ``--out``).
 
     Args:
@@ -86,7 +86,7 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description)
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="cpu: <20 min on 2 CPU cores; full: GPU budgets; smoke: seconds.")
+                   help="cpu: about an hour on 2 CPU cores; smoke: seconds.")
     p.add_argument("--out", default=None, help="Results folder.")
     p.add_argument("--report-only", action="store_true",
                    help="Only rebuild report.md and plots from the runs in --out.")
@@ -102,10 +102,10 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
 def default_out(name: str, preset: str) -> Path:
     """Default results folder of an experiment for a preset."""
     base = _REPO_ROOT / "experiments" / "results"
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if preset == "cpu":
         return base / name
-    if preset == "full":
-        return base / f"{name}_full"
     return base / "_smoke" / name
 
 
@@ -310,22 +310,47 @@ def compute_note(rows: Sequence[Mapping[str, Any]], out: PathLike) -> str:
 
 
 def time_v_note(out: PathLike) -> str:
-    """Wall and CPU time of each worker process from its ``time_v*.txt``
-    (``/usr/bin/time -v``), if any."""
-    parts = []
+    """Wall and CPU time of every worker process from the ``time_v*.txt`` files of
+    ``/usr/bin/time -v`` in ``out``.
+
+    A file may hold several invocations (a worker restarted with ``/usr/bin/time -v -a
+    -o``, which appends a block per invocation): every block is read, and each file's
+    invocations are summed, then all files together.
+
+    Example:
+      A file with two blocks of 1:00.00 and 0:30.00 wall and 20 + 10 s of CPU gives
+      ``worker1: 2 invocations, 1.5 min wall, 0.5 min CPU``.
+    """
+    def seconds(clock: str) -> float:
+        total = 0.0
+        for part in clock.split(":"):
+            total = 60 * total + float(part)
+        return total
+
+    parts, wall_all, cpu_all, n_all = [], 0.0, 0.0, 0
     for p in sorted(Path(out).glob("time_v*.txt")):
-        f = {}
-        for ln in p.read_text().splitlines():
-            if ": " in ln:
-                k, v = ln.strip().rsplit(": ", 1)
-                f[k] = v
-        if "User time (seconds)" in f:
-            cpu = float(f["User time (seconds)"]) + float(f.get("System time (seconds)", 0))
+        blocks = [b for b in p.read_text().split("Command being timed")[1:]
+                  if "User time (seconds)" in b]
+        wall = cpu = 0.0
+        for b in blocks:
+            f = {}
+            for ln in b.splitlines():
+                if ": " in ln:
+                    k, v = ln.strip().rsplit(": ", 1)
+                    f[k] = v
+            cpu += float(f["User time (seconds)"]) + float(f.get("System time (seconds)", 0))
+            wall += seconds(f.get("Elapsed (wall clock) time (h:mm:ss or m:ss)", "0"))
+        if blocks:
             parts.append(f"{p.stem.removeprefix('time_v_')}: "
-                         f"{f.get('Elapsed (wall clock) time (h:mm:ss or m:ss)', '?')} wall, "
-                         f"{cpu / 60:.1f} min CPU")
-    return (" `/usr/bin/time -v` per worker process (files `time_v_*.txt`): "
-            + "; ".join(parts) + ".") if parts else ""
+                         + (f"{len(blocks)} invocations, " if len(blocks) > 1 else "")
+                         + f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU")
+            wall_all, cpu_all, n_all = wall_all + wall, cpu_all + cpu, n_all + len(blocks)
+    if not parts:
+        return ""
+    return (" `/usr/bin/time -v` per worker process (files `time_v_*.txt`, every invocation "
+            "in them): " + "; ".join(parts)
+            + (f"; all {n_all} invocations: {wall_all / 60:.1f} min of summed wall time, "
+               f"{cpu_all / 60:.1f} min CPU" if len(parts) > 1 or n_all > 1 else "") + ".")
 
 
 def expand(methods: Sequence[Method], **axes: Sequence[Any]) -> list[dict[str, Any]]:
@@ -561,19 +586,17 @@ def base_config_table(base: Any, fields: Sequence[str]) -> str:
 
 def preset_note(preset: str) -> str:
     """What each preset means, for the limits section of a report."""
-    if preset == "full":
-        return "Preset `full` (GPU budgets)."
     if preset == "smoke":
         return (
             "Preset `smoke`: a few seconds of training to test the pipeline; the numbers "
             "say nothing about the claim."
         )
     return (
-        "Preset `cpu`: small models (mostly an MLP with BatchNorm) and budgets of a few "
-        "epochs on Fashion-MNIST, sized to run in under an hour on a 2-core CPU (each "
-        "report gives its measured run time and the machine's load). The `full` preset "
-        "(GPU, CIFAR-10 where available, real budgets) is defined in the script but was "
-        "NOT run: no GPU was lent to this project's development sessions."
+        "Preset `cpu`: small models (mostly an MLP with BatchNorm, some ResNet-8 arms of "
+        "reduced width) and budgets of a few epochs on Fashion-MNIST, sized to run in about "
+        "an hour on a 2-core CPU (each report gives its measured run time and the machine's "
+        "load). No GPU preset is defined: no run here says what happens at ImageNet or "
+        "CIFAR scale."
     )
 
 

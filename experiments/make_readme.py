@@ -109,8 +109,11 @@ def old_section() -> list[str]:
               "3 cells, one seed, momentum 0.9, grid chosen after the MLP results, not "
               "pre-registered) of the same criteria: (a) supported, **(b) contradicted** "
               "(measured/predicted rate 1.35 [1.30, 1.45], slope 1.15 [0.98, 1.31]), (d) "
-              "supported. It is superseded with the rest of that experiment; issue 23 asks "
-              "for a pre-registered 4-seed rerun of (b), whatever it says.", ""]
+              "supported. It is superseded with the rest of that experiment; "
+              + ("its pre-registered 4-seed rerun of (b) is the '(b) on a convolutional "
+                 "network' row of the v3 table above." if _v3("page_weight_decay") else
+                 "issue 23 asks for a pre-registered 4-seed rerun of (b), whatever it says."),
+              ""]
     return lines
 
 

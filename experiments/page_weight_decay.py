@@ -3,24 +3,30 @@
 Claims (Page, "How to train your ResNet 6"; formulas in :mod:`lars_jax.diagnostics`), for
 weights followed by BatchNorm (scale invariant: ``L(c w) = L(w)``, so ``w . g = 0``):
 
-(a) per layer, the per-step shrink of ``|w|^2`` by weight decay and its growth by the
-    gradient step balance after a relaxation time of about ``(1-rho)/(2*lr*wd)`` steps;
+(a) ``|w|^2`` relaxes towards its equilibrium in about ``(1-rho)/(2*lr*wd)`` steps;
 (b) ``lr*|g| / ((1-rho)*|w|)`` equals ``sqrt(2*lr*wd/(1-rho))`` (SGD behaves like LARS);
 (c) with the linear rule (batch x n, lr x n) the LARS-like rate grows by sqrt(n) and, when
     gradients are noise dominated, ``|g|`` shrinks by 1/sqrt(n), so one step at batch
     n*B moves the weights like n steps at batch B;
 (d) the gradient ``g_t`` and the momentum buffer ``v_{t-1}`` are nearly uncorrelated.
 
-Design (decided before the runs; the criteria are the module-level ``CRITERIA``): the
-BN-MLP (hidden Dense layers without bias followed by BatchNorm: exactly scale invariant)
-trained at a constant learning rate for 12 relaxation times, on a 3x3 grid of lr x wd in
-2x steps centred on Page's values, with momentum 0.9 and 0 (the plain-SGD grid has the
-same ``lr*wd/(1-rho)``, hence the same predicted step and relaxation time), 3 seeds.
-Claims (a), (b) and (d) are read from the trainer's per-layer diagnostics over the last
-2/3 of each run (the plateau, after 4 relaxation times). Claim (c) and a batch-size scan
-of (d) are computed by a small loop over the library's model, optimizer and diagnostics
-at the final weights of the central runs, for batches from B to 256 B, so that the
-gradient is noise dominated at the small batches and signal dominated at the large ones.
+Design v3 (issue 23; the criterion is written to ``results/page_weight_decay/criterion.json``
+before the first run and every row carries its sha):
+
+* MLP arm (BN-MLP ``mlp2``, width 0.5, batch 128, Fashion-MNIST): 4 (lr, wd) cells per
+  momentum (0.9 and 0; the plain-SGD cells have the same ``lr*wd/(1-rho)``), constant lr for
+  6 relaxation times, 4 evaluation seeds. (b) and (d) are read from the trainer's per-layer
+  diagnostics over the plateau (3 to 6 relaxation times). (a) is measured by perturbation:
+  at the end of each run every hidden kernel is rescaled so that ``|w|^2`` is 2x (up) or
+  1/2 (down) its value (BatchNorm follows, so the network's function is unchanged) and SGD
+  continues for 4 relaxation times; the time constant of the return is fitted.
+* (c) arm: the central plain-SGD cell at base batch 16 (lr scaled by the linear rule), 3
+  relaxation times, 4 evaluation seeds; at each final state the noise fraction, |g| against
+  n and n small steps against one large one, as in design v2.
+* ResNet-8 arm (width 0.25, batch 128, momentum 0.9): lr*wd fixed at 8e-4 (relaxation time
+  62.5 steps, 6 of them = 375 steps); the lr (with wd = 8e-4/lr) is chosen by test accuracy on
+  selection seed 100 (grid 0.1, 0.2, 0.4, one extension off an edge), then (b) on 4
+  evaluation seeds.
 
 Usage:
   python experiments/page_weight_decay.py --preset cpu
@@ -29,13 +35,9 @@ Usage:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import sys
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,43 +48,44 @@ import numpy as np  # noqa: E402
 from experiments import evidence as ev  # noqa: E402
 from experiments import harness  # noqa: E402
 from lars_jax.diagnostics import page_lars_rate  # noqa: E402
-from lars_jax.runs.report import Section, write_report  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
 
 NAME = "page_weight_decay"
-RELAX_MULTIPLE = 12  # run length, in relaxation times (constant lr throughout)
-WINDOW_START = 4  # the plateau window starts after this many relaxation times
-SAMPLES = 150  # logged (single-step) diagnostic samples per run
+RUN_TAUS = 6  # training length in relaxation times (constant lr)
+PLATEAU_FROM = 3  # (b), (d): the plateau window starts after this many relaxation times
+RELAX_TAUS = 4  # (a): length of each perturbation branch, in relaxation times
+PERTURB = {"up": 2.0, "down": 0.5}  # (a): factor applied to |w|^2 of every hidden kernel
+SAMPLES = 120  # logged (single-step) diagnostic samples per run
+RELAX_SAMPLES = 80  # |w|^2 samples per perturbation branch
+SELECTION_SEED = 100
+EVAL_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2, 3)}
+PROBE_FILE = "probe.json"
+NUM_TRAIN = {"fashion_mnist": 60000}
 
-# Grids: lr x wd in 2x steps. Momentum 0.9 is centred on Page's (lr 0.4, wd 5e-4); plain SGD
-# uses lr/(1-rho) = 4x smaller rates with 4x larger wd, i.e. the same lr*wd/(1-rho), hence
-# the same predicted step and relaxation time (Page's lr 4 without momentum diverges in the
-# MLP's non-scale-invariant head: measured 18% accuracy at lr 8).
+# thresholds (fixed before the runs)
+TAU_BAND = (0.5, 2.0)  # (a) fitted / Page's relaxation time: "about" read as within 2x
+SLOPE_BAND = (0.8, 1.2)  # (a) log tau_fit on log tau_Page; (b) log measured on log predicted
+RATIO_BAND = (0.8, 1.25)  # (b) measured / predicted rate; (c) angle of n small / 1 large
+G_SLOPE_BAND = (-0.6, -0.4)  # (c) slope of log|g| against log n, prediction -1/2
+NOISE_DOMINATED = 0.8  # (c) noise fraction 1 - |G|^2/E|g_b|^2 at or above: noise dominated
+DIRECTION_MIN = 0.7  # (c) cosine between n small steps and the one large step
+COS_BAND = (-0.2, 0.2)  # (d) median cos(g_t, v_t-1) counted as near 0
+MIN_AMPLITUDE = 0.25  # (a) a branch moving |w|^2 less than this fraction: nothing to fit
+
 SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(model="mlp2", width=0.25, dataset="fashion_mnist", train_subset=512,
-                  test_subset=256, batch=32, seeds=[0],
-                  momentum=dict(lr=[0.4], wd=[5e-3]), plain=dict(lr=[1.0], wd=[2e-2]),
-                  ns=[1, 2, 4], draws=2, scan_batches=[32, 128], scan_steps=12,
-                  small_base=None, retrained_base=None),
-    "cpu": dict(model="mlp2", width=0.5, dataset="fashion_mnist", train_subset=None,
-                test_subset=None, batch=128, seeds=[0, 1, 2],
-                momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
-                plain=dict(lr=[0.5, 1.0, 2.0], wd=[1e-3, 2e-3, 4e-3]),
-                ns=[1, 2, 4, 8, 16, 32, 64, 128], draws=4,
-                scan_batches=[128, 512, 2048, 8192, 32768], scan_steps=40,
-                small_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
-                retrained_base=dict(batch=32, ns=[1, 2, 4, 8, 16, 32, 64, 128, 256]),
-                conv=dict(model="resnet8", width=0.25, rho=0.9, lr=0.4,
-                          wd=[1e-3, 2e-3, 4e-3], seeds=[0])),
-    "full": dict(model="resnet9", width=1.0, dataset="cifar10", train_subset=None,
-                 test_subset=None, batch=512, seeds=[0, 1, 2],
-                 momentum=dict(lr=[0.2, 0.4, 0.8], wd=[2.5e-4, 5e-4, 1e-3]),
-                 plain=dict(lr=[0.5, 1.0, 2.0], wd=[1e-3, 2e-3, 4e-3]),
-                 ns=[1, 2, 4, 8, 16, 32], draws=4, scan_batches=[512, 2048, 8192],
-                 scan_steps=40, small_base=dict(batch=128, ns=[1, 2, 4, 8, 16, 32, 64]),
-                 retrained_base=None),
+    "smoke": dict(train_subset=512, test_subset=256, batch=32,
+                  cells=((0.9, 0.4, 1e-2),),
+                  c=dict(batch=16, lr=0.25, wd=4e-2, taus=2, ns=(1, 2, 4), draws=2),
+                  conv=dict(model="resnet8", width=0.25, rho=0.9, lrs=(0.4,), lr_wd=4e-3,
+                            extend=None)),
+    "cpu": dict(train_subset=None, test_subset=None, batch=128,
+                cells=((0.9, 0.4, 5e-4), (0.9, 0.2, 5e-4), (0.9, 0.4, 1e-3), (0.9, 0.8, 1e-3),
+                       (0.0, 1.0, 2e-3), (0.0, 0.5, 2e-3), (0.0, 1.0, 4e-3), (0.0, 2.0, 4e-3)),
+                c=dict(batch=16, lr=0.125, wd=2e-3, taus=3, ns=(1, 2, 4, 8, 16, 32, 64, 128),
+                       draws=4),
+                conv=dict(model="resnet8", width=0.25, rho=0.9, lrs=(0.1, 0.2, 0.4),
+                          lr_wd=8e-4, extend=(0.05, 0.8))),
 }
-NUM_TRAIN = {"fashion_mnist": 60000, "cifar10": 50000}
 
 
 def relaxation_steps(lr: float, wd: float, rho: float) -> float:
@@ -90,132 +93,172 @@ def relaxation_steps(lr: float, wd: float, rho: float) -> float:
     return (1.0 - rho) / (2.0 * lr * wd)
 
 
-def cells(preset: str) -> list[tuple[float, float, float]]:
-    """The (momentum, lr, wd) cells of a preset, momentum 0.9 first."""
-    s = SETTINGS[preset]
-    return [(rho, lr, wd) for rho, g in ((0.9, s["momentum"]), (0.0, s["plain"]))
-            for lr in g["lr"] for wd in g["wd"]]
-
-
-def centre(preset: str, rho: float) -> tuple[float, float, float]:
-    """The central cell of a momentum's grid (Page's values for momentum 0.9)."""
-    g = SETTINGS[preset]["momentum" if rho else "plain"]
-    return rho, g["lr"][len(g["lr"]) // 2], g["wd"][len(g["wd"]) // 2]
-
-
-def point(preset: str, rho: float, lr: float, wd: float, seed: int) -> dict[str, Any]:
-    s = SETTINGS[preset]
-    steps = int(round(RELAX_MULTIPLE * relaxation_steps(lr, wd, rho)))
-    n_train = s["train_subset"] or NUM_TRAIN[s["dataset"]]
-    return dict(momentum=rho, learning_rate=lr, weight_decay=wd, seed=seed,
-                epochs=steps / (n_train // s["batch"]),
-                log_every_steps=max(1, steps // SAMPLES))
-
-
-def runs(preset: str) -> dict[str, dict[str, Any]]:
-    """Every run of a preset, in priority order (seed 0 of every cell first)."""
-    out = {}
-    for seed in SETTINGS[preset]["seeds"]:
-        for rho, lr, wd in cells(preset):
-            out[f"rho={rho:g} lr={lr:g} wd={wd:g} seed={seed}"] = point(preset, rho, lr, wd,
-                                                                        seed)
-    if preset == "smoke":
-        return dict(list(out.items())[:1])
-    conv = SETTINGS[preset].get("conv")
-    if conv:  # the convolutional confirmation, last in priority
-        for seed in conv["seeds"]:
-            for wd in conv["wd"]:
-                p = point(preset, conv["rho"], conv["lr"], wd, seed)
-                out[f"{conv['model']} rho={conv['rho']:g} lr={conv['lr']:g} wd={wd:g} "
-                    f"seed={seed}"] = dict(model=conv["model"], width=conv["width"], **p)
-    return out
+# ------------------------------------------------------------------ runs
 
 
 def base_config(preset: str) -> TrainConfig:
+    if preset not in SETTINGS:
+        raise ValueError(f"preset must be one of {tuple(SETTINGS)}, got {preset!r}")
     s = SETTINGS[preset]
-    aug = dict(crop_padding=4, flip=True) if preset == "full" else dict(crop_padding=0,
-                                                                         flip=False)
     return TrainConfig(
-        model=s["model"], width=s["width"], norm="batch", dataset=s["dataset"],
+        model="mlp2", width=0.5, norm="batch", dataset="fashion_mnist",
         train_subset=s["train_subset"], test_subset=s["test_subset"], optimizer="sgd",
         nesterov=False, lr_scaling="none", batch_size=s["batch"], base_batch_size=s["batch"],
         schedule="constant", warmup_epochs=0.0, dtype="float32", log_diagnostics=True,
         eval_every_epochs=0.0, checkpoint_every_steps=-1, plot=False, progress=False,
-        num_devices=None if preset == "full" else 1, **aug)
+        num_devices=1, crop_padding=0, flip=False, label_smoothing=0.0)
 
 
-# ------------------------------------------------------------------ criteria (fixed before
-# the runs; each decide() reads the derived rows that analyse() writes to rows.jsonl)
-
-DRIFT_BAND = 0.25  # (a) |net change of |w|^2| / weight-decay shrink counted as balanced
-SLOPE_BAND = (0.8, 1.2)  # (b) fitted log-log slope, prediction 1
-RATIO_BAND = (0.8, 1.25)  # (b) measured / predicted, prediction 1; (c) n small / 1 big
-G_SLOPE_BAND = (-0.6, -0.4)  # (c) slope of log|g| against log n, prediction -1/2
-NOISE_DOMINATED = 0.8  # (c) noise fraction 1 - |G|^2/E|g_b|^2 at or above: noise dominated
-SIGNAL_DOMINATED = 0.5  # (c) at or below: signal dominated (the power check)
-DIRECTION_MIN = 0.7  # (c) cosine between n small steps and the one large step
-COS_BAND = 0.2  # (d) |cos(g_t, v_{t-1})| counted as near 0
+def _point(preset: str, *, model: str, width: float, batch: int, rho: float, lr: float,
+           wd: float, seed: int, taus: float) -> dict[str, Any]:
+    s = SETTINGS[preset]
+    steps = int(round(taus * relaxation_steps(lr, wd, rho)))
+    n_train = s["train_subset"] or NUM_TRAIN["fashion_mnist"]
+    return dict(model=model, width=width, batch_size=batch, base_batch_size=batch,
+                momentum=rho, learning_rate=lr, weight_decay=wd, seed=seed,
+                epochs=steps / (n_train // batch), log_every_steps=max(1, steps // SAMPLES))
 
 
-def _inside(lo: float, hi: float, band: tuple[float, float]) -> bool:
-    return band[0] <= lo and hi <= band[1]
+def mlp_point(preset: str, rho: float, lr: float, wd: float, seed: int) -> dict[str, Any]:
+    return _point(preset, model="mlp2", width=0.5, batch=SETTINGS[preset]["batch"], rho=rho,
+                  lr=lr, wd=wd, seed=seed, taus=RUN_TAUS)
 
 
-def _outside(lo: float, hi: float, band: tuple[float, float]) -> bool:
-    return hi < band[0] or lo > band[1]
+def c_point(preset: str, seed: int) -> dict[str, Any]:
+    c = SETTINGS[preset]["c"]
+    return _point(preset, model="mlp2", width=0.5, batch=c["batch"], rho=0.0, lr=c["lr"],
+                  wd=c["wd"], seed=seed, taus=c["taus"])
 
 
-def _cell_key(r: Mapping[str, Any]) -> tuple[float, float, float]:
-    return (float(r["rho"]), float(r["lr"]), float(r["wd"]))
+def conv_point(preset: str, lr: float, seed: int) -> dict[str, Any]:
+    cv = SETTINGS[preset]["conv"]
+    return _point(preset, model=cv["model"], width=cv["width"],
+                  batch=SETTINGS[preset]["batch"], rho=cv["rho"], lr=lr,
+                  wd=cv["lr_wd"] / lr, seed=seed, taus=RUN_TAUS)
 
 
-def _per_cell(rows: Sequence[Mapping[str, Any]], key: str, kind: str = "run_layer",
-              rho: float | None = None) -> dict[tuple[float, float, float], ev.Interval]:
-    """Mean over seeds (of the mean over scale-invariant layers) of ``key``, per cell."""
-    by: dict[tuple[float, float, float], dict[int, list[float]]] = {}
+def arm_of(model: str, batch: int, preset: str) -> str:
+    """``"conv"`` (ResNet-8), ``"c"`` (the base-batch-16 runs of claim c) or ``"mlp"``."""
+    if model != "mlp2":
+        return "conv"
+    return "c" if batch == SETTINGS[preset]["c"]["batch"] else "mlp"
+
+
+def plan(preset: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Priority order: the ResNet-8 selection (and its extension), its evaluation seeds once
+    the lr is chosen, the (c) runs, then the MLP cells seed by seed."""
+    s = SETTINGS[preset]
+    sel = conv_selection(rows, preset)
+    out = [conv_point(preset, lr, SELECTION_SEED) for lr in s["conv"]["lrs"]]
+    if sel["extension"] is not None:
+        out.append(conv_point(preset, sel["extension"], SELECTION_SEED))
+    if sel["done"] and sel["best"] is not None and sel["edge"] is None:
+        out += [conv_point(preset, sel["best"], seed) for seed in EVAL_SEEDS[preset]]
+    out += [c_point(preset, seed) for seed in EVAL_SEEDS[preset]]
+    out += [mlp_point(preset, *cell, seed) for seed in EVAL_SEEDS[preset]
+            for cell in s["cells"]]
+    return out
+
+
+# ------------------------------------------------------------------ criteria (pre-set)
+
+
+def _acc(r: Mapping[str, Any]) -> float:
+    a = r.get("test_accuracy")
+    return float(a) if isinstance(a, int | float) and math.isfinite(a) else 0.1
+
+
+def _k(x: float) -> float:
+    return round(float(x), 12)
+
+
+def combine(statuses: Sequence[str]) -> ev.Verdict:
+    """Supported when every status holds, contradicted when one fails, else inconclusive."""
+    if not statuses:
+        return "inconclusive"
+    if "fails" in statuses:
+        return "contradicted"
+    return "supported" if all(s == "holds" for s in statuses) else "inconclusive"
+
+
+def _status_line(what: str, iv: ev.Interval, band: tuple[float, float],
+                 statuses: list[str], fmt: str = ".3f") -> str:
+    st, why = ev.margin_status(iv, *band)
+    statuses.append(st)
+    return (f"{what} {iv.mean:{fmt}} [{iv.lo:{fmt}}, {iv.hi:{fmt}}] (n={iv.n}) -> {st} "
+            f"in [{band[0]:g}, {band[1]:g}] ({why})")
+
+
+def fit_relaxation(t: np.ndarray, x: np.ndarray, tau_page: float) -> float:
+    """Time constant of ``x(t) = x_inf + a exp(-t/tau)`` fitted by least squares to one
+    perturbation branch; NaN when the branch hardly moves (``|x(0) - x_inf| <
+    MIN_AMPLITUDE x_inf``), the fit fails, or tau ends on a bound (tau_page/20, 20 tau_page).
+    """
+    from scipy.optimize import curve_fit
+
+    t, x = np.asarray(t, np.float64), np.asarray(x, np.float64)
+    if len(x) < 10:
+        return math.nan
+    x_inf0 = float(np.mean(x[-max(2, len(x) // 4):]))
+    a0 = float(x[0] - x_inf0)
+    if abs(a0) < MIN_AMPLITUDE * abs(x_inf0):
+        return math.nan
+    lo, hi = math.log(tau_page / 20), math.log(tau_page * 20)
+    f = lambda t, x_inf, a, log_tau: x_inf + a * np.exp(-t / np.exp(log_tau))
+    try:
+        p, _ = curve_fit(f, t, x, p0=(x_inf0, a0, math.log(tau_page)),
+                         bounds=([0.0, -np.inf, lo], [np.inf, np.inf, hi]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return math.nan
+    if not lo + 1e-6 < p[2] < hi - 1e-6:
+        return math.nan
+    return float(math.exp(p[2]))
+
+
+def relax_fits(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One fit per scored MLP run, perturbation branch and hidden layer."""
+    out = []
     for r in rows:
-        if r.get("kind") != kind or not r.get("scale_invariant"):
+        if r.get("arm") != "mlp" or not r.get("scored") or not r.get("relax"):
             continue
-        if rho is not None and float(r["rho"]) != rho:
-            continue
-        v = r.get(key)
-        if v is None or not math.isfinite(float(v)):
-            continue
-        by.setdefault(_cell_key(r), {}).setdefault(int(r["seed"]), []).append(float(v))
-    return {c: ev.interval([float(np.mean(v)) for v in seeds.values()])
-            for c, seeds in sorted(by.items())}
+        for d, layers in r["relax"].items():
+            for layer, pts in layers.items():
+                t, x = np.asarray(pts, np.float64).T
+                out.append({"rho": float(r["rho"]), "lr": float(r["lr"]), "wd": float(r["wd"]),
+                            "seed": int(r["seed"]), "dir": d, "layer": layer,
+                            "tau_page": float(r["tau_page"]),
+                            "tau_fit": fit_relaxation(t, x, float(r["tau_page"]))})
+    return out
 
 
-def _cell_name(c: tuple[float, float, float]) -> str:
-    return f"rho {c[0]:g}, lr {c[1]:g}, wd {c[2]:g}"
-
-
-def _band_verdict(per_cell: Mapping[Any, ev.Interval], band: tuple[float, float],
-                  what: str, fmt: str = "+.3f") -> tuple[ev.Verdict, list[str]]:
-    """Supported if every cell's seed interval lies inside ``band``; contradicted if one
-    lies entirely outside; inconclusive otherwise (or without data)."""
-    if not per_cell:
-        return "inconclusive", [f"- no {what} rows"]
+def decide_relax(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
+    """(a): per momentum and branch, per seed the geometric mean over cells of
+    tau_fit/tau_Page and the slope of log tau_fit on log tau_Page; intervals over seeds."""
+    fits = relax_fits(rows)
+    statuses: list[str] = []
     lines = []
-    inside = outside = 0
-    for c, iv in per_cell.items():
-        lo, hi = (iv.lo, iv.hi) if iv.n >= 2 else (iv.mean, iv.mean)
-        ins, out = _inside(lo, hi, band), _outside(lo, hi, band)
-        inside += ins
-        outside += out
-        lines.append(f"- {_cell_name(c)}: {what} {iv.mean:{fmt}} (95% t-interval over "
-                     f"{iv.n} seeds [{lo:{fmt}}, {hi:{fmt}}])"
-                     + (" **outside**" if out else "" if ins else " (overlaps the band edge)"))
-    verdict: ev.Verdict = ("contradicted" if outside else
-                           "supported" if inside == len(per_cell) else "inconclusive")
-    lines.insert(0, f"- {inside} of {len(per_cell)} cells inside [{band[0]:g}, {band[1]:g}], "
-                    f"{outside} entirely outside")
-    return verdict, lines
-
-
-def decide_balance(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
-    return _band_verdict(_per_cell(rows, "drift"), (-DRIFT_BAND, DRIFT_BAND),
-                         "net change / shrink")
+    bad = sum(not math.isfinite(f["tau_fit"]) for f in fits)
+    for rho in sorted({f["rho"] for f in fits}, reverse=True):
+        for d in PERTURB:
+            by: dict[int, dict[float, list[float]]] = {}
+            for f in fits:
+                if f["rho"] == rho and f["dir"] == d and math.isfinite(f["tau_fit"]):
+                    by.setdefault(f["seed"], {}).setdefault(f["tau_page"], []).append(
+                        math.log(f["tau_fit"]))
+            ratio, slope = [], []
+            for cells in by.values():
+                lp = np.log(np.asarray(list(cells), np.float64))
+                lf = np.asarray([np.mean(v) for v in cells.values()])
+                ratio.append(float(np.exp(np.mean(lf - lp))))
+                slope.append(float(np.polyfit(lp, lf, 1)[0]) if np.ptp(lp) > 0 else math.nan)
+            lines.append(
+                f"- momentum {rho:g}, {d} (|w|^2 x {PERTURB[d]:g}): "
+                + _status_line("tau_fit / tau_Page", ev.interval(ratio), TAU_BAND, statuses)
+                + "; " + _status_line("slope of log tau_fit on log tau_Page",
+                                      ev.interval(slope), SLOPE_BAND, statuses))
+    lines.append(f"- {len(fits)} branch fits, {bad} not scored (moved < {MIN_AMPLITUDE:g} of "
+                 f"the equilibrium, failed or at a bound)")
+    return combine(statuses), lines
 
 
 def _loglog_fit(points: np.ndarray) -> tuple[float, float]:
@@ -224,199 +267,280 @@ def _loglog_fit(points: np.ndarray) -> tuple[float, float]:
     if len(points) < 2 or np.ptp(lx) == 0:
         return math.nan, float(np.exp(np.mean(ly - lx))) if len(points) else math.nan
     dx = lx - lx.mean()
-    slope = float(dx @ (ly - ly.mean()) / (dx @ dx))  # least squares
-    return slope, float(np.exp(np.mean(ly - lx)))
+    return float(dx @ (ly - ly.mean()) / (dx @ dx)), float(np.exp(np.mean(ly - lx)))
 
 
-def rate_fit(rows: Sequence[Mapping[str, Any]], rho: float
-             ) -> dict[str, tuple[float, float, float]] | None:
-    """Slope and ratio of measured against predicted rate with cell-bootstrap intervals."""
-    pts: dict[tuple[float, float, float], list[list[float]]] = {}
-    for r in rows:
-        if (r.get("kind") == "run_layer" and r.get("scale_invariant")
-                and float(r["rho"]) == rho and r.get("measured_rate")
-                and math.isfinite(float(r["measured_rate"]))):
-            pts.setdefault(_cell_key(r), []).append([float(r["predicted_rate"]),
-                                                     float(r["measured_rate"])])
-    if not pts:
-        return None
-    groups = [np.asarray(v) for v in pts.values()]
-
-    def stat(which: int) -> Any:
-        def f(idx: np.ndarray) -> float:
-            return _loglog_fit(np.concatenate([groups[i] for i in idx]))[which]
-        return f
-
-    idx = np.arange(len(groups))
-    return {"slope": ev.bootstrap_interval(stat(0), idx),
-            "ratio": ev.bootstrap_interval(stat(1), idx), "cells": len(groups)}
+def rate_points(rows: Sequence[Mapping[str, Any]], arm: str, rho: float, seed: int,
+                lr: float | None = None) -> np.ndarray:
+    """``[[predicted, measured], ...]`` of the scale-invariant layers of scored runs."""
+    pts = [[L["predicted_rate"], L["measured_rate"]] for r in rows
+           if r.get("arm") == arm and r.get("scored") and float(r["rho"]) == rho
+           and int(r["seed"]) == seed and (lr is None or _k(r["lr"]) == _k(lr))
+           for L in r.get("layers") or []
+           if L.get("scale_invariant") and L.get("measured_rate") is not None
+           and math.isfinite(L["measured_rate"])]
+    return np.asarray(pts, np.float64).reshape(-1, 2)
 
 
 def decide_rate(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
-    lines, verdicts = [], []
-    for rho in sorted({float(r["rho"]) for r in rows if r.get("kind") == "run_layer"},
-                      reverse=True):
-        fit = rate_fit(rows, rho)
-        if fit is None:
-            continue
-        (s, slo, shi), (q, qlo, qhi) = fit["slope"], fit["ratio"]
-        ok = _inside(slo, shi, SLOPE_BAND) and _inside(qlo, qhi, RATIO_BAND)
-        bad = _outside(slo, shi, SLOPE_BAND) or _outside(qlo, qhi, RATIO_BAND)
-        verdicts.append("contradicted" if bad else "supported" if ok else "inconclusive")
-        lines.append(f"- momentum {rho:g}: slope {s:.3f} [{slo:.3f}, {shi:.3f}], "
-                     f"measured/predicted {q:.3f} [{qlo:.3f}, {qhi:.3f}] (95% bootstrap over "
-                     f"{fit['cells']} cells) -> {verdicts[-1]}")
-    if not verdicts:
-        return "inconclusive", ["- no rate rows"]
-    v: ev.Verdict = ("contradicted" if "contradicted" in verdicts else
-                     "supported" if all(x == "supported" for x in verdicts) else
-                     "inconclusive")
-    return v, lines
+    """(b), MLP arm: per momentum, per seed the log-log slope and geometric-mean ratio of
+    measured against predicted rate over cells and hidden layers; intervals over seeds."""
+    statuses: list[str] = []
+    lines = []
+    mlp = [r for r in rows if r.get("arm") == "mlp" and r.get("scored")]
+    for rho in sorted({float(r["rho"]) for r in mlp}, reverse=True):
+        fits = [_loglog_fit(p) for s in sorted({int(r["seed"]) for r in mlp})
+                if len(p := rate_points(mlp, "mlp", rho, s))]
+        lines.append(
+            f"- momentum {rho:g}: " + _status_line(
+                "slope", ev.interval([f[0] for f in fits]), SLOPE_BAND, statuses)
+            + "; " + _status_line("measured / predicted", ev.interval([f[1] for f in fits]),
+                                  RATIO_BAND, statuses))
+    return combine(statuses), lines
 
 
-def _sqrt_n_table(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Per n: noise fraction, step ratio and direction cosine (intervals over draws)."""
-    per: dict[int, dict[str, dict[int, list[float]]]] = {}
-    for r in rows:
-        if r.get("kind") != "sqrt_n":
-            continue
-        d = per.setdefault(int(r["n"]), {"ratio": {}, "cos": {}, "g2": {}})
-        d["ratio"].setdefault(int(r["draw"]), []).append(r["theta_small"] / r["theta_big"])
-        d["cos"].setdefault(int(r["draw"]), []).append(r["direction_cos"])
-        d["g2"].setdefault(int(r["draw"]), []).append(r["g_sqnorm"])
-    full = {r["layer"]: r["g_sqnorm"] for r in rows if r.get("kind") == "full_batch"}
+def conv_selection(rows: Sequence[Mapping[str, Any]], preset: str = "cpu") -> dict[str, Any]:
+    """The ResNet-8 lr: best final test accuracy on the selection seed over the grid, one
+    extension by the preset's ``extend`` when the best is on an edge (diverged: 10%)."""
+    cv = SETTINGS[preset]["conv"]
+    scores = {_k(r["lr"]): _acc(r) for r in rows
+              if r.get("arm") == "conv" and int(r["seed"]) == SELECTION_SEED}
+    grid = [_k(x) for x in cv["lrs"]]
+    res: dict[str, Any] = {"best": None, "edge": None, "extension": None, "done": False,
+                           "scores": scores}
+    if any(x not in scores for x in grid):
+        return res
+    best, edge = ev.best_on_grid({x: scores[x] for x in grid})
+    if edge is not None and cv["extend"]:
+        ext = _k(cv["extend"][0] if edge == "low" else cv["extend"][1])
+        res["extension"] = ext
+        if ext not in scores:
+            return res
+        best, edge = ev.best_on_grid({x: scores[x] for x in [*grid, ext]})
+    return {**res, "best": best, "edge": edge, "done": True}
+
+
+def decide_conv_rate(rows: Sequence[Mapping[str, Any]], preset: str = "cpu"
+                     ) -> tuple[ev.Verdict, list[str]]:
+    """(b), ResNet-8 arm: per evaluation seed the geometric mean over conv layers of
+    measured / predicted rate at the selected lr; interval over seeds."""
+    sel = conv_selection(rows, preset)
+    lines = ["- selection seed: " + ", ".join(
+        f"lr {x:g}: {100 * a:.1f}%" for x, a in sorted(sel["scores"].items()))]
+    if not sel["done"]:
+        return "inconclusive", [*lines, "- selection unfinished: nothing scored"]
+    if sel["edge"] is not None:
+        return "inconclusive", [*lines, f"- best lr {sel['best']:g} on the {sel['edge']} "
+                                f"edge after extension: edge, not scored"]
+    cv = SETTINGS[preset]["conv"]
+    seeds = sorted({int(r["seed"]) for r in rows if r.get("arm") == "conv" and r.get("scored")})
+    ratios = [_loglog_fit(p)[1] for s in seeds
+              if len(p := rate_points(rows, "conv", cv["rho"], s, sel["best"]))]
+    statuses: list[str] = []
+    lines.append(f"- lr {sel['best']:g}, wd {cv['lr_wd'] / sel['best']:g}: " + _status_line(
+        "measured / predicted", ev.interval(ratios), RATIO_BAND, statuses))
+    return combine(statuses), lines
+
+
+def sqrt_n_seed_table(probe: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    """One seed's (c) probe: per n the noise fraction, RMS scale-free |g| (summed over hidden
+    layers), and the means over draws of the angle ratio and direction cosine."""
+    full = sum(probe["full"].values())
+    by: dict[int, dict[int, list[Mapping[str, Any]]]] = {}
+    for d in probe["draws"]:
+        by.setdefault(int(d["n"]), {}).setdefault(int(d["draw"]), []).append(d)
     out = {}
-    for n, d in sorted(per.items()):
-        g2 = [float(np.sum(v)) for v in d["g2"].values()]  # summed over layers, per draw
-        noise = 1.0 - sum(full.values()) / float(np.mean(g2)) if full else math.nan
-        out[n] = {"noise_fraction": noise, "g_rms": math.sqrt(float(np.mean(g2))),
-                  "g_draws": [math.sqrt(x) for x in g2],
-                  "ratio": ev.interval([float(np.mean(v)) for v in d["ratio"].values()]),
-                  "cos": ev.interval([float(np.mean(v)) for v in d["cos"].values()])}
+    for n, draws in sorted(by.items()):
+        g2 = [sum(x["g_sqnorm"] for x in ls) for ls in draws.values()]
+        out[n] = {"noise_fraction": 1.0 - full / float(np.mean(g2)),
+                  "g_rms": math.sqrt(float(np.mean(g2))),
+                  "ratio": float(np.mean([np.mean([x["theta_small"] / x["theta_big"]
+                                                   for x in ls]) for ls in draws.values()])),
+                  "cos": float(np.mean([np.mean([x["direction_cos"] for x in ls])
+                                        for ls in draws.values()]))}
     return out
 
 
-def g_slope(table: Mapping[int, Mapping[str, Any]], ns: Sequence[int]
-            ) -> tuple[float, float, float]:
-    """Slope of log RMS |g| against log n over ``ns``, bootstrap over draws."""
-    draws = np.asarray([table[n]["g_draws"] for n in ns])  # [n, draw]
-
-    def f(idx: np.ndarray) -> float:
-        g = np.sqrt(np.mean(np.square(draws[:, idx]), axis=1))
-        return float(np.polyfit(np.log(ns), np.log(g), 1)[0])
-
-    return ev.bootstrap_interval(f, np.arange(draws.shape[1]))
+def sqrt_n_tables(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[int, dict[str, float]]]:
+    """Seed -> :func:`sqrt_n_seed_table` of the scored (c) runs."""
+    return {int(r["seed"]): sqrt_n_seed_table(r["sqrt_n"]) for r in rows
+            if r.get("arm") == "c" and r.get("scored") and r.get("sqrt_n")}
 
 
 def decide_sqrt_n(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
-    table = _sqrt_n_table(rows)
-    if 1 not in table:
-        return "inconclusive", ["- no sqrt(n) rows"]
-    noisy = [n for n in table if table[n]["noise_fraction"] >= NOISE_DOMINATED]
-    signal = [n for n in table if table[n]["noise_fraction"] <= SIGNAL_DOMINATED]
-    lines = ["- noise fraction 1 - |G|^2/E|g|^2 per n: " + ", ".join(
-        f"{n}: {t['noise_fraction']:.2f}" for n, t in table.items())]
-    checks = []
-    if len([n for n in noisy if n >= 2]) >= 2 and 1 in noisy:
-        s, lo, hi = g_slope(table, noisy)
-        checks.append("contradicted" if _outside(lo, hi, G_SLOPE_BAND) else
-                      "supported" if _inside(lo, hi, G_SLOPE_BAND) else "inconclusive")
-        lines.append(f"- noise-dominated n = {noisy}: slope of log|g| vs log n {s:.3f} "
-                     f"[{lo:.3f}, {hi:.3f}] (prediction -0.5) -> {checks[-1]}")
-        for n in (n for n in noisy if n >= 2):
-            r, c = table[n]["ratio"], table[n]["cos"]
-            lo_r, hi_r = (r.lo, r.hi) if r.n >= 2 else (r.mean, r.mean)
-            checks.append("contradicted" if _outside(lo_r, hi_r, RATIO_BAND)
-                          or c.mean < DIRECTION_MIN else
-                          "supported" if _inside(lo_r, hi_r, RATIO_BAND) else "inconclusive")
-            lines.append(f"- n={n}: angle of n small steps / one large step {r.mean:.3f} "
-                         f"[{lo_r:.3f}, {hi_r:.3f}], direction cosine {c.mean:.3f} "
-                         f"-> {checks[-1]}")
-    else:
-        lines.append(f"- fewer than two n >= 2 with noise fraction >= {NOISE_DOMINATED}: "
-                     "the claim's premise is not met at these batches")
-    for n in signal:
-        r = table[n]["ratio"]
-        lines.append(f"- power check, signal-dominated n={n}: ratio {r.mean:.3f} "
-                     f"(1 if the small steps were orthogonal, sqrt(n) = {math.sqrt(n):.2f} "
-                     f"if they added coherently)")
-    if not checks:
+    """(c): the premise (noise fraction >= NOISE_DOMINATED, mean over seeds) picks the n;
+    over them the slope of log|g| on log n, and per n >= 2 the angle ratio and the direction
+    cosine, each with a t-interval over seeds."""
+    tabs = sqrt_n_tables(rows)
+    ns = sorted(set.intersection(*(set(t) for t in tabs.values()))) if tabs else []
+    if not ns:
+        return "inconclusive", ["- no (c) rows"]
+    noise = {n: ev.interval([t[n]["noise_fraction"] for t in tabs.values()]) for n in ns}
+    noisy = [n for n in ns if noise[n].mean >= NOISE_DOMINATED]
+    lines = ["- premise, noise fraction 1 - |G|^2/E|g|^2 per n (mean over seeds [95%]): "
+             + ", ".join(f"{n}: {noise[n].mean:.3f} [{noise[n].lo:.3f}, {noise[n].hi:.3f}]"
+                         for n in ns)]
+    if 1 not in noisy or len([n for n in noisy if n >= 2]) < 2:
+        lines.append(f"- fewer than two n >= 2 with noise fraction >= {NOISE_DOMINATED}: the "
+                     f"premise is not met at these batches")
         return "inconclusive", lines
-    v: ev.Verdict = ("contradicted" if "contradicted" in checks else
-                     "supported" if all(x == "supported" for x in checks) else "inconclusive")
-    return v, lines
+    statuses: list[str] = []
+    slopes = [float(np.polyfit(np.log(noisy), np.log([t[n]["g_rms"] for n in noisy]), 1)[0])
+              for t in tabs.values()]
+    lines.append(f"- noise-dominated n = {noisy}: " + _status_line(
+        "slope of log|g| on log n", ev.interval(slopes), G_SLOPE_BAND, statuses))
+    for n in (n for n in noisy if n >= 2):
+        lines.append(f"- n={n}: " + _status_line(
+            "angle of n small / one large step", ev.interval(
+                [t[n]["ratio"] for t in tabs.values()]), RATIO_BAND, statuses)
+            + "; " + _status_line("direction cosine", ev.interval(
+                [t[n]["cos"] for t in tabs.values()]), (DIRECTION_MIN, math.inf), statuses))
+    return combine(statuses), lines
 
 
 def decide_cos(rows: Sequence[Mapping[str, Any]]) -> tuple[ev.Verdict, list[str]]:
-    per = _per_cell(rows, "cos_gv_median", rho=0.9)
-    v, lines = _band_verdict(per, (-COS_BAND, COS_BAND), "median cos(g_t, v_t-1)")
-    scan = {}
+    """(d): momentum-0.9 MLP runs; per cell, per seed the mean over hidden layers of the
+    plateau median of cos(g_t, v_t-1); interval over seeds."""
+    by: dict[tuple[float, float], dict[int, list[float]]] = {}
     for r in rows:
-        if r.get("kind") == "cos_scan" and r.get("scale_invariant"):
-            scan.setdefault(int(r["batch"]), []).append(float(r["cos_gv_median"]))
-    if scan:
-        lines.append("- batch scan from the trained weights (not part of the verdict; "
-                     "shows where the claim fails): " + ", ".join(
-                         f"B={b}: {np.mean(c):+.2f}" for b, c in sorted(scan.items())))
-    return v, lines
+        if r.get("arm") != "mlp" or not r.get("scored") or float(r["rho"]) != 0.9:
+            continue
+        for L in r.get("layers") or []:
+            if L.get("scale_invariant") and L.get("cos_gv_median") is not None:
+                by.setdefault((float(r["lr"]), float(r["wd"])), {}).setdefault(
+                    int(r["seed"]), []).append(float(L["cos_gv_median"]))
+    statuses: list[str] = []
+    lines = [f"- lr {lr:g}, wd {wd:g}: " + _status_line(
+        "median cos(g_t, v_t-1)", ev.interval([float(np.mean(v)) for v in seeds.values()]),
+        COS_BAND, statuses, "+.3f") for (lr, wd), seeds in sorted(by.items())]
+    return combine(statuses), lines or ["- no momentum-0.9 rows"]
 
+
+DECIDE = [_acc, _k, combine, _status_line, fit_relaxation, relax_fits, decide_relax,
+          _loglog_fit, rate_points, decide_rate, conv_selection, decide_conv_rate,
+          sqrt_n_seed_table, sqrt_n_tables, decide_sqrt_n, decide_cos]
 
 CRITERIA = {
     "a": ev.Criterion(
-        claim=("For a BN-followed (scale-invariant) layer the per-step shrink of |w|^2 by "
-               "weight decay and its growth by the gradient step balance after the "
-               "relaxation time (1-rho)/(2 lr wd) (Page, part 6)."),
-        rule=(f"Over each run's plateau ({WINDOW_START} to {RELAX_MULTIPLE} relaxation times "
-              f"at constant lr), the measured per-step change |w_t+1|^2 - |w_t|^2 "
-              f"(`actual_dw_sqnorm`) divided by the weight-decay shrink 2 lr/(1-rho) wd |w|^2 "
-              f"is summarised per run and hidden layer by the median of 10 block means (IQR "
-              f"reported); per grid cell, mean over the hidden layers and seeds with a 95% "
-              f"t-interval over seeds. Supported if every cell's interval lies inside "
-              f"[-{DRIFT_BAND}, {DRIFT_BAND}]; contradicted if any lies entirely outside; "
-              f"otherwise inconclusive."),
-        decide=decide_balance),
+        claim=("For a BN-followed (scale-invariant) layer |w|^2 relaxes towards its "
+               "equilibrium in about (1-rho)/(2 lr wd) steps (Page, part 6)."),
+        rule=(f"MLP arm, 4 cells per momentum (0.9 and 0), 4 evaluation seeds. At the end of "
+              f"each run ({RUN_TAUS} relaxation times at constant lr) every hidden kernel is "
+              f"rescaled so that |w|^2 is x{PERTURB['up']:g} (up) or x{PERTURB['down']:g} "
+              f"(down) its value (the function is unchanged), and SGD with the run's lr, wd "
+              f"and momentum (buffer restarted) continues for {RELAX_TAUS} relaxation times "
+              f"on random batches; x_inf + a exp(-t/tau) is fitted to |w|^2(t) per layer "
+              f"(a branch moving less than {MIN_AMPLITUDE:g} of the equilibrium, a failed "
+              f"fit or tau on a bound x20 is not scored). Per momentum and branch, per seed: "
+              f"the geometric mean over cells of tau_fit / tau_Page (mean over layers) and the "
+              f"least-squares slope of log tau_fit on log tau_Page; 95% t-intervals over "
+              f"seeds. Holds: the ratio's interval inside [{TAU_BAND[0]:g}, {TAU_BAND[1]:g}] "
+              f"('about': within 2x) and the slope's inside [{SLOPE_BAND[0]:g}, "
+              f"{SLOPE_BAND[1]:g}]; fails when an interval lies wholly outside. Supported if "
+              f"all 8 hold, contradicted if one fails, else inconclusive. Reference, not "
+              f"scored, computed before the runs: with a constant scale-free |g|^2 |w|^2 the "
+              f"two-term equation of |w|^2 (shrink 2 lr wd/(1-rho) |w|^2, growth "
+              f"(lr/(1-rho))^2 |g|^2) makes |w|^4 relax exponentially with tau_Page/2, and "
+              f"the same fit on its solution gives tau_fit / tau_Page = 0.60 (up) and 0.42 "
+              f"(down) (`ode_reference`): that equation alone puts the down branch just "
+              f"below the band."),
+        decide=decide_relax),
     "b": ev.Criterion(
         claim=("lr|g| / ((1-rho)|w|) = sqrt(2 lr wd / (1-rho)) for scale-invariant layers: "
                "SGD with weight decay behaves like LARS (Page, part 6)."),
-        rule=("Measured lr/(1-rho) * sqrt(mean |g|^2/|w|^2) over the plateau, per run and "
-              "hidden layer, against the prediction on a log-log plot over the 3x3 lr x wd "
-              "grid, per momentum (0.9 and 0). Least-squares slope and geometric-mean ratio "
-              "with 95% bootstrap intervals (cells resampled). Supported if for both momenta "
-              f"the slope interval lies inside [{SLOPE_BAND[0]}, {SLOPE_BAND[1]}] and the ratio "
-              f"interval inside [{RATIO_BAND[0]}, {RATIO_BAND[1]}]; contradicted if for one "
-              f"momentum an interval lies entirely outside its band; otherwise inconclusive."),
+        rule=(f"MLP arm: measured lr/(1-rho) sqrt(mean |g|^2/|w|^2) over the plateau "
+              f"({PLATEAU_FROM} to {RUN_TAUS} relaxation times) per run and hidden layer "
+              f"against the prediction. Per momentum (0.9 and 0), per seed: log-log "
+              f"least-squares slope and geometric-mean ratio over the 4 cells x layers; 95% "
+              f"t-intervals over the 4 evaluation seeds. Holds: slope inside "
+              f"[{SLOPE_BAND[0]:g}, {SLOPE_BAND[1]:g}] and ratio inside [{RATIO_BAND[0]:g}, "
+              f"{RATIO_BAND[1]:g}]; fails when wholly outside. Supported if all 4 hold, "
+              f"contradicted if one fails, else inconclusive."),
         decide=decide_rate),
+    "b8": ev.Criterion(
+        claim=("(b) on a convolutional network: ResNet-8 (reduced width), every conv followed "
+               "by BatchNorm (Page, part 6, on ResNet-9)."),
+        rule=(f"ResNet-8 (width 0.25), batch 128, momentum 0.9, lr*wd = 8e-4 (relaxation time "
+              f"62.5 steps, {RUN_TAUS} of them). The lr is chosen by final test accuracy on "
+              f"selection seed {SELECTION_SEED} over 0.1, 0.2, 0.4 (wd = 8e-4/lr), with one "
+              f"extension to 0.05 or 0.8 when the best is on an edge; still on an edge: not "
+              f"scored. At that lr, per evaluation seed (4) the geometric mean over the conv "
+              f"layers of measured / predicted rate over the plateau ({PLATEAU_FROM} to "
+              f"{RUN_TAUS} relaxation times); supported if its 95% t-interval over seeds lies "
+              f"inside [{RATIO_BAND[0]:g}, {RATIO_BAND[1]:g}], contradicted if wholly outside, "
+              f"else inconclusive."),
+        decide=decide_conv_rate),
     "c": ev.Criterion(
         claim=("With batch x n and lr x n, the LARS-like rate grows by sqrt(n) and, when "
                "gradients are noise dominated, |g| shrinks by 1/sqrt(n), so one step at "
                "batch n*B moves the weights like n steps at batch B (Page, part 6)."),
-        rule=("At the final weights of the central plain-SGD run (seed 0), for n = 1..n_max: "
-              "the noise fraction 1 - |G|^2/E|g_nB|^2 (G: the full training-set gradient), "
-              "the scale-free |g_nB| (several draws of data), the angle of n plain-SGD steps "
-              "at batch B and lr from the equilibrium norm, and the angle of one step at "
-              "batch nB with lr x n at its own equilibrium norm (same examples). Noise "
-              f"dominated: noise fraction >= {NOISE_DOMINATED}. Supported if there are at "
-              f"least two noise-dominated n >= 2, the slope of log|g| vs log n over them has its "
-              f"bootstrap interval inside [{G_SLOPE_BAND[0]}, {G_SLOPE_BAND[1]}], and every "
-              f"noise-dominated n has the angle ratio (n small / one large) interval inside "
-              f"[{RATIO_BAND[0]}, {RATIO_BAND[1]}]; contradicted if the slope interval or a "
-              f"ratio interval lies entirely outside its band or a direction cosine is below "
-              f"{DIRECTION_MIN}; otherwise inconclusive. Signal-dominated n (noise fraction "
-              f"<= {SIGNAL_DOMINATED}) are reported as the power check."),
+        rule=("Base batch B = 16, plain SGD at the central cell's lr scaled by the linear "
+              "rule (1.0 x 16/128 = 0.125), wd 2e-3, 3 relaxation times, 4 evaluation seeds. "
+              "At each final state, for n = 1..128 (4 draws of data each): the noise "
+              "fraction 1 - |G|^2/E|g_nB|^2 (G: the full training-set gradient), the "
+              "scale-free |g_nB| |w|, the angle of n plain-SGD steps at batch B from the "
+              "equilibrium norm, and of one step at batch nB with lr x n at its own "
+              f"equilibrium norm (same examples). Premise: the n whose noise fraction (mean "
+              f"over seeds) is >= {NOISE_DOMINATED:g}; fewer than two such n >= 2: "
+              f"inconclusive ('premise not met'). Over them, per seed: the slope of log|g| "
+              f"on log n (holds inside [{G_SLOPE_BAND[0]:g}, {G_SLOPE_BAND[1]:g}]); per "
+              f"noise-dominated n >= 2: the angle ratio n small / one large (mean over draws; "
+              f"holds inside [{RATIO_BAND[0]:g}, {RATIO_BAND[1]:g}]) and the direction cosine "
+              f"(holds wholly >= {DIRECTION_MIN:g}); 95% t-intervals over seeds; fails when "
+              f"wholly outside. Supported if all hold, contradicted if one fails, else "
+              f"inconclusive."),
         decide=decide_sqrt_n),
     "d": ev.Criterion(
         claim=("The gradient g_t and the momentum buffer v_t-1 are nearly uncorrelated "
                "(cos ~ 0) for most of training (Page, part 6)."),
-        rule=("Momentum-0.9 runs: median of cos(g_t, v_t-1) over the plateau per run and "
-              "hidden layer; per cell, mean over layers and seeds with a 95% t-interval. "
-              f"Supported if every cell's interval lies inside [-{COS_BAND}, {COS_BAND}]; "
-              f"contradicted if any lies entirely outside; otherwise inconclusive. A scan "
-              f"of batch sizes from the trained weights shows where it fails."),
+        rule=(f"MLP arm, momentum 0.9: median of cos(g_t, v_t-1) over the plateau per run "
+              f"and hidden layer; per cell, per seed the mean over layers; 95% t-interval over "
+              f"the 4 evaluation seeds. Holds inside [{COS_BAND[0]:g}, {COS_BAND[1]:g}], "
+              f"fails wholly outside. Supported if every cell holds, contradicted if one "
+              f"fails, else inconclusive."),
         decide=decide_cos),
 }
 
 
-# ------------------------------------------------------------------ derived rows
+# ------------------------------------------------------------------ probes (after training)
+
+_ARRAYS: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray, int]] = {}
+
+
+def _train_arrays(dataset: str, subset: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The normalised training images, labels and class count (cached per process)."""
+    if (dataset, subset) not in _ARRAYS:
+        import jax.numpy as jnp
+
+        from lars_jax.data import dataset_info, load_split, normalize
+
+        info = dataset_info(dataset)
+        images, labels = load_split(dataset, "train")
+        if subset:
+            images, labels = images[:subset], labels[:subset]
+        _ARRAYS[(dataset, subset)] = (
+            np.asarray(normalize(images, info.mean, info.std, jnp.float32)),
+            np.asarray(labels, np.int32), info.num_classes)
+    return _ARRAYS[(dataset, subset)]
+
+
+def _grad_fn(config: TrainConfig) -> Callable[..., Any]:
+    """``(params, batch_stats, x, y) -> gradient`` of the mean cross-entropy of the run's
+    model (BatchNorm over the batch, as in training)."""
+    import jax
+    import optax
+
+    from lars_jax.train.build import build_model
+
+    _, _, classes = _train_arrays(config.dataset, config.train_subset)
+    model = build_model(config, classes, axis_name=None)
+
+    def loss(params: Any, stats: Any, x: Any, y: Any) -> Any:
+        logits, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return jax.jit(jax.grad(loss))
 
 
 def _scale_invariant(model: str, layer: str) -> bool:
@@ -427,828 +551,655 @@ def _scale_invariant(model: str, layer: str) -> bool:
     return "conv" in name.lower()
 
 
-def _blocks(values: np.ndarray, k: int = 10) -> np.ndarray:
-    parts = [p for p in np.array_split(values, min(k, len(values))) if len(p)]
-    return np.asarray([float(np.mean(p)) for p in parts])
+def _name(path: Any) -> str:
+    from lars_jax.diagnostics import path_to_name
+
+    return path_to_name(path)
 
 
-def run_layer_rows(row: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
-                   model: str) -> list[dict[str, Any]]:
-    """Plateau statistics of one run, one row per layer (the inputs of criteria a, b, d)."""
-    c = harness.config_of(row)
-    rho, lr, wd = float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"])
-    relax = relaxation_steps(lr, wd, rho)
-    train_rows = [m for m in metrics if m.get("kind") == "train"]
-    series = {q: harness.layer_series(train_rows, q) for q in
-              ("actual_dw_sqnorm", "wd_shrink", "g_sqnorm", "w_sqnorm", "cos_g_v", "cos_w_g")}
-    acc = harness.final_accuracy(row)
-    out = []
-    for layer, (steps, dw) in series["actual_dw_sqnorm"].items():
-        sel = steps > WINDOW_START * relax
-        shrink = series["wd_shrink"][layer][1]
-        g2, w2 = series["g_sqnorm"][layer][1], series["w_sqnorm"][layer][1]
-        rel = dw[sel] / shrink[sel]
-        blocks = _blocks(rel)
-        r = {"kind": "run_layer", "rho": rho, "lr": lr, "wd": wd, "seed": int(c["seed"]),
-             "layer": layer.removeprefix("diag/"), "scale_invariant":
-             _scale_invariant(model, layer), "relaxation_steps": relax,
-             "steps": int(steps.max()), "window_samples": int(sel.sum()),
-             "test_accuracy": acc}
-        if sel.sum() >= 10:
-            q1, q3 = np.percentile(rel, [25, 75])
-            b1, b3 = np.percentile(blocks, [25, 75])
-            r.update(drift=float(np.median(blocks)), drift_iqr=float(b3 - b1),
-                     step_change_median=float(np.median(rel)), step_change_iqr=float(q3 - q1),
-                     step_change_mean=float(np.mean(rel)),
-                     measured_rate=lr / (1 - rho) * math.sqrt(float(np.mean(g2[sel] / w2[sel]))),
-                     predicted_rate=page_lars_rate(lr, wd, rho),
-                     cos_w_g_median=float(np.median(series["cos_w_g"][layer][1][sel])))
-            if layer in series["cos_g_v"]:
-                cg = series["cos_g_v"][layer][1][sel]
-                r.update(cos_gv_median=float(np.median(cg)),
-                         cos_gv_iqr=float(np.subtract(*np.percentile(cg, [75, 25]))))
-        out.append(r)
-    return out
-
-
-def _final_state(preset: str, base: TrainConfig, rho: float, batch: int | None = None
-                 ) -> tuple[Any, Any, float, float]:
-    """Retrains the central cell of a momentum grid (seed 0, the grid run's exact config
-    without diagnostics) and returns (params, batch_stats, lr, wd) at its end.
-
-    With ``batch``, trains at that batch instead, with the lr scaled linearly from the
-    preset's batch and again for 12 relaxation times.
-    """
+def _hidden(tree: Any, model: str) -> dict[str, np.ndarray]:
+    """The scale-invariant kernels of a parameter (or gradient) tree, by name."""
     import jax
 
-    from lars_jax.train import train_with_state
-
-    _, lr, wd = centre(preset, rho)
-    pt = point(preset, rho, lr, wd, 0)
-    if batch:
-        s = SETTINGS[preset]
-        lr = lr * batch / s["batch"]
-        steps = round(RELAX_MULTIPLE * relaxation_steps(lr, wd, rho))
-        n_train = s["train_subset"] or NUM_TRAIN[s["dataset"]]
-        pt.update(learning_rate=lr, batch_size=batch, base_batch_size=batch,
-                  epochs=steps / (n_train // batch))
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = dataclasses.replace(base, **pt, workdir=tmp, resume=False, log_diagnostics=False)
-        _, state = train_with_state(cfg)
-    return jax.device_get(state.params), jax.device_get(state.batch_stats), lr, wd
+    return {_name(p): np.asarray(v, np.float64) for p, v in
+            jax.tree_util.tree_flatten_with_path(tree)[0]
+            if np.ndim(v) >= 2 and _scale_invariant(model, _name(p))}
 
 
-def step_rows(preset: str, base: TrainConfig, *, base_batch: int | None = None,
-              ns: Sequence[int] | None = None, suffix: str = "",
-              scan: bool = True, retrain: bool = False) -> list[dict[str, Any]]:
-    """Claim (c) and the batch scan of (d), by a small loop over the library's parts.
-
-    At the final weights of the central plain-SGD run: the full training-set gradient G,
-    then for each n and draw the gradient at batch n*B (scale-free |g| |w|), n plain-SGD
-    steps at batch B and lr from the equilibrium norm, and the angle of one step at batch
-    n*B with lr*n from its own equilibrium norm (same examples). At the final weights of
-    the central momentum run: cos(g_t, v_t-1) over steps of SGD+momentum at larger batches.
-    ``base_batch`` and ``ns`` replace the preset's B and n list for (c), ``suffix`` is
-    appended to the row kinds, ``scan=False`` skips (d), and ``retrain=True`` takes the
-    weights of a run trained at ``base_batch`` with the linearly scaled lr.
-    """
+def relax_probe(config: TrainConfig, params: Any, stats: Any) -> dict[str, Any]:
+    """(a): |w|^2 of each hidden kernel after rescaling |w|^2 by each factor of
+    :data:`PERTURB`, over :data:`RELAX_TAUS` relaxation times of the run's SGD."""
     import jax
     import jax.numpy as jnp
     import optax
 
     import lars_jax
-    from lars_jax.data import dataset_info, load_split, normalize
-    from lars_jax.diagnostics import layer_diagnostics
-    from lars_jax.models import create_model
 
-    s = SETTINGS[preset]
-    info = dataset_info(s["dataset"])
-    images, labels = load_split(s["dataset"], "train")
-    if s["train_subset"]:
-        images, labels = images[: s["train_subset"]], labels[: s["train_subset"]]
-    xs = np.asarray(normalize(images, info.mean, info.std, jnp.float32))
-    ys = np.asarray(labels, np.int32)
-    n_train, b0 = len(ys), base_batch or s["batch"]
-    model = create_model(s["model"], num_classes=info.num_classes, norm="batch",
-                         width=s["width"], dtype=jnp.float32)
+    xs, ys, _ = _train_arrays(config.dataset, config.train_subset)
+    grad_fn = _grad_fn(config)
+    rho, lr, wd = float(config.momentum), float(config.learning_rate), float(config.weight_decay)
+    steps = int(round(RELAX_TAUS * relaxation_steps(lr, wd, rho)))
+    every = max(1, steps // RELAX_SAMPLES)
+    names = set(_hidden(params, config.model))
+    tx = lars_jax.sgd(lr, momentum=rho, weight_decay=wd)
 
-    def loss(params, stats, x, y):
-        logits, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                mutable=["batch_stats"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def sq(p: Any) -> dict[str, Any]:
+        return {_name(q): jnp.sum(jnp.square(v)) for q, v in
+                jax.tree_util.tree_flatten_with_path(p)[0] if _name(q) in names}
 
-    grad_fn = jax.jit(jax.grad(loss))
-    flat = lambda t: {xu_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+    @jax.jit
+    def step(p: Any, st: Any, x: Any, y: Any) -> tuple[Any, Any, dict[str, Any]]:
+        u, st = tx.update(grad_fn(p, stats, x, y), st, p)
+        p = optax.apply_updates(p, u)
+        return p, st, sq(p)
 
-    def hidden(tree) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v, np.float64) for k, v in flat(tree).items()
-                if np.ndim(v) >= 2 and _scale_invariant(s["model"], k)}
+    rng = np.random.default_rng(int(config.seed) + 7919)
+    out: dict[str, Any] = {"x_pre": {k: float(v) for k, v in sq(params).items()},
+                           "steps": steps, "every": every}
+    for d, f in PERTURB.items():
+        p = jax.tree_util.tree_map_with_path(
+            lambda q, v, f=f: v * math.sqrt(f) if _name(q) in names else v, params)
+        st = tx.init(p)
+        series = {k: [[0, float(v)]] for k, v in sq(p).items()}
+        for t in range(1, steps + 1):
+            idx = rng.integers(0, len(ys), config.batch_size)
+            p, st, s = step(p, st, xs[idx], ys[idx])
+            if t % every == 0:
+                for k, v in s.items():
+                    series[k].append([t, float(v)])
+        out[d] = series
+    return out
 
-    rows: list[dict[str, Any]] = []
-    rng = np.random.default_rng(12345)
 
-    # ---- (c) at the plain-SGD centre
-    params, stats, lr, wd = _final_state(preset, base, 0.0, b0 if retrain else None)
-    w0 = hidden(params)
-    full = hidden(grad_fn(params, stats, xs, ys))
-    for k in w0:
-        rows.append({"kind": "full_batch" + suffix, "layer": k, "g_sqnorm": float(
-            np.sum(full[k] ** 2) * np.sum(w0[k] ** 2))})
-    ns = [n for n in (ns or s["ns"]) if n * b0 <= n_train and n * lr * wd < 1.0]
-    draws = {n: [rng.choice(n_train, n * b0, replace=False) for _ in range(s["draws"])]
+def sqrt_n_probe(config: TrainConfig, params: Any, stats: Any, n_list: Sequence[int],
+                 n_draws: int) -> dict[str, Any]:
+    """(c) at a trained state: the full-gradient reference, then per n and draw the
+    scale-free |g_nB|, the angle of n plain-SGD steps at batch B from the equilibrium norm
+    and of one step at batch nB with lr x n at its own equilibrium norm (same examples)."""
+    import jax
+    import optax
+
+    import lars_jax
+
+    xs, ys, _ = _train_arrays(config.dataset, config.train_subset)
+    grad_fn = _grad_fn(config)
+    model, b0 = config.model, int(config.batch_size)
+    lr, wd, n_train = float(config.learning_rate), float(config.weight_decay), len(ys)
+    rng = np.random.default_rng(12345 + int(config.seed))
+    w0 = _hidden(params, model)
+    full = _hidden(grad_fn(params, stats, xs, ys), model)
+    full_g2 = {k: float(np.sum(full[k] ** 2) * np.sum(w0[k] ** 2)) for k in w0}
+    ns = [n for n in n_list if n * b0 <= n_train and n * lr * wd < 1.0]
+    draws = {n: [rng.choice(n_train, n * b0, replace=False) for _ in range(n_draws)]
              for n in ns}
-    ghat = {n: [{k: np.sqrt(np.sum(v ** 2) * np.sum(w0[k] ** 2)) for k, v in
-                 hidden(grad_fn(params, stats, xs[i], ys[i])).items()} for i in draws[n]]
-            for n in ns}
-    gbig = {}
+    ghat = {n: [{k: math.sqrt(float(np.sum(v ** 2) * np.sum(w0[k] ** 2))) for k, v in
+                 _hidden(grad_fn(params, stats, xs[i], ys[i]), model).items()}
+                for i in draws[n]] for n in ns}
 
     def w2_eq(rate: float, n: int, k: str) -> float:
         rms = math.sqrt(float(np.mean([d[k] ** 2 for d in ghat[n]])))
         return math.sqrt(rate / (wd * (2.0 - rate * wd))) * rms
 
     # start of the small steps: every hidden kernel rescaled to its equilibrium norm
-    # (BatchNorm follows, so the network's function is unchanged)
     scale = {k: math.sqrt(w2_eq(lr, 1, k) / float(np.sum(w0[k] ** 2))) for k in w0}
-    start = jax.tree_util.tree_map_with_path(
-        lambda p, v: v * scale.get(xu_name(p), 1.0), params)
+    start = jax.tree_util.tree_map_with_path(lambda p, v: v * scale.get(_name(p), 1.0), params)
     tx = lars_jax.sgd(lr, momentum=0.0, weight_decay=wd)
 
     @jax.jit
-    def small_step(p, st, x, y):
+    def small_step(p: Any, st: Any, x: Any, y: Any) -> tuple[Any, Any]:
         u, st = tx.update(grad_fn(p, stats, x, y), st, p)
         return optax.apply_updates(p, u), st
 
-    ws = hidden(start)
+    ws, rows = _hidden(start, model), []
     for n in ns:
         for d, idx in enumerate(draws[n]):
             p, st = start, tx.init(start)
             for part in idx.reshape(n, b0):
                 p, st = small_step(p, st, xs[part], ys[part])
-            wn = hidden(p)
-            gbig = hidden(grad_fn(start, stats, xs[idx], ys[idx]))
+            wn, gbig = _hidden(p, model), _hidden(grad_fn(start, stats, xs[idx], ys[idx]), model)
             for k in ws:
                 a, b = ws[k].ravel(), wn[k].ravel()
                 na, nb = np.linalg.norm(a), np.linalg.norm(b)
-                theta_small = float(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0)))
-                tangent = b / nb - a / na
-                gdir = -gbig[k].ravel()
+                tangent, gdir = b / nb - a / na, -gbig[k].ravel()
                 rate = n * lr
-                theta_big = float(np.arctan(rate * ghat[n][d][k]
-                                            / ((1 - rate * wd) * w2_eq(rate, n, k))))
                 rows.append({
-                    "kind": "sqrt_n" + suffix, "n": n, "batch": n * b0, "draw": d, "layer": k,
-                    "g_sqnorm": float(ghat[n][d][k] ** 2), "theta_small": theta_small,
-                    "theta_big": theta_big, "direction_cos": float(
-                        tangent @ gdir / max(np.linalg.norm(tangent) * np.linalg.norm(gdir),
-                                             1e-30))})
-
-    if not scan:
-        return rows
-    # ---- (d) batch scan at the momentum centre
-    params, stats, lr, wd = _final_state(preset, base, 0.9)
-    full_m = hidden(grad_fn(params, stats, xs, ys))
-    w0m = hidden(params)
-    txm = lars_jax.sgd(lr, momentum=0.9, weight_decay=wd)
-
-    @jax.jit
-    def momentum_step(p, st, x, y):
-        g = grad_fn(p, stats, x, y)
-        diag = layer_diagnostics(p, g, st, lr, wd, 0.9)
-        u, st = txm.update(g, st, p)
-        return optax.apply_updates(p, u), st, diag
-
-    for b in s["scan_batches"]:
-        if b > n_train:
-            continue
-        # noise fraction at the start weights (its own generator: the scan's batches are
-        # the same with or without it)
-        draw_rng = np.random.default_rng(b)
-        g2 = {k: [] for k in w0m}
-        for _ in range(s["draws"]):
-            idx = draw_rng.choice(n_train, b, replace=False)
-            for k, v in hidden(grad_fn(params, stats, xs[idx], ys[idx])).items():
-                g2[k].append(float(np.sum(v ** 2)))
-        p, st = params, txm.init(params)
-        cos: dict[str, list[float]] = {}
-        for t in range(s["scan_steps"]):
-            idx = rng.choice(n_train, b, replace=False)
-            p, st, diag = momentum_step(p, st, xs[idx], ys[idx])
-            if t >= s["scan_steps"] // 2:
-                for k in w0m:
-                    cos.setdefault(k, []).append(float(diag[f"{k}/cos_g_v"]))
-        for k in w0m:
-            gfull = float(np.sum(full_m[k] ** 2))
-            rows.append({"kind": "cos_scan", "batch": b, "layer": k, "scale_invariant": True,
-                         "cos_gv_median": float(np.median(cos[k])),
-                         "noise_fraction": 1.0 - gfull / float(np.mean(g2[k]))})
-    return rows
+                    "n": n, "draw": d, "layer": k, "g_sqnorm": ghat[n][d][k] ** 2,
+                    "theta_small": float(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0))),
+                    "theta_big": float(np.arctan(rate * ghat[n][d][k]
+                                                 / ((1 - rate * wd) * w2_eq(rate, n, k)))),
+                    "direction_cos": float(tangent @ gdir / max(
+                        np.linalg.norm(tangent) * np.linalg.norm(gdir), 1e-30))})
+    return {"full": full_g2, "draws": rows, "ns": ns}
 
 
-def xu_name(path: Any) -> str:
-    """A pytree key path as the diagnostics name it (``Dense_0/kernel``)."""
-    from lars_jax.diagnostics import path_to_name
+def train_and_probe(preset: str) -> Callable[[TrainConfig], dict[str, Any]]:
+    """The registered ``train_fn``: trains, then runs the arm's probe on the final state
+    and writes it to ``PROBE_FILE`` in the run folder (a diverged run gets no probe)."""
+    def fn(config: TrainConfig) -> dict[str, Any]:
+        import jax
 
-    return path_to_name(path)
+        from lars_jax.runs.run_files import STATUS, STATUS_OK
+        from lars_jax.train import train_with_state
+
+        summary, state = train_with_state(config)
+        if summary.get(STATUS, STATUS_OK) != STATUS_OK:
+            return summary
+        arm = arm_of(config.model, config.batch_size, preset)
+        params, stats = jax.device_get(state.params), jax.device_get(state.batch_stats)
+        if arm == "mlp":
+            probe = relax_probe(config, params, stats)
+        elif arm == "c":
+            c = SETTINGS[preset]["c"]
+            probe = sqrt_n_probe(config, params, stats, c["ns"], c["draws"])
+        else:
+            return summary
+        harness.save_json(probe, Path(config.workdir) / PROBE_FILE)
+        return summary
+
+    return fn
+
+
+# ------------------------------------------------------------------ rows
+
+
+def plateau_stats(metrics: Sequence[Mapping[str, Any]], model: str, rho: float, lr: float,
+                  wd: float) -> list[dict[str, Any]]:
+    """Per layer, over the plateau (after PLATEAU_FROM relaxation times): measured and
+    predicted rate, median cos(g_t, v_t-1) and cos(w, g), the net change of |w|^2 over the
+    weight-decay shrink (descriptive: stationarity makes it ~0)."""
+    relax = relaxation_steps(lr, wd, rho)
+    train = [m for m in metrics if m.get("kind") == "train"]
+    series = {q: harness.layer_series(train, q) for q in
+              ("actual_dw_sqnorm", "wd_shrink", "g_sqnorm", "w_sqnorm", "cos_g_v", "cos_w_g")}
+    out = []
+    for layer, (steps, g2) in series["g_sqnorm"].items():
+        sel = steps > PLATEAU_FROM * relax
+        r: dict[str, Any] = {"layer": layer.removeprefix("diag/"), "window_samples":
+                             int(sel.sum()), "scale_invariant": _scale_invariant(model, layer)}
+        if sel.sum() >= 10:
+            w2 = series["w_sqnorm"][layer][1]
+            r.update(measured_rate=lr / (1 - rho) * math.sqrt(float(np.mean(g2[sel] / w2[sel]))),
+                     predicted_rate=page_lars_rate(lr, wd, rho),
+                     cos_w_g_median=float(np.median(series["cos_w_g"][layer][1][sel])),
+                     drift=float(np.mean(series["actual_dw_sqnorm"][layer][1][sel]
+                                         / series["wd_shrink"][layer][1][sel])))
+            if layer in series["cos_g_v"]:
+                r["cos_gv_median"] = float(np.median(series["cos_g_v"][layer][1][sel]))
+        out.append(r)
+    return out
+
+
+def to_row(preset: str) -> Callable[[Mapping[str, Any], Path, Mapping[str, Any]],
+                                    dict[str, Any]]:
+    def fn(res: Mapping[str, Any], run: Path, point: Mapping[str, Any]) -> dict[str, Any]:
+        import json
+
+        c = harness.config_of(res)
+        rho, lr, wd = float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"])
+        acc = harness.final_accuracy(res)
+        seed = int(c["seed"])
+        row: dict[str, Any] = {
+            "arm": arm_of(str(c["model"]), int(c["batch_size"]), preset), "model": c["model"],
+            "rho": rho, "lr": lr, "wd": wd, "seed": seed, "batch": int(c["batch_size"]),
+            "tau_page": relaxation_steps(lr, wd, rho),
+            "test_accuracy": acc if math.isfinite(acc) else None,
+            "outcome": harness.outcome(res), "total_steps": (res.get("summary") or {}).get(
+                "steps"), "budget_exempt": False, "bn_examples": int(c["batch_size"]),
+            "role": "selection" if seed == SELECTION_SEED else "evaluation"}
+        if row["outcome"] != "ok":
+            return row
+        m = harness.read_metrics(res, run.parent)
+        row["layers"] = plateau_stats(m, str(c["model"]), rho, lr, wd)
+        w2 = harness.layer_series([x for x in m if x.get("kind") == "train"], "w_sqnorm")
+        row["w_series"] = {k.removeprefix("diag/"): [[float(a), float(b)] for a, b in zip(
+            xs[:: max(1, len(xs) // 60)], ys[:: max(1, len(xs) // 60)], strict=True)]
+            for k, (xs, ys) in w2.items()}
+        probe_path = run / PROBE_FILE
+        if probe_path.exists():
+            probe = json.loads(probe_path.read_text())
+            if row["arm"] == "mlp":
+                row["relax"] = {d: probe[d] for d in PERTURB}
+                row["x_pre"] = probe["x_pre"]
+            else:
+                row["sqrt_n"] = probe
+        return row
+
+    return fn
+
+
+def registered(preset: str, base: TrainConfig) -> harness.Registered:
+    s = SETTINGS[preset]
+    spec = harness.criterion_spec(
+        "\n\n".join(f"({k}) {c.rule}" for k, c in CRITERIA.items()),
+        grids={"mlp_cells_rho_lr_wd": [list(c) for c in s["cells"]], "c": s["c"],
+               "conv": s["conv"], "mlp_batch": s["batch"], "perturb": PERTURB},
+        seeds={"selection": SELECTION_SEED, "evaluation": list(EVAL_SEEDS[preset])},
+        budgets={"run_taus": RUN_TAUS, "plateau_from": PLATEAU_FROM, "relax_taus": RELAX_TAUS,
+                 "samples": SAMPLES, "relax_samples": RELAX_SAMPLES, "tau_band": TAU_BAND,
+                 "slope_band": SLOPE_BAND, "ratio_band": RATIO_BAND,
+                 "g_slope_band": G_SLOPE_BAND, "noise_dominated": NOISE_DOMINATED,
+                 "direction_min": DIRECTION_MIN, "cos_band": COS_BAND,
+                 "min_amplitude": MIN_AMPLITUDE,
+                 "min_scored_steps": harness.MIN_SCORED_STEPS},
+        decide=DECIDE)
+    return harness.Registered(spec, lambda rows: plan(preset, rows), to_row(preset),
+                              (SELECTION_SEED,), train_and_probe(preset))
 
 
 # ------------------------------------------------------------------ report
 
+NAMES = {"a": "(a) Relaxation time of |w|^2",
+         "b": "(b) lr|g|/|w| against sqrt(2 lr wd/(1-rho)), MLP",
+         "b8": "(b, ResNet-8) the same on ResNet-8 conv layers",
+         "c": "(c) Page's sqrt(n) argument at base batch 16",
+         "d": "(d) cos(g_t, v_t-1)"}
 _COLORS = {0.9: "tab:blue", 0.0: "tab:orange"}
 
 
-def _fmt_iv(iv: ev.Interval, fmt: str = "+.3f") -> str:
-    if iv.n < 2:
-        return f"{iv.mean:{fmt}} (n={iv.n})"
-    return f"{iv.mean:{fmt}} [{iv.lo:{fmt}}, {iv.hi:{fmt}}]"
+def _decide(key: str, rows: Sequence[Mapping[str, Any]], preset: str
+            ) -> tuple[ev.Verdict, list[str]]:
+    if key == "b8":
+        return decide_conv_rate(rows, preset)
+    return CRITERIA[key](rows)
 
 
-ADDED_C = {  # (c) analyses added after the pre-set one: settings key -> row-kind suffix
-    "small_base": "_small_base", "retrained_base": "_retrained_base"}
+def _section_text(key: str, rows: Sequence[Mapping[str, Any]], preset: str) -> str:
+    crit = CRITERIA[key]
+    v, details = _decide(key, rows, preset)
+    return "\n".join([f"**Claim.** {crit.claim}", "", f"**Criterion (fixed before the "
+                      f"first run).** {crit.rule}", "", f"**Verdict (computed from the "
+                      f"rows): {v}.**", "", *details])
 
 
-def _added_intro(key: str, preset: str) -> str:
-    s = SETTINGS[preset]
-    b = s[key]["batch"]
-    why = (f"Added after the pre-set analysis at B = {s['batch']} was computed: there the "
-           f"noise fraction is already below {NOISE_DOMINATED} at n = 2, so the claim's "
-           f"premise holds only at n = 1. Same criterion code, base batch {b}, so that "
-           f"several n are noise dominated. ")
-    if key == "small_base":
-        how = (f"Same weights as above (trained at batch {s['batch']}), hidden kernels "
-               f"rescaled to the batch-{b} equilibrium norm; the head and BatchNorm "
-               f"parameters stay as trained at batch {s['batch']}, with the unscaled lr. ")
-    else:
-        how = (f"Weights of the central plain-SGD cell retrained at batch {b} with the "
-               f"linear rule's lr (x {b}/{s['batch']}) for {RELAX_MULTIPLE} relaxation "
-               f"times, so that every layer is at its batch-{b} equilibrium. ")
-    return why + how + ("Not fixed before the runs: reported next to the pre-set verdict, "
-                        "not instead of it.")
+def ode_reference(factor: float, samples: int = RELAX_SAMPLES) -> float:
+    """tau_fit / tau_Page that :func:`fit_relaxation` gives on the two-term equation of
+    |w|^2 with a constant scale-free gradient: ``y = |w|^4`` relaxes with tau_Page / 2, so
+    ``|w|^2 / x_eq = sqrt(1 + (factor^2 - 1) exp(-2 t / tau_Page))``."""
+    t = np.linspace(0.0, RELAX_TAUS, samples + 1)
+    x = np.sqrt(1.0 + (factor ** 2 - 1.0) * np.exp(-2.0 * t))
+    return fit_relaxation(t, x, 1.0)
 
 
-def _suffix_rows(derived: Sequence[Mapping[str, Any]], suffix: str) -> list[dict]:
-    """The rows of an added (c) analysis, under the kinds decide_sqrt_n reads."""
-    return [dict(r, kind=r["kind"].removesuffix(suffix)) for r in derived
-            if str(r.get("kind", "")).endswith(suffix)]
+def table_relax(rows: Sequence[Mapping[str, Any]]) -> str:
+    """(a) per cell and branch: tau_Page, fitted tau / tau_Page over seeds and layers."""
+    fits = relax_fits(rows)
+    lines = ["| momentum | lr | wd | tau_Page (steps) | branch | tau_fit / tau_Page (seeds: "
+             "mean of layer means [95%]) | fits scored |", "| --: | --: | --: | --: | :-- | "
+             "--: | --: |"]
+    cells = sorted({(f["rho"], f["lr"], f["wd"]) for f in fits}, key=lambda c: (-c[0], c[1],
+                                                                                 c[2]))
+    for rho, lr, wd in cells:
+        for d in PERTURB:
+            sel = [f for f in fits if (f["rho"], f["lr"], f["wd"], f["dir"]) == (rho, lr, wd, d)]
+            by: dict[int, list[float]] = {}
+            for f in sel:
+                if math.isfinite(f["tau_fit"]):
+                    by.setdefault(f["seed"], []).append(f["tau_fit"] / f["tau_page"])
+            iv = ev.interval([float(np.mean(v)) for v in by.values()])
+            lines.append(f"| {rho:g} | {lr:g} | {wd:g} | {relaxation_steps(lr, wd, rho):.1f} | "
+                         f"{d} (x{PERTURB[d]:g}) | {iv.mean:.3f} [{iv.lo:.3f}, {iv.hi:.3f}] | "
+                         f"{sum(len(v) for v in by.values())} of {len(sel)} |")
+    ref = ", ".join(f"{d} {ode_reference(f):.2f}" for d, f in PERTURB.items())
+    return ("\n".join(lines) + f"\n\nReference (not scored): the same fit on the two-term "
+            f"equation with a constant scale-free gradient gives tau_fit / tau_Page = {ref}.\n")
 
 
-def _c_plots(rows: Sequence[Mapping[str, Any]], batch: int, out: Path, tag: str
-             ) -> list[Path]:
-    table = _sqrt_n_table(rows)
-    if not table:
-        return []
-    ns = np.asarray(sorted(table))
-    g = np.asarray([table[n]["g_rms"] for n in ns])
-    full = sum(r["g_sqnorm"] for r in rows if r.get("kind") == "full_batch")
-    lines = [{"x": ns * batch, "y": g, "marker": "o", "color": "tab:blue",
-              "label": "measured RMS |g||w| (hidden layers)"},
-             {"x": ns * batch, "y": g[0] / np.sqrt(ns), "ls": "--", "color": "gray",
-              "label": "1/sqrt(n) (noise dominated)"},
-             {"x": ns * batch, "y": np.full(len(ns), g[0]), "ls": ":",
-              "color": "gray", "label": "flat (signal dominated)"}]
-    if full:
-        lines.append({"x": ns * batch, "y": np.full(len(ns), math.sqrt(full)),
-                      "ls": "-.", "color": "black",
-                      "label": "full training-set gradient |G||w|"})
-    ratio = [table[n]["ratio"].mean for n in ns]
-    cosd = [table[n]["cos"].mean for n in ns]
-    noise = [table[n]["noise_fraction"] for n in ns]
-    return [
-        harness.plot_styled(out / f"g_vs_n{tag}.png", lines, logx=True, logy=True,
-                       xlabel=f"batch n*B (B = {batch})", ylabel="scale-free gradient norm",
-                       title="|g| against batch at the plain-SGD plateau weights"),
-        harness.plot_styled(out / f"steps_vs_step{tag}.png", [
-            {"x": ns, "y": ratio, "marker": "o", "color": "tab:blue",
-             "label": "angle(n steps at B) / angle(1 step at nB, lr x n)"},
-            {"x": ns, "y": np.sqrt(ns), "ls": ":", "color": "gray",
-             "label": "sqrt(n): coherent small steps"},
-            {"x": ns, "y": cosd, "marker": "s", "color": "tab:green",
-             "label": "direction cosine"},
-            {"x": ns, "y": noise, "marker": "^", "color": "tab:red",
-             "label": "noise fraction 1 - |G|^2/E|g|^2"}],
-            logx=True, xlabel=f"n (B = {batch})", ylabel="ratio / cosine / fraction",
-            hlines={"1 (Page)": 1.0, f"noise dominated >= {NOISE_DOMINATED}":
-                    NOISE_DOMINATED},
-            title="n small steps vs one large step (linear rule)")]
-
-
-def _plot_rate(derived: list[dict], out: Path, imgs: dict[str, list[Path]]) -> None:
-    """(b): measured against predicted rate, log-log, with the fits."""
-    # (b) log-log measured vs predicted
+def plot_relax(rows: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
+    """(a): |w|^2 / its pre-perturbation value against t / tau_Page, first layer, seed 0."""
     lines: list[dict[str, Any]] = []
-    allx = [r["predicted_rate"] for r in derived if r.get("measured_rate")]
-    for rho in (0.9, 0.0):
-        pts = [(r["predicted_rate"], r["measured_rate"]) for r in derived
-               if r.get("kind") == "run_layer" and r.get("scale_invariant")
-               and r["rho"] == rho and r.get("measured_rate")]
-        if not pts:
-            continue
-        x, y = np.asarray(pts).T
-        fit = rate_fit(derived, rho)
-        lines.append({"x": x, "y": y, "ls": "none", "marker": "o", "ms": 4, "alpha": 0.7,
-                      "color": _COLORS[rho], "label": f"momentum {rho:g} (cells x seeds x layers)"})
-        if fit is not None:
-            slope, ratio = fit["slope"][0], fit["ratio"][0]
-            gx = np.geomspace(min(x), max(x), 20)
-            gm = math.exp(float(np.mean(np.log(x))))
-            lines.append({"x": gx, "y": ratio * gm * (gx / gm) ** slope, "color": _COLORS[rho],
-                          "label": f"fit: slope {slope:.2f}, ratio {ratio:.2f}"})
-    if lines:
-        gx = np.geomspace(min(allx) / 1.2, max(allx) * 1.2, 10)
-        lines.append({"x": gx, "y": gx, "color": "black", "ls": "--", "label": "y = x (Page)"})
-        imgs["b"] = [harness.plot_styled(out / "rate_loglog.png", lines, logx=True, logy=True,
-                                    xlabel="predicted sqrt(2 lr wd / (1-rho))",
-                                    ylabel="measured lr |g| / ((1-rho) |w|)",
-                                    title="Hidden (scale-invariant) layers, plateau")]
+    mlp = [r for r in rows if r.get("arm") == "mlp" and r.get("relax")]
+    seed0 = min((int(r["seed"]) for r in mlp), default=None)
+    for j, r in enumerate(r for r in mlp if int(r["seed"]) == seed0):
+        layer = sorted(r["x_pre"])[0]
+        for d in PERTURB:
+            t, x = np.asarray(r["relax"][d][layer], np.float64).T
+            lines.append({"x": t / r["tau_page"], "y": x / r["x_pre"][layer], "color": f"C{j}",
+                          "ls": "-" if d == "up" else "--", "lw": 1.0,
+                          "label": f"rho {r['rho']:g}, lr {r['lr']:g}, wd {r['wd']:g}"
+                          if d == "up" else None})
+    if not lines:
+        return None
+    t = np.linspace(0, RELAX_TAUS, 100)
+    for f in PERTURB.values():
+        lines.append({"x": t, "y": 1 + (f - 1) * np.exp(-t), "color": "black", "ls": ":",
+                      "label": "1 + (f-1) exp(-t/tau_Page)" if f > 1 else None})
+        lines.append({"x": t, "y": np.sqrt(1 + (f * f - 1) * np.exp(-2 * t)), "color": "black",
+                      "ls": "-.", "label": "two-term equation, constant |g||w|" if f > 1
+                      else None})
+    return harness.plot_styled(out / "relaxation.png", lines, logy=True, legend_cols=2,
+                               xlabel="steps after the rescale / tau_Page",
+                               ylabel="|w|^2 / value before the rescale",
+                               title=f"(a) Return after |w|^2 x {PERTURB['up']:g} (solid) "
+                                     f"and x {PERTURB['down']:g} (dashed), {layer}, seed "
+                                     f"{seed0}")
 
 
-def _plot_w(preset: str, metrics: dict[tuple, list[dict]], out: Path,
-            imgs: dict[str, list[Path]]) -> None:
-    """(a): |w|^2 and its net change over time, central cells, seed 0."""
-    # (a) |w|^2 and its net change over time, central cells, seed 0
-    wl, cl = [], []
-    for rho in (0.9, 0.0):
-        key = (*centre(preset, rho), 0)
-        m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
-        if not m:
-            continue
-        relax = relaxation_steps(*centre(preset, rho)[1:], rho)
-        w2 = harness.layer_series(m, "w_sqnorm")
-        dw = harness.layer_series(m, "actual_dw_sqnorm")
-        sh = harness.layer_series(m, "wd_shrink")
-        for j, layer in enumerate(w2):
-            color = f"C{j}"
-            ls = "-" if rho else "--"
-            name = layer.removeprefix("diag/").removesuffix("/kernel")
-            wl.append({"x": w2[layer][0] / relax, "y": w2[layer][1] / w2[layer][1][0],
-                       "color": color, "ls": ls, "label": f"{name}, momentum {rho:g}"})
-            steps, rel = dw[layer][0], dw[layer][1] / sh[layer][1]
-            chunks = np.array_split(np.arange(len(rel)), 24)
-            cl.append({"x": [steps[c].mean() / relax for c in chunks],
-                       "y": [rel[c].mean() for c in chunks], "color": color, "ls": ls,
-                       "marker": ".", "label": f"{name}, momentum {rho:g}"})
-    if wl:
-        imgs["a"] = [
-            harness.plot_styled(out / "w_sqnorm.png", wl, xlabel="step / relaxation time",
-                           ylabel="|w|^2 / initial |w|^2", logy=True, legend_cols=2,
-                           title="Squared weight norm, central cells, seed 0 (solid: rho 0.9)"),
-            harness.plot_styled(out / "net_change.png", cl, xlabel="step / relaxation time",
-                           ylabel="(|w_t+1|^2 - |w_t|^2) / weight-decay shrink",
-                           hlines={"0 (balance)": 0.0, f"+{DRIFT_BAND}": DRIFT_BAND,
-                                   f"-{DRIFT_BAND}": -DRIFT_BAND}, legend_cols=2,
-                           title=f"Net change of |w|^2 (24 block means), central cells; "
-                                 f"plateau from {WINDOW_START} tau")]
+def plot_w_from_init(rows: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
+    """|w|^2 from initialisation during training, every MLP cell, seed 0, first layer."""
+    lines = []
+    mlp = [r for r in rows if r.get("arm") == "mlp" and r.get("w_series")]
+    seed0 = min((int(r["seed"]) for r in mlp), default=None)
+    for j, r in enumerate(r for r in mlp if int(r["seed"]) == seed0):
+        for k, (_, pts) in enumerate(sorted((n, v) for n, v in r["w_series"].items()
+                                                if _scale_invariant("mlp2", n))):
+            x, y = np.asarray(pts, np.float64).T
+            lines.append({"x": x / r["tau_page"], "y": y / y[0], "color": f"C{j}",
+                          "ls": "-" if k == 0 else "--", "lw": 1.0,
+                          "label": f"rho {r['rho']:g}, lr {r['lr']:g}, wd {r['wd']:g}"
+                          if k == 0 else None})
+    if not lines:
+        return None
+    return harness.plot_styled(out / "w_sqnorm_from_init.png", lines, logy=True, legend_cols=2,
+                               xlabel="step / tau_Page", ylabel="|w|^2 / initial |w|^2",
+                               title="Training from initialisation (solid: Dense_0, dashed: "
+                                     "Dense_1); plateau from 3 tau_Page")
 
 
-def _plot_cos(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]], out: Path,
-              imgs: dict[str, list[Path]]) -> None:
-    """(d): cos(g_t, v_t-1) over time and over the batch scan."""
-    # (d) cos over time and over batch
-    key = (*centre(preset, 0.9), 0)
-    m = [r for r in metrics.get(key, []) if r.get("kind") == "train"]
-    cos = harness.layer_series(m, "cos_g_v")
-    scan: dict[int, list[float]] = {}
-    for r in derived:
-        if r.get("kind") == "cos_scan":
-            scan.setdefault(int(r["batch"]), []).append(r["cos_gv_median"])
-    if cos:
-        relax = relaxation_steps(*centre(preset, 0.9)[1:], 0.9)
-        imgs["d"] = [harness.plot_styled(
-            out / "cos_gv.png",
-            [{"x": v[0] / relax, "y": v[1], "lw": 0.8, "color": f"C{j}",
-              "label": k.removeprefix("diag/").removesuffix("/kernel")}
-             for j, (k, v) in enumerate(cos.items())],
-            xlabel="step / relaxation time", ylabel="cos(g_t, v_t-1)",
-            hlines={"0": 0.0, f"+{COS_BAND}": COS_BAND}, title="Central momentum run, seed 0")]
-    if scan:
-        bs = sorted(scan)
-        imgs.setdefault("d", []).append(harness.plot_styled(
-            out / "cos_vs_batch.png",
-            [{"x": bs, "y": [np.mean(scan[b]) for b in bs], "marker": "o",
-              "label": "median cos(g_t, v_t-1), hidden layers"}],
-            logx=True, xlabel="batch (SGD+momentum from the central run's weights)",
-            ylabel="cos(g_t, v_t-1)", hlines={"0": 0.0, f"+{COS_BAND}": COS_BAND},
-            title="Where gradients stop being noise dominated"))
+def table_rate(rows: Sequence[Mapping[str, Any]], arm: str = "mlp") -> str:
+    """(b) per cell: predicted rate and measured / predicted (seeds x layers)."""
+    by: dict[tuple[float, float, float], list[float]] = {}
+    for r in rows:
+        if r.get("arm") == arm and r.get("scored"):
+            for L in r.get("layers") or []:
+                if L.get("scale_invariant") and L.get("measured_rate"):
+                    by.setdefault((r["rho"], r["lr"], r["wd"]), []).append(
+                        L["measured_rate"] / L["predicted_rate"])
+    lines = ["| momentum | lr | wd | predicted | measured / predicted (seeds x layers: mean "
+             "[95%]) |", "| --: | --: | --: | --: | --: |"]
+    for (rho, lr, wd), v in sorted(by.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
+        iv = ev.interval(v)
+        lines.append(f"| {rho:g} | {lr:g} | {wd:g} | {page_lars_rate(lr, wd, rho):.4f} | "
+                     f"{iv.mean:.3f} [{iv.lo:.3f}, {iv.hi:.3f}] (n={iv.n}) |")
+    return "\n".join(lines) + "\n"
 
 
-def _plots(preset: str, derived: list[dict], metrics: dict[tuple, list[dict]],
-           out: Path) -> dict[str, list[Path]]:
+def plot_rate(rows: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
+    """(b): measured against predicted rate, log-log, MLP (both momenta) and ResNet-8."""
+    lines: list[dict[str, Any]] = []
+    for arm, rho, color, label in (("mlp", 0.9, "tab:blue", "MLP, momentum 0.9"),
+                                   ("mlp", 0.0, "tab:orange", "MLP, momentum 0"),
+                                   ("conv", 0.9, "tab:green", "ResNet-8, momentum 0.9")):
+        pts = np.concatenate([rate_points(rows, arm, rho, s) for s in {
+            int(r["seed"]) for r in rows if r.get("scored")}] or [np.zeros((0, 2))])
+        if len(pts):
+            lines.append({"x": pts[:, 0], "y": pts[:, 1], "ls": "none", "marker": "o", "ms": 4,
+                          "alpha": 0.6, "color": color, "label": f"{label} (runs x layers)"})
+    if not lines:
+        return None
+    allx = np.concatenate([np.asarray(ln["x"]) for ln in lines])
+    gx = np.geomspace(allx.min() / 1.2, allx.max() * 1.2, 10)
+    lines.append({"x": gx, "y": gx, "color": "black", "ls": "--", "label": "y = x (Page)"})
+    return harness.plot_styled(out / "rate_loglog.png", lines, logx=True, logy=True,
+                               xlabel="predicted sqrt(2 lr wd / (1-rho))",
+                               ylabel="measured lr |g| / ((1-rho) |w|)",
+                               title="Scale-invariant layers, plateau, evaluation seeds")
+
+
+def table_conv(rows: Sequence[Mapping[str, Any]], preset: str) -> str:
+    """(b, ResNet-8): the selection grid and the evaluation runs."""
+    sel = conv_selection(rows, preset)
+    lines = ["| role | seed | lr | wd | steps | test accuracy | measured / predicted "
+             "(geometric mean over conv layers) | scored |", "| :-- | --: | --: | --: | --: | "
+             "--: | --: | :-- |"]
+    for r in sorted((r for r in rows if r.get("arm") == "conv"),
+                    key=lambda r: (r["role"] != "selection", r["seed"], r["lr"])):
+        p = rate_points(rows, "conv", r["rho"], int(r["seed"]), r["lr"]) if r.get("scored") \
+            else np.asarray([[L["predicted_rate"], L["measured_rate"]] for L in
+                             r.get("layers") or [] if L.get("scale_invariant")
+                             and L.get("measured_rate")]).reshape(-1, 2)
+        q = _loglog_fit(p)[1] if len(p) else math.nan
+        lines.append(f"| {r['role']} | {r['seed']} | {r['lr']:g} | {r['wd']:g} | "
+                     f"{r['total_steps']} | {harness.fmt_acc(_acc(r))} | {q:.3f} | "
+                     f"{'yes' if r.get('scored') else r.get('why_not')} |")
+    best = "unfinished" if not sel["done"] else f"{sel['best']:g}" + (
+        f" ({sel['edge']} edge)" if sel["edge"] else "")
+    return "\n".join(lines) + f"\n\nSelected lr: {best}.\n"
+
+
+def table_c(rows: Sequence[Mapping[str, Any]]) -> str:
+    """(c) per n, means over seeds [95%]: noise fraction, |g|, angle ratio, cosine."""
+    tabs = sqrt_n_tables(rows)
+    if not tabs:
+        return "No (c) rows.\n"
+    ns = sorted(set.intersection(*(set(t) for t in tabs.values())))
+    b0 = SETTINGS["cpu"]["c"]["batch"]
+    b0 = next((int(r["batch"]) for r in rows if r.get("arm") == "c"), b0)
+    lines = ["| n | batch | noise fraction | RMS scale-free |g||w| | angle n small / 1 large | "
+             "direction cosine |", "| --: | --: | --: | --: | --: | --: |"]
+    for n in ns:
+        cols = [ev.interval([t[n][k] for t in tabs.values()]) for k in
+                ("noise_fraction", "g_rms", "ratio", "cos")]
+        lines.append(f"| {n} | {n * b0} | " + " | ".join(
+            f"{iv.mean:.3g} [{iv.lo:.3g}, {iv.hi:.3g}]" for iv in cols) + " |")
+    return (f"Means over {len(tabs)} evaluation seeds (each the mean of its draws) with 95% "
+            f"t-intervals.\n\n" + "\n".join(lines) + "\n")
+
+
+def plot_c(rows: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
+    """(c): |g| against n with the 1/sqrt(n) line; angle ratio and noise fraction."""
+    tabs = sqrt_n_tables(rows)
+    if not tabs:
+        return None
+    ns = np.asarray(sorted(set.intersection(*(set(t) for t in tabs.values()))), np.float64)
+    mean = {k: np.asarray([np.mean([t[int(n)][k] for t in tabs.values()]) for n in ns])
+            for k in ("noise_fraction", "g_rms", "ratio", "cos")}
+    g = mean["g_rms"] / mean["g_rms"][0]
+    return harness.plot_styled(out / "sqrt_n.png", [
+        {"x": ns, "y": g, "marker": "o", "color": "tab:blue", "label": "|g| / |g| at n=1"},
+        {"x": ns, "y": 1 / np.sqrt(ns), "ls": "--", "color": "gray",
+         "label": "1/sqrt(n) (noise dominated)"},
+        {"x": ns, "y": mean["ratio"], "marker": "s", "color": "tab:green",
+         "label": "angle of n small steps / one large step"},
+        {"x": ns, "y": mean["cos"], "marker": "v", "color": "tab:purple",
+         "label": "direction cosine"},
+        {"x": ns, "y": mean["noise_fraction"], "marker": "^", "color": "tab:red",
+         "label": "noise fraction 1 - |G|^2/E|g|^2"}],
+        logx=True, logy=True, xlabel="n (base batch 16, batch 16 n, lr x n)",
+        ylabel="ratio / cosine / fraction", hlines={
+            f"noise dominated >= {NOISE_DOMINATED:g}": NOISE_DOMINATED, "1": 1.0},
+        title="(c) n small steps against one large step, means over seeds")
+
+
+def table_cos(rows: Sequence[Mapping[str, Any]]) -> str:
+    """(d) per momentum-0.9 cell (and the ResNet-8 runs, reported): median cos."""
+    lines = ["| arm | lr | wd | median cos(g_t, v_t-1) (seeds: mean of layer means [95%]) |",
+             "| :-- | --: | --: | --: |"]
+    for arm in ("mlp", "conv"):
+        by: dict[tuple[float, float], dict[int, list[float]]] = {}
+        for r in rows:
+            if r.get("arm") == arm and r.get("scored") and float(r["rho"]) == 0.9:
+                for L in r.get("layers") or []:
+                    if L.get("scale_invariant") and L.get("cos_gv_median") is not None:
+                        by.setdefault((r["lr"], r["wd"]), {}).setdefault(
+                            r["seed"], []).append(L["cos_gv_median"])
+        for (lr, wd), seeds in sorted(by.items()):
+            iv = ev.interval([float(np.mean(v)) for v in seeds.values()])
+            lines.append(f"| {arm} | {lr:g} | {wd:g} | {iv.mean:+.3f} [{iv.lo:+.3f}, "
+                         f"{iv.hi:+.3f}] (n={iv.n}) |")
+    return "\n".join(lines) + "\n"
+
+
+def setup_text(preset: str, base: TrainConfig) -> str:
     s = SETTINGS[preset]
-    imgs: dict[str, list[Path]] = {}
-    _plot_rate(derived, out, imgs)
-    _plot_w(preset, metrics, out, imgs)
-    # (c) |g| vs n and the step ratio
-    imgs["c"] = _c_plots(derived, s["batch"], out, "")
-    for key, suffix in ADDED_C.items():
-        if s.get(key):
-            imgs["c" + suffix] = _c_plots(_suffix_rows(derived, suffix), s[key]["batch"], out,
-                                          suffix)
-    _plot_cos(preset, derived, metrics, out, imgs)
-    return imgs
-
-
-def _derived(preset: str, rows: list[dict], out: Path
-             ) -> tuple[list[dict], dict[tuple, list[dict]]]:
-    """Per run and layer rows (the MLP's and the conv confirmation's) and the MLP's
-    metrics by cell and seed."""
-    s = SETTINGS[preset]
-    metrics: dict[tuple, list[dict]] = {}
-    derived: list[dict] = []
-    for row in rows:
-        c = harness.config_of(row)
-        key = (float(c["momentum"]), float(c["learning_rate"]), float(c["weight_decay"]),
-               int(c["seed"]))
-        model = str(c.get("model", s["model"]))
-        m = harness.read_metrics(row, out / "runs")
-        if model == s["model"]:
-            metrics[key] = m
-        if harness.outcome(row) == "ok":
-            lr_rows = run_layer_rows(row, m, model)
-            if model != s["model"]:  # the convolutional confirmation: its own kind
-                lr_rows = [dict(r, kind="run_layer_conv", model=model) for r in lr_rows]
-            derived += lr_rows
-    return derived, metrics
-
-
-def _table_a(derived: list[dict]) -> str:
-    """(a) per cell: net change / shrink, per-step ratio, head, accuracy."""
-    cells_a = _per_cell(derived, "drift")
-    step_med = _per_cell(derived, "step_change_median")
-    step_iqr = _per_cell(derived, "step_change_iqr")
-    head = [r for r in derived if r.get("kind") == "run_layer" and not r.get("scale_invariant")
-            and r.get("drift") is not None]
-    acc = {c: ev.interval([r["test_accuracy"] for r in head if _cell_key(r) == c])
-           for c in cells_a}
-    table_a = ("| cell | net change / shrink: median of block means (seeds: mean [95% CI]) | "
-               "per-step ratio: median, IQR | head (not scale invariant) | test acc. |\n"
-               "| :-- | --: | --: | --: | --: |\n")
-    for c, iv in cells_a.items():
-        hd = [r["drift"] for r in head if _cell_key(r) == c]
-        table_a += (f"| {_cell_name(c)} | {_fmt_iv(iv)} | {step_med[c].mean:+.2f}, "
-                    f"{step_iqr[c].mean:.2f} | {np.mean(hd):+.3f} | "
-                    f"{100 * acc[c].mean:.1f}% |\n")
-    return table_a
-
-
-def _table_b(derived: list[dict]) -> str:
-    """(b) per cell: predicted rate and measured / predicted."""
-    ratio = {c: ev.interval([r["measured_rate"] / r["predicted_rate"] for r in derived
-                             if r.get("kind") == "run_layer" and r.get("scale_invariant")
-                             and _cell_key(r) == c and r.get("measured_rate")])
-             for c in _per_cell(derived, "drift")}
-    table_b = ("| cell | predicted | measured / predicted (seeds x layers: mean [95% CI]) |\n"
-               "| :-- | --: | --: |\n") + "".join(
-        f"| {_cell_name(c)} | {page_lars_rate(c[1], c[2], c[0]):.4f} | {_fmt_iv(iv, '.3f')} |\n"
-        for c, iv in ratio.items())
-    return table_b
-
-
-def _table_d(derived: list[dict]) -> str:
-    """(d) per cell: median cos(g_t, v_t-1); and the batch scan."""
-    cos_c = _per_cell(derived, "cos_gv_median", rho=0.9)
-    scan = [r for r in derived if r.get("kind") == "cos_scan"]
-    table_d = ("| cell | median cos(g_t, v_t-1) (seeds: mean [95% CI]) |\n| :-- | --: |\n"
-               + "".join(f"| {_cell_name(c)} | {_fmt_iv(iv)} |\n" for c, iv in cos_c.items()))
-    if scan:
-        table_d += ("\n| batch | median cos(g_t, v_t-1), per hidden layer | noise fraction |\n"
-                    "| --: | --: | --: |\n") + "".join(
-            f"| {b} | " + ", ".join(f"{r['cos_gv_median']:+.3f}" for r in scan
-                                    if r["batch"] == b)
-            + " | " + ", ".join(f"{r['noise_fraction']:.3f}" for r in scan if r["batch"] == b)
-            + " |\n" for b in sorted({r["batch"] for r in scan}))
-    return table_d
-
-
-def _setup_text(preset: str, base: TrainConfig, derived: list[dict]) -> str:
-    s = SETTINGS[preset]
-    cw = [abs(r["cos_w_g_median"]) for r in derived
-          if r.get("scale_invariant") and r.get("cos_w_g_median") is not None]
-    grid = ", ".join(f"momentum {rho:g}: lr {g['lr']} x wd {g['wd']}" for rho, g in
-                     ((0.9, s["momentum"]), (0.0, s["plain"])))
-    setup = (
-        f"Model `{s['model']}` (width {s['width']}, BatchNorm after every hidden layer, hidden "
-        f"kernels without bias: exactly scale invariant; measured median |cos(w, g)| over "
-        f"the plateau <= {max(cw) if cw else math.nan:.1e}) on {s['dataset']} "
-        f"({s['train_subset'] or 'all'} training images), batch B = {s['batch']}, plain SGD "
-        f"or heavy-ball momentum with coupled weight decay (`lars_jax.sgd`), constant lr from "
-        f"step 0 (no warmup, no decay) for {RELAX_MULTIPLE} relaxation times "
-        f"(1-rho)/(2 lr wd) per cell. Grid ({grid}); seeds {s['seeds']}; the plain-SGD grid "
-        f"has the same lr wd/(1-rho) as the momentum grid. Diagnostics "
-        f"(`lars_jax.diagnostics.layer_diagnostics`, before each update) are single-step "
-        f"samples every log_every_steps = steps/{SAMPLES}; the plateau is the last "
-        f"{RELAX_MULTIPLE - WINDOW_START} relaxation times. Claims (c) and the batch scan of "
-        f"(d) use the final weights of the central cells (seed 0) retrained with the same "
-        f"config; batches n*B for n in {s['ns']} ({s['draws']} draws), the full-gradient "
-        f"reference on all {s['train_subset'] or 'the'} training images.\n\n"
+    cells = "; ".join(f"momentum {rho:g}: lr {lr:g}, wd {wd:g} (tau_Page "
+                      f"{relaxation_steps(lr, wd, rho):.1f} steps)" for rho, lr, wd in s["cells"])
+    c, cv = s["c"], s["conv"]
+    return (
+        f"MLP arm: `mlp2` (width 0.5; BatchNorm after each hidden Dense layer, hidden kernels "
+        f"without bias, so exactly scale invariant) on {base.dataset} "
+        f"({s['train_subset'] or 'all 60,000'} training images), batch {s['batch']} (BatchNorm "
+        f"over the batch), `lars_jax.sgd` (heavy ball, coupled weight decay), constant lr for "
+        f"{RUN_TAUS} relaxation times tau_Page = (1-rho)/(2 lr wd); cells: {cells}; "
+        f"evaluation seeds {list(EVAL_SEEDS[preset])}. No lr is selected in this arm: every "
+        f"pre-registered cell is evaluated (the claims are about any lr, wd). The diagnostics "
+        f"(`lars_jax.diagnostics.layer_diagnostics`) are single-step samples every "
+        f"steps/{SAMPLES}. Perturbation branches (a): |w|^2 x {PERTURB['up']:g} and x "
+        f"{PERTURB['down']:g} from the final weights, {RELAX_TAUS} tau_Page of SGD each on "
+        f"random batches (with replacement), |w|^2 sampled every steps/{RELAX_SAMPLES}.\n\n"
+        f"(c) arm: the same MLP at batch {c['batch']}, plain SGD, lr {c['lr']:g}, wd "
+        f"{c['wd']:g}, {c['taus']} tau_Page = "
+        f"{c['taus'] * relaxation_steps(c['lr'], c['wd'], 0.0):.0f} steps; n in "
+        f"{list(c['ns'])}, {c['draws']} draws per n and seed.\n\n"
+        f"ResNet-8 arm: `{cv['model']}` width {cv['width']} (every conv followed by "
+        f"BatchNorm), batch {s['batch']}, momentum {cv['rho']}, lr*wd = {cv['lr_wd']:g}, lr "
+        f"grid {list(cv['lrs'])} on selection seed {SELECTION_SEED}, then 4 evaluation "
+        f"seeds; {RUN_TAUS} tau_Page each.\n\n"
+        f"Batches relative to this task's critical batch (experiment 5, gradient_noise_scale: "
+        f"B_crit about 2.5k-4k): batch {s['batch']} is about B_crit/{2500 // s['batch']}-"
+        f"B_crit/{4000 // s['batch']} and the (c) base batch {c['batch']} about "
+        f"B_crit/{2500 // c['batch']}-B_crit/{4000 // c['batch']}, the noise-dominated side where "
+        f"Page's argument applies; (c)'s n x B spans up to {c['batch'] * max(c['ns'])}, below "
+        f"B_crit. Page's own batch (512 on CIFAR-10) has no measured critical batch here to "
+        f"map it onto; his claims are about per-step dynamics, not a batch range.\n\n"
         + harness.base_config_table(base, ["model", "width", "norm", "dataset", "batch_size",
-                                      "schedule", "warmup_epochs", "dtype"]))
-    return setup
+                                           "schedule", "warmup_epochs", "dtype"]))
 
 
-NAMES = {"a": "(a) Balance of shrink and growth of |w|^2",
-         "b": "(b) lr|g|/|w| against sqrt(2 lr wd/(1-rho))",
-         "c": "(c) Page's sqrt(n) argument: |g| against n, n small steps vs one large",
-         "d": "(d) cos(g_t, v_t-1)"}
+def reading_text(rows: Sequence[Mapping[str, Any]], preset: str) -> str:
+    """Plain-words reading of the verdicts; every number is computed from the rows."""
+    by_seed: dict[tuple[float, str, int], list[float]] = {}
+    for f in relax_fits(rows):
+        if math.isfinite(f["tau_fit"]):
+            by_seed.setdefault((f["rho"], f["dir"], f["seed"]), []).append(
+                f["tau_fit"] / f["tau_page"])
+    means = [float(np.exp(np.mean(np.log(v)))) for v in by_seed.values()] or [math.nan]
+    sel = conv_selection(rows, preset)
+    conv = [_loglog_fit(p)[1] for s in EVAL_SEEDS[preset] if sel["best"] is not None
+            and len(p := rate_points(rows, "conv", SETTINGS[preset]["conv"]["rho"], s,
+                                     sel["best"]))] or [math.nan]
+    tabs = sqrt_n_tables(rows)
+    cos = {n: float(np.mean([t[n]["cos"] for t in tabs.values()])) for n in
+           sorted(set.intersection(*(set(t) for t in tabs.values())))} if tabs else {}
+    return (
+        f"(a) After a rescale of |w|^2 the return has a time constant of "
+        f"{min(means):.2f}-{max(means):.2f} tau_Page (per seed, momentum and branch; "
+        f"geometric means over cells and layers), and it scales with (1-rho)/(lr wd) (the "
+        f"slopes in the verdict lines). That is the linear-response time of the two-term "
+        f"equation, tau_Page/2 = (1-rho)/(4 lr wd), rather than Page's (1-rho)/(2 lr wd), "
+        f"the time of pure decay (|w|^2 far above equilibrium). With 'about' read as within "
+        f"2x the ratio sits on the band's lower edge, so the pre-registered verdict turns on "
+        f"that edge: the scaling holds where the fit is clean, the prefactor is about half "
+        f"Page's. The "
+        f"fastest plain-SGD cell's down branch is not a single exponential (a jump within a "
+        f"few steps, then a drift), hence its wide interval.\n\n"
+        f"(b, ResNet-8) The conv layers' measured rate is {min(conv):.2f}-{max(conv):.2f} x "
+        f"Page's prediction over the evaluation seeds, above it as in design v2 (1.35 on one "
+        f"seed), and the interval reaches just above the 1.25 margin: undecided, not "
+        f"confirmed. Its median cos(g_t, v_t-1) is larger than the MLP's (table of (d)): "
+        f"successive gradients are less independent in the conv net, which the momentum "
+        f"form of the formula assumes away.\n\n"
+        f"(c) At base batch 16 the premise holds for the n in the verdict lines (noise "
+        f"fraction >= {NOISE_DOMINATED:g}); there the angle of n small steps matches one "
+        f"large step on average (ratio intervals around 1, wide), but the directions agree "
+        f"less as n grows: direction cosine "
+        + ", ".join(f"n={n}: {c:.2f}" for n, c in cos.items() if n > 1)
+        + f". The pre-registered cosine margin ({DIRECTION_MIN:g}) makes that a "
+        f"contradiction: one large step moves the weights by as much as n small ones, not in "
+        f"the same direction.\n")
 
 
-def _criteria_sections(preset: str, derived: list[dict], imgs: dict[str, list[Path]],
-                       sections: list[Any]) -> dict[str, tuple[ev.Verdict, list[str], dict]]:
-    """One section per criterion (and the added analyses of (c)); returns the added ones."""
-    s = SETTINGS[preset]
-    table = _sqrt_n_table(derived)
-    scan = [r for r in derived if r.get("kind") == "cos_scan"]
-    names = NAMES
-    bodies = {"a": _table_a(derived), "b": _table_b(derived),
-              "c": _c_table(table, s["batch"]) + _c_reading(table, s["batch"]),
-              "d": _table_d(derived) + _d_reading(scan)}
-    added: dict[str, tuple[ev.Verdict, list[str], dict]] = {}
-    for k, crit in CRITERIA.items():
-        sections.append(Section(names[k], crit.section(derived) + "\n\n" + bodies[k],
-                                imgs.get(k, [])))
-        if k != "c":
+def compute_by_arm(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Summed run wall time (training and probe) and the span of each arm."""
+    import datetime as dt
+
+    parts = []
+    for arm in ("mlp", "c", "conv"):
+        sel = [r for r in rows if r.get("arm") == arm and r.get("finished_at")]
+        if not sel:
             continue
-        for j, (key, suffix) in enumerate(ADDED_C.items()):
-            rows_c = _suffix_rows(derived, suffix)
-            if not (s.get(key) and rows_c):
-                continue
-            v, lines = crit(rows_c)
-            t2 = _sqrt_n_table(rows_c)
-            added[key] = (v, lines, t2)
-            sections.append(Section(
-                f"(c, added {j + 1}) The same criterion at base batch {s[key]['batch']}"
-                + (", weights retrained there" if key == "retrained_base" else ""),
-                _added_intro(key, preset) + f"\n\n**Verdict of the same criterion "
-                f"(computed): {v}.**\n\n" + "\n".join(lines) + "\n\n"
-                + _c_table(t2, s[key]["batch"]) + _c_reading(t2, s[key]["batch"]),
-                imgs.get("c" + suffix, [])))
-    return added
+        ends = [(dt.datetime.fromisoformat(str(r["finished_at"])), float(r.get("wall_s") or 0))
+                for r in sel]
+        start = min(e - dt.timedelta(seconds=t) for e, t in ends)
+        span = (max(e for e, _ in ends) - start).total_seconds() / 60
+        parts.append(f"{arm}: {len(sel)} runs, {sum(t for _, t in ends) / 60:.1f} min summed "
+                     f"run wall time (training and its probe), {span:.0f} min span")
+    return (" By arm: " + "; ".join(parts) + ".") if parts else ""
 
 
-def _limits_text(preset: str, rows: list[dict], timer: harness.Timer | None,
-                 derived: list[dict]) -> str:
-    limits = (
-        harness.preset_note(preset) + " "
-        + ("Reductions for the loaded 2-core CPU: the BN-MLP (width 0.5, 128 hidden units) "
-           "instead of ResNet-9 on CIFAR-10; the ResNet-8 confirmation only on 3 cells (one "
-           "momentum, one seed, wd 2-8x Page's so that 12 relaxation times fit; it trained at "
-           "~550 images/s here), chosen after the MLP results were known; constant lr "
-           "instead of Page's warmup-then-decay schedule (the claims are about the plateau); "
-           "plain SGD at lr/(1-rho) = 2-8 diverges in the MLP's head, so its grid keeps Page's "
-           "lr wd/(1-rho) with a 4x smaller lr; (c) and the batch scan of (d) at one seed's "
-           "weights (draws of data vary, not the run), n limited to n lr wd < 1 and n B <= "
-           "the training set; the noise fraction uses BatchNorm over each batch, the "
-           "full-gradient reference BatchNorm over all images. The diagnostics are single-step "
-           "samples, not window means. The head is not scale invariant: shown, not tested. "
-           "What (a) can detect: at constant lr a stationary |w|^2 has zero mean net change "
-           "whatever the mechanism, so (a) tests that every cell is stationary after "
-           f"{WINDOW_START} relaxation times (a longer relaxation would fail it); that the "
-           "growth is the gradient step lr^2|g|^2/(1-rho)^2 balancing the shrink is what (b) "
-           "tests (its ratio is sqrt(growth/shrink)). The (c, added) analyses were chosen "
-           "after the pre-set (c) result was known. This preset took longer than the 30 "
-           "minutes asked for on the loaded machine (times below)."
-           if preset == "cpu" else "")
-        + "\n\n" + harness.run_time_note(rows, timer) + " Custom computations of (c) and (d) "
-        + ", ".join(f"{r['file']}: {r['seconds']:.0f} s" for r in derived
-                    if r.get("kind") == "timing")
-        + f" (wall clock, including their retraining). Machine: {harness.environment_note()}"
-        + " (2 cores shared with other jobs: load average 18-26 during the runs).")
-    return limits
+def limits_text(preset: str) -> str:
+    return (
+        harness.preset_note(preset) + " Reductions for a loaded 2-core CPU: a BN-MLP instead "
+        "of ResNet-9 on CIFAR-10 for (a), (c), (d); the ResNet-8 check (width 0.25, 4 "
+        "channels in its first stage) tests (b) only, at one lr*wd (4x Page's lr*wd so that "
+        "6 relaxation times fit in 375 steps) and one momentum; constant lr instead of Page's "
+        "warmup-then-decay schedule (the claims are about the plateau); 4 cells per "
+        "momentum (lr*wd spans 8x, the predicted rate 2.8x), so slopes rest on a narrow range. "
+        "(a) is measured by rescaling trained weights, not from initialisation: the approach "
+        "from initialisation mixes the relaxation with the early fall of the gradient norm "
+        "(see w_sqnorm_from_init.png), and a plateau-window test of the net change is forced "
+        "to ~0 by stationarity alone, so it is shown only as a descriptive column. The "
+        "perturbation restarts the momentum buffer (a transient of 1/(1-rho) = 10 steps, "
+        "short against tau_Page >= 62.5). (c) uses the trained weights of 4 seeds rescaled "
+        "to the equilibrium norm, one base batch (16) and n up to 128 (batch 2048); the "
+        "noise fraction uses BatchNorm over each batch, the full-gradient reference "
+        "BatchNorm over all images. The head (not scale invariant) is excluded from every "
+        "verdict. (d)'s batch scan of design v2 (cos(g_t, v_t-1) from the trained weights "
+        "at batches up to 32768, never part of its verdict) was not rerun. The ResNet-8 runs "
+        "are short (375 steps, 0.8 epoch; test accuracy 47-70%): "
+        "the check is of the plateau dynamics of a partly trained conv net, and the lr choice "
+        "on the selection seed (0.1 and 0.2 within 0.2 points) picks an operating point, not "
+        "a sharply best lr. Nothing here tests ImageNet-scale batches or Page's full training "
+        "recipe.")
 
 
-def _summary(preset: str, derived: list[dict], verdicts: dict[str, Any],
-             added: dict[str, Any], conv_verdicts: dict[str, Any]) -> dict[str, Any]:
-    s = SETTINGS[preset]
-    cells_a = _per_cell(derived, "drift")
-    cos_c = _per_cell(derived, "cos_gv_median", rho=0.9)
-    table = _sqrt_n_table(derived)
-    summary = {"preset": preset, "claims": []}
-    short = _short_results(derived, cells_a, cos_c, table)
-    for k, (v, details) in verdicts.items():
-        summary["claims"].append({"id": k, "claim": CRITERIA[k].claim,
-                                  "criterion": CRITERIA[k].rule, "result": short.get(k, ""),
-                                  "details": details, "verdict": v})
-    for rho in (0.9, 0.0):
-        fit = rate_fit(derived, rho)
-        if fit:
-            summary[f"rate_fit_momentum_{rho:g}"] = {
-                "slope": list(fit["slope"]), "ratio": list(fit["ratio"])}
-    c_claim = next(c for c in summary["claims"] if c["id"] == "c")
-    for key, (v, lines, t2) in added.items():
-        c_claim.setdefault("added_analyses", []).append({
-            "what": _added_intro(key, preset), "base_batch": s[key]["batch"], "verdict": v,
-            "details": lines, "result": _short_results([], {}, {}, t2).get("c", "")})
-    if conv_verdicts:
-        summary["conv_confirmation"] = {
-            "what": "ResNet-8, same criteria, one seed, grid chosen after the MLP results",
-            **{k: {"verdict": v, "details": d} for k, (v, d) in conv_verdicts.items()}}
-    summary["headline"] = "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items())
-    return summary
+def _result_line(details: Sequence[str]) -> str:
+    """The verdict lines in one short string (the margins' reasons left to the report)."""
+    import re
+
+    text = "; ".join(d.lstrip("- ") for d in details if not d.startswith("- premise")
+                     and "branch fits" not in d)
+    text = text.replace("slope of log tau_fit on log tau_Page", "slope").replace(
+        "angle of n small / one large step", "angle ratio")
+    text = re.sub(r" \((interval|n=\d+ <|no finite)[^)]*\)", "", text)
+    return re.sub(r" in \[[^\]]*\]", "", text.replace("(n=4) ", ""))
 
 
-def analyse(preset: str, base: TrainConfig, rows: list[dict], out: Path,
-            timer: harness.Timer | None, steps: list[dict]) -> dict:
-    """Derived rows, verdicts from ``CRITERIA``, plots, report.md and summary.json."""
-    s = SETTINGS[preset]
-    derived, metrics = _derived(preset, rows, out)
-    derived += steps
-    with open(out / "rows.jsonl", "w") as f:
-        for r in derived:
-            f.write(json.dumps(r) + "\n")
-    verdicts = {k: crit(derived) for k, crit in CRITERIA.items()}
-    imgs = _plots(preset, derived, metrics, out)
-    sections = [Section("Setup", _setup_text(preset, base, derived))]
-    added = _criteria_sections(preset, derived, imgs, sections)
-    conv_verdicts = _conv_section(preset, derived, out, sections)
-    names = NAMES
-    sections.append(Section("Verdict", "\n".join(
-        f"- {names[k]}: **{v}**" for k, (v, _) in verdicts.items()) + "".join(
-        f"\n- (c, added {j + 1}, not pre-set) base batch {s[key]['batch']}: {added[key][0]}"
-        for j, key in enumerate(ADDED_C) if key in added) + "".join(
-        f"\n- ({k}) ResNet-8 confirmation (grid chosen after the MLP results): {v}"
-        for k, (v, _) in conv_verdicts.items())))
-    sections.append(Section("Limits of the evidence", _limits_text(preset, rows, timer,
-                                                                    derived)))
+def _summary(preset: str, out: Path, rows: Sequence[Mapping[str, Any]],
+             verdicts: Mapping[str, tuple[ev.Verdict, list[str]]]) -> dict[str, Any]:
+    crit = harness.read_criterion(out)
+    table = [{"id": k, "claim": CRITERIA[k].claim, "criterion": CRITERIA[k].rule,
+              "result": _result_line(d), "verdict": v, "details": d}
+             for k, (v, d) in verdicts.items()]
+    return {"preset": preset, "design": "v3", "criterion_sha": crit["criterion_sha"],
+            "fixed_at": crit["fixed_at"], "table": table,
+            "verdicts": {k: v for k, (v, _) in verdicts.items()},
+            "headline": "; ".join(f"({k}) {v}" for k, (v, _) in verdicts.items()),
+            "conv_selection": {k: v for k, v in conv_selection(rows, preset).items()
+                               if k != "scores"}}
+
+
+def analyse(preset: str, run: harness.ExperimentRun) -> dict[str, Any]:
+    """Verdicts from ``CRITERIA``, one section per claim, report.md and summary.json."""
+    from lars_jax.runs.report import Section, write_report
+
+    rows, out = run.rows, run.out
+    verdicts = {k: _decide(k, rows, preset) for k in CRITERIA}
+    imgs = {"a": [plot_relax(rows, out), plot_w_from_init(rows, out)],
+            "b": [plot_rate(rows, out)], "c": [plot_c(rows, out)]}
+    bodies = {"a": table_relax(rows), "b": table_rate(rows), "b8": table_conv(rows, preset),
+              "c": table_c(rows), "d": table_cos(rows)}
+    sections = [Section("Setup", setup_text(preset, run.base)),
+                Section("Pre-registration", harness.registered_note(out, rows))]
+    sections += [Section(NAMES[k], _section_text(k, rows, preset) + "\n\n" + bodies[k],
+                         [p for p in imgs.get(k, []) if p]) for k in CRITERIA]
+    sections += [Section("Verdict", "\n".join(f"- {NAMES[k]}: **{v}**"
+                                              for k, (v, _) in verdicts.items())),
+                 Section("Reading", reading_text(rows, preset)),
+                 Section("Limits of the evidence", limits_text(preset)),
+                 Section("Compute", harness.compute_note(rows, out) + compute_by_arm(rows))]
     write_report(out, title="Weight decay, weight-norm equilibrium and LARS (Page)",
-                 intro=("Page's four claims about weight decay on scale-invariant layers, each "
-                        "tested by a criterion fixed in the script before the runs "
-                        "(`CRITERIA` in experiments/page_weight_decay.py); every verdict is "
-                        "computed from `rows.jsonl` by that code. Raw runs: `runs/`."),
-                 sections=sections)
-    summary = _summary(preset, derived, verdicts, added, conv_verdicts)
+                 intro="Design v3 (issue 23). Raw rows: `rows.jsonl` (one per run, with its "
+                       "criterion sha); every verdict is computed from them by the "
+                       "pre-registered decide functions.", sections=sections)
+    summary = _summary(preset, out, rows, verdicts)
     harness.save_json(summary, out / "summary.json")
     return summary
 
 
-def _c_table(table: Mapping[int, Mapping[str, Any]], batch: int) -> str:
-    return ("| n | batch | noise fraction | RMS scale-free |g| | angle ratio n small / 1 "
-            "large (draws: mean [95% CI]) | direction cosine |\n"
-            "| --: | --: | --: | --: | --: | --: |\n") + "".join(
-        f"| {n} | {n * batch} | {t['noise_fraction']:.3f} | {t['g_rms']:.3g} | "
-        f"{_fmt_iv(t['ratio'], '.3f')} | {_fmt_iv(t['cos'], '.3f')} |\n"
-        for n, t in table.items())
-
-
-def _c_reading(table: Mapping[int, Mapping[str, Any]], batch: int) -> str:
-    """Plain-words reading of a (c) table; every number is read from the table."""
-    if len(table) < 2:
-        return ""
-    ns = sorted(table)
-    noisy = [n for n in ns if table[n]["noise_fraction"] >= NOISE_DOMINATED]
-    last = ns[-1]
-    r_last, c_last = table[last]["ratio"].mean, table[last]["cos"].mean
-    below = [n for n in ns if n > 1 and table[n]["ratio"].mean < 1]
-    text = (f"\n\nReading: the gradient is noise dominated (noise fraction >= "
-            f"{NOISE_DOMINATED}) up to batch {max(noisy) * batch if noisy else 'none'}; the "
-            f"noise fraction falls to {table[last]['noise_fraction']:.2f} at batch "
-            f"{last * batch}, where |g| has flattened. ")
-    if below and r_last < 1:
-        text += (f"Where the signal dominates, the n small steps do not add coherently "
-                 f"(that would give a ratio near sqrt(n) = {math.sqrt(last):.1f} at n = "
-                 f"{last}): the ratio is {r_last:.2f}, below the 1 of orthogonal steps, so "
-                 f"the small steps partly cancel (the weights fluctuate around the plateau "
-                 f"instead of drifting) and the one large step at lr x n turns the hidden "
-                 f"weights further than the n small steps it replaces; their directions "
-                 f"agree less and less (cosine {c_last:.2f} at n = {last}).")
-    return text
-
-
-def _d_reading(scan: Sequence[Mapping[str, Any]]) -> str:
-    if not scan:
-        return ""
-    by: dict[int, list[float]] = {}
-    for r in scan:
-        by.setdefault(int(r["batch"]), []).append(float(r["cos_gv_median"]))
-    bs = sorted(by)
-    lo, hi = bs[0], bs[-1]
-    end = float(np.mean(by[hi]))
-    why = ("" if abs(end) <= COS_BAND else
-           " (negative: the new gradient points against the accumulated step, the "
-           "signature of oscillation rather than of a consistent descent direction)"
-           if end < 0 else " (positive: successive gradients share a direction)")
-    return (f"\n\nReading: continuing SGD+momentum from the central run's weights, the "
-            f"median cos(g_t, v_t-1) goes from {np.mean(by[lo]):+.2f} at batch {lo} to "
-            f"{end:+.2f} at batch {hi}{why}; the noise fraction at each batch is in the "
-            f"table.")
-
-
-def _conv_section(preset: str, derived: Sequence[Mapping[str, Any]], out: Path,
-                  sections: list[Section]) -> dict[str, tuple[ev.Verdict, list[str]]]:
-    """The ResNet-8 confirmation: criteria (a), (b), (d) on its conv layers."""
-    conv = SETTINGS[preset].get("conv")
-    rows = [dict(r, kind="run_layer") for r in derived if r.get("kind") == "run_layer_conv"]
-    if not conv or not rows:
-        return {}
-    verdicts = {k: CRITERIA[k](rows) for k in ("a", "b", "d")}
-    pts = [(r["predicted_rate"], r["measured_rate"], r["layer"]) for r in rows
-           if r.get("scale_invariant") and r.get("measured_rate")]
-    imgs = []
-    if pts:
-        x = np.asarray([p[0] for p in pts])
-        y = np.asarray([p[1] for p in pts])
-        gx = np.geomspace(x.min() / 1.2, x.max() * 1.2, 10)
-        imgs.append(harness.plot_styled(
-            out / "conv_rate_loglog.png",
-            [{"x": x, "y": y, "ls": "none", "marker": "o", "ms": 4, "alpha": 0.7,
-              "label": "ResNet-8 conv layers (cells x layers)"},
-             {"x": gx, "y": gx, "color": "black", "ls": "--", "label": "y = x (Page)"}],
-            logx=True, logy=True, xlabel="predicted sqrt(2 lr wd / (1-rho))",
-            ylabel="measured lr |g| / ((1-rho) |w|)", title="ResNet-8 confirmation, plateau"))
-    n_layers = len({r["layer"] for r in rows if r.get("scale_invariant")})
-    acc = [r["test_accuracy"] for r in rows if not r.get("scale_invariant")]
-    body = (f"ResNet-8 (width {conv['width']}; every conv followed by BatchNorm, so its "
-            f"{n_layers} conv kernels are scale invariant; the final Dense layer is not) on "
-            f"the same data and batch, momentum {conv['rho']}, lr {conv['lr']}, wd "
-            f"{conv['wd']}, seeds {conv['seeds']}, {RELAX_MULTIPLE} relaxation times each "
-            f"(final test accuracy {', '.join(f'{100 * a:.1f}%' for a in acc)}). The same "
-            f"criterion code on its conv layers. The issue asked for it 'as time allows'; "
-            f"this small grid was chosen after the MLP results were known, to fit the time "
-            f"left: one seed (the intervals over seeds are undefined, so each cell's verdict "
-            f"rests on its single value), one momentum, and (b)'s slope is fitted over 3 "
-            f"cells spanning a factor 2 in the prediction.\n\n" + "\n\n".join(
-                f"**({k}) {v}.**\n\n" + "\n".join(d) for k, (v, d) in verdicts.items()))
-    sections.append(Section("Convolutional confirmation (ResNet-8)", body, imgs))
-    return verdicts
-
-
-def _span(ivs: Mapping[Any, ev.Interval]) -> str:
-    """Range of the cell means and the union of their intervals."""
-    if not ivs:
-        return "no data"
-    means = [iv.mean for iv in ivs.values()]
-    los = [iv.lo if iv.n >= 2 else iv.mean for iv in ivs.values()]
-    his = [iv.hi if iv.n >= 2 else iv.mean for iv in ivs.values()]
-    return (f"cell means {min(means):+.3f} .. {max(means):+.3f} (95% intervals within "
-            f"[{min(los):+.3f}, {max(his):+.3f}], {len(ivs)} cells)")
-
-
-def _short_results(derived: list[dict], cells_a: Mapping[Any, ev.Interval],
-                   cos_c: Mapping[Any, ev.Interval], table: Mapping[int, Any]
-                   ) -> dict[str, str]:
-    """One line per claim with the numbers and intervals behind its verdict."""
-    out = {"a": "net change of |w|^2 / weight-decay shrink on the plateau: " + _span(cells_a),
-           "d": "median cos(g_t, v_t-1) on the plateau: " + _span(cos_c)}
-    fits = []
-    for rho in (0.9, 0.0):
-        fit = rate_fit(derived, rho)
-        if fit:
-            (sl, slo, shi), (q, qlo, qhi) = fit["slope"], fit["ratio"]
-            fits.append(f"momentum {rho:g}: slope {sl:.2f} [{slo:.2f}, {shi:.2f}], "
-                        f"measured/predicted {q:.2f} [{qlo:.2f}, {qhi:.2f}]")
-    out["b"] = "; ".join(fits) + " (95% bootstrap over cells)" if fits else "no data"
-    scan = {}
-    for r in derived:
-        if r.get("kind") == "cos_scan":
-            scan.setdefault(int(r["batch"]), []).append(r["cos_gv_median"])
-    if scan:
-        out["d"] += "; batch scan: " + ", ".join(
-            f"B={b}: {np.mean(v):+.2f}" for b, v in sorted(scan.items()))
-    if table:
-        noisy = [n for n in table if table[n]["noise_fraction"] >= NOISE_DOMINATED]
-        parts = [f"noise fraction {table[min(table)]['noise_fraction']:.2f} at n=1 .. "
-                 f"{table[max(table)]['noise_fraction']:.2f} at n={max(table)}"]
-        if len(noisy) >= 2:
-            sl, lo, hi = g_slope(table, noisy)
-            parts.append(f"|g| slope over noise-dominated n<={max(noisy)}: {sl:.2f} "
-                         f"[{lo:.2f}, {hi:.2f}] (prediction -0.5)")
-        parts.append("angle ratio n small / 1 large: " + ", ".join(
-            f"n={n}: {table[n]['ratio'].mean:.2f}" for n in table if n > 1))
-        out["c"] = "; ".join(parts)
-    return out
-
-
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    run = harness.run_experiment(NAME, args, base_config, lambda p, _b: list(runs(p).values()))
-    cache = run.out / "steps.jsonl"
-    tag = {"kind": "settings", "preset": args.preset, "scan_noise": "start weights", **{
-        k: SETTINGS[args.preset][k] for k in ("ns", "draws", "scan_batches", "scan_steps")}}
-    steps = _cached(cache, tag, lambda: step_rows(args.preset, run.base), args.report_only)
-    for key, suffix in ADDED_C.items():
-        sb = SETTINGS[args.preset].get(key)
-        if not sb:
-            continue
-        tag2 = {"kind": "settings", "preset": args.preset, key: sb,
-                "draws": SETTINGS[args.preset]["draws"]}
-        steps += _cached(run.out / f"steps{suffix}.jsonl", tag2, lambda sb=sb, suffix=suffix,
-                         key=key: step_rows(args.preset, run.base, base_batch=sb["batch"],
-                                            ns=sb["ns"], suffix=suffix, scan=False,
-                                            retrain=key == "retrained_base"),
-                         args.report_only)
-    return analyse(args.preset, run.base, run.rows, run.out, run.timer, steps)
-
-
-def _cached(path: Path, tag: dict, compute: Any, report_only: bool) -> list[dict]:
-    """Rows from ``path`` when its first line equals ``tag``, else computed and saved."""
-    if path.exists():
-        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        if lines and lines[0] == tag:
-            return lines[1:]
-    if report_only:
-        return []
-    t0 = time.perf_counter()
-    rows = compute()
-    rows.append({"kind": "timing", "file": path.name, "seconds": time.perf_counter() - t0})
-    path.write_text("".join(json.dumps(r) + "\n" for r in [tag, *rows]))
-    return rows
+    run = harness.run_experiment(NAME, args, base_config, registered=registered)
+    return analyse(args.preset, run)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
-"""End-to-end smoke tests of the five experiment scripts through the real library.
+"""The helpers of experiments/harness.py, tested on hand-made rows and files.
 
-Each script runs its ``smoke`` preset (one tiny training run on a Fashion-MNIST subset)
-into a temporary folder and must write report.md, at least one PNG and the raw JSONL rows.
-The numbers are meaningless at this size; the structure and the pipeline are tested.
-The helpers of experiments/harness.py are tested on hand-made rows.
+Every experiment runs through the registered (v3) loop; its decide functions are tested
+in tests/test_exp_*.py and its smoke preset (``--preset smoke``) is run by hand.
 """
 
 import importlib
@@ -16,65 +14,9 @@ import pytest
 from experiments import harness
 
 ROOT = Path(__file__).resolve().parent.parent
-# linear_scaling_warmup, gradient_noise_scale, clars_no_warmup and small_batch (v3):
-# tests/test_exp_linear_scaling.py, tests/test_exp_noise_scale.py,
-# tests/test_exp_clars_no_warmup.py and tests/test_exp_small_batch.py
+# the other four experiments' presets: tests/test_exp_linear_scaling.py,
+# tests/test_exp_noise_scale.py, tests/test_exp_clars_no_warmup.py, tests/test_exp_small_batch.py
 EXPERIMENTS = ["page_weight_decay"]
-
-
-
-
-def _data_available():
-    try:
-        from lars_jax.data import load_split  # noqa: F401
-    except ImportError:
-        return False
-    return Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """One compilation cache for the module: the runs share model init and eval programs.
-
-    The scripts turn JAX's persistent cache on; the previous settings are restored after
-    the module so that other tests are not affected.
-    """
-    import jax
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    saved = {n: getattr(jax.config, n) for n in names}
-    yield tmp_path_factory.mktemp("xla_cache")
-    for n, v in saved.items():
-        jax.config.update(n, v)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_smoke(name, tmp_path, monkeypatch, xla_cache):
-    if not _data_available():
-        pytest.skip("lars_jax.data or the Fashion-MNIST files are not available")
-    monkeypatch.setenv("LARS_JAX_CACHE", str(xla_cache))
-    mod = importlib.import_module(f"experiments.{name}")
-    out = tmp_path / name
-    argv = ["--preset", "smoke", "--out", str(out)]
-    mod.main(argv)
-    report = (out / "report.md").read_text()
-    for heading in ("## Setup", "## Verdict", "## Limits of the evidence"):
-        assert heading in report, (name, heading)
-    assert "Preset `smoke`" in report
-    assert list(out.glob("*.png")), f"{name}: no plot written"
-    results = [json.loads(line) for line in (out / "runs" / "results.jsonl").read_text()
-               .splitlines()]
-    assert len(results) == 1 and results[0]["status"] == "done", results
-    assert (out / "summary.json").exists()
-    # every image the report links exists
-    for line in report.splitlines():
-        if line.startswith("!["):
-            assert (out / line[line.index("(") + 1: -1]).exists(), line
-    # a second invocation resumes: nothing is retrained, the report is rebuilt
-    mod.main(argv)
-    results2 = (out / "runs" / "results.jsonl").read_text().splitlines()
-    assert len(results2) == 1
 
 
 def test_method_matching_and_outcomes():
@@ -121,10 +63,10 @@ def test_presets_are_valid_configs():
 
     for name in EXPERIMENTS:
         mod = importlib.import_module(f"experiments.{name}")
-        for preset in ("smoke", "cpu", "full"):
+        for preset in harness.PRESETS:
             base = mod.base_config(preset)
             if name == "page_weight_decay":
-                pts = list(mod.runs(preset).values())
+                pts = mod.plan(preset, [])
             else:
                 pts = mod.points(preset, base)
             assert pts, (name, preset)
@@ -138,3 +80,30 @@ def test_shard_validation(tmp_path):
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(ValueError, match="shard"):
             harness.run_or_load(TrainConfig(), [{"seed": 0}], tmp_path / "runs", shard=bad)
+
+
+def _time_v_block(wall: str, user: float, sys_s: float) -> str:
+    return ("\tCommand being timed: \"python experiments/x.py --preset cpu\"\n"
+            f"\tUser time (seconds): {user}\n\tSystem time (seconds): {sys_s}\n"
+            f"\tElapsed (wall clock) time (h:mm:ss or m:ss): {wall}\n\tExit status: 0\n")
+
+
+def test_time_v_note_sums_every_invocation_of_every_worker(tmp_path):
+    # worker1 was started twice with `/usr/bin/time -v -a -o`: two blocks in one file,
+    # 1:00.00 + 0:30.00 = 1.5 min wall and (15 + 5) + (8 + 2) s = 0.5 min CPU; worker2
+    # ran once for 1:02:00 (62 min) with 120 + 60 s CPU (3 min)
+    (tmp_path / "time_v_worker1.txt").write_text(
+        _time_v_block("1:00.00", 15.0, 5.0) + _time_v_block("0:30.00", 8.0, 2.0))
+    (tmp_path / "time_v_worker2.txt").write_text(_time_v_block("1:02:00", 120.0, 60.0))
+    note = harness.time_v_note(tmp_path)
+    assert "worker1: 2 invocations, 1.5 min wall, 0.5 min CPU" in note
+    assert "worker2: 62.0 min wall, 3.0 min CPU" in note
+    assert "all 3 invocations: 63.5 min of summed wall time, 3.5 min CPU" in note
+    assert harness.time_v_note(tmp_path / "none") == ""
+
+
+def test_presets_name_only_what_the_scripts_define():
+    assert harness.PRESETS == ("smoke", "cpu")
+    assert "full" not in harness.preset_note("cpu")
+    with pytest.raises(ValueError, match="preset"):
+        harness.default_out("x", "full")
