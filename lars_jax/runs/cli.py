@@ -30,6 +30,7 @@ from typing import Any
 
 from lars_jax.runs import advise, config_io, report, sweep
 from lars_jax.runs.errors import ConfigError, ConfigWarning, RunError
+from lars_jax.runs.run_files import is_primary_process
 from lars_jax.train.config import FieldMeta, TrainConfig, field_meta
 
 __all__ = ["ConfigError", "build_parser", "main", "resolve_config"]
@@ -171,21 +172,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
-def _device_count(config: TrainConfig) -> int:
-    """The devices a run will use, as the trainer counts them (``num_devices`` or all);
-    starts JAX's multi-process runtime first where the config or environment asks for it."""
-    import jax
-
-    from lars_jax.train.loop import maybe_initialize_distributed
-
-    maybe_initialize_distributed(config)
-    present, wanted = jax.device_count(), config.num_devices
-    if wanted is not None and wanted > present:
-        raise ConfigError(f"TrainConfig.num_devices={wanted}: only {present} "
-                          f"{jax.default_backend()} device(s) present")
-    return int(wanted or present)
-
-
 def _cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
     # no JAX backend before --print-config; the device checks once the devices are known
     # (so that "--num-devices above the devices present" is the error a user sees for it)
@@ -194,10 +180,10 @@ def _cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
         print(f"# TrainConfig (resolved); reuse with: {PROG} train --config FILE")
         print(config_io.to_toml(config.to_dict(), comments=config.help()), end="")
         return 0
-    config.validate(device_count=_device_count(config))
-    _train_fn()(config)
-    from lars_jax.runs.run_files import is_primary_process
+    from lars_jax.train.loop import run_device_count
 
+    config.validate(device_count=run_device_count(config))
+    _train_fn()(config)
     if is_primary_process():
         files = "summary.json, metrics.jsonl" + (", curves.png" if config.plot else "")
         print(f"{PROG} train: results in {config.workdir}/ ({files})")
@@ -250,8 +236,7 @@ def _main(argv: list[str]) -> int:
             return advise.run_command(config, args)
         if args.command == "train":
             return _cmd_train(args, config)
-        return sweep.run_command(args, config, table, flags, train_fn=_train_fn(),
-                                 device_count=_device_count)
+        return sweep.run_command(args, config, table, flags, load_train=_train_fn)
     except ConfigError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -511,14 +511,14 @@ def _grid_and_out(args: argparse.Namespace, table: Mapping[str, Any],
 
 
 def run_command(args: argparse.Namespace, base: TrainConfig, table: Mapping[str, Any],
-                flags: Mapping[str, Any], *, train_fn: TrainFn,
-                device_count: Callable[[TrainConfig], int]) -> int:
+                flags: Mapping[str, Any], *, load_train: Callable[[], TrainFn]) -> int:
     """``lars-jax sweep``: `base` from the config file and flags, `table` the file's
-    ``[sweep]`` table, `flags` the config fields set by flags; every run's config is checked
-    (against `device_count`'s devices) before the first run starts. Returns the exit status:
-    0, or 1 when a run failed."""
+    ``[sweep]`` table, `flags` the config fields set by flags, `load_train` returns the train
+    function (imported once runs start). Every run's config is checked against its devices
+    before the first run starts. Returns the exit status: 0, or 1 when a run failed."""
     from lars_jax.runs.compile_cache import enable_compilation_cache
     from lars_jax.runs.report import summary_report
+    from lars_jax.train.loop import run_device_count
 
     grid, out = _grid_and_out(args, table, flags)
     planned = plan_sweep(base, grid, out)  # validates every run's config (not the base's)
@@ -528,9 +528,9 @@ def run_command(args: argparse.Namespace, base: TrainConfig, table: Mapping[str,
         print(f"{len(planned)} runs in {out}")
         return 0
     for run in planned:
-        run.config.validate(device_count=device_count(run.config))
+        run.config.validate(device_count=run_device_count(run.config))
     enable_compilation_cache()  # runs that differ only in lr or wd compile once
-    rows = run_sweep(base, grid, out, train_fn=train_fn, retry_failed=args.retry_failed,
+    rows = run_sweep(base, grid, out, train_fn=load_train(), retry_failed=args.retry_failed,
                      stop_on_error=args.stop_on_error)
     if not args.no_report and is_primary_process():
         print(f"lars-jax sweep: report written to {summary_report(out)}")
