@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lars_jax.runs.errors import ConfigError
 from lars_jax.runs.plotting import plot_bars, plot_heatmap, plot_lines
 from lars_jax.runs.run_files import (
     CONFIG,
@@ -560,6 +562,27 @@ def summary_report(
     sections += _accuracy_curves(rows, varied, plots) + _run_links(rows, root)
     return write_report(root, title=title, intro=_intro(rows, varied), sections=sections,
                         filename=filename)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lars-jax report``."""
+    parser.add_argument("folder", help="the results folder")
+    parser.add_argument("--title", help="report title (default: 'Results: <folder name>')")
+    parser.add_argument("--metric",
+                        help="summary metric to plot (default: the first accuracy metric)")
+    parser.add_argument("--x", help="swept field on the x axis (default: batch_size if swept)")
+    parser.add_argument("--output", default="report.md", help="file name (default: report.md)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``lars-jax report``: a missing folder or a bad option is a `ConfigError`."""
+    try:
+        path = summary_report(args.folder, title=args.title, metric=args.metric, x=args.x,
+                              filename=args.output)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    print(f"lars-jax report: wrote {path}")
+    return 0
 
 
 def _run_label(row: Mapping[str, Any], varied: Sequence[str]) -> str:

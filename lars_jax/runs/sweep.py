@@ -33,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -463,3 +464,82 @@ def run_sweep(
     failed = sum(r.get(STATUS) == RUN_FAILED for r in results)
     log(f"sweep {out}: {len(results) - failed} done, {failed} failed")
     return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lars-jax sweep`` beside train's config flags (its base config)."""
+    parser.add_argument("--config", "--base", dest="config", metavar="FILE",
+                        help="TOML/JSON base config; may hold a [sweep] table with `out` and a "
+                        "[sweep.grid] table")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="values of one field to sweep (repeatable; a JSON list also "
+                        "works: FIELD='[1, 2]'); overrides the same field of the file's grid")
+    parser.add_argument("--out", metavar="DIR", help="output folder (or `out` in [sweep])")
+    for flag, text in (("--retry-failed", "rerun runs recorded as failed"),
+                       ("--stop-on-error", "stop the sweep at the first failed run"),
+                       ("--dry-run", "list the runs and their status, run nothing"),
+                       ("--no-report", "do not write <out>/report.md at the end")):
+        parser.add_argument(flag, action="store_true", help=text)
+
+
+def _grid_and_out(args: argparse.Namespace, table: Mapping[str, Any],
+                  flags: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The grid (``--grid FIELD=V1,V2`` or ``FIELD=[JSON list]`` over the file's
+    ``[sweep.grid]``; values typed by `normalize_grid`) and the output folder."""
+    grid = table.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ConfigError("[sweep.grid] must be a table of FIELD = [values]")
+    unknown = sorted(set(table) - {"grid", "out"})
+    if unknown:
+        raise ConfigError(f"[sweep] has unknown key(s) {', '.join(unknown)} (known: out, grid)")
+    grid = {field_name(k): v for k, v in grid.items()}
+    for item in args.grid:
+        key, eq, text = (s.strip() for s in item.partition("="))
+        if not eq or not key or not text:
+            raise ConfigError(f"--grid {item!r}: expected FIELD=V1,V2,...")
+        try:  # text starting with "[" parses to a list or fails
+            values = json.loads(text) if text.startswith("[") else text.split(",")
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--grid {item!r}: not a JSON list: {e}") from e
+        grid[field_name(key)] = [v.strip() if isinstance(v, str) else v for v in values]
+    both = sorted(set(grid) & set(flags))
+    if both:
+        raise ConfigError(f"{', '.join(both)}: both swept (--grid) and set by a flag")
+    if not (args.out or table.get("out")):
+        raise ConfigError("--out: the sweep needs an output folder (--out DIR or out in [sweep])")
+    return grid, args.out or table["out"]
+
+
+def run_command(args: argparse.Namespace, base: TrainConfig, table: Mapping[str, Any],
+                flags: Mapping[str, Any], *, load_train: Callable[[], TrainFn]) -> int:
+    """``lars-jax sweep``: `base` from the config file and flags, `table` the file's
+    ``[sweep]`` table, `flags` the config fields set by flags, `load_train` returns the train
+    function (imported once runs start). Every run's config is checked against its devices
+    before the first run starts. Returns the exit status: 0, or 1 when a run failed."""
+    from lars_jax.runs.compile_cache import enable_compilation_cache
+    from lars_jax.runs.report import summary_report
+    from lars_jax.train.loop import run_device_count
+
+    grid, out = _grid_and_out(args, table, flags)
+    planned = plan_sweep(base, grid, out)  # validates every run's config (not the base's)
+    if args.dry_run:
+        for run in planned:
+            print(f"{run.status:8s} {run.name}")
+        print(f"{len(planned)} runs in {out}")
+        return 0
+    for run in planned:
+        run.config.validate(device_count=run_device_count(run.config))
+    enable_compilation_cache()  # runs that differ only in lr or wd compile once
+    rows = run_sweep(base, grid, out, train_fn=load_train(), retry_failed=args.retry_failed,
+                     stop_on_error=args.stop_on_error)
+    if not args.no_report and is_primary_process():
+        print(f"lars-jax sweep: report written to {summary_report(out)}")
+    failed = [r[RUN] for r in rows if r.get(STATUS) == RUN_FAILED]
+    if failed:
+        rerun = ("; those that failed for their storage (disk full, read-only) are run "
+                 "again by the same command" if any(r.get(ENVIRONMENTAL) for r in rows) else "")
+        print(f"lars-jax sweep: {len(failed)} of {len(rows)} runs failed ({', '.join(failed)}); "
+              f"they are recorded in results.jsonl; --retry-failed reruns them{rerun}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -159,7 +159,7 @@ class TrainConfig:
         "from the TFDS source through grain) or auto (host when the data set does not fit on "
         "the device: imagenet2012).")
     image_size: int | None = _data(
-        None, "Side of the host-decoded images of imagenet2012 (None: 224).")
+        None, "Side of the host-decoded images of imagenet2012 (None: 224).", ge=1)
     input_threads: int = _data(
         8, "Host input pipeline: decoding threads per process.", ge=1, kind="cosmetic",
         applies=Applies("the host input pipeline (input_pipeline host, or auto for a data set "
@@ -439,9 +439,9 @@ def _check_data_and_parallel(c: TrainConfig) -> None:
     if c.input_pipeline == "device" and not info.fits_on_device:
         raise _bad(c, "input_pipeline", f"{c.dataset} does not fit on the device: use host or "
                    "auto")
-    if c.image_size is not None and (c.image_size < 1 or info.fits_on_device):
-        raise _bad(c, "image_size", "must be >= 1, and only for data sets cropped on the host "
-                   "(imagenet2012); None otherwise")
+    if c.image_size is not None and info.fits_on_device:
+        raise _bad(c, "image_size", "only for data sets cropped on the host (imagenet2012); "
+                   "None otherwise")
     if not c.workdir:
         raise _bad(c, "workdir", "must be a non-empty path")
     if c.train_subset is not None and c.train_subset < c.batch_size:

@@ -113,6 +113,17 @@ def maybe_initialize_distributed(config: TrainConfig) -> None:
     jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
 
 
+def run_device_count(config: TrainConfig) -> int:
+    """The devices a run uses (``num_devices``, else all), counted after starting JAX's
+    multi-process runtime where asked for; more than are present is a `ConfigError`."""
+    maybe_initialize_distributed(config)
+    present = jax.device_count()
+    if config.num_devices is not None and config.num_devices > present:
+        raise ConfigError(f"TrainConfig.num_devices={config.num_devices}: only {present} "
+                          f"{jax.default_backend()} device(s) present")
+    return config.num_devices or present
+
+
 def next_stop(step: int, total_steps: int, log_every: int, eval_every: int,
               checkpoint_every: int) -> int:
     """The first step after `step` at which the loop logs, evaluates, checkpoints or ends.
@@ -272,10 +283,7 @@ def _writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
 def _preflight(config: TrainConfig, data: Data | None) -> None:
     """Problems found before any data loading or workdir creation (ConfigError naming the
     field, which the command prints as one line with exit status 2)."""
-    present = jax.device_count()
-    if config.num_devices is not None and config.num_devices > present:
-        raise ConfigError(f"TrainConfig.num_devices={config.num_devices}: only {present} "
-                         f"{jax.default_backend()} device(s) present")
+    run_device_count(config)
     why = _writable_dir_problem(config.workdir)
     if why:
         raise ConfigError(f"TrainConfig.workdir={config.workdir!r}: cannot be written ({why})")
