@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,24 +300,41 @@ def _point(optimizer: str, b: int, lr: float, seed: int) -> dict:
 def plan(preset: str, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Per cell in priority order: the selection grid, its edge extension, then the
     evaluation seeds at the selected lr."""
+    return plan_cells(rows, BATCHES[preset], lambda opt, b: LR_CENTRE[opt],
+                      LR_FACTORS[preset], LR_BOUND[preset], EVAL_SEEDS[preset])
+
+
+def plan_cells(rows: Sequence[Mapping[str, Any]], batches: Mapping[str, Sequence[int]],
+               centre: Callable[[str, int], float], factors: Sequence[float], bound: float,
+               eval_seeds: Sequence[int], edge_seeds_last: bool = False) -> list[dict]:
+    """The adaptive plan of a linear-scaling sweep (shared with the ResNet-8 arm).
+
+    Per (optimizer, batch) cell in priority order: the selection grid ``centre(opt, b) x
+    factors`` on :data:`SELECTION_SEED`, its 2x extension while the best is on an edge and
+    within ``bound`` x the centre (``bound=1``: no extension), then ``eval_seeds`` at the
+    selected lr. With ``edge_seeds_last`` the evaluation seeds of a cell whose best stays on
+    an edge (shown, never scored) come after those of every interior cell.
+    """
     out: list[dict] = []
-    for opt, batches in BATCHES[preset].items():
+    late: list[dict] = []
+    for opt, bs in batches.items():
         cs = cells(rows, opt)
-        for b in batches:
-            c = LR_CENTRE[opt]
-            grid = [c * f for f in LR_FACTORS[preset]]
+        for b in bs:
+            c = centre(opt, b)
+            grid = [c * f for f in factors]
             out += [_point(opt, b, lr, SELECTION_SEED) for lr in grid]
             scores = cs.get(b, {}).get("scores", {})
             if not all(any(math.isclose(lr, s) for s in scores) for lr in grid):
                 continue
-            nxt = ev.next_grid_point(scores, bounds=(c / LR_BOUND[preset] * (1 - 1e-9),
-                                                     c * LR_BOUND[preset] * (1 + 1e-9)))
+            nxt = ev.next_grid_point(scores, bounds=(c / bound * (1 - 1e-9),
+                                                     c * bound * (1 + 1e-9)))
             if nxt is not None:
                 out.append(_point(opt, b, nxt, SELECTION_SEED))
                 continue
             if cs[b]["best_lr"] is not None:
-                out += [_point(opt, b, cs[b]["best_lr"], s) for s in EVAL_SEEDS[preset]]
-    return out
+                seeds = [_point(opt, b, cs[b]["best_lr"], s) for s in eval_seeds]
+                (late if edge_seeds_last and cs[b]["edge"] else out).extend(seeds)
+    return out + late
 
 
 def to_row(res: Mapping[str, Any], run: Path, point: Mapping[str, Any]) -> dict:
