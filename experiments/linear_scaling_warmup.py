@@ -494,9 +494,9 @@ def flattening_text(rows: Sequence[Mapping[str, Any]], b0: int) -> str:
 def limits_text() -> str:
     return (
         "A 2-layer BN-MLP on Fashion-MNIST for 2 epochs, on a shared 2-core CPU: ImageNet "
-        "ResNet-50 behaviour (Goyal's 90 epochs, BN over 32 per worker) is not tested, and "
-        "no ResNet-8 arm was run (the conv accumulation fix is on another branch; issue "
-        "23's 30-minute conv budget did not fit this session). The budget (2 epochs) is "
+        "ResNet-50 behaviour (Goyal's 90 epochs, BN over 32 per worker) is not tested; the "
+        "ResNet-8 arm is its own pre-registered experiment (`linear_scaling_resnet8`, with "
+        "a range and budget scaled down to its CPU cost: its report). The budget (2 epochs) is "
         "what makes 512 the top of a range with 200+ steps; batches beyond it are "
         "budget-bound by construction. The selection grid has 3-4 points; the lr is "
         "selected on one seed. B_max's prediction combines the ends of B_crit's and "

@@ -84,22 +84,29 @@ def test_resnet8_lars_extends_both_ways_on_the_paired_difference():
     assert v == "inconclusive" and "No scored batch where SGD fails" in details[-1]
 
 
-def test_resnet8_plan_never_extends_and_runs_edge_cells_seeds_last():
+def test_resnet8_plan_extends_within_4x_and_runs_edge_cells_seeds_last():
     pts = r8.plan("cpu", [])
     assert {p["seed"] for p in pts} == {SEL} and len(pts) == 3 * 6  # the grids only
-    # the MLP's SGD base lr 0.00625 at B0 = 16, moved to B0 = 4 by the linear rule
-    assert [p["learning_rate"] for p in pts[:3]] == pytest.approx([0.00078125, 0.0015625,
-                                                                   0.003125])
-    # SGD 128 on its low edge: no fourth grid point; its seeds after every interior cell's
-    rows = _arm("sgd", flat, edge_at=(128,)) + _arm("lars", flat)
-    rows = [r for r in rows if r["seed"] == SEL]
+    # the MLP's SGD base lr 0.00625 at B/B0 = 1, as the centre at B0 = 4
+    assert [p["learning_rate"] for p in pts[:3]] == pytest.approx([0.003125, 0.00625, 0.0125])
+    c = r8.centre("sgd", 128)
+    rows = [r for r in _arm("sgd", flat, edge_at=(128,)) + _arm("lars", flat)
+            if r["seed"] == SEL]
+    # SGD 128 best on its low edge (c/2): one 2x extension to c/4, nothing else there yet
+    pts = [p for p in r8.plan("cpu", rows) if (p["optimizer"], p["batch_size"]) == ("sgd", 128)]
+    assert [p["learning_rate"] for p in pts] == pytest.approx([c / 2, c, 2 * c, c / 4])
+    # c/4 best again: c/8 would leave the 4x bound, so the cell stays on the edge; its
+    # evaluation seeds run at c/4 after every interior cell's
+    rows.append({**rows[-1], "optimizer": "sgd", "batch_size": 128, "learning_rate": c / 4,
+                 "test_accuracy": 0.99})
     pts = r8.plan("cpu", rows)
-    assert len([p for p in pts if p["seed"] == SEL]) == 18
     ev_pts = [(p["optimizer"], p["batch_size"]) for p in pts if p["seed"] != SEL]
     assert ev_pts[-4:] == [("sgd", 128)] * 4 and ev_pts.count(("sgd", 128)) == 4
+    assert len(ev_pts) == 6 * 4
     edge = [p for p in pts if p["seed"] != SEL and p["batch_size"] == 128
             and p["optimizer"] == "sgd"]
-    assert all(math.isclose(p["learning_rate"], 0.5 * r8.centre("sgd", 128)) for p in edge)
+    assert all(math.isclose(p["learning_rate"], c / 4) for p in edge)
+    assert ls.cells(rows, "sgd")[128]["edge"] == "low"
     with pytest.raises(ValueError, match="LR_CENTRE has no centre"):
         r8.centre("sgd", 64)
 
