@@ -14,10 +14,10 @@ the range and budget scaled down to what a conv net costs on the 2-core CPU: B0 
 32 B0 = 128 (about B_crit/15 of this task, experiment 5), a fixed budget of 25,600
 examples, so 200 steps at 128; batches 4, 32 and 128. Per (optimizer, batch) cell the lr
 is the best of a 3-point 2x grid around the MLP experiment's selected base lr at the same
-B/B0, on selection seed 100, extended by 2x steps while its best is on an edge, within 4x
-(search 2; search 1 had centres 4x lower and no extension, and was stopped when every SGD
-cell's best lay on the high edge): a best lr still on an edge is shown and never
-scored. 4 evaluation seeds (0-3, shared initialisation and data order between the
+B/B0 times 4 (SGD) or 2 (LARS), on selection seed 100, extended by 2x steps while its best
+is on an edge, within 8x (search 3; searches 1 and 2, with lower centres and narrower
+bounds, were stopped when SGD's best lrs lay on the high edge): a best lr still on an edge
+is shown and never scored. 4 evaluation seeds (0-3, shared initialisation and data order between the
 compared arms) run at the selected lr; the verdicts use the MLP experiment's rules.
 
 Usage:
@@ -48,18 +48,21 @@ BN_GROUP = 4  # ghost BatchNorm over 4 examples at every batch (fixed, as Goyal'
 # priority order: base, top of the claim's range (32 B0), mid
 BATCHES = {"smoke": {"sgd": [4, 8], "lars": [4]},
            "cpu": {"sgd": [4, 128, 32], "lars": [4, 128, 32]}}
-# grid centres: the base lr the MLP experiment selected at the same ratio B/B0 (its committed
-# rows, criterion_sha deb7a293), taken as the base lr at B0 = 4 as it stands; at 8 B0, which
-# it did not run, the geometric middle of its 4 B0 and 16 B0 choices. Search 1 (folder
-# results/linear_scaling_resnet8_search1, criterion fixed 10:37:05Z) had moved these to
-# B0 = 4 by the linear rule (x 1/4) without extension: all three SGD cells' best lrs were on
-# the high edge (selection seed only), so it was stopped after 9 runs; this criterion was
-# fixed after seeing them (a second look, declared in the report).
-SEARCH1 = {"folder": "linear_scaling_resnet8_search1", "centre_factor": 0.25, "lr_bound": 1.0}
-LR_CENTRE = {"sgd": {4: 0.00625, 8: 0.00625, 32: 0.00625, 128: 0.0125},
-             "lars": {4: 0.5, 32: 0.3536, 128: 0.25}}
+# Grid centres and bound: search 3. The reference is the base lr the MLP experiment selected
+# at the same ratio B/B0 (its committed rows, criterion_sha deb7a293; at 8 B0, which it did
+# not run, the geometric middle of its 4 B0 and 16 B0 choices). Search 1 (centres = that /4,
+# the linear rule's move to B0 = 4, no extension) put every SGD cell's best on the high
+# edge; search 2 (centres = that x1, 2x extensions within 4x) put SGD B0's best on the high
+# edge at its bound (0.025: 81.5% vs 81.1% at 0.0125) and SGD 128's still rising at 4x.
+# Both were stopped before any evaluation seed ran (folders results/<NAME>_search1, _search2,
+# each its own criterion); search 3 was fixed after seeing their selection-seed rows: SGD
+# centres = reference x4, LARS (never run) x2, extensions within 8x (a 64x span per cell).
+SEARCHES = ({"folder": "linear_scaling_resnet8_search1", "centre_factor": 0.25, "lr_bound": 1.0},
+            {"folder": "linear_scaling_resnet8_search2", "centre_factor": 1.0, "lr_bound": 4.0})
+LR_CENTRE = {"sgd": {4: 0.025, 8: 0.025, 32: 0.025, 128: 0.05},
+             "lars": {4: 1.0, 32: 0.7071, 128: 0.5}}
 LR_FACTORS = (0.5, 1.0, 2.0)
-LR_BOUND = 4.0  # 2x extensions while on an edge, within 4x of the centre (as the MLP's)
+LR_BOUND = 8.0  # 2x extensions while on an edge, within 8x of the centre
 EVAL_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2, 3)}
 # cpu: E = 25,600 examples (0.43 of an epoch): 200 steps at the top batch 128
 EPOCHS = {"smoke": 0.5, "cpu": 0.426667}
@@ -80,8 +83,8 @@ LINEAR_SCALING = ev.Criterion(
     rule=(f"ResNet-8 (width {WIDTH}), ghost BatchNorm over {BN_GROUP}, SGD+momentum, "
           f"B0={BASE_BATCH}, E = 25,600 examples, batches "
           f"{sorted(BATCHES['cpu']['sgd'])}; per batch the lr is the best of the 3-point grid "
-          f"{{0.5, 1, 2}} x the MLP experiment's selected base lr at the same B/B0 (search 2: "
-          f"search 1's centres x 4), on selection seed {mlp.SELECTION_SEED}, extended by 2x "
+          f"{{0.5, 1, 2}} x a centre (search 3: SGD 4x, LARS 2x the MLP experiment's selected "
+          f"base lr at the same B/B0), on selection seed {mlp.SELECTION_SEED}, extended by 2x "
           f"steps while the best is on an edge, within {LR_BOUND:g}x of the centre; 4 "
           f"evaluation seeds at that lr. A batch *holds* when the 95% interval of the "
           f"paired difference acc(B) - acc(B0) lies wholly above -{mlp.MARGIN_PP:g} point, "
@@ -137,7 +140,7 @@ def plan(preset: str, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
 def registered(preset: str, base: TrainConfig) -> harness.Registered:
     spec = harness.criterion_spec(
         "\n\n".join(c.rule for c in (LINEAR_SCALING, LARS_EXTENDS)),
-        grids={"model": MODEL, "width": WIDTH, "batches": BATCHES[preset], "search1": SEARCH1,
+        grids={"model": MODEL, "width": WIDTH, "batches": BATCHES[preset], "searches": SEARCHES,
                "lr_centre": LR_CENTRE, "lr_factors": LR_FACTORS, "lr_bound": LR_BOUND},
         seeds={"selection": mlp.SELECTION_SEED, "evaluation": EVAL_SEEDS[preset]},
         budgets={"epochs": EPOCHS[preset], "base_batch": BASE_BATCH,
@@ -177,7 +180,8 @@ def setup_text(base: TrainConfig) -> str:
         f"because a ResNet-8 step on this loaded CPU costs 1.2 ms per example at B=16 and "
         f"4 ms at B=512 (measured before the runs): the MLP's design would have taken hours. "
         f"Selection seed {mlp.SELECTION_SEED}: base-lr grid {{0.5, 1, 2}} x the MLP's "
-        f"selected base lr at the same B/B0 (SGD {c['sgd']}; LARS {c['lars']} at "
+        f"selected base lr at the same B/B0, x4 for SGD and x2 for LARS (search 3: SGD "
+        f"{c['sgd']}; LARS {c['lars']} at "
         f"{sorted(BATCHES['cpu']['sgd'])}), extended by 2x steps while on an edge, within "
         f"{LR_BOUND:g}x; evaluation seeds {list(EVAL_SEEDS['cpu'])} at the chosen lr (a seed fixes "
         f"initialisation and data order: paired differences).")
@@ -198,25 +202,32 @@ def mlp_comparison(out: Path, v: Mapping[str, tuple[str, list[str]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def search1_text(out: Path) -> str:
-    """Search 1 (its own folder and criterion, stopped): its selection-seed accuracies."""
-    p = out.parent / SEARCH1["folder"] / "rows.jsonl"
-    rows = [json.loads(ln) for ln in p.read_text().splitlines()] if p.exists() else []
-    crit = out.parent / SEARCH1["folder"] / "criterion.json"
-    c = json.loads(crit.read_text()) if crit.exists() else {}
-    cellz: dict[tuple[str, int], list[str]] = {}
-    for r in sorted(rows, key=lambda r: (r["optimizer"], r["batch_size"], r["learning_rate"])):
-        cellz.setdefault((r["optimizer"], int(r["batch_size"])), []).append(
-            f"{r['learning_rate']:.3g}: {harness.fmt_acc(mlp._acc(r))}")
-    return (f"Search 1 (folder `{SEARCH1['folder']}`, criterion_sha "
-            f"`{str(c.get('criterion_sha'))[:12]}`, fixed at {c.get('fixed_at')}) used the "
-            f"same design with grid centres 4x lower (the MLP's choices moved to B0 = 4 by the "
-            f"linear rule) and no extension. After {len(rows)} selection-seed runs every SGD "
-            f"cell's best lr lay on the high edge, so none could be scored: "
+def searches_text(out: Path) -> str:
+    """Searches 1 and 2 (each its own folder and criterion, stopped): their selection-seed
+    accuracies, shown, never scored."""
+    parts = []
+    for i, srch in enumerate(SEARCHES, 1):
+        folder = out.parent / srch["folder"]
+        rows = [json.loads(ln) for ln in (folder / "rows.jsonl").read_text().splitlines()] \
+            if (folder / "rows.jsonl").exists() else []
+        c = json.loads((folder / "criterion.json").read_text()) \
+            if (folder / "criterion.json").exists() else {}
+        cellz: dict[tuple[str, int], list[str]] = {}
+        for r in sorted(rows, key=lambda r: (r["optimizer"], r["batch_size"],
+                                             r["learning_rate"])):
+            cellz.setdefault((r["optimizer"], int(r["batch_size"])), []).append(
+                f"{r['learning_rate']:.3g}: {harness.fmt_acc(mlp._acc(r))}")
+        parts.append(
+            f"Search {i} (folder `{srch['folder']}`, criterion_sha "
+            f"`{str(c.get('criterion_sha'))[:12]}`, fixed at {c.get('fixed_at')}): centres "
+            f"{srch['centre_factor']:g}x the MLP's choices, extensions within "
+            f"{srch['lr_bound']:g}x; {len(rows)} selection-seed runs (base lr: accuracy): "
             + "; ".join(f"{o.upper()} B={b}: " + ", ".join(v) for (o, b), v in cellz.items())
-            + ". It was stopped and this criterion (search 2: centres x4, 2x extensions "
-            "within 4x) fixed after seeing those rows; they are selection-seed rows of "
-            "another criterion and are not scored here.\n")
+            + ".")
+    return ("\n\n".join(parts) + "\n\nBoth were stopped when SGD's best lrs lay on the "
+            "high edge (search 2: B0's at its bound), before any evaluation seed ran; search 3 "
+            "(this folder) was fixed after seeing those selection-seed rows. They belong to "
+            "other criteria and are not scored here.\n")
 
 
 def limits_text() -> str:
@@ -231,9 +242,9 @@ def limits_text() -> str:
         "(experiment 5), not on ResNet-8's own, which was not measured. Each lr grid has 3-4 "
         "points in 2x steps, so the selected lr may be off the cell's optimum by up to a "
         "factor sqrt(2) either way, which a 1-point margin can feel; the lr is selected on "
-        "one seed. The grid centres are search 2's, fixed after search 1 (centres 4x lower, "
-        "no extension) had put every SGD cell's best on the high edge: a second look at "
-        "selection-seed rows only, declared here; no evaluation seed of search 1 ran. No "
+        "one seed. The grid centres and bound are search 3's, fixed after searches 1 and 2 "
+        "had put SGD's best lrs on the high edge: a third look at selection-seed rows "
+        "only, declared here; no evaluation seed of searches 1-2 ran. No "
         "B_max test (it needs experiment 5's fit on this "
         "model).")
 
@@ -258,7 +269,7 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
         sections=[Section("Setup", setup_text(run.base)),
                   Section("Pre-registration", harness.registered_note(out, rows)),
                   Section("Verdicts", verdicts),
-                  Section("Cells", mlp.cell_table(rows, b0) + "\n" + search1_text(out),
+                  Section("Cells", mlp.cell_table(rows, b0) + "\n" + searches_text(out),
                           images),
                   Section("Limits of the evidence",
                           mlp.flattening_text(rows, b0) + limits_text()),

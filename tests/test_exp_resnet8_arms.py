@@ -87,25 +87,26 @@ def test_resnet8_lars_extends_both_ways_on_the_paired_difference():
 def test_resnet8_plan_extends_within_4x_and_runs_edge_cells_seeds_last():
     pts = r8.plan("cpu", [])
     assert {p["seed"] for p in pts} == {SEL} and len(pts) == 3 * 6  # the grids only
-    # the MLP's SGD base lr 0.00625 at B/B0 = 1, as the centre at B0 = 4
-    assert [p["learning_rate"] for p in pts[:3]] == pytest.approx([0.003125, 0.00625, 0.0125])
+    # search 3: 4 x the MLP's SGD base lr 0.00625 at B/B0 = 1, as the centre at B0 = 4
+    assert [p["learning_rate"] for p in pts[:3]] == pytest.approx([0.0125, 0.025, 0.05])
     c = r8.centre("sgd", 128)
     rows = [r for r in _arm("sgd", flat, edge_at=(128,)) + _arm("lars", flat)
             if r["seed"] == SEL]
     # SGD 128 best on its low edge (c/2): one 2x extension to c/4, nothing else there yet
     pts = [p for p in r8.plan("cpu", rows) if (p["optimizer"], p["batch_size"]) == ("sgd", 128)]
     assert [p["learning_rate"] for p in pts] == pytest.approx([c / 2, c, 2 * c, c / 4])
-    # c/4 best again: c/8 would leave the 4x bound, so the cell stays on the edge; its
-    # evaluation seeds run at c/4 after every interior cell's
-    rows.append({**rows[-1], "optimizer": "sgd", "batch_size": 128, "learning_rate": c / 4,
-                 "test_accuracy": 0.99})
+    # c/4, then c/8 best again: c/16 would leave the 8x bound, so the cell stays on the
+    # edge; its evaluation seeds run at c/8 after every interior cell's
+    for f, a in ((4, 0.98), (8, 0.99)):
+        rows.append({**rows[-1], "optimizer": "sgd", "batch_size": 128,
+                     "learning_rate": c / f, "test_accuracy": a})
     pts = r8.plan("cpu", rows)
     ev_pts = [(p["optimizer"], p["batch_size"]) for p in pts if p["seed"] != SEL]
     assert ev_pts[-4:] == [("sgd", 128)] * 4 and ev_pts.count(("sgd", 128)) == 4
     assert len(ev_pts) == 6 * 4
     edge = [p for p in pts if p["seed"] != SEL and p["batch_size"] == 128
             and p["optimizer"] == "sgd"]
-    assert all(math.isclose(p["learning_rate"], c / 4) for p in edge)
+    assert all(math.isclose(p["learning_rate"], c / 8) for p in edge)
     assert ls.cells(rows, "sgd")[128]["edge"] == "low"
     with pytest.raises(ValueError, match="LR_CENTRE has no centre"):
         r8.centre("sgd", 64)
