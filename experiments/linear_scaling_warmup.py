@@ -484,11 +484,12 @@ def flattening_text(rows: Sequence[Mapping[str, Any]], b0: int) -> str:
     if not q3 or not q4:
         return ""
     a, b = float(np.mean(q3)), float(np.mean(q4))
+    how = ("still falling slowly, so rule 1's 'flattened' holds only approximately"
+           if b >= 0.9 * a else "still falling clearly, so rule 1's 'flattened' does not hold")
     return (f"The base batch's training loss (evaluation seeds, both optimizers; logged "
             f"single-batch samples) averages {a:.3f} over the third quarter of the run and "
-            f"{b:.3f} over the last ({100 * (b - a) / a:+.0f}%): it is still falling slowly, "
-            f"so rule 1's 'flattened' holds only approximately at this budget (curve: "
-            f"base_loss.png, in the Cells section). ")
+            f"{b:.3f} over the last ({100 * (b - a) / a:+.0f}%): it is {how} at this budget "
+            f"(curve: base_loss.png, in the Cells section). ")
 
 
 def limits_text() -> str:
