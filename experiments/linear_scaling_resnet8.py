@@ -303,8 +303,9 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
                           + limits_text()),
                   Section("Compute", harness.compute_note(rows, out))])
     short = mlp.short_results(rows, b0, [])
+    where = f"B0={b0}, E=25,600 examples (200 steps at 128). "
     table = [{"claim": f"ResNet-8 arm: {c.claim}", "criterion": c.rule, "verdict": v[k][0],
-              "result": short[k]} for k, c in crits.items()]
+              "result": where + short[k]} for k, c in crits.items()]
     summary = {"preset": preset, "design": "v3", "criterion_sha": crit["criterion_sha"],
                "fixed_at": crit["fixed_at"], "table": table,
                "verdicts": {k: {"verdict": x[0], "details": x[1]} for k, x in v.items()},

@@ -514,7 +514,7 @@ def short_results(rows: Sequence[Mapping[str, Any]], b0: int, bmax: list[str]) -
         return f"{100 * d.mean:+.2f} [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}]"
 
     st = keeps(rows, "sgd", b0)
-    ls_txt = "SGD, acc(B) - acc(16), points: " + "; ".join(
+    ls_txt = f"SGD, acc(B) - acc({b0}), points: " + "; ".join(
         f"B={b}: {iv(s[1])} {s[0]}" for b, s in sorted(st.items()))
     cs, cl = cells(rows, "sgd"), cells(rows, "lars")
     lars_txt = "LARS - SGD, points: " + "; ".join(
