@@ -303,7 +303,10 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
                           + limits_text()),
                   Section("Compute", harness.compute_note(rows, out))])
     short = mlp.short_results(rows, b0, [])
-    where = f"B0={b0}, E=25,600 examples (200 steps at 128). "
+    base = mlp.cells(rows, "sgd").get(b0, {}).get("seeds") or {}
+    where = (f"B0={b0}, E=25,600 examples (200 steps at 128; SGD base "
+             f"{100 * float(np.mean(list(base.values()) or [math.nan])):.1f}%, under-trained: "
+             f"see the report's limits). ")
     table = [{"claim": f"ResNet-8 arm: {c.claim}", "criterion": c.rule, "verdict": v[k][0],
               "result": where + short[k]} for k, c in crits.items()]
     summary = {"preset": preset, "design": "v3", "criterion_sha": crit["criterion_sha"],
