@@ -18,17 +18,22 @@ parameter tensor. ``jax.vmap(jax.grad(...))`` materialises ``B`` copies of the g
   temporaries (patches, Gram matrices, per-example gradients) die inside its own backward.
 * The kernel gradient of example ``i`` is ``G_i = a_i^T d_i`` summed over positions ``t``
   (``a_i`` the unfolded conv input, one kernel offset at a time, never all patches at
-  once). Its squared norm is taken per layer by cost (Bu et al. 2022): the *ghost norm*
+  once). Its squared norm is taken per layer by memory (Bu et al. 2022): the *ghost norm*
   ``sum_{t,s} (a_it . a_is)(d_it . d_is)`` from two ``T x T`` Gram matrices when
-  ``2 T^2 < d p``, else the per-example gradient of that one layer, whose sum over the
-  batch is then also returned as the kernel gradient (autodiff does not compute it a second
-  time). ``T = 1`` (a Dense layer on ``(B, d)``) is Goodfellow's ``||a_i||^2 ||d_i||^2``.
+  ``2 T^2`` is below what the per-example gradients hold at once (``d p`` for a Dense
+  layer, ``d p / (kh kw)`` for a conv layer, formed one kernel offset at a time), else
+  the per-example gradient of that one layer, whose sum over the batch is then also
+  returned as the kernel gradient (autodiff does not compute it a second time). ``T = 1``
+  (a Dense layer on ``(B, d)``) is Goodfellow's ``||a_i||^2 ||d_i||^2``.
   Biases: ``sum_t d_it``; an embedding row: ``sum_{t,s} [id_t = id_s] (d_it . d_is)``;
   scale and offset of a normalisation layer: ``sum_t x_hat_it * d_it`` and ``sum_t d_it``,
   with ``x_hat`` recomputed in the backward pass (the forward keeps only ``x``).
 
-Cost: about one extra weight-gradient computation for the ghost-norm layers and, for the
-normalisation layers, the normalisation recomputed in the backward pass. Memory (XLA's
+Cost: about one extra weight-gradient computation for the ghost-norm layers, for the
+"direct" layers the per-example products in place of the kernel gradient (the same
+arithmetic, in smaller products: on XLA:CPU up to a few times the time of its convolution
+kernel gradient), and for the normalisation layers the normalisation recomputed in the
+backward pass (BENCHMARKS.md, issue 27). Memory (XLA's
 compiled analysis): the plain step's plus one layer's temporaries at a time; with
 BatchNorm even below the plain step, as the normalisation layers keep only their input
 (ResNet-20 / ResNet-18 at B=128 and 512 in BENCHMARKS.md; docs/per_example.md).
@@ -97,6 +102,11 @@ _REDUCTIONS = ("mean", "sum")
 # For layers whose per-example kernel gradients are formed ("direct"), take the kernel
 # gradient from their sum instead of a second weight-gradient computation by autodiff.
 _FUSE_DIRECT = True
+# How "direct" conv layers form their per-example kernel gradients: "offsets" (a batched
+# matrix product per kernel offset) or "grouped" (one convolution with the batch as
+# feature groups, Rochette et al. 2019). Both exact; on XLA:CPU "grouped" made the
+# ResNet-20 step slower (BENCHMARKS.md, issue 27), so "offsets" is the default.
+_CONV_DIRECT = "offsets"
 _DENSE_TYPES = (nn.Dense,)
 _CONV_TYPES = (nn.Conv,)
 _EMBED_TYPES = (nn.Embed,)
@@ -256,13 +266,19 @@ def _conv_geometry(layer: _Layer) -> tuple[int, int, int]:
 
 
 def _plan(layer: _Layer, groups: int, method: str) -> str:
-    """How one layer's kernel norms are computed (Bu et al.'s rule: ghost if 2T^2 < dp)."""
+    """How one layer's kernel norms are computed: by memory, as Bu et al. choose (ghost if
+    the two ``T x T`` Gram matrices are smaller than what "direct" holds at once: ``d p``
+    for a Dense layer, one kernel offset's ``d p / (kh kw)`` for a conv layer taken offset by
+    offset). "direct" is also the cheaper in arithmetic: its per-example gradients sum to
+    the kernel gradient, which autodiff then does not compute."""
     if layer.kind in ("norm", "embed"):
         return layer.kind
     out = layer.out_shape.shape
     t = math.prod(out[1:-1]) * (out[0] // groups)  # positions per group
     if layer.kind == "conv":
         _, d, p = _conv_geometry(layer)
+        if not _use_grouped(layer, groups):
+            d //= math.prod(layer.module.kernel_size)
     else:
         d, p = layer.in_shape[-1], out[-1]
     if t == 1:
@@ -343,6 +359,65 @@ def _conv_offsets(module: nn.Conv, x: jax.Array, out_spatial: Sequence[int], pat
         yield piece.reshape(b, -1, c)
 
 
+def _conv_group_grads(layer: _Layer, x: jax.Array, c: jax.Array, groups: int) -> jax.Array:
+    """Every group's kernel gradient, as ONE convolution (Rochette et al. 2019).
+
+    The kernel gradient of a conv is itself a convolution of the input with the output
+    cotangent, summed over the examples. Keeping each group apart is a convolution whose
+    feature groups are the batch groups (times the layer's own feature groups): input
+    channels ``(G, F, m)`` (``m`` examples per group, contracted with the cotangent's
+    ``m`` input channels per group), window strides the layer's kernel dilation,
+    kernel dilation its strides. The work is that of the batch's kernel gradient, which
+    is then the sum over the groups (autodiff's is not computed).
+
+    ``x``: the layer input (B, *spatial, Cin), ``c``: the output cotangent (float32).
+    Returns ``(G, *kernel_size, Cin/F, Cout)`` in float32.
+    """
+    module, path = layer.module, _path_str(layer.path)
+    nd = len(module.kernel_size)
+    if nd > 3:
+        raise ValueError(f"value_grad_and_norms: Conv at {path} has {nd} spatial dimensions "
+                         "(at most 3 supported)")
+    f, _, p = _conv_geometry(layer)
+    b, cin = x.shape[0], x.shape[-1] // f
+    m = b // groups
+    kernel = tuple(module.kernel_size)
+    strides = _as_tuple(module.strides, nd)
+    dil = _as_tuple(module.kernel_dilation, nd)
+    out_sp = c.shape[1:-1]
+    # Pad (or crop, where the padding reaches beyond the last window) to exactly the span
+    # the windows read, so that the gradient convolution's output is the kernel's size.
+    pads = _conv_pads(module, x.shape[1:-1], path)
+    span = [(k - 1) * r + (n - 1) * s + 1
+            for k, r, n, s in zip(kernel, dil, out_sp, strides, strict=True)]
+    cfg = [(0, 0, 0)] + [(lo, s - n - lo, 0) for (lo, _), s, n in
+                         zip(pads, span, x.shape[1:-1], strict=True)] + [(0, 0, 0)]
+    xp = jax.lax.pad(x.astype(jnp.float32), jnp.float32(0), cfg)
+    sp = tuple(range(2, 2 + nd))
+    # lhs: (Cin/F, *span, G*F*m), channel (g, f, j); rhs: (*out, m, G*F*p), channel (g, f, o)
+    lhs = xp.reshape(groups, m, *span, f, cin).transpose(3 + nd, *sp, 0, 2 + nd, 1)
+    lhs = lhs.reshape(cin, *span, groups * f * m)
+    rhs = c.reshape(groups, m, *out_sp, f, p).transpose(*sp, 1, 0, 2 + nd, 3 + nd)
+    rhs = rhs.reshape(*out_sp, m, groups * f * p)
+    spec = "N" + "HWD"[:nd] + "C"
+    out = jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides=dil, padding="VALID", rhs_dilation=strides,
+        dimension_numbers=(spec, "HWD"[:nd] + "IO", spec),
+        feature_group_count=groups * f, precision=module.precision)
+    # (Cin/F, *kernel, G*F*p) -> (G, *kernel, Cin/F, F*p)
+    out = out.reshape(cin, *kernel, groups, f * p)
+    return out.transpose(1 + nd, *range(1, 1 + nd), 0, 2 + nd)
+
+
+def _use_grouped(layer: _Layer, groups: int) -> bool:
+    """Whether a "direct" conv layer forms its per-group kernel gradients as one grouped
+    convolution rather than offset by offset (see ``_CONV_DIRECT``)."""
+    del layer, groups  # one choice for every layer (measured: BENCHMARKS.md, issue 27)
+    if _CONV_DIRECT not in ("offsets", "grouped"):
+        raise ValueError(f"_CONV_DIRECT={_CONV_DIRECT!r}: expected 'offsets' or 'grouped'")
+    return _CONV_DIRECT == "grouped"
+
+
 def _conv_kernel_sq_norms(
     layer: _Layer, x: jax.Array, c: jax.Array, groups: int
 ) -> tuple[jax.Array, jax.Array | None]:
@@ -351,6 +426,9 @@ def _conv_kernel_sq_norms(
     ``x``: the layer input (B, *spatial, Cin), ``c``: the output cotangent (float32).
     Returns ``(G,)`` and, for plan "direct", the kernel gradient (kh, ..., Cin/F, Cout).
     """
+    if layer.plan == "direct" and _use_grouped(layer, groups):
+        grads = _conv_group_grads(layer, x, c, groups)
+        return jnp.sum(grads * grads, axis=tuple(range(1, grads.ndim))), jnp.sum(grads, axis=0)
     module, path = layer.module, _path_str(layer.path)
     f, _, p = _conv_geometry(layer)
     cin = x.shape[-1] // f

@@ -151,13 +151,33 @@ def _tiny_data(*_args, **_kwargs):
     return Data(x[:256], y[:256], x[256:], y[256:], 2, 0.5, 0.25)
 
 
-def test_cli_advise_end_to_end(tmp_path, monkeypatch, capsys):
+def test_estimator_choice():
+    from lars_jax.train import TrainConfig
+
+    none, bn = TrainConfig(norm="none"), TrainConfig(norm="batch", grad_accum_steps=2)
+    assert adv.estimator_for(none, 1) == "per_example"
+    assert adv.estimator_for(none, 2, "two_batch") == "two_batch"  # 2 devices: 2 groups
+    assert adv.estimator_for(bn, 1) == "two_batch"
+    assert adv.estimator_for(bn, 1, "two_batch") == "two_batch"
+    with pytest.raises(ValueError, match="--estimator=per_example"):
+        adv.estimator_for(bn, 4, "per_example")
+    with pytest.raises(ValueError, match="needs >= 2 gradient groups, got 1"):
+        adv.estimator_for(none, 1, "two_batch")
+    with pytest.raises(ValueError, match="--estimator='both'"):
+        adv.estimator_for(none, 1, "both")
+
+
+def _patch_data(monkeypatch, tmp_path):
     import importlib
 
     monkeypatch.setattr(importlib.import_module("lars_jax.train.build"), "load_data", _tiny_data)
     monkeypatch.setattr(importlib.import_module("lars_jax.data.sources"), "check_available",
                         lambda *a: True)
     monkeypatch.setenv("LARS_JAX_DATA_DIR", str(tmp_path / "data"))
+
+
+def test_cli_advise_end_to_end(tmp_path, monkeypatch, capsys):
+    _patch_data(monkeypatch, tmp_path)
     work = tmp_path / "adv"
     rc = cli.main(["advise", "--model", "mlp1", "--width", "16", "--norm", "none",
                    "--batch-size", "32", "--grad-accum-steps", "2", "--epochs", "2",
@@ -177,6 +197,19 @@ def test_cli_advise_end_to_end(tmp_path, monkeypatch, capsys):
     assert math.isclose(advice["b_simple"], b, rel_tol=1e-4)
     assert math.isclose(advice["b_crit"], advice["calibration"]["ratio"] * b, rel_tol=1e-4)
     assert "two_batch_b_simple" in advice  # 2 accumulation groups: both estimators
+    # --estimator two_batch on the same run (same steps): the step's two accumulation groups
+    # against the whole batch; its B_simple is the cross-check printed above, which
+    # diagnostics.noise_scale_series computed from the same steps' statistics
+    rc = cli.main(["advise", "--model", "mlp1", "--width", "16", "--norm", "none",
+                   "--batch-size", "32", "--grad-accum-steps", "2", "--epochs", "2",
+                   "--steps", "12", "--num-devices", "1", "--workdir", str(tmp_path / "two"),
+                   "--no-progress", "--estimator", "two_batch"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "estimator: two_batch" in out and "two-batch estimator on the same" not in out
+    two = json.loads((tmp_path / "two" / "advice.json").read_text())
+    assert two["estimator"] == "two_batch" and "two_batch_b_simple" not in two
+    assert math.isclose(two["b_simple"], advice["two_batch_b_simple"], rel_tol=1e-3)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -184,8 +217,21 @@ def test_cli_advise_end_to_end(tmp_path, monkeypatch, capsys):
     (["--ema", "2"], "--ema=2.0"),
     (["--batch-size", "0"], "batch_size"),
     (["--norm", "batch", "--num-devices", "1", "--grad-accum-steps", "1"], "norm='batch'"),
+    (["--norm", "batch", "--num-devices", "1", "--grad-accum-steps", "2", "--estimator",
+      "per_example"], "--estimator=per_example"),
+    (["--norm", "none", "--num-devices", "1", "--grad-accum-steps", "1", "--estimator",
+      "two_batch"], "--estimator=two_batch"),
 ])
 def test_cli_advise_bad_options_one_line(argv, needle, tmp_path, capsys):
     rc = cli.main(["advise", "--workdir", str(tmp_path / "w"), *argv])
     _, err = capsys.readouterr()
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+
+def test_cli_advise_unknown_estimator_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["advise", "--workdir", str(tmp_path / "w"), "--estimator", "three_batch"])
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "--estimator: invalid choice: 'three_batch'" in err.splitlines()[0]

@@ -207,6 +207,30 @@ def test_grouped_and_depthwise_conv_match_vmap():
     _check_against_vmap(GroupedConvNet(), (9, 9, 2), 5, methods=("auto", "ghost", "direct"))
 
 
+def test_direct_conv_as_one_grouped_convolution_matches_vmap(monkeypatch):
+    """The "grouped" way of forming per-example conv kernel gradients (one convolution with
+    the batch as feature groups): strides, SAME/VALID/asymmetric padding, feature groups,
+    dilation, and groups of examples (num_groups)."""
+    from lars_jax import per_example
+
+    monkeypatch.setattr(per_example, "_CONV_DIRECT", "grouped")
+    _check_against_vmap(ConvStack(), (9, 10, 2), 5, methods=("direct",))
+    _check_against_vmap(GroupedConvNet(), (9, 9, 2), 5, methods=("direct",))
+    model = ConvStack()
+    x, y = _batch((9, 10, 2), 6)
+    params = model.init(jax.random.key(1), x)["params"]
+    loss_fn = _loss_fn(model)
+
+    @jax.jit
+    def run(p, x, y):
+        return (value_grad_and_norms(loss_fn, p, x, y, num_groups=2, method="direct"),
+                group_gradient_norms(loss_fn, p, x, y, num_groups=2))
+
+    (_, grads, norms), expected = run(params, x, y)
+    _assert_tree_close(norms, expected)
+    _assert_tree_close(grads, jax.grad(loss_fn)(params, x, y))
+
+
 class EmbedNet(nn.Module):
     """Token ids (B, T) -> Embed -> LayerNorm -> Dense per position -> mean -> Dense."""
 

@@ -53,6 +53,7 @@ WARMUP_FRACTION = 0.05  # Goyal et al.: 5 of 90 epochs; experiment 1: 5% of the 
 DEFAULT_STEPS = 300
 DEFAULT_MAX_SECONDS = 180.0
 WINDOWS = 5
+ESTIMATORS = ("per_example", "two_batch")
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -291,18 +292,39 @@ def _estimates(row: Mapping[str, float], primary: str) -> tuple[float, float]:
     return float(trace), float(g2)
 
 
-def estimator_for(config: Any, num_devices: int) -> str:
-    """``"per_example"`` (one-batch, from every example's norm), or ``"two_batch"`` for
-    BatchNorm models, whose examples are coupled (the per-example contributions then
-    overstate tr(Sigma): `lars_jax.diagnostics.noise_scale_from_norms`), using the step's
-    micro-batches or devices as the small batches.
+def estimator_for(config: Any, num_devices: int, requested: str | None = None) -> str:
+    """The estimator `advise` uses: `requested`, else ``"per_example"`` (one-batch, from
+    every example's norm), or ``"two_batch"`` for BatchNorm models, whose examples are
+    coupled (the per-example contributions then overstate tr(Sigma):
+    `lars_jax.diagnostics.noise_scale_from_norms`), using the step's micro-batches or
+    devices as the small batches.
+
+    Args:
+      config: the run's `TrainConfig`.
+      num_devices: devices the step runs on.
+      requested: ``None`` (choose as above) or one of `ESTIMATORS` (``--estimator``).
 
     Raises:
-      ValueError: a BatchNorm model with a single gradient group.
+      ValueError: an unknown `requested`; ``"per_example"`` for a BatchNorm model;
+        ``"two_batch"`` (requested or chosen) with a single gradient group.
     """
+    groups = config.grad_accum_steps * num_devices
+    if requested is not None:
+        if requested not in ESTIMATORS:
+            raise ValueError(f"advise --estimator={requested!r}: must be one of {ESTIMATORS}")
+        if requested == "per_example" and config.norm == "batch":
+            raise ValueError(
+                "advise --estimator=per_example: TrainConfig.norm='batch' couples the examples "
+                "of a batch, so per-example norms overstate tr(Sigma); use --estimator "
+                "two_batch with --grad-accum-steps >= 2, or --norm group/none")
+        if requested == "two_batch" and groups < 2:
+            raise ValueError(
+                f"advise --estimator=two_batch: needs >= 2 gradient groups, got {groups} "
+                "(--grad-accum-steps x devices); set --grad-accum-steps >= 2")
+        return requested
     if config.norm != "batch":
         return "per_example"
-    if config.grad_accum_steps * num_devices < 2:
+    if groups < 2:
         raise ValueError(
             "advise: TrainConfig.norm='batch' couples the examples of a batch, so per-example "
             "norms do not give tr(Sigma); set --grad-accum-steps >= 2 (the two-batch "
@@ -379,7 +401,8 @@ def format_advice(a: Mapping[str, Any]) -> str:
 
 
 def advise(config: Any, *, steps: int = DEFAULT_STEPS, max_seconds: float = DEFAULT_MAX_SECONDS,
-           ema: float = 0.98, data: Any = None) -> dict[str, Any]:
+           ema: float = 0.98, data: Any = None, estimator: str | None = None
+           ) -> dict[str, Any]:
     """Measures B_simple on the first steps of `config`'s run and writes the advice.
 
     Args:
@@ -388,6 +411,8 @@ def advise(config: Any, *, steps: int = DEFAULT_STEPS, max_seconds: float = DEFA
       max_seconds: stop measuring after this long (compilation excluded).
       ema: EMA decay of the averages.
       data: a `lars_jax.train.Data` instead of ``config.dataset``.
+      estimator: ``"per_example"``, ``"two_batch"`` or ``None`` (by the model:
+        :func:`estimator_for`).
 
     Returns:
       The advice (also written to ``<workdir>/advice.json``, with ``b_simple.png``).
@@ -401,7 +426,7 @@ def advise(config: Any, *, steps: int = DEFAULT_STEPS, max_seconds: float = DEFA
 
     _check_options(steps, max_seconds, ema)
     config.validate()
-    primary = estimator_for(config, config.num_devices or jax.device_count())
+    primary = estimator_for(config, config.num_devices or jax.device_count(), estimator)
     loop._preflight(config, data)  # train's one-line checks: devices, workdir, data set
     run = loop._build(config, data, noise_scale=primary == "per_example")
     num_train = run.input.num_train if run.input else len(run.data.train_labels)
@@ -431,6 +456,11 @@ def add_arguments(parser: Any) -> None:
                         f"(default {DEFAULT_MAX_SECONDS:g})")
     parser.add_argument("--ema", type=float, default=0.98,
                         help="EMA decay of tr(Sigma) and |G|^2 (default 0.98: about 100 steps)")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default=None,
+                        help="per_example: one batch, from every example's gradient norm "
+                        "(refused with --norm batch); two_batch: the step's gradient groups "
+                        "(micro-batches x devices, needs >= 2) against the whole batch "
+                        "(default: per_example, two_batch for --norm batch)")
 
 
 def run_command(config: Any, args: Any) -> int:
@@ -440,7 +470,8 @@ def run_command(config: Any, args: Any) -> int:
     if config.workdir == TrainConfig.workdir:  # not chosen: keep clear of train's folder
         config = type(config)(**{**config.to_dict(), "workdir": "runs/advise"})
     try:
-        advice = advise(config, steps=args.steps, max_seconds=args.max_seconds, ema=args.ema)
+        advice = advise(config, steps=args.steps, max_seconds=args.max_seconds, ema=args.ema,
+                        estimator=args.estimator)
     except ValueError as e:
         print(f"lars-jax advise: error: {e}".splitlines()[0], file=sys.stderr)
         return 2
