@@ -159,16 +159,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line: no options but ``--help`` (which writes nothing)."""
-    parser = argparse.ArgumentParser(
-        prog="python experiments/make_readme.py",
-        description="Writes experiments/README.md (the table of claims, criteria, results "
-        "and verdicts) from each experiments/results/<name>/summary.json, and prints its "
-        "path.")
-    return parser.parse_args(argv)
-
-
 if __name__ == "__main__":
-    parse_args()
-    print(main())
+    written = main()
+    if written is not None:
+        print(written)
