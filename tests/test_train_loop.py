@@ -1,6 +1,6 @@
-"""End-to-end `train()`: kill -9 and resume bitwise, corrupt checkpoints, NaN policy, metrics.
+"""End-to-end `train()`: metrics, steps per call, NaN policy, two processes.
 
-The jobs that the SIGKILL and multi-host tests start as subprocesses are in `_train_jobs`.
+The job that the multi-host test starts as subprocesses is in `_train_jobs`.
 """
 
 import json
@@ -30,13 +30,6 @@ def _final_params(workdir):
 
 def _pythonpath():
     return os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-
-
-def _start(workdir, epochs):
-    env = dict(os.environ, PYTHONPATH=_pythonpath(),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, JOBS, str(workdir), str(epochs)], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_metrics_summary_and_layer_stats(tmp_path):
