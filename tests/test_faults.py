@@ -311,15 +311,19 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+TWO_PROCESS_EPOCHS = 8  # 128 steps of 32: stopped after 3, with room for a late signal
+
+
 def _two_process_train(logs, workdir, data_dir):
     """Both processes of a run on 2 CPU processes x 1 device (localhost coordinator);
     output to files, not pipes (a full pipe would block one process, and with it the
-    other's collectives)."""
+    other's collectives). Every step waits for the other process's gradients (gloo), so
+    the run is shorter than the one-process signal tests'."""
     port, procs = _free_port(), []
     for pid, log in enumerate(logs):
         args = ["train", "--model", "mlp1", "--dataset", "fashion_mnist", "--data-dir",
                 str(data_dir), "--train-subset", "512", "--test-subset", "128",
-                "--batch-size", "32", "--epochs", "20", "--warmup-epochs", "0",
+                "--batch-size", "32", "--epochs", str(TWO_PROCESS_EPOCHS), "--warmup-epochs", "0",
                 "--no-progress", "--no-plot", "--log-every-steps", "1",
                 "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir",
                 str(workdir), "--num-devices", "2", "--coordinator-address",
@@ -355,7 +359,9 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_same_step_on_both_and_exit
              if line.startswith("lars-jax train: SIGTERM at step ")}
     assert len(steps) == 1, last  # the same step on both
     step = steps.pop()
-    assert 3 <= step < 320 and all(f"checkpoint of step {step} saved" in x for x in last), last
+    total = 16 * TWO_PROCESS_EPOCHS
+    assert 3 <= step < total and all(f"checkpoint of step {step} saved" in x for x in last), \
+        last
     assert _checkpoints(workdir) == [step] and not (workdir / SUMMARY_FILE).exists()
     assert not any("Traceback" in text for text in texts)
     procs = _two_process_train(logs, workdir, tiny_fashion_mnist)
@@ -364,7 +370,7 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_same_step_on_both_and_exit
     assert codes == [0, 0], texts
     assert f"resuming from step {step}" in texts[0]
     summary = _strict_json(workdir / SUMMARY_FILE)
-    assert summary["steps"] == 320 and summary["resumed_from_step"] == step
+    assert summary["steps"] == total and summary["resumed_from_step"] == step
     assert summary["num_processes"] == 2
 
 
