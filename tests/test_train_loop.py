@@ -33,16 +33,17 @@ def _pythonpath():
 
 
 def test_metrics_summary_and_layer_stats(tmp_path):
-    """One in-process bfloat16 run on 2 of the 8 test devices with CLARS per device: the
-    JSONL rows hold loss, accuracy, lr, images/s, per-layer trust ratios and norms, Page's
-    diagnostics, the noise-scale statistics; eval rows and summary.json exist; the
-    effective lr follows the warmup; parameters and optimizer state stay float32."""
+    """One in-process bfloat16 run (an MLP with BatchNorm) on 2 of the 8 test devices with
+    CLARS per device: the JSONL rows hold loss, accuracy, lr, images/s, per-layer trust
+    ratios and norms, Page's diagnostics, the noise-scale statistics; eval rows and
+    summary.json exist; the effective lr follows the warmup; parameters and optimizer state
+    stay float32."""
     import jax
     import jax.numpy as jnp
 
     from lars_jax.train import train_with_state
 
-    cfg = tiny_config(tmp_path, optimizer="clars", clars_granularity="device",
+    cfg = tiny_config(tmp_path, model="mlp1", optimizer="clars", clars_granularity="device",
                       log_layer_stats=True, log_diagnostics=True, log_every_steps=1,
                       checkpoint_every_steps=-1, eval_every_epochs=1.0, dtype="bfloat16")
     summary, state = train_with_state(cfg, data=tiny_data())
@@ -112,7 +113,7 @@ def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
     from lars_jax.train import train
     from lars_jax.train.loop import NonFiniteError
 
-    cfg = tiny_config(tmp_path / "stop", optimizer="sgd", learning_rate=1e36,
+    cfg = tiny_config(tmp_path / "stop", model="mlp1", optimizer="sgd", learning_rate=1e36,
                       warmup_epochs=0.0, schedule="constant", checkpoint_every_steps=1,
                       log_every_steps=1, norm="none")
     with pytest.raises(NonFiniteError,
