@@ -33,7 +33,8 @@ stamp="$VENV/.lars_jax_installed"
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "quickstart: installing lars_jax and its dependencies into $VENV" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  # the venv's own pip (Python >= 3.11) installs everything here: no upgrade, which cost
+  # a download and a reinstall on every fresh clone
   "$VENV/bin/python" -m pip install -q -e ".[train,dev]" >&2
   echo "$want" > "$stamp"
 fi

@@ -235,7 +235,7 @@ def test_a_signal_while_lars_jax_imports_exits_with_one_line(tmp_path, signum):
 def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
         tmp_path, tiny_fashion_mnist):
     """Before: exit -15, no message, no checkpoint."""
-    epochs = 20  # 320 steps of 32: long enough to be stopped mid-run
+    epochs = 8  # 128 steps of 32: stopped after 3, long enough for a late signal
     ref = _cli_train(tmp_path / "ref", epochs, data_dir=tiny_fashion_mnist)
     victim = _cli_train(tmp_path / "victim", epochs, data_dir=tiny_fashion_mnist)
     metrics = tmp_path / "victim" / "metrics.jsonl"
@@ -249,7 +249,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
     last = err.strip().splitlines()[-1]
     assert last.startswith("lars-jax train: SIGTERM at step "), err
     step = int(last.split("SIGTERM at step ")[1].split(":")[0])
-    assert 3 <= step < 320 and "Traceback" not in err
+    assert 3 <= step < 128 and "Traceback" not in err
     assert f"checkpoint of step {step} saved" in last
     assert (tmp_path / "victim" / "checkpoints" / str(step)).is_dir()
     assert not (tmp_path / "victim" / SUMMARY_FILE).exists()
@@ -262,7 +262,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
 
     s_ref, p_ref = _final_params(tmp_path / "ref")
     s_res, p_res = _final_params(tmp_path / "victim")
-    assert s_ref == s_res == 320
+    assert s_ref == s_res == 128
     for a, b in zip(p_ref, p_res, strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
 
@@ -283,7 +283,7 @@ def test_sighup_saves_the_current_step_and_exits_129_even_with_the_terminal_gone
     """A closed terminal or ssh session. Before: exit 129 by the default action, no
     message, no checkpoint. The second time the run's stderr is a pipe nobody reads any
     more (as a hung-up terminal: writes fail): it still checkpoints and exits 129."""
-    run = lambda: _cli_train(tmp_path, 20, data_dir=tiny_fashion_mnist)
+    run = lambda: _cli_train(tmp_path, 8, data_dir=tiny_fashion_mnist)  # 128 steps
     proc = run()
     _wait_for_rows(proc, tmp_path / "metrics.jsonl", 3)
     proc.send_signal(signal.SIGHUP)
@@ -299,7 +299,7 @@ def test_sighup_saves_the_current_step_and_exits_129_even_with_the_terminal_gone
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(timeout=120) == 129
     later = _checkpoints(tmp_path)
-    assert len(later) == 2 and later[0] == step < later[1] < 320
+    assert len(later) == 2 and later[0] == step < later[1] < 128
     assert not (tmp_path / SUMMARY_FILE).exists()
 
 
@@ -311,15 +311,19 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+TWO_PROCESS_EPOCHS = 8  # 128 steps of 32: stopped after 3, with room for a late signal
+
+
 def _two_process_train(logs, workdir, data_dir):
     """Both processes of a run on 2 CPU processes x 1 device (localhost coordinator);
     output to files, not pipes (a full pipe would block one process, and with it the
-    other's collectives)."""
+    other's collectives). Every step waits for the other process's gradients (gloo), so
+    the run is shorter than the one-process signal tests'."""
     port, procs = _free_port(), []
     for pid, log in enumerate(logs):
         args = ["train", "--model", "mlp1", "--dataset", "fashion_mnist", "--data-dir",
                 str(data_dir), "--train-subset", "512", "--test-subset", "128",
-                "--batch-size", "32", "--epochs", "20", "--warmup-epochs", "0",
+                "--batch-size", "32", "--epochs", str(TWO_PROCESS_EPOCHS), "--warmup-epochs", "0",
                 "--no-progress", "--no-plot", "--log-every-steps", "1",
                 "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir",
                 str(workdir), "--num-devices", "2", "--coordinator-address",
@@ -355,7 +359,9 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_same_step_on_both_and_exit
              if line.startswith("lars-jax train: SIGTERM at step ")}
     assert len(steps) == 1, last  # the same step on both
     step = steps.pop()
-    assert 3 <= step < 320 and all(f"checkpoint of step {step} saved" in x for x in last), last
+    total = 16 * TWO_PROCESS_EPOCHS
+    assert 3 <= step < total and all(f"checkpoint of step {step} saved" in x for x in last), \
+        last
     assert _checkpoints(workdir) == [step] and not (workdir / SUMMARY_FILE).exists()
     assert not any("Traceback" in text for text in texts)
     procs = _two_process_train(logs, workdir, tiny_fashion_mnist)
@@ -364,7 +370,7 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_same_step_on_both_and_exit
     assert codes == [0, 0], texts
     assert f"resuming from step {step}" in texts[0]
     summary = _strict_json(workdir / SUMMARY_FILE)
-    assert summary["steps"] == 320 and summary["resumed_from_step"] == step
+    assert summary["steps"] == total and summary["resumed_from_step"] == step
     assert summary["num_processes"] == 2
 
 

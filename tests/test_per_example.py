@@ -97,6 +97,13 @@ class TinyResNet(nn.Module):
 # Helpers.
 
 
+def _init(model, seed, x):
+    """``model.init`` compiled as one program, with an "rbg" key: run eagerly with the
+    default threefry key, XLA:CPU compiles every initialiser on its own (~10 s for
+    ResNet-8)."""
+    return jax.jit(model.init)(jax.random.key(seed, impl="rbg"), x)
+
+
 def _batch(shape, b, seed=0):
     kx, _ = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (b, *shape))
@@ -130,7 +137,7 @@ def _assert_tree_close(actual, expected, rtol=1e-4, atol=1e-6):
 def _check_against_vmap(model, in_shape, b, methods=("auto",), seed=0):
     """One jitted program computes the references and value_grad_and_norms per method."""
     x, y = _batch(in_shape, b, seed)
-    params = model.init(jax.random.key(seed + 1), x)["params"]
+    params = _init(model, seed + 1, x)["params"]
     loss_fn = _loss_fn(model)
 
     @jax.jit
@@ -247,7 +254,7 @@ def test_embed_matches_vmap_with_repeated_tokens():
     ids = ids.at[0].set(2)  # one example with the same token at every position
     y = jnp.arange(b) % 3
     model = EmbedNet()
-    params = model.init(jax.random.key(1), ids)["params"]
+    params = _init(model, 1, ids)["params"]
     loss_fn = _loss_fn(model)
 
     @jax.jit
@@ -281,7 +288,7 @@ def test_inside_lax_scan_gradient_accumulation():
     """Two micro-batches under lax.scan (as the trainer accumulates): norms per example."""
     model = GNStack()
     x, y = _batch((6, 6, 2), 6)
-    params = model.init(jax.random.key(1), x)["params"]
+    params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
 
     @jax.jit
@@ -322,7 +329,7 @@ def test_compiled_memory_is_that_of_a_plain_step():
     """XLA's memory analysis (deterministic): ours <= 1.15x value_and_grad, < vmap(grad)."""
     model = MemoryNet()
     x, y = _batch((16, 16, 3), 32)
-    variables = model.init(jax.random.key(1), x)
+    variables = _init(model, 1, x)
     params, stats = variables["params"], variables["batch_stats"]
 
     def loss_fn(p, x, y):
@@ -368,7 +375,7 @@ class GNStack(nn.Module):
 def test_groups_match_explicit_group_gradients():
     model = GNStack()
     x, y = _batch((6, 6, 2), 8)
-    params = model.init(jax.random.key(1), x)["params"]
+    params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
     all_groups = (1, 2, 4, 8)
 
@@ -397,7 +404,7 @@ def test_batchnorm_contributions_sum_to_batch_gradient():
 
     model = create_model("resnet8", num_classes=3, norm="batch", width=0.25, bn_ghost_size=2)
     x, y = _batch((8, 8, 3), 6)
-    variables = model.init(jax.random.key(1), x)
+    variables = _init(model, 1, x)
     params = variables["params"]
 
     def loss_fn(params, x, y):
@@ -445,7 +452,7 @@ def test_batchnorm_per_example_contributions_are_exact():
     model = BNNet()
     x, y = _batch((7, 7, 2), 6)
     b = x.shape[0]
-    variables = model.init(jax.random.key(1), x)
+    variables = _init(model, 1, x)
     params, stats = variables["params"], variables["batch_stats"]
 
     def loss_fn(p, x, y):
@@ -500,7 +507,7 @@ def test_inside_shard_map_gives_per_device_norms():
     mesh = Mesh(np.array(devices[:8]), ("data",))
     model = ConvStack()
     x, y = _batch((9, 10, 2), 16)
-    params = model.init(jax.random.key(1), x)["params"]
+    params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
 
     def step(p, x, y):
@@ -538,7 +545,7 @@ def test_inside_pmap_gives_per_device_norms():
         pytest.skip("needs 2 devices (conftest sets XLA_FLAGS)")
     model = GNStack()
     x, y = _batch((6, 6, 2), 6)
-    params = model.init(jax.random.key(1), x)["params"]
+    params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
 
     def step(p, x, y):
@@ -588,12 +595,12 @@ class TiedEmbed(nn.Module):
 def test_unrecognised_layers_raise_naming_the_module():
     x = jnp.ones((4, 3))
     model = WithDenseGeneral()
-    params = model.init(jax.random.key(0), x)["params"]
+    params = _init(model, 0, x)["params"]
     loss = lambda p, x: model.apply({"params": p}, x).sum()
     with pytest.raises(ValueError, match="DenseGeneral_0/kernel"):
         value_grad_and_norms(loss, params, x)
     model = WithRawParam()
-    params = model.init(jax.random.key(0), x)["params"]
+    params = _init(model, 0, x)["params"]
     loss = lambda p, x: model.apply({"params": p}, x).sum()
     with pytest.raises(ValueError, match="'w'"):
         value_grad_and_norms(loss, params, x)
@@ -602,7 +609,7 @@ def test_unrecognised_layers_raise_naming_the_module():
 def test_embed_attend_raises_naming_the_method():
     ids = jnp.arange(12).reshape(4, 3) % 5
     model = TiedEmbed()
-    params = model.init(jax.random.key(0), ids)["params"]
+    params = _init(model, 0, ids)["params"]
     loss = lambda p, ids: model.apply({"params": p}, ids).sum()
     with pytest.raises(ValueError, match="Embed_0.*'attend'"):
         value_grad_and_norms(loss, params, ids)
@@ -616,7 +623,7 @@ def test_mask_argument_raises_naming_the_layer():
 
     x = jnp.arange(12.0).reshape(4, 3)
     model = Masked()
-    params = model.init(jax.random.key(0), x)["params"]
+    params = _init(model, 0, x)["params"]
     with pytest.raises(ValueError, match="LayerNorm at LayerNorm_0.*mask"):
         value_grad_and_norms(lambda p, x: model.apply({"params": p}, x).sum(), params, x)
 
@@ -630,7 +637,7 @@ def test_shared_module_raises():
 
     x = jnp.ones((4, 3))
     model = Shared()
-    params = model.init(jax.random.key(0), x)["params"]
+    params = _init(model, 0, x)["params"]
     with pytest.raises(ValueError, match="more than once"):
         value_grad_and_norms(lambda p, x: model.apply({"params": p}, x).sum(), params, x)
 
@@ -638,7 +645,7 @@ def test_shared_module_raises():
 def test_bad_arguments_raise():
     model = nn.Dense(2)
     x = jnp.ones((6, 3))
-    params = model.init(jax.random.key(0), x)["params"]
+    params = _init(model, 0, x)["params"]
     loss = lambda p, x: model.apply({"params": p}, x).sum()
     with pytest.raises(ValueError, match="num_groups"):
         value_grad_and_norms(loss, params, x, num_groups=4)
@@ -690,7 +697,7 @@ def test_l2_penalty_in_the_loss_is_in_the_norms(method):
     """Catches: the penalty's gradient left out of the norms (6.4e-3 relative, issue 24)."""
     model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)])
     x, y = _batch((5,), 8)
-    params = _shifted(model.init(jax.random.key(1), x)["params"])
+    params = _shifted(_init(model, 1, x)["params"])
     loss_fn, per_example, size = _penalised(model, 1e-2)
     size[0] = 8
 
@@ -710,7 +717,7 @@ def test_penalty_reaches_conv_embed_and_layernorm_taps_and_groups():
     model = EmbedConvNet()
     ids = jax.random.randint(jax.random.key(0), (8, 6), 0, 9)
     y = jnp.arange(8) % 3
-    params = _shifted(model.init(jax.random.key(1), ids)["params"])
+    params = _shifted(_init(model, 1, ids)["params"])
     loss_fn, per_example, size = _penalised(model, 3e-2)
     size[0] = 8
     _, _, norms = value_grad_and_norms(loss_fn, params, ids, y)
@@ -724,7 +731,7 @@ def test_sum_loss_reduction():
     """Catches: a sum loss silently giving norms B times the reference (issue 25, item 8)."""
     model = nn.Sequential([nn.Dense(6), nn.relu, nn.Dense(3)])
     x, y = _batch((4,), 8)
-    params = _shifted(model.init(jax.random.key(1), x)["params"])
+    params = _shifted(_init(model, 1, x)["params"])
     loss_fn, per_example, size = _penalised(model, 1e-2, reduce=jnp.sum)
     size[0] = 8
     (loss, grads, norms) = value_grad_and_norms(loss_fn, params, x, y, loss_reduction="sum")
@@ -742,7 +749,7 @@ def test_sum_loss_reduction():
 def test_parameter_read_in_a_batch_dependent_term_raises_naming_it():
     model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(3)])
     x, y = _batch((5,), 4)
-    params = model.init(jax.random.key(1), x)["params"]
+    params = _init(model, 1, x)["params"]
 
     def tied(p, x, y):  # the first kernel also scores the input: depends on the batch
         logits = model.apply({"params": p}, x)
@@ -764,7 +771,7 @@ def test_parameter_read_in_a_batch_dependent_term_raises_naming_it():
 def test_complex_parameters_are_refused_naming_them():
     model = nn.Dense(3, param_dtype=jnp.complex64)
     x = jnp.ones((4, 5))
-    params = model.init(jax.random.key(0), x)["params"]
+    params = _init(model, 0, x)["params"]
 
     def loss_fn(p, x):
         return jnp.mean(jnp.abs(model.apply({"params": p}, x)) ** 2)

@@ -260,6 +260,20 @@ def _clars_reference(cfg, data, granularity):
     return optax.apply_updates(params, updates), norms
 
 
+def _clars_config(workdir, granularity, accum):
+    return _config(workdir, optimizer="clars", clars_granularity=granularity,
+                   grad_accum_steps=accum, norm="none", momentum=0.9, weight_decay=5e-4,
+                   trust_coefficient=0.02, learning_rate=2.0)
+
+
+@functools.cache
+def _clars_reference_of(granularity, accum):
+    """The parameters `_clars_reference` gives for the test's config (computed once per
+    granularity: each test compares with all three)."""
+    cfg = _clars_config("unused", granularity, accum)
+    return _clars_reference(cfg, _data(), granularity)[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("granularity,accum", [("example", 1), ("device", 1),
                                                ("micro_batch", 2)])
@@ -275,19 +289,16 @@ def test_clars_granularities_match_independent_norms(tmp_path, granularity, accu
     only, micro-batch norms of the accumulated sum."""
     import jax
 
-    cfg = _config(tmp_path, optimizer="clars", clars_granularity=granularity,
-                  grad_accum_steps=accum, norm="none", momentum=0.9, weight_decay=5e-4,
-                  trust_coefficient=0.02, learning_rate=2.0)
-    data = _data()
+    cfg = _clars_config(tmp_path, granularity, accum)
     from lars_jax.train import train_with_state
 
-    _, state = train_with_state(cfg, data=data)
-    want, norms = _clars_reference(cfg, data, granularity)
+    _, state = train_with_state(cfg, data=_data())
+    want = _clars_reference_of(granularity, accum)
     _assert_trees_close(jax.device_get(state.params), want, 1e-5, "params")
     # the references of the granularities really differ from each other
     for other, k in (("example", 1), ("device", 1), ("micro_batch", 2)):
         if other != granularity:
-            alt, _ = _clars_reference(cfg.replace(grad_accum_steps=k), data, other)
+            alt = _clars_reference_of(other, k)
             diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
                        zip(jax.tree.leaves(alt), jax.tree.leaves(want), strict=True))
             assert diff > 1e-4, (granularity, other, diff)

@@ -1,6 +1,6 @@
-"""End-to-end `train()`: kill -9 and resume bitwise, corrupt checkpoints, NaN policy, metrics.
+"""End-to-end `train()`: metrics, steps per call, NaN policy, two processes.
 
-The jobs that the SIGKILL and multi-host tests start as subprocesses are in `_train_jobs`.
+The job that the multi-host test starts as subprocesses is in `_train_jobs`.
 """
 
 import json
@@ -32,24 +32,18 @@ def _pythonpath():
     return os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
 
 
-def _start(workdir, epochs):
-    env = dict(os.environ, PYTHONPATH=_pythonpath(),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, JOBS, str(workdir), str(epochs)], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 def test_metrics_summary_and_layer_stats(tmp_path):
-    """One in-process bfloat16 run on 2 of the 8 test devices with CLARS per device: the
-    JSONL rows hold loss, accuracy, lr, images/s, per-layer trust ratios and norms, Page's
-    diagnostics, the noise-scale statistics; eval rows and summary.json exist; the
-    effective lr follows the warmup; parameters and optimizer state stay float32."""
+    """One in-process bfloat16 run (an MLP with BatchNorm) on 2 of the 8 test devices with
+    CLARS per device: the JSONL rows hold loss, accuracy, lr, images/s, per-layer trust
+    ratios and norms, Page's diagnostics, the noise-scale statistics; eval rows and
+    summary.json exist; the effective lr follows the warmup; parameters and optimizer state
+    stay float32."""
     import jax
     import jax.numpy as jnp
 
     from lars_jax.train import train_with_state
 
-    cfg = tiny_config(tmp_path, optimizer="clars", clars_granularity="device",
+    cfg = tiny_config(tmp_path, model="mlp1", optimizer="clars", clars_granularity="device",
                       log_layer_stats=True, log_diagnostics=True, log_every_steps=1,
                       checkpoint_every_steps=-1, eval_every_epochs=1.0, dtype="bfloat16")
     summary, state = train_with_state(cfg, data=tiny_data())
@@ -119,7 +113,7 @@ def test_nan_stop_names_the_step_and_checkpoint_and_skip_counts(tmp_path):
     from lars_jax.train import train
     from lars_jax.train.loop import NonFiniteError
 
-    cfg = tiny_config(tmp_path / "stop", optimizer="sgd", learning_rate=1e36,
+    cfg = tiny_config(tmp_path / "stop", model="mlp1", optimizer="sgd", learning_rate=1e36,
                       warmup_epochs=0.0, schedule="constant", checkpoint_every_steps=1,
                       log_every_steps=1, norm="none")
     with pytest.raises(NonFiniteError,
