@@ -146,7 +146,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> Path | None:
-    p = argparse.ArgumentParser(prog="experiments/make_readme.py",
+    p = argparse.ArgumentParser(prog="python experiments/make_readme.py",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--stdout", action="store_true", help="Print the README, write nothing.")
     args = p.parse_args(argv)
