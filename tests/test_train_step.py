@@ -137,14 +137,15 @@ def test_learning_rate_is_state_not_a_compiled_constant():
                           schedule="cosine", warmup_start="base")
         tx, lr_fn = make_optimizer(cfg, 10, 40)
         state = tx.init(params)
-        texts.append(jax.jit(tx.update).lower(params, state, params).as_text())
+        update = jax.jit(tx.update)  # eagerly, every primitive of the update compiles alone
+        texts.append(update.lower(params, state, params).as_text())
         sched = learning_rate_schedule(cfg, 10, 40)
         for t in range(0, 40, 7):  # the logged rate is the configured schedule
-            _, state = tx.update(params, state, params)
+            _, state = update(params, state, params)
             got = float(lr_fn(state))
             rates.append((got, float(sched(t))))
             for _ in range(6):
-                _, state = tx.update(params, state, params)
+                _, state = update(params, state, params)
     assert texts[0] == texts[1]
     got, want = np.array(rates).T
     np.testing.assert_allclose(got, want, rtol=1e-6)
