@@ -535,9 +535,7 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = harness.experiment_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    run = harness.run_experiment(NAME, args, base_config, registered=registered)
-    return analyse(args.preset, run)
+    return harness.experiment_main(NAME, __doc__, base_config, registered, analyse, argv)
 
 
 if __name__ == "__main__":

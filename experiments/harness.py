@@ -216,6 +216,17 @@ class ExperimentRun(NamedTuple):
     timer: Timer | None  # None with --report-only: the report claims no wall time
 
 
+def experiment_main(name: str, doc: str | None, base_config: Callable[[str], Any],
+                    registered: Callable[[str, Any], Registered],
+                    analyse: Callable[[str, ExperimentRun], dict],
+                    argv: Sequence[str] | None = None) -> dict:
+    """Every registered experiment's ``main``: its command line (:func:`experiment_parser`,
+    described by the first line of the script's docstring ``doc``), the runs
+    (:func:`run_experiment`), then ``analyse(preset, run)``, whose summary it returns."""
+    args = experiment_parser(name, (doc or name).splitlines()[0]).parse_args(argv)
+    return analyse(args.preset, run_experiment(name, args, base_config, registered=registered))
+
+
 def run_experiment(
     name: str, args: argparse.Namespace, base_config: Callable[[str], Any],
     points: Callable[[str, Any], Sequence[Mapping[str, Any]]] | None = None, *,
