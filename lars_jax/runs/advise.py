@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -445,8 +446,13 @@ def advise(config: Any, *, steps: int = DEFAULT_STEPS, max_seconds: float = DEFA
     return advice
 
 
-def add_arguments(parser: Any) -> None:
-    """The options of ``lars-jax advise`` beside train's config flags."""
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds ``lars-jax advise`` to the CLI's `commands` with its options; the CLI adds
+    train's config flags."""
+    parser = commands.add_parser(
+        "advise", allow_abbrev=False, help="measure the gradient noise scale and advise batch "
+        "size, lr and warmup", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE",
                         help="TOML or JSON file of config fields (flags override it)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
@@ -461,6 +467,7 @@ def add_arguments(parser: Any) -> None:
                         "(refused with --norm batch); two_batch: the step's gradient groups "
                         "(micro-batches x devices, needs >= 2) against the whole batch "
                         "(default: per_example, two_batch for --norm batch)")
+    return parser
 
 
 def run_command(config: Any, args: Any) -> int:

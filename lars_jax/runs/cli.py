@@ -1,17 +1,9 @@
 """The ``lars-jax`` command: ``train``, ``sweep``, ``advise`` and ``report`` (docs/cli.md).
 
-Every `TrainConfig` field is a flag (``--batch-size 1024`` or ``--batch_size``;
-``--flip``/``--no-flip``; ``none`` for optional fields) generated with argparse from its
-declaration (`lars_jax.train.config.FieldMeta`); flags override a ``--config`` TOML/JSON
-file, and `lars_jax.runs.config_io` types both. A `ConfigError` is one line with exit
-status 2, a `RunError` one line with status 1. Each other sub-command declares its own
-options and runs beside its code (``add_arguments``, ``run_command`` in `sweep`, `report`,
-`advise`); this module generates the config flags and dispatches.
-
-Why argparse and not tyro (tried for issue 26 with tyro 1.0.17): tyro keeps the grouped help
-(one dataclass per group) and the flag names, but shows a bad value as a 10-line box, not one
-line; reads ``None``, not ``none``; adds 0.3 s of imports and four packages; and took as many
-lines for ``train`` alone as the generated argparse flags for all four sub-commands.
+argparse generates a flag for every `TrainConfig` field from its declaration
+(`lars_jax.train.config.FieldMeta`); `lars_jax.runs.config_io` types the flags and a
+``--config`` file. The other sub-commands declare their parsers and run beside their code
+(``add_parser``, ``run_command`` in `sweep`, `report`, `advise`); this module dispatches.
 
 Examples::
 
@@ -80,9 +72,8 @@ def _metavar(spec: FieldMeta) -> str:
 
 def _help_text(spec: FieldMeta) -> str:
     """The field's help with its default."""
-    d = spec.default
-    default = "none" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
-    return spec.help if "(default" in spec.help else f"{spec.help} (default: {default})"
+    d = "none" if spec.default is None else spec.default
+    return f"{spec.help} (default: {str(d).lower() if isinstance(d, bool) else d})"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,31 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="TOML or JSON file of config fields (flags override it)")
     train_p.add_argument("--print-config", action="store_true", help="print the resolved "
                          "config as TOML (reusable with --config) and exit")
-    add_config_arguments(train_p)
-
-    sweep_p = sub.add_parser(
-        "sweep", allow_abbrev=False, help="run a grid of configs one after another "
-        "(resumable)", description="Run the cartesian product of --grid values one after "
-        "another, each in <out>/<name> named from its values; one row per run in "
-        "<out>/results.jsonl. Run the same command again to resume: finished runs are "
-        "skipped, an interrupted run resumes from its last checkpoint. Flags set the base "
-        "config (overriding --config).")
-    sweep.add_arguments(sweep_p)
-    add_config_arguments(sweep_p)
-
-    advise_p = sub.add_parser(
-        "advise", allow_abbrev=False, help="measure the gradient noise scale and advise batch "
-        "size, lr and warmup", description=advise.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    advise.add_arguments(advise_p)
-    add_config_arguments(advise_p)
-
-    report_p = sub.add_parser(
-        "report", allow_abbrev=False, help="write report.md (table and plots) for a results "
-        "folder", description="Turn a results folder (a sweep's output, or a folder of run "
-        "folders) into <folder>/report.md with a markdown table of the runs and PNG plots in "
-        "<folder>/plots.")
-    report.add_arguments(report_p)
+    for command in (train_p, sweep.add_parser(sub), advise.add_parser(sub)):
+        add_config_arguments(command)
+    report.add_parser(sub)
     return parser
 
 

@@ -91,11 +91,8 @@ def coerce(spec: FieldMeta, value: Any, *, from_text: bool = True) -> Any:
 def coerce_dict(values: Mapping[str, Any], *, from_text: bool = False) -> dict[str, Any]:
     """``{field: value}`` typed by `coerce` (``from_text=False``: a config file's); unknown
     keys raise `ConfigError` with suggestions."""
-    typed = {}
-    for key, value in values.items():
-        name = field_name(key)
-        typed[name] = coerce(field_meta()[name], value, from_text=from_text)
-    return typed
+    specs = {key: field_meta()[field_name(key)] for key in values}
+    return {specs[k].name: coerce(specs[k], v, from_text=from_text) for k, v in values.items()}
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

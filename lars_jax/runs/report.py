@@ -564,14 +564,20 @@ def summary_report(
                         filename=filename)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``lars-jax report``."""
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds ``lars-jax report`` to the CLI's `commands` with its options."""
+    parser = commands.add_parser(
+        "report", allow_abbrev=False, help="write report.md (table and plots) for a results "
+        "folder", description="Turn a results folder (a sweep's output, or a folder of run "
+        "folders) into <folder>/report.md with a markdown table of the runs and PNG plots in "
+        "<folder>/plots.")
     parser.add_argument("folder", help="the results folder")
     parser.add_argument("--title", help="report title (default: 'Results: <folder name>')")
     parser.add_argument("--metric",
                         help="summary metric to plot (default: the first accuracy metric)")
     parser.add_argument("--x", help="swept field on the x axis (default: batch_size if swept)")
     parser.add_argument("--output", default="report.md", help="file name (default: report.md)")
+    return parser
 
 
 def run_command(args: argparse.Namespace) -> int:

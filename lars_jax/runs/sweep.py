@@ -466,8 +466,16 @@ def run_sweep(
     return results
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``lars-jax sweep`` beside train's config flags (its base config)."""
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds ``lars-jax sweep`` to the CLI's `commands` with its options; the CLI adds
+    train's config flags (its base config)."""
+    parser = commands.add_parser(
+        "sweep", allow_abbrev=False, help="run a grid of configs one after another "
+        "(resumable)", description="Run the cartesian product of --grid values one after "
+        "another, each in <out>/<name> named from its values; one row per run in "
+        "<out>/results.jsonl. Run the same command again to resume: finished runs are "
+        "skipped, an interrupted run resumes from its last checkpoint. Flags set the base "
+        "config (overriding --config).")
     parser.add_argument("--config", "--base", dest="config", metavar="FILE",
                         help="TOML/JSON base config; may hold a [sweep] table with `out` and a "
                         "[sweep.grid] table")
@@ -480,6 +488,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("--dry-run", "list the runs and their status, run nothing"),
                        ("--no-report", "do not write <out>/report.md at the end")):
         parser.add_argument(flag, action="store_true", help=text)
+    return parser
 
 
 def _grid_and_out(args: argparse.Namespace, table: Mapping[str, Any],

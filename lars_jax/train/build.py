@@ -50,7 +50,7 @@ from lars_jax.masks import default_mask
 from lars_jax.models import create_model
 from lars_jax.runs.errors import ConfigError
 from lars_jax.train import parallel
-from lars_jax.train.config import TrainConfig, check_mlperf_remainder, peak_learning_rate
+from lars_jax.train.config import TrainConfig, peak_learning_rate
 from lars_jax.train.step import (
     StepOptions,
     TrainState,
@@ -424,7 +424,6 @@ def _check_num_train(config: TrainConfig, num_devices: int, num_train: int, *,
     if config.mlperf and not streamed:
         raise ConfigError("TrainConfig.mlperf=True: MLPerf mode keeps the remainder batch of "
                           "the host input only (an in-memory data set was given)")
-    check_mlperf_remainder(config, num_devices, num_train)
 
 
 def _step_options(config: TrainConfig, num_classes: int, num_devices: int, total_steps: int,

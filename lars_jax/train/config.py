@@ -1,17 +1,12 @@
 """Training configuration: one flat dataclass whose fields declare how they behave.
 
-The defaults are the README's main job: ResNet-20 on Fashion-MNIST with LARS within 8
-minutes on the project's 2-core CPU (92.12% test accuracy, 416 s from launch to printed
-result on 2026-12-07's idle AMD EPYC, BENCHMARKS.md): batch 64, 2.25 epochs, warmup over 0.05
-epochs from 0 to lr 0.125 (0.5 at batch 256, linear scaling), cosine decay to 0, momentum
-0.9, weight decay 5e-4, trust coefficient 0.02, no augmentation (it slows so short a run),
-the test set evaluated at the end.
+The defaults are the README's main job, ResNet-20 on Fashion-MNIST with LARS in under 8
+minutes on 2 CPU cores (README.md gives the recipe and its measured accuracy and time).
 
-Each field declares (`FieldMeta`) its ``--help`` text and group, choices or range, where it
-applies (`Applies`) and its `Kind`; the command line is generated from them
-(`lars_jax.runs.cli`). `TrainConfig.validate` checks the ranges in one loop, then the rules
-between fields below it: a value with no effect is refused (`ConfigError`) or warned about
-(`ConfigWarning`). docs/cli.md lists the rules.
+Each field declares (`FieldMeta`) its help and group, choices or range, where it applies
+(`Applies`) and its `Kind`; `lars_jax.runs.cli` generates the flags from them.
+`TrainConfig.validate` checks the ranges in one loop, then the rules between fields below
+it: a value with no effect is refused (`ConfigError`) or warned about (`ConfigWarning`).
 
 References:
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
@@ -110,24 +105,18 @@ def _field(group: str, default: Any, help: str, *, kind: Kind = "result",
     return field(default=default, metadata={"help": help, "meta": meta})
 
 
-_model = functools.partial(_field, "Model")
-_data = functools.partial(_field, "Data")
-_optim = functools.partial(_field, "Optimizer")
-_batch = functools.partial(_field, "Batch and length")
-_parallel = functools.partial(_field, "Parallelism")
-_manage = functools.partial(_field, "Run management")
+_model, _data, _optim, _batch, _parallel, _manage = (functools.partial(_field, group) for group in (
+    "Model", "Data", "Optimizer", "Batch and length", "Parallelism", "Run management"))
 
 
 @dataclass
 class TrainConfig:
     """All settings of one training run."""
 
-    model: str = _model("resnet20", f"Model name, one of {', '.join(MODEL_NAMES)}.",
-                        choices=tuple(MODEL_NAMES), kind="structural")
-    width: float = _model(1.0, "Width multiplier of the model's channels.", gt=0,
-                          kind="structural")
-    norm: Literal["batch", "group", "none"] = _model(
-        "batch", "Normalisation layers: batch norm, group norm or none.", kind="structural")
+    model: str = _model("resnet20", "Model name.", choices=tuple(MODEL_NAMES), kind="structural")
+    width: float = _model(1.0, "Width multiplier of the model's channels.", gt=0, kind="structural")
+    norm: Literal["batch", "group", "none"] = _model("batch", "Normalisation layers.",
+                                                     kind="structural")
     bn_span: Literal["device", "global", "ghost"] = _model(
         "device", "Batch-norm statistics span: device (each device's slice), global (whole "
         "micro-batch across devices) or ghost (groups of bn_ghost_size examples). Changes "
@@ -141,10 +130,10 @@ class TrainConfig:
         False, "Zero-initialise the last BN scale of each block.", kind="structural",
         applies=Applies("norm='batch' or 'group'", lambda c: c.norm != "none", "refuse"))
 
-    dataset: str = _data("fashion_mnist", f"Data set, one of {', '.join(DATASET_NAMES)}.",
-                         choices=tuple(DATASET_NAMES), kind="structural")
+    dataset: str = _data("fashion_mnist", "Data set.", choices=tuple(DATASET_NAMES),
+                         kind="structural")
     data_dir: str | None = _data(
-        None, "Data directory (default: $LARS_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
+        None, "Data directory (none: $LARS_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
         "~/tensorflow_datasets).", kind="cosmetic")
     train_subset: int | None = _data(
         None, "Use only the first N training examples (None: all), for fast experiments.", ge=1)
@@ -214,11 +203,9 @@ class TrainConfig:
         "example", "CLARS gradient norms: example (exact per-example), device (each device's "
         "local gradient, free), micro_batch (each accumulation micro-batch).",
         applies=Applies("optimizer clars", lambda c: c.optimizer == "clars", "warn"))
-    label_smoothing: float = _optim(0.0, "Label smoothing of the cross-entropy loss.", ge=0,
-                                    lt=1)
+    label_smoothing: float = _optim(0.0, "Label smoothing of the cross-entropy loss.", ge=0, lt=1)
 
-    batch_size: int = _batch(64, "Global batch size (all devices, all accumulation steps).",
-                             ge=1)
+    batch_size: int = _batch(64, "Global batch size (all devices, all accumulation steps).", ge=1)
     grad_accum_steps: int = _batch(
         1, "Gradient accumulation micro-batches per step (lax.scan over micro-batches).", ge=1)
     epochs: float = _batch(2.25, "Training length in epochs (may be fractional).", gt=0)
@@ -227,8 +214,7 @@ class TrainConfig:
 
     parallel: Literal["jit", "pmap"] = _parallel(
         "jit", "Data-parallel path: jit (Mesh + sharding) or pmap (jax.pmap with pmean).")
-    num_devices: int | None = _parallel(
-        None, "Number of local devices to use (None: all).", ge=1)
+    num_devices: int | None = _parallel(None, "Number of local devices to use (None: all).", ge=1)
     steps_per_call: int = _parallel(
         1, "Optimizer steps per compiled call (lax.scan): fewer dispatches for small models "
         "and batches. Calls stop at log, eval and checkpoint steps.", ge=1,
@@ -352,7 +338,8 @@ class TrainConfig:
         """
         n = None if devices_later else self.num_devices if device_count is None else device_count
         done: set[tuple[Any, ...]] = self.__dict__.setdefault("_validated", set())
-        for check, arg in ((_check_fields, None), (_check_devices, n), (_check_steps, num_train)):
+        for check, arg in ((_check_fields, None), (_check_devices, (n, num_train)),
+                           (_check_steps, num_train)):
             key = (check, dataclasses.astuple(self), arg)
             if key not in done and (check is not _check_devices or n is not None):
                 check(self, arg)
@@ -504,18 +491,11 @@ def _check_mlperf(c: TrainConfig) -> None:
         raise _bad(c, "epochs", "MLPerf mode counts whole epochs: must be an integer")
 
 
-def check_mlperf_remainder(c: TrainConfig, device_count: int, num_train: int) -> None:
-    """MLPerf mode: each epoch's remainder (``num_train mod batch_size`` examples, kept as a
-    padded batch) must give every device's micro-batch an example (ConfigError)."""
-    rest, groups = num_train % c.batch_size, device_count * c.grad_accum_steps
-    if c.mlperf and 0 < rest < groups:
-        raise _bad(c, "batch_size", f"MLPerf mode keeps the last {rest} examples of each "
-                   f"epoch as a padded batch, fewer than the {groups} devices x micro-batches "
-                   "that each need one")
-
-
-def _check_devices(c: TrainConfig, n: int) -> None:
-    """The rules that depend on the number of devices `n`."""
+def _check_devices(c: TrainConfig, n_and_num_train: tuple[int, int | None]) -> None:
+    """The rules that depend on the number of devices `n` (and, in MLPerf mode, the
+    training examples: each epoch's remainder batch must give every device's micro-batch
+    an example)."""
+    n, num_train = n_and_num_train
     if c.batch_size % (n * c.grad_accum_steps):
         raise _bad(c, "batch_size", "global batch must be divisible by devices x "
                    f"grad_accum_steps = {n} x {c.grad_accum_steps} = {n * c.grad_accum_steps}")
@@ -529,8 +509,11 @@ def _check_devices(c: TrainConfig, n: int) -> None:
         raise _bad(c, "batch_size", f"1 example per device and micro-batch ({n} devices x "
                    f"{c.grad_accum_steps} micro-batches): batch norm over 1 example outputs "
                    "its bias only (use bn_span='global' or norm='none')")
-    if c.mlperf:
-        check_mlperf_remainder(c, n, c.num_train_examples())
+    rest = (c.num_train_examples() if num_train is None else num_train) % c.batch_size
+    if c.mlperf and 0 < rest < n * c.grad_accum_steps:
+        raise _bad(c, "batch_size", f"MLPerf mode keeps the last {rest} examples of each "
+                   f"epoch as a padded batch, fewer than the {n * c.grad_accum_steps} devices x "
+                   "micro-batches that each need one")
 
 
 def _check_steps(c: TrainConfig, num_train: int | None) -> None:
@@ -561,11 +544,10 @@ def _check_steps_per_call(c: TrainConfig, total_steps: int, eval_every: int) -> 
     """Warns where calls of ``steps_per_call`` steps cannot be used (a speed setting with
     no effect on results: a sweep's shared base config may mean it for its other runs)."""
     k = c.steps_per_call
-    stops = {"log_every_steps": c.log_every_steps, "epochs": total_steps}
-    if eval_every:
-        stops["eval_every_epochs"] = eval_every
-    if c.checkpoint_every_steps > 0:
-        stops["checkpoint_every_steps"] = c.checkpoint_every_steps
+    stops = {name: every for name, every in (
+        ("log_every_steps", c.log_every_steps), ("epochs", total_steps),
+        ("eval_every_epochs", eval_every), ("checkpoint_every_steps", c.checkpoint_every_steps),
+    ) if every > 0}
     name, every = min(stops.items(), key=lambda item: item[1])
     if k > every:
         why = (f"the run has {every} steps" if name == "epochs"
