@@ -86,8 +86,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             groups[spec.group] = parser.add_argument_group(f"{spec.group} (TrainConfig)")
         kind = ({"action": argparse.BooleanOptionalAction} if spec.type is bool
                 else {"metavar": _metavar(spec)})
-        groups[spec.group].add_argument(_flag(spec.name), dest=spec.name,
-                                        default=argparse.SUPPRESS,
+        groups[spec.group].add_argument(_flag(spec.name), dest=spec.name, default=argparse.SUPPRESS,
                                         help=_help_text(spec).replace("%", "%%"), **kind)
 
 

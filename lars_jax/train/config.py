@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import typing
 import warnings
 from collections.abc import Callable
@@ -32,10 +33,9 @@ from lars_jax import schedules
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
 from lars_jax.runs.errors import ConfigError, ConfigWarning
-from lars_jax.schedules import mlperf_total_steps
 
 __all__ = ["APPLIES", "ALWAYS_APPLIES", "Applies", "ConfigError", "ConfigWarning",
-           "FieldMeta", "Kind", "Range", "TrainConfig", "field_meta", "fields_of_kind"]
+           "FieldMeta", "Kind", "TrainConfig", "field_meta", "fields_of_kind"]
 
 ScheduleName = Literal["cosine", "poly2", "linear", "constant", "step", "onecycle", "mlperf"]
 Kind = Literal["structural", "result", "location", "cosmetic"]
@@ -46,25 +46,17 @@ computes. A workdir holds one run: rerunning it with a structural or result fiel
 refused (`lars_jax.train.loop`), a cosmetic one may change."""
 
 
-class Range(NamedTuple):
-    """The allowed interval of a number: ``low <(=) value <(=) high`` (None: unbounded)."""
+_BOUNDS = {"ge": (operator.ge, ">=", "["), "gt": (operator.gt, ">", "("),
+           "le": (operator.le, "<=", "]"), "lt": (operator.lt, "<", ")")}
+"""The bounds of a field's range, lower first: each one's test, sign and bracket."""
 
-    low: float
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
 
-    def contains(self, v: float) -> bool:
-        hi = self.high
-        return ((v > self.low if self.low_open else v >= self.low)
-                and (hi is None or (v < hi if self.high_open else v <= hi)))
-
-    def text(self) -> str:
-        """``> 0``, ``>= 1``, ``in [0, 1)`` as the error messages say it."""
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return (f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
-                f"{')' if self.high_open else ']'}")
+def _range_text(bounds: tuple[tuple[str, float], ...]) -> str:
+    """``> 0``, ``>= 1``, ``in [0, 1)``: a field's range as the error messages say it."""
+    if len(bounds) == 1:
+        return f"{_BOUNDS[bounds[0][0]][1]} {bounds[0][1]}"
+    (low, a), (high, b) = bounds
+    return f"in {_BOUNDS[low][2]}{a}, {b}{_BOUNDS[high][2]}"
 
 
 class Applies(NamedTuple):
@@ -85,7 +77,7 @@ class FieldMeta(NamedTuple):
     group: str
     kind: Kind = "result"
     choices: tuple[Any, ...] | None = None
-    range: Range | None = None
+    range: tuple[tuple[str, float], ...] = ()  # e.g. (("ge", 0), ("lt", 1))
     applies: Applies | None = None
     name: str = ""
     type: type = object
@@ -95,13 +87,11 @@ class FieldMeta(NamedTuple):
 
 def _field(group: str, default: Any, help: str, *, kind: Kind = "result",
            choices: tuple[Any, ...] | None = None, ge: float | None = None,
-           gt: float | None = None, lt: float | None = None, le: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None,
            applies: Applies | None = None) -> Any:
-    """A field with its declarations (``ge``/``gt``/``lt``/``le``: its range)."""
-    low, high = (gt if gt is not None else ge), (lt if lt is not None else le)
-    rng = None if low is None and high is None else Range(low, high, gt is not None,
-                                                          lt is not None)
-    meta = FieldMeta(help, group, kind, choices, rng, applies)
+    """A field with its declarations (``ge`` or ``gt``, ``le`` or ``lt``: its range)."""
+    bounds = tuple(kv for kv in zip(_BOUNDS, (ge, gt, le, lt), strict=True) if kv[1] is not None)
+    meta = FieldMeta(help, group, kind, choices, bounds, applies)
     return field(default=default, metadata={"help": help, "meta": meta})
 
 
@@ -122,10 +112,9 @@ class TrainConfig:
         "micro-batch across devices) or ghost (groups of bn_ghost_size examples). Changes "
         "results at large batch.",
         applies=Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"))
-    bn_ghost_size: int = _model(
-        32, "Ghost batch size for bn_span=ghost.", ge=1,
-        applies=Applies("norm='batch' and bn_span='ghost'",
-                        lambda c: c.norm == "batch" and c.bn_span == "ghost", "warn"))
+    bn_ghost_size: int = _model(32, "Ghost batch size for bn_span=ghost.", ge=1, applies=Applies(
+        "norm='batch' and bn_span='ghost'", lambda c: c.norm == "batch" and c.bn_span == "ghost",
+        "warn"))
     zero_init_last_bn: bool = _model(
         False, "Zero-initialise the last BN scale of each block.", kind="structural",
         applies=Applies("norm='batch' or 'group'", lambda c: c.norm != "none", "refuse"))
@@ -245,8 +234,7 @@ class TrainConfig:
     extend_epochs: bool = _manage(
         False, "Let this run raise the epochs of the finished run in workdir: it trains on from "
         "its last step under the longer run's schedule, and summary.json records the "
-        "extension (epochs_extended). Without it a changed setting is refused.",
-        kind="cosmetic")
+        "extension (epochs_extended). Without it a changed setting is refused.", kind="cosmetic")
     nan_policy: Literal["stop", "skip"] = _manage(
         "stop", "On NaN/Inf loss, gradients or updated parameters: stop (with a clear error) "
         "or skip the step (parameters, optimizer state and schedule stay as they were).")
@@ -274,8 +262,7 @@ class TrainConfig:
         "at target_accuracy, MLLOG lines in <workdir>/mlperf_log.txt.")
     target_accuracy: float = _manage(
         0.759, "MLPerf mode: stop at the first evaluation reaching this top-1 accuracy (the "
-        "rules' 75.9%).", gt=0, le=1, applies=Applies("mlperf=True", lambda c: c.mlperf,
-                                                      "refuse"))
+        "rules' 75.9%).", gt=0, le=1, applies=Applies("mlperf=True", lambda c: c.mlperf, "refuse"))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain JSON-serialisable dict."""
@@ -310,7 +297,7 @@ class TrainConfig:
         epoch and ``epochs`` times that (`lars_jax.schedules.mlperf_total_steps`).
         """
         if self.mlperf:
-            epoch_steps = mlperf_total_steps(num_train, self.batch_size, 1)
+            epoch_steps = schedules.mlperf_total_steps(num_train, self.batch_size, 1)
             return epoch_steps, epoch_steps * int(self.epochs)
         epoch_steps = max(1, num_train // self.batch_size)
         return epoch_steps, max(1, int(round(self.epochs * epoch_steps)))
@@ -402,8 +389,8 @@ def _check_fields(c: TrainConfig, _: None = None) -> None:
             raise _bad(c, name, "must be finite")
         if v is not None and meta.choices and v not in meta.choices:
             raise _bad(c, name, f"must be one of {', '.join(map(str, meta.choices))}")
-        if v is not None and meta.range and not meta.range.contains(v):
-            raise _bad(c, name, f"must be {meta.range.text()}{' or None' * meta.optional}")
+        if v is not None and not all(_BOUNDS[op][0](v, b) for op, b in meta.range):
+            raise _bad(c, name, f"must be {_range_text(meta.range)}{' or None' * meta.optional}")
     _check_data_and_parallel(c)
     _check_optimizer_and_norm(c)
     if c.mlperf:
@@ -424,8 +411,7 @@ def _check_data_and_parallel(c: TrainConfig) -> None:
             and c.process_id >= c.num_processes):
         raise _bad(c, "process_id", f"must be < num_processes={c.num_processes}")
     if c.input_pipeline == "device" and not info.fits_on_device:
-        raise _bad(c, "input_pipeline", f"{c.dataset} does not fit on the device: use host or "
-                   "auto")
+        raise _bad(c, "input_pipeline", f"{c.dataset} does not fit on the device: use host or auto")
     if c.image_size is not None and info.fits_on_device:
         raise _bad(c, "image_size", "only for data sets cropped on the host (imagenet2012); "
                    "None otherwise")
@@ -450,8 +436,7 @@ def _check_optimizer_and_norm(c: TrainConfig) -> None:
         raise _bad(c, "learning_rate", f"scaled ({c.lr_scaling}) to batch_size={c.batch_size} "
                    f"it is {peak:.3g}, above the float32 range ({_FLOAT32_MAX:.3g})")
     if c.schedule == "mlperf" and c.warmup_start != "zero":
-        raise _bad(c, "warmup_start", "schedule='mlperf' warms up from 0: use "
-                   "warmup_start='zero'")
+        raise _bad(c, "warmup_start", "schedule='mlperf' warms up from 0: use warmup_start='zero'")
     if c.warmup_epochs > c.epochs:
         raise _bad(c, "warmup_epochs", f"must be <= epochs={c.epochs}")
     if c.nesterov and c.momentum == 0:
@@ -462,8 +447,7 @@ def _check_optimizer_and_norm(c: TrainConfig) -> None:
     if c.optimizer == "clars" and c.denominator != "paper":
         raise _bad(c, "denominator", "clars supports only denominator='paper'")
     if c.norm == "batch" and c.bn_span == "ghost" and c.bn_ghost_size == 1:
-        raise _bad(c, "bn_ghost_size", "batch norm over 1 example outputs its bias only "
-                   "(use >= 2)")
+        raise _bad(c, "bn_ghost_size", "batch norm over 1 example outputs its bias only (use >= 2)")
     if c.norm == "batch" and c.bn_span == "global" and c.batch_size == c.grad_accum_steps:
         raise _bad(c, "batch_size", "a micro-batch of 1 example: batch norm over 1 example "
                    "outputs its bias only (use norm='none' or fewer grad_accum_steps)")
@@ -501,8 +485,7 @@ def _check_devices(c: TrainConfig, n_and_num_train: tuple[int, int | None]) -> N
                    f"grad_accum_steps = {n} x {c.grad_accum_steps} = {n * c.grad_accum_steps}")
     mb = c.micro_batch_size(n)
     if c.norm == "batch" and c.bn_span == "ghost" and mb % c.bn_ghost_size:
-        raise _bad(c, "bn_ghost_size", f"must divide the per-device micro-batch of {mb} "
-                   "examples")
+        raise _bad(c, "bn_ghost_size", f"must divide the per-device micro-batch of {mb} examples")
     if c.optimizer == "clars" and c.clars_granularity == "device" and n < 2:
         raise _bad(c, "clars_granularity", "device needs >= 2 devices (use example)")
     if c.norm == "batch" and c.bn_span == "device" and mb == 1:
@@ -530,8 +513,7 @@ def _check_steps(c: TrainConfig, num_train: int | None) -> None:
     warmup = int(round(c.warmup_epochs * epoch_steps))
     if (c.warmup_epochs not in (0, field_meta()["warmup_epochs"].default) and warmup == 0
             and c.schedule != "onecycle"):
-        _warn(c, "warmup_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch: "
-              "no warmup")
+        _warn(c, "warmup_epochs", f"rounds to 0 steps at {epoch_steps} steps per epoch: no warmup")
     if (c.warmup_start == "base" and warmup > 0 and c.schedule != "onecycle"
             and (c.batch_size <= c.base_batch_size or c.lr_scaling == "none")):
         _warn(c, "warmup_start", "the scaled peak rate is not above learning_rate (batch_size "
