@@ -21,7 +21,6 @@ import argparse
 import difflib
 import re
 import sys
-import textwrap
 import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -76,30 +75,29 @@ def _help_text(spec: FieldMeta) -> str:
     return f"{spec.help} (default: {str(d).lower() if isinstance(d, bool) else d})"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, *, brief: bool = False) -> None:
     """Adds one flag per `TrainConfig` field to `parser`, in the fields' help groups (default
     ``SUPPRESS``: the namespace holds only the flags given, as text or a bool, which
-    `resolve_config` types and lays over a config file)."""
+    `resolve_config` types and lays over a config file); `brief`: the helps' first sentences."""
     groups: dict[str, Any] = {}
     for spec in field_meta().values():
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(f"{spec.group} (TrainConfig)")
         kind = ({"action": argparse.BooleanOptionalAction} if spec.type is bool
                 else {"metavar": _metavar(spec)})
+        text = _help_text(spec._replace(help=spec.help.split(". ")[0].rstrip(".") + ".")
+                          if brief else spec)
         groups[spec.group].add_argument(_flag(spec.name), dest=spec.name, default=argparse.SUPPRESS,
-                                        help=_help_text(spec).replace("%", "%%"), **kind)
+                                        help=text.replace("%", "%%"), **kind)
 
 
 def _fields_epilog() -> str:
-    lines = [f"TrainConfig options (flags of `{PROG} train` and `{PROG} sweep`):"]
-    for spec in field_meta().values():
-        flag = _flag(spec.name)
-        flag += f"/--no-{flag[2:]}" if spec.type is bool else f" {_metavar(spec)}"
-        summary = _help_text(spec._replace(help=spec.help.split(". ")[0].rstrip(".") + "."))
-        lines += [f"  {flag}", textwrap.fill(summary, 88, initial_indent=" " * 6,
-                                             subsequent_indent=" " * 6)]
-    return "\n".join([*lines, "", f"Run `{PROG} <command> --help` for each command's options; "
-                      "docs/cli.md has more."])
+    """The top-level help's list of the config flags (argparse's layout, first sentences)."""
+    fields = argparse.ArgumentParser(PROG, usage=argparse.SUPPRESS, add_help=False)
+    add_config_arguments(fields, brief=True)
+    return (f"TrainConfig options (flags of `{PROG} train`, `sweep` and `advise`):\n"
+            f"{fields.format_help()}\nRun `{PROG} <command> --help` for each command's options; "
+            "docs/cli.md has more.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,9 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     once): the trainer stops at its next step with a checkpoint.
 
     Returns:
-      The exit status: 0 success, 1 a run failed, 2 bad command line or config,
-      130 interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP (rerun the same command
-      to resume).
+      The exit status (docs/cli.md): 0 success, 1 a run failed, 2 bad command line or config,
+      128 + the signal's number when interrupted (rerun the same command to resume).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] not in (["train"], ["sweep"]):

@@ -81,10 +81,8 @@ def coerce(spec: FieldMeta, value: Any, *, from_text: bool = True) -> Any:
             raise fail(must) from None
     if isinstance(number, bool) or not isinstance(number, int | float):
         raise fail(must)
-    if tp is float:
-        return float(number)
-    if math.isfinite(number) and number == int(number):
-        return int(number)
+    if tp is float or (math.isfinite(number) and number == int(number)):
+        return tp(number)  # a float, or an integral number as an int
     raise fail(must)
 
 

@@ -9,8 +9,7 @@ Each field declares (`FieldMeta`) its help and group, choices or range, where it
 it: a value with no effect is refused (`ConfigError`) or warned about (`ConfigWarning`).
 
 References:
-  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
-  (arXiv 1708.03888).
+  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017 (arXiv 1708.03888).
   Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017
   (arXiv 1706.02677).
   Masters, Luschi, "Revisiting Small Batch Training for Deep Neural Networks", 2018
@@ -29,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
+
 from lars_jax import schedules
 from lars_jax.data.info import DATASET_NAMES, dataset_info
 from lars_jax.models import MODEL_NAMES
@@ -39,11 +40,10 @@ __all__ = ["APPLIES", "ALWAYS_APPLIES", "Applies", "ConfigError", "ConfigWarning
 
 ScheduleName = Literal["cosine", "poly2", "linear", "constant", "step", "onecycle", "mlperf"]
 Kind = Literal["structural", "result", "location", "cosmetic"]
-"""What a change of a field changes: ``structural``, the run and its checkpoints' state
-(a checkpoint of another value is not restored); ``result``, what the run computes;
-``location``, only where it writes (a sweep sets it itself); ``cosmetic``, nothing the run
-computes. A workdir holds one run: rerunning it with a structural or result field changed is
-refused (`lars_jax.train.loop`), a cosmetic one may change."""
+"""What a change of a field changes: ``structural``, the run and its checkpoints' state (a
+checkpoint of another value is not restored); ``result``, what the run computes (a workdir's
+rerun with either changed is refused, `lars_jax.train.loop`); ``location``, only where it
+writes (a sweep sets it itself); ``cosmetic``, nothing the run computes (it may change)."""
 
 
 _BOUNDS = {"ge": (operator.ge, ">=", "["), "gt": (operator.gt, ">", "("),
@@ -109,9 +109,8 @@ class TrainConfig:
                                                      kind="structural")
     bn_span: Literal["device", "global", "ghost"] = _model(
         "device", "Batch-norm statistics span: device (each device's slice), global (whole "
-        "micro-batch across devices) or ghost (groups of bn_ghost_size examples). Changes "
-        "results at large batch.",
-        applies=Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"))
+        "micro-batch across devices) or ghost (groups of bn_ghost_size examples). Changes results "
+        "at large batch.", applies=Applies("norm='batch'", lambda c: c.norm == "batch", "refuse"))
     bn_ghost_size: int = _model(32, "Ghost batch size for bn_span=ghost.", ge=1, applies=Applies(
         "norm='batch' and bn_span='ghost'", lambda c: c.norm == "batch" and c.bn_span == "ghost",
         "warn"))
@@ -121,9 +120,8 @@ class TrainConfig:
 
     dataset: str = _data("fashion_mnist", "Data set.", choices=tuple(DATASET_NAMES),
                          kind="structural")
-    data_dir: str | None = _data(
-        None, "Data directory (none: $LARS_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
-        "~/tensorflow_datasets).", kind="cosmetic")
+    data_dir: str | None = _data(None, "Data directory (none: $LARS_JAX_DATA_DIR, else "
+                                 "$TFDS_DATA_DIR, else ~/tensorflow_datasets).", kind="cosmetic")
     train_subset: int | None = _data(
         None, "Use only the first N training examples (None: all), for fast experiments.", ge=1)
     test_subset: int | None = _data(None, "Evaluate on only the first N test examples.", ge=1)
@@ -176,9 +174,8 @@ class TrainConfig:
     nesterov: bool = _optim(False, "Nesterov momentum.", kind="structural")
     weight_decay: float = _optim(5e-4, "Weight decay (L2) coefficient.", ge=0)
     trust_coefficient: float = _optim(
-        0.02, "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x "
-        "larger learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters "
-        "moderate).", gt=0,
+        0.02, "LARS/LARC/CLARS trust coefficient (eta; the paper uses 0.001 with a 20-50x larger "
+        "learning rate; 0.02 keeps the plain-SGD rate of biases and BN parameters moderate).", gt=0,
         applies=Applies("optimizer lars, larc or clars", lambda c: c.optimizer != "sgd", "warn"))
     denominator: Literal["paper", "optax"] = _optim(
         "paper", "Trust-ratio denominator: paper (||g|| + wd ||w||) or optax (||g + wd w||).",
@@ -208,9 +205,8 @@ class TrainConfig:
         1, "Optimizer steps per compiled call (lax.scan): fewer dispatches for small models "
         "and batches. Calls stop at log, eval and checkpoint steps.", ge=1,
         applies=Applies("parallel='jit'", lambda c: c.parallel == "jit", "refuse"))
-    coordinator_address: str | None = _parallel(
-        None, "Multi-host: host:port of process 0 (or env JAX_COORDINATOR_ADDRESS).",
-        kind="cosmetic")
+    coordinator_address: str | None = _parallel(None, "Multi-host: host:port of process 0 (or env "
+                                                "JAX_COORDINATOR_ADDRESS).", kind="cosmetic")
     # a launch setting, not part of the run: the global batch of a step does not depend on
     # the process count, so a run resumes exactly with another one (docs/streaming.md)
     num_processes: int | None = _parallel(None, "Multi-host: number of processes.", ge=1,
@@ -222,15 +218,13 @@ class TrainConfig:
                         ge=0, lt=2**32)
     workdir: str = _manage(
         "runs/default", "Output folder: metrics, checkpoints, summary, plots.", kind="location")
-    checkpoint_every_steps: int = _manage(
-        200, "Save a checkpoint every N steps (0: only at the end; -1: never).", ge=-1,
-        kind="cosmetic")
+    checkpoint_every_steps: int = _manage(200, "Save a checkpoint every N steps (0: only at the "
+                                          "end; -1: never).", ge=-1, kind="cosmetic")
     keep_checkpoints: int = _manage(
         3, "Number of checkpoints to keep.", ge=1, kind="cosmetic", applies=Applies(
             "checkpoint_every_steps >= 0", lambda c: c.checkpoint_every_steps >= 0, "warn"))
-    resume: bool = _manage(
-        True, "Resume from the latest good checkpoint in workdir, if any (no: start over there, "
-        "the old checkpoints archived).", kind="cosmetic")
+    resume: bool = _manage(True, "Resume from the latest good checkpoint in workdir, if any (no: "
+                           "start over there, the old checkpoints archived).", kind="cosmetic")
     extend_epochs: bool = _manage(
         False, "Let this run raise the epochs of the finished run in workdir: it trains on from "
         "its last step under the longer run's schedule, and summary.json records the "
@@ -325,11 +319,11 @@ class TrainConfig:
         """
         n = None if devices_later else self.num_devices if device_count is None else device_count
         done: set[tuple[Any, ...]] = self.__dict__.setdefault("_validated", set())
-        for check, arg in ((_check_fields, None), (_check_devices, (n, num_train)),
-                           (_check_steps, num_train)):
-            key = (check, dataclasses.astuple(self), arg)
+        for check, args in ((_check_fields, ()), (_check_devices, (n, num_train)),
+                            (_check_steps, (num_train,))):
+            key = (check, dataclasses.astuple(self), args)
             if key not in done and (check is not _check_devices or n is not None):
-                check(self, arg)
+                check(self, *args)
                 done.add(key)
         return self
 
@@ -380,7 +374,7 @@ def _warn(c: TrainConfig, name: str, msg: str) -> None:
     warnings.warn(str(_bad(c, name, msg)), ConfigWarning, stacklevel=1)
 
 
-def _check_fields(c: TrainConfig, _: None = None) -> None:
+def _check_fields(c: TrainConfig) -> None:
     """The single-field declarations (finite, choices, range), the rules between fields,
     then where each field applies."""
     for name, meta in field_meta().items():
@@ -426,23 +420,19 @@ def _check_data_and_parallel(c: TrainConfig) -> None:
                        "at None for all of them)")
 
 
-_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
-
-
 def _check_optimizer_and_norm(c: TrainConfig) -> None:
     """Rules between the optimizer, schedule, batch and normalisation fields."""
-    peak = peak_learning_rate(c)
-    if not peak <= _FLOAT32_MAX:  # the schedule runs in float32
+    peak, top = peak_learning_rate(c), float(np.finfo(np.float32).max)
+    if not peak <= top:  # the schedule runs in float32
         raise _bad(c, "learning_rate", f"scaled ({c.lr_scaling}) to batch_size={c.batch_size} "
-                   f"it is {peak:.3g}, above the float32 range ({_FLOAT32_MAX:.3g})")
+                   f"it is {peak:.3g}, above the float32 range ({top:.3g})")
     if c.schedule == "mlperf" and c.warmup_start != "zero":
         raise _bad(c, "warmup_start", "schedule='mlperf' warms up from 0: use warmup_start='zero'")
     if c.warmup_epochs > c.epochs:
         raise _bad(c, "warmup_epochs", f"must be <= epochs={c.epochs}")
     if c.nesterov and c.momentum == 0:
         raise _bad(c, "nesterov", "needs momentum > 0")
-    if c.optimizer == "clars" and c.clars_granularity == "micro_batch" \
-            and c.grad_accum_steps < 2:
+    if c.optimizer == "clars" and c.clars_granularity == "micro_batch" and c.grad_accum_steps < 2:
         raise _bad(c, "clars_granularity", "micro_batch needs grad_accum_steps >= 2")
     if c.optimizer == "clars" and c.denominator != "paper":
         raise _bad(c, "denominator", "clars supports only denominator='paper'")
@@ -475,11 +465,9 @@ def _check_mlperf(c: TrainConfig) -> None:
         raise _bad(c, "epochs", "MLPerf mode counts whole epochs: must be an integer")
 
 
-def _check_devices(c: TrainConfig, n_and_num_train: tuple[int, int | None]) -> None:
-    """The rules that depend on the number of devices `n` (and, in MLPerf mode, the
-    training examples: each epoch's remainder batch must give every device's micro-batch
-    an example)."""
-    n, num_train = n_and_num_train
+def _check_devices(c: TrainConfig, n: int, num_train: int | None) -> None:
+    """The rules that depend on the number of devices `n` (and in MLPerf mode on the training
+    examples: each epoch's remainder batch needs an example per device and micro-batch)."""
     if c.batch_size % (n * c.grad_accum_steps):
         raise _bad(c, "batch_size", "global batch must be divisible by devices x "
                    f"grad_accum_steps = {n} x {c.grad_accum_steps} = {n * c.grad_accum_steps}")
@@ -526,10 +514,9 @@ def _check_steps_per_call(c: TrainConfig, total_steps: int, eval_every: int) -> 
     """Warns where calls of ``steps_per_call`` steps cannot be used (a speed setting with
     no effect on results: a sweep's shared base config may mean it for its other runs)."""
     k = c.steps_per_call
-    stops = {name: every for name, every in (
-        ("log_every_steps", c.log_every_steps), ("epochs", total_steps),
-        ("eval_every_epochs", eval_every), ("checkpoint_every_steps", c.checkpoint_every_steps),
-    ) if every > 0}
+    stops = {"log_every_steps": c.log_every_steps, "epochs": total_steps,
+             "eval_every_epochs": eval_every, "checkpoint_every_steps": c.checkpoint_every_steps}
+    stops = {name: every for name, every in stops.items() if every > 0}  # 0, -1: no stops
     name, every = min(stops.items(), key=lambda item: item[1])
     if k > every:
         why = (f"the run has {every} steps" if name == "epochs"
