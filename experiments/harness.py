@@ -290,7 +290,8 @@ def registered_note(out: PathLike, rows: Sequence[Mapping[str, Any]]) -> str:
 
 def compute_note(rows: Sequence[Mapping[str, Any]], out: PathLike) -> str:
     """Measured compute: summed wall and process CPU time of the runs, the span of the
-    runs, the load average around them, the CPU, and ``time_v.txt`` if present."""
+    runs, the load average around them, the CPU, and the per-worker ``time_v_*.txt`` files
+    if present (`time_v_note`)."""
     import datetime as dt
     import subprocess
 
