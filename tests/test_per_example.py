@@ -221,8 +221,8 @@ def test_direct_conv_as_one_grouped_convolution_matches_vmap(monkeypatch):
     from lars_jax import per_example
 
     monkeypatch.setattr(per_example, "_CONV_DIRECT", "grouped")
-    _check_against_vmap(ConvStack(), (9, 10, 2), 5, methods=("direct",))
     _check_against_vmap(GroupedConvNet(), (9, 9, 2), 5, methods=("direct",))
+    # ConvStack per example and in 2 groups of 3 examples, in one program
     model = ConvStack()
     x, y = _batch((9, 10, 2), 6)
     params = _init(model, 1, x)["params"]
@@ -230,13 +230,20 @@ def test_direct_conv_as_one_grouped_convolution_matches_vmap(monkeypatch):
 
     @jax.jit
     def run(p, x, y):
-        return (value_grad_and_norms(loss_fn, p, x, y, num_groups=2, method="direct"),
+        return (value_grad_and_norms(loss_fn, p, x, y, method="direct"),
+                per_example_norms_vmap(_per_example_loss_fn(model), p, x, y),
+                value_grad_and_norms(loss_fn, p, x, y, num_groups=2, method="direct"),
                 group_gradient_norms(loss_fn, p, x, y, num_groups=2),
-                jax.grad(loss_fn)(p, x, y))
+                jax.value_and_grad(loss_fn)(p, x, y))
 
-    (_, grads, norms), expected, grads_ref = run(params, x, y)
-    _assert_tree_close(norms, expected)
+    (loss, grads, norms), expected, (_, grads2, norms2), expected2, (loss_ref, grads_ref) = run(
+        params, x, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
     _assert_tree_close(grads, grads_ref)
+    _assert_tree_close(norms, expected)
+    assert {leaf.shape for leaf in jax.tree.leaves(norms)} == {(6,)}
+    _assert_tree_close(grads2, grads_ref)
+    _assert_tree_close(norms2, expected2)
 
 
 class EmbedNet(nn.Module):
@@ -378,7 +385,9 @@ def test_groups_match_explicit_group_gradients():
     x, y = _batch((6, 6, 2), 8)
     params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
-    all_groups = (1, 2, 4, 8)
+    # one group (the batch gradient), groups of several examples (a wrong split of the
+    # batch into groups shows at 2 groups as at 4), one example per group
+    all_groups = (1, 2, 8)
 
     @jax.jit
     def run(p, x, y):
