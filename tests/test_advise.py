@@ -98,7 +98,7 @@ def test_step_noise_metrics_match_vmap_reference(accum):
     model = _MLP()
     x = jax.random.normal(jax.random.key(0), (8, 5))
     y = jnp.arange(8) % 3
-    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x)["params"]  # eagerly: op by op
     tx = optax.sgd(0.1)
     step = make_train_step(model, tx, StepOptions(num_classes=3, grad_accum_steps=accum,
                                                   log_noise_scale=True))
@@ -108,7 +108,7 @@ def test_step_noise_metrics_match_vmap_reference(accum):
         logits = model.apply({"params": p}, a[None])
         return optax.softmax_cross_entropy_with_integer_labels(logits, b[None])[0]
 
-    per_ex = jax.vmap(jax.grad(loss), (None, 0, 0))(params, x, y)
+    per_ex = jax.jit(jax.vmap(jax.grad(loss), (None, 0, 0)))(params, x, y)
     g = np.concatenate([np.asarray(v, np.float64).reshape(8, -1)
                         for v in jax.tree.leaves(per_ex)], 1)
     trace = np.sum((g - g.mean(0)) ** 2) / 7  # two-pass sample variance

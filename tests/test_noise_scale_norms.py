@@ -58,7 +58,7 @@ def _mse(params, x, y):
 
 def test_norms_are_each_examples_own_gradient_not_a_1_over_b_share():
     x, y = _regression_batch(jax.random.key(0), 8)
-    _, grads, norms = value_grad_and_norms(_mse, _W, x, y)
+    _, grads, norms = jax.jit(value_grad_and_norms, static_argnums=0)(_mse, _W, x, y)
     resid = np.asarray(x) @ (W_STAR + R) - np.asarray(y)
     by_hand = np.abs(resid) * np.linalg.norm(np.asarray(x), axis=1)  # |(w.x_i - y_i) x_i|
     np.testing.assert_allclose(norms["Dense_0"]["kernel"], by_hand, rtol=1e-5)
@@ -142,9 +142,9 @@ def mlp_problem():
     kx, ky, kp = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(kx, (N_DATA, IN))
     y = jax.random.randint(ky, (N_DATA,), 0, 3)
-    params = _MLP_MODEL.init(kp, x[:1])["params"]
+    params = jax.jit(_MLP_MODEL.init)(kp, x[:1])["params"]  # compiled: eagerly, op by op
     # the population: every example's gradient by vmap(grad), flattened
-    per_ex = jax.vmap(jax.grad(lambda p, a, b: _ce(p, a[None], b[None])), (None, 0, 0))(
+    per_ex = jax.jit(jax.vmap(jax.grad(lambda p, a, b: _ce(p, a[None], b[None])), (None, 0, 0)))(
         params, x, y)
     flat = np.concatenate([np.asarray(v, np.float64).reshape(N_DATA, -1)
                            for v in jax.tree.leaves(per_ex)], axis=1)
@@ -274,7 +274,7 @@ def test_interval_covers_truth_at_its_nominal_rate():
     key_t, key_g = jax.random.split(jax.random.key(5))
     t = 10.0 + 3.0 * jax.random.normal(key_t, (series, steps))
     g = 1.0 + 0.2 * jax.random.normal(key_g, (series, steps))
-    avg = jax.vmap(lambda a, b: dg.noise_scale_average(a, b, decay=0.95))(t, g)
+    avg = jax.jit(jax.vmap(lambda a, b: dg.noise_scale_average(a, b, decay=0.95)))(t, g)
     covered = np.mean((np.asarray(avg.b_simple_lo[:, -1]) <= 10.0)
                       & (np.asarray(avg.b_simple_hi[:, -1]) >= 10.0))
     # binomial(600, 0.95) has sd 0.009: 0.91 .. 0.99 is over 4 sd either side

@@ -221,21 +221,29 @@ def test_direct_conv_as_one_grouped_convolution_matches_vmap(monkeypatch):
     from lars_jax import per_example
 
     monkeypatch.setattr(per_example, "_CONV_DIRECT", "grouped")
-    _check_against_vmap(ConvStack(), (9, 10, 2), 5, methods=("direct",))
     _check_against_vmap(GroupedConvNet(), (9, 9, 2), 5, methods=("direct",))
+    # ConvStack per example and in 2 groups of 3 examples, in one program
     model = ConvStack()
     x, y = _batch((9, 10, 2), 6)
-    params = model.init(jax.random.key(1), x)["params"]
+    params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
 
     @jax.jit
     def run(p, x, y):
-        return (value_grad_and_norms(loss_fn, p, x, y, num_groups=2, method="direct"),
-                group_gradient_norms(loss_fn, p, x, y, num_groups=2))
+        return (value_grad_and_norms(loss_fn, p, x, y, method="direct"),
+                per_example_norms_vmap(_per_example_loss_fn(model), p, x, y),
+                value_grad_and_norms(loss_fn, p, x, y, num_groups=2, method="direct"),
+                group_gradient_norms(loss_fn, p, x, y, num_groups=2),
+                jax.value_and_grad(loss_fn)(p, x, y))
 
-    (_, grads, norms), expected = run(params, x, y)
+    (loss, grads, norms), expected, (_, grads2, norms2), expected2, (loss_ref, grads_ref) = run(
+        params, x, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    _assert_tree_close(grads, grads_ref)
     _assert_tree_close(norms, expected)
-    _assert_tree_close(grads, jax.grad(loss_fn)(params, x, y))
+    assert {leaf.shape for leaf in jax.tree.leaves(norms)} == {(6,)}
+    _assert_tree_close(grads2, grads_ref)
+    _assert_tree_close(norms2, expected2)
 
 
 class EmbedNet(nn.Module):
@@ -377,7 +385,9 @@ def test_groups_match_explicit_group_gradients():
     x, y = _batch((6, 6, 2), 8)
     params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
-    all_groups = (1, 2, 4, 8)
+    # one group (the batch gradient), groups of several examples (a wrong split of the
+    # batch into groups shows at 2 groups as at 4), one example per group
+    all_groups = (1, 2, 8)
 
     @jax.jit
     def run(p, x, y):
@@ -459,16 +469,11 @@ def test_batchnorm_per_example_contributions_are_exact():
         logits, _ = model.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    _, grads, norms = jax.jit(lambda p, x, y: value_grad_and_norms(loss_fn, p, x, y))(params, x, y)
-    z = model.apply({"params": params}, x, method="stem")
-
     def loss_of_z(z):
         logits, _ = model.apply(
             {"params": params, "batch_stats": stats}, z, method="rest", mutable=["batch_stats"]
         )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    cot = jax.grad(loss_of_z)(z)  # includes BatchNorm's cross-example terms
 
     def contribution(xi, di):
         def conv(kernel):
@@ -478,19 +483,22 @@ def test_batchnorm_per_example_contributions_are_exact():
         _, vjp = jax.vjp(conv, params["conv"]["kernel"])
         return vjp(b * di[None])[0]
 
-    contrib = jax.vmap(contribution)(x, cot)
+    @jax.jit  # one program: run eagerly, XLA:CPU compiles every primitive on its own
+    def run(p, x, y):
+        _, grads, norms = value_grad_and_norms(loss_fn, p, x, y)
+        z = model.apply({"params": p}, x, method="stem")
+        cot = jax.grad(loss_of_z)(z)  # includes BatchNorm's cross-example terms
+        vmap_norms = per_example_norms_vmap(
+            lambda p, xi, yi: loss_fn(p, xi[None], yi[None]), p, x, y)
+        return grads, norms, jax.vmap(contribution)(x, cot), vmap_norms
+
+    grads, norms, contrib, vmap_norms = run(params, x, y)
     np.testing.assert_allclose(contrib.sum(0) / b, grads["conv"]["kernel"], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(
         norms["conv"]["kernel"], jnp.linalg.norm(contrib.reshape(b, -1), axis=1), rtol=1e-4
     )
     # vmap(grad) (BatchNorm over one example) is a different quantity.
-    assert not np.allclose(
-        norms["conv"]["kernel"],
-        jax.jit(per_example_norms_vmap, static_argnums=0)(
-            lambda p, xi, yi: loss_fn(p, xi[None], yi[None]), params, x, y
-        )["conv"]["kernel"],
-        rtol=1e-2,
-    )
+    assert not np.allclose(norms["conv"]["kernel"], vmap_norms["conv"]["kernel"], rtol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,8 +513,10 @@ def test_inside_shard_map_gives_per_device_norms():
     if len(devices) < 8:
         pytest.skip("needs 8 devices (conftest sets XLA_FLAGS)")
     mesh = Mesh(np.array(devices[:8]), ("data",))
-    model = ConvStack()
-    x, y = _batch((9, 10, 2), 16)
+    # GNStack, not ConvStack: what is checked here is where the norms are taken (per
+    # device, per example), not the layer kinds (test_conv_matches_vmap has ConvStack's)
+    model = GNStack()
+    x, y = _batch((6, 6, 2), 16)
     params = _init(model, 1, x)["params"]
     loss_fn = _loss_fn(model)
 
@@ -720,11 +730,18 @@ def test_penalty_reaches_conv_embed_and_layernorm_taps_and_groups():
     params = _shifted(_init(model, 1, ids)["params"])
     loss_fn, per_example, size = _penalised(model, 3e-2)
     size[0] = 8
-    _, _, norms = value_grad_and_norms(loss_fn, params, ids, y)
-    _assert_tree_close(norms, per_example_norms_vmap(per_example, params, ids, y))
+
+    @jax.jit
+    def run(p, ids, y):
+        return (value_grad_and_norms(loss_fn, p, ids, y)[2],
+                per_example_norms_vmap(per_example, p, ids, y),
+                value_grad_and_norms(loss_fn, p, ids, y, num_groups=2)[2],
+                group_gradient_norms(loss_fn, p, ids, y, num_groups=2))
+
+    norms, expected, groups, expected_groups = run(params, ids, y)
+    _assert_tree_close(norms, expected)
     # Groups: each group's mean-loss gradient contains the whole penalty gradient.
-    groups = value_grad_and_norms(loss_fn, params, ids, y, num_groups=2)[2]
-    _assert_tree_close(groups, group_gradient_norms(loss_fn, params, ids, y, num_groups=2))
+    _assert_tree_close(groups, expected_groups)
 
 
 def test_sum_loss_reduction():
@@ -734,14 +751,22 @@ def test_sum_loss_reduction():
     params = _shifted(_init(model, 1, x)["params"])
     loss_fn, per_example, size = _penalised(model, 1e-2, reduce=jnp.sum)
     size[0] = 8
-    (loss, grads, norms) = value_grad_and_norms(loss_fn, params, x, y, loss_reduction="sum")
-    loss_ref, grads_ref = jax.value_and_grad(loss_fn)(params, x, y)
+    mean_loss, _, _ = _penalised(model, 1e-2 / 8)  # each group's mean loss: its 1/4 share
+
+    @jax.jit
+    def run(p, x, y):
+        return (value_grad_and_norms(loss_fn, p, x, y, loss_reduction="sum"),
+                jax.value_and_grad(loss_fn)(p, x, y),
+                per_example_norms_vmap(per_example, p, x, y),
+                value_grad_and_norms(loss_fn, p, x, y, num_groups=4, loss_reduction="sum")[2],
+                group_gradient_norms(mean_loss, p, x, y, num_groups=4))
+
+    (loss, grads, norms), (loss_ref, grads_ref), expected, groups, expected_groups = run(
+        params, x, y)
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
     _assert_tree_close(grads, grads_ref)
-    _assert_tree_close(norms, per_example_norms_vmap(per_example, params, x, y))
-    groups = value_grad_and_norms(loss_fn, params, x, y, num_groups=4, loss_reduction="sum")[2]
-    mean_loss, _, _ = _penalised(model, 1e-2 / 8)  # each group's mean loss: its 1/4 share
-    _assert_tree_close(groups, group_gradient_norms(mean_loss, params, x, y, num_groups=4))
+    _assert_tree_close(norms, expected)
+    _assert_tree_close(groups, expected_groups)
     with pytest.raises(ValueError, match="loss_reduction"):
         value_grad_and_norms(loss_fn, params, x, y, loss_reduction="total")
 
