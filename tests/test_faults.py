@@ -347,7 +347,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-TWO_PROCESS_EPOCHS = 8  # 128 steps of 32: stopped after 3, with room for a late signal
+TWO_PROCESS_EPOCHS = 4  # 64 steps of 32: stopped after 3, with room for a late signal
 
 
 def _two_process_train(logs, workdir, data_dir):
@@ -597,7 +597,7 @@ def test_skip_policy_stops_a_diverged_run_and_never_applies_an_overflowing_updat
     from lars_jax.train.loop import NonFiniteError
 
     cfg = _cfg(tmp_path / "bounded", optimizer="sgd", learning_rate=1e30,
-               lr_scaling="none", nan_policy="skip")
+               lr_scaling="none", nan_policy="skip", checkpoint_every_steps=-1)
     with pytest.raises(NonFiniteError, match=r"1 non-finite steps skipped of 8, more than "
                        r"max_skipped_fraction=0.1"):
         train(cfg, data=tiny_data())
@@ -774,7 +774,7 @@ def test_disk_full_mid_run_is_one_line_frees_the_failed_save_and_the_same_comman
     mount, resize = small_tmpfs
     disk = mount("disk", "4m")
     workdir = disk / "run"
-    argv = ["--train-subset", "256", "--epochs", "2", "--checkpoint-every-steps", "2",
+    argv = ["--train-subset", "256", "--epochs", "1", "--checkpoint-every-steps", "2",
             "--dataset", "fashion_mnist", "--data-dir", str(tiny_fashion_mnist),
             "--num-devices", "1", "--workdir", str(workdir)]
     rc, err = _cli(capsys, *argv)
@@ -787,13 +787,13 @@ def test_disk_full_mid_run_is_one_line_frees_the_failed_save_and_the_same_comman
     resize(disk, "16m")
     rc, err = _cli(capsys, *argv)
     assert rc == 0 and "lars_jax: resuming from step 4" in "\n".join(err), err
-    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 16
+    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 8
 
     # a sweep: the cell that failed for its disk is run again by a plain rerun, the
     # diverged one is not
     out = mount("sweep", "4m") / "out"
     grid = "learning_rate=1e30,0.1"
-    extra = ("--no-report", "--train-subset", "256", "--epochs", "2",
+    extra = ("--no-report", "--train-subset", "256", "--epochs", "1",
              "--checkpoint-every-steps", "2", "--optimizer", "sgd", "--lr-scaling", "none",
              "--schedule", "constant")
     rc, cap = _sweep_cli(capsys, out, tiny_fashion_mnist, *extra, grid=grid)
