@@ -19,6 +19,7 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -170,9 +171,8 @@ def test_padded_remainder_gives_the_gradient_of_the_unpadded_batch_with_batchnor
     from lars_jax.train.step import StepOptions, init_train_state, make_train_step
 
     model = _ConvBNNet()  # the end-to-end run below trains ResNet-8 with padded batches
-    rng = np.random.default_rng(0)  # NumPy inputs: eager jax.random compiles its own programs
-    x = rng.standard_normal((5, 8, 8, 3)).astype(np.float32)
-    y = np.array([0, 1, 2, 1, 0], np.int32)
+    x = jax.random.normal(jax.random.key(0), (5, 8, 8, 3))
+    y = jnp.array([0, 1, 2, 1, 0])
     variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x[:1])
     tx = optax.sgd(1.0)  # new params = params - gradient
     state = init_train_state(variables["params"], variables["batch_stats"], tx)
@@ -182,10 +182,10 @@ def test_padded_remainder_gives_the_gradient_of_the_unpadded_batch_with_batchnor
 
     want, want_m = plain(state, x, y)  # the 5 real examples, no padding
     got = []
-    for scale in (100.0, 0.0):  # two different paddings of 3 rows
-        junk = (scale * rng.standard_normal((3, 8, 8, 3))).astype(np.float32)
-        xp = np.concatenate([x[:2], junk[:1], x[2:], junk[1:]])  # padding in between
-        yp = np.concatenate([y[:2], [-1], y[2:], [-1, -1]]).astype(np.int32)
+    for seed, scale in ((5, 100.0), (6, 0.0)):  # two different paddings of 3 rows
+        junk = scale * jax.random.normal(jax.random.key(seed), (3, 8, 8, 3))
+        xp = jnp.concatenate([x[:2], junk[:1], x[2:], junk[1:]])  # padding in between
+        yp = jnp.concatenate([y[:2], jnp.array([-1]), y[2:], jnp.array([-1, -1])])
         got.append(masked(state, xp, yp))
     for new, metrics in got:
         for a, b in zip(jax.tree.leaves((want.params, want.batch_stats)),
@@ -197,7 +197,7 @@ def test_padded_remainder_gives_the_gradient_of_the_unpadded_batch_with_batchnor
         assert float(metrics["accuracy"]) == pytest.approx(float(want_m["accuracy"]))
     # the padding rows, labelled as real, change the gradient and the statistics (the test
     # can fail): the same masked program, no other compilation
-    bad, _ = masked(state, xp, np.where(yp < 0, 0, yp))
+    bad, _ = masked(state, xp, jnp.where(yp < 0, 0, yp))
     for a, b in ((want.params, bad.params), (want.batch_stats, bad.batch_stats)):
         assert not np.allclose(np.asarray(jax.tree.leaves(a)[0]),
                                np.asarray(jax.tree.leaves(b)[0]), atol=1e-4)
