@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +132,13 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_a_dead_holder_does_not_bl
     from lars_jax.train import train
     from lars_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
-    # the holder: another process (forked: no second import of jax) that takes the lock
-    # and sleeps; it touches nothing of JAX's
+    # the holder: another process, forked (a new interpreter would import jax again, ~2 s)
+    # that takes the lock and sleeps; it calls nothing of JAX's, so JAX's warning that a
+    # fork of its threaded process may deadlock does not apply to it
     ready, told = os.pipe()
-    holder = os.fork()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        holder = os.fork()
     if holder == 0:  # the child
         try:
             WorkdirLock(tmp_path).acquire()
