@@ -595,7 +595,7 @@ def test_sigkill_then_resume_is_bitwise_identical_in_every_leaf(tmp_path):
     optimizer state (momentum restarted from zero, the schedule's count reset), data or
     augmentation that depend on the restart rather than on (seed, step), and metric rows
     duplicated or lost around the kill."""
-    epochs = 12  # 4 steps per epoch: 48 steps, a checkpoint after each
+    epochs = 8  # 4 steps per epoch: 32 steps, a checkpoint after each
     victim = _start_job(tmp_path / "victim", epochs)
     ck = tmp_path / "victim" / "checkpoints"
     deadline = time.time() + 240
@@ -613,13 +613,13 @@ def test_sigkill_then_resume_is_bitwise_identical_in_every_leaf(tmp_path):
     # the uninterrupted run, here while the resumed one trains (one launch fewer): the same
     # 2-device program; it checkpoints only at its end
     _kill_job(str(tmp_path / "ref"), str(epochs), checkpoint_every_steps=0)
-    out = resumed.communicate(timeout=300)[0].decode()
+    out = resumed.communicate(timeout=600)[0].decode()
     assert resumed.returncode == 0, out
     assert "resuming from step" in out
 
     s_ref, leaves_ref = _last_checkpoint_state(tmp_path / "ref")
     s_res, leaves_res = _last_checkpoint_state(tmp_path / "victim")
-    assert s_ref == s_res == 48 and killed_at < 48
+    assert s_ref == s_res == 32 and killed_at < 32
     assert [p for p, _ in leaves_ref] == [p for p, _ in leaves_res]
     names = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
              for p, _ in leaves_ref}
@@ -630,14 +630,14 @@ def test_sigkill_then_resume_is_bitwise_identical_in_every_leaf(tmp_path):
 
     sum_ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
     sum_res = json.loads((tmp_path / "victim" / "summary.json").read_text())
-    assert sum_res["resumed_from_step"] is not None and sum_res["steps"] == 48
+    assert sum_res["resumed_from_step"] is not None and sum_res["steps"] == 32
     for key in ("test_loss", "test_accuracy", "train_loss", "train_accuracy", "final_lr"):
         assert sum_res[key] == sum_ref[key], key
     drop = {"images_per_s"}
     rows_ref = [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "ref")]
     rows_res = [{k: v for k, v in r.items() if k not in drop}
                 for r in _rows(tmp_path / "victim")]
-    assert [r["step"] for r in rows_res] == list(range(1, 49))
+    assert [r["step"] for r in rows_res] == list(range(1, 33))
     assert rows_res == rows_ref
     assert _rows(tmp_path / "victim", "eval") == _rows(tmp_path / "ref", "eval")
 
