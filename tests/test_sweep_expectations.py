@@ -14,9 +14,6 @@ from lars_jax.runs import cli
 
 def _numpy_eval(config, state, data):
     """Mean cross-entropy and accuracy of the final state on the whole test set."""
-    import functools
-
-    import jax
     import jax.numpy as jnp
 
     from lars_jax.models import create_model
@@ -24,8 +21,8 @@ def _numpy_eval(config, state, data):
     model = create_model(config.model, num_classes=data.num_classes, norm=config.norm,
                          width=config.width, dtype=jnp.float32)
     x = (data.test_images.astype(np.float32) / 255.0 - 0.5) / 0.25
-    apply = jax.jit(functools.partial(model.apply, train=False))  # eagerly: per primitive
-    logits = np.asarray(apply({"params": state.params, "batch_stats": state.batch_stats}, x),
+    logits = np.asarray(model.apply({"params": state.params,
+                                     "batch_stats": state.batch_stats}, x, train=False),
                         np.float64)
     shifted = logits - logits.max(1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
