@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,16 +60,39 @@ def _env(devices=1):
                 JAX_PLATFORMS="cpu")
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished in-process run of `_cfg` (8 steps, checkpoints at 2, 4, 6, 8; keep 3):
+    its folder, summary and final parameters. Tests copy the folder (`finished_copy`)."""
+    from lars_jax.train import train_with_state
+
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    summary, state = train_with_state(_cfg(folder), data=tiny_data())
+    assert summary["status"] == "ok" and summary["steps"] == 8
+    assert _strict_json(folder / SUMMARY_FILE) == summary
+    return folder, summary, _leaves(state)
+
+
+@pytest.fixture
+def finished_copy(finished, tmp_path):
+    """`finished`'s folder copied to `tmp_path` (the run's lock released), its summary
+    (as summary.json records it) and its final parameters."""
+    folder, _, leaves = finished
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    (tmp_path / ".lock").unlink(missing_ok=True)
+    return _strict_json(tmp_path / SUMMARY_FILE), leaves
+
+
 # ------------------------------------------------------------------ 1: rerun of a finished run
 
 
-def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys):
+def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys, finished_copy):
     """Before: the rerun wrote summary.json with null test_accuracy/test_loss (the same
     after a kill between the last checkpoint and summary.json)."""
     from lars_jax.train import train
 
     cfg = _cfg(tmp_path)
-    first = train(cfg, data=tiny_data())
+    first, _ = finished_copy  # the finished run of `cfg`, copied here
     assert first["test_accuracy"] is not None
     again = train(cfg.replace(progress=True), data=tiny_data())  # a cosmetic flag differs
     assert again == first
@@ -106,17 +130,27 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_a_dead_holder_does_not_bl
         tmp_path, capsys):
     """Before: both runs went on and metrics.jsonl got every row twice."""
     from lars_jax.train import train
-    from lars_jax.train.workdir_lock import WorkdirLockedError
+    from lars_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lars_jax.train.workdir_lock import "
-         "WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
-         "time.sleep(120)", str(tmp_path)],
-        env=_env(), stdout=subprocess.PIPE, text=True)
+    # the holder: another process, forked (a new interpreter would import jax again, ~2 s)
+    # that takes the lock and sleeps; it calls nothing of JAX's, so JAX's warning that a
+    # fork of its threaded process may deadlock does not apply to it
+    ready, told = os.pipe()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        holder = os.fork()
+    if holder == 0:  # the child
+        try:
+            WorkdirLock(tmp_path).acquire()
+            os.write(told, b"held\n")
+            time.sleep(120)
+        finally:
+            os._exit(0)
+    os.close(told)  # the child's end: a child that died reads as end of file
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert os.read(ready, 5) == b"held\n"
         with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid "
-                           f"{holder.pid} on "):
+                           f"{holder} on "):
             train(_cfg(tmp_path), data=tiny_data())
         assert not (tmp_path / "metrics.jsonl").exists()
         rc = cli.main(["train", "--model", "mlp1", "--num-devices", "1", "--train-subset",
@@ -125,8 +159,9 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_a_dead_holder_does_not_bl
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 1 and len(err) == 1 and "WorkdirLockedError" in err[0], err
     finally:
-        holder.kill()  # SIGKILL: no cleanup; the kernel drops the lock
-        holder.wait()
+        os.kill(holder, signal.SIGKILL)  # no cleanup; the kernel drops the lock
+        os.waitpid(holder, 0)
+        os.close(ready)
     summary = train(_cfg(tmp_path), data=tiny_data())
     assert summary["steps"] == 8
     assert [r["step"] for r in _rows(tmp_path) if r["kind"] == "train"] == list(range(1, 9))
@@ -136,14 +171,14 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_a_dead_holder_does_not_bl
 
 
 def test_a_checkpoint_with_flipped_bytes_is_set_aside_and_the_previous_one_resumes(
-        tmp_path, capfd):
+        tmp_path, capfd, finished_copy):
     """Before: the corrupt checkpoint was restored (and the run diverged); truncated
     checkpoints printed pages of absl and "Event loop is closed" tracebacks (item 7)."""
     from lars_jax.train import train, train_with_state
     from lars_jax.train.checkpoint import CheckpointError
 
     cfg = _cfg(tmp_path)
-    _, reference = train_with_state(cfg, data=tiny_data())
+    _, reference = finished_copy  # the finished run of `cfg`, copied here
     newest = tmp_path / "checkpoints" / "8"
     victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
@@ -155,7 +190,7 @@ def test_a_checkpoint_with_flipped_bytes_is_set_aside_and_the_previous_one_resum
     assert "ChecksumMismatch" in err and victim.name in err
     assert summary["resumed_from_step"] == 6
     assert (tmp_path / "checkpoints_bad" / "8").is_dir()
-    for a, b in zip(_leaves(reference), _leaves(state), strict=True):
+    for a, b in zip(reference, _leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise: step 6 + 2 steps again
     # every checkpoint truncated (no checksums: as if written by an older version): one
     # line per checkpoint, then the error, and nothing else
@@ -175,12 +210,16 @@ def test_a_checkpoint_with_flipped_bytes_is_set_aside_and_the_previous_one_resum
 
 # ------------------------------------------------------------------ 4, 5: signals
 
-def _cli_train(workdir, epochs, *extra, data_dir):
-    args = ["train", "--model", "mlp1", "--train-subset", "512", "--test-subset", "128",
+def _cli_train_args(workdir, epochs, *extra, data_dir):
+    return ["train", "--model", "mlp1", "--train-subset", "512", "--test-subset", "128",
             "--batch-size", "32", "--num-devices", "1", "--epochs", str(epochs),
             "--warmup-epochs", "0", "--no-progress", "--no-plot", "--log-every-steps", "1",
             "--checkpoint-every-steps", "0", "--dtype", "float32", "--workdir", str(workdir),
             "--data-dir", str(data_dir), *extra]
+
+
+def _cli_train(workdir, epochs, *extra, data_dir):
+    args = _cli_train_args(workdir, epochs, *extra, data_dir=data_dir)
     return subprocess.Popen([sys.executable, "-m", "lars_jax.runs.cli", *args], env=_env(),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -236,7 +275,6 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
         tmp_path, tiny_fashion_mnist):
     """Before: exit -15, no message, no checkpoint."""
     epochs = 8  # 128 steps of 32: stopped after 3, long enough for a late signal
-    ref = _cli_train(tmp_path / "ref", epochs, data_dir=tiny_fashion_mnist)
     victim = _cli_train(tmp_path / "victim", epochs, data_dir=tiny_fashion_mnist)
     metrics = tmp_path / "victim" / "metrics.jsonl"
     deadline = time.time() + 240
@@ -254,10 +292,12 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bitwise(
     assert (tmp_path / "victim" / "checkpoints" / str(step)).is_dir()
     assert not (tmp_path / "victim" / SUMMARY_FILE).exists()
     resumed = _cli_train(tmp_path / "victim", epochs, data_dir=tiny_fashion_mnist)
+    # the uninterrupted run of the same command, here while the resumed one trains (one
+    # launch fewer; the same one-device program)
+    assert cli.main(_cli_train_args(tmp_path / "ref", epochs, data_dir=tiny_fashion_mnist)) == 0
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert f"resuming from step {step}" in err
-    assert ref.wait(timeout=300) == 0, ref.communicate()
     from test_train_loop import _final_params
 
     s_ref, p_ref = _final_params(tmp_path / "ref")
@@ -311,7 +351,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-TWO_PROCESS_EPOCHS = 8  # 128 steps of 32: stopped after 3, with room for a late signal
+TWO_PROCESS_EPOCHS = 4  # 64 steps of 32: stopped after 3, with room for a late signal
 
 
 def _two_process_train(logs, workdir, data_dir):
@@ -561,7 +601,7 @@ def test_skip_policy_stops_a_diverged_run_and_never_applies_an_overflowing_updat
     from lars_jax.train.loop import NonFiniteError
 
     cfg = _cfg(tmp_path / "bounded", optimizer="sgd", learning_rate=1e30,
-               lr_scaling="none", nan_policy="skip")
+               lr_scaling="none", nan_policy="skip", checkpoint_every_steps=-1)
     with pytest.raises(NonFiniteError, match=r"1 non-finite steps skipped of 8, more than "
                        r"max_skipped_fraction=0.1"):
         train(cfg, data=tiny_data())
@@ -738,7 +778,7 @@ def test_disk_full_mid_run_is_one_line_frees_the_failed_save_and_the_same_comman
     mount, resize = small_tmpfs
     disk = mount("disk", "4m")
     workdir = disk / "run"
-    argv = ["--train-subset", "256", "--epochs", "2", "--checkpoint-every-steps", "2",
+    argv = ["--train-subset", "256", "--epochs", "1", "--checkpoint-every-steps", "2",
             "--dataset", "fashion_mnist", "--data-dir", str(tiny_fashion_mnist),
             "--num-devices", "1", "--workdir", str(workdir)]
     rc, err = _cli(capsys, *argv)
@@ -751,13 +791,13 @@ def test_disk_full_mid_run_is_one_line_frees_the_failed_save_and_the_same_comman
     resize(disk, "16m")
     rc, err = _cli(capsys, *argv)
     assert rc == 0 and "lars_jax: resuming from step 4" in "\n".join(err), err
-    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 16
+    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 8
 
     # a sweep: the cell that failed for its disk is run again by a plain rerun, the
     # diverged one is not
     out = mount("sweep", "4m") / "out"
     grid = "learning_rate=1e30,0.1"
-    extra = ("--no-report", "--train-subset", "256", "--epochs", "2",
+    extra = ("--no-report", "--train-subset", "256", "--epochs", "1",
              "--checkpoint-every-steps", "2", "--optimizer", "sgd", "--lr-scaling", "none",
              "--schedule", "constant")
     rc, cap = _sweep_cli(capsys, out, tiny_fashion_mnist, *extra, grid=grid)
@@ -786,7 +826,7 @@ def test_a_workdir_turned_read_only_mid_run_is_one_line_and_the_same_command_res
     mount, _ = small_tmpfs
     workdir = mount("rw", "64m") / "run"
     checkpoints = workdir / "checkpoints"
-    argv = ["--train-subset", "256", "--epochs", "40", "--checkpoint-every-steps", "4",
+    argv = ["--train-subset", "256", "--epochs", "10", "--checkpoint-every-steps", "4",
             "--keep-checkpoints", "1", "--dataset", "fashion_mnist", "--data-dir",
             str(tiny_fashion_mnist), "--num-devices", "1", "--workdir", str(workdir)]
     bound = []
@@ -812,4 +852,4 @@ def test_a_workdir_turned_read_only_mid_run_is_one_line_and_the_same_command_res
     step = int(err[0].split("the last checkpoint, step ")[1].split(",")[0])
     rc, err = _cli(capsys, *argv)
     assert rc == 0 and f"lars_jax: resuming from step {step}" in "\n".join(err), err
-    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 320
+    assert _strict_json(workdir / SUMMARY_FILE)["steps"] == 80  # 10 epochs of 8 steps

@@ -18,7 +18,7 @@ from lars_jax.runs.errors import ConfigError
 
 def _cfg(workdir, **kw):
     base = dict(model="mlp1", num_devices=1, epochs=1.0, warmup_epochs=0.0,
-                checkpoint_every_steps=4, log_every_steps=4, crop_padding=0,
+                checkpoint_every_steps=0, log_every_steps=4, crop_padding=0,
                 learning_rate=0.5)
     base.update(kw)
     return tiny_config(workdir, **base)
