@@ -4,10 +4,14 @@ Each pattern is checked against a reference computed independently of the code u
 ``vmap(grad)`` of the per-example loss where the per-example gradient is the plain one,
 and, with BatchNorm in training mode, each example's contribution computed from a plain
 JAX model whose examples each hold their own copy of the parameters (the documented
-semantics). Tiny models, B = 8.
+semantics). Tiny models, B = 8. Every computation, the reference included, runs inside
+one jitted function per test: eager model initialisation, gradients and optimizer
+updates would compile one XLA program per primitive and shape.
 """
 
 from __future__ import annotations
+
+import functools
 
 import chex
 import flax.linen as nn
@@ -24,6 +28,7 @@ B = 8
 WEIGHT_DECAY = 1e-2
 
 
+@functools.cache
 def _data(features=5, seed=0):
     x = jax.random.normal(jax.random.key(seed), (B, features))
     return x, jnp.arange(B) % 3
@@ -80,15 +85,16 @@ def _bn_contributions(params, x, y):
 @pytest.mark.parametrize("factory", [lars_jax.lars, lars_jax.clars])
 def test_linen_trainstate_step_with_l2_penalty(factory):
     x, y = _data()
-    variables = _BNNet().init(jax.random.key(1), x)
+    variables = jax.jit(_BNNet().init)(jax.random.key(1), x)
     params = jax.tree.map(lambda w: w + 0.05, variables["params"])
     tx = factory(1.0, trust_coefficient=0.02, momentum=0.9)
     state = _State.create(apply_fn=_BNNet().apply, params=params, tx=tx,
                           batch_stats=variables["batch_stats"])
+    clars = factory is lars_jax.clars
 
     @jax.jit
     def train_step(state, x, y):
-        if factory is lars_jax.clars:
+        if clars:
             (loss, stats), grads, norms = lars_jax.value_grad_and_norms(
                 _linen_loss, state.params, state.batch_stats, x, y, has_aux=True)
             new = state.apply_gradients(grads=grads, per_example_norms=norms,
@@ -100,21 +106,25 @@ def test_linen_trainstate_step_with_l2_penalty(factory):
             new = state.apply_gradients(grads=grads, batch_stats=stats)
         return new, loss, grads, norms
 
+    @jax.jit
+    def reference(params, batch_stats):
+        (loss, stats), grads = jax.value_and_grad(_linen_loss, has_aux=True)(
+            params, batch_stats, x, y)
+        norms = _bn_contributions(params, x, y) if clars else None
+        # The step: the optimizer applied to the independent gradient and norms.
+        extra = {} if norms is None else {"per_example_norms": norms}
+        updates, _ = tx.update(grads, tx.init(params), params, **extra)
+        return loss, stats, grads, norms, optax.apply_updates(params, updates)
+
     new, loss, grads, norms = train_step(state, x, y)
-    (ref_loss, ref_stats), ref_grads = jax.value_and_grad(_linen_loss, has_aux=True)(
-        params, variables["batch_stats"], x, y)
+    ref_loss, ref_stats, ref_grads, ref_norms, expected = reference(
+        params, variables["batch_stats"])
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
     chex.assert_trees_all_close(new.batch_stats, ref_stats, rtol=1e-6)
-    ref_norms = None
-    if factory is lars_jax.clars:
-        ref_norms = _bn_contributions(params, x, y)
+    if clars:
         chex.assert_trees_all_close(norms, ref_norms, rtol=2e-4, atol=1e-6)
-    # The step: the optimizer applied to the independent gradient and norms.
-    extra = {} if ref_norms is None else {"per_example_norms": ref_norms}
-    expected, _ = tx.update(ref_grads, tx.init(params), params, **extra)
-    chex.assert_trees_all_close(new.params, optax.apply_updates(params, expected),
-                                rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(new.params, expected, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------ NNX, tutorial style (Dropout and BatchNorm)
@@ -140,9 +150,10 @@ def _nnx_loss(model, x, y):
 
 def test_nnx_tutorial_style_train_and_eval_steps():
     x, y = _data()
-    model = _NNXNet(nnx.Rngs(0))
+    model = nnx.jit(lambda: _NNXNet(nnx.Rngs(0)))()
     reference = nnx.clone(model)
-    optimizer = nnx.Optimizer(model, lars_jax.clars(0.5, trust_coefficient=0.02), wrt=nnx.Param)
+    tx = lars_jax.clars(0.5, trust_coefficient=0.02)
+    optimizer = nnx.jit(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param))(model)
 
     @nnx.jit
     def train_step(model, optimizer, x, y):
@@ -154,7 +165,8 @@ def test_nnx_tutorial_style_train_and_eval_steps():
     model.train()
     loss, grads = train_step(model, optimizer, x, y)
     reference.train()
-    (ref_loss, _), ref_grads = nnx.value_and_grad(_nnx_loss, has_aux=True)(reference, x, y)
+    (ref_loss, _), ref_grads = nnx.jit(nnx.value_and_grad(_nnx_loss, has_aux=True))(
+        reference, x, y)
     # Same dropout mask (same RNG stream) and same BatchNorm statistics as nnx.grad.
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
@@ -164,19 +176,24 @@ def test_nnx_tutorial_style_train_and_eval_steps():
 
     # Eval mode: running statistics, no dropout, so the examples are independent.
     model.eval()
-    _, _, norms = lars_jax.nnx_value_grad_and_norms(_nnx_loss, model, x, y, has_aux=True)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def per_example(p, xi, yi):
-        return _nnx_loss(nnx.merge(graphdef, p, rest), xi[None], yi[None])[0]
+    @nnx.jit
+    def eval_norms(model, x, y):
+        _, _, norms = lars_jax.nnx_value_grad_and_norms(_nnx_loss, model, x, y, has_aux=True)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    expected = lars_jax.per_example_norms_vmap(per_example, params, x, y)
+        def per_example(p, xi, yi):
+            return _nnx_loss(nnx.merge(graphdef, p, rest), xi[None], yi[None])[0]
+
+        return norms, lars_jax.per_example_norms_vmap(per_example, params, x, y)
+
+    norms, expected = eval_norms(model, x, y)
     chex.assert_trees_all_close(norms, expected, rtol=1e-4, atol=1e-7)
 
 
 def test_functional_nnx_split_merge_under_jax_jit():
     x, y = _data()
-    graphdef, state = nnx.split(nnx.Linear(5, 3, rngs=nnx.Rngs(2)))
+    graphdef, state = nnx.split(nnx.jit(lambda: nnx.Linear(5, 3, rngs=nnx.Rngs(2)))())
 
     def loss(model, x, y):
         ce = optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
@@ -188,13 +205,17 @@ def test_functional_nnx_split_merge_under_jax_jit():
         _, grads, norms = lars_jax.nnx_value_grad_and_norms(loss, model, x, y)
         return grads, norms
 
+    @jax.jit
+    def reference(state, x, y):
+        params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
+        norms = lars_jax.per_example_norms_vmap(
+            lambda p, xi, yi: loss(nnx.merge(graphdef, p), xi[None], yi[None]), params, x, y)
+        return nnx.grad(loss)(nnx.merge(graphdef, state), x, y), norms
+
     grads, norms = step(state, x, y)
-    params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
-    expected = lars_jax.per_example_norms_vmap(
-        lambda p, xi, yi: loss(nnx.merge(graphdef, p), xi[None], yi[None]), params, x, y)
+    ref_grads, expected = reference(state, x, y)
     chex.assert_trees_all_close(norms, expected, rtol=1e-4, atol=1e-7)
-    chex.assert_trees_all_close(grads, nnx.grad(loss)(nnx.merge(graphdef, state), x, y),
-                                rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------ optax chain with gradient accumulation
@@ -205,7 +226,7 @@ def test_accumulation_in_an_optax_chain_equals_one_big_batch_step():
     step of the whole batch, norms from the per-example reference."""
     model = nn.Sequential([nn.Dense(6), nn.relu, nn.Dense(3)])
     x, y = _data()
-    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x)["params"]
 
     def loss_fn(p, x, y):
         logits = model.apply({"params": p}, x)
@@ -219,25 +240,32 @@ def test_accumulation_in_an_optax_chain_equals_one_big_batch_step():
         return optax.chain(optax.clip_by_global_norm(100.0),
                            lars_jax.clars(0.5, trust_coefficient=0.02, momentum=0.9))
 
-    accumulated = lars_jax.multi_steps(clars(), every_k_schedule=2)
-    state = accumulated.init(params)
-    for xs, ys in zip(jnp.split(x, 2), jnp.split(y, 2), strict=True):
-        _, grads, norms = lars_jax.value_grad_and_norms(loss_fn, params, xs, ys)
-        updates, state = accumulated.update(grads, state, params, per_example_norms=norms)
-    whole = clars()
-    expected, _ = whole.update(jax.grad(loss_fn)(params, x, y), whole.init(params), params,
-                               per_example_norms=lars_jax.per_example_norms_vmap(
-                                   per_example, params, x, y))
-    chex.assert_trees_all_close(updates, expected, rtol=1e-4, atol=1e-7)
+    @jax.jit
+    def accumulated_and_whole(params):
+        accumulated = lars_jax.multi_steps(clars(), every_k_schedule=2)
+        state = accumulated.init(params)
+        for xs, ys in zip(jnp.split(x, 2), jnp.split(y, 2), strict=True):
+            _, grads, norms = lars_jax.value_grad_and_norms(loss_fn, params, xs, ys)
+            clars_acc, state = accumulated.update(grads, state, params,
+                                                  per_example_norms=norms)
+        whole = clars()
+        clars_whole, _ = whole.update(
+            jax.grad(loss_fn)(params, x, y), whole.init(params), params,
+            per_example_norms=lars_jax.per_example_norms_vmap(per_example, params, x, y))
 
-    lars_acc = optax.MultiSteps(lars_jax.lars(0.5, trust_coefficient=0.02), 2)
-    state = lars_acc.init(params)
-    for xs, ys in zip(jnp.split(x, 2), jnp.split(y, 2), strict=True):
-        updates, state = lars_acc.update(jax.grad(loss_fn)(params, xs, ys), state, params)
-    lars_whole = lars_jax.lars(0.5, trust_coefficient=0.02)
-    expected, _ = lars_whole.update(jax.grad(loss_fn)(params, x, y),
-                                    lars_whole.init(params), params)
-    chex.assert_trees_all_close(updates, expected, rtol=1e-4, atol=1e-7)
+        lars_acc = optax.MultiSteps(lars_jax.lars(0.5, trust_coefficient=0.02), 2)
+        state = lars_acc.init(params)
+        for xs, ys in zip(jnp.split(x, 2), jnp.split(y, 2), strict=True):
+            lars_acc_updates, state = lars_acc.update(jax.grad(loss_fn)(params, xs, ys),
+                                                      state, params)
+        lars_whole = lars_jax.lars(0.5, trust_coefficient=0.02)
+        lars_whole_updates, _ = lars_whole.update(jax.grad(loss_fn)(params, x, y),
+                                                  lars_whole.init(params), params)
+        return clars_acc, clars_whole, lars_acc_updates, lars_whole_updates
+
+    clars_acc, clars_whole, lars_acc, lars_whole = accumulated_and_whole(params)
+    chex.assert_trees_all_close(clars_acc, clars_whole, rtol=1e-4, atol=1e-7)
+    chex.assert_trees_all_close(lars_acc, lars_whole, rtol=1e-4, atol=1e-7)
 
 
 # ------------------------------------------ complex parameters
@@ -246,14 +274,14 @@ def test_accumulation_in_an_optax_chain_equals_one_big_batch_step():
 def test_complex_parameters_get_one_clear_line_from_the_per_example_norms():
     x = jnp.ones((B, 4), jnp.complex64)
     model = nn.Dense(2, dtype=jnp.complex64, param_dtype=jnp.complex64)
-    params = model.init(jax.random.key(0), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
 
     def loss_fn(p, x):
         return jnp.mean(jnp.abs(model.apply({"params": p}, x)) ** 2)
 
     with pytest.raises(ValueError, match=r"^value_grad_and_norms: parameter \w+ is complex"):
         lars_jax.value_grad_and_norms(loss_fn, params, x)
-    linear = nnx.Linear(4, 2, param_dtype=jnp.complex64, dtype=jnp.complex64,
-                        rngs=nnx.Rngs(0))
+    linear = nnx.jit(lambda: nnx.Linear(4, 2, param_dtype=jnp.complex64,
+                                        dtype=jnp.complex64, rngs=nnx.Rngs(0)))()
     with pytest.raises(ValueError, match="is complex"):
         lars_jax.nnx_value_grad_and_norms(lambda m, x: jnp.mean(jnp.abs(m(x)) ** 2), linear, x)

@@ -15,6 +15,7 @@ one, they differ.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import warnings
@@ -175,20 +176,25 @@ def _optimizer_fingerprint(cfg: TrainConfig) -> np.ndarray:
     from lars_jax.train.build import make_optimizer
 
     tx, _ = make_optimizer(cfg, 10, 100)
-    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
-    out = []
-    for scale in (1e-3, 1.0):
-        grads = jax.tree.map(
-            lambda p, s=scale: s * jax.random.normal(jax.random.key(2), p.shape), params)
-        extra = {}
-        if cfg.optimizer == "clars":
-            extra["per_example_norms"] = jax.tree.map(
-                lambda g: jnp.full(4, jnp.linalg.norm(g)), grads)
-        state = tx.init(params)
-        for _ in range(2):
-            updates, state = tx.update(grads, state, params, **extra)
-            out.append(np.concatenate([np.ravel(u) for u in jax.tree.leaves(updates)]))
-    return np.concatenate(out)
+
+    @jax.jit  # one program per config (eager, every primitive would compile on its own)
+    def updates():
+        params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+        out = []
+        for scale in (1e-3, 1.0):
+            grads = jax.tree.map(
+                lambda p, s=scale: s * jax.random.normal(jax.random.key(2), p.shape), params)
+            extra = {}
+            if cfg.optimizer == "clars":
+                extra["per_example_norms"] = jax.tree.map(
+                    lambda g: jnp.full(4, jnp.linalg.norm(g)), grads)
+            state = tx.init(params)
+            for _ in range(2):
+                u, state = tx.update(grads, state, params, **extra)
+                out.append(jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(u)]))
+        return jnp.concatenate(out)
+
+    return np.asarray(updates())
 
 
 def _schedule_fingerprint(cfg: TrainConfig) -> np.ndarray:
@@ -430,17 +436,21 @@ def test_running_bn_statistics_are_updated_once_per_step_from_the_micro_batch_me
     model = Net()
     x = jax.random.normal(jax.random.key(0), (8, 5)) * 3 + 1
     y = jnp.arange(8) % 3
-    variables = model.init(jax.random.key(1), x, train=False)
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), x)
     tx = optax.sgd(0.1)
     state = init_train_state(variables["params"], variables["batch_stats"], tx)
     step = make_train_step(model, tx, StepOptions(num_classes=3, grad_accum_steps=2))
     new, _ = jax.jit(step)(state, x, y)
 
-    def flax_update(xs):
-        _, upd = model.apply(variables, xs, train=True, mutable=["batch_stats"])
-        return upd["batch_stats"]
+    @jax.jit
+    def want_stats(variables, x):
+        def flax_update(xs):
+            _, upd = model.apply(variables, xs, train=True, mutable=["batch_stats"])
+            return upd["batch_stats"]
 
-    want = jax.tree.map(lambda a, b: (a + b) / 2, flax_update(x[:4]), flax_update(x[4:]))
+        return jax.tree.map(lambda a, b: (a + b) / 2, flax_update(x[:4]), flax_update(x[4:]))
+
+    want = want_stats(variables, x)
     for got, exp in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-5, atol=1e-6)
 

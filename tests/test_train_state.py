@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -21,11 +23,13 @@ class _MLP(nn.Module):
         return nn.Dense(2)(nn.relu(nn.Dense(8)(x)))
 
 
+@functools.cache
 def _setup():
+    """The tests' model, params, loss and batch (built once, initialised under jit)."""
     model = _MLP()
     x = jax.random.normal(jax.random.key(0), (16, 3))
     y = jnp.arange(16) % 2
-    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x)["params"]
 
     def loss_fn(p, x, y):
         logits = model.apply({"params": p}, x)
@@ -39,7 +43,8 @@ def test_flax_train_state_cannot_pass_per_example_norms():
     model, params, loss_fn, x, y = _setup()
     state = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                           tx=lars_jax.clars(0.1))
-    _, grads, norms = lars_jax.value_grad_and_norms(loss_fn, params, x, y)
+    _, grads, norms = jax.jit(functools.partial(lars_jax.value_grad_and_norms, loss_fn))(
+        params, x, y)
     with pytest.raises((ValueError, TypeError)):
         state.apply_gradients(grads=grads, per_example_norms=norms)
 
@@ -69,12 +74,15 @@ def test_apply_gradients_with_norms_equals_clars_update_and_reference():
 
 def test_without_norms_it_is_flax_train_state():
     model, params, loss_fn, x, y = _setup()
-    grads = jax.grad(loss_fn)(params, x, y)
+    grads = jax.jit(jax.grad(loss_fn))(params, x, y)
     ours = TrainState.create(apply_fn=model.apply, params=params, tx=lars_jax.lars(0.5))
     theirs = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                            tx=lars_jax.lars(0.5))
-    chex.assert_trees_all_equal(ours.apply_gradients(grads=grads).params,
-                                theirs.apply_gradients(grads=grads).params)
+    # Both steps in one program: the same computation must give the same bits.
+    ours_params, theirs_params = jax.jit(
+        lambda a, b, g: (a.apply_gradients(grads=g).params, b.apply_gradients(grads=g).params)
+    )(ours, theirs, grads)
+    chex.assert_trees_all_equal(ours_params, theirs_params)
 
 
 def test_subclass_with_batch_stats_and_extra_fields():
@@ -91,7 +99,7 @@ def test_subclass_with_batch_stats_and_extra_fields():
     net = Net()
     x = jax.random.normal(jax.random.key(0), (8, 3))
     y = jnp.arange(8) % 2
-    variables = net.init(jax.random.key(1), x)
+    variables = jax.jit(net.init)(jax.random.key(1), x)
     state = BNState.create(apply_fn=net.apply, params=variables["params"],
                            batch_stats=variables["batch_stats"], tx=lars_jax.clars(0.1))
 
@@ -101,9 +109,14 @@ def test_subclass_with_batch_stats_and_extra_fields():
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, upd["batch_stats"]
 
-    (_, new_stats), grads, norms = lars_jax.value_grad_and_norms(loss_fn, state.params, x, y,
-                                                                 has_aux=True)
-    new = state.apply_gradients(grads=grads, per_example_norms=norms, batch_stats=new_stats)
+    @jax.jit
+    def step(state):
+        (_, new_stats), grads, norms = lars_jax.value_grad_and_norms(
+            loss_fn, state.params, x, y, has_aux=True)
+        return state.apply_gradients(grads=grads, per_example_norms=norms,
+                                     batch_stats=new_stats), new_stats
+
+    new, new_stats = step(state)
     assert int(new.step) == 1
     chex.assert_trees_all_equal(new.batch_stats, new_stats)
     assert not np.allclose(new.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
