@@ -366,6 +366,7 @@ def runs(imagenet_dir, tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
+@pytest.mark.slow
 def test_a_mesh_that_leaves_a_process_without_its_rows_is_refused(runs):
     # --num-devices 2 of the 4: the mesh holds process 0's two devices only, so process 1
     # would feed rows no device holds (and process 0 only half of its rows). Each process
