@@ -314,7 +314,7 @@ def _train_losses(workdir: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def runs(imagenet_dir, tmp_path_factory) -> dict[str, Path]:
-    """The runs the tests below check, each run once, in seven launches of eleven
+    """The runs the tests below check, each run once, in six launches of nine
     processes in all: 6 steps (1.5 epochs), bn_span='global', float32; only the runs that
     are resumed write checkpoints (every 2 steps).
 
@@ -322,11 +322,11 @@ def runs(imagenet_dir, tmp_path_factory) -> dict[str, Path]:
       SIGKILL when asked for the batch of step 3;
     * launch "single_restart": "one_killed" restarted in the same folder;
     * launch "pair" (two processes of 2 devices): "refused" (``--num-devices 2`` of the
-      4), then "jit2";
-    * launches "pmap2" (``--parallel pmap``) and "killed" (killed when asked for step 3),
-      two processes of 2 devices each, each its own launch (all four runs in one launch
-      timed out once, while another pytest session removed this one's temporary folder:
-      not investigated further);
+      4), then "jit2" and "pmap2" (``--parallel pmap``);
+    * launch "killed" (two processes of 2 devices): killed when asked for step 3 (its own
+      launch: with the three runs before it in the same processes it timed out once,
+      while another pytest session removed this one's temporary folder; not investigated
+      further);
     * launch "pair_restart": "killed" restarted as two processes;
     * launch "as_one": a copy of the killed workdir restarted as one process of 4 devices.
 
@@ -353,8 +353,8 @@ def runs(imagenet_dir, tmp_path_factory) -> dict[str, Path]:
     for launch, processes, devices, launch_runs in [
             ("single", 1, 1, [run("one"), run("one_killed", **killed)]),
             ("single_restart", 1, 1, [run("one_killed", **resumed)]),
-            ("pair", 2, 2, [run("refused", "--num-devices", "2", code=2), run("jit2")]),
-            ("pmap2", 2, 2, [run("pmap2", "--parallel", "pmap")]),
+            ("pair", 2, 2, [run("refused", "--num-devices", "2", code=2), run("jit2"),
+                            run("pmap2", "--parallel", "pmap")]),
             ("killed", 2, 2, [run("killed", **killed)]),
             ("pair_restart", 2, 2, [run("killed", **resumed)]),
             ("as_one", 1, 4, [run("as_one", **resumed)])]:
