@@ -181,7 +181,8 @@ def test_mlperf_recipe_files_load_validate_and_match_the_table(name):
 # ``<out>/params.npz`` (process 0). The example ids each process feeds come from the
 # pipeline's own debug log ($LARS_JAX_INPUT_LOG, set to the run's folder `out`). Before
 # each run the process prints a line ``=== run <out>`` and after it ``=== exit <code>``;
-# a run that does not exit with its expected code ends the launch with that code.
+# a run that does not exit with its expected code ends the process with that code (99 if
+# it was 0), and one that does lets the next run start.
 _PROCESS_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import jax
@@ -214,8 +215,8 @@ _PROCESS_SCRIPT = textwrap.dedent("""
         code = cli.main(["train", *run["args"], *flags])
         print("=== exit", code, flush=True)
         if code != run["expect"]:
-            break
-    sys.exit(code)
+            sys.exit(code or 99)  # 99: a run that was to fail did not
+
 """)
 
 
