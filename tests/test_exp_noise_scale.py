@@ -120,27 +120,32 @@ def test_caps_exceed_three_prior_s_min_and_200_steps():
 
 @pytest.mark.slow
 def test_smoke_run_registers_stamps_resumes_and_refuses(tmp_path, monkeypatch):
-    """End to end (5 tiny runs): criterion.json before the rows, every row stamped, a
-    second invocation trains nothing, a row of another sha makes the report refuse."""
+    """End to end (3 tiny runs): criterion.json before the rows, every row stamped, a
+    second invocation trains nothing, a row of another sha makes the report refuse.
+
+    The smoke preset's batch sizes are cut to the first: one noise run, one selection run
+    and one evaluation run exercise every step of the protocol (a second batch size only
+    repeats them; each run compiles its own programs)."""
     import json
     from pathlib import Path
 
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST files not available")
     monkeypatch.setenv("LARS_JAX_CACHE", str(tmp_path / "xla"))
+    monkeypatch.setitem(ns.BATCHES, "smoke", ns.BATCHES["smoke"][:1])
     out = tmp_path / "exp5"
     argv = ["--preset", "smoke", "--out", str(out)]
     summary = ns.main(argv)
     crit = json.loads((out / "criterion.json").read_text())
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
-    assert len(rows) == 5 and summary["criterion_sha"] == crit["criterion_sha"]
+    assert len(rows) == 3 and summary["criterion_sha"] == crit["criterion_sha"]
     assert all(set(harness.ROW_FIELDS) <= set(r) and r["criterion_sha"] == crit["criterion_sha"]
                and r["finished_at"] >= crit["fixed_at"] and "bn_examples" in r for r in rows)
     assert {r["why_not"] for r in rows if not r["scored"]} >= {"lr-selection seed 100"}
     report = (out / "report.md").read_text()
     assert crit["criterion_sha"][:16] in report and crit["fixed_at"] in report
     ns.main(argv)  # resumes: nothing retrained
-    assert len((out / "rows.jsonl").read_text().splitlines()) == 5
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 3
     rows[0]["criterion_sha"] = "0" * 64
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(harness.CriterionMismatch, match="refusing to score"):
