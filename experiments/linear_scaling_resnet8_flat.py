@@ -265,6 +265,9 @@ TIMING_FILE = "design_timing.json"  # the unregistered timing runs behind the de
 RULE8_MINUTES = 30  # issue 23, rule 8: a conv arm takes at most 30 minutes on 2 cores
 
 
+SCHEDULE_TEXT = {"cosine": "cosine decay", "constant": "a constant lr"}
+
+
 def setup_text(base: TrainConfig) -> str:
     n = base.num_train_examples()
     bs = sorted(BATCHES["cpu"]["sgd"])
@@ -276,8 +279,9 @@ def setup_text(base: TrainConfig) -> str:
         f"{base.model} at width {base.width:g} (channels 4-8-16; BatchNorm after every conv, "
         f"ghost BatchNorm over {base.bn_ghost_size} examples at every batch) on all of "
         f"{base.dataset}, {base.dtype}; a fixed budget of E = {EXAMPLES['cpu']:,} examples "
-        f"({base.epochs:g} epochs) at every batch; cosine decay after a gradual warmup over "
-        f"{100 * mlp.WARMUP_FRAC:g}% of the budget from the unscaled lr (Goyal's); lr = base "
+        f"({base.epochs:g} epochs) at every batch; {SCHEDULE_TEXT[base.schedule]} after a "
+        f"gradual warmup over {100 * mlp.WARMUP_FRAC:g}% of the budget from the unscaled lr "
+        f"(Goyal's); lr = base "
         f"lr x B/{b0}; momentum 0.9, weight decay 5e-4, LARS trust coefficient 0.001 (the "
         f"MLP experiment's settings); training loss logged as the mean over every "
         f"{base.log_every_steps} steps. Batches {bs} for both optimizers (steps: "
@@ -429,8 +433,8 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
     return summary
 
 
-def readme_table(rows: Sequence[Mapping[str, Any]], v: Mapping[str, tuple[str, list[str]]]
-                 ) -> list[dict[str, str]]:
+def readme_table(rows: Sequence[Mapping[str, Any]], v: Mapping[str, tuple[str, list[str]]],
+                 label: str = "ResNet-8 arm v2") -> list[dict[str, str]]:
     """One README row per claim: the gate's numbers, then the MLP experiment's short
     results."""
     b0 = BASE_BATCH["cpu"]
@@ -440,7 +444,7 @@ def readme_table(rows: Sequence[Mapping[str, Any]], v: Mapping[str, tuple[str, l
                   for o, f in gate.items() if f["flat"] is not None)
     where = (f"B0={b0}, E={EXAMPLES['cpu']:,} examples (200 steps at {32 * b0}); rule 1 "
              f"gate (< {100 * FLAT_MAX_FALL:g}%): {g or 'not tested'}. ")
-    return [{"claim": f"ResNet-8 arm v2: {c.claim}", "criterion": c.rule, "verdict": v[k][0],
+    return [{"claim": f"{label}: {c.claim}", "criterion": c.rule, "verdict": v[k][0],
              "result": where + short[k]}
             for k, c in (("linear_scaling", LINEAR_SCALING), ("lars_extends", LARS_EXTENDS))]
 

@@ -267,3 +267,52 @@ def test_flat_arm_is_not_registered_without_over_budget(tmp_path):
         rf.main(["--preset", "cpu", "--out", str(tmp_path)])
     assert not (tmp_path / "criterion.json").exists()
     assert not (RESULTS / rf.NAME / "criterion.json").exists()
+
+
+# ------------------------------------------------------------------ ResNet-8 arm v3: constant lr
+
+rc = importlib.import_module("experiments.linear_scaling_resnet8_const")
+
+
+def test_const_arm_lr_is_the_linear_rule_held_after_warmup():
+    # v2's design with only the schedule changed: at B=512 = 32 B0 and base lr 0.025 the
+    # rate warms up over 5% of the 200 steps (10 steps) from 0.025 to 0.025 x 32 = 0.8 and
+    # stays there to the last step (cosine would end near 0)
+    from lars_jax.train.build import learning_rate_schedule
+
+    base = rc.base_config("cpu")
+    assert dataclasses.replace(base, schedule="cosine") == rf.base_config("cpu")
+    c = dataclasses.replace(base, batch_size=512, learning_rate=0.025)
+    spe, total = c.run_steps(c.num_train_examples())
+    assert total == 200
+    lr = learning_rate_schedule(c, spe, total)
+    assert float(lr(0)) == pytest.approx(0.025, rel=1e-6)
+    for t in (10, 100, 150, 199):
+        assert float(lr(t)) == pytest.approx(0.8, rel=1e-6)
+
+
+def test_const_arm_decides_like_the_gated_v2_both_ways():
+    # the same rows, the same verdicts as v2 (its decide functions): contradicted with a
+    # 3-point drop at the top once the base loss is flat, supported with a flat accuracy,
+    # budget-bound while the base loss still falls 12%
+    assert rc.LINEAR_SCALING(_flat_rows("sgd", drop_top(3.0), 0.05))[0] == "contradicted"
+    assert rc.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.05))[0] == "supported"
+    assert rc.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.12))[0] == "budget-bound"
+    sgd = _flat_rows("sgd", drop_top(3.0), 0.05)
+    assert rc.LARS_EXTENDS(sgd + _flat_rows("lars", flat, 0.05))[0] == "supported"
+    assert rc.LARS_EXTENDS(sgd + _flat_rows("lars", drop_top(6.0), 0.05))[0] == "contradicted"
+    assert rc.LARS_EXTENDS(sgd + _flat_rows("lars", flat, 0.2))[0] == "budget-bound"
+    assert "held constant" in rc.LINEAR_SCALING.rule and "10%" in rc.LINEAR_SCALING.rule
+
+
+def test_const_arm_criterion_sha_is_the_committed_one():
+    # registered before its first run: the script's criterion is the stored one, its sha
+    # differs from an unregistered cosine v2 spec, and every committed row carries it
+    stored = json.loads((RESULTS / rc.NAME / "criterion.json").read_text())
+    spec = rc.registered("cpu", rc.base_config("cpu")).spec
+    assert spec["criterion_sha"] == stored["criterion_sha"]
+    assert spec["budgets"]["schedule"] == "constant"
+    assert spec["criterion_sha"] != rf.registered("cpu", rf.base_config("cpu")).spec[
+        "criterion_sha"]
+    rows = harness.load_registered_rows(RESULTS / rc.NAME, stored["criterion_sha"])
+    assert all(r["finished_at"] > stored["fixed_at"] for r in rows)
