@@ -263,7 +263,7 @@ def test_flat_arm_budget_and_plan():
 def test_flat_arm_is_not_registered_without_over_budget(tmp_path):
     # the design does not pass rule 1 within rule 8's time: main refuses before writing a
     # criterion (nothing of this arm was registered)
-    with pytest.raises(SystemExit, match="not registered: no design passes rule 1"):
+    with pytest.raises(SystemExit, match="not registered: no cosine design passes rule 1"):
         rf.main(["--preset", "cpu", "--out", str(tmp_path)])
     assert not (tmp_path / "criterion.json").exists()
     assert not (RESULTS / rf.NAME / "criterion.json").exists()
@@ -286,9 +286,9 @@ def test_const_arm_lr_is_the_linear_rule_held_after_warmup():
     spe, total = c.run_steps(c.num_train_examples())
     assert total == 200
     lr = learning_rate_schedule(c, spe, total)
-    assert float(lr(0)) == pytest.approx(0.025, rel=1e-6)
+    assert float(lr(0)) == pytest.approx(0.025, rel=1e-5)
     for t in (10, 100, 150, 199):
-        assert float(lr(t)) == pytest.approx(0.8, rel=1e-6)
+        assert float(lr(t)) == pytest.approx(0.8, rel=1e-5)
 
 
 def test_const_arm_decides_like_the_gated_v2_both_ways():
