@@ -40,8 +40,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from scipy import stats
 
-Verdict = Literal["supported", "contradicted", "inconclusive"]
-VERDICTS: tuple[Verdict, ...] = ("supported", "contradicted", "inconclusive")
+# "budget-bound": rule 1 of issue 23 (a pre-registered flattening test of the base batch's
+# training loss) failed, so the claim is not scored, neither supported nor contradicted
+Verdict = Literal["supported", "contradicted", "inconclusive", "budget-bound"]
+VERDICTS: tuple[Verdict, ...] = ("supported", "contradicted", "inconclusive", "budget-bound")
 Edge = Literal["low", "high"]
 
 

@@ -23,6 +23,24 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 OLD = RESULTS / "superseded_v2"
 SUPERSEDED = "superseded: not rerun under v3 rules"
+# v3 registrations replaced by a later registration of the same claims (kept, never mixed)
+SUPERSEDED_V3 = {
+    "linear_scaling_resnet8": (
+        "under-trained",
+        "its base batch's training loss still fell 22% from the third to the last quarter "
+        "of the run, so rule 1 (the base batch's loss has flattened) did not hold and its "
+        "verdicts were decided by the step budget"),
+}
+# designed under the v3 rules but never registered or run (the report says why)
+NOT_RUN = {
+    "linear_scaling_resnet8_flat": (
+        "designed, not run: the ResNet-8 arm gated on rule 1 (the base batch's last-quarter "
+        "loss less than 10% below the third quarter's, else budget-bound) under cosine "
+        "decay; timing runs put that fall at 12-14% at the largest budget rule 8's 30 "
+        "minutes allow on the 2-core CPU (102,400 examples) and 13.5% at twice it, partly "
+        "the schedule's own annealing; replaced by linear_scaling_resnet8_const, the same "
+        "design with warmup then a constant lr (4.3-6.4% in timing), registered and run"),
+}
 
 EXPERIMENTS = [
     ("gradient_noise_scale",
@@ -38,9 +56,18 @@ EXPERIMENTS = [
     ("clars_no_warmup",
      "Huo et al. 2020: CLARS without warmup matches or beats LARS with warmup at large "
      "batch sizes."),
+    ("linear_scaling_resnet8_const",
+     "ResNet-8 arm (width 0.25) of linear_scaling_warmup, third design: the same claims at "
+     "batches 16, 128 and 512, SGD and LARS, 4 evaluation seeds, 102,400 examples, warmup "
+     "then a constant lr (the MLP experiment: cosine), gated on the base batch's loss having "
+     "flattened (rule 1)."),
+    ("linear_scaling_resnet8_flat",
+     "ResNet-8 arm (width 0.25) of linear_scaling_warmup, second registration: the same "
+     "claims at batches 16, 128 and 512, SGD and LARS, 4 evaluation seeds, gated on the "
+     "base batch's loss having flattened (rule 1)."),
     ("linear_scaling_resnet8",
-     "ResNet-8 arm (width 0.25) of linear_scaling_warmup: the same claims at batches 16, 128 "
-     "and 512, SGD and LARS, 4 evaluation seeds."),
+     "ResNet-8 arm (width 0.25) of linear_scaling_warmup, first registration: batches 4, 32 "
+     "and 128, SGD and LARS, 4 evaluation seeds, 25,600 examples."),
     ("clars_resnet8",
      "ResNet-8 arm (width 0.25) of clars_no_warmup: the same claim at batch 512."),
     ("page_weight_decay",
@@ -82,7 +109,7 @@ def v3_section() -> list[str]:
              "|---|---|---|---|---|"]
     for name, _ in EXPERIMENTS:
         s = _v3(name)
-        if s is None:
+        if s is None or name in SUPERSEDED_V3:
             continue
         link = f"[{name}](results/{name}/report.md)"
         fixed = f"{s.get('fixed_at', '?')} (`{str(s.get('criterion_sha', ''))[:12]}`)"
@@ -90,6 +117,27 @@ def v3_section() -> list[str]:
             lines.append(f"| {link} | {_cell(row.get('claim', ''))} | "
                          f"{_cell(row.get('result', ''))} | **{_cell(row.get('verdict'))}** | "
                          f"{fixed} |")
+    return lines + [""]
+
+
+def superseded_v3_section() -> list[str]:
+    """v3 registrations replaced by a later one: their verdicts, labelled, never scored."""
+    shown = [(n, _v3(n)) for n, _ in EXPERIMENTS if n in SUPERSEDED_V3 and _v3(n)]
+    if not shown and not NOT_RUN:
+        return []
+    lines = ["## Superseded or not run under the v3 rules (kept for reference, not evidence)",
+             "", "| experiment | claim | old result | status |", "|---|---|---|---|"]
+    for name, s in shown:
+        label, why = SUPERSEDED_V3[name]
+        for row in claim_rows(s):
+            lines.append(f"| [{name}](results/{name}/report.md) | "
+                         f"{_cell(row.get('claim', ''), 300)} | "
+                         f"{_cell(row.get('result', ''), 300)} | superseded, {label} "
+                         f"({_cell(why, 300)}); was {_cell(row.get('verdict'))} |")
+    for name, why in NOT_RUN.items():
+        lines.append(f"| [{name}](results/{name}/report.md) | ResNet-8 arm v2: the same two "
+                     f"claims | - | "
+                     f"{_cell(why, 600)} |")
     return lines + [""]
 
 
@@ -141,8 +189,11 @@ def render() -> str:
         "on the same data): read each report's limits section before generalising.", ""]
     cmds = ["## Commands", ""] + [
         f"- `python experiments/{n}.py --preset cpu` ("
-        + ("v3" if _v3(n) else "v2 design: " + SUPERSEDED) + ")" for n, _ in EXPERIMENTS]
-    return "\n".join(head + v3_section() + old_section() + cmds + [""])
+        + (f"v3, superseded: {SUPERSEDED_V3[n][0]}" if n in SUPERSEDED_V3
+           else "v3" if _v3(n) else "designed, not run: see its report" if n in NOT_RUN
+           else "v2 design: " + SUPERSEDED) + ")" for n, _ in EXPERIMENTS]
+    return "\n".join(head + v3_section() + superseded_v3_section() + old_section() + cmds
+                     + [""])
 
 
 def main(argv: list[str] | None = None) -> Path | None:

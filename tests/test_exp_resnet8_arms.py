@@ -168,3 +168,151 @@ def test_resnet8_clars_plan_has_no_best_lr_grid():
     assert len(ev_pts) == 12 and {p["learning_rate"] for p in ev_pts} == {54.0}
     assert not any(p["seed"] == SEL and p["optimizer"] == "clars" for p in pts)
     assert not any(math.isclose(p["learning_rate"], 108.0) for p in pts)
+
+
+# ------------------------------------------------------------------ ResNet-8 arm v2: rule 1 gated
+
+rf = importlib.import_module("experiments.linear_scaling_resnet8_flat")
+B0F, BATCHES_F = rf.BASE_BATCH["cpu"], sorted(rf.BATCHES["cpu"]["sgd"])
+
+
+def _flat_rows(opt, acc_of, fall_at_base, n_seeds=4):
+    """The v2 arm's cells (centres, 3-point grids, best at the centre); every row carries
+    its quarter losses: the base batch's last quarter ``fall_at_base`` below its third."""
+    rows = []
+    for b in BATCHES_F:
+        c = rf.centre(opt, b)
+        cell = [{"seed": SEL, "learning_rate": c * f,
+                 "test_accuracy": acc_of(b, 0) - (0.0 if f == 1.0 else 0.02)}
+                for f in rf.LR_FACTORS]
+        cell += [{"seed": s, "learning_rate": c, "test_accuracy": acc_of(b, s)}
+                 for s in rf.EVAL_SEEDS["cpu"][:n_seeds]]
+        for r in cell:
+            q3 = 0.40 + 0.01 * (r["seed"] % 7)
+            fall = fall_at_base if b == B0F else 0.05
+            r.update(optimizer=opt, batch_size=b, total_steps=102400 // b,
+                     budget_exempt=False, bn_examples=4, loss_q3=q3, loss_q4=q3 * (1 - fall))
+            r["scored"], r["why_not"] = harness.score_row(r, selection_seeds=(SEL,))
+        rows += cell
+    return rows
+
+
+def drop_top(pts, jitter=0.001):
+    return lambda b, s: flat(b, s) - (pts / 100 + jitter * (s - 1.5) if b == max(BATCHES_F)
+                                      else 0.0)
+
+
+def test_flat_arm_quarter_losses_by_hand():
+    # logged losses at steps 10..100 of a 100-step run: (50, 75] holds 60, 70 ; (75, 100]
+    # holds 80, 90, 100; a non-train row (no loss) is ignored
+    losses = {10: 9.0, 50: 9.0, 60: 2.0, 70: 4.0, 80: 1.0, 90: 2.0, 100: 3.0}
+    metrics = [{"step": s, "loss": v} for s, v in losses.items()]
+    metrics.append({"step": 100, "test_accuracy": 0.5})
+    assert rf.quarter_losses(metrics, 100) == pytest.approx((3.0, 2.0))
+    q3, q4 = rf.quarter_losses([{"step": 10, "loss": 1.0}], 100)
+    assert math.isnan(q3) and math.isnan(q4)
+
+
+def test_flat_arm_gate_decides_budget_bound_when_the_base_loss_still_falls():
+    # a 3-point drop at the top batch: contradicted once the base loss has flattened (5%
+    # lower in the last quarter), budget-bound (not scored) while it still falls (15%)
+    v, details = rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(3.0), 0.05))
+    assert v == "contradicted", details
+    assert "flattened" in details[0] and "5.0% lower" in details[0]
+    v, details = rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(3.0), 0.15))
+    assert v == "budget-bound", details
+    assert "15.0% lower" in details[0] and "budget-bound" in details[0]
+    assert not any("fails" in d for d in details)  # the batches are not scored at all
+    # a flat accuracy: supported with the base flattened, budget-bound without
+    assert rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.05))[0] == "supported"
+    assert rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.12))[0] == "budget-bound"
+    # just inside / outside the registered 10%
+    assert rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.099))[0] == "supported"
+    assert rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.101))[0] == "budget-bound"
+    # three evaluation seeds at the base: the gate is not tested, nothing is decided
+    v, details = rf.LINEAR_SCALING(_flat_rows("sgd", drop_top(3.0), 0.05, n_seeds=3))
+    assert v == "inconclusive" and "not tested" in details[0]
+
+
+def test_flat_arm_lars_gate_needs_both_base_batches_flat():
+    sgd = _flat_rows("sgd", drop_top(3.0), 0.05)
+    assert rf.LARS_EXTENDS(sgd + _flat_rows("lars", flat, 0.05))[0] == "supported"
+    assert rf.LARS_EXTENDS(sgd + _flat_rows("lars", drop_top(6.0), 0.05))[0] == "contradicted"
+    v, details = rf.LARS_EXTENDS(sgd + _flat_rows("lars", flat, 0.2))
+    assert v == "budget-bound" and "LARS B0=16" in details[1] and "flattened" in details[0]
+    v, _ = rf.LARS_EXTENDS(_flat_rows("sgd", drop_top(3.0), 0.2) + _flat_rows("lars", flat, 0.05))
+    assert v == "budget-bound"
+
+
+def test_flat_arm_budget_and_plan():
+    base = rf.base_config("cpu")
+    n = base.num_train_examples()
+    steps = {b: dataclasses.replace(base, batch_size=b).run_steps(n)[1] for b in BATCHES_F}
+    # E = 102,400 examples (epochs rounded to 1e-6: 798.7 -> 799 steps of 468 per epoch at 128)
+    assert steps == {16: 6400, 128: 799, 512: 200}
+    assert max(BATCHES_F) == 32 * B0F and min(steps.values()) >= harness.MIN_SCORED_STEPS
+    assert (base.model, base.width, base.bn_ghost_size, base.base_batch_size) == (
+        "resnet8", 0.25, 4, 16)
+    assert base.bn_ghost_size >= harness.MIN_BN_EXAMPLES
+    pts = rf.plan("cpu", [])
+    assert {p["seed"] for p in pts} == {SEL} and len(pts) == 3 * 6  # the grids only
+    assert [p["learning_rate"] for p in pts[:3]] == pytest.approx(
+        [rf.centre("sgd", 16) * f for f in (0.5, 1, 2)])
+
+
+def test_flat_arm_is_not_registered_without_over_budget(tmp_path):
+    # the design does not pass rule 1 within rule 8's time: main refuses before writing a
+    # criterion (nothing of this arm was registered)
+    with pytest.raises(SystemExit, match="not registered: no cosine design passes rule 1"):
+        rf.main(["--preset", "cpu", "--out", str(tmp_path)])
+    assert not (tmp_path / "criterion.json").exists()
+    assert not (RESULTS / rf.NAME / "criterion.json").exists()
+
+
+# ------------------------------------------------------------------ ResNet-8 arm v3: constant lr
+
+rc = importlib.import_module("experiments.linear_scaling_resnet8_const")
+
+
+def test_const_arm_lr_is_the_linear_rule_held_after_warmup():
+    # v2's design with only the schedule changed: at B=512 = 32 B0 and base lr 0.025 the
+    # rate warms up over 5% of the 200 steps (10 steps) from 0.025 to 0.025 x 32 = 0.8 and
+    # stays there to the last step (cosine would end near 0)
+    from lars_jax.train.build import learning_rate_schedule
+
+    base = rc.base_config("cpu")
+    assert dataclasses.replace(base, schedule="cosine") == rf.base_config("cpu")
+    c = dataclasses.replace(base, batch_size=512, learning_rate=0.025)
+    spe, total = c.run_steps(c.num_train_examples())
+    assert total == 200
+    lr = learning_rate_schedule(c, spe, total)
+    assert float(lr(0)) == pytest.approx(0.025, rel=1e-5)
+    for t in (10, 100, 150, 199):
+        assert float(lr(t)) == pytest.approx(0.8, rel=1e-5)
+
+
+def test_const_arm_decides_like_the_gated_v2_both_ways():
+    # the same rows, the same verdicts as v2 (its decide functions): contradicted with a
+    # 3-point drop at the top once the base loss is flat, supported with a flat accuracy,
+    # budget-bound while the base loss still falls 12%
+    assert rc.LINEAR_SCALING(_flat_rows("sgd", drop_top(3.0), 0.05))[0] == "contradicted"
+    assert rc.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.05))[0] == "supported"
+    assert rc.LINEAR_SCALING(_flat_rows("sgd", drop_top(0.3), 0.12))[0] == "budget-bound"
+    sgd = _flat_rows("sgd", drop_top(3.0), 0.05)
+    assert rc.LARS_EXTENDS(sgd + _flat_rows("lars", flat, 0.05))[0] == "supported"
+    assert rc.LARS_EXTENDS(sgd + _flat_rows("lars", drop_top(6.0), 0.05))[0] == "contradicted"
+    assert rc.LARS_EXTENDS(sgd + _flat_rows("lars", flat, 0.2))[0] == "budget-bound"
+    assert "held constant" in rc.LINEAR_SCALING.rule and "10%" in rc.LINEAR_SCALING.rule
+
+
+def test_const_arm_criterion_sha_is_the_committed_one():
+    # registered before its first run: the script's criterion is the stored one, its sha
+    # differs from an unregistered cosine v2 spec, and every committed row carries it
+    stored = json.loads((RESULTS / rc.NAME / "criterion.json").read_text())
+    spec = rc.registered("cpu", rc.base_config("cpu")).spec
+    assert spec["criterion_sha"] == stored["criterion_sha"]
+    assert spec["budgets"]["schedule"] == "constant"
+    assert spec["criterion_sha"] != rf.registered("cpu", rf.base_config("cpu")).spec[
+        "criterion_sha"]
+    rows = harness.load_registered_rows(RESULTS / rc.NAME, stored["criterion_sha"])
+    assert all(r["finished_at"] > stored["fixed_at"] for r in rows)
