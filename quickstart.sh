@@ -34,11 +34,12 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "quickstart: installing lars_jax and its dependencies into $VENV" >&2
   # uv (installed into the venv by its own pip) installs and byte-compiles the ~90 wheels in
-  # parallel: ~30 CPU-s where pip takes ~55 (BUILD.md); pip itself is the fallback
-  if "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv >&2; then
-    "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" \
-      -e ".[train,dev]" >&2
-  else
+  # parallel: ~30 CPU-s where pip takes ~55 (BUILD.md). uv does not read pip's configuration
+  # (a mirror set in pip.conf), so pip itself installs whenever uv cannot.
+  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv >&2 &&
+         "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" \
+           -e ".[train,dev]" >&2; }; then
+    echo "quickstart: uv could not install; installing with pip" >&2
     "$VENV/bin/python" -m pip install -q -e ".[train,dev]" >&2
   fi
   echo "$want" > "$stamp"
