@@ -294,14 +294,7 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
 
     rows, out, b0 = run.rows, run.out, BASE_BATCH
     crits = {"linear_scaling": LINEAR_SCALING, "lars_extends": LARS_EXTENDS}
-    v = {k: c(rows) for k, c in crits.items()}
-    crit = harness.read_criterion(out)
-    images = [p for p in (mlp.plot_accuracy(out, rows, b0), mlp.plot_base_loss(out, rows, b0))
-              if p]
-    verdicts = "\n\n".join(["### Linear scaling + warmup (SGD)\n\n"
-                            + LINEAR_SCALING.section(rows),
-                            "### LARS extends the range\n\n" + LARS_EXTENDS.section(rows),
-                            "### Against the MLP experiment\n\n" + mlp_comparison(out, v)])
+    v, verdicts, images = verdicts_and_plots(out, rows, b0, LINEAR_SCALING, LARS_EXTENDS)
     write_report(
         out, title="Linear scaling + warmup (Goyal et al.) with LARS: ResNet-8 arm",
         intro=(f"Design v3 (issue 23), the convolutional arm of `linear_scaling_warmup`, first "
@@ -323,6 +316,29 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
              f"see the report's limits). ")
     table = [{"claim": f"ResNet-8 arm: {c.claim}", "criterion": c.rule, "verdict": v[k][0],
               "result": where + short[k]} for k, c in crits.items()]
+    return save_summary(out, preset, table, v)
+
+
+def verdicts_and_plots(out: Path, rows: Sequence[Mapping[str, Any]], b0: int,
+                       linear_scaling: ev.Criterion, lars_extends: ev.Criterion
+                       ) -> tuple[dict[str, tuple[str, list[str]]], str, list[Path]]:
+    """What every ResNet-8 linear-scaling arm reports the same way: the two verdicts
+    computed from `rows`, the Verdicts section (with the MLP comparison) and the plots."""
+    v = {"linear_scaling": linear_scaling(rows), "lars_extends": lars_extends(rows)}
+    images = [p for p in (mlp.plot_accuracy(out, rows, b0), mlp.plot_base_loss(out, rows, b0))
+              if p]
+    verdicts = "\n\n".join(["### Linear scaling + warmup (SGD)\n\n"
+                            + linear_scaling.section(rows),
+                            "### LARS extends the range\n\n" + lars_extends.section(rows),
+                            "### Against the MLP experiment\n\n" + mlp_comparison(out, v)])
+    return v, verdicts, images
+
+
+def save_summary(out: Path, preset: str, table: list[dict[str, str]],
+                 v: Mapping[str, tuple[str, list[str]]]) -> dict:
+    """Writes and returns an arm's summary.json: its criterion's sha and time, the README
+    rows and the verdicts."""
+    crit = harness.read_criterion(out)
     summary = {"preset": preset, "design": "v3", "criterion_sha": crit["criterion_sha"],
                "fixed_at": crit["fixed_at"], "table": table,
                "verdicts": {k: {"verdict": x[0], "details": x[1]} for k, x in v.items()},

@@ -173,15 +173,7 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
     from lars_jax.runs.report import Section, write_report
 
     rows, out, b0 = run.rows, run.out, BASE_BATCH[preset]
-    crits = {"linear_scaling": LINEAR_SCALING, "lars_extends": LARS_EXTENDS}
-    v = {k: c(rows) for k, c in crits.items()}
-    crit = harness.read_criterion(out)
-    images = [p for p in (mlp.plot_accuracy(out, rows, b0), mlp.plot_base_loss(out, rows, b0))
-              if p]
-    verdicts = "\n\n".join(["### Linear scaling + warmup (SGD)\n\n"
-                            + LINEAR_SCALING.section(rows),
-                            "### LARS extends the range\n\n" + LARS_EXTENDS.section(rows),
-                            "### Against the MLP experiment\n\n" + r8.mlp_comparison(out, v)])
+    v, verdicts, images = r8.verdicts_and_plots(out, rows, b0, LINEAR_SCALING, LARS_EXTENDS)
     write_report(
         out, title="Linear scaling + warmup (Goyal et al.) with LARS: ResNet-8 arm v3 "
                    "(constant lr after warmup, rule 1 gated)",
@@ -198,13 +190,7 @@ def analyse(preset: str, run: harness.ExperimentRun) -> dict:
                   Section("Cells", mlp.cell_table(rows, b0), images),
                   Section("Limits of the evidence", limits_text(rows, v)),
                   Section("Compute", harness.compute_note(rows, out))])
-    summary = {"preset": preset, "design": "v3", "criterion_sha": crit["criterion_sha"],
-               "fixed_at": crit["fixed_at"],
-               "table": readme_table(rows, v),
-               "verdicts": {k: {"verdict": x[0], "details": x[1]} for k, x in v.items()},
-               "headline": "; ".join(f"{k}: {x[0]}" for k, x in v.items())}
-    harness.save_json(summary, out / "summary.json")
-    return summary
+    return r8.save_summary(out, preset, readme_table(rows, v), v)
 
 
 def readme_table(rows: Sequence[Mapping[str, Any]], v: Mapping[str, tuple[str, list[str]]]
