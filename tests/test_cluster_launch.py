@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from _train_jobs import tiny_config, tiny_data
+from _xla_env import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_two_slurm_tasks_join_one_run_without_flags(tmp_path):
     for procid in range(2):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO),
                                                            os.environ.get("PYTHONPATH", "")]),
-                   JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2),
                    **_slurm_env(job_id, 2, procid))
         logs.append(tmp_path / f"task{procid}.log")
         with open(logs[-1], "w") as log:  # files, not pipes (a full pipe blocks a task)

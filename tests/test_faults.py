@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _train_jobs import tiny_config, tiny_data
+from _xla_env import xla_flags
 
 from lars_jax.runs import cli
 from lars_jax.runs.run_files import SUMMARY_FILE
@@ -56,7 +57,7 @@ def _strict_json(path):
 def _env(devices=1):
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO),
                                                         os.environ.get("PYTHONPATH", "")]),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                XLA_FLAGS=xla_flags(devices),
                 JAX_PLATFORMS="cpu")
 
 

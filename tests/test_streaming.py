@@ -38,6 +38,7 @@ pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("PIL")
 
 from _synthetic_imagenet import random_jpeg, tar_bytes  # noqa: E402
+from _xla_env import xla_flags  # noqa: E402
 
 from lars_jax import data  # noqa: E402
 from lars_jax.train import TrainConfig  # noqa: E402
@@ -237,7 +238,7 @@ def _launch(runs: list[tuple[Path, list[str], int, int]], log_dir: Path, *, proc
     for out, *_ in runs:
         out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     multi = []
     if processes > 1:
         multi = ["--coordinator-address", f"localhost:{_free_port()}",

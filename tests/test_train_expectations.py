@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _xla_env import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -566,7 +567,7 @@ def _kill_job(workdir: str, epochs: str, checkpoint_every_steps: int = 1) -> Non
 
 
 def _start_job(workdir, epochs):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2),
                JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, __file__, str(workdir), str(epochs)], env=env,

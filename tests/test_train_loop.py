@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _train_jobs import tiny_config, tiny_data
+from _xla_env import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = str(Path(__file__).with_name("_train_jobs.py"))
@@ -146,7 +147,7 @@ def test_two_processes_agree_with_one(tmp_path):
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=_pythonpath(), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS=xla_flags(2))
     procs, logs = [], []
     for pid in (0, 1):
         # output to files, not pipes: a full pipe would block one process, and with it the
