@@ -97,7 +97,10 @@ def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys, finished_c
     assert first["test_accuracy"] is not None
     again = train(cfg.replace(progress=True), data=tiny_data())  # a cosmetic flag differs
     assert again == first
-    assert "finished: its results are kept" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "finished: its results are kept" in out.err
+    # the folder it was rerun in, not the one summary.json was first written in
+    assert f"metrics: {tmp_path / 'metrics.jsonl'}" in out.out
     assert _strict_json(tmp_path / SUMMARY_FILE) == first
     # killed after the last checkpoint, before summary.json: the results are recovered
     rows = _rows(tmp_path)

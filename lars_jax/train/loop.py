@@ -525,7 +525,7 @@ def _train_locked(config: TrainConfig, data: Data | None, keep_finished: bool, t
             print(f"lars_jax: {config.workdir} holds this run, finished: its results "
                   "are kept (--no-resume or another workdir trains again)",
                   file=sys.stderr)
-            print(format_summary(finished), flush=True)
+            print(format_summary({**finished, "workdir": config.workdir}), flush=True)
         return finished, None
     run = _build(config, data)
     stop_signals.raise_if_requested("before training started")
@@ -541,7 +541,7 @@ def _train_locked(config: TrainConfig, data: Data | None, keep_finished: bool, t
     if lead:
         workdir = Path(config.workdir)
         write_json(workdir / SUMMARY_FILE, summary)
-        print(format_summary(summary), flush=True)
+        print(format_summary({**summary, "workdir": config.workdir}), flush=True)
         if config.plot:
             _plot(workdir)
     return summary, result.state
