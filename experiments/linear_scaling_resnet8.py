@@ -1,10 +1,10 @@
-"""Experiment 1, ResNet-8 arm: linear lr scaling + warmup (Goyal et al.) and LARS on a
-reduced-width ResNet-8.
+"""Experiment 1, ResNet-8 arm (superseded: under-trained): Goyal's linear scaling and LARS.
 
-Superseded as under-trained (its base batch's loss had not flattened: rule 1 of issue 23
-does not hold); ``linear_scaling_resnet8_flat`` holds the gated second design and why it
-was not run. Issue 23 asks for a convolutional arm of experiment 1 "on at least the base, a
-mid and a top batch, SGD and LARS, 4 seeds". This script is that arm, pre-registered on its own
+Linear lr scaling + warmup (Goyal et al.) and LARS on a reduced-width ResNet-8. Superseded as
+under-trained (its base batch's loss had not flattened: rule 1 of issue 23 does not hold);
+``linear_scaling_resnet8_flat`` holds the gated second design and why it was not run. Issue 23
+asks for a convolutional arm of experiment 1 "on at least the base, a mid and a top batch, SGD
+and LARS, 4 seeds". This script is that arm, pre-registered on its own
 (``results/linear_scaling_resnet8/criterion.json``); the MLP experiment
 (``linear_scaling_warmup.py``) and its criterion are unchanged and its decide functions are
 reused here as they are (their source is part of this arm's criterion_sha too).

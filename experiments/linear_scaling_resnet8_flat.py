@@ -1,8 +1,10 @@
-"""Experiment 1, ResNet-8 arm v2: linear lr scaling + warmup (Goyal et al.) and LARS on a
-reduced-width ResNet-8, with rule 1's flattening of the base batch's loss as a gate.
-Designed, timed and **not run**: under its cosine schedule no budget that fits rule 8 passes
-the gate on this CPU. Its successor, ``linear_scaling_resnet8_const``, is this design with
-warmup then a constant lr (registered and run).
+"""Experiment 1, ResNet-8 arm v2 (designed, not run): Goyal's linear scaling and LARS, cosine.
+
+Linear lr scaling + warmup (Goyal et al.) and LARS on a reduced-width ResNet-8, with rule 1's
+flattening of the base batch's loss as a gate. Designed, timed and **not run**: under its
+cosine schedule no budget that fits rule 8 passes the gate on this CPU. Its successor,
+``linear_scaling_resnet8_const``, is this design with warmup then a constant lr (registered and
+run).
 
 The first registration of this arm (``linear_scaling_resnet8``, B0 = 4, E = 25,600
 examples) is under-trained: its base batch's training loss still fell 22% from the third
