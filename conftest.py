@@ -3,12 +3,12 @@
 The flags must be set before JAX initialises its backends, so they live here, at the top
 of the first module pytest imports. Compiling is most of the suite's time: the tests
 compile with XLA:CPU's quick settings (`tests/_xla_env.py`; the processes they start get
-the same flags, so bitwise comparisons across processes hold) and share every compiled
-program through JAX's persistent cache. Code under test that turns on JAX's
-persistent compilation cache (the sweep CLI, the experiment scripts), and JAX's own cache
-for every test and the subprocesses they start, write to one fresh temporary folder, not
-to the user's ``~/.cache/lars_jax_xla``, so that test runs neither depend on nor change
-what earlier runs left there.
+the same flags, so bitwise comparisons across processes hold).
+
+Code under test that turns on JAX's persistent compilation cache (the sweep CLI, the
+experiment scripts), and JAX's own cache for every test and the subprocesses they start,
+write to one fresh temporary folder, not to the user's ``~/.cache/lars_jax_xla``, so that
+test runs neither depend on nor change what earlier runs left there.
 """
 
 import os
@@ -29,9 +29,6 @@ os.environ.setdefault("LARS_JAX_CACHE", tempfile.mkdtemp(prefix="lars_jax_xla_te
 # xdist workers and the subprocesses the tests start inherit it): the many tests that
 # compile the same small programs again in another process reuse them
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["LARS_JAX_CACHE"])
-# every program, not only those that compile for over a second (JAX's default): half the
-# suite's programs compile in under 0.2 s and many recur across tests and processes
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def pytest_collection_modifyitems(config, items):
