@@ -123,10 +123,17 @@ def test_streaming_batches_equal_host_batches_and_restart_anywhere(imagenet_dir,
 
 
 def test_host_input_refuses_several_steps_per_call(imagenet_dir, tmp_path):
+    """A rule of the config (checked before any data is read), whether the host pipeline
+    is asked for or chosen by auto for a data set that does not fit on the device."""
     from lars_jax.train.build import build
 
+    for kw in (dict(input_pipeline="host"), dict(dataset="imagenet2012")):
+        cfg = TrainConfig(steps_per_call=2, workdir=str(tmp_path), **kw)
+        with pytest.raises(ValueError, match=r"^TrainConfig.steps_per_call=2: .*host input"):
+            cfg.validate()
     with pytest.raises(ValueError, match="steps_per_call"):
         build(_config(imagenet_dir, tmp_path, steps_per_call=2, num_devices=1))
+    TrainConfig(steps_per_call=2, input_pipeline="device", workdir=str(tmp_path)).validate()
 
 
 # ----------------------------------------------------------------------------- recipe

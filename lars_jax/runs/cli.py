@@ -41,7 +41,6 @@ EXIT_INTERRUPTED = 130
 
 def _train_fn() -> Callable[[Any], Mapping[str, Any]]:
     from lars_jax.train import train
-
     return train
 
 

@@ -508,9 +508,6 @@ def _host_input(config: TrainConfig, mesh: Any) -> Any:
 
     if not config.uses_host_input():
         return None
-    if config.steps_per_call > 1:
-        raise ConfigError(f"TrainConfig.steps_per_call={config.steps_per_call}: the host "
-                          "input pipeline feeds one step per call (use 1)")
     return input_pipeline.StreamingInput(config, mesh)
 
 

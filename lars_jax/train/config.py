@@ -203,8 +203,9 @@ class TrainConfig:
     num_devices: int | None = _parallel(None, "Number of local devices to use (None: all).", ge=1)
     steps_per_call: int = _parallel(
         1, "Optimizer steps per compiled call (lax.scan): fewer dispatches for small models "
-        "and batches. Calls stop at log, eval and checkpoint steps.", ge=1,
-        applies=Applies("parallel='jit'", lambda c: c.parallel == "jit", "refuse"))
+        "and batches. Calls stop at log, eval and checkpoint steps.", ge=1, applies=Applies(
+            "parallel='jit' on in-memory data (the host input pipeline feeds one step per call)",
+            lambda c: c.parallel == "jit" and not c.uses_host_input(), "refuse"))
     coordinator_address: str | None = _parallel(None, "Multi-host: host:port of process 0 (or env "
                                                 "JAX_COORDINATOR_ADDRESS).", kind="cosmetic")
     # a launch setting, not part of the run: the global batch of a step does not depend on
