@@ -121,13 +121,19 @@ LARS_EXTENDS = ev.Criterion(
 )
 
 
-def centre(opt: str, b: int) -> float:
-    """The grid centre of a cell (an unknown cell raises: no silent default)."""
+def grid_centre(table: Mapping[str, Mapping[int, float]], opt: str, b: int) -> float:
+    """The grid centre ``table[opt][b]`` of a cell (an unknown cell raises: no silent
+    default); each ResNet-8 arm has its own table."""
     try:
-        return LR_CENTRE[opt][b]
+        return table[opt][b]
     except KeyError:
         raise ValueError(f"LR_CENTRE has no centre for optimizer {opt!r} at batch {b}") \
             from None
+
+
+def centre(opt: str, b: int) -> float:
+    """The grid centre of a cell of this registration (`LR_CENTRE`)."""
+    return grid_centre(LR_CENTRE, opt, b)
 
 
 def base_config(preset: str) -> TrainConfig:

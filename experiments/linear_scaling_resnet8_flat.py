@@ -208,12 +208,8 @@ LARS_EXTENDS = ev.Criterion(
 
 
 def centre(opt: str, b: int) -> float:
-    """The grid centre of a cell (an unknown cell raises: no silent default)."""
-    try:
-        return LR_CENTRE[opt][b]
-    except KeyError:
-        raise ValueError(f"LR_CENTRE has no centre for optimizer {opt!r} at batch {b}") \
-            from None
+    """The grid centre of a cell of this design (`LR_CENTRE`)."""
+    return r8.grid_centre(LR_CENTRE, opt, b)
 
 
 def base_config(preset: str) -> TrainConfig:
