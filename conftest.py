@@ -17,17 +17,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
-from _xla_env import quick_compile_flags  # noqa: E402
+from _xla_env import DEVICE_COUNT_FLAG, quick_compile_flags  # noqa: E402
 
 # 8 simulated devices; XLA:CPU's quick compilation settings (tests/_xla_env.py: they halve
 # the suite's time, most of which is compiling)
-os.environ.setdefault("XLA_FLAGS",
-                      f"--xla_force_host_platform_device_count=8 {quick_compile_flags()}")
+os.environ.setdefault("XLA_FLAGS", f"{DEVICE_COUNT_FLAG}=8 {quick_compile_flags()}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("LARS_JAX_CACHE", tempfile.mkdtemp(prefix="lars_jax_xla_tests_"))
 # JAX's own persistent compilation cache, in a folder made fresh for this test run (the
-# xdist workers and the subprocesses the tests start inherit it): the many tests that
-# compile the same small programs again in another process reuse them
+# xdist workers and the subprocesses the tests start inherit it): programs that compile
+# for over a second (JAX's default threshold) are reused by tests in other processes
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["LARS_JAX_CACHE"])
 
 
